@@ -1,0 +1,26 @@
+"""The ``rcnn-deploy`` command line. Each command group lives in ``rcnn_deploy.tools.<group>``; this module
+only assembles them, so ``rcnn-deploy --help`` stays fast (no torch import)."""
+
+from __future__ import annotations
+
+import typer
+
+from .tools import data as data_tools
+
+app = typer.Typer(
+    name="rcnn-deploy",
+    help="Deploy Faster/Mask R-CNN R50-FPN (torchvision or Detectron2 weights) to TensorRT, ONNX Runtime "
+    "and PyTorch.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(data_tools.app, name="data", help="Synthetic COCO-format datasets.")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
