@@ -1,0 +1,5 @@
+"""Datasets: a deterministic synthetic COCO-format instance-segmentation generator (``synth``)."""
+
+from __future__ import annotations
+
+__all__ = ["synth"]

@@ -1,0 +1,30 @@
+"""The glue between the network pieces of a two-stage detector, in one place.
+
+Everything that is *not* a convolution or a linear layer lives here: anchors, box coding, proposal selection
+(top-k, NMS), level assignment and multi-level ROIAlign, the final per-class NMS and mask selection. The
+deploy-form model (``rcnn_deploy.models.rcnn``) calls these functions, the fused ONNX export traces them, and
+the split-graph runtime calls them between engines. All functions are batched with static shapes: padded
+outputs plus a validity mask or count, never a Python branch on tensor values.
+"""
+
+from .anchors import cell_anchors, grid_anchors
+from .boxes import box_area, clip_boxes, decode_boxes, encode_boxes, min_size_mask
+from .nms import batched_nms_padded
+from .roi_align import assign_levels, multiscale_roi_align
+from .stages import select_detections, select_masks, select_proposals
+
+__all__ = [
+    "assign_levels",
+    "batched_nms_padded",
+    "box_area",
+    "cell_anchors",
+    "clip_boxes",
+    "decode_boxes",
+    "encode_boxes",
+    "grid_anchors",
+    "min_size_mask",
+    "multiscale_roi_align",
+    "select_detections",
+    "select_masks",
+    "select_proposals",
+]

@@ -1,0 +1,1 @@
+"""Deploy-form model definitions (torch)."""

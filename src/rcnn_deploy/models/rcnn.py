@@ -1,0 +1,189 @@
+"""The deploy-form Faster / Mask R-CNN ResNet-50-FPN.
+
+Same module names and parameter shapes as ``torchvision.models.detection.{faster,mask}rcnn_resnet50_fpn``
+(so torchvision state dicts load as they are, and Detectron2 checkpoints after renaming, see
+:mod:`rcnn_deploy.models.weights`), but with a deploy-friendly forward:
+
+* input ``images [B, 3, H, W]`` float32 RGB 0-255, H and W multiples of 32; normalisation (and the RGB->BGR
+  flip of the Detectron2 flavour) happens inside;
+* static shapes for a given (B, H, W): fixed top-k, padded outputs plus a count, no Python branch on values;
+* outputs ``num_detections [B, 1] int32``, ``boxes [B, K, 4]`` (x1, y1, x2, y2 input pixels),
+  ``scores [B, K]``, ``classes [B, K] int32`` (the label each framework reports; -1 in padded slots) and, for
+  Mask R-CNN, ``masks [B, K, M, M]`` class-selected probabilities (M = 28).
+
+Each stage is a method (``features``, ``proposals``, ``box_outputs``, ``detections``, ``mask_outputs``) so the
+split export can cut the graph between them; everything that is not a layer lives in :mod:`rcnn_deploy.glue`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Dict, List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .. import glue
+from ..config import ModelSpec
+
+OUTPUT_NAMES = ("num_detections", "boxes", "scores", "classes", "masks")
+
+
+def build_backbone(spec: ModelSpec) -> nn.Module:
+    """ResNet-50 + FPN (P2-P6) with frozen batch norm, as torchvision builds it for detection.
+
+    The Detectron2 flavour ("MSRA" ResNet) puts the stride of each stage's first block in its 1x1 conv.
+    """
+    from torchvision.models import resnet50
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
+
+    def norm(c: int) -> nn.Module:
+        return FrozenBatchNorm2d(c, eps=spec.frozen_bn_eps)
+
+    body = resnet50(weights=None, norm_layer=norm)
+    if spec.stride_in_1x1:
+        for layer in (body.layer2, body.layer3, body.layer4):
+            block = layer[0]
+            block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
+    # trainable_layers only sets requires_grad; the deploy model is inference-only anyway.
+    return _resnet_fpn_extractor(body, trainable_layers=5)
+
+
+class _Namespace(nn.Module):
+    """A plain container so parameter names match torchvision's (``rpn.head...``, ``roi_heads...``)."""
+
+
+class DeployRCNN(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+        from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+        from torchvision.models.detection.rpn import RPNHead
+
+        self.spec = spec
+        ch = spec.fpn_channels
+        self.backbone = build_backbone(spec)
+        self.rpn = _Namespace()
+        self.rpn.head = RPNHead(ch, spec.num_anchors_per_location)
+        self.roi_heads = _Namespace()
+        self.roi_heads.box_head = TwoMLPHead(ch * spec.box_roi_size**2, spec.representation_size)
+        self.roi_heads.box_predictor = FastRCNNPredictor(spec.representation_size, spec.num_classes)
+        if spec.masks:
+            self.roi_heads.mask_head = MaskRCNNHeads(ch, [256, 256, 256, 256], 1)
+            self.roi_heads.mask_predictor = MaskRCNNPredictor(256, 256, spec.num_classes)
+        # torchvision normalises x/255 with mean/std on the 0-1 scale; keep its exact float32 constants.
+        unit = 255.0 if spec.flavour == "torchvision" else 1.0
+        mean = torch.tensor([v / unit for v in spec.pixel_mean], dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor([v / unit for v in spec.pixel_std], dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
+        self.register_buffer("label_ids", torch.tensor(spec.label_ids, dtype=torch.int32), persistent=False)
+        self._anchor_cache: Dict[Tuple, List[Tensor]] = {}
+        self.eval()
+
+    # ----------------------------------------------------------------------------------------------- stages
+    def normalize(self, images: Tensor) -> Tensor:
+        """RGB 0-255 -> the network's input (channel order and mean/std of the flavour)."""
+        if self.spec.channel_order == "BGR":  # pixel_mean/std are stored in the network's channel order
+            images = images.flip(1)
+        if self.spec.flavour == "torchvision":  # exactly torchvision's arithmetic: x/255, then (x - m)/s
+            images = images / 255.0
+        return (images - self.pixel_mean) / self.pixel_std
+
+    def features(self, images: Tensor) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+        """Backbone + FPN + RPN head.
+
+        Returns FPN maps P2-P6 (``[B, 256, H/s, W/s]``), objectness ``[B, N_l]`` and deltas ``[B, N_l, 4]``
+        per level, flattened in (H, W, A) order.
+        """
+        _check_input(images)
+        feats = list(self.backbone(self.normalize(images)).values())
+        objectness, deltas = [], []
+        for f in feats:
+            t = self.rpn.head.conv(f)
+            o = self.rpn.head.cls_logits(t)
+            d = self.rpn.head.bbox_pred(t)
+            b, a, h, w = o.shape
+            objectness.append(o.permute(0, 2, 3, 1).reshape(b, h * w * a))
+            deltas.append(d.view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * a, 4))
+        return feats, objectness, deltas
+
+    def anchors(self, feats: List[Tensor], image_hw: Tuple[int, int]) -> List[Tensor]:
+        sizes = tuple(tuple(f.shape[-2:]) for f in feats)
+        key = (sizes, image_hw, feats[0].device)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or key not in self._anchor_cache:
+            s = self.spec
+            strides = [image_hw[0] // h for h, _ in sizes]
+            anchors = glue.grid_anchors(
+                sizes, strides, s.anchor_sizes, s.aspect_ratios, s.anchor_round, s.anchor_offset, feats[0].device
+            )
+            if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+                return anchors
+            self._anchor_cache[key] = anchors
+        return self._anchor_cache[key]
+
+    def proposals(
+        self, feats: List[Tensor], objectness: List[Tensor], deltas: List[Tensor], image_hw: Tuple[int, int]
+    ) -> Tuple[Tensor, Tensor]:
+        """``proposals [B, P, 4]`` and ``valid [B, P]``."""
+        anchors = self.anchors(feats, image_hw)
+        props, _, valid = glue.select_proposals(objectness, deltas, anchors, image_hw, self.spec)
+        return props, valid
+
+    def pool(self, feats: List[Tensor], boxes: Tensor, size: int, sampling_ratio: int) -> Tensor:
+        """Multi-level ROIAlign of ``boxes [B, K, 4]`` from P2-P5 -> ``[B, K, 256, size, size]``."""
+        s = self.spec
+        levels = glue.assign_levels(
+            boxes, s.roi_levels[0], s.roi_levels[1], s.canonical_scale, s.canonical_level, s.level_eps,
+            s.level_eps_inside_log,
+        )
+        n = s.roi_levels[1] - s.roi_levels[0] + 1
+        return glue.multiscale_roi_align(
+            feats[:n], boxes, levels, s.anchor_strides[:n], size, sampling_ratio, s.roi_aligned
+        )
+
+    def box_outputs(self, feats: List[Tensor], proposals: Tensor) -> Tuple[Tensor, Tensor]:
+        """Box head: ``class_logits [B, P, C]`` and ``box_regression [B, P, 4C]``."""
+        b, p = proposals.shape[:2]
+        x = self.pool(feats, proposals, self.spec.box_roi_size, self.spec.box_sampling_ratio)
+        x = self.roi_heads.box_head(x.flatten(0, 1))
+        logits, reg = self.roi_heads.box_predictor(x)
+        return logits.view(b, p, -1), reg.view(b, p, -1)
+
+    def mask_outputs(self, feats: List[Tensor], boxes: Tensor) -> Tensor:
+        """Mask head: ``mask_logits [B, K, C, 2S, 2S]`` for detection boxes ``[B, K, 4]``."""
+        b, k = boxes.shape[:2]
+        x = self.pool(feats, boxes, self.spec.mask_roi_size, self.spec.mask_sampling_ratio)
+        x = self.roi_heads.mask_predictor(self.roi_heads.mask_head(x.flatten(0, 1)))
+        return x.view(b, k, *x.shape[1:])
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+        image_hw = (int(images.shape[-2]), int(images.shape[-1]))
+        feats, objectness, deltas = self.features(images)
+        proposals, valid = self.proposals(feats, objectness, deltas, image_hw)
+        logits, reg = self.box_outputs(feats, proposals)
+        boxes, scores, classes, count = glue.select_detections(logits, reg, proposals, valid, image_hw, self.spec)
+        slot_valid = torch.arange(boxes.shape[1], device=boxes.device).view(1, -1) < count.view(-1, 1)
+        labels = torch.where(slot_valid, self.label_ids[classes], torch.full_like(classes, -1, dtype=torch.int32))
+        out: Dict[str, Tensor] = OrderedDict(
+            num_detections=count.view(-1, 1).to(torch.int32),
+            boxes=boxes,
+            scores=scores,
+            classes=labels.to(torch.int32),
+        )
+        if self.spec.masks:
+            masks = glue.select_masks(self.mask_outputs(feats, boxes), classes)
+            out["masks"] = masks * slot_valid.view(*slot_valid.shape, 1, 1)
+        return out
+
+
+def _check_input(images: Tensor) -> None:
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(
+            f"expected images as a float tensor [B, 3, H, W] (RGB, 0-255), got shape {tuple(images.shape)}"
+        )
+    h, w = images.shape[-2:]
+    if not torch.jit.is_tracing() and (int(h) % 32 or int(w) % 32):
+        raise ValueError(f"input height and width must be multiples of 32, got {int(h)}x{int(w)}; pad or resize")
