@@ -1,0 +1,99 @@
+"""Pasting ``M x M`` mask probabilities into the image, exactly as each framework does it (numpy only).
+
+* ``torchvision`` (``roi_heads.paste_masks_in_image``): pad the mask by one pixel, grow the box by
+  (M + 2) / M, truncate it to integers, bilinearly resize the padded mask to the box size
+  (``align_corners=False``) and copy it in; the result is thresholded afterwards.
+* ``detectron2`` (``layers.mask_ops._do_paste_mask``): sample the mask at every image pixel centre with
+  ``grid_sample(align_corners=False)`` and zero padding, in continuous box coordinates; ``>= threshold``.
+
+Both resamplings are separable, so each mask is pasted as ``Wy @ mask @ Wx.T`` over the box's pixels only.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+
+def _resize_weights(n_out: int, n_in: int) -> np.ndarray:
+    """Bilinear ``align_corners=False`` resize from ``n_in`` to ``n_out`` samples as an ``[n_out, n_in]``
+    matrix (PyTorch's ``interpolate`` semantics: source = (dst + 0.5) * scale - 0.5, clamped at 0)."""
+    scale = n_in / n_out
+    src = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
+    src = np.maximum(src, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w1 = src - i0
+    w = np.zeros((n_out, n_in), dtype=np.float64)
+    rows = np.arange(n_out)
+    np.add.at(w, (rows, i0), 1.0 - w1)
+    np.add.at(w, (rows, i1), w1)
+    return w
+
+
+def _sample_weights(pix: np.ndarray, lo: float, hi: float, m: int) -> np.ndarray:
+    """grid_sample(align_corners=False, padding zeros) weights for pixel centres ``pix + 0.5`` mapped from
+    the box ``[lo, hi]`` onto ``m`` mask cells: ``[len(pix), m]``."""
+    src = (pix + 0.5 - lo) / max(hi - lo, 1e-12) * m - 0.5
+    i0 = np.floor(src).astype(np.int64)
+    w1 = src - i0
+    w = np.zeros((pix.shape[0], m), dtype=np.float64)
+    for idx, wt in ((i0, 1.0 - w1), (i0 + 1, w1)):
+        ok = (idx >= 0) & (idx < m)
+        w[np.nonzero(ok)[0], idx[ok]] += wt[ok]
+    return w
+
+
+def paste_mask(
+    mask: np.ndarray, box: np.ndarray, image_hw: Tuple[int, int], method: str = "torchvision"
+) -> np.ndarray:
+    """Paste one ``[M, M]`` probability mask for ``box`` into a float ``[H, W]`` image-sized canvas."""
+    h_img, w_img = image_hw
+    canvas = np.zeros((h_img, w_img), dtype=np.float32)
+    m = mask.shape[0]
+    mask = mask.astype(np.float64)
+    if method == "torchvision":
+        padded = np.zeros((m + 2, m + 2), dtype=np.float64)
+        padded[1:-1, 1:-1] = mask
+        scale = (m + 2) / m
+        cx, cy = (box[0] + box[2]) * 0.5, (box[1] + box[3]) * 0.5
+        hw, hh = (box[2] - box[0]) * 0.5 * scale, (box[3] - box[1]) * 0.5 * scale
+        # float32 like torchvision's expand_boxes, then truncation toward zero like .to(torch.int64)
+        ebox = np.array([cx - hw, cy - hh, cx + hw, cy + hh], dtype=np.float32).astype(np.int64)
+        w = max(int(ebox[2] - ebox[0] + 1), 1)
+        h = max(int(ebox[3] - ebox[1] + 1), 1)
+        resized = _resize_weights(h, m + 2) @ padded @ _resize_weights(w, m + 2).T
+        x0, x1 = max(ebox[0], 0), min(ebox[2] + 1, w_img)
+        y0, y1 = max(ebox[1], 0), min(ebox[3] + 1, h_img)
+        if x1 > x0 and y1 > y0:
+            canvas[y0:y1, x0:x1] = resized[y0 - ebox[1] : y1 - ebox[1], x0 - ebox[0] : x1 - ebox[0]]
+        return canvas
+    if method == "detectron2":
+        x0 = int(max(np.floor(box[0]) - 1, 0))
+        y0 = int(max(np.floor(box[1]) - 1, 0))
+        x1 = int(min(np.ceil(box[2]) + 1, w_img))
+        y1 = int(min(np.ceil(box[3]) + 1, h_img))
+        if x1 <= x0 or y1 <= y0:
+            return canvas
+        wy = _sample_weights(np.arange(y0, y1, dtype=np.float64), float(box[1]), float(box[3]), m)
+        wx = _sample_weights(np.arange(x0, x1, dtype=np.float64), float(box[0]), float(box[2]), m)
+        canvas[y0:y1, x0:x1] = wy @ mask @ wx.T
+        return canvas
+    raise ValueError(f"unknown mask paste method {method!r}; use 'torchvision' or 'detectron2'")
+
+
+def paste_masks(
+    masks: np.ndarray,
+    boxes: np.ndarray,
+    image_hw: Tuple[int, int],
+    method: str = "torchvision",
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """Paste ``masks [N, M, M]`` for ``boxes [N, 4]`` into ``[N, H, W]`` bool masks (``prob >= threshold``
+    for Detectron2, ``prob > threshold`` for torchvision as its visualisation/eval code does)."""
+    out = np.zeros((masks.shape[0], *image_hw), dtype=bool)
+    for i in range(masks.shape[0]):
+        prob = paste_mask(masks[i], boxes[i], image_hw, method)
+        out[i] = prob >= threshold if method == "detectron2" else prob > threshold
+    return out

@@ -1,0 +1,538 @@
+"""Tests for safe checkpoint loading (torchvision and Detectron2 flavours) into torchvision's key layout."""
+
+from __future__ import annotations
+
+import builtins
+import os
+import pickle
+import struct
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+
+from rcnn_deploy.models import weights as W  # noqa: E402
+
+NUM_CLASSES = 5  # including background
+MASK_PREFIXES = ("roi_heads.mask_head.", "roi_heads.mask_predictor.")
+
+
+def _random_like(sd: Dict[str, torch.Tensor], seed: int) -> Dict[str, torch.Tensor]:
+    """Same keys/shapes as ``sd``, every float tensor random (so any swapped tensor is caught)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in sd.items():
+        if v.is_floating_point():
+            out[k] = torch.randn(v.shape, generator=g)
+        else:
+            out[k] = v.clone()
+    return out
+
+
+def _float_only(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+
+
+def _assert_same(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> None:
+    assert list(a) == list(b) or sorted(a) == sorted(b)
+    for k in a:
+        assert a[k].dtype == torch.float32, k
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def mask_sd() -> Dict[str, torch.Tensor]:
+    """A random Mask R-CNN state dict with torchvision's real keys (incl. num_batches_tracked)."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES)
+    return _random_like(model.state_dict(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def faster_shapes() -> Dict[str, tuple]:
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=NUM_CLASSES)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def mask_sd_zero_bg(mask_sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Float-only Mask R-CNN state dict whose background box/mask rows are zero (exactly D2-representable)."""
+    sd = {k: v.clone() for k, v in _float_only(mask_sd).items()}
+    for key in (W._BOX_W, W._BOX_B):
+        sd[key][:4] = 0
+    for key in (W._MASK_W, W._MASK_B):
+        sd[key][:1] = 0
+    return sd
+
+
+@pytest.fixture(scope="module")
+def d2_pkl(mask_sd_zero_bg: Dict[str, torch.Tensor], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("d2") / "model_final.pkl"
+    W.save_detectron2_pkl(path, mask_sd_zero_bg)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tv_pth(mask_sd: Dict[str, torch.Tensor], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tv") / "maskrcnn.pth"
+    torch.save(mask_sd, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torchvision flavour
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_real_torchvision_keys_all_map_to_detectron2(mask_sd: Dict[str, torch.Tensor]) -> None:
+    d2 = W.torchvision_to_detectron2(mask_sd)
+    assert "backbone.bottom_up.stem.conv1.weight" in d2
+    assert "backbone.bottom_up.res5.2.conv3.norm.running_var" in d2
+    assert "backbone.bottom_up.res2.0.shortcut.norm.weight" in d2
+    assert "backbone.fpn_lateral5.weight" in d2 and "backbone.fpn_output2.bias" in d2
+    assert "proposal_generator.rpn_head.anchor_deltas.weight" in d2
+    assert "roi_heads.box_head.fc2.weight" in d2
+    assert "roi_heads.mask_head.mask_fcn4.weight" in d2 and "roi_heads.mask_head.deconv.bias" in d2
+    assert d2["roi_heads.box_predictor.cls_score.weight"].shape == (NUM_CLASSES, 1024)
+    assert d2["roi_heads.box_predictor.bbox_pred.weight"].shape == (4 * (NUM_CLASSES - 1), 1024)
+    assert d2["roi_heads.mask_head.predictor.weight"].shape == (NUM_CLASSES - 1, 256, 1, 1)
+    assert len(d2) == len(_float_only(mask_sd))
+
+
+@pytest.mark.parametrize("wrap", ["bare", "model", "state_dict", "module", "legacy"])
+def test_torchvision_pth_round_trip(wrap: str, mask_sd: Dict[str, torch.Tensor], tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pth"
+    if wrap == "bare":
+        torch.save(mask_sd, path)
+    elif wrap == "model":
+        torch.save({"model": mask_sd, "epoch": 3, "optimizer": {"state": {}, "param_groups": []}}, path)
+    elif wrap == "state_dict":
+        torch.save({"state_dict": mask_sd}, path)
+    elif wrap == "module":
+        torch.save({f"module.{k}": v for k, v in mask_sd.items()}, path)
+    else:
+        torch.save(mask_sd, path, _use_new_zipfile_serialization=False)
+    loaded = W.load_checkpoint(path, "torchvision", masks=True)
+    assert loaded.num_classes == NUM_CLASSES
+    assert loaded.flavour == "torchvision"
+    _assert_same(loaded.state_dict, _float_only(mask_sd))
+    assert all(k.endswith("num_batches_tracked") for k in loaded.dropped)
+    assert str(path) in loaded.source
+
+
+def test_torchvision_reference_checkpoint_with_args_namespace(
+    mask_sd: Dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    import argparse
+
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": mask_sd, "args": argparse.Namespace(lr=0.02, data_path="/coco"), "epoch": 1}, path)
+    assert W.load_checkpoint(path, "torchvision", masks=True).num_classes == NUM_CLASSES
+
+
+def test_torchvision_mask_checkpoint_as_faster_drops_mask_head(tv_pth: Path, faster_shapes: dict) -> None:
+    loaded = W.load_checkpoint(tv_pth, "torchvision", masks=False)
+    assert not any(k.startswith(MASK_PREFIXES) for k in loaded.state_dict)
+    assert any(k.startswith(MASK_PREFIXES) for k in loaded.dropped)
+    W.check_state_dict(loaded.state_dict, faster_shapes, loaded.source)
+
+
+def test_torchvision_faster_checkpoint_as_mask_is_refused(
+    mask_sd: Dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    path = tmp_path / "faster.pth"
+    torch.save({k: v for k, v in mask_sd.items() if not k.startswith(MASK_PREFIXES)}, path)
+    with pytest.raises(W.WeightsError, match="Faster R-CNN checkpoint loaded as Mask R-CNN"):
+        W.load_checkpoint(path, "torchvision", masks=True)
+
+
+def test_torchvision_flavour_refuses_detectron2_names(d2_pkl: Path, tmp_path: Path) -> None:
+    with pytest.raises(W.WeightsError, match="detectron2"):
+        W.load_checkpoint(d2_pkl, "torchvision", masks=True)
+    path = tmp_path / "d2.pth"
+    torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1)}}, path)
+    with pytest.raises(W.WeightsError, match="'detectron2' flavour"):
+        W.load_checkpoint(path, "torchvision", masks=True)
+
+
+def test_missing_file_and_unknown_flavour(tmp_path: Path, tv_pth: Path) -> None:
+    with pytest.raises(W.WeightsError, match="no such checkpoint file"):
+        W.load_checkpoint(tmp_path / "nope.pth", "torchvision", masks=True)
+    with pytest.raises(W.WeightsError, match="unknown weights flavour"):
+        W.load_checkpoint(tv_pth, "caffe", masks=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# torchvision weight enums (hub cache, never downloads)
+# ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)  # undo any torch.hub.set_dir
+    return tmp_path / "torch_home"
+
+
+def _enum_cache_path(hub_home: Path, enum_name: str) -> Path:
+    from torchvision.models import detection
+
+    url = getattr(detection, enum_name).DEFAULT.url
+    return hub_home / "hub" / "checkpoints" / os.path.basename(url)
+
+
+def test_enum_found_in_hub_cache(hub_home: Path, tv_pth: Path, mask_sd: Dict[str, torch.Tensor]) -> None:
+    cached = _enum_cache_path(hub_home, "MaskRCNN_ResNet50_FPN_Weights")
+    cached.parent.mkdir(parents=True)
+    os.symlink(tv_pth, cached)
+    for name in ("MaskRCNN_ResNet50_FPN_Weights.COCO_V1", "MaskRCNN_ResNet50_FPN_Weights.DEFAULT", "DEFAULT"):
+        loaded = W.load_torchvision_enum(name, masks=True)
+        assert loaded.num_classes == NUM_CLASSES
+        assert "MaskRCNN_ResNet50_FPN_Weights.COCO_V1" in loaded.source
+        _assert_same(loaded.state_dict, _float_only(mask_sd))
+    # Mask R-CNN weights used for a Faster R-CNN model: mask head dropped.
+    faster = W.load_torchvision_enum(
+        "torchvision.models.detection.MaskRCNN_ResNet50_FPN_Weights.COCO_V1", masks=False
+    )
+    assert not any(k.startswith(MASK_PREFIXES) for k in faster.state_dict)
+    # The generated file cannot have the sha256 its name promises.
+    with pytest.raises(W.WeightsError, match="sha256"):
+        W.load_torchvision_enum("MaskRCNN_ResNet50_FPN_Weights.COCO_V1", masks=True, check_hash=True)
+
+
+def test_enum_missing_file_says_what_to_download(hub_home: Path) -> None:
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    url = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.url
+    expected = _enum_cache_path(hub_home, "FasterRCNN_ResNet50_FPN_Weights")
+    with pytest.raises(W.WeightsError) as info:
+        W.load_torchvision_enum("FasterRCNN_ResNet50_FPN_Weights.COCO_V1", masks=False)
+    msg = str(info.value)
+    assert url in msg and str(expected) in msg and "TORCH_HOME" in msg
+    assert not expected.exists()
+
+
+def test_enum_bad_names(hub_home: Path) -> None:
+    with pytest.raises(W.WeightsError, match="valid: COCO_V1"):
+        W.load_torchvision_enum("MaskRCNN_ResNet50_FPN_Weights.COCO_V9", masks=True)
+    with pytest.raises(W.WeightsError, match="v2 models"):
+        W.load_torchvision_enum("FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1", masks=False)
+    with pytest.raises(W.WeightsError, match="no mask head"):
+        W.load_torchvision_enum("FasterRCNN_ResNet50_FPN_Weights.COCO_V1", masks=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Detectron2 flavour
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_detectron2_pkl_round_trip_is_exact(d2_pkl: Path, mask_sd_zero_bg: Dict[str, torch.Tensor]) -> None:
+    loaded = W.load_checkpoint(d2_pkl, "detectron2", masks=True)
+    assert loaded.flavour == "detectron2"
+    assert loaded.num_classes == NUM_CLASSES
+    assert loaded.dropped == []
+    _assert_same(loaded.state_dict, mask_sd_zero_bg)
+    with open(d2_pkl, "rb") as f:
+        assert f.read(2) == b"\x80\x02"  # pickle protocol 2, as the model zoo
+
+
+def test_detectron2_class_reordering_is_a_permutation(tmp_path: Path, d2_pkl: Path) -> None:
+    with open(d2_pkl, "rb") as f:
+        raw = W._RestrictedUnpickler(f, encoding="latin1").load()["model"]
+    rng = np.random.default_rng(1)
+    k = NUM_CLASSES - 1
+    d2 = dict(raw)
+    d2["roi_heads.box_predictor.cls_score.weight"] = rng.standard_normal((k + 1, 1024)).astype(np.float32)
+    d2["roi_heads.box_predictor.cls_score.bias"] = rng.standard_normal(k + 1).astype(np.float32)
+    path = tmp_path / "perm.pkl"
+    W.save_detectron2_pkl(path, d2)
+    sd = W.load_checkpoint(path, "detectron2", masks=True).state_dict
+
+    perm = [k] + list(range(k))  # torchvision row i  <-  Detectron2 row perm[i]
+    w_d2 = torch.from_numpy(d2["roi_heads.box_predictor.cls_score.weight"])
+    b_d2 = torch.from_numpy(d2["roi_heads.box_predictor.cls_score.bias"])
+    assert torch.equal(sd[W._CLS_W], w_d2[perm]) and torch.equal(sd[W._CLS_B], b_d2[perm])
+    x = torch.randn(7, 1024, generator=torch.Generator().manual_seed(2))
+    p_tv = torch.softmax(x @ sd[W._CLS_W].T + sd[W._CLS_B], dim=1)
+    p_d2 = torch.softmax(x @ w_d2.T + b_d2, dim=1)
+    torch.testing.assert_close(p_tv, p_d2[:, perm])
+    # Box deltas / mask logits: background rows are zero, class c of torchvision == class c-1 of Detectron2.
+    box = torch.from_numpy(d2["roi_heads.box_predictor.bbox_pred.weight"])
+    assert torch.equal(sd[W._BOX_W][:4], torch.zeros(4, 1024)) and torch.equal(sd[W._BOX_W][4:], box)
+    mask = torch.from_numpy(d2["roi_heads.mask_head.predictor.weight"])
+    assert not sd[W._MASK_W][0].any() and torch.equal(sd[W._MASK_W][1:], mask)
+
+
+class _Py2Pickler(pickle._Pickler):  # type: ignore[misc]
+    """Writes what Python 2's cPickle (protocol 2) wrote: `str` as BINSTRING, numpy.core.* globals."""
+
+    dispatch = pickle._Pickler.dispatch.copy()  # type: ignore[attr-defined]
+
+    def save_py2_str(self, obj: object) -> None:
+        data = obj if isinstance(obj, bytes) else obj.encode("ascii")  # type: ignore[union-attr]
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+    dispatch[str] = save_py2_str
+
+    def save_global(self, obj: object, name: object = None) -> None:
+        if obj is np.ndarray.__reduce__(np.zeros(1))[0]:  # numpy's _reconstruct
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+
+def test_detectron2_python2_style_pkl(
+    tmp_path: Path, mask_sd_zero_bg: Dict[str, torch.Tensor], d2_pkl: Path
+) -> None:
+    d2 = W.torchvision_to_detectron2(mask_sd_zero_bg)
+    # What model-zoo files also carry: input normalisation and (old) anchor buffers.
+    d2["pixel_mean"] = np.array([103.53, 116.28, 123.675], dtype=np.float32).reshape(3, 1, 1)
+    d2["pixel_std"] = np.ones((3, 1, 1), dtype=np.float32)
+    d2["proposal_generator.anchor_generator.cell_anchors.0"] = np.zeros((3, 4), dtype=np.float32)
+    path = tmp_path / "py2.pkl"
+    with open(path, "wb") as f:
+        _Py2Pickler(f, protocol=2).dump(
+            {"model": d2, "__author__": "Detectron2 Model Zoo", "matching_heuristics": True}
+        )
+    raw = path.read_bytes()
+    assert b"numpy.core.multiarray\n_reconstruct" in raw and b"_codecs" not in raw
+    loaded = W.load_checkpoint(path, "detectron2", masks=True)
+    _assert_same(loaded.state_dict, mask_sd_zero_bg)
+    assert loaded.pixel_mean == pytest.approx((103.53, 116.28, 123.675))
+    assert loaded.pixel_std == (1.0, 1.0, 1.0)
+    assert sorted(loaded.dropped) == [
+        "pixel_mean",
+        "pixel_std",
+        "proposal_generator.anchor_generator.cell_anchors.0",
+    ]
+    assert "Detectron2 Model Zoo" in loaded.source
+
+
+def test_detectron2_pth_training_checkpoint(tmp_path: Path, mask_sd_zero_bg: Dict[str, torch.Tensor]) -> None:
+    d2 = {k: torch.from_numpy(v) for k, v in W.torchvision_to_detectron2(mask_sd_zero_bg).items()}
+    d2["backbone.bottom_up.res2.0.conv1.norm.num_batches_tracked"] = torch.tensor(5)
+    path = tmp_path / "model_0089999.pth"
+    torch.save(
+        {
+            "model": d2,
+            "optimizer": {"state": {0: {"momentum_buffer": torch.zeros(3)}}, "param_groups": [{"lr": 0.02}]},
+            "scheduler": {"last_epoch": 89999, "base_lrs": [0.02]},
+            "iteration": 89999,
+        },
+        path,
+    )
+    loaded = W.load_checkpoint(path, "detectron2", masks=True)
+    _assert_same(loaded.state_dict, mask_sd_zero_bg)
+    assert loaded.dropped == ["backbone.bottom_up.res2.0.conv1.norm.num_batches_tracked"]
+    # The same file used for a Faster R-CNN model.
+    faster = W.load_checkpoint(path, "detectron2", masks=False)
+    assert not any(k.startswith(MASK_PREFIXES) for k in faster.state_dict)
+    assert "roi_heads.mask_head.predictor.weight" in faster.dropped
+
+
+def _d2_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
+    return W.torchvision_to_detectron2(sd)
+
+
+def test_detectron2_class_agnostic_heads_are_refused(
+    tmp_path: Path, mask_sd_zero_bg: Dict[str, torch.Tensor]
+) -> None:
+    d2 = _d2_dict(mask_sd_zero_bg)
+    agnostic_box = dict(d2)
+    agnostic_box["roi_heads.box_predictor.bbox_pred.weight"] = np.zeros((4, 1024), np.float32)
+    agnostic_box["roi_heads.box_predictor.bbox_pred.bias"] = np.zeros(4, np.float32)
+    W.save_detectron2_pkl(tmp_path / "box.pkl", agnostic_box)
+    with pytest.raises(W.WeightsError, match="class-agnostic box regression"):
+        W.load_checkpoint(tmp_path / "box.pkl", "detectron2", masks=True)
+
+    agnostic_mask = dict(d2)
+    agnostic_mask["roi_heads.mask_head.predictor.weight"] = np.zeros((1, 256, 1, 1), np.float32)
+    agnostic_mask["roi_heads.mask_head.predictor.bias"] = np.zeros(1, np.float32)
+    W.save_detectron2_pkl(tmp_path / "mask.pkl", agnostic_mask)
+    with pytest.raises(W.WeightsError, match="class-agnostic mask"):
+        W.load_checkpoint(tmp_path / "mask.pkl", "detectron2", masks=True)
+
+
+def test_detectron2_unknown_keys_are_reported(
+    tmp_path: Path, mask_sd_zero_bg: Dict[str, torch.Tensor]
+) -> None:
+    d2 = _d2_dict(mask_sd_zero_bg)
+    d2["roi_heads.keypoint_head.conv_fcn1.weight"] = np.zeros((2, 2), np.float32)
+    W.save_detectron2_pkl(tmp_path / "kp.pkl", d2)
+    with pytest.raises(W.WeightsError, match="roi_heads.keypoint_head.conv_fcn1.weight"):
+        W.load_checkpoint(tmp_path / "kp.pkl", "detectron2", masks=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Security: nothing in a checkpoint is ever executed
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _Evil:
+    def __init__(self, func: object, arg: str) -> None:
+        self.func, self.arg = func, arg
+
+    def __reduce__(self) -> tuple:
+        return (self.func, (self.arg,))
+
+
+def _evil_payloads(marker: Path) -> list:
+    return [
+        (os.system, f"touch {marker}", f"{os.system.__module__}.system"),
+        (builtins.exec, f"open({str(marker)!r}, 'w').close()", "builtins.exec"),
+    ]
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("which", [0, 1])
+def test_malicious_pkl_is_refused(tmp_path: Path, protocol: int, which: int) -> None:
+    marker = tmp_path / "pwned"
+    func, arg, qualified = _evil_payloads(marker)[which]
+    path = tmp_path / "evil.pkl"
+    payload = {
+        "model": {"backbone.bottom_up.stem.conv1.weight": np.zeros(3, np.float32), "x": _Evil(func, arg)},
+        "__author__": "Detectron2 Model Zoo",
+    }
+    path.write_bytes(pickle.dumps(payload, protocol=protocol))
+    for call in (
+        lambda: W.load_checkpoint(path, "detectron2", masks=True),
+        lambda: W.load_checkpoint(path, "auto", masks=True),
+        lambda: W.detect_format(path),
+    ):
+        with pytest.raises(W.WeightsError) as info:
+            call()
+        assert qualified in str(info.value)
+        assert "not a plain Detectron2 weight file" in str(info.value)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("flavour", ["torchvision", "detectron2", "auto"])
+def test_malicious_pth_is_refused(tmp_path: Path, flavour: str) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save(
+        {"model": {"rpn.head.cls_logits.weight": torch.zeros(1)}, "x": _Evil(os.system, f"touch {marker}")},
+        path,
+    )
+    with pytest.raises(W.WeightsError) as info:
+        W.load_checkpoint(path, flavour, masks=True)
+    assert f"{os.system.__module__}.system" in str(info.value)
+    assert "weights_only=True" in str(info.value)
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# check_state_dict
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_check_state_dict_ok_ignores_num_batches_tracked(
+    tv_pth: Path, mask_sd: Dict[str, torch.Tensor]
+) -> None:
+    loaded = W.load_checkpoint(tv_pth, "torchvision", masks=True)
+    expected = {k: tuple(v.shape) for k, v in mask_sd.items()}  # has num_batches_tracked, the load has not
+    W.check_state_dict(loaded.state_dict, expected, loaded.source)
+
+
+def test_check_state_dict_reports_everything(mask_sd: Dict[str, torch.Tensor]) -> None:
+    expected = {k: tuple(v.shape) for k, v in mask_sd.items()}
+    sd = dict(_float_only(mask_sd))
+    del sd["backbone.fpn.inner_blocks.0.0.weight"]
+    sd["extra.weight"] = torch.zeros(2)
+    sd["backbone.fpn.layer_blocks.0.0.bias"] = torch.zeros(3, 2)
+    with pytest.raises(W.WeightsError) as info:
+        W.check_state_dict(sd, expected, "ckpt.pth")
+    msg = str(info.value)
+    assert msg.startswith("ckpt.pth:")
+    assert (
+        "missing keys (in the model, not in the checkpoint) (1):\n  backbone.fpn.inner_blocks.0.0.weight"
+        in msg
+    )
+    assert "unexpected keys (in the checkpoint, not in the model) (1):\n  extra.weight" in msg
+    assert "backbone.fpn.layer_blocks.0.0.bias: checkpoint (3, 2) vs model (256,)" in msg
+
+
+def test_check_state_dict_truncates_long_lists(mask_sd: Dict[str, torch.Tensor]) -> None:
+    expected = {k: tuple(v.shape) for k, v in mask_sd.items()}
+    sd = {k: v for k, v in _float_only(mask_sd).items() if not k.startswith("backbone.body.layer")}
+    n_missing = sum(1 for k in _float_only(mask_sd) if k.startswith("backbone.body.layer"))
+    with pytest.raises(W.WeightsError) as info:
+        W.check_state_dict(sd, expected, "x")
+    msg = str(info.value)
+    assert f"({n_missing}):" in msg and f"... and {n_missing - 20} more" in msg
+
+
+def test_check_state_dict_hints(mask_sd: Dict[str, torch.Tensor], faster_shapes: dict) -> None:
+    mask_expected = {k: tuple(v.shape) for k, v in mask_sd.items()}
+    # num_classes differs: only predictor shapes disagree.
+    other = dict(mask_expected)
+    for key in W._PREDICTOR_KEYS:
+        n = 3 if key in (W._CLS_W, W._CLS_B, W._MASK_W, W._MASK_B) else 12
+        other[key] = (n, *other[key][1:])
+    with pytest.raises(W.WeightsError, match="num_classes differs .*checkpoint 5, model 3"):
+        W.check_state_dict(_float_only(mask_sd), other, "x")
+    # Faster R-CNN checkpoint into a Mask R-CNN model.
+    faster_sd = {k: torch.zeros(s) for k, s in faster_shapes.items()}
+    with pytest.raises(W.WeightsError, match="Faster R-CNN checkpoint loaded as Mask R-CNN"):
+        W.check_state_dict(faster_sd, mask_expected, "x")
+    # Mask R-CNN checkpoint into a Faster R-CNN model.
+    with pytest.raises(W.WeightsError, match="masks=False"):
+        W.check_state_dict(_float_only(mask_sd), faster_shapes, "x")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# detect_format
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_detect_format(tv_pth: Path, d2_pkl: Path, tmp_path: Path) -> None:
+    assert W.detect_format(tv_pth) == "torchvision"
+    assert W.detect_format(d2_pkl) == "detectron2"
+    d2_pth = tmp_path / "d2.pth"
+    torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1)}, "iteration": 1}, d2_pth)
+    assert W.detect_format(d2_pth) == "detectron2"
+    wrapped = tmp_path / "wrapped.pth"
+    torch.save({"model": {"module.backbone.body.conv1.weight": torch.zeros(1)}}, wrapped)
+    assert W.detect_format(wrapped) == "torchvision"
+    assert W.load_checkpoint(d2_pkl, "auto", masks=True).flavour == "detectron2"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"this is definitely not a checkpoint\x00\x01\x02" * 8, bytes(range(256)) * 4],
+)
+def test_detect_format_garbage(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(content)
+    with pytest.raises(W.WeightsError, match="garbage.pth"):
+        W.detect_format(path)
+    with pytest.raises(W.WeightsError):
+        W.load_checkpoint(path, "torchvision", masks=True)
+    with pytest.raises(W.WeightsError):
+        W.load_checkpoint(path, "detectron2", masks=True)
+
+
+def test_detect_format_unknown_keys(tmp_path: Path) -> None:
+    path = tmp_path / "other.pkl"
+    path.write_bytes(pickle.dumps({"foo": np.zeros(2)}, protocol=2))
+    with pytest.raises(W.WeightsError, match="cannot tell what this checkpoint is"):
+        W.detect_format(path)
+    blobs = tmp_path / "detectron1.pkl"
+    blobs.write_bytes(pickle.dumps({"blobs": {"conv1_w": np.zeros(2)}}, protocol=2))
+    with pytest.raises(W.WeightsError, match="Caffe2"):
+        W.detect_format(blobs)
+    with pytest.raises(W.WeightsError, match="Caffe2"):
+        W.load_checkpoint(blobs, "detectron2", masks=True)
