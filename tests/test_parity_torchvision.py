@@ -69,8 +69,14 @@ def test_masks_pasted_like_torchvision(tv_mask_model):
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(6, 1, 28, 28, generator=g)
     boxes = torch.tensor(
-        [[10.3, 20.7, 80.2, 60.9], [0, 0, 319.5, 255.2], [300, 200, 330, 270], [5, 5, 6, 6.5],
-         [-4, -3, 40, 33], [100.5, 100.5, 101.0, 230.0]]
+        [
+            [10.3, 20.7, 80.2, 60.9],
+            [0, 0, 319.5, 255.2],
+            [300, 200, 330, 270],
+            [5, 5, 6, 6.5],
+            [-4, -3, 40, 33],
+            [100.5, 100.5, 101.0, 230.0],
+        ]
     )
     ref = paste_masks_in_image(masks, boxes, (256, 320), padding=1)[:, 0].numpy()
     for i in range(6):

@@ -1,6 +1,8 @@
-"""The three selection stages of a two-stage detector, batched with static shapes.
+"""The selection stages of a two-stage detector, batched with static shapes, parameterised by a ModelSpec.
 
+``spec_anchors``      anchors of every level for an input size
 ``select_proposals``  RPN outputs      -> top ``rpn_post_nms_top_n`` proposals per image (padded + valid mask)
+``pooler_params``     the box / mask head's multi-level ROIAlign
 ``select_detections`` box-head outputs -> top ``detections_per_img`` detections per image (padded + count)
 ``select_masks``      mask logits      -> the detected class's mask probabilities
 """
@@ -14,8 +16,30 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import ModelSpec
+from .anchors import grid_anchors
 from .boxes import clip_boxes, decode_boxes, min_size_mask
-from .nms import batched_nms_padded, gather_rows
+from .nms import gather_rows, nms_padded
+from .roi_align import PoolerParams
+
+
+def spec_anchors(
+    spec: ModelSpec, feature_sizes: Sequence[Tuple[int, int]], device: torch.device | None = None
+) -> List[Tensor]:
+    """Anchors ``[H_l * W_l * A, 4]`` of every level for the given FPN feature sizes."""
+    return grid_anchors(
+        feature_sizes,
+        spec.anchor_strides,
+        spec.anchor_sizes,
+        spec.aspect_ratios,
+        spec.anchor_round,
+        spec.anchor_offset,
+        device,
+    )
+
+
+def level_sizes(spec: ModelSpec, image_hw: Tuple[int, int]) -> List[Tuple[int, int]]:
+    """FPN feature sizes for an input size (H and W multiples of 32)."""
+    return [(image_hw[0] // s, image_hw[1] // s) for s in spec.anchor_strides]
 
 
 def select_proposals(
@@ -39,19 +63,21 @@ def select_proposals(
     """
     boxes_l: List[Tensor] = []
     logits_l: List[Tensor] = []
-    level_l: List[Tensor] = []
+    onehot_l: List[Tensor] = []
+    n_levels = len(objectness)
     for lvl, (obj, dlt, anc) in enumerate(zip(objectness, deltas, anchors)):
         k = min(spec.rpn_pre_nms_top_n, obj.shape[1])
         top, idx = obj.topk(k, dim=1)
-        d = gather_rows(dlt, idx)
-        a = anc[idx]
-        boxes_l.append(decode_boxes(d, a, spec.rpn_box_weights, spec.box_scale_clamp))
+        boxes_l.append(
+            decode_boxes(gather_rows(dlt, idx), anc[idx], spec.rpn_box_weights, spec.box_scale_clamp)
+        )
         logits_l.append(top)
-        level_l.append(torch.full_like(idx, lvl))
+        onehot = torch.zeros(k, n_levels, dtype=torch.bool, device=obj.device)
+        onehot[:, lvl] = True
+        onehot_l.append(onehot)
     h, w = image_hw
     boxes = clip_boxes(torch.cat(boxes_l, dim=1), h, w)
     logits = torch.cat(logits_l, dim=1)
-    levels = torch.cat(level_l, dim=1)
     scores = torch.sigmoid(logits)
     valid = (
         min_size_mask(boxes, spec.rpn_min_size, spec.rpn_min_size_inclusive)
@@ -59,11 +85,38 @@ def select_proposals(
         & torch.isfinite(boxes).all(dim=-1)
         & torch.isfinite(logits)
     )
-    p = spec.rpn_post_nms_top_n
-    keep, count = batched_nms_padded(boxes, scores, levels, valid, spec.rpn_nms_thresh, p)
-    slot_valid = torch.arange(p, device=boxes.device).view(1, -1) < count.view(-1, 1)
-    proposals = gather_rows(boxes, keep) * slot_valid.unsqueeze(-1)
-    return proposals, gather_rows(scores, keep) * slot_valid, slot_valid
+    # group = FPN level: scores/valid laid out [B, N, levels] with each candidate in its level's column
+    level_mask = torch.cat(onehot_l, dim=0).unsqueeze(0)
+    props, prop_scores, _, count = nms_padded(
+        boxes.unsqueeze(2),
+        scores.unsqueeze(2) * level_mask,
+        valid.unsqueeze(2) & level_mask,
+        spec.rpn_nms_thresh,
+        spec.rpn_post_nms_top_n,
+    )
+    slot_valid = torch.arange(props.shape[1], device=boxes.device).view(1, -1) < count.view(-1, 1)
+    return props, prop_scores, slot_valid
+
+
+def pooler_params(spec: ModelSpec, head: str) -> PoolerParams:
+    """The multi-level ROIAlign of the ``"box"`` or ``"mask"`` head."""
+    n = spec.roi_levels[1] - spec.roi_levels[0] + 1
+    size, ratio = (
+        (spec.box_roi_size, spec.box_sampling_ratio)
+        if head == "box"
+        else (spec.mask_roi_size, spec.mask_sampling_ratio)
+    )
+    return PoolerParams(
+        output_size=size,
+        sampling_ratio=ratio,
+        aligned=spec.roi_aligned,
+        strides=tuple(spec.anchor_strides[:n]),
+        min_level=spec.roi_levels[0],
+        canonical_scale=spec.canonical_scale,
+        canonical_level=spec.canonical_level,
+        eps=spec.level_eps,
+        eps_inside_log=spec.level_eps_inside_log,
+    )
 
 
 def select_detections(
@@ -84,8 +137,8 @@ def select_detections(
         proposals: ``[B, P, 4]``; proposal_valid: ``[B, P]``.
 
     Returns:
-        ``boxes [B, K, 4]``, ``scores [B, K]``, ``classes [B, K]`` (model class index, 0 in padded slots),
-        ``count [B]``; K = detections_per_img.
+        ``boxes [B, K, 4]``, ``scores [B, K]``, ``classes [B, K]`` int64 (model class index, 0 in padded
+        slots), ``count [B]``; K = detections_per_img.
     """
     b, p, c = class_logits.shape
     probs = F.softmax(class_logits, dim=-1)
@@ -93,20 +146,16 @@ def select_detections(
         box_regression.reshape(b, p, c, 4), proposals.unsqueeze(2), spec.box_weights, spec.box_scale_clamp
     )
     h, w = image_hw
-    boxes = clip_boxes(boxes, h, w)[:, :, 1:].reshape(b, p * (c - 1), 4)
-    scores = probs[:, :, 1:].reshape(b, p * (c - 1))
-    labels = torch.arange(1, c, device=class_logits.device).view(1, 1, c - 1).expand(b, p, c - 1)
-    labels = labels.reshape(b, p * (c - 1))
-    valid = (scores > spec.box_score_thresh) & proposal_valid.unsqueeze(2).expand(b, p, c - 1).reshape(b, -1)
+    boxes = clip_boxes(boxes, h, w)[:, :, 1:]  # [B, P, C-1, 4]
+    scores = probs[:, :, 1:]  # [B, P, C-1]
+    valid = (scores > spec.box_score_thresh) & proposal_valid.unsqueeze(2)
     if spec.box_min_size > 0:
         valid = valid & min_size_mask(boxes, spec.box_min_size, inclusive=True)
-    k = spec.detections_per_img
-    keep, count = batched_nms_padded(boxes, scores, labels, valid, spec.box_nms_thresh, k)
-    slot_valid = torch.arange(k, device=boxes.device).view(1, -1) < count.view(-1, 1)
-    out_boxes = gather_rows(boxes, keep) * slot_valid.unsqueeze(-1)
-    out_scores = gather_rows(scores, keep) * slot_valid
-    out_classes = gather_rows(labels, keep) * slot_valid
-    return out_boxes, out_scores, out_classes, count
+    out_boxes, out_scores, groups, count = nms_padded(
+        boxes, scores, valid, spec.box_nms_thresh, spec.detections_per_img
+    )
+    slot_valid = torch.arange(out_boxes.shape[1], device=boxes.device).view(1, -1) < count.view(-1, 1)
+    return out_boxes, out_scores, (groups + 1) * slot_valid, count
 
 
 def select_masks(mask_logits: Tensor, classes: Tensor) -> Tensor:

@@ -11,22 +11,21 @@ Same module names and parameter shapes as ``torchvision.models.detection.{faster
   ``scores [B, K]``, ``classes [B, K] int32`` (the label each framework reports; -1 in padded slots) and, for
   Mask R-CNN, ``masks [B, K, M, M]`` class-selected probabilities (M = 28).
 
-Each stage is a method (``features``, ``proposals``, ``box_outputs``, ``detections``, ``mask_outputs``) so the
-split export can cut the graph between them; everything that is not a layer lives in :mod:`rcnn_deploy.glue`.
+The three network pieces (``features``, ``box_head``, ``mask_head``) are what the split export cuts out;
+``forward`` is :func:`rcnn_deploy.glue.pipeline.two_stage` over them, and everything that is not a layer
+lives in :mod:`rcnn_deploy.glue`.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from .. import glue
 from ..config import ModelSpec
-
-OUTPUT_NAMES = ("num_detections", "boxes", "scores", "classes", "masks")
+from ..glue import level_sizes, select_masks, spec_anchors
+from ..glue.pipeline import two_stage
 
 
 def build_backbone(spec: ModelSpec) -> nn.Module:
@@ -78,11 +77,10 @@ class DeployRCNN(nn.Module):
         std = torch.tensor([v / unit for v in spec.pixel_std], dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
-        self.register_buffer("label_ids", torch.tensor(spec.label_ids, dtype=torch.int32), persistent=False)
         self._anchor_cache: Dict[Tuple, List[Tensor]] = {}
         self.eval()
 
-    # ----------------------------------------------------------------------------------------------- stages
+    # ------------------------------------------------------------------------------------- network pieces
     def normalize(self, images: Tensor) -> Tensor:
         """RGB 0-255 -> the network's input (channel order and mean/std of the flavour)."""
         if self.spec.channel_order == "BGR":  # pixel_mean/std are stored in the network's channel order
@@ -91,12 +89,9 @@ class DeployRCNN(nn.Module):
             images = images / 255.0
         return (images - self.pixel_mean) / self.pixel_std
 
-    def features(self, images: Tensor) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
-        """Backbone + FPN + RPN head.
-
-        Returns FPN maps P2-P6 (``[B, 256, H/s, W/s]``), objectness ``[B, N_l]`` and deltas ``[B, N_l, 4]``
-        per level, flattened in (H, W, A) order.
-        """
+    def features(self, images: Tensor) -> Tuple[List[Tensor], Tensor, Tensor]:
+        """Backbone + FPN + RPN head: FPN maps P2-P5 (``[B, 256, H/s, W/s]``, the ones ROIAlign pools),
+        objectness ``[B, N]`` and deltas ``[B, N, 4]`` of all levels P2-P6, each in (H, W, A) order."""
         _check_input(images)
         feats = list(self.backbone(self.normalize(images)).values())
         objectness, deltas = [], []
@@ -107,76 +102,31 @@ class DeployRCNN(nn.Module):
             b, a, h, w = o.shape
             objectness.append(o.permute(0, 2, 3, 1).reshape(b, h * w * a))
             deltas.append(d.view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * a, 4))
-        return feats, objectness, deltas
+        n_pooled = self.spec.roi_levels[1] - self.spec.roi_levels[0] + 1
+        return feats[:n_pooled], torch.cat(objectness, dim=1), torch.cat(deltas, dim=1)
 
-    def anchors(self, feats: List[Tensor], image_hw: Tuple[int, int]) -> List[Tensor]:
-        sizes = tuple(tuple(f.shape[-2:]) for f in feats)
-        key = (sizes, image_hw, feats[0].device)
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or key not in self._anchor_cache:
-            s = self.spec
-            strides = [image_hw[0] // h for h, _ in sizes]
-            anchors = glue.grid_anchors(
-                sizes, strides, s.anchor_sizes, s.aspect_ratios, s.anchor_round, s.anchor_offset, feats[0].device
-            )
-            if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-                return anchors
-            self._anchor_cache[key] = anchors
-        return self._anchor_cache[key]
+    def box_head(self, box_features: Tensor) -> Tuple[Tensor, Tensor]:
+        """``[R, 256, 7, 7]`` -> class_logits ``[R, C]``, box_regression ``[R, 4C]``."""
+        return self.roi_heads.box_predictor(self.roi_heads.box_head(box_features))
 
-    def proposals(
-        self, feats: List[Tensor], objectness: List[Tensor], deltas: List[Tensor], image_hw: Tuple[int, int]
-    ) -> Tuple[Tensor, Tensor]:
-        """``proposals [B, P, 4]`` and ``valid [B, P]``."""
-        anchors = self.anchors(feats, image_hw)
-        props, _, valid = glue.select_proposals(objectness, deltas, anchors, image_hw, self.spec)
-        return props, valid
-
-    def pool(self, feats: List[Tensor], boxes: Tensor, size: int, sampling_ratio: int) -> Tensor:
-        """Multi-level ROIAlign of ``boxes [B, K, 4]`` from P2-P5 -> ``[B, K, 256, size, size]``."""
-        s = self.spec
-        levels = glue.assign_levels(
-            boxes, s.roi_levels[0], s.roi_levels[1], s.canonical_scale, s.canonical_level, s.level_eps,
-            s.level_eps_inside_log,
-        )
-        n = s.roi_levels[1] - s.roi_levels[0] + 1
-        return glue.multiscale_roi_align(
-            feats[:n], boxes, levels, s.anchor_strides[:n], size, sampling_ratio, s.roi_aligned
-        )
-
-    def box_outputs(self, feats: List[Tensor], proposals: Tensor) -> Tuple[Tensor, Tensor]:
-        """Box head: ``class_logits [B, P, C]`` and ``box_regression [B, P, 4C]``."""
-        b, p = proposals.shape[:2]
-        x = self.pool(feats, proposals, self.spec.box_roi_size, self.spec.box_sampling_ratio)
-        x = self.roi_heads.box_head(x.flatten(0, 1))
-        logits, reg = self.roi_heads.box_predictor(x)
-        return logits.view(b, p, -1), reg.view(b, p, -1)
-
-    def mask_outputs(self, feats: List[Tensor], boxes: Tensor) -> Tensor:
-        """Mask head: ``mask_logits [B, K, C, 2S, 2S]`` for detection boxes ``[B, K, 4]``."""
-        b, k = boxes.shape[:2]
-        x = self.pool(feats, boxes, self.spec.mask_roi_size, self.spec.mask_sampling_ratio)
-        x = self.roi_heads.mask_predictor(self.roi_heads.mask_head(x.flatten(0, 1)))
-        return x.view(b, k, *x.shape[1:])
+    def mask_head(self, mask_features: Tensor, classes: Tensor) -> Tensor:
+        """``[R, 256, 14, 14]`` and model classes ``[R]`` -> class-selected probabilities ``[R, 28, 28]``."""
+        logits = self.roi_heads.mask_predictor(self.roi_heads.mask_head(mask_features))
+        return select_masks(logits.unsqueeze(0), classes.unsqueeze(0)).squeeze(0)
 
     # ---------------------------------------------------------------------------------------------- forward
+    def anchors(self, image_hw: Tuple[int, int], device: torch.device) -> List[Tensor]:
+        sizes = level_sizes(self.spec, image_hw)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return spec_anchors(self.spec, sizes, device)  # become graph constants
+        key = (tuple(sizes), str(device))
+        if key not in self._anchor_cache:
+            self._anchor_cache[key] = spec_anchors(self.spec, sizes, device)
+        return self._anchor_cache[key]
+
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
         image_hw = (int(images.shape[-2]), int(images.shape[-1]))
-        feats, objectness, deltas = self.features(images)
-        proposals, valid = self.proposals(feats, objectness, deltas, image_hw)
-        logits, reg = self.box_outputs(feats, proposals)
-        boxes, scores, classes, count = glue.select_detections(logits, reg, proposals, valid, image_hw, self.spec)
-        slot_valid = torch.arange(boxes.shape[1], device=boxes.device).view(1, -1) < count.view(-1, 1)
-        labels = torch.where(slot_valid, self.label_ids[classes], torch.full_like(classes, -1, dtype=torch.int32))
-        out: Dict[str, Tensor] = OrderedDict(
-            num_detections=count.view(-1, 1).to(torch.int32),
-            boxes=boxes,
-            scores=scores,
-            classes=labels.to(torch.int32),
-        )
-        if self.spec.masks:
-            masks = glue.select_masks(self.mask_outputs(feats, boxes), classes)
-            out["masks"] = masks * slot_valid.view(*slot_valid.shape, 1, 1)
-        return out
+        return two_stage(self, images, self.spec, self.anchors(image_hw, images.device))
 
 
 def _check_input(images: Tensor) -> None:
@@ -186,4 +136,6 @@ def _check_input(images: Tensor) -> None:
         )
     h, w = images.shape[-2:]
     if not torch.jit.is_tracing() and (int(h) % 32 or int(w) % 32):
-        raise ValueError(f"input height and width must be multiples of 32, got {int(h)}x{int(w)}; pad or resize")
+        raise ValueError(
+            f"input height and width must be multiples of 32, got {int(h)}x{int(w)}; pad or resize the image"
+        )

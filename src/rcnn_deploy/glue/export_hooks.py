@@ -1,0 +1,61 @@
+"""How the glue's two non-layer operations appear in an exported ONNX graph.
+
+``nms_padded`` and ``multiscale_roi_align`` call these autograd Functions while ``torch.onnx.export`` traces
+the model. Their ``forward`` runs the eager implementation (so tracing sees real values and shapes); their
+``symbolic`` asks the active *lowering* to emit the graph nodes. A lowering is chosen per export with
+:func:`lowering` (standard ONNX ops, TensorRT plugins, ...) and lives in :mod:`rcnn_deploy.export.lowering`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
+from typing import Any, Iterator, Optional
+
+import torch
+
+_LOWERING: ContextVar[Optional[Any]] = ContextVar("rcnn_deploy_lowering", default=None)
+
+
+@contextlib.contextmanager
+def lowering(impl: Any) -> Iterator[None]:
+    """Use ``impl`` (an object with ``nms(g, ...)`` and ``roi_align(g, ...)``) for symbolic export."""
+    token = _LOWERING.set(impl)
+    try:
+        yield
+    finally:
+        _LOWERING.reset(token)
+
+
+def _active() -> Any:
+    impl = _LOWERING.get()
+    if impl is None:
+        raise RuntimeError(
+            "exporting an rcnn_deploy model needs a lowering: use rcnn_deploy.export.export_onnx(...) rather "
+            "than calling torch.onnx.export on the model directly"
+        )
+    return impl
+
+
+class NMSNode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, boxes, scores, valid, iou_threshold: float, max_out: int):  # type: ignore[override]
+        from .nms import _nms_eager
+
+        return _nms_eager(boxes, scores, valid, iou_threshold, max_out)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, valid, iou_threshold: float, max_out: int):  # type: ignore[no-untyped-def]
+        return _active().nms(g, boxes, scores, valid, iou_threshold, max_out)
+
+
+class RoIAlignNode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, boxes, levels, params, *features):  # type: ignore[override]
+        from .roi_align import _roi_align_eager
+
+        return _roi_align_eager(features, boxes, params)
+
+    @staticmethod
+    def symbolic(g, boxes, levels, params, *features):  # type: ignore[no-untyped-def]
+        return _active().roi_align(g, boxes, levels, params, list(features))
