@@ -39,14 +39,14 @@ def _active() -> Any:
 
 class NMSNode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, boxes, scores, valid, iou_threshold: float, max_out: int):  # type: ignore[override]
+    def forward(ctx, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):  # type: ignore[override]
         from .nms import _nms_eager
 
         return _nms_eager(boxes, scores, valid, iou_threshold, max_out)
 
     @staticmethod
-    def symbolic(g, boxes, scores, valid, iou_threshold: float, max_out: int):  # type: ignore[no-untyped-def]
-        return _active().nms(g, boxes, scores, valid, iou_threshold, max_out)
+    def symbolic(g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):  # type: ignore[no-untyped-def]
+        return _active().nms(g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape)
 
 
 class RoIAlignNode(torch.autograd.Function):

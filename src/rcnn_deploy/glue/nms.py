@@ -21,7 +21,7 @@ from . import export_hooks
 
 
 def nms_padded(
-    boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float, max_out: int
+    boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float, max_out: int, score_threshold: float = 0.0
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Greedy NMS per image and per group.
 
@@ -31,13 +31,19 @@ def nms_padded(
         valid: ``[B, N, G]`` bool; invalid candidates are never kept and never suppress.
         iou_threshold: suppression when IoU > threshold.
         max_out: output slots per image (K).
+        score_threshold: the score threshold already folded into ``valid``; lowerings whose NMS filters by a
+            threshold of its own (EfficientNMS) use it.
 
     Returns:
         ``boxes [B, K, 4]``, ``scores [B, K]``, ``groups [B, K]`` int64 and ``count [B]`` int64; slots past
         ``count`` are zero.
     """
     if torch.onnx.is_in_onnx_export():
-        return export_hooks.NMSNode.apply(boxes, scores, valid, float(iou_threshold), int(max_out))
+        # candidate and group counts are static for a fixed input size; pass them as attributes
+        shape = (int(scores.shape[1]), int(scores.shape[2]))
+        return export_hooks.NMSNode.apply(
+            boxes, scores, valid, float(iou_threshold), int(max_out), float(score_threshold), shape
+        )
     return _nms_eager(boxes, scores, valid, iou_threshold, max_out)
 
 

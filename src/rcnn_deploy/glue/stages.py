@@ -93,6 +93,7 @@ def select_proposals(
         valid.unsqueeze(2) & level_mask,
         spec.rpn_nms_thresh,
         spec.rpn_post_nms_top_n,
+        spec.rpn_score_thresh,
     )
     slot_valid = torch.arange(props.shape[1], device=boxes.device).view(1, -1) < count.view(-1, 1)
     return props, prop_scores, slot_valid
@@ -152,7 +153,7 @@ def select_detections(
     if spec.box_min_size > 0:
         valid = valid & min_size_mask(boxes, spec.box_min_size, inclusive=True)
     out_boxes, out_scores, groups, count = nms_padded(
-        boxes, scores, valid, spec.box_nms_thresh, spec.detections_per_img
+        boxes, scores, valid, spec.box_nms_thresh, spec.detections_per_img, spec.box_score_thresh
     )
     slot_valid = torch.arange(out_boxes.shape[1], device=boxes.device).view(1, -1) < count.view(-1, 1)
     return out_boxes, out_scores, (groups + 1) * slot_valid, count
