@@ -171,9 +171,7 @@ def test_image_independent_of_num_images(tmp_path: Path) -> None:
 
     def anns(path: Path, n: int) -> list:
         coco = json.loads(path.read_text())
-        return [
-            {k: v for k, v in ann.items() if k != "id"} for ann in coco["annotations"] if ann["image_id"] <= n
-        ]
+        return [{k: v for k, v in ann.items() if k != "id"} for ann in coco["annotations"] if ann["image_id"] <= n]
 
     assert anns(a, 3) == anns(b, 3)
 

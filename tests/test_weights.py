@@ -127,9 +127,7 @@ def test_torchvision_pth_round_trip(wrap: str, mask_sd: Dict[str, torch.Tensor],
     assert str(path) in loaded.source
 
 
-def test_torchvision_reference_checkpoint_with_args_namespace(
-    mask_sd: Dict[str, torch.Tensor], tmp_path: Path
-) -> None:
+def test_torchvision_reference_checkpoint_with_args_namespace(mask_sd: Dict[str, torch.Tensor], tmp_path: Path) -> None:
     import argparse
 
     path = tmp_path / "checkpoint.pth"
@@ -144,9 +142,7 @@ def test_torchvision_mask_checkpoint_as_faster_drops_mask_head(tv_pth: Path, fas
     W.check_state_dict(loaded.state_dict, faster_shapes, loaded.source)
 
 
-def test_torchvision_faster_checkpoint_as_mask_is_refused(
-    mask_sd: Dict[str, torch.Tensor], tmp_path: Path
-) -> None:
+def test_torchvision_faster_checkpoint_as_mask_is_refused(mask_sd: Dict[str, torch.Tensor], tmp_path: Path) -> None:
     path = tmp_path / "faster.pth"
     torch.save({k: v for k, v in mask_sd.items() if not k.startswith(MASK_PREFIXES)}, path)
     with pytest.raises(W.WeightsError, match="Faster R-CNN checkpoint loaded as Mask R-CNN"):
@@ -198,9 +194,7 @@ def test_enum_found_in_hub_cache(hub_home: Path, tv_pth: Path, mask_sd: Dict[str
         assert "MaskRCNN_ResNet50_FPN_Weights.COCO_V1" in loaded.source
         _assert_same(loaded.state_dict, _float_only(mask_sd))
     # Mask R-CNN weights used for a Faster R-CNN model: mask head dropped.
-    faster = W.load_torchvision_enum(
-        "torchvision.models.detection.MaskRCNN_ResNet50_FPN_Weights.COCO_V1", masks=False
-    )
+    faster = W.load_torchvision_enum("torchvision.models.detection.MaskRCNN_ResNet50_FPN_Weights.COCO_V1", masks=False)
     assert not any(k.startswith(MASK_PREFIXES) for k in faster.state_dict)
     # The generated file cannot have the sha256 its name promises.
     with pytest.raises(W.WeightsError, match="sha256"):
@@ -294,9 +288,7 @@ class _Py2Pickler(pickle._Pickler):  # type: ignore[misc]
         super().save_global(obj, name)
 
 
-def test_detectron2_python2_style_pkl(
-    tmp_path: Path, mask_sd_zero_bg: Dict[str, torch.Tensor], d2_pkl: Path
-) -> None:
+def test_detectron2_python2_style_pkl(tmp_path: Path, mask_sd_zero_bg: Dict[str, torch.Tensor], d2_pkl: Path) -> None:
     d2 = W.torchvision_to_detectron2(mask_sd_zero_bg)
     # What model-zoo files also carry: input normalisation and (old) anchor buffers.
     d2["pixel_mean"] = np.array([103.53, 116.28, 123.675], dtype=np.float32).reshape(3, 1, 1)
@@ -347,9 +339,7 @@ def _d2_dict(sd: Dict[str, torch.Tensor]) -> Dict[str, np.ndarray]:
     return W.torchvision_to_detectron2(sd)
 
 
-def test_detectron2_class_agnostic_heads_are_refused(
-    tmp_path: Path, mask_sd_zero_bg: Dict[str, torch.Tensor]
-) -> None:
+def test_detectron2_class_agnostic_heads_are_refused(tmp_path: Path, mask_sd_zero_bg: Dict[str, torch.Tensor]) -> None:
     d2 = _d2_dict(mask_sd_zero_bg)
     agnostic_box = dict(d2)
     agnostic_box["roi_heads.box_predictor.bbox_pred.weight"] = np.zeros((4, 1024), np.float32)
@@ -366,9 +356,7 @@ def test_detectron2_class_agnostic_heads_are_refused(
         W.load_checkpoint(tmp_path / "mask.pkl", "detectron2", masks=True)
 
 
-def test_detectron2_unknown_keys_are_reported(
-    tmp_path: Path, mask_sd_zero_bg: Dict[str, torch.Tensor]
-) -> None:
+def test_detectron2_unknown_keys_are_reported(tmp_path: Path, mask_sd_zero_bg: Dict[str, torch.Tensor]) -> None:
     d2 = _d2_dict(mask_sd_zero_bg)
     d2["roi_heads.keypoint_head.conv_fcn1.weight"] = np.zeros((2, 2), np.float32)
     W.save_detectron2_pkl(tmp_path / "kp.pkl", d2)
@@ -439,9 +427,7 @@ def test_malicious_pth_is_refused(tmp_path: Path, flavour: str) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def test_check_state_dict_ok_ignores_num_batches_tracked(
-    tv_pth: Path, mask_sd: Dict[str, torch.Tensor]
-) -> None:
+def test_check_state_dict_ok_ignores_num_batches_tracked(tv_pth: Path, mask_sd: Dict[str, torch.Tensor]) -> None:
     loaded = W.load_checkpoint(tv_pth, "torchvision", masks=True)
     expected = {k: tuple(v.shape) for k, v in mask_sd.items()}  # has num_batches_tracked, the load has not
     W.check_state_dict(loaded.state_dict, expected, loaded.source)
@@ -457,10 +443,7 @@ def test_check_state_dict_reports_everything(mask_sd: Dict[str, torch.Tensor]) -
         W.check_state_dict(sd, expected, "ckpt.pth")
     msg = str(info.value)
     assert msg.startswith("ckpt.pth:")
-    assert (
-        "missing keys (in the model, not in the checkpoint) (1):\n  backbone.fpn.inner_blocks.0.0.weight"
-        in msg
-    )
+    assert "missing keys (in the model, not in the checkpoint) (1):\n  backbone.fpn.inner_blocks.0.0.weight" in msg
     assert "unexpected keys (in the checkpoint, not in the model) (1):\n  extra.weight" in msg
     assert "backbone.fpn.layer_blocks.0.0.bias: checkpoint (3, 2) vs model (256,)" in msg
 

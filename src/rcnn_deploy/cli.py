@@ -9,8 +9,7 @@ from .tools import data as data_tools
 
 app = typer.Typer(
     name="rcnn-deploy",
-    help="Deploy Faster/Mask R-CNN R50-FPN (torchvision or Detectron2 weights) to TensorRT, ONNX Runtime "
-    "and PyTorch.",
+    help="Deploy Faster/Mask R-CNN R50-FPN (torchvision or Detectron2 weights) to TensorRT, ONNX Runtime and PyTorch.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,

@@ -256,7 +256,7 @@ def _detectron2_spec(
         roi_aligned=True,
         box_sampling_ratio=0,
         mask_sampling_ratio=0,
-        level_eps=1e-8,
+        level_eps=2.220446049250313e-16,  # sys.float_info.epsilon, as poolers.assign_boxes_to_levels
         level_eps_inside_log=True,
         box_min_size=0.0,
         mask_paste="detectron2",

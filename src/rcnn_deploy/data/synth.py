@@ -92,9 +92,7 @@ def _transform(pts: np.ndarray, angle: float, cx: float, cy: float) -> Polygon:
     return [(float(a), float(b)) for a, b in zip(x, y)]
 
 
-def _shape_outline(
-    kind: str, size: float, rng: np.random.Generator
-) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+def _shape_outline(kind: str, size: float, rng: np.random.Generator) -> Tuple[List[np.ndarray], List[np.ndarray]]:
     """Unrotated, origin-centred (fills, holes) for a shape whose extent (side or diameter) is ``size``."""
     r = size / 2.0
     if kind == "circle":
@@ -439,9 +437,7 @@ def generate_synthetic_coco(
         "licenses": [],
         "images": images,
         "annotations": annotations,
-        "categories": [
-            {"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(SHAPE_CLASSES)
-        ],
+        "categories": [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(SHAPE_CLASSES)],
     }
     return atomic_write_json(out / ANNOTATIONS_FILENAME, coco)
 

@@ -67,8 +67,11 @@ class OnnxLowering:
         )
         # selected [M, 3] = (batch, class=0, candidate) -> kept mask [B, N*G] -> TopK into K sorted slots
         index = g.op("Gather", selected, _const(g, [0, 2], i64), axis_i=1)
-        ones = g.op("ConstantOfShape", g.op("Slice", g.op("Shape", selected), _const(g, [0], i64),
-                                            _const(g, [1], i64)), value_t=torch.tensor([1.0]))
+        ones = g.op(
+            "ConstantOfShape",
+            g.op("Slice", g.op("Shape", selected), _const(g, [0], i64), _const(g, [1], i64)),
+            value_t=torch.tensor([1.0]),
+        )
         kept = g.op("ScatterND", g.op("Mul", masked, _const(g, 0.0)), index, ones)
         ranked = g.op("Where", g.op("Greater", kept, _const(g, 0.5)), masked, _const(g, 2 * _INVALID_SCORE))
         top_scores, top_idx = g.op("TopK", ranked, _const(g, [k], i64), axis_i=1, largest_i=1, sorted_i=1, outputs=2)
@@ -76,10 +79,14 @@ class OnnxLowering:
         count = g.op("Min", count, _const(g, k, i64))
         slot_valid = g.op("Less", _const(g, torch.arange(k).view(1, k)), g.op("Unsqueeze", count, _const(g, [1], i64)))
         slot_f = g.op("Cast", slot_valid, to_i=1)
-        box_idx = g.op("Expand", g.op("Unsqueeze", top_idx, _const(g, [2], i64)),
-                       g.op("Concat", g.op("Shape", top_idx), _const(g, [4], i64), axis_i=0))
-        out_boxes = g.op("Mul", g.op("GatherElements", flat_boxes, box_idx, axis_i=1),
-                         g.op("Unsqueeze", slot_f, _const(g, [2], i64)))
+        box_idx = g.op(
+            "Expand",
+            g.op("Unsqueeze", top_idx, _const(g, [2], i64)),
+            g.op("Concat", g.op("Shape", top_idx), _const(g, [4], i64), axis_i=0),
+        )
+        out_boxes = g.op(
+            "Mul", g.op("GatherElements", flat_boxes, box_idx, axis_i=1), g.op("Unsqueeze", slot_f, _const(g, [2], i64))
+        )
         out_scores = g.op("Mul", g.op("GatherElements", flat_scores, top_idx, axis_i=1), slot_f)
         grp = g.op("Mod", top_idx, _const(g, groups, i64))
         out_groups = g.op("Mul", grp, g.op("Cast", slot_valid, to_i=7))
@@ -97,16 +104,24 @@ class OnnxLowering:
         k = g.op("Slice", g.op("Shape", boxes), _const(g, [1], i64), _const(g, [2], i64))
         bk = g.op("Concat", b, k, axis_i=0)
         batch_range = g.op("Range", _const(g, 0, i64), g.op("Squeeze", b, _const(g, [0], i64)), _const(g, 1, i64))
-        batch_idx = g.op("Reshape", g.op("Expand", g.op("Unsqueeze", batch_range, _const(g, [1], i64)), bk),
-                         _const(g, [-1], i64))
+        batch_idx = g.op(
+            "Reshape", g.op("Expand", g.op("Unsqueeze", batch_range, _const(g, [1], i64)), bk), _const(g, [-1], i64)
+        )
         flat_levels = g.op("Reshape", levels, _const(g, [-1, 1, 1, 1], i64))
         mode = "half_pixel" if p.aligned else "output_half_pixel"
         out = None
         for lvl, (feat, stride) in enumerate(zip(features, p.strides)):
             pooled = g.op(
-                "RoiAlign", feat, rois, batch_idx,
-                coordinate_transformation_mode_s=mode, mode_s="avg", output_height_i=p.output_size,
-                output_width_i=p.output_size, sampling_ratio_i=p.sampling_ratio, spatial_scale_f=1.0 / stride,
+                "RoiAlign",
+                feat,
+                rois,
+                batch_idx,
+                coordinate_transformation_mode_s=mode,
+                mode_s="avg",
+                output_height_i=p.output_size,
+                output_width_i=p.output_size,
+                sampling_ratio_i=p.sampling_ratio,
+                spatial_scale_f=1.0 / stride,
             )
             if out is None:
                 out = pooled
@@ -132,10 +147,18 @@ class PluginLowering:
         masked = g.op("Where", valid, scores, _const(g, -1.0))
         thr = max(float(score_threshold), 0.0)
         num, det_boxes, det_scores, det_classes = g.op(
-            f"{PLUGIN_DOMAIN}::EfficientNMS_TRT", boxes, masked,
-            score_threshold_f=thr, iou_threshold_f=float(iou_threshold), max_output_boxes_i=int(max_out),
-            background_class_i=-1, score_activation_i=0, class_agnostic_i=0, box_coding_i=0,
-            plugin_version_s="1", outputs=4,
+            f"{PLUGIN_DOMAIN}::EfficientNMS_TRT",
+            boxes,
+            masked,
+            score_threshold_f=thr,
+            iou_threshold_f=float(iou_threshold),
+            max_output_boxes_i=int(max_out),
+            background_class_i=-1,
+            score_activation_i=0,
+            class_agnostic_i=0,
+            box_coding_i=0,
+            plugin_version_s="1",
+            outputs=4,
         )
         count = g.op("Cast", g.op("Reshape", num, _const(g, [-1], i64)), to_i=7)
         groups = g.op("Cast", g.op("Relu", det_classes), to_i=7)
@@ -144,11 +167,19 @@ class PluginLowering:
     def roi_align(self, g, boxes, levels, p: PoolerParams, features: Sequence):  # type: ignore[no-untyped-def]
         del levels  # the plugin assigns levels itself
         return g.op(
-            f"{PLUGIN_DOMAIN}::PyramidROIAlign_TRT", boxes, *features,
-            fpn_scale_i=int(p.canonical_scale), pooled_size_i=p.output_size,
-            image_size_i=list(self.image_hw), roi_coords_absolute_i=1, roi_coords_swap_i=0,
-            roi_coords_plusone_i=0, roi_coords_transform_i=2 if p.aligned else 1,
-            sampling_ratio_i=p.sampling_ratio, legacy_i=0, plugin_version_s="1",
+            f"{PLUGIN_DOMAIN}::PyramidROIAlign_TRT",
+            boxes,
+            *features,
+            fpn_scale_i=int(p.canonical_scale),
+            pooled_size_i=p.output_size,
+            image_size_i=list(self.image_hw),
+            roi_coords_absolute_i=1,
+            roi_coords_swap_i=0,
+            roi_coords_plusone_i=0,
+            roi_coords_transform_i=2 if p.aligned else 1,
+            sampling_ratio_i=p.sampling_ratio,
+            legacy_i=0,
+            plugin_version_s="1",
         )
 
 

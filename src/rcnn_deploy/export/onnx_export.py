@@ -76,17 +76,39 @@ def parse_batch(batch: Union[int, str, Sequence[int]]) -> Tuple[int, int]:
     return lo, hi
 
 
-def _onnx_bytes(module: nn.Module, args: Tuple, input_names: List[str], output_names: List[str],
-                dynamic_axes: dict, opset: int, custom_opsets: dict) -> bytes:
+def _onnx_bytes(
+    module: nn.Module,
+    args: Tuple,
+    input_names: List[str],
+    output_names: List[str],
+    dynamic_axes: dict,
+    opset: int,
+    custom_opsets: dict,
+) -> Tuple[bytes, dict]:
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints are expected: shapes are static
         torch.onnx.export(
-            module, args, buf, dynamo=False, opset_version=opset, input_names=input_names,
-            output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=True,
+            module,
+            args,
+            buf,
+            dynamo=False,
+            opset_version=opset,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
             custom_opsets=custom_opsets or None,
         )
-    return buf.getvalue()
+        example = module(*args)
+        example = (example,) if isinstance(example, Tensor) else example
+    # Every dimension but the dynamic ones is static for a fixed input size: remember the traced sizes so the
+    # graph outputs can carry them (the exporter leaves some symbolic after Concat/Reshape/Gather chains).
+    dims = {}
+    for name, value in zip(output_names, example):
+        dyn = dynamic_axes.get(name, {})
+        dims[name] = [dyn[i] if i in dyn else int(n) for i, n in enumerate(value.shape)]
+    return buf.getvalue(), dims
 
 
 def _tensor_specs(values) -> List[TensorSpec]:  # type: ignore[no-untyped-def]
@@ -102,10 +124,17 @@ def _tensor_specs(values) -> List[TensorSpec]:  # type: ignore[no-untyped-def]
     return out
 
 
-def _write_graph(data: bytes, path: Path, role: str) -> GraphSpec:
+def _write_graph(exported: Tuple[bytes, dict], path: Path, role: str) -> GraphSpec:
     import onnx
 
+    data, dims = exported
     model = sanitize(onnx.load_from_string(data))
+    for out in model.graph.output:
+        for dim, size in zip(out.type.tensor_type.shape.dim, dims[out.name]):
+            if isinstance(size, str):
+                dim.dim_param = size
+            else:
+                dim.dim_value = size
     atomic_write_bytes(path, model.SerializeToString())
     return GraphSpec(role, path.name, _tensor_specs(model.graph.input), _tensor_specs(model.graph.output))
 
@@ -154,16 +183,26 @@ def export_onnx(
         r = 8
         box_in = torch.rand(r, spec.fpn_channels, spec.box_roi_size, spec.box_roi_size)
         data = _onnx_bytes(
-            _BoxHead(model), (box_in,), ["box_features"], ["class_logits", "box_regression"],
-            {"box_features": {0: "rois"}, "class_logits": {0: "rois"}, "box_regression": {0: "rois"}}, opset, {},
+            _BoxHead(model),
+            (box_in,),
+            ["box_features"],
+            ["class_logits", "box_regression"],
+            {"box_features": {0: "rois"}, "class_logits": {0: "rois"}, "box_regression": {0: "rois"}},
+            opset,
+            {},
         )
         graphs.append(_write_graph(data, out / f"{spec.name}_box_head.onnx", "box_head"))
         if spec.masks:
             mask_in = torch.rand(r, spec.fpn_channels, spec.mask_roi_size, spec.mask_roi_size)
             classes = torch.randint(1, spec.num_classes, (r,))
             data = _onnx_bytes(
-                _MaskHead(model), (mask_in, classes), ["mask_features", "classes"], ["masks"],
-                {"mask_features": {0: "rois"}, "classes": {0: "rois"}, "masks": {0: "rois"}}, opset, {},
+                _MaskHead(model),
+                (mask_in, classes),
+                ["mask_features", "classes"],
+                ["masks"],
+                {"mask_features": {0: "rois"}, "classes": {0: "rois"}, "masks": {0: "rois"}},
+                opset,
+                {},
             )
             graphs.append(_write_graph(data, out / f"{spec.name}_mask_head.onnx", "mask_head"))
     contract = Contract(

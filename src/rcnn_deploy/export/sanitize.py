@@ -23,8 +23,9 @@ def sanitize(model: onnx.ModelProto, max_passes: int = 4) -> onnx.ModelProto:
             break
         count = n
     out = gs.export_onnx(graph)
-    out.opset_import.extend([op for op in model.opset_import if op.domain and op.domain not in
-                             {o.domain for o in out.opset_import}])
+    out.opset_import.extend(
+        [op for op in model.opset_import if op.domain and op.domain not in {o.domain for o in out.opset_import}]
+    )
     out.producer_name, out.producer_version = model.producer_name, model.producer_version
     out = onnx.shape_inference.infer_shapes(out)
     return out

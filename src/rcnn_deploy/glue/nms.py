@@ -64,9 +64,7 @@ def _nms_eager(
     count = torch.zeros((b,), dtype=torch.int64, device=dev)
     for i in range(b):
         idx = torch.nonzero(flat_valid[i], as_tuple=False).squeeze(1)
-        kept = idx[
-            batched_nms(flat_boxes[i, idx], flat_scores[i, idx], flat_groups[idx], iou_threshold)[:max_out]
-        ]
+        kept = idx[batched_nms(flat_boxes[i, idx], flat_scores[i, idx], flat_groups[idx], iou_threshold)[:max_out]]
         k = kept.numel()
         out_boxes[i, :k] = flat_boxes[i, kept]
         out_scores[i, :k] = flat_scores[i, kept]

@@ -2,7 +2,7 @@
 
 torchvision ``MultiScaleRoIAlign``/``LevelMapper``: lvl = floor(4 + log2(sqrt(area) / 224) + 1e-6), ROIAlign
 with ``aligned=False`` and ``sampling_ratio=2``. Detectron2 ``ROIPooler``: lvl = floor(4 + log2(sqrt(area) /
-224 + 1e-8)), ROIAlignV2 (``aligned=True``, ``sampling_ratio=0``). Levels are clamped to [2, 5].
+224 + 2.2e-16)), ROIAlignV2 (``aligned=True``, ``sampling_ratio=0``). Levels are clamped to [2, 5].
 """
 
 from __future__ import annotations

@@ -68,9 +68,7 @@ def select_proposals(
     for lvl, (obj, dlt, anc) in enumerate(zip(objectness, deltas, anchors)):
         k = min(spec.rpn_pre_nms_top_n, obj.shape[1])
         top, idx = obj.topk(k, dim=1)
-        boxes_l.append(
-            decode_boxes(gather_rows(dlt, idx), anc[idx], spec.rpn_box_weights, spec.box_scale_clamp)
-        )
+        boxes_l.append(decode_boxes(gather_rows(dlt, idx), anc[idx], spec.rpn_box_weights, spec.box_scale_clamp))
         logits_l.append(top)
         onehot = torch.zeros(k, n_levels, dtype=torch.bool, device=obj.device)
         onehot[:, lvl] = True
@@ -146,10 +144,13 @@ def select_detections(
     boxes = decode_boxes(
         box_regression.reshape(b, p, c, 4), proposals.unsqueeze(2), spec.box_weights, spec.box_scale_clamp
     )
+    # Detectron2 drops a proposal whose predicted boxes or scores are not all finite (before clipping);
+    # torchvision has no such check but never produces non-finite values from finite weights.
+    finite = torch.isfinite(boxes).all(dim=-1).all(dim=-1) & torch.isfinite(probs).all(dim=-1)
     h, w = image_hw
     boxes = clip_boxes(boxes, h, w)[:, :, 1:]  # [B, P, C-1, 4]
     scores = probs[:, :, 1:]  # [B, P, C-1]
-    valid = (scores > spec.box_score_thresh) & proposal_valid.unsqueeze(2)
+    valid = (scores > spec.box_score_thresh) & (proposal_valid & finite).unsqueeze(2)
     if spec.box_min_size > 0:
         valid = valid & min_size_mask(boxes, spec.box_min_size, inclusive=True)
     out_boxes, out_scores, groups, count = nms_padded(
@@ -163,4 +164,4 @@ def select_masks(mask_logits: Tensor, classes: Tensor) -> Tensor:
     """``mask_logits [B, K, C, M, M]`` and model class ``classes [B, K]`` -> probabilities ``[B, K, M, M]``."""
     b, k, _, m, _ = mask_logits.shape
     idx = classes.view(b, k, 1, 1, 1).expand(b, k, 1, m, m)
-    return torch.sigmoid(torch.gather(mask_logits, 2, idx).squeeze(2))
+    return torch.sigmoid(torch.gather(mask_logits, 2, idx)[:, :, 0])

@@ -37,9 +37,7 @@ def build_model(
 
     if isinstance(weights, str) and _is_enum_name(weights):
         if base.flavour != "torchvision":
-            raise ValueError(
-                f"weight enum {weights!r} is a torchvision checkpoint; use a torchvision-* model"
-            )
+            raise ValueError(f"weight enum {weights!r} is a torchvision checkpoint; use a torchvision-* model")
         loaded = load_torchvision_enum(weights, masks=base.masks)
     else:
         path = Path(weights)

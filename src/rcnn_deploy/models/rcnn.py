@@ -112,7 +112,7 @@ class DeployRCNN(nn.Module):
     def mask_head(self, mask_features: Tensor, classes: Tensor) -> Tensor:
         """``[R, 256, 14, 14]`` and model classes ``[R]`` -> class-selected probabilities ``[R, 28, 28]``."""
         logits = self.roi_heads.mask_predictor(self.roi_heads.mask_head(mask_features))
-        return select_masks(logits.unsqueeze(0), classes.unsqueeze(0)).squeeze(0)
+        return select_masks(logits.unsqueeze(0), classes.unsqueeze(0))[0]
 
     # ---------------------------------------------------------------------------------------------- forward
     def anchors(self, image_hw: Tuple[int, int], device: torch.device) -> List[Tensor]:

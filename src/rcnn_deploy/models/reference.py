@@ -12,9 +12,7 @@ from ..config import ModelSpec
 from ..runtime.detections import Detections
 
 
-def torchvision_reference(
-    spec: ModelSpec, state_dict: Dict[str, Tensor], image_hw: Tuple[int, int]
-) -> nn.Module:
+def torchvision_reference(spec: ModelSpec, state_dict: Dict[str, Tensor], image_hw: Tuple[int, int]) -> nn.Module:
     """``torchvision.models.detection.{Faster,Mask}RCNN`` R50-FPN (frozen BN, v1 defaults) with ``state_dict``.
 
     ``min_size``/``max_size`` are set so that an ``image_hw`` input is not resized, so it sees exactly the
@@ -46,9 +44,7 @@ def torchvision_reference(
 
 
 @torch.no_grad()
-def run_torchvision_reference(
-    model: nn.Module, images: Tensor, mask_threshold: float = 0.5
-) -> List[Detections]:
+def run_torchvision_reference(model: nn.Module, images: Tensor, mask_threshold: float = 0.5) -> List[Detections]:
     """Run the reference on ``images [B, 3, H, W]`` RGB 0-255; masks come back pasted and thresholded."""
     outs = model(list(images / 255.0))
     dets = []

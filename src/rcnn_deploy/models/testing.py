@@ -31,9 +31,7 @@ def calibration_images(batch: int, height: int, width: int, seed: int = 0) -> Te
     img = torch.zeros(batch, 3, height, width)
     for scale in (4, 16, 64):
         low = torch.rand(batch, 3, max(1, height // scale), max(1, width // scale), generator=g)
-        img += torch.nn.functional.interpolate(
-            low, size=(height, width), mode="bilinear", align_corners=False
-        )
+        img += torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)
     return (img / 3 * 255).clamp(0, 255)
 
 
@@ -80,9 +78,7 @@ def confident_state_dict(
         bn.running_mean.copy_(x.mean(dim=(0, 2, 3)))
         bn.running_var.copy_(x.var(dim=(0, 2, 3)) + 1e-3)
 
-    hooks = [
-        m.register_forward_pre_hook(set_stats) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)
-    ]
+    hooks = [m.register_forward_pre_hook(set_stats) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
     try:
         if calib is None:
             calib = calibration_images(2, 256, 256, seed)

@@ -92,9 +92,7 @@ def load_checkpoint(path: PathLike, flavour: str, *, masks: bool) -> LoadedWeigh
         return _load_torchvision_file(path, masks=masks)
     if flavour == "detectron2":
         return _load_detectron2_file(path, masks=masks)
-    raise WeightsError(
-        f"{path}: unknown weights flavour {flavour!r}; use one of {', '.join(FLAVOURS)} (or 'auto')."
-    )
+    raise WeightsError(f"{path}: unknown weights flavour {flavour!r}; use one of {', '.join(FLAVOURS)} (or 'auto').")
 
 
 def load_torchvision_enum(name: str, *, masks: bool, check_hash: bool = False) -> LoadedWeights:
@@ -127,8 +125,7 @@ def load_torchvision_enum(name: str, *, masks: bool, check_hash: bool = False) -
         weight = enum[member]
     except KeyError:
         raise WeightsError(
-            f"torchvision weights {name!r}: {enum_name} has no member {member!r}; "
-            f"valid: {', '.join(enum.__members__)}."
+            f"torchvision weights {name!r}: {enum_name} has no member {member!r}; valid: {', '.join(enum.__members__)}."
         ) from None
     full = f"{enum_name}.{weight.name}"
     is_mask = enum_name.startswith("MaskRCNN")
@@ -186,9 +183,7 @@ def detect_format(path: PathLike) -> str:
     )
 
 
-def check_state_dict(
-    state_dict: Mapping[str, Any], expected: Mapping[str, Sequence[int]], source: str
-) -> None:
+def check_state_dict(state_dict: Mapping[str, Any], expected: Mapping[str, Sequence[int]], source: str) -> None:
     """Raise :class:`WeightsError` unless ``state_dict`` has exactly the keys and shapes of ``expected``.
 
     ``expected`` is ``{name: shape}`` of the model. BatchNorm ``num_batches_tracked`` counters are ignored
@@ -204,9 +199,7 @@ def check_state_dict(
     lines = [f"{source}: the checkpoint does not fit the model."]
     _list_section(lines, "missing keys (in the model, not in the checkpoint)", missing)
     _list_section(lines, "unexpected keys (in the checkpoint, not in the model)", unexpected)
-    _list_section(
-        lines, "shape mismatches", [f"{k}: checkpoint {got[k]} vs model {exp[k]}" for k in mismatched]
-    )
+    _list_section(lines, "shape mismatches", [f"{k}: checkpoint {got[k]} vs model {exp[k]}" for k in mismatched])
     hints = []
     if mismatched and all(k in _PREDICTOR_KEYS for k in mismatched):
         ck = got.get(_CLS_W, (None,))[0]
@@ -380,8 +373,7 @@ def torchvision_to_detectron2(state_dict: Mapping[str, Any]) -> Dict[str, np.nda
         if name in out:
             if out[name].shape[0] != 4 * (k + 1):
                 raise WeightsError(
-                    f"torchvision_to_detectron2: {name} has {out[name].shape[0]} rows, expected "
-                    f"4 x {k + 1} classes."
+                    f"torchvision_to_detectron2: {name} has {out[name].shape[0]} rows, expected 4 x {k + 1} classes."
                 )
             out[name] = out[name][4:].copy()
     for name in ("roi_heads.mask_head.predictor.weight", "roi_heads.mask_head.predictor.bias"):
@@ -634,9 +626,7 @@ def _torch_failure_reason(e: BaseException) -> str:
     for ln in lines:
         if "global" in ln.lower():  # e.g. "Trying to load unsupported GLOBAL posix.system ..."
             return ln
-    useful = [
-        ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation"))
-    ]
+    useful = [ln for ln in lines if not ln.startswith(("Weights only load failed", "Check the documentation"))]
     text = useful[0] if useful else (lines[0] if lines else type(e).__name__)
     return f"{type(e).__name__}: {text[:300]}"
 
@@ -772,9 +762,7 @@ def _strip_prefixes(sd: Mapping[Any, Any]) -> Dict[Any, Any]:
 
 def _unwrap_state_dict(obj: Any, path: Path) -> Dict[str, Any]:
     if not isinstance(obj, Mapping):
-        raise WeightsError(
-            f"{path}: expected a state dict (or {{'model': state_dict}}), found {type(obj).__name__}."
-        )
+        raise WeightsError(f"{path}: expected a state dict (or {{'model': state_dict}}), found {type(obj).__name__}.")
     sd = _strip_prefixes(_inner_model(obj))
     bad = [repr(k) for k, v in sd.items() if not isinstance(k, str) or not torch.is_tensor(v)]
     if bad:

@@ -45,9 +45,7 @@ def _sample_weights(pix: np.ndarray, lo: float, hi: float, m: int) -> np.ndarray
     return w
 
 
-def paste_mask(
-    mask: np.ndarray, box: np.ndarray, image_hw: Tuple[int, int], method: str = "torchvision"
-) -> np.ndarray:
+def paste_mask(mask: np.ndarray, box: np.ndarray, image_hw: Tuple[int, int], method: str = "torchvision") -> np.ndarray:
     """Paste one ``[M, M]`` probability mask for ``box`` into a float ``[H, W]`` image-sized canvas."""
     h_img, w_img = image_hw
     canvas = np.zeros((h_img, w_img), dtype=np.float32)

@@ -63,9 +63,7 @@ class ParityReport:
         return d
 
 
-def match_detections(
-    ref: Detections, cand: Detections, iou_threshold: float = 0.5
-) -> List[Tuple[int, int, float]]:
+def match_detections(ref: Detections, cand: Detections, iou_threshold: float = 0.5) -> List[Tuple[int, int, float]]:
     """Greedy matching in decreasing reference score: each reference detection takes the unmatched candidate
     of the same class with the highest box IoU (>= ``iou_threshold``). Returns ``(ref_i, cand_j, iou)``."""
     if len(ref) == 0 or len(cand) == 0:

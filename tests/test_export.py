@@ -1,0 +1,147 @@
+"""ONNX export: split and fused graphs run in ONNX Runtime and match the PyTorch deploy model; graph hygiene;
+dynamic batch; plugin graphs pass onnx.checker with the plugins' attributes."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from rcnn_deploy.contract import Contract  # noqa: E402
+from rcnn_deploy.export import export_onnx  # noqa: E402
+from rcnn_deploy.models.testing import calibration_images  # noqa: E402
+from rcnn_deploy.runtime.detections import Detections  # noqa: E402
+from rcnn_deploy.runtime.parity import compare_detections  # noqa: E402
+from rcnn_deploy.runtime.split import fused_outputs, onnxruntime_split, run_split  # noqa: E402
+
+HW = (320, 320)
+# Tolerances for ONNX Runtime vs PyTorch (both fp32 on the CPU; convolution kernels differ in summation order):
+# every detection matched with the same class, box IoU > 0.995, |score diff| < 1e-3, 28x28 mask IoU > 0.98.
+TOL = dict(min_box_iou=0.995, max_score_diff=1e-3, min_mask_iou=0.98)
+
+
+def check(ref: dict, cand: dict, masks: bool) -> None:
+    rep = compare_detections(Detections.from_padded(ref), Detections.from_padded(cand), pasted_masks=False)
+    assert rep.reference_detections > 20
+    assert rep.matched == rep.reference_detections == rep.candidate_detections, rep.unmatched[:5]
+    assert rep.min_box_iou > TOL["min_box_iou"]
+    assert rep.max_score_diff < TOL["max_score_diff"]
+    if masks:
+        assert rep.min_mask_iou > TOL["min_mask_iou"]
+
+
+@pytest.fixture(scope="module")
+def images():
+    return calibration_images(3, *HW, seed=7)
+
+
+@pytest.fixture(scope="module")
+def reference(tv_mask_model, images):
+    model, _ = tv_mask_model
+    with torch.no_grad():
+        return {k: v.numpy() for k, v in model(images).items()}
+
+
+@pytest.fixture(scope="module")
+def split_dir(tv_mask_model, tmp_path_factory):
+    model, _ = tv_mask_model
+    d = tmp_path_factory.mktemp("split")
+    export_onnx(model, d, height=HW[0], width=HW[1], batch="1:4", graph="split")
+    return d
+
+
+@pytest.fixture(scope="module")
+def fused_dir(tv_mask_model, tmp_path_factory):
+    model, _ = tv_mask_model
+    d = tmp_path_factory.mktemp("fused")
+    export_onnx(model, d, height=HW[0], width=HW[1], batch="1:4", graph="fused", nms="onnx")
+    return d
+
+
+def test_split_contract_and_hygiene(split_dir):
+    c = Contract.load(split_dir)
+    assert c.graph == "split" and c.nms is None and c.batch == (1, 4) and c.input_hw == HW
+    assert [g.role for g in c.graphs] == ["backbone", "box_head", "mask_head"]
+    bb = c.graph_for("backbone")
+    assert bb.inputs[0].name == "images" and bb.inputs[0].shape == ["batch", 3, 320, 320]
+    assert [t.name for t in bb.outputs] == ["p2", "p3", "p4", "p5", "rpn_objectness", "rpn_deltas"]
+    n_anchors = 3 * sum((320 // s) ** 2 for s in (4, 8, 16, 32, 64))
+    assert bb.outputs[4].shape == ["batch", n_anchors] and bb.outputs[5].shape == ["batch", n_anchors, 4]
+    assert c.graph_for("box_head").outputs[0].shape == ["rois", 91]
+    assert c.graph_for("mask_head").outputs[0].shape == ["rois", 28, 28]
+    for g in c.graphs:
+        m = onnx.load(split_dir / g.file)
+        onnx.checker.check_model(m)
+        produced = {o for n in m.graph.node for o in n.output}
+        consumed = {i for n in m.graph.node for i in n.input} | {o.name for o in m.graph.output}
+        assert produced <= consumed, f"dead outputs in {g.file}: {sorted(produced - consumed)[:5]}"
+
+
+def test_split_onnxruntime_matches_pytorch(split_dir, images, reference):
+    c = Contract.load(split_dir)
+    out = run_split(onnxruntime_split(c, split_dir, ["CPUExecutionProvider"]), images.numpy())
+    check(reference, out, masks=True)
+
+
+def test_fused_onnxruntime_matches_pytorch_and_dynamic_batch(fused_dir, images, reference):
+    from rcnn_deploy.backends.onnxruntime import OnnxRuntimeBackend
+
+    c = Contract.load(fused_dir)
+    g = c.graph_for("fused")
+    assert [t.name for t in g.outputs] == [
+        "num_detections",
+        "detection_boxes",
+        "detection_scores",
+        "detection_classes",
+        "detection_masks",
+    ]
+    be = OnnxRuntimeBackend(fused_dir / g.file, ["CPUExecutionProvider"])
+    batch = fused_outputs(be(images=images.numpy()))
+    check(reference, batch, masks=True)
+    for i in range(images.shape[0]):  # batch 1, image by image, gives what batch 3 gave
+        single = fused_outputs(be(images=images[i : i + 1].numpy()))
+        for k in batch:
+            np.testing.assert_allclose(single[k][0], batch[k][i], rtol=0, atol=1e-4, err_msg=k)
+
+
+def test_export_is_deterministic(tv_mask_model, tmp_path):
+    model, _ = tv_mask_model
+    digests = []
+    for name in ("a", "b"):
+        export_onnx(model, tmp_path / name, height=256, width=256, batch=1, graph="split")
+        digests.append(
+            hashlib.sha256((tmp_path / name / "torchvision-maskrcnn_backbone.onnx").read_bytes()).hexdigest()
+        )
+    assert digests[0] == digests[1]
+
+
+def test_plugin_graph_attributes(tv_mask_model, tmp_path):
+    model, _ = tv_mask_model
+    export_onnx(model, tmp_path, height=256, width=320, batch=1, graph="fused", nms="plugin")
+    c = Contract.load(tmp_path)
+    m = onnx.load(tmp_path / c.graph_for("fused").file)
+    onnx.checker.check_model(m)
+    nodes = [n for n in m.graph.node if n.domain == "trt.plugins"]
+    kinds = sorted(n.op_type for n in nodes)
+    assert kinds == ["EfficientNMS_TRT", "EfficientNMS_TRT", "PyramidROIAlign_TRT", "PyramidROIAlign_TRT"]
+    assert not [n for n in m.graph.node if n.op_type in ("NonMaxSuppression", "RoiAlign")]
+    spec = model.spec
+    for n in nodes:
+        a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
+        assert a["plugin_version"] == b"1"
+        if n.op_type == "EfficientNMS_TRT":
+            assert a["max_output_boxes"] in (spec.rpn_post_nms_top_n, spec.detections_per_img)
+            iou = spec.rpn_nms_thresh if a["max_output_boxes"] == spec.rpn_post_nms_top_n else spec.box_nms_thresh
+            assert a["iou_threshold"] == pytest.approx(iou)
+            assert a["background_class"] == -1 and a["box_coding"] == 0 and a["score_activation"] == 0
+            assert len(n.input) == 2 and len(n.output) == 4
+        else:
+            assert a["image_size"] == [256, 320] and a["fpn_scale"] == 224
+            assert a["pooled_size"] in (spec.box_roi_size, spec.mask_roi_size)
+            assert a["roi_coords_transform"] == 1 and a["sampling_ratio"] == 2  # torchvision: aligned=False, 2
+            assert len(n.input) == 5  # rois + P2..P5
