@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from .tools import data as data_tools
+from .tools.export import export_command
 
 app = typer.Typer(
     name="rcnn-deploy",
@@ -15,6 +16,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(data_tools.app, name="data", help="Synthetic COCO-format datasets.")
+app.command("export")(export_command)
 
 
 def main() -> None:

@@ -3,6 +3,8 @@
 ``OnnxLowering``   standard ONNX: ``NonMaxSuppression`` (+ ScatterND/TopK to get static, score-sorted slots)
                    and one ``RoiAlign`` per FPN level merged with ``Where``. Runs in ONNX Runtime; TensorRT
                    imports NonMaxSuppression as INMSLayer.
+``TensorLowering`` plain tensor ops only (``glue.formulations``): exact greedy NMS as an IoU-matrix fixpoint
+                   ``Loop`` and ROIAlign as gathers; TensorRT-RTX, TensorRT 8.6-11 without plugins, ORT.
 ``PluginLowering`` TensorRT plugins, as NVIDIA's Detectron2 sample: ``EfficientNMS_TRT`` and
                    ``PyramidROIAlign_TRT`` (TensorRT 8.6-10; deprecated in 10.12 / 11.0). Nodes carry the
                    domain ``trt.plugins`` so ``onnx.checker`` accepts the graph; TensorRT finds plugins by op type.
@@ -183,4 +185,15 @@ class PluginLowering:
         )
 
 
-LOWERINGS = {"onnx": OnnxLowering, "plugin": PluginLowering}
+class TensorLowering:
+    """No NMS op, no RoiAlign op: the glue traces ``glue.formulations`` (exact greedy NMS as an IoU-matrix
+    fixpoint Loop, ROIAlign as gathers). For TensorRT-RTX, TensorRT 8.6 without plugins, and ONNX Runtime."""
+
+    name = "tensor"
+    traced = True
+
+    def __init__(self, max_candidates: int = 3840) -> None:
+        self.max_candidates = max_candidates
+
+
+LOWERINGS = {"onnx": OnnxLowering, "plugin": PluginLowering, "tensor": TensorLowering}

@@ -15,8 +15,9 @@ from .._io import atomic_write_bytes
 from ..contract import Contract, GraphSpec, TensorSpec
 from ..glue import export_hooks
 from ..models.rcnn import DeployRCNN
-from .lowering import PLUGIN_DOMAIN, OnnxLowering, PluginLowering
+from .lowering import PLUGIN_DOMAIN, OnnxLowering, PluginLowering, TensorLowering
 from .sanitize import sanitize
+from .surgery import PLACEHOLDER_DOMAIN, expand_placeholders
 
 DEFAULT_OPSET = 17
 FUSED_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes", "detection_masks")
@@ -128,7 +129,7 @@ def _write_graph(exported: Tuple[bytes, dict], path: Path, role: str) -> GraphSp
     import onnx
 
     data, dims = exported
-    model = sanitize(onnx.load_from_string(data))
+    model = sanitize(expand_placeholders(onnx.load_from_string(data)))
     for out in model.graph.output:
         for dim, size in zip(out.type.tensor_type.shape.dim, dims[out.name]):
             if isinstance(size, str):
@@ -156,8 +157,8 @@ def export_onnx(
     InputSize(height, width)  # validates multiples of 32
     if graph not in ("split", "fused"):
         raise ValueError(f"graph must be 'split' or 'fused', got {graph!r}")
-    if nms not in ("onnx", "plugin"):
-        raise ValueError(f"nms must be 'onnx' or 'plugin', got {nms!r}")
+    if nms not in ("onnx", "plugin", "tensor"):
+        raise ValueError(f"nms must be 'onnx', 'plugin' or 'tensor', got {nms!r}")
     lo, hi = parse_batch(batch)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,8 +170,8 @@ def export_onnx(
     if graph == "fused":
         names = list(FUSED_OUTPUTS if spec.masks else FUSED_OUTPUTS[:4])
         dyn = {n: {0: "batch"} for n in ["images", *names]} if hi > 1 else {}
-        low = PluginLowering((height, width)) if nms == "plugin" else OnnxLowering()
-        custom = {PLUGIN_DOMAIN: 1} if nms == "plugin" else {}
+        low = {"plugin": lambda: PluginLowering((height, width)), "onnx": OnnxLowering, "tensor": TensorLowering}[nms]()
+        custom = {PLUGIN_DOMAIN: 1} if nms == "plugin" else {PLACEHOLDER_DOMAIN: 1} if nms == "tensor" else {}
         with export_hooks.lowering(low):
             data = _onnx_bytes(_Fused(model), (images,), ["images"], names, dyn, opset, custom)
         graphs.append(_write_graph(data, out / f"{spec.name}_fused_{nms}.onnx", "fused"))

@@ -13,10 +13,7 @@ def sanitize(model: onnx.ModelProto, max_passes: int = 4) -> onnx.ModelProto:
     count = -1
     for _ in range(max_passes):
         graph.cleanup().toposort()
-        try:
-            graph.fold_constants(fold_shapes=True, error_ok=True)
-        except Exception:  # folding is an optimisation; a graph that cannot be folded is still valid
-            pass
+        graph.fold_constants(fold_shapes=True, error_ok=True)  # error_ok: leave unfoldable nodes as they are
         graph.cleanup().toposort()
         n = len(graph.nodes)
         if n == count:

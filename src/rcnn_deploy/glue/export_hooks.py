@@ -27,7 +27,7 @@ def lowering(impl: Any) -> Iterator[None]:
         _LOWERING.reset(token)
 
 
-def _active() -> Any:
+def active() -> Any:
     impl = _LOWERING.get()
     if impl is None:
         raise RuntimeError(
@@ -46,7 +46,7 @@ class NMSNode(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):  # type: ignore[no-untyped-def]
-        return _active().nms(g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape)
+        return active().nms(g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape)
 
 
 class RoIAlignNode(torch.autograd.Function):
@@ -58,4 +58,4 @@ class RoIAlignNode(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, boxes, levels, params, *features):  # type: ignore[no-untyped-def]
-        return _active().roi_align(g, boxes, levels, params, list(features))
+        return active().roi_align(g, boxes, levels, params, list(features))

@@ -21,7 +21,13 @@ from . import export_hooks
 
 
 def nms_padded(
-    boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float, max_out: int, score_threshold: float = 0.0
+    boxes: Tensor,
+    scores: Tensor,
+    valid: Tensor,
+    iou_threshold: float,
+    max_out: int,
+    score_threshold: float = 0.0,
+    exclusive_groups: bool = False,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Greedy NMS per image and per group.
 
@@ -33,12 +39,19 @@ def nms_padded(
         max_out: output slots per image (K).
         score_threshold: the score threshold already folded into ``valid``; lowerings whose NMS filters by a
             threshold of its own (EfficientNMS) use it.
+        exclusive_groups: promise that each candidate is valid in at most one group (shared boxes grouped by
+            FPN level); lets formulations work on N candidates instead of N*G pairs.
 
     Returns:
         ``boxes [B, K, 4]``, ``scores [B, K]``, ``groups [B, K]`` int64 and ``count [B]`` int64; slots past
         ``count`` are zero.
     """
     if torch.onnx.is_in_onnx_export():
+        impl = export_hooks.active()
+        if getattr(impl, "traced", False):  # the lowering wants plain tensor ops: trace the formulation
+            from .formulations import nms_fixpoint
+
+            return nms_fixpoint(boxes, scores, valid, iou_threshold, max_out, impl.max_candidates, exclusive_groups)
         # candidate and group counts are static for a fixed input size; pass them as attributes
         shape = (int(scores.shape[1]), int(scores.shape[2]))
         return export_hooks.NMSNode.apply(

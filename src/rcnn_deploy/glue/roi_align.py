@@ -58,8 +58,13 @@ def multiscale_roi_align(features: Sequence[Tensor], boxes: Tensor, p: PoolerPar
     """
     feats = tuple(features[: len(p.strides)])
     if torch.onnx.is_in_onnx_export():
+        levels = assign_levels(boxes, p)
+        if getattr(export_hooks.active(), "traced", False):
+            from .formulations import roi_align_gather
+
+            return roi_align_gather(feats, boxes, levels, p)
         # levels are traced as ordinary ops; a lowering that assigns levels itself (a plugin) ignores them
-        return export_hooks.RoIAlignNode.apply(boxes, assign_levels(boxes, p), p, *feats)
+        return export_hooks.RoIAlignNode.apply(boxes, levels, p, *feats)
     return _roi_align_eager(feats, boxes, p)
 
 

@@ -1,0 +1,71 @@
+"""``rcnn-deploy export``: deploy-form model -> ONNX graph(s) + contract.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..config import MODEL_NAMES
+
+
+def export_command(
+    model: str = typer.Option(..., "--model", "-m", help=f"One of: {', '.join(MODEL_NAMES)}."),
+    weights: Optional[str] = typer.Option(
+        None,
+        "--weights",
+        "-w",
+        help="Checkpoint: torchvision .pth, Detectron2 .pkl/.pth, or a torchvision enum such as "
+        "MaskRCNN_ResNet50_FPN_Weights.COCO_V1 (read from the torch hub cache). Omit for random weights.",
+    ),
+    height: int = typer.Option(1344, "--height", help="Input height (multiple of 32)."),
+    width: int = typer.Option(1344, "--width", help="Input width (multiple of 32)."),
+    batch: str = typer.Option("1", "--batch", help="Batch size N or dynamic range MIN:MAX."),
+    graph: str = typer.Option("split", "--graph", help="split (backbone / box head / mask head) or fused."),
+    nms: str = typer.Option("onnx", "--nms", help="Fused graphs: onnx (standard ops) or plugin (TensorRT plugins)."),
+    first_nms_score_threshold: Optional[float] = typer.Option(
+        None, help="RPN score threshold (default: the flavour's, 0.0)."
+    ),
+    second_nms_score_threshold: Optional[float] = typer.Option(
+        None, help="Detection score threshold (default: the flavour's, 0.05)."
+    ),
+    max_detections: Optional[int] = typer.Option(None, help="Detections per image (default 100)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output directory."),
+) -> None:
+    """Export a model to ONNX and write its I/O contract.
+
+    Examples:
+
+      rcnn-deploy export -m torchvision-maskrcnn -w maskrcnn.pth --height 800 --width 800 --batch 1:8 -o out/
+
+      rcnn-deploy export -m detectron2-maskrcnn -w model_final_f10217.pkl --graph fused --nms plugin -o out/
+    """
+    from rich.console import Console
+
+    from ..export import export_onnx
+    from ..models.build import build_model
+
+    overrides = {}
+    if first_nms_score_threshold is not None:
+        overrides["rpn_score_thresh"] = first_nms_score_threshold
+    if second_nms_score_threshold is not None:
+        overrides["box_score_thresh"] = second_nms_score_threshold
+    if max_detections is not None:
+        overrides["detections_per_img"] = max_detections
+    console = Console(stderr=True)
+    try:
+        with console.status(f"building {model}"):
+            net = build_model(model, weights, **overrides)
+        with console.status(f"exporting {graph} graph(s) at {height}x{width}"):
+            contract = export_onnx(net, output, height=height, width=width, batch=batch, graph=graph, nms=nms)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    if weights is None:
+        console.print("[yellow]warning:[/yellow] no --weights given: the graphs carry random weights")
+    for g in contract.graphs:
+        ins = ", ".join(f"{t.name}{t.shape}" for t in g.inputs)
+        outs = ", ".join(f"{t.name}{t.shape}" for t in g.outputs)
+        console.print(f"[green]{g.role}[/green] {output / g.file}\n  in: {ins}\n  out: {outs}")
+    console.print(f"contract: {output / 'contract.json'}")
