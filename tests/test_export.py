@@ -145,3 +145,43 @@ def test_plugin_graph_attributes(tv_mask_model, tmp_path):
             assert a["pooled_size"] in (spec.box_roi_size, spec.mask_roi_size)
             assert a["roi_coords_transform"] == 1 and a["sampling_ratio"] == 2  # torchvision: aligned=False, 2
             assert len(n.input) == 5  # rois + P2..P5
+
+
+@pytest.fixture(scope="module")
+def tensor_dir(tv_mask_model, tmp_path_factory):
+    model, _ = tv_mask_model
+    d = tmp_path_factory.mktemp("tensor")
+    export_onnx(model, d, height=HW[0], width=HW[1], batch="1:4", graph="fused", nms="tensor")
+    return d
+
+
+def test_fused_tensor_variant_matches_pytorch(tensor_dir, images, reference):
+    """No NonMaxSuppression and no RoiAlign op; the fixpoint Loop gives the exact greedy NMS."""
+    from rcnn_deploy.backends.onnxruntime import OnnxRuntimeBackend
+
+    c = Contract.load(tensor_dir)
+    m = onnx.load(tensor_dir / c.graph_for("fused").file)
+    ops = {n.op_type for n in m.graph.node}
+    assert "Loop" in ops and not ops & {"NonMaxSuppression", "RoiAlign"}
+    assert not [n for n in m.graph.node if n.domain]  # no custom domains left
+    onnx.checker.check_model(m)
+    be = OnnxRuntimeBackend(tensor_dir / c.graph_for("fused").file, ["CPUExecutionProvider"])
+    out = fused_outputs(be(images=images.numpy()))
+    check(reference, out, masks=True)
+    single = fused_outputs(be(images=images[1:2].numpy()))
+    np.testing.assert_allclose(single["boxes"][0], out["boxes"][1], rtol=0, atol=1e-4)
+
+
+def test_fp16_rule_keeps_glue_in_fp32(split_dir, tensor_dir):
+    from rcnn_deploy.export.precision import is_network_node, to_fp16
+
+    c = Contract.load(tensor_dir)
+    m = to_fp16(onnx.load(tensor_dir / c.graph_for("fused").file))
+    inits = {t.name: t.data_type for t in m.graph.initializer}
+    convs = [n for n in m.graph.node if n.op_type in ("Conv", "Gemm", "ConvTranspose")]
+    assert convs and all(inits[n.input[1]] == onnx.TensorProto.FLOAT16 for n in convs)
+    # glue stays fp32: the NMS loop, exp of box deltas, and the graph I/O
+    assert not [n for n in m.graph.node if n.op_type in ("Loop", "Exp", "Sigmoid", "Softmax") and is_network_node(n)]
+    assert all(o.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 for o in m.graph.output)
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    onnx.checker.check_model(m)

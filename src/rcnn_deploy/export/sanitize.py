@@ -9,6 +9,12 @@ import onnx
 def sanitize(model: onnx.ModelProto, max_passes: int = 4) -> onnx.ModelProto:
     import onnx_graphsurgeon as gs
 
+    try:  # constant folding runs ONNX Runtime; keep its optimizer chatter out of the user's terminal
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
+    except ImportError:
+        pass
     graph = gs.import_onnx(model)
     count = -1
     for _ in range(max_passes):

@@ -155,9 +155,11 @@ def roi_align_gather(features: Sequence[Tensor], boxes: Tensor, levels: Tensor, 
     heights = torch.tensor([f.shape[2] for f in features], device=dev)
     widths = torch.tensor([f.shape[3] for f in features], device=dev)
     scales = torch.tensor([1.0 / st for st in p.strides], device=dev, dtype=dt)
-    sizes = [b * f.shape[2] * f.shape[3] for f in features]
+    # table [B * L, C] with the levels side by side per image: offsets within an image do not depend on B
+    sizes = [f.shape[2] * f.shape[3] for f in features]
+    per_image = sum(sizes)
     starts = torch.tensor([sum(sizes[:i]) for i in range(len(sizes))], device=dev)
-    table = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, c) for f in features], dim=0)  # [sum B*H*W, C]
+    table = torch.cat([f.permute(0, 2, 3, 1).reshape(f.shape[0], -1, c) for f in features], dim=1).reshape(-1, c)
 
     lv = levels.reshape(-1)
     h, w, scale = heights[lv], widths[lv], scales[lv]
@@ -171,7 +173,7 @@ def roi_align_gather(features: Sequence[Tensor], boxes: Tensor, levels: Tensor, 
     y0, y1, wy0, wy1 = _axis_samples(rois[:, 1], rh, h, s, r)
     x0, x1, wx0, wx1 = _axis_samples(rois[:, 0], rw, w, s, r)
     batch = torch.arange(b, device=dev).view(b, 1).expand(b, k).reshape(-1)
-    base = (starts[lv] + batch * h * w).view(-1, 1, 1)
+    base = (starts[lv] + batch * per_image).view(-1, 1, 1)
     row_w = w.view(-1, 1, 1)
     out = 0
     for yi, wy in ((y0, wy0), (y1, wy1)):

@@ -1,0 +1,155 @@
+"""Build a TensorRT / TensorRT-RTX engine from an ONNX file (torch-free, Python 3.9 compatible).
+
+Precision semantics follow the TensorRT generation: 8.6 and 10 use builder flags (fp16, int8 with an
+IInt8 calibrator); 11 and TensorRT-RTX are strongly typed, so the *graph* carries the precision (fp16 means
+an fp16 graph, see ``rcnn_deploy.export.precision``). Every engine gets a sidecar JSON (TensorRT version,
+GPU, precision, I/O) so a mismatched engine fails with a clear message; writes are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from ..._io import atomic_write_bytes, atomic_write_json
+from .compat import TRT, load_trt
+
+PRECISIONS = ("fp32", "fp16", "int8", "best")
+
+
+@dataclass
+class BuildConfig:
+    precision: str = "fp32"
+    batch: Tuple[int, int, int] = (1, 1, 1)  # min, opt, max of every dynamic leading dim
+    rois: Tuple[int, int, int] = (1, 1000, 8000)  # profile for "rois" dims of split head graphs
+    workspace_gib: float = 4.0
+    timing_cache: Optional[str] = None
+    tactic_sources: Optional[List[str]] = None
+    verbose: bool = False
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def _profile_shape(dims: List[int], cfg: BuildConfig, name: str) -> Optional[Tuple[List[int], List[int], List[int]]]:
+    if all(d >= 0 for d in dims):
+        return None
+    rng = cfg.rois if name in ("box_features", "mask_features", "classes") else cfg.batch
+    return tuple([r if d < 0 else d for d in dims] for r in rng)  # type: ignore[return-value]
+
+
+def build_engine(
+    onnx_path: Union[str, Path],
+    engine_path: Union[str, Path],
+    cfg: BuildConfig,
+    trt: Optional[TRT] = None,
+    calibrator: Any = None,
+) -> Dict[str, Any]:
+    """Parse ``onnx_path``, build with ``cfg`` and write ``engine_path`` + ``engine_path.json``.
+
+    Returns the sidecar dict (also holding the build time).
+    """
+    trt = trt or load_trt()
+    mod = trt.module
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    if trt.strongly_typed_only and cfg.precision in ("int8", "best"):
+        raise ValueError(
+            f"{trt.name} {trt.version} is strongly typed: int8 needs an explicitly quantized (Q/DQ) graph; "
+            "quantize the ONNX first (pip install 'rcnn-deploy[quant]')"
+        )
+    logger = mod.Logger(mod.Logger.VERBOSE if cfg.verbose else mod.Logger.WARNING)
+    if hasattr(mod, "init_libnvinfer_plugins"):
+        mod.init_libnvinfer_plugins(logger, "")
+    builder = mod.Builder(logger)
+    network = builder.create_network(trt.network_flags(strongly_typed=trt.strongly_typed_only))
+    parser = mod.OnnxParser(network, logger)
+    onnx_path = Path(onnx_path)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeError(f"{trt.name} {trt.version} could not parse {onnx_path}:\n" + "\n".join(errors))
+    config = builder.create_builder_config()
+    trt.set_workspace(config, int(cfg.workspace_gib * (1 << 30)))
+    if cfg.tactic_sources:
+        trt.restrict_tactics(config, cfg.tactic_sources)
+    if trt.has_implicit_precision_flags:
+        if cfg.precision in ("fp16", "int8", "best"):
+            config.set_flag(mod.BuilderFlag.FP16)
+        if cfg.precision in ("int8", "best"):
+            config.set_flag(mod.BuilderFlag.INT8)
+            if calibrator is not None:
+                config.int8_calibrator = calibrator
+    profile = builder.create_optimization_profile()
+    needs_profile = False
+    inputs = []
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        dims = list(t.shape)
+        shapes = _profile_shape(dims, cfg, t.name)
+        inputs.append({"name": t.name, "shape": dims, "dtype": str(t.dtype)})
+        if shapes is not None:
+            profile.set_shape(t.name, *shapes)
+            needs_profile = True
+    if needs_profile:
+        config.add_optimization_profile(profile)
+        if calibrator is not None and hasattr(config, "set_calibration_profile"):
+            config.set_calibration_profile(profile)
+    cache = None
+    if cfg.timing_cache and hasattr(config, "create_timing_cache"):
+        p = Path(cfg.timing_cache)
+        cache = config.create_timing_cache(p.read_bytes() if p.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    t0 = time.perf_counter()
+    blob = builder.build_serialized_network(network, config)
+    build_s = time.perf_counter() - t0
+    if blob is None:
+        raise RuntimeError(f"{trt.name} {trt.version} failed to build {onnx_path} (see the log above)")
+    atomic_write_bytes(engine_path, bytes(blob))
+    if cache is not None and cfg.timing_cache:
+        atomic_write_bytes(cfg.timing_cache, bytes(cache.serialize()))
+    outputs = [
+        {
+            "name": network.get_output(i).name,
+            "shape": list(network.get_output(i).shape),
+            "dtype": str(network.get_output(i).dtype),
+        }
+        for i in range(network.num_outputs)
+    ]
+    sidecar = {
+        "engine": Path(engine_path).name,
+        "onnx": onnx_path.name,
+        "trt": trt.name,
+        "trt_version": trt.version,
+        "gpu": _gpu_name(),
+        "precision": cfg.precision,
+        "build_config": asdict(cfg),
+        "build_seconds": round(build_s, 3),
+        "inputs": inputs,
+        "outputs": outputs,
+    }
+    atomic_write_json(str(engine_path) + ".json", sidecar)
+    return sidecar
+
+
+def _gpu_name() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "none"
+    lines = out.stdout.strip().splitlines()
+    return lines[0] if out.returncode == 0 and lines else "none"
+
+
+def read_sidecar(engine_path: Union[str, Path]) -> Dict[str, Any]:
+    p = Path(str(engine_path) + ".json")
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"{engine_path} has no sidecar {p.name}; rebuild it with 'rcnn-deploy build' so its TensorRT version "
+            "and I/O are recorded"
+        )
+    return json.loads(p.read_text(encoding="utf-8"))

@@ -1,0 +1,78 @@
+"""Every difference between TensorRT 8.6, 10, 11 and TensorRT-RTX that the builder and runtime care about."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from ..base import BackendUnavailable
+
+
+@dataclass(frozen=True)
+class TRT:
+    """An imported TensorRT flavour: the module plus what it supports."""
+
+    module: Any
+    name: str  # "tensorrt" | "tensorrt_rtx"
+    version: str
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    @property
+    def is_rtx(self) -> bool:
+        return self.name == "tensorrt_rtx"
+
+    @property
+    def strongly_typed_only(self) -> bool:
+        """TensorRT 11 and TensorRT-RTX take precision from the graph (no fp16/int8 builder flags)."""
+        return self.is_rtx or self.major >= 11
+
+    @property
+    def has_implicit_precision_flags(self) -> bool:
+        return not self.strongly_typed_only
+
+    def network_flags(self, strongly_typed: bool) -> int:
+        trt = self.module
+        flags = 0
+        if self.major < 10 and not self.is_rtx:
+            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED") and not self.is_rtx:
+            flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        return flags
+
+    def set_workspace(self, config: Any, nbytes: int) -> None:
+        config.set_memory_pool_limit(self.module.MemoryPoolType.WORKSPACE, int(nbytes))
+
+    def restrict_tactics(self, config: Any, sources: Sequence[str]) -> None:
+        """Limit tactic sources (e.g. our TRT 8.6 bundle stubs cuBLAS/cuDNN)."""
+        trt = self.module
+        if not hasattr(config, "set_tactic_sources"):
+            return
+        mask = 0
+        for s in sources:
+            if hasattr(trt.TacticSource, s):
+                mask |= 1 << int(getattr(trt.TacticSource, s))
+        config.set_tactic_sources(mask)
+
+
+def load_trt(prefer: Optional[str] = None) -> TRT:
+    """Import ``tensorrt`` (preferred) or ``tensorrt_rtx``; ``prefer`` forces one."""
+    names = [prefer] if prefer else ["tensorrt", "tensorrt_rtx"]
+    errors = []
+    for name in names:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError as e:
+            errors.append(f"{name}: {e}")
+            continue
+        if not hasattr(mod, "Builder"):  # PyPI's 'tensorrt' stub sdists import but hold nothing
+            errors.append(f"{name}: not a real TensorRT installation")
+            continue
+        return TRT(mod, name, getattr(mod, "__version__", "0"))
+    raise BackendUnavailable(
+        "no TensorRT found (" + "; ".join(errors) + "). Install TensorRT for your GPU, or "
+        "pip install 'rcnn-deploy[rtx]' for TensorRT-RTX (builds engines on CPU-only machines)"
+    )

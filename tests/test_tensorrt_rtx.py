@@ -1,0 +1,72 @@
+"""TensorRT-RTX builds (CPU-only): every plugin-free graph parses and builds, fp32 and strongly typed fp16.
+
+TensorRT-RTX cannot deserialize or run engines without a supported GPU, so these tests stop at the serialized
+engine and its sidecar; running engines is covered by the GPU scripts (benchmarks/).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("tensorrt_rtx")
+
+from rcnn_deploy.backends.tensorrt.builder import BuildConfig, build_engine  # noqa: E402
+from rcnn_deploy.backends.tensorrt.compat import load_trt  # noqa: E402
+from rcnn_deploy.contract import Contract  # noqa: E402
+from rcnn_deploy.export import export_onnx  # noqa: E402
+from rcnn_deploy.export.precision import to_fp16  # noqa: E402
+
+pytestmark = pytest.mark.rtx
+
+
+@pytest.fixture(scope="module")
+def rtx():
+    return load_trt("tensorrt_rtx")
+
+
+@pytest.fixture(scope="module")
+def graphs(tv_mask_model, tmp_path_factory):
+    model, _ = tv_mask_model
+    split = tmp_path_factory.mktemp("rtx_split")
+    export_onnx(model, split, height=256, width=256, batch="1:4", graph="split")
+    fused = tmp_path_factory.mktemp("rtx_fused")
+    export_onnx(model, fused, height=256, width=256, batch="1:2", graph="fused", nms="tensor")
+    out = []
+    for d in (split, fused):
+        c = Contract.load(d)
+        out += [(d / g.file, g.role) for g in c.graphs]
+    return out
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_rtx_builds_every_plugin_free_graph(rtx, graphs, precision, tmp_path):
+    for path, role in graphs:
+        src = path
+        if precision == "fp16":
+            src = tmp_path / (path.stem + "_fp16.onnx")
+            onnx.save(to_fp16(onnx.load(path)), src)
+        engine = tmp_path / f"{role}_{precision}.engine"
+        side = build_engine(src, engine, BuildConfig(precision=precision, batch=(1, 2, 4), rois=(1, 64, 512)), rtx)
+        assert engine.stat().st_size > 1_000_000, role  # weights are in the engine
+        meta = json.loads((tmp_path / f"{role}_{precision}.engine.json").read_text())
+        assert meta == json.loads(json.dumps(side)) and meta["trt"] == "tensorrt_rtx"
+        assert [i["name"] for i in meta["inputs"]][0] in ("images", "box_features", "mask_features")
+
+
+def test_rtx_refuses_implicit_int8(rtx, graphs, tmp_path):
+    path, _ = graphs[0]
+    with pytest.raises(ValueError, match="strongly typed"):
+        build_engine(path, tmp_path / "x.engine", BuildConfig(precision="int8"), rtx)
+
+
+def test_plugin_graph_does_not_parse_in_rtx(rtx, tv_mask_model, tmp_path):
+    """Documented limitation: the plugin variant is for TensorRT 8.6-10 only."""
+    model, _ = tv_mask_model
+    export_onnx(model, tmp_path, height=256, width=256, graph="fused", nms="plugin")
+    c = Contract.load(tmp_path)
+    with pytest.raises(RuntimeError, match="could not parse|failed to build"):
+        build_engine(tmp_path / c.graph_for("fused").file, tmp_path / "p.engine", BuildConfig(), rtx)
