@@ -30,6 +30,11 @@ def _const(g, value, dtype=None):  # type: ignore[no-untyped-def]
     return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
 
 
+def _set_type(v, dtype, sizes) -> None:  # type: ignore[no-untyped-def]
+    """Give a custom node's output its dtype and shape (torch cannot infer them for plugins)."""
+    v.setType(v.type().with_dtype(dtype).with_sizes(sizes))
+
+
 def _sizes(v) -> List:  # type: ignore[no-untyped-def]
     sizes = sh._get_tensor_sizes(v)
     if sizes is None:
@@ -162,13 +167,17 @@ class PluginLowering:
             plugin_version_s="1",
             outputs=4,
         )
+        _set_type(num, torch.int32, [None, 1])
+        _set_type(det_boxes, torch.float32, [None, max_out, 4])
+        _set_type(det_scores, torch.float32, [None, max_out])
+        _set_type(det_classes, torch.int32, [None, max_out])
         count = g.op("Cast", g.op("Reshape", num, _const(g, [-1], i64)), to_i=7)
         groups = g.op("Cast", g.op("Relu", det_classes), to_i=7)
         return det_boxes, det_scores, groups, count
 
     def roi_align(self, g, boxes, levels, p: PoolerParams, features: Sequence):  # type: ignore[no-untyped-def]
         del levels  # the plugin assigns levels itself
-        return g.op(
+        pooled = g.op(
             f"{PLUGIN_DOMAIN}::PyramidROIAlign_TRT",
             boxes,
             *features,
@@ -183,6 +192,9 @@ class PluginLowering:
             legacy_i=0,
             plugin_version_s="1",
         )
+        c = _sizes(features[0])[1]
+        _set_type(pooled, torch.float32, [None, _sizes(boxes)[1], c, p.output_size, p.output_size])
+        return pooled
 
 
 class TensorLowering:

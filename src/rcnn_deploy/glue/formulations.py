@@ -34,7 +34,9 @@ class FixpointNode(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, suppress, valid):  # type: ignore[no-untyped-def]
-        return g.op("rcnn_deploy::FixpointKeep", suppress, valid)
+        keep = g.op("rcnn_deploy::FixpointKeep", suppress, valid)
+        keep.setType(valid.type())
+        return keep
 
 
 def _fixpoint_eager(suppress: Tensor, valid: Tensor) -> Tensor:

@@ -73,6 +73,8 @@ def build_engine(
     trt.set_workspace(config, int(cfg.workspace_gib * (1 << 30)))
     if cfg.tactic_sources:
         trt.restrict_tactics(config, cfg.tactic_sources)
+    if cfg.precision == "fp32" and hasattr(mod.BuilderFlag, "TF32"):
+        config.clear_flag(mod.BuilderFlag.TF32)  # fp32 means fp32 (TensorRT enables TF32 by default)
     if trt.has_implicit_precision_flags:
         if cfg.precision in ("fp16", "int8", "best"):
             config.set_flag(mod.BuilderFlag.FP16)

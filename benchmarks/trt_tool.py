@@ -1,0 +1,114 @@
+"""TensorRT worker for the GPU machine's CPython 3.9 + TensorRT 8.6 (no torch there).
+
+    py39 benchmarks/trt_tool.py build JOBS.json            # build engines (list of jobs), write build report
+    py39 benchmarks/trt_tool.py run ENGINE IN.npz OUT.npz   # run an engine on named inputs
+    py39 benchmarks/trt_tool.py time ENGINE IN.npz OUT.json [--iterations N]  # GPU latency (CUDA events)
+
+The torch side (benchmarks/trt86_verify.py) exports graphs, runs the PyTorch reference and the glue between
+split engines, and calls this script for everything TensorRT.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+from rcnn_deploy.backends.tensorrt.builder import BuildConfig, build_engine  # noqa: E402
+from rcnn_deploy.backends.tensorrt.compat import load_trt  # noqa: E402
+
+# our TensorRT 8.6 bundle stubs cuBLAS / cuDNN: only TensorRT's own kernels may be used
+TACTICS = ["EDGE_MASK_CONVOLUTIONS", "JIT_CONVOLUTIONS"]
+
+
+def cmd_build(jobs_path):
+    with open(jobs_path) as f:
+        jobs = json.load(f)
+    trt = load_trt("tensorrt")
+    report = []
+    for job in jobs:
+        cfg = BuildConfig(
+            precision=job.get("precision", "fp32"),
+            batch=tuple(job.get("batch", (1, 1, 1))),
+            rois=tuple(job.get("rois", (1, 1000, 2000))),
+            workspace_gib=job.get("workspace_gib", 8.0),
+            timing_cache=job.get("timing_cache"),
+            tactic_sources=TACTICS,
+        )
+        calibrator = None
+        if cfg.precision in ("int8", "best"):
+            from rcnn_deploy.backends.tensorrt.calibrator import make_calibrator
+
+            calibrator = make_calibrator(trt, job["calib_npy"], job["calib_cache"], job.get("calib_batch", 1))
+        t0 = time.time()
+        try:
+            side = build_engine(job["onnx"], job["engine"], cfg, trt, calibrator)
+            entry = {"engine": job["engine"], "ok": True, "build_seconds": side["build_seconds"]}
+        except Exception as e:  # keep building the others; the report says what failed
+            entry = {"engine": job["engine"], "ok": False, "error": str(e)[-2000:], "seconds": time.time() - t0}
+        print(json.dumps(entry), flush=True)
+        report.append(entry)
+    with open(jobs_path.replace(".json", "_report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+
+
+def cmd_run(engine, inp, out):
+    from rcnn_deploy.backends.tensorrt.runtime import TensorRTBackend
+
+    be = TensorRTBackend(engine, load_trt("tensorrt"))
+    feed = dict(np.load(inp))
+    res = be.infer(feed)
+    np.savez(out, **res)
+
+
+def cmd_time(engine, inp, out, iterations):
+    from rcnn_deploy.backends.tensorrt.runtime import TensorRTBackend
+
+    be = TensorRTBackend(engine, load_trt("tensorrt"))
+    feed = dict(np.load(inp))
+    times = np.array(be.time_gpu(feed, iterations=iterations, warmup=20, cuda_graph=True))
+    stats = {
+        "engine": os.path.basename(engine),
+        "batch": int(next(iter(feed.values())).shape[0]),
+        "iterations": iterations,
+        "median_ms": float(np.median(times)),
+        "mean_ms": float(times.mean()),
+        "min_ms": float(times.min()),
+        "p90_ms": float(np.percentile(times, 90)),
+        "p99_ms": float(np.percentile(times, 99)),
+        "max_ms": float(times.max()),
+    }
+    with open(out, "w") as f:
+        json.dump(stats, f, indent=1)
+    print(json.dumps(stats), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("jobs")
+    r = sub.add_parser("run")
+    r.add_argument("engine")
+    r.add_argument("inp")
+    r.add_argument("out")
+    t = sub.add_parser("time")
+    t.add_argument("engine")
+    t.add_argument("inp")
+    t.add_argument("out")
+    t.add_argument("--iterations", type=int, default=200)
+    a = ap.parse_args()
+    if a.cmd == "build":
+        cmd_build(a.jobs)
+    elif a.cmd == "run":
+        cmd_run(a.engine, a.inp, a.out)
+    else:
+        cmd_time(a.engine, a.inp, a.out, a.iterations)
+
+
+if __name__ == "__main__":
+    main()

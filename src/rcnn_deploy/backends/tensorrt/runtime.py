@@ -1,0 +1,178 @@
+"""TensorRT engine runtime (torch-free, Python 3.9 compatible): name-based I/O, device buffers reused across
+calls, one stream per context, optional CUDA-graph replay for fixed shapes. Device memory and streams come
+from polygraphy's CUDA wrapper (ctypes over libcudart), which ships with TensorRT's Python tooling."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+
+from ..base import Backend, BackendUnavailable
+from .builder import read_sidecar
+from .compat import TRT, load_trt
+
+
+def _cuda():  # type: ignore[no-untyped-def]
+    try:
+        from polygraphy import cuda
+    except ImportError as e:  # pragma: no cover
+        raise BackendUnavailable("the TensorRT runtime needs polygraphy: pip install polygraphy") from e
+    return cuda
+
+
+class _CudaRT:
+    """The few CUDA runtime calls polygraphy does not wrap: events and graph capture/replay."""
+
+    def __init__(self, cuda: Any) -> None:
+        self.lib = cuda.wrapper().handle
+
+    def check(self, status: int, what: str) -> None:
+        if status != 0:
+            raise RuntimeError(f"CUDA error {status} in {what}")
+
+    def event(self) -> ctypes.c_void_p:
+        ev = ctypes.c_void_p()
+        self.check(self.lib.cudaEventCreate(ctypes.byref(ev)), "cudaEventCreate")
+        return ev
+
+    def record(self, ev: ctypes.c_void_p, stream: int) -> None:
+        self.check(self.lib.cudaEventRecord(ev, ctypes.c_void_p(stream)), "cudaEventRecord")
+
+    def elapsed_ms(self, start: ctypes.c_void_p, end: ctypes.c_void_p) -> float:
+        self.check(self.lib.cudaEventSynchronize(end), "cudaEventSynchronize")
+        ms = ctypes.c_float()
+        self.check(self.lib.cudaEventElapsedTime(ctypes.byref(ms), start, end), "cudaEventElapsedTime")
+        return float(ms.value)
+
+    def capture(self, stream: int, launch: Any) -> ctypes.c_void_p:
+        graph, exe = ctypes.c_void_p(), ctypes.c_void_p()
+        self.check(self.lib.cudaStreamBeginCapture(ctypes.c_void_p(stream), 0), "cudaStreamBeginCapture")
+        launch()
+        self.check(self.lib.cudaStreamEndCapture(ctypes.c_void_p(stream), ctypes.byref(graph)), "cudaStreamEndCapture")
+        self.check(
+            self.lib.cudaGraphInstantiate(ctypes.byref(exe), graph, ctypes.c_ulonglong(0)), "cudaGraphInstantiate"
+        )
+        return exe
+
+    def replay(self, exe: ctypes.c_void_p, stream: int) -> None:
+        self.check(self.lib.cudaGraphLaunch(exe, ctypes.c_void_p(stream)), "cudaGraphLaunch")
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(self, engine_path: Union[str, Path], trt: Optional[TRT] = None) -> None:
+        self.trt = trt or load_trt()
+        mod = self.trt.module
+        self.path = Path(engine_path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"engine not found: {self.path}")
+        meta = read_sidecar(self.path)
+        if meta.get("trt") != self.trt.name or str(meta.get("trt_version")) != self.trt.version:
+            raise RuntimeError(
+                f"{self.path.name} was built with {meta.get('trt')} {meta.get('trt_version')} but this is "
+                f"{self.trt.name} {self.trt.version}; rebuild it with 'rcnn-deploy build'"
+            )
+        self.meta = meta
+        self.logger = mod.Logger(mod.Logger.WARNING)
+        if hasattr(mod, "init_libnvinfer_plugins"):
+            mod.init_libnvinfer_plugins(self.logger, "")
+        self.runtime = mod.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"could not deserialize {self.path} (built for another GPU or TensorRT version?)")
+        self.context = self.engine.create_execution_context()
+        self.cuda = _cuda()
+        self.stream = self.cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = lambda n: self.engine.get_tensor_mode(n) == mod.TensorIOMode.INPUT  # noqa: E731
+        self._inputs = [n for n in names if is_input(n)]
+        self._outputs = [n for n in names if not is_input(n)]
+        self._buffers: Dict[str, Any] = {}
+        self._graph_key: Optional[Tuple] = None
+
+    @property
+    def input_names(self) -> List[str]:
+        return self._inputs
+
+    @property
+    def output_names(self) -> List[str]:
+        return self._outputs
+
+    def _dtype(self, name: str) -> np.dtype:
+        return np.dtype(self.trt.module.nptype(self.engine.get_tensor_dtype(name)))
+
+    def _buffer(self, name: str, shape: Tuple[int, ...], dtype: np.dtype):  # type: ignore[no-untyped-def]
+        buf = self._buffers.get(name)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if buf is None or buf.nbytes < nbytes:
+            if buf is not None:
+                buf.free()
+            buf = self.cuda.DeviceArray(shape=shape, dtype=dtype)
+            self._buffers[name] = buf
+        buf.resize(shape)
+        return buf
+
+    def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        self.copy_inputs(feed)
+        self.execute()
+        return self.copy_outputs()
+
+    def copy_inputs(self, feed: Dict[str, np.ndarray]) -> None:
+        for name in self._inputs:
+            arr = np.ascontiguousarray(feed[name], dtype=self._dtype(name))
+            self.context.set_input_shape(name, arr.shape)
+            buf = self._buffer(name, arr.shape, arr.dtype)
+            buf.copy_from(arr, stream=self.stream)
+            self.context.set_tensor_address(name, buf.ptr)
+        for name in self._outputs:
+            shape = tuple(self.context.get_tensor_shape(name))
+            buf = self._buffer(name, shape, self._dtype(name))
+            self.context.set_tensor_address(name, buf.ptr)
+
+    def execute(self) -> None:
+        if not self.context.execute_async_v3(self.stream.ptr):
+            raise RuntimeError(f"TensorRT execution of {self.path.name} failed")
+
+    def copy_outputs(self) -> Dict[str, np.ndarray]:
+        out = {}
+        for name in self._outputs:
+            buf = self._buffers[name]
+            host = np.empty(buf.shape, dtype=self._dtype(name))
+            buf.copy_to(host, stream=self.stream)
+            out[name] = host
+        self.stream.synchronize()
+        return out
+
+    def time_gpu(
+        self, feed: Dict[str, np.ndarray], iterations: int = 100, warmup: int = 10, cuda_graph: bool = True
+    ) -> List[float]:
+        """GPU compute latency (ms) per inference, CUDA events around each launch (inputs already on the GPU,
+        like ``trtexec --noDataTransfers``); with ``cuda_graph`` the enqueue is captured once and replayed."""
+        rt = _CudaRT(self.cuda)
+        self.copy_inputs(feed)
+        self.execute()  # first enqueue outside capture (TensorRT sets up shape-dependent state)
+        self.stream.synchronize()
+        launch = self.execute
+        if cuda_graph:
+            exe = rt.capture(self.stream.ptr, self.execute)
+            launch = lambda: rt.replay(exe, self.stream.ptr)  # noqa: E731
+        for _ in range(warmup):
+            launch()
+        self.stream.synchronize()
+        start, end = rt.event(), rt.event()
+        times = []
+        for _ in range(iterations):
+            rt.record(start, self.stream.ptr)
+            launch()
+            rt.record(end, self.stream.ptr)
+            times.append(rt.elapsed_ms(start, end))
+        return times
+
+    def close(self) -> None:
+        for b in self._buffers.values():
+            b.free()
+        self._buffers.clear()
