@@ -60,14 +60,15 @@ def stage_export(work: Path, sizes):
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     for size in sizes:
         net, images = model_and_images(size)
-        net = net.cuda()
+        net = net.to(dev)
         d = work / str(size)
         d.mkdir(parents=True, exist_ok=True)
         np.save(d / "images.npy", images.numpy())
         with torch.no_grad():
-            ref = {k: v.cpu().numpy() for k, v in net(images.cuda()).items()}
+            ref = {k: v.cpu().numpy() for k, v in net(images.to(dev)).items()}
         np.savez(d / "reference.npz", **ref)
         for name, kw in VARIANTS.items():
             t0 = time.time()
@@ -103,6 +104,22 @@ def stage_build(work: Path, sizes, precisions, variants):
     print(p.stdout[-6000:], p.stderr[-3000:], flush=True)
 
 
+class OrtStandIn:
+    """Local dry run of the run stage (no GPU): the ONNX file behind an engine path, in ONNX Runtime."""
+
+    def __init__(self, engine: Path, work: Path):
+        from rcnn_deploy.backends.onnxruntime import OnnxRuntimeBackend
+        from rcnn_deploy.contract import Contract
+
+        role = engine.name.split("_")[0] if not engine.name.startswith("box_") else "box_head"
+        role = "mask_head" if engine.name.startswith("mask_") else role
+        c = Contract.load(engine.parent)
+        self.be = OnnxRuntimeBackend(engine.parent / c.graph_for(role).file, ["CPUExecutionProvider"])
+
+    def __call__(self, **feed):
+        return self.be(**feed)
+
+
 class SubprocessTRT:
     """Backend-shaped adapter: runs one engine in the py39 TensorRT worker per call."""
 
@@ -121,7 +138,7 @@ class SubprocessTRT:
         return dict(np.load(out))
 
 
-def stage_run(work: Path, sizes, precisions, variants, out_dir: Path):
+def stage_run(work: Path, sizes, precisions, variants, out_dir: Path, engine_cls=None):
     import torch
 
     from rcnn_deploy.contract import Contract
@@ -130,6 +147,8 @@ def stage_run(work: Path, sizes, precisions, variants, out_dir: Path):
     from rcnn_deploy.runtime.parity import compare_detections
     from rcnn_deploy.runtime.split import SplitPieces, fused_outputs
 
+    engine_cls = engine_cls or SubprocessTRT
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
     for size in sizes:
         d = work / str(size)
@@ -143,12 +162,12 @@ def stage_run(work: Path, sizes, precisions, variants, out_dir: Path):
                     t0 = time.time()
                     if c.graph == "fused":
                         eng = d / name / f"fused_{prec}.engine"
-                        out = fused_outputs(SubprocessTRT(eng, work)(images=images))
+                        out = fused_outputs(engine_cls(eng, work)(images=images))
                     else:
-                        eng = {r: SubprocessTRT(d / name / f"{r}_{prec}.engine", work) for r in ROLES}
+                        eng = {r: engine_cls(d / name / f"{r}_{prec}.engine", work) for r in ROLES}
                         pieces = SplitPieces(c, eng["backbone"], eng["box_head"], eng["mask_head"])
                         with torch.no_grad():
-                            res = two_stage(pieces, torch.from_numpy(images).cuda(), c.spec)
+                            res = two_stage(pieces, torch.from_numpy(images).to(dev), c.spec)
                         out = {k: v.cpu().numpy() for k, v in res.items()}
                     row["seconds"] = round(time.time() - t0, 1)
                     rep = compare_detections(
@@ -180,22 +199,68 @@ def stage_run(work: Path, sizes, precisions, variants, out_dir: Path):
     print("\n".join(lines))
 
 
+def stage_time(work: Path, sizes, precisions, variants, out_dir: Path, batches=(1, 2)):
+    """GPU compute latency of every built fused engine and of the split backbone (CUDA events, CUDA graph)."""
+    rows = []
+    for size in sizes:
+        d = work / str(size)
+        images = np.load(d / "images.npy")
+        for name in variants:
+            for prec in precisions:
+                role = "backbone" if name == "split" else "fused"
+                eng = d / name / f"{role}_{prec}.engine"
+                if not eng.is_file():
+                    continue
+                for b in batches:
+                    inp = work / "time_in.npz"
+                    np.savez(inp, images=np.concatenate([images] * b)[:b])
+                    res = work / "time_out.json"
+                    p = py39(ROOT / "benchmarks" / "trt_tool.py", "time", eng, inp, res, "--iterations", 200)
+                    row = {"size": size, "variant": name, "graph": role, "precision": prec, "batch": b}
+                    if p.returncode == 0:
+                        row.update(json.loads(res.read_text()))
+                    else:
+                        row["error"] = p.stderr[-1500:]
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "trt86_latency.json").write_text(json.dumps(rows, indent=1))
+    lines = [
+        "| size | variant | graph | precision | batch | median ms | p99 ms | img/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['size']} | {r['variant']} | {r['graph']} | {r['precision']} | {r['batch']} | error |||")
+        else:
+            ips = r["batch"] * 1000.0 / r["median_ms"]
+            lines.append(
+                f"| {r['size']} | {r['variant']} | {r['graph']} | {r['precision']} | {r['batch']} "
+                f"| {r['median_ms']:.2f} | {r['p99_ms']:.2f} | {ips:.0f} |"
+            )
+    (out_dir / "trt86_latency.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["export", "build", "run"])
+    ap.add_argument("stage", choices=["export", "build", "run", "time"])
     ap.add_argument("--work", type=Path, default=Path("/tmp/rd"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[1344, 800])
     ap.add_argument("--precisions", nargs="+", default=["fp32"])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/trt86")))
+    ap.add_argument("--ort-stand-in", action="store_true", help="dry run on a CPU machine: ORT instead of TRT")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     if a.stage == "export":
         stage_export(a.work, a.sizes)
     elif a.stage == "build":
         stage_build(a.work, a.sizes, a.precisions, a.variants)
+    elif a.stage == "time":
+        stage_time(a.work, a.sizes, a.precisions, a.variants, a.out)
     else:
-        stage_run(a.work, a.sizes, a.precisions, a.variants, a.out)
+        stage_run(a.work, a.sizes, a.precisions, a.variants, a.out, OrtStandIn if a.ort_stand_in else None)
 
 
 if __name__ == "__main__":

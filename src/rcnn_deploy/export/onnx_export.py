@@ -165,7 +165,8 @@ def export_onnx(
     model = model.eval()
     spec = model.spec
     trace_b = 2 if hi > 1 else 1
-    images = torch.rand(trace_b, 3, height, width) * 255
+    dev = next(model.parameters()).device
+    images = torch.rand(trace_b, 3, height, width, device=dev) * 255
     graphs: List[GraphSpec] = []
     if graph == "fused":
         names = list(FUSED_OUTPUTS if spec.masks else FUSED_OUTPUTS[:4])
@@ -182,7 +183,7 @@ def export_onnx(
         data = _onnx_bytes(_Backbone(model), (images,), ["images"], names, dyn, opset, {})
         graphs.append(_write_graph(data, out / f"{spec.name}_backbone.onnx", "backbone"))
         r = 8
-        box_in = torch.rand(r, spec.fpn_channels, spec.box_roi_size, spec.box_roi_size)
+        box_in = torch.rand(r, spec.fpn_channels, spec.box_roi_size, spec.box_roi_size, device=dev)
         data = _onnx_bytes(
             _BoxHead(model),
             (box_in,),
@@ -194,8 +195,8 @@ def export_onnx(
         )
         graphs.append(_write_graph(data, out / f"{spec.name}_box_head.onnx", "box_head"))
         if spec.masks:
-            mask_in = torch.rand(r, spec.fpn_channels, spec.mask_roi_size, spec.mask_roi_size)
-            classes = torch.randint(1, spec.num_classes, (r,))
+            mask_in = torch.rand(r, spec.fpn_channels, spec.mask_roi_size, spec.mask_roi_size, device=dev)
+            classes = torch.randint(1, spec.num_classes, (r,), device=dev)
             data = _onnx_bytes(
                 _MaskHead(model),
                 (mask_in, classes),

@@ -10,10 +10,12 @@ Both lay anchors out as (H, W, A) with A ordered by aspect ratio (one size per l
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+
+StrideLike = Union[int, Tuple[int, int]]
 
 
 def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float], round_: bool) -> Tensor:
@@ -37,19 +39,24 @@ def cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float], round_:
 
 def grid_anchors(
     feature_sizes: Sequence[Tuple[int, int]],
-    strides: Sequence[int],
+    strides: Sequence[StrideLike],
     sizes: Sequence[Sequence[float]],
     aspect_ratios: Sequence[float],
     round_: bool,
     offset: float = 0.0,
     device: torch.device | None = None,
 ) -> List[Tensor]:
-    """Anchors of every level, each ``[H_l * W_l * A, 4]`` in (H, W, A) order, in input pixels."""
+    """Anchors of every level, each ``[H_l * W_l * A, 4]`` in (H, W, A) order, in input pixels.
+
+    A stride is an int or a ``(stride_y, stride_x)`` pair (torchvision derives it per axis from the image and
+    grid sizes, which differ from the nominal stride when the size is not a multiple of it, e.g. P6 at 800).
+    """
     levels = []
     for (h, w), stride, lvl_sizes in zip(feature_sizes, strides, sizes):
+        sy_, sx_ = stride if isinstance(stride, (tuple, list)) else (stride, stride)
         base = cell_anchors(lvl_sizes, aspect_ratios, round_).to(device)
-        sx = (torch.arange(w, dtype=torch.float32, device=device) + offset) * stride
-        sy = (torch.arange(h, dtype=torch.float32, device=device) + offset) * stride
+        sx = (torch.arange(w, dtype=torch.float32, device=device) + offset) * sx_
+        sy = (torch.arange(h, dtype=torch.float32, device=device) + offset) * sy_
         yy, xx = torch.meshgrid(sy, sx, indexing="ij")
         xx = xx.reshape(-1)
         yy = yy.reshape(-1)

@@ -47,7 +47,7 @@ def two_stage(
     image_hw = (int(images.shape[-2]), int(images.shape[-1]))
     feats, objectness, deltas = net.features(images)
     if anchors is None:
-        anchors = spec_anchors(spec, level_sizes(spec, image_hw), objectness.device)
+        anchors = spec_anchors(spec, image_hw, objectness.device)
     proposals, _, valid = select_proposals(
         split_levels(objectness, spec, image_hw),
         split_levels(deltas, spec, image_hw),

@@ -22,24 +22,26 @@ from .nms import gather_rows, nms_padded
 from .roi_align import PoolerParams
 
 
-def spec_anchors(
-    spec: ModelSpec, feature_sizes: Sequence[Tuple[int, int]], device: torch.device | None = None
-) -> List[Tensor]:
-    """Anchors ``[H_l * W_l * A, 4]`` of every level for the given FPN feature sizes."""
-    return grid_anchors(
-        feature_sizes,
-        spec.anchor_strides,
-        spec.anchor_sizes,
-        spec.aspect_ratios,
-        spec.anchor_round,
-        spec.anchor_offset,
-        device,
-    )
-
-
 def level_sizes(spec: ModelSpec, image_hw: Tuple[int, int]) -> List[Tuple[int, int]]:
-    """FPN feature sizes for an input size (H and W multiples of 32)."""
-    return [(image_hw[0] // s, image_hw[1] // s) for s in spec.anchor_strides]
+    """FPN feature sizes for an input size: ceil(size / stride) (P2-P5 divide exactly for multiples of 32;
+    P6 is P5 max-pooled with stride 2, i.e. ceil(size / 64))."""
+    return [(-(-image_hw[0] // s), -(-image_hw[1] // s)) for s in spec.anchor_strides]
+
+
+def spec_anchors(spec: ModelSpec, image_hw: Tuple[int, int], device: torch.device | None = None) -> List[Tensor]:
+    """Anchors ``[H_l * W_l * A, 4]`` of every level for an input size.
+
+    torchvision's AnchorGenerator uses the per-axis stride ``image_size // grid_size`` (61 instead of 64 for P6
+    at 800 px); Detectron2 uses the nominal stride.
+    """
+    sizes = level_sizes(spec, image_hw)
+    if spec.flavour == "torchvision":
+        strides = [(image_hw[0] // h, image_hw[1] // w) for h, w in sizes]
+    else:
+        strides = list(spec.anchor_strides)
+    return grid_anchors(
+        sizes, strides, spec.anchor_sizes, spec.aspect_ratios, spec.anchor_round, spec.anchor_offset, device
+    )
 
 
 def select_proposals(

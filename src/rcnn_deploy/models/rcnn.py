@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelSpec
-from ..glue import level_sizes, select_masks, spec_anchors
+from ..glue import select_masks, spec_anchors
 from ..glue.pipeline import two_stage
 
 
@@ -116,12 +116,11 @@ class DeployRCNN(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- forward
     def anchors(self, image_hw: Tuple[int, int], device: torch.device) -> List[Tensor]:
-        sizes = level_sizes(self.spec, image_hw)
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return spec_anchors(self.spec, sizes, device)  # become graph constants
-        key = (tuple(sizes), str(device))
+            return spec_anchors(self.spec, image_hw, device)  # become graph constants
+        key = (image_hw, str(device))
         if key not in self._anchor_cache:
-            self._anchor_cache[key] = spec_anchors(self.spec, sizes, device)
+            self._anchor_cache[key] = spec_anchors(self.spec, image_hw, device)
         return self._anchor_cache[key]
 
     def forward(self, images: Tensor) -> Dict[str, Tensor]:
