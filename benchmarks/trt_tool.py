@@ -65,16 +65,17 @@ def cmd_run(engine, inp, out):
     np.savez(out, **res)
 
 
-def cmd_time(engine, inp, out, iterations):
+def cmd_time(engine, inp, out, iterations, cuda_graph=True):
     from rcnn_deploy.backends.tensorrt.runtime import TensorRTBackend
 
     be = TensorRTBackend(engine, load_trt("tensorrt"))
     feed = dict(np.load(inp))
-    times = np.array(be.time_gpu(feed, iterations=iterations, warmup=20, cuda_graph=True))
+    times = np.array(be.time_gpu(feed, iterations=iterations, warmup=20, cuda_graph=cuda_graph))
     stats = {
         "engine": os.path.basename(engine),
         "batch": int(next(iter(feed.values())).shape[0]),
         "iterations": iterations,
+        "cuda_graph": cuda_graph,
         "median_ms": float(np.median(times)),
         "mean_ms": float(times.mean()),
         "min_ms": float(times.min()),
@@ -101,13 +102,14 @@ def main():
     t.add_argument("inp")
     t.add_argument("out")
     t.add_argument("--iterations", type=int, default=200)
+    t.add_argument("--no-cuda-graph", action="store_true")
     a = ap.parse_args()
     if a.cmd == "build":
         cmd_build(a.jobs)
     elif a.cmd == "run":
         cmd_run(a.engine, a.inp, a.out)
     else:
-        cmd_time(a.engine, a.inp, a.out, a.iterations)
+        cmd_time(a.engine, a.inp, a.out, a.iterations, not a.no_cuda_graph)
 
 
 if __name__ == "__main__":

@@ -60,17 +60,15 @@ def expand_placeholders(model: onnx.ModelProto) -> onnx.ModelProto:
         suppress, valid = node.input
         name = node.name or f"fixpoint_{i}"
         trip, cond = f"{name}/trip", f"{name}/cond"
+        bound = next(a.i for a in node.attribute if a.name == "max_iterations")
         new_nodes += [
-            # trip count bound = number of candidates + 1 (static M read from S's shape)
-            helper.make_node("Shape", [suppress], [f"{name}/s_shape"], start=-1),
-            helper.make_node("Add", [f"{name}/s_shape", f"{name}/one"], [f"{name}/trip1"]),
-            helper.make_node("Squeeze", [f"{name}/trip1"], [trip]),
+            # a constant trip-count bound (TensorRT needs a build-time scalar): the number of candidates + 1
+            helper.make_node("Constant", [], [trip], value=helper.make_tensor("", TensorProto.INT64, [], [bound])),
             helper.make_node("Constant", [], [cond], value=helper.make_tensor("", TensorProto.BOOL, [], [True])),
             helper.make_node(
                 "Loop", [trip, cond, valid], [node.output[0]], name=name, body=_loop_body(name, suppress, valid)
             ),
         ]
-        graph.initializer.append(helper.make_tensor(f"{name}/one", TensorProto.INT64, [1], [1]))
     del graph.node[:]
     graph.node.extend(new_nodes)
     keep = [op for op in model.opset_import if op.domain != PLACEHOLDER_DOMAIN]

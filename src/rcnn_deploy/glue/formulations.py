@@ -29,12 +29,12 @@ class FixpointNode(torch.autograd.Function):
     """``keep = fixpoint(S, valid)``; exported as a placeholder that ``export.surgery`` turns into a Loop."""
 
     @staticmethod
-    def forward(ctx, suppress: Tensor, valid: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, suppress: Tensor, valid: Tensor, max_iterations: int) -> Tensor:  # type: ignore[override]
         return _fixpoint_eager(suppress, valid)
 
     @staticmethod
-    def symbolic(g, suppress, valid):  # type: ignore[no-untyped-def]
-        keep = g.op("rcnn_deploy::FixpointKeep", suppress, valid)
+    def symbolic(g, suppress, valid, max_iterations):  # type: ignore[no-untyped-def]
+        keep = g.op("rcnn_deploy::FixpointKeep", suppress, valid, max_iterations_i=max_iterations)
         keep.setType(valid.type())
         return keep
 
@@ -52,7 +52,7 @@ def _fixpoint_eager(suppress: Tensor, valid: Tensor) -> Tensor:
 
 def fixpoint_keep(suppress: Tensor, valid: Tensor) -> Tensor:
     if torch.onnx.is_in_onnx_export():
-        return FixpointNode.apply(suppress, valid)
+        return FixpointNode.apply(suppress, valid, int(valid.shape[-1]) + 1)  # static bound: every candidate
     return _fixpoint_eager(suppress, valid)
 
 
