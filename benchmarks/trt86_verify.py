@@ -27,14 +27,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-VARIANTS = {  # name -> export kwargs
-    "fused_plugin": dict(graph="fused", nms="plugin"),
-    "fused_tensor": dict(graph="fused", nms="tensor"),
-    "split": dict(graph="split"),
+BATCH = 2
+VARIANTS = {  # name -> export kwargs (PyramidROIAlign_TRT needs a static batch)
+    "fused_plugin": dict(graph="fused", nms="plugin", batch=BATCH),
+    "fused_tensor": dict(graph="fused", nms="tensor", batch=f"1:{BATCH}"),
+    "split": dict(graph="split", batch=f"1:{BATCH}"),
 }
 MODEL = "torchvision-maskrcnn"
 ROLES = ("backbone", "box_head", "mask_head")
-BATCH = 2
 
 
 def py39(*args: str) -> subprocess.CompletedProcess:
@@ -72,7 +72,7 @@ def stage_export(work: Path, sizes):
         np.savez(d / "reference.npz", **ref)
         for name, kw in VARIANTS.items():
             t0 = time.time()
-            export_onnx(net, d / name, height=size, width=size, batch=f"1:{BATCH}", **kw)
+            export_onnx(net, d / name, height=size, width=size, **kw)
             print(f"export {size} {name}: {time.time() - t0:.1f}s", flush=True)
 
 

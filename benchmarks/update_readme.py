@@ -37,7 +37,7 @@ def latency_table() -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        what = "fused (whole model)" if r["graph"] == "fused" else "split: backbone+FPN+RPN head only"
+        what = "whole model" if r["graph"] == "fused" else "backbone+FPN+RPN head only"
         out.append(
             f"| {r['size']}² | {r['variant']}, {what} | {r['precision']} | {r['batch']} | {r['median_ms']:.2f} "
             f"| {r['p99_ms']:.2f} | {r['batch'] * 1000 / r['median_ms']:.0f} |"

@@ -122,6 +122,8 @@ def test_export_is_deterministic(tv_mask_model, tmp_path):
 
 def test_plugin_graph_attributes(tv_mask_model, tmp_path):
     model, _ = tv_mask_model
+    with pytest.raises(ValueError, match="fixed batch"):  # PyramidROIAlign_TRT is not a dynamic-shape plugin
+        export_onnx(model, tmp_path, height=256, width=320, batch="1:4", graph="fused", nms="plugin")
     export_onnx(model, tmp_path, height=256, width=320, batch=1, graph="fused", nms="plugin")
     c = Contract.load(tmp_path)
     m = onnx.load(tmp_path / c.graph_for("fused").file)

@@ -164,13 +164,19 @@ def export_onnx(
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     spec = model.spec
-    trace_b = 2 if hi > 1 else 1
+    dynamic = lo != hi
+    if dynamic and graph == "fused" and nms == "plugin":
+        raise ValueError(
+            "PyramidROIAlign_TRT is an IPluginV2Ext plugin and needs fully static shapes: export the plugin "
+            f"variant with a fixed batch (e.g. --batch {hi}), or use --nms tensor / --graph split for dynamic batch"
+        )
+    trace_b = (2 if hi > 1 else 1) if dynamic else hi  # trace with B > 1 so nothing specialises to 1
     dev = next(model.parameters()).device
     images = torch.rand(trace_b, 3, height, width, device=dev) * 255
     graphs: List[GraphSpec] = []
     if graph == "fused":
         names = list(FUSED_OUTPUTS if spec.masks else FUSED_OUTPUTS[:4])
-        dyn = {n: {0: "batch"} for n in ["images", *names]} if hi > 1 else {}
+        dyn = {n: {0: "batch"} for n in ["images", *names]} if dynamic else {}
         low = {"plugin": lambda: PluginLowering((height, width)), "onnx": OnnxLowering, "tensor": TensorLowering}[nms]()
         custom = {PLUGIN_DOMAIN: 1} if nms == "plugin" else {PLACEHOLDER_DOMAIN: 1} if nms == "tensor" else {}
         with export_hooks.lowering(low):
@@ -179,7 +185,7 @@ def export_onnx(
     else:
         feat_names = [f"p{i}" for i in range(spec.roi_levels[0], spec.roi_levels[1] + 1)]
         names = [*feat_names, "rpn_objectness", "rpn_deltas"]
-        dyn = {n: {0: "batch"} for n in ["images", *names]} if hi > 1 else {}
+        dyn = {n: {0: "batch"} for n in ["images", *names]} if dynamic else {}
         data = _onnx_bytes(_Backbone(model), (images,), ["images"], names, dyn, opset, {})
         graphs.append(_write_graph(data, out / f"{spec.name}_backbone.onnx", "backbone"))
         r = 8
