@@ -15,9 +15,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-# module-scope components of the network layers in exported node names ("/backbone/body/layer1/...",
-# "/net/roi_heads/box_head/fc6/Gemm"; the exporter drops the scope prefix common to a whole graph)
-NETWORK_SCOPES = ("backbone", "box_head", "box_predictor", "mask_head", "mask_predictor")
+from ..precision_rule import in_network_scope
+
 FP16_OPS = {
     "Conv",
     "ConvTranspose",
@@ -50,8 +49,7 @@ def is_network_node(node: onnx.NodeProto) -> bool:
     if node.op_type in WEIGHT_OPS and len(node.input) > 1:
         w = node.input[1]
         return any(w.startswith(p) or w.startswith("net." + p) for p in NETWORK_PARAMS)
-    parts = node.name.split("/")
-    return node.op_type in FP16_OPS and any(s in parts for s in NETWORK_SCOPES)
+    return node.op_type in FP16_OPS and in_network_scope(node.name)
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -95,10 +95,7 @@ class DeployRCNN(nn.Module):
         _check_input(images)
         feats = list(self.backbone(self.normalize(images)).values())
         objectness, deltas = [], []
-        for f in feats:
-            t = self.rpn.head.conv(f)
-            o = self.rpn.head.cls_logits(t)
-            d = self.rpn.head.bbox_pred(t)
+        for o, d in zip(*self.rpn.head(feats)):
             b, a, h, w = o.shape
             objectness.append(o.permute(0, 2, 3, 1).reshape(b, h * w * a))
             deltas.append(d.view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * a, 4))

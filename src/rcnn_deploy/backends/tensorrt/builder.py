@@ -82,6 +82,10 @@ def build_engine(
             config.set_flag(mod.BuilderFlag.INT8)
             if calibrator is not None:
                 config.int8_calibrator = calibrator
+    if trt.has_implicit_precision_flags and cfg.precision != "fp32":
+        kept = keep_glue_fp32(mod, network, config)
+        if cfg.verbose:
+            print(f"fp16/int8 rule: {kept} glue layers kept in fp32")
     profile = builder.create_optimization_profile()
     needs_profile = False
     inputs = []
@@ -132,6 +136,31 @@ def build_engine(
     }
     atomic_write_json(str(engine_path) + ".json", sidecar)
     return sidecar
+
+
+def keep_glue_fp32(mod: Any, network: Any, config: Any) -> int:
+    """With builder fp16/int8 flags, pin every float layer outside the network scopes (the glue: box decoding,
+    IoU/NMS, level assignment, ROIAlign sampling, softmax) to fp32: the rule of ``rcnn_deploy.precision_rule``."""
+    from ...precision_rule import in_network_scope
+
+    kept = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if in_network_scope(layer.name):
+            continue
+        outs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if not outs or any(o.dtype != mod.DataType.FLOAT for o in outs):
+            continue
+        try:
+            layer.precision = mod.DataType.FLOAT
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, mod.DataType.FLOAT)
+        except (RuntimeError, TypeError):  # some layer kinds (loop boundaries, ...) take no precision
+            continue
+        kept += 1
+    if kept:
+        config.set_flag(mod.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+    return kept
 
 
 def _gpu_name() -> str:
