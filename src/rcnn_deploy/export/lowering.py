@@ -172,7 +172,7 @@ class PluginLowering:
         _set_type(det_scores, torch.float32, [None, max_out])
         _set_type(det_classes, torch.int32, [None, max_out])
         count = g.op("Cast", g.op("Reshape", num, _const(g, [-1], i64)), to_i=7)
-        groups = g.op("Cast", g.op("Relu", det_classes), to_i=7)
+        groups = g.op("Cast", det_classes, to_i=7)  # padded slots hold class 0, like ours
         return det_boxes, det_scores, groups, count
 
     def roi_align(self, g, boxes, levels, p: PoolerParams, features: Sequence):  # type: ignore[no-untyped-def]
