@@ -70,3 +70,23 @@ def test_plugin_graph_does_not_parse_in_rtx(rtx, tv_mask_model, tmp_path):
     c = Contract.load(tmp_path)
     with pytest.raises(RuntimeError, match="could not parse|failed to build"):
         build_engine(tmp_path / c.graph_for("fused").file, tmp_path / "p.engine", BuildConfig(), rtx)
+
+
+def test_build_cli_with_rtx(tv_faster_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from rcnn_deploy.cli import app
+
+    model, _ = tv_faster_model
+    export_onnx(model, tmp_path, height=256, width=256, batch="1:2", graph="split")
+    head = tmp_path / "torchvision-fasterrcnn_box_head.onnx"
+    runner = CliRunner()
+    res = runner.invoke(app, ["build", str(head), "-o", str(tmp_path / "h.engine"), "--precision", "fp16"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "h.engine.json").read_text())
+    assert meta["precision"] == "fp16" and meta["onnx"].endswith("_fp16.onnx")  # strongly typed: an fp16 graph
+    res = runner.invoke(app, ["build", str(head), "-o", str(tmp_path / "i.engine"), "--precision", "int8"])
+    assert res.exit_code == 2 and "strongly typed" in res.output and "[quant]" in res.output
+    res = runner.invoke(app, ["build", str(head), "-o", str(tmp_path / "j.engine"), "--batch", "1:8"])
+    assert res.exit_code == 2 and "outside the exported range 1:2" in res.output
+    assert not (tmp_path / "i.engine").exists() and not (tmp_path / "j.engine").exists()

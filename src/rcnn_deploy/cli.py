@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from .tools import data as data_tools
+from .tools.build import build_command
 from .tools.export import export_command
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
 )
 app.add_typer(data_tools.app, name="data", help="Synthetic COCO-format datasets.")
 app.command("export")(export_command)
+app.command("build")(build_command)
 
 
 def main() -> None:

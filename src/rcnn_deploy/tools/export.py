@@ -42,6 +42,7 @@ def export_command(
       rcnn-deploy export -m detectron2-maskrcnn -w model_final_f10217.pkl --graph fused --nms plugin -o out/
     """
     from rich.console import Console
+    from rich.markup import escape
 
     from ..export import export_onnx
     from ..models.build import build_model
@@ -60,7 +61,7 @@ def export_command(
         with console.status(f"exporting {graph} graph(s) at {height}x{width}"):
             contract = export_onnx(net, output, height=height, width=width, batch=batch, graph=graph, nms=nms)
     except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
     if weights is None:
         console.print("[yellow]warning:[/yellow] no --weights given: the graphs carry random weights")

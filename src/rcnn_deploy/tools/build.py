@@ -1,0 +1,137 @@
+"""``rcnn-deploy build``: ONNX graph -> TensorRT / TensorRT-RTX engine (+ sidecar JSON)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Optional, Tuple
+
+import typer
+
+
+def parse_profile(text: str) -> Tuple[int, int, int]:
+    """``"8"`` -> (8, 8, 8); ``"1:8"`` -> (1, 8, 8); ``"1:4:8"`` -> (1, 4, 8)."""
+    try:
+        parts = [int(p) for p in text.split(":")]
+    except ValueError:
+        raise typer.BadParameter(f"expected N, MIN:MAX or MIN:OPT:MAX, got {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 3
+    elif len(parts) == 2:
+        parts = [parts[0], parts[1], parts[1]]
+    if len(parts) != 3 or not 1 <= parts[0] <= parts[1] <= parts[2]:
+        raise typer.BadParameter(f"batch profile must satisfy 1 <= MIN <= OPT <= MAX, got {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def build_command(
+    onnx_path: Path = typer.Argument(..., help="ONNX file written by 'rcnn-deploy export' (contract.json beside it)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Engine file to write (a .json sidecar is written too)."),
+    precision: str = typer.Option("fp16", help="fp32, fp16, int8 or best (int8 and best: TensorRT 8.6/10)."),
+    batch: str = typer.Option("1", help="Batch profile N, MIN:MAX or MIN:OPT:MAX (within the export's range)."),
+    workspace: float = typer.Option(4.0, help="Builder workspace in GiB."),
+    timing_cache: Optional[Path] = typer.Option(None, help="Timing cache file (read if present, then updated)."),
+    calib_input: Optional[Path] = typer.Option(None, help="INT8: directory of calibration images."),
+    calib_cache: Optional[Path] = typer.Option(None, help="INT8: calibration cache; reused if it exists."),
+    calib_images: int = typer.Option(500, help="INT8: number of calibration images to use."),
+    calib_batch: int = typer.Option(1, help="INT8: calibration batch size."),
+    trt: Optional[str] = typer.Option(None, help="Force 'tensorrt' or 'tensorrt_rtx' (default: whichever imports)."),
+    verbose: bool = typer.Option(False, help="TensorRT verbose log."),
+) -> None:
+    """Build a TensorRT engine.
+
+    TensorRT 8.6/10 take fp16/int8 as builder flags (int8 calibrates on --calib-input with the model's own
+    preprocessing, or reuses --calib-cache); TensorRT 11 and TensorRT-RTX are strongly typed, so fp16 builds
+    an fp16 graph made by rule (network layers fp16, glue fp32).
+
+    Examples:
+
+      rcnn-deploy build out/torchvision-maskrcnn_backbone.onnx -o backbone.engine --precision fp16 --batch 1:4:8
+
+      rcnn-deploy build out/model_fused_plugin.onnx -o int8.engine --precision int8 --calib-input data/images
+      --calib-cache calib.cache
+    """
+    from rich.console import Console
+    from rich.markup import escape
+
+    from ..backends.base import BackendUnavailable
+    from ..backends.tensorrt.builder import BuildConfig, build_engine
+    from ..backends.tensorrt.compat import load_trt
+    from ..contract import Contract
+
+    console = Console(stderr=True)
+
+    def fail(msg: str) -> None:
+        console.print(f"[red]error:[/red] {escape(msg)}")
+        raise typer.Exit(2)
+
+    if not onnx_path.is_file():
+        fail(f"ONNX file not found: {onnx_path}")
+    try:
+        contract = Contract.load(onnx_path.parent)
+        runtime = load_trt(trt)
+    except (FileNotFoundError, ValueError, BackendUnavailable) as e:
+        fail(str(e))
+    lo, opt, hi = parse_profile(batch)
+    if not (contract.batch[0] <= lo and hi <= contract.batch[1]):
+        fail(f"batch profile {lo}:{opt}:{hi} is outside the exported range {contract.batch[0]}:{contract.batch[1]}")
+    cfg = BuildConfig(
+        precision=precision,
+        batch=(lo, opt, hi),
+        rois=(1, 1000 * opt, 1000 * hi),
+        workspace_gib=workspace,
+        timing_cache=str(timing_cache) if timing_cache else None,
+        verbose=verbose,
+    )
+    src = onnx_path
+    calibrator = None
+    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
+        if runtime.strongly_typed_only and precision == "fp16":
+            import onnx
+
+            from ..export.precision import to_fp16
+
+            src = Path(tmp) / (onnx_path.stem + "_fp16.onnx")
+            onnx.save(to_fp16(onnx.load(onnx_path)), src)
+            cfg.precision = "fp16"
+        if precision in ("int8", "best") and not runtime.strongly_typed_only:
+            if calib_cache is None:
+                fail("--precision int8 needs --calib-cache (it is reused on the next build)")
+            if not calib_cache.is_file():
+                if calib_input is None:
+                    fail(f"no calibration cache at {calib_cache}: pass --calib-input DIR to calibrate")
+                npy = _calibration_array(contract, calib_input, calib_images, Path(tmp), console)
+            else:
+                console.print(f"reusing calibration cache {calib_cache}")
+                npy = ""
+            from ..backends.tensorrt.calibrator import make_calibrator
+
+            calibrator = make_calibrator(runtime, npy, str(calib_cache), calib_batch)
+        try:
+            with console.status(f"building {src.name} with {runtime.name} {runtime.version} ({precision})"):
+                side = build_engine(src, output, cfg, runtime, calibrator)
+        except (RuntimeError, ValueError) as e:
+            fail(str(e))
+    console.print(f"[green]engine[/green] {output} ({side['build_seconds']:.1f} s, {runtime.name} {runtime.version})")
+
+
+def _calibration_array(contract, directory: Path, limit: int, tmp: Path, console) -> str:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    from ..runtime.preprocess import find_images, iter_batches, rgb_fill
+
+    paths = find_images(directory)[:limit]
+    spec = contract.spec
+    fill = rgb_fill(spec.pixel_mean, spec.channel_order)
+    arrays = []
+    for images, _, _, failed in iter_batches(paths, contract.input_hw, fill, batch=8):
+        for p, why in failed:
+            console.print(f"[yellow]skipped[/yellow] {p}: {why}")
+        if len(images):
+            arrays.append(images)
+    if not arrays:
+        raise typer.BadParameter(f"no readable calibration images in {directory}")
+    out = tmp / "calibration.npy"
+    np.save(out, np.concatenate(arrays))
+    console.print(f"calibrating on {sum(len(a) for a in arrays)} images from {directory}")
+    return str(out)
