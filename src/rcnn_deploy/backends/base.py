@@ -13,17 +13,20 @@ class BackendUnavailable(RuntimeError):
 
 
 class Backend(ABC):
-    """Runs one graph. ``infer`` takes and returns arrays keyed by the graph's tensor names."""
+    """Runs one graph. ``infer`` takes and returns arrays keyed by the graph's tensor names; subclasses set
+    ``_inputs`` / ``_outputs`` (the graph's I/O names, in order) when they load it."""
 
     name: str = "backend"
+    _inputs: List[str]
+    _outputs: List[str]
 
     @property
-    @abstractmethod
-    def input_names(self) -> List[str]: ...
+    def input_names(self) -> List[str]:
+        return self._inputs
 
     @property
-    @abstractmethod
-    def output_names(self) -> List[str]: ...
+    def output_names(self) -> List[str]:
+        return self._outputs
 
     @abstractmethod
     def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]: ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 
@@ -36,14 +36,6 @@ class OnnxRuntimeBackend(Backend):
         self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=list(providers))
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]
-
-    @property
-    def input_names(self) -> List[str]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> List[str]:
-        return self._outputs
 
     def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         outs = self.session.run(self._outputs, {k: feed[k] for k in self._inputs})

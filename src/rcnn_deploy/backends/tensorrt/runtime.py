@@ -92,15 +92,6 @@ class TensorRTBackend(Backend):
         self._inputs = [n for n in names if is_input(n)]
         self._outputs = [n for n in names if not is_input(n)]
         self._buffers: Dict[str, Any] = {}
-        self._graph_key: Optional[Tuple] = None
-
-    @property
-    def input_names(self) -> List[str]:
-        return self._inputs
-
-    @property
-    def output_names(self) -> List[str]:
-        return self._outputs
 
     def _dtype(self, name: str) -> np.dtype:
         return np.dtype(self.trt.module.nptype(self.engine.get_tensor_dtype(name)))
