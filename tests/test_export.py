@@ -187,3 +187,31 @@ def test_fp16_rule_keeps_glue_in_fp32(split_dir, tensor_dir):
     assert all(o.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16 for o in m.graph.output)
     assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     onnx.checker.check_model(m)
+
+
+@pytest.mark.parametrize("graph", ["split", "fused"])
+def test_detectron2_flavour_exports_match_pytorch(graph, tmp_path):
+    """BGR flip, ROIAlignV2 (aligned, adaptive sampling) and the D2 thresholds survive export to ONNX Runtime.
+    D2 keeps sub-pixel boxes (no min-size filter), whose IoU is sensitive to 1e-3 px, so boxes are compared
+    by coordinates here: max |diff| < 0.05 px."""
+    from rcnn_deploy import get_spec
+    from rcnn_deploy.backends.onnxruntime import OnnxRuntimeBackend
+    from rcnn_deploy.models.rcnn import DeployRCNN
+    from rcnn_deploy.models.testing import confident_state_dict
+
+    model = DeployRCNN(get_spec("detectron2-maskrcnn"))
+    confident_state_dict(model, seed=3)
+    x = calibration_images(2, 288, 352, seed=5)
+    with torch.no_grad():
+        ref = {k: v.numpy() for k, v in model(x).items()}
+    c = export_onnx(model, tmp_path, height=288, width=352, batch="1:2", graph=graph, nms="onnx")
+    if graph == "split":
+        out = run_split(onnxruntime_split(c, tmp_path, ["CPUExecutionProvider"]), x.numpy())
+    else:
+        be = OnnxRuntimeBackend(tmp_path / c.graph_for("fused").file, ["CPUExecutionProvider"])
+        out = fused_outputs(be(images=x.numpy()))
+    rep = compare_detections(Detections.from_padded(ref), Detections.from_padded(out), pasted_masks=False)
+    assert rep.reference_detections > 20
+    assert rep.matched == rep.reference_detections == rep.candidate_detections, rep.unmatched[:5]
+    assert rep.max_box_abs_diff < 0.05 and rep.max_score_diff < 1e-3 and rep.min_mask_iou > 0.98
+    assert set(np.unique(out["classes"])) <= set(range(-1, 80))
