@@ -8,6 +8,7 @@ import typer
 from .tools import data as data_tools
 from .tools.build import build_command
 from .tools.export import export_command
+from .tools.infer import compare_command, infer_command
 
 app = typer.Typer(
     name="rcnn-deploy",
@@ -19,6 +20,8 @@ app = typer.Typer(
 app.add_typer(data_tools.app, name="data", help="Synthetic COCO-format datasets.")
 app.command("export")(export_command)
 app.command("build")(build_command)
+app.command("infer")(infer_command)
+app.command("compare")(compare_command)
 
 
 def main() -> None:

@@ -31,8 +31,11 @@ class Letterbox:
         return int(round(self.orig_h * self.scale)), int(round(self.orig_w * self.scale))
 
     def boxes_to_original(self, boxes: np.ndarray) -> np.ndarray:
-        """Input-pixel boxes -> original-image boxes, clipped to the original image."""
-        out = boxes.astype(np.float32) / self.scale
+        """Input-pixel boxes -> original-image boxes (per-axis ratio of original to resized size, as
+        torchvision's ``resize_boxes``), clipped to the original image."""
+        rh, rw = self.resized_hw
+        ratio = np.array([self.orig_w / rw, self.orig_h / rh] * 2, dtype=np.float32)
+        out = boxes.astype(np.float32) * ratio
         out[:, 0::2] = np.clip(out[:, 0::2], 0, self.orig_w)
         out[:, 1::2] = np.clip(out[:, 1::2], 0, self.orig_h)
         return out

@@ -1,0 +1,155 @@
+"""The Python API: ``Detector.load(path)`` -> ``detector(images)`` -> detections in original image coordinates.
+
+    from rcnn_deploy.api import Detector
+    det = Detector.load("out/")                      # an export directory (contract.json): ONNX Runtime
+    det = Detector.load("model.pth", model="torchvision-maskrcnn", input_hw=(800, 800))   # PyTorch
+    results = det(["a.jpg", "b.png"])                # list of Detections (boxes, scores, classes, masks)
+
+Backends: ``torch`` (the deploy model), ``onnxruntime`` (fused graph, or split graphs with the glue in torch).
+Images are letterboxed to the model's input size; boxes are mapped back and masks pasted into the original
+image exactly as the model's framework does it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .config import ModelSpec
+from .runtime.detections import Detections
+from .runtime.masks import paste_masks
+from .runtime.preprocess import Letterbox, letterbox, load_rgb, rgb_fill
+
+ImageLike = Union[str, Path, np.ndarray]
+Runner = Callable[[np.ndarray], Dict[str, np.ndarray]]
+
+
+class Detector:
+    def __init__(self, spec: ModelSpec, input_hw: Tuple[int, int], run: Runner, backend: str, batch: int = 1):
+        self.spec, self.input_hw, self._run, self.backend, self.batch = spec, tuple(input_hw), run, backend, batch
+        self.fill = rgb_fill(spec.pixel_mean, spec.channel_order)
+
+    # ------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(
+        cls,
+        path: Union[str, Path],
+        *,
+        model: Optional[str] = None,
+        input_hw: Optional[Tuple[int, int]] = None,
+        backend: Optional[str] = None,
+        batch: int = 1,
+        device: str = "cpu",
+        **spec_overrides: object,
+    ) -> Detector:
+        """``path``: an export directory / a file in one (uses its contract.json), or a checkpoint (``.pth``,
+        ``.pkl``, a torchvision enum name) with ``model=`` and ``input_hw=`` for the PyTorch backend."""
+        p = Path(path)
+        directory = p if p.is_dir() else p.parent
+        if (directory / "contract.json").is_file() and backend in (None, "onnxruntime"):
+            return cls._from_export(directory, batch)
+        if model is None:
+            raise ValueError(
+                f"{path} is not an export directory (no contract.json); for a checkpoint pass model=, e.g. "
+                "--model torchvision-maskrcnn"
+            )
+        if backend not in (None, "torch"):
+            raise ValueError(f"backend {backend!r} needs an export directory; a checkpoint runs with 'torch'")
+        return cls.from_torch(model, str(path), input_hw or (800, 800), batch, device, **spec_overrides)
+
+    @classmethod
+    def from_torch(
+        cls,
+        model: str,
+        weights: Optional[str],
+        input_hw: Tuple[int, int],
+        batch: int = 1,
+        device: str = "cpu",
+        **spec_overrides: object,
+    ) -> Detector:
+        import torch
+
+        from .config import InputSize
+        from .models.build import build_model
+
+        InputSize(*input_hw)
+        net = build_model(model, weights, **spec_overrides).to(device)
+
+        def run(images: np.ndarray) -> Dict[str, np.ndarray]:
+            with torch.no_grad():
+                out = net(torch.from_numpy(images).to(device))
+            return {k: v.cpu().numpy() for k, v in out.items()}
+
+        return cls(net.spec, input_hw, run, "torch", batch)
+
+    @classmethod
+    def _from_export(cls, directory: Path, batch: int) -> Detector:
+        from .contract import Contract
+
+        c = Contract.load(directory)
+        if c.graph == "fused":
+            from .backends.onnxruntime import OnnxRuntimeBackend
+            from .runtime.split import fused_outputs
+
+            if c.nms == "plugin":
+                raise ValueError(f"{directory} holds a TensorRT-plugin graph; build it with 'rcnn-deploy build'")
+            be = OnnxRuntimeBackend(directory / c.graph_for("fused").file)
+            run: Runner = lambda images: fused_outputs(be(images=images))  # noqa: E731
+        else:
+            from .runtime.split import onnxruntime_split, run_split
+
+            pieces = onnxruntime_split(c, directory)
+            run = lambda images: run_split(pieces, images)  # noqa: E731
+        lo, hi = c.batch
+        return cls(c.spec, c.input_hw, _fixed_batch(run, lo, hi), "onnxruntime", min(max(batch, lo), hi))
+
+    # --------------------------------------------------------------------------------------------- running
+    def preprocess(self, images: Sequence[ImageLike]) -> Tuple[np.ndarray, List[Letterbox]]:
+        arrays, boxes = [], []
+        for im in images:
+            rgb = load_rgb(im) if isinstance(im, (str, Path)) else np.asarray(im)
+            a, lb = letterbox(rgb, self.input_hw, self.fill)
+            arrays.append(a)
+            boxes.append(lb)
+        return np.stack(arrays), boxes
+
+    def postprocess(self, outputs: Dict[str, np.ndarray], boxes: Sequence[Letterbox]) -> List[Detections]:
+        dets = Detections.from_padded(outputs)
+        for d, lb in zip(dets, boxes):
+            d.boxes = lb.boxes_to_original(d.boxes)
+            if d.masks is not None:
+                d.masks = paste_masks(
+                    d.masks, d.boxes, (lb.orig_h, lb.orig_w), self.spec.mask_paste, self.spec.mask_threshold
+                )
+        return dets
+
+    def __call__(self, images: Sequence[ImageLike]) -> List[Detections]:
+        """Detect in each image (paths or ``[H, W, 3]`` uint8 RGB arrays), ``batch`` images per model call."""
+        out: List[Detections] = []
+        for i in range(0, len(images), self.batch):
+            arr, boxes = self.preprocess(images[i : i + self.batch])
+            out += self.postprocess(self._run(arr), boxes)
+        return out
+
+    def run_padded(self, images: np.ndarray) -> Dict[str, np.ndarray]:
+        """The model's raw padded outputs for a preprocessed ``[B, 3, H, W]`` batch."""
+        return self._run(images)
+
+
+def _fixed_batch(run: Runner, lo: int, hi: int) -> Runner:
+    """Pad a short batch up to the graph's minimum batch and split a long one into chunks of the maximum."""
+
+    def wrapped(images: np.ndarray) -> Dict[str, np.ndarray]:
+        n = len(images)
+        parts = []
+        for i in range(0, n, hi):
+            chunk = images[i : i + hi]
+            k = len(chunk)
+            if k < lo:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], lo - k, axis=0)])
+            parts.append({key: v[:k] for key, v in run(chunk).items()})
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+    return wrapped

@@ -1,0 +1,53 @@
+"""Drawing detections and writing the seed's per-image TSV (numpy + Pillow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+
+from .._io import atomic_write, atomic_write_text
+from .detections import Detections
+
+TSV_HEADER = "class\tlabel\tscore\tx1\ty1\tx2\ty2"
+
+
+def class_name(names: Sequence[str], label_ids: Sequence[int], label: int) -> str:
+    for i, lid in enumerate(label_ids):
+        if lid == label and i > 0:
+            return names[i]
+    return str(label)
+
+
+def write_tsv(path: Union[str, Path], det: Detections, names: Sequence[str], label_ids: Sequence[int]) -> None:
+    rows = [TSV_HEADER]
+    for b, s, c in zip(det.boxes, det.scores, det.classes):
+        rows.append(
+            f"{class_name(names, label_ids, int(c))}\t{int(c)}\t{float(s):.4f}\t"
+            + "\t".join(f"{float(v):.2f}" for v in b)
+        )
+    atomic_write_text(path, "\n".join(rows) + "\n")
+
+
+def draw(
+    image: np.ndarray, det: Detections, names: Sequence[str], label_ids: Sequence[int], path: Union[str, Path]
+) -> None:
+    """Boxes, class names, scores and coloured masks over the ``[H, W, 3]`` uint8 RGB image; saved as PNG."""
+    from PIL import Image, ImageDraw
+
+    canvas = image.astype(np.float32).copy()
+    rng = np.random.default_rng(0)
+    colours = rng.integers(64, 256, size=(max(len(det), 1), 3)).astype(np.float32)
+    if det.masks is not None and det.masks.ndim == 3 and det.masks.shape[1:] == image.shape[:2]:
+        for m, col in zip(det.masks, colours):
+            canvas[m] = 0.5 * canvas[m] + 0.5 * col
+    im = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    dr = ImageDraw.Draw(im)
+    for b, s, c, col in zip(det.boxes, det.scores, det.classes, colours):
+        colour = tuple(int(v) for v in col)
+        dr.rectangle([float(v) for v in b], outline=colour, width=2)
+        dr.text(
+            (float(b[0]) + 2, float(b[1]) + 1), f"{class_name(names, label_ids, int(c))} {float(s):.2f}", fill=colour
+        )
+    atomic_write(path, lambda p: im.save(p, format="PNG"))

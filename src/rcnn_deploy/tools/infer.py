@@ -1,0 +1,197 @@
+"""``rcnn-deploy infer`` and ``rcnn-deploy compare``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def _detector(model_path: str, model: Optional[str], height: int, width: int, batch: int, backend: Optional[str]):  # type: ignore[no-untyped-def]
+    from .. import api
+
+    return api.Detector.load(model_path, model=model, input_hw=(height, width), batch=batch, backend=backend)
+
+
+def infer_command(
+    model_path: str = typer.Argument(..., help="Export directory (contract.json), or a checkpoint with --model."),
+    source: str = typer.Argument(..., help="An image, a directory of jpg/png/bmp/webp, or a glob."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output directory."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name when MODEL_PATH is a checkpoint."),
+    height: int = typer.Option(800, help="Input height for checkpoints (export directories know theirs)."),
+    width: int = typer.Option(800, help="Input width for checkpoints."),
+    batch: int = typer.Option(1, help="Images per model call."),
+    nms_threshold: Optional[float] = typer.Option(
+        None, help="Keep detections with score >= this (raises the exported second-NMS score threshold)."
+    ),
+    mask_threshold: Optional[float] = typer.Option(None, help="Mask probability threshold (default 0.5)."),
+    visualize: bool = typer.Option(True, help="Write a PNG per image."),
+    backend: Optional[str] = typer.Option(None, help="torch or onnxruntime (default: from MODEL_PATH)."),
+) -> None:
+    """Detect objects in images: per image a visualisation and a TSV, plus one COCO results JSON.
+
+    Examples:
+
+      rcnn-deploy infer out/ data/images -o runs/infer
+
+      rcnn-deploy infer model.pth "photos/*.jpg" -m torchvision-maskrcnn --height 800 --width 800 -o runs/infer
+    """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import track
+
+    from .._io import atomic_write_json
+    from ..runtime.preprocess import find_images, load_rgb
+    from ..runtime.visualize import draw, write_tsv
+
+    console = Console(stderr=True)
+    try:
+        det = _detector(model_path, model, height, width, batch, backend)
+        paths = find_images(source)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}")
+        raise typer.Exit(2) from None
+    if mask_threshold is not None:
+        det.spec = det.spec.replace(mask_threshold=mask_threshold)
+    spec = det.spec
+    output.mkdir(parents=True, exist_ok=True)
+    coco: List[dict] = []
+    failures = []
+    for image_id, path in enumerate(track(paths, description="infer", console=console), start=1):
+        try:
+            rgb = load_rgb(path)
+        except ValueError as e:
+            failures.append({"image": str(path), "error": str(e)})
+            console.print(f"[yellow]skipped[/yellow] {escape(str(e))}")
+            continue
+        d = det([rgb])[0]
+        if nms_threshold is not None:
+            keep = d.scores >= nms_threshold
+            d.boxes, d.scores, d.classes = d.boxes[keep], d.scores[keep], d.classes[keep]
+            d.masks = None if d.masks is None else d.masks[keep]
+        write_tsv(output / f"{path.stem}.tsv", d, spec.class_names, spec.label_ids)
+        if visualize:
+            draw(rgb, d, spec.class_names, spec.label_ids, output / f"{path.stem}.png")
+        coco += _coco_results(d, spec, image_id, path.name)
+    atomic_write_json(output / "results.json", coco)
+    summary = {
+        "images": len(paths),
+        "written": len(paths) - len(failures),
+        "failures": failures,
+        "detections": len(coco),
+        "backend": det.backend,
+    }
+    atomic_write_json(output / "summary.json", summary)
+    console.print(
+        f"{summary['written']}/{len(paths)} images, {len(coco)} detections -> {output} "
+        + (f"([yellow]{len(failures)} skipped[/yellow])" if failures else "")
+    )
+    if failures and summary["written"] == 0:
+        raise typer.Exit(1)
+
+
+def _coco_results(d, spec, image_id: int, file_name: str) -> List[dict]:  # type: ignore[no-untyped-def]
+    """COCO results entries (bbox as x, y, w, h; category id from the spec; RLE masks when available)."""
+    out = []
+    rles = None
+    if d.masks is not None and d.masks.ndim == 3 and len(d):
+        try:
+            import numpy as np
+            from pycocotools import mask as mask_util
+
+            rles = mask_util.encode(np.asfortranarray(d.masks.transpose(1, 2, 0).astype(np.uint8)))
+        except ImportError:
+            rles = None
+    index = {lid: i for i, lid in enumerate(spec.label_ids) if i > 0}
+    for i, (b, s, c) in enumerate(zip(d.boxes, d.scores, d.classes)):
+        entry = {
+            "image_id": image_id,
+            "file_name": file_name,
+            "category_id": int(spec.category_ids[index[int(c)]]) if int(c) in index else int(c),
+            "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
+            "score": float(s),
+        }
+        if rles is not None:
+            entry["segmentation"] = {"size": list(rles[i]["size"]), "counts": rles[i]["counts"].decode("ascii")}
+        out.append(entry)
+    return out
+
+
+def compare_command(
+    candidate: str = typer.Argument(..., help="Export directory (or checkpoint with --model) to check."),
+    images: str = typer.Option(..., "--images", help="Images: a file, a directory or a glob."),
+    reference: Optional[str] = typer.Option(
+        None, help="Reference: export directory or checkpoint (default: the PyTorch deploy model of --weights)."
+    ),
+    weights: Optional[str] = typer.Option(None, help="Checkpoint for the default PyTorch reference."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name for checkpoints."),
+    height: int = typer.Option(800, help="Input height for checkpoints."),
+    width: int = typer.Option(800, help="Input width for checkpoints."),
+    min_recall: float = typer.Option(0.99, help="Fail below this fraction of reference detections matched."),
+    min_box_iou: float = typer.Option(0.9, help="Fail when a matched pair's box IoU is below this."),
+    max_score_diff: float = typer.Option(0.02, help="Fail when a matched pair's scores differ by more."),
+    min_mask_iou: float = typer.Option(0.9, help="Fail when a matched pair's pasted masks overlap less."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Write the parity report as JSON here."),
+) -> None:
+    """Parity report between two backends; exits 1 when a threshold is missed (usable as a CI gate).
+
+    Example:
+
+      rcnn-deploy compare out/ --weights model.pth --images data/images --report parity.json
+    """
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .._io import atomic_write_json
+    from ..runtime.parity import compare_detections
+    from ..runtime.preprocess import find_images
+
+    console = Console(stderr=True)
+    try:
+        cand = _detector(candidate, model, height, width, 1, None)
+        if reference is None:
+            if weights is None:
+                raise ValueError("pass --weights (for the PyTorch reference) or --reference")
+            from ..api import Detector
+
+            ref = Detector.from_torch(model or cand.spec.name, weights, cand.input_hw)
+        else:
+            ref = _detector(reference, model, height, width, 1, None)
+        paths = find_images(images)
+    except (ValueError, FileNotFoundError) as e:
+        console.print(f"[red]error:[/red] {escape(str(e))}")
+        raise typer.Exit(2) from None
+    rep = compare_detections(ref([str(p) for p in paths]), cand([str(p) for p in paths]))
+    checks = {
+        f"recall >= {min_recall}": rep.recall >= min_recall,
+        f"min box IoU >= {min_box_iou}": rep.min_box_iou >= min_box_iou,
+        f"max score diff <= {max_score_diff}": rep.max_score_diff <= max_score_diff,
+        f"min mask IoU >= {min_mask_iou}": rep.min_mask_iou is None or rep.min_mask_iou >= min_mask_iou,
+    }
+    table = Table(title=f"{cand.backend} vs {ref.backend} on {len(paths)} images")
+    table.add_column("metric")
+    table.add_column("value")
+    d = rep.to_dict()
+    for k in (
+        "reference_detections",
+        "candidate_detections",
+        "matched",
+        "recall",
+        "min_box_iou",
+        "max_box_abs_diff",
+        "max_score_diff",
+        "mean_score_diff",
+        "min_mask_iou",
+        "mean_mask_iou",
+    ):
+        table.add_row(k, str(d[k] if not isinstance(d[k], float) else round(d[k], 6)))
+    for k, ok in checks.items():
+        table.add_row(k, "[green]ok[/green]" if ok else "[red]FAILED[/red]")
+    console.print(table)
+    if report:
+        d["unmatched"] = d["unmatched"][:100]
+        atomic_write_json(report, {"report": d, "checks": checks})
+    if not all(checks.values()):
+        raise typer.Exit(1)
