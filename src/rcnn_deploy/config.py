@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 # torchvision's 91-entry COCO category list (index == COCO category id; "N/A" are unused ids).
 COCO_91_NAMES: Tuple[str, ...] = (
@@ -296,7 +296,3 @@ class InputSize:
                     f"input {what} {v} must be a positive multiple of 32 (the FPN's coarsest stride); "
                     f"try {max(32, round(v / 32) * 32)}"
                 )
-
-
-def coco_names_for(spec: ModelSpec) -> List[str]:
-    return list(spec.class_names[1:])

@@ -34,9 +34,6 @@ class GraphSpec:
     inputs: List[TensorSpec]
     outputs: List[TensorSpec]
 
-    def input(self, name: str) -> TensorSpec:
-        return next(t for t in self.inputs if t.name == name)
-
 
 @dataclass
 class Contract:

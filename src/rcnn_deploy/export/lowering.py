@@ -21,6 +21,7 @@ import torch
 from torch.onnx import symbolic_helper as sh
 
 from ..glue.roi_align import PoolerParams
+from .surgery import PLACEHOLDER_DOMAIN
 
 PLUGIN_DOMAIN = "trt.plugins"
 _INVALID_SCORE = -1.0e9
@@ -44,6 +45,7 @@ def _sizes(v) -> List:  # type: ignore[no-untyped-def]
 
 class OnnxLowering:
     name = "onnx"
+    custom_domain = None  # standard ops only
 
     def nms(self, g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):  # type: ignore[no-untyped-def]
         del score_threshold  # already folded into ``valid``
@@ -144,6 +146,7 @@ class PluginLowering:
     as the plugins allow; see docs/notes/trt_plugins.md for the remaining differences."""
 
     name = "plugin"
+    custom_domain = PLUGIN_DOMAIN
 
     def __init__(self, image_hw: tuple) -> None:
         self.image_hw = image_hw
@@ -202,10 +205,15 @@ class TensorLowering:
     fixpoint Loop, ROIAlign as gathers). For TensorRT-RTX, TensorRT 8.6 without plugins, and ONNX Runtime."""
 
     name = "tensor"
+    custom_domain = PLACEHOLDER_DOMAIN  # FixpointKeep, expanded into a Loop by export.surgery
     traced = True
 
     def __init__(self, max_candidates: int = 3840) -> None:
         self.max_candidates = max_candidates
 
 
-LOWERINGS = {"onnx": OnnxLowering, "plugin": PluginLowering, "tensor": TensorLowering}
+def make_lowering(nms: str, image_hw: tuple):  # type: ignore[no-untyped-def]
+    """The lowering for an export's ``--nms`` value."""
+    if nms == "plugin":
+        return PluginLowering(image_hw)
+    return {"onnx": OnnxLowering, "tensor": TensorLowering}[nms]()

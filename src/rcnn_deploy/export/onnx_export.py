@@ -15,9 +15,9 @@ from .._io import atomic_write_bytes
 from ..contract import Contract, GraphSpec, TensorSpec
 from ..glue import export_hooks
 from ..models.rcnn import DeployRCNN
-from .lowering import PLUGIN_DOMAIN, OnnxLowering, PluginLowering, TensorLowering
+from .lowering import make_lowering
 from .sanitize import sanitize
-from .surgery import PLACEHOLDER_DOMAIN, expand_placeholders
+from .surgery import expand_placeholders
 
 DEFAULT_OPSET = 17
 FUSED_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes", "detection_masks")
@@ -113,7 +113,6 @@ def _onnx_bytes(
 
 
 def _tensor_specs(values) -> List[TensorSpec]:  # type: ignore[no-untyped-def]
-    import onnx
     from onnx import helper
 
     out = []
@@ -121,7 +120,6 @@ def _tensor_specs(values) -> List[TensorSpec]:  # type: ignore[no-untyped-def]
         t = v.type.tensor_type
         dims: List[Union[int, str]] = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
         out.append(TensorSpec(v.name, dims, str(helper.tensor_dtype_to_np_dtype(t.elem_type))))
-    del onnx
     return out
 
 
@@ -177,8 +175,8 @@ def export_onnx(
     if graph == "fused":
         names = list(FUSED_OUTPUTS if spec.masks else FUSED_OUTPUTS[:4])
         dyn = {n: {0: "batch"} for n in ["images", *names]} if dynamic else {}
-        low = {"plugin": lambda: PluginLowering((height, width)), "onnx": OnnxLowering, "tensor": TensorLowering}[nms]()
-        custom = {PLUGIN_DOMAIN: 1} if nms == "plugin" else {PLACEHOLDER_DOMAIN: 1} if nms == "tensor" else {}
+        low = make_lowering(nms, (height, width))
+        custom = {low.custom_domain: 1} if low.custom_domain else {}
         with export_hooks.lowering(low):
             data = _onnx_bytes(_Fused(model), (images,), ["images"], names, dyn, opset, custom)
         graphs.append(_write_graph(data, out / f"{spec.name}_fused_{nms}.onnx", "fused"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional
+from typing import List, Mapping, Optional
 
 import numpy as np
 
@@ -42,9 +42,3 @@ class Detections:
                 )
             )
         return out
-
-    def to_dict(self) -> Dict[str, np.ndarray]:
-        d = {"boxes": self.boxes, "scores": self.scores, "classes": self.classes}
-        if self.masks is not None:
-            d["masks"] = self.masks
-        return d

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -29,7 +29,6 @@ class BuildConfig:
     timing_cache: Optional[str] = None
     tactic_sources: Optional[List[str]] = None
     verbose: bool = False
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def _profile_shape(dims: List[int], cfg: BuildConfig, name: str) -> Optional[Tuple[List[int], List[int], List[int]]]:
