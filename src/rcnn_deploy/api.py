@@ -57,25 +57,28 @@ class Detector:
             )
         if backend not in (None, "torch"):
             raise ValueError(f"backend {backend!r} needs an export directory; a checkpoint runs with 'torch'")
-        return cls.from_torch(model, str(path), input_hw or (800, 800), batch, device, **spec_overrides)
+        return cls.from_torch(model, str(path), input_hw, batch, device, **spec_overrides)
 
     @classmethod
     def from_torch(
         cls,
         model: str,
         weights: Optional[str],
-        input_hw: Tuple[int, int],
+        input_hw: Optional[Tuple[int, int]] = None,
         batch: int = 1,
         device: str = "cpu",
         **spec_overrides: object,
     ) -> Detector:
+        """The PyTorch deploy model. ``input_hw`` defaults to the size an rcnn-deploy checkpoint was trained
+        at, else 800 x 800."""
         import torch
 
         from .config import InputSize
         from .models.build import build_model
 
+        net = build_model(model, weights, **spec_overrides).to(device).eval()
+        input_hw = tuple(input_hw or getattr(net, "checkpoint_input_hw", None) or (800, 800))  # type: ignore[assignment]
         InputSize(*input_hw)
-        net = build_model(model, weights, **spec_overrides).to(device)
 
         def run(images: np.ndarray) -> Dict[str, np.ndarray]:
             with torch.no_grad():

@@ -6,9 +6,12 @@ from __future__ import annotations
 import typer
 
 from .tools import data as data_tools
+from .tools.bench import bench_command
 from .tools.build import build_command
+from .tools.evaluate import eval_command
 from .tools.export import export_command
 from .tools.infer import compare_command, infer_command
+from .tools.train import train_command
 
 app = typer.Typer(
     name="rcnn-deploy",
@@ -22,6 +25,9 @@ app.command("export")(export_command)
 app.command("build")(build_command)
 app.command("infer")(infer_command)
 app.command("compare")(compare_command)
+app.command("bench")(bench_command)
+app.command("eval")(eval_command)
+app.command("train")(train_command)
 
 
 def main() -> None:

@@ -44,11 +44,18 @@ def build_model(
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}")
         loaded = load_checkpoint(path, base.flavour, masks=base.masks)
-    spec = _spec_for(model, base, loaded.num_classes, class_names, spec_overrides)
+    if class_names is None and loaded.class_names is not None and base.flavour == "torchvision":
+        # an rcnn-deploy checkpoint names its classes and their COCO category ids
+        overrides = {"category_ids": loaded.category_ids, **spec_overrides}
+        spec = get_spec(model, loaded.class_names, **overrides)
+    else:
+        spec = _spec_for(model, base, loaded.num_classes, class_names, spec_overrides)
     net = DeployRCNN(spec)
     sd = {k: v for k, v in loaded.state_dict.items() if not k.endswith("num_batches_tracked")}
     check_state_dict(sd, {k: tuple(v.shape) for k, v in net.state_dict().items()}, loaded.source)
     net.load_state_dict(sd)
+    net.checkpoint_input_hw = loaded.input_hw  # the input size the checkpoint was trained at, if it says
+    net.checkpoint_meta = loaded.meta
     return net
 
 

@@ -40,6 +40,8 @@ import torch
 
 from rcnn_deploy._io import PathLike, atomic_write
 
+from .checkpoint import checkpoint_state_dict, is_rcnn_deploy_checkpoint
+
 FLAVOURS = ("torchvision", "detectron2")
 
 _CLS_W = "roi_heads.box_predictor.cls_score.weight"
@@ -71,6 +73,11 @@ class LoadedWeights:
     # Input normalisation stored in the checkpoint itself (Detectron2 files sometimes carry it), else None.
     pixel_mean: Optional[Tuple[float, ...]] = None
     pixel_std: Optional[Tuple[float, ...]] = None
+    # What an rcnn-deploy checkpoint (models/checkpoint.py) records beside the weights, else None.
+    class_names: Optional[Tuple[str, ...]] = None
+    category_ids: Optional[Tuple[int, ...]] = None
+    input_hw: Optional[Tuple[int, int]] = None
+    meta: Dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -164,6 +171,8 @@ def detect_format(path: PathLike) -> str:
         obj = _restricted_pickle_load(path)
     if isinstance(obj, Mapping) and "blobs" in obj:
         raise _caffe2_error(path)
+    if is_rcnn_deploy_checkpoint(obj):
+        return "torchvision"
     keys = list(_inner_model(obj).keys()) if isinstance(obj, Mapping) else []
     names = [k for k in keys if isinstance(k, str)]
     names = [_strip_prefixes_one(k) for k in names]
@@ -416,6 +425,25 @@ def _load_torchvision_file(path: Path, *, masks: bool) -> LoadedWeights:
             "load it with the 'detectron2' flavour."
         )
     obj = _torch_load(path)
+    if is_rcnn_deploy_checkpoint(obj):
+        try:
+            sd = checkpoint_state_dict(obj, str(path))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise WeightsError(f"{path}: damaged rcnn-deploy checkpoint ({type(e).__name__}: {e}).") from None
+        except ValueError as e:
+            raise WeightsError(str(e)) from None
+        loaded = _finish_torchvision(sd, path, masks=masks, source=f"rcnn-deploy checkpoint {path}")
+        loaded.class_names = tuple(str(n) for n in obj["class_names"])
+        loaded.category_ids = tuple(int(c) for c in obj["category_ids"])
+        hw = obj.get("input_hw")
+        loaded.input_hw = (int(hw[0]), int(hw[1])) if hw else None
+        loaded.meta = dict(obj.get("meta") or {})
+        if len(loaded.class_names) != loaded.num_classes:
+            raise WeightsError(
+                f"{path}: lists {len(loaded.class_names)} class names but its classifier has "
+                f"{loaded.num_classes} outputs; the checkpoint is inconsistent, re-save it."
+            )
+        return loaded
     sd = _unwrap_state_dict(obj, path)
     return _finish_torchvision(sd, path, masks=masks, source=f"torchvision checkpoint {path}")
 

@@ -19,6 +19,7 @@ def synth(
     min_objects: int = typer.Option(2, "--min-objects", help="Fewest objects per image."),
     max_objects: int = typer.Option(6, "--max-objects", help="Most objects per image."),
     image_format: str = typer.Option("png", "--image-format", help="png (lossless) or jpg."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Processes rendering images (same output for any value)."),
 ) -> None:
     """Generate a deterministic synthetic COCO instance-segmentation dataset of textured shapes.
 
@@ -54,6 +55,7 @@ def synth(
                 max_objects=max_objects,
                 image_format=image_format,
                 progress=lambda done, total: bar.update(task, completed=done),
+                workers=workers,
             )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

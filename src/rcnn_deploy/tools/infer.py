@@ -92,30 +92,9 @@ def infer_command(
 
 
 def _coco_results(d, spec, image_id: int, file_name: str) -> List[dict]:  # type: ignore[no-untyped-def]
-    """COCO results entries (bbox as x, y, w, h; category id from the spec; RLE masks when available)."""
-    out = []
-    rles = None
-    if d.masks is not None and d.masks.ndim == 3 and len(d):
-        try:
-            import numpy as np
-            from pycocotools import mask as mask_util
+    from ..runtime.coco import detections_to_coco
 
-            rles = mask_util.encode(np.asfortranarray(d.masks.transpose(1, 2, 0).astype(np.uint8)))
-        except ImportError:
-            rles = None
-    index = {lid: i for i, lid in enumerate(spec.label_ids) if i > 0}
-    for i, (b, s, c) in enumerate(zip(d.boxes, d.scores, d.classes)):
-        entry = {
-            "image_id": image_id,
-            "file_name": file_name,
-            "category_id": int(spec.category_ids[index[int(c)]]) if int(c) in index else int(c),
-            "bbox": [float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])],
-            "score": float(s),
-        }
-        if rles is not None:
-            entry["segmentation"] = {"size": list(rles[i]["size"]), "counts": rles[i]["counts"].decode("ascii")}
-        out.append(entry)
-    return out
+    return [dict(r, file_name=file_name) for r in detections_to_coco(d, image_id, spec.category_ids, spec.label_ids)]
 
 
 def compare_command(
@@ -132,21 +111,35 @@ def compare_command(
     min_box_iou: float = typer.Option(0.9, help="Fail when a matched pair's box IoU is below this."),
     max_score_diff: float = typer.Option(0.02, help="Fail when a matched pair's scores differ by more."),
     min_mask_iou: float = typer.Option(0.9, help="Fail when a matched pair's pasted masks overlap less."),
+    min_map: float = typer.Option(
+        0.95,
+        "--min-map",
+        help="Fail when the candidate's bbox mAP (COCO AP@[.5:.95]), scored with the reference's detections as "
+        "the ground truth, is below this.",
+    ),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the parity report as JSON here."),
 ) -> None:
     """Parity report between two backends; exits 1 when a threshold is missed (usable as a CI gate).
 
-    Example:
+    Matches each image's detections (same class, box IoU >= 0.5) and reports box / score / mask differences,
+    plus the candidate's COCO mAP with the reference's detections as the ground truth (1.0 = identical).
+    Unreadable images are reported and skipped.
+
+    Examples:
 
       rcnn-deploy compare out/ --weights model.pth --images data/images --report parity.json
+
+      rcnn-deploy compare out_fp16/ --reference out/ --images "data/images/*.png" --min-map 0.9
     """
     from rich.console import Console
     from rich.markup import escape
+    from rich.progress import track
     from rich.table import Table
 
     from .._io import atomic_write_json
+    from ..runtime.coco import pick_library, reference_map
     from ..runtime.parity import compare_detections
-    from ..runtime.preprocess import find_images
+    from ..runtime.preprocess import find_images, load_rgb
 
     console = Console(stderr=True)
     try:
@@ -160,17 +153,36 @@ def compare_command(
         else:
             ref = _detector(reference, model, height, width, 1, None)
         paths = find_images(images)
-    except (ValueError, FileNotFoundError) as e:
+        pick_library("auto")  # the mAP check needs faster-coco-eval or pycocotools: fail before running models
+    except (ValueError, FileNotFoundError, ImportError) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
-    rep = compare_detections(ref([str(p) for p in paths]), cand([str(p) for p in paths]))
+    refs, cands, used, skipped = [], [], [], []
+    for path in track(paths, description="compare", console=console):
+        try:
+            rgb = load_rgb(path)
+        except ValueError as e:
+            skipped.append({"image": str(path), "error": str(e)})
+            console.print(f"[yellow]skipped[/yellow] {escape(str(e))}")
+            continue
+        refs += ref([rgb])
+        cands += cand([rgb])
+        used.append(str(path))
+    if not refs:
+        console.print(f"[red]error:[/red] none of the {len(paths)} images could be read; check --images")
+        raise typer.Exit(1)
+    rep = compare_detections(refs, cands)
+    rmap = reference_map(refs, cands)
+    bbox_ap = rmap["bbox"]["AP"]
     checks = {
         f"recall >= {min_recall}": rep.recall >= min_recall,
         f"min box IoU >= {min_box_iou}": rep.min_box_iou >= min_box_iou,
         f"max score diff <= {max_score_diff}": rep.max_score_diff <= max_score_diff,
         f"min mask IoU >= {min_mask_iou}": rep.min_mask_iou is None or rep.min_mask_iou >= min_mask_iou,
+        # -1: the reference found nothing, so there is nothing to score (the recall check covers that case)
+        f"bbox mAP vs reference >= {min_map}": bbox_ap < 0 or bbox_ap >= min_map,
     }
-    table = Table(title=f"{cand.backend} vs {ref.backend} on {len(paths)} images")
+    table = Table(title=f"{cand.backend} vs {ref.backend} on {len(refs)} images")
     table.add_column("metric")
     table.add_column("value")
     d = rep.to_dict()
@@ -187,11 +199,18 @@ def compare_command(
         "mean_mask_iou",
     ):
         table.add_row(k, str(d[k] if not isinstance(d[k], float) else round(d[k], 6)))
+    for iou_type, m in rmap.items():
+        for k in ("AP", "AP50", "AP75"):
+            table.add_row(f"{iou_type} {k} vs reference", "n/a" if m[k] < 0 else str(round(m[k], 6)))
     for k, ok in checks.items():
         table.add_row(k, "[green]ok[/green]" if ok else "[red]FAILED[/red]")
     console.print(table)
+    if skipped:
+        console.print(f"[yellow]{len(skipped)} of {len(paths)} images skipped[/yellow] (unreadable)")
     if report:
         d["unmatched"] = d["unmatched"][:100]
-        atomic_write_json(report, {"report": d, "checks": checks})
+        d["reference_map"] = rmap
+        # "unmatched" entries name images by their index in "images" (the images that could be read)
+        atomic_write_json(report, {"report": d, "checks": checks, "images": used, "skipped": skipped})
     if not all(checks.values()):
         raise typer.Exit(1)
