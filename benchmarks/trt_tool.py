@@ -3,6 +3,7 @@
     py39 benchmarks/trt_tool.py build JOBS.json            # build engines (list of jobs), write build report
     py39 benchmarks/trt_tool.py run ENGINE IN.npz OUT.npz   # run an engine on named inputs
     py39 benchmarks/trt_tool.py time ENGINE IN.npz OUT.json [--iterations N]  # GPU latency (CUDA events)
+    py39 benchmarks/trt_tool.py serve                       # persistent: one JSON request per stdin line
 
 The torch side (benchmarks/trt86_verify.py) exports graphs, runs the PyTorch reference and the glue between
 split engines, and calls this script for everything TensorRT.
@@ -44,10 +45,16 @@ def cmd_build(jobs_path):
             from rcnn_deploy.backends.tensorrt.calibrator import make_calibrator
 
             calibrator = make_calibrator(trt, job["calib_npy"], job["calib_cache"], job.get("calib_batch", 1))
+        if os.path.isfile(job["engine"]) and os.path.isfile(job["engine"] + ".json"):
+            print(json.dumps({"engine": job["engine"], "ok": True, "skipped": "already built"}), flush=True)
+            continue
         t0 = time.time()
+        print("=== build " + job["engine"], file=sys.stderr, flush=True)
         try:
             side = build_engine(job["onnx"], job["engine"], cfg, trt, calibrator)
             entry = {"engine": job["engine"], "ok": True, "build_seconds": side["build_seconds"]}
+            if calibrator is not None:  # 0 batches: an existing calibration cache was reused
+                entry["calibration_batches"] = calibrator.batches_used
         except Exception as e:  # keep building the others; the report says what failed
             entry = {"engine": job["engine"], "ok": False, "error": str(e)[-2000:], "seconds": time.time() - t0}
         print(json.dumps(entry), flush=True)
@@ -71,7 +78,13 @@ def cmd_time(engine, inp, out, iterations, cuda_graph=True):
     be = TensorRTBackend(engine, load_trt("tensorrt"))
     feed = dict(np.load(inp))
     times = np.array(be.time_gpu(feed, iterations=iterations, warmup=20, cuda_graph=cuda_graph))
+    walls = []
+    for _ in range(max(iterations // 5, 10)):  # host view: copy in, execute, copy out, synchronise
+        t0 = time.perf_counter()
+        be.infer(feed)
+        walls.append((time.perf_counter() - t0) * 1000.0)
     stats = {
+        "infer_wall_median_ms": float(np.median(walls)),
         "engine": os.path.basename(engine),
         "batch": int(next(iter(feed.values())).shape[0]),
         "iterations": iterations,
@@ -86,6 +99,31 @@ def cmd_time(engine, inp, out, iterations, cuda_graph=True):
     with open(out, "w") as f:
         json.dump(stats, f, indent=1)
     print(json.dumps(stats), flush=True)
+
+
+def cmd_serve():
+    """Answer ``{"engine", "in", "out"}`` requests (one JSON per stdin line) with ``@@{"ok", "seconds"}``
+    lines, keeping every engine loaded: the torch side drives the split glue and dataset runs through it."""
+    from rcnn_deploy.backends.tensorrt.runtime import TensorRTBackend
+
+    trt = load_trt("tensorrt")
+    engines = {}
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            be = engines.get(req["engine"])
+            if be is None:
+                be = engines[req["engine"]] = TensorRTBackend(req["engine"], trt)
+            feed = dict(np.load(req["in"]))
+            t0 = time.perf_counter()
+            res = be.infer(feed)
+            dt = time.perf_counter() - t0
+            np.savez(req["out"], **res)
+            reply = {"ok": True, "seconds": dt}
+        except Exception as e:  # report, keep serving
+            reply = {"ok": False, "error": repr(e)[-2000:]}
+        sys.stdout.write("@@" + json.dumps(reply) + "\n")
+        sys.stdout.flush()
 
 
 def main():
@@ -103,11 +141,14 @@ def main():
     t.add_argument("out")
     t.add_argument("--iterations", type=int, default=200)
     t.add_argument("--no-cuda-graph", action="store_true")
+    sub.add_parser("serve")
     a = ap.parse_args()
     if a.cmd == "build":
         cmd_build(a.jobs)
     elif a.cmd == "run":
         cmd_run(a.engine, a.inp, a.out)
+    elif a.cmd == "serve":
+        cmd_serve()
     else:
         cmd_time(a.engine, a.inp, a.out, a.iterations, not a.no_cuda_graph)
 
