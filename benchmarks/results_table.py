@@ -63,7 +63,7 @@ def _dev() -> str:
 
 
 def py39_cmd(*args) -> list:
-    return ["bash", "-c", "source /tmp/trt86/env.sh && exec py39 " + " ".join(str(a) for a in args)]
+    return ["bash", "-c", "source /tmp/trt86/env.sh && py39 " + " ".join(str(a) for a in args)]
 
 
 # ------------------------------------------------------------------------------------------------ prepare
@@ -139,7 +139,12 @@ def build(a) -> list:
                     )
     report = []
     log_path = a.work / "build.log"
-    for job in sorted(jobs, key=lambda j: (j["size"] != a.size, j["variant"] == "fused_b1", j["label_precision"])):
+    if a.builds:
+        jobs = [j for j in jobs if str(Path(j["engine"]).relative_to(a.work)) in a.builds]
+        jobs.sort(key=lambda j: a.builds.index(str(Path(j["engine"]).relative_to(a.work))))
+    else:
+        jobs.sort(key=lambda j: (j["size"] != a.size, j["variant"] == "fused_b1", j["label_precision"]))
+    for job in jobs:
         if Path(job["engine"]).is_file():
             report.append({**job, "ok": True, "skipped": "built by an earlier call"})
             continue
@@ -148,12 +153,16 @@ def build(a) -> list:
             continue
         jp = a.work / "job.json"
         jp.write_text(json.dumps([job]))
+        # TensorRT's logger writes to stdout: keep all of it (the reason a build failed is in there)
+        p = subprocess.run(py39_cmd(TOOL, "build", jp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         with open(log_path, "a") as lf:
-            p = subprocess.run(py39_cmd(TOOL, "build", jp), stdout=subprocess.PIPE, stderr=lf, text=True)
+            lf.write(p.stdout)
         entry = {**job, "ok": False, "error": f"worker exit {p.returncode}"}
         for line in p.stdout.splitlines():
-            if line.startswith("{"):
-                entry = {**job, **json.loads(line)}
+            if line.startswith("@@"):
+                entry = {**job, **json.loads(line[2:])}
+            elif line.startswith("[E]") or "ERROR" in line:
+                entry.setdefault("log_errors", []).append(line[:500])
         log("build", Path(job["engine"]).relative_to(a.work), json.dumps({k: entry.get(k) for k in ("ok", "build_seconds", "calibration_batches", "error")})[:600])
         report.append(entry)
     return report
@@ -300,6 +309,8 @@ def accuracy(a) -> list:
     plan.append(("onnxruntime", "split", "fp32"))
     for backend, variant, prec in plan:
         key = f"{backend}_{variant}_{prec}"
+        if a.rows and key not in a.rows:
+            continue
         if done(key):
             continue
         if left() < 45:
@@ -377,8 +388,8 @@ def latency(a) -> list:
                     inp, res = a.work / "time_in.npz", a.work / "time_out.json"
                     np.savez(inp, **feed)
                     p = subprocess.run(py39_cmd(TOOL, "time", eng, inp, res, "--iterations", 200), capture_output=True, text=True)
-                    row = {"size": size, "variant": name, "engine": eng.name, "batch": b}
-                    row.update(json.loads(res.read_text()) if p.returncode == 0 else {"error": p.stderr[-800:]})
+                    row = json.loads(res.read_text()) if p.returncode == 0 else {"error": p.stderr[-800:]}
+                    row.update({"size": size, "variant": name, "engine": eng.name, "batch": b})  # b images
                     row["build_seconds"] = meta.get("build_seconds")
                     log("time", json.dumps({k: row.get(k) for k in ("size", "engine", "batch", "median_ms", "p99_ms", "infer_wall_median_ms", "error")})[:400])
                     out.append(row)
@@ -443,6 +454,8 @@ def main():
     ap.add_argument("--calib-images", type=int, default=64)
     ap.add_argument("--deadline-min", type=float, default=9.0)
     ap.add_argument("--stages", nargs="+", default=["prepare", "build", "accuracy", "latency"])
+    ap.add_argument("--builds", nargs="*", default=None, help="only these engines, e.g. 384/split/backbone_int8.engine")
+    ap.add_argument("--rows", nargs="*", default=None, help="only these accuracy rows, e.g. tensorrt_split_int8")
     a = ap.parse_args()
     DEADLINE[0] = a.deadline_min * 60
     a.work.mkdir(parents=True, exist_ok=True)

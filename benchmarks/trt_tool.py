@@ -46,7 +46,7 @@ def cmd_build(jobs_path):
 
             calibrator = make_calibrator(trt, job["calib_npy"], job["calib_cache"], job.get("calib_batch", 1))
         if os.path.isfile(job["engine"]) and os.path.isfile(job["engine"] + ".json"):
-            print(json.dumps({"engine": job["engine"], "ok": True, "skipped": "already built"}), flush=True)
+            print("@@" + json.dumps({"engine": job["engine"], "ok": True, "skipped": "already built"}), flush=True)
             continue
         t0 = time.time()
         print("=== build " + job["engine"], file=sys.stderr, flush=True)
@@ -57,7 +57,7 @@ def cmd_build(jobs_path):
                 entry["calibration_batches"] = calibrator.batches_used
         except Exception as e:  # keep building the others; the report says what failed
             entry = {"engine": job["engine"], "ok": False, "error": str(e)[-2000:], "seconds": time.time() - t0}
-        print(json.dumps(entry), flush=True)
+        print("@@" + json.dumps(entry), flush=True)
         report.append(entry)
     with open(jobs_path.replace(".json", "_report.json"), "w") as f:
         json.dump(report, f, indent=1)

@@ -125,6 +125,7 @@ def setup(tmp_path_factory):  # type: ignore[no-untyped-def]
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("torchvision")
+    pytest.importorskip("onnx_graphsurgeon")  # export_onnx's graph hygiene
     from rcnn_deploy import get_spec
     from rcnn_deploy.export import export_onnx
     from rcnn_deploy.models.rcnn import DeployRCNN
@@ -191,7 +192,7 @@ def test_bench_export_end_to_end_and_torchvision_baseline(setup) -> None:  # typ
     m = doc["machine"]
     assert {"platform", "cpu_count", "python", "torch", "onnxruntime"} <= set(m) and "gpu" not in m
     assert doc["settings"]["batches"] == [1, 2] and doc["settings"]["iterations"] == 2
-    assert doc["settings"]["images"]["source"] == "synthetic"
+    assert doc["settings"]["images"] == {"source": "synthetic", "count": 2, "size_hw": [480, 640], "format": "jpg"}
     rows = {(r["mode"], r["batch"]): r for r in doc["results"]}
     assert set(rows) == {(mode, b) for mode in ("model", "end-to-end", "baseline") for b in (1, 2)}
     assert rows[("baseline", 1)]["engine"] == "torchvision-eager" and rows[("model", 2)]["engine"] == "onnxruntime"

@@ -5,7 +5,8 @@
     det = Detector.load("model.pth", model="torchvision-maskrcnn", input_hw=(800, 800))   # PyTorch
     results = det(["a.jpg", "b.png"])                # list of Detections (boxes, scores, classes, masks)
 
-Backends: ``torch`` (the deploy model), ``onnxruntime`` (fused graph, or split graphs with the glue in torch).
+Backends: ``torch`` (the deploy model), ``onnxruntime`` (fused graph, or split graphs with the glue in torch),
+``tensorrt`` (a fused engine file built by ``rcnn-deploy build``; TensorRT 8.6/10 or TensorRT-RTX).
 Images are letterboxed to the model's input size; boxes are mapped back and masks pasted into the original
 image exactly as the model's framework does it.
 """
@@ -23,6 +24,7 @@ from .runtime.masks import paste_masks
 from .runtime.preprocess import Letterbox, letterbox, load_rgb, rgb_fill
 
 ImageLike = Union[str, Path, np.ndarray]
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 Runner = Callable[[np.ndarray], Dict[str, np.ndarray]]
 
 
@@ -30,6 +32,7 @@ class Detector:
     def __init__(self, spec: ModelSpec, input_hw: Tuple[int, int], run: Runner, backend: str, batch: int = 1):
         self.spec, self.input_hw, self._run, self.backend, self.batch = spec, tuple(input_hw), run, backend, batch
         self.fill = rgb_fill(spec.pixel_mean, spec.channel_order)
+        self.engine: Optional[object] = None  # the TensorRTBackend when running an engine
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -47,6 +50,8 @@ class Detector:
         """``path``: an export directory / a file in one (uses its contract.json), or a checkpoint (``.pth``,
         ``.pkl``, a torchvision enum name) with ``model=`` and ``input_hw=`` for the PyTorch backend."""
         p = Path(path)
+        if p.suffix.lower() in ENGINE_SUFFIXES and backend in (None, "tensorrt"):
+            return cls.from_engine(p)
         directory = p if p.is_dir() else p.parent
         if (directory / "contract.json").is_file() and backend in (None, "onnxruntime"):
             return cls._from_export(directory, batch)
@@ -86,6 +91,33 @@ class Detector:
             return {k: v.cpu().numpy() for k, v in out.items()}
 
         return cls(net.spec, input_hw, run, "torch", batch)
+
+    @classmethod
+    def from_engine(cls, path: Union[str, Path]) -> Detector:
+        """A fused TensorRT / TensorRT-RTX engine built by ``rcnn-deploy build`` into its export directory (the
+        contract.json beside it gives the model spec). ``detector.engine`` is the TensorRTBackend."""
+        from .backends.tensorrt.runtime import TensorRTBackend
+        from .contract import Contract
+        from .runtime.split import fused_outputs
+
+        path = Path(path)
+        if not (path.parent / "contract.json").is_file():
+            raise ValueError(
+                f"no contract.json beside {path}: build the engine into its export directory "
+                "(rcnn-deploy build out/model.onnx -o out/model.engine) or copy contract.json there"
+            )
+        c = Contract.load(path.parent)
+        if c.graph != "fused":
+            raise ValueError(
+                f"{path.parent} holds a split export; a single engine runs a fused graph (export --graph fused)"
+            )
+        be = TensorRTBackend(path)
+        prof = be.meta.get("build_config", {}).get("batch") or [1, 1, 1]
+        lo, hi = int(prof[0]), int(prof[-1])
+        run = _fixed_batch(lambda images: fused_outputs(be.infer({"images": images})), lo, hi)
+        det = cls(c.spec, c.input_hw, run, "tensorrt", lo)
+        det.engine = be
+        return det
 
     @classmethod
     def _from_export(cls, directory: Path, batch: int) -> Detector:

@@ -8,6 +8,7 @@ import typer
 from .tools import data as data_tools
 from .tools.bench import bench_command
 from .tools.build import build_command
+from .tools.demo import demo_command
 from .tools.evaluate import eval_command
 from .tools.export import export_command
 from .tools.infer import compare_command, infer_command
@@ -28,6 +29,7 @@ app.command("compare")(compare_command)
 app.command("bench")(bench_command)
 app.command("eval")(eval_command)
 app.command("train")(train_command)
+app.command("demo")(demo_command)
 
 
 def main() -> None:

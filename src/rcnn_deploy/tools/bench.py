@@ -107,37 +107,22 @@ def _load_torch(model: str, weights: str, input_hw: Tuple[int, int], device: str
 
 def _load_engine(path: Path) -> _Target:
     """A fused TensorRT engine (built by ``rcnn-deploy build``) with the export's contract.json beside it."""
-    from ..api import Detector, _fixed_batch
-    from ..backends.tensorrt.runtime import TensorRTBackend
-    from ..contract import Contract
-    from ..runtime.split import fused_outputs
+    from ..api import Detector
 
-    if not (path.parent / "contract.json").is_file():
-        raise BenchError(
-            f"no contract.json beside {path}: bench reads the model spec from the export; build the engine into "
-            "the export directory (rcnn-deploy build out/model.onnx -o out/model.engine) or copy contract.json there"
-        )
-    c = Contract.load(path.parent)
-    if c.graph != "fused":
-        raise BenchError(
-            f"{path.parent} holds a split export; bench runs fused engines end to end (time a split piece with "
-            "trtexec --loadEngine)"
-        )
-    be = TensorRTBackend(path)
+    try:
+        det = Detector.from_engine(path)
+    except ValueError as e:
+        raise BenchError(str(e)) from None
+    be = det.engine
     prof = be.meta.get("build_config", {}).get("batch") or [1, 1, 1]
-    lo, hi = int(prof[0]), int(prof[-1])
-    run = _fixed_batch(lambda images: fused_outputs(be.infer({"images": images})), lo, hi)
-    det = Detector(c.spec, c.input_hw, run, "tensorrt", lo)
     info = {
-        "model": c.model,
-        "graph": c.graph,
-        "nms": c.nms,
+        "model": det.spec.name,
         "tensorrt": f"{be.meta.get('trt')} {be.meta.get('trt_version')}",
         "precision": be.meta.get("precision"),
         "gpu": be.meta.get("gpu"),
+        "runs_on": "cuda",
     }
-    info["runs_on"] = "cuda"
-    return _Target(det, "engine", "cuda", engine=be, batch_range=(lo, hi), info=info)
+    return _Target(det, "engine", "cuda", engine=be, batch_range=(int(prof[0]), int(prof[-1])), info=info)
 
 
 def _baseline_model(target: _Target, weights: Optional[str], device: str) -> Any:
@@ -181,12 +166,9 @@ def _bench_images(
     from ..runtime.preprocess import find_images, load_rgb
 
     if images is None:
-        from ..data.synth import generate_synthetic_coco
-
         n = max(1, min(count, MAX_SYNTH_IMAGES))
         with console.status(f"writing {n} synthetic {SYNTH_HW[1]}x{SYNTH_HW[0]} JPEG images"):
-            generate_synthetic_coco(tmp, num_images=n, height=SYNTH_HW[0], width=SYNTH_HW[1], image_format="jpg")
-        paths = find_images(tmp / "images")
+            paths = write_synthetic_images(tmp, n, SYNTH_HW)
         return paths, {"source": "synthetic", "count": len(paths), "size_hw": list(SYNTH_HW), "format": "jpg"}
     found = find_images(images)
     if len(found) > MAX_REAL_IMAGES:
@@ -211,6 +193,40 @@ def _bench_images(
         "size_hw_max": [max(hs), max(ws)],
     }
     return paths, info
+
+
+def write_synthetic_images(directory: Path, count: int, hw: Tuple[int, int], seed: int = 0) -> List[Path]:
+    """``count`` JPEGs of smooth colour noise with a few filled shapes: realistic to decode and resize, and
+    something for the detector to find. numpy + Pillow only."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        img = np.zeros((h, w, 3), dtype=np.float32)
+        for cells in (4, 16, 64):  # colour noise at several scales
+            low = rng.integers(0, 256, size=(max(1, h // cells), max(1, w // cells), 3), dtype=np.uint8)
+            img += np.asarray(Image.fromarray(low).resize((w, h), Image.BILINEAR), dtype=np.float32)
+        im = Image.fromarray((img / 3.0).clip(0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(im)
+        for _ in range(int(rng.integers(3, 9))):
+            size = float(rng.uniform(0.05, 0.4)) * min(h, w)
+            x0, y0 = float(rng.uniform(0, w - size)), float(rng.uniform(0, h - size))
+            fill = tuple(int(v) for v in rng.integers(0, 256, size=3))
+            kind = int(rng.integers(3))
+            if kind == 0:
+                draw.ellipse([x0, y0, x0 + size, y0 + size], fill=fill)
+            elif kind == 1:
+                draw.rectangle([x0, y0, x0 + size, y0 + 0.6 * size], fill=fill)
+            else:
+                draw.polygon([(x0, y0 + size), (x0 + size / 2, y0), (x0 + size, y0 + size)], fill=fill)
+        path = directory / f"{i:06d}.jpg"
+        im.save(path, format="JPEG", quality=90)
+        paths.append(path)
+    return paths
 
 
 def _cycle(paths: Sequence[Path], start: int, n: int) -> List[Path]:
@@ -245,6 +261,15 @@ class BenchRow:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The first error of a chain: a failed capture reports 'a previous error during capture', not the op."""
+    seen = {id(e)}
+    while (e.__cause__ or e.__context__) is not None and id(e.__cause__ or e.__context__) not in seen:
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+        seen.add(id(e))
+    return e
 
 
 def _capture_cuda_graph(call: Callable[[], Any]) -> Tuple[Callable[[], Any], Any]:
@@ -283,7 +308,7 @@ def time_torch_cuda(
                 launch, keep = _capture_cuda_graph(call)
                 timing = "cuda-graph"
             except Exception as e:  # any capture failure means "time it eagerly"
-                note = f"CUDA graph capture failed ({_first_line(e)}); timed eager launches"
+                note = f"CUDA graph capture failed ({_first_line(_root_cause(e))}); timed eager launches"
                 launch = call
                 with contextlib.suppress(Exception):  # the failed capture may leave an error to clear
                     torch.cuda.synchronize()
@@ -876,7 +901,7 @@ def _print_table(console: Any, rows: Sequence[BenchRow], doc: Dict[str, Any]) ->
         s = r.stats
         tp = "inf" if not math.isfinite(s.throughput) else f"{s.throughput:.1f}"
         run = MODE_TITLES[r.mode] if r.engine == m["backend"] else r.engine
-        cells = [run, str(r.batch)] + ([r.timing] if show_timing else [])
+        cells = [run, str(r.batch)] + ([r.timing.replace("cuda-", "")] if show_timing else [])
         cells += [_ms(v) for v in (s.mean_ms, s.median_ms, s.p90_ms, s.p99_ms, s.max_ms)] + [tp]
         table.add_row(*cells)
     console.print(table)
