@@ -20,9 +20,20 @@ def _f(v, nd=2, dash="—"):
 
 def _lat(lat, size, variant, engine, batch):
     for r in lat:
-        if r["size"] == size and r["variant"] == variant and r["engine"] == engine and r["batch"] == batch:
+        if r["size"] == size and r["variant"] == variant and r["engine"] == engine and _batch(r) == batch:
             return r if "error" not in r else None
     return None
+
+
+def _why(row: dict, builds: list) -> str:
+    """A failed accuracy row, explained by its engines' build records when that is the reason."""
+    if "was not built" not in row["error"]:
+        return "error: " + row["error"][:160]
+    mine = [b for b in builds if b.get("variant") == row["graph"] and b.get("label_precision") == row["precision"]]
+    failed = [b for b in mine if not b.get("ok") and "out of time" not in str(b.get("error", ""))]
+    if failed:
+        return f"engine build failed ({failed[0]['role']}: {str(failed[0].get('error', ''))[:90]})"
+    return "not measured: device time ran out before this row"
 
 
 def render(state: dict) -> str:
@@ -70,7 +81,7 @@ def render(state: dict) -> str:
     for r in rows:
         prec, graph = r.get("precision"), r.get("graph")
         if "error" in r:
-            out.append(f"| {r['backend']} | {graph} | {prec} | error: {r['error'][:120]} ||||||||")
+            out.append(f"| {r['backend']} | {graph} | {prec} | {_why(r, state.get('builds', []))} ||||||||")
             continue
         b1 = e2e = thr = None
         note = ""
@@ -137,14 +148,62 @@ def render(state: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def merge(states: list) -> dict:
+    """Later runs add what earlier ones lacked: accuracy rows by (backend, graph, precision), latency rows by
+    (size, variant, engine, batch), builds by engine path; a measured entry replaces a failed one."""
+    out: dict = {"rows": [], "latency": [], "builds": []}
+    keys = {
+        "rows": lambda r: (r.get("backend"), r.get("graph"), r.get("precision")),
+        "latency": lambda r: (r.get("size"), r.get("variant"), r.get("engine"), _batch(r)),
+        "builds": lambda r: (r.get("size"), r.get("variant"), r.get("role"), r.get("label_precision")),
+    }
+    for st in states:
+        for k in ("info", "config"):
+            out.setdefault(k, st.get(k, {}))
+        for part, key in keys.items():
+            index = {key(r): i for i, r in enumerate(out[part])}
+            for r in st.get(part, []):
+                r = dict(r, batch=_batch(r)) if part == "latency" else r
+                ok = "error" not in r and r.get("ok", True) and not r.get("skipped")
+                if key(r) not in index:
+                    index[key(r)] = len(out[part])
+                    out[part].append(r)
+                elif ok:
+                    out[part][index[key(r)]] = r
+    return out
+
+
+def _batch(r: dict) -> int:
+    """Images per run. The first results_table.py run stored trt_tool's leading dimension for head engines
+    (ROIs: 1000 per image for the box head, 100 for the mask head); convert those to images."""
+    b = int(r.get("batch", 1))
+    eng = str(r.get("engine", ""))
+    if eng.startswith("box_head") and b >= 1000:
+        return b // 1000
+    if eng.startswith("mask_head") and b >= 100:
+        return b // 100
+    return b
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "results_table.json")
+    res = ROOT / "benchmarks" / "results"
+    ap.add_argument("--json", type=Path, nargs="+", default=sorted(res.glob("results_table_run*.json")))
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
+    ap.add_argument("--readme", type=Path, default=ROOT / "README.md")
     a = ap.parse_args()
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(render(json.loads(a.json.read_text())))
-    print(f"wrote {a.out}")
+    text = render(merge([json.loads(p.read_text()) for p in a.json]))
+    a.out.write_text(text)
+    print(f"wrote {a.out} from {', '.join(p.name for p in a.json)}")
+    if a.readme.is_file():
+        readme = a.readme.read_text()
+        begin, end = "<!-- results-table:begin -->", "<!-- results-table:end -->"
+        if begin in readme and end in readme:
+            table = text[text.index("## Accuracy") : text.index("## Whole")].split("\n", 2)[2].strip()
+            readme = readme[: readme.index(begin) + len(begin)] + "\n" + table + "\n" + readme[readme.index(end) :]
+            a.readme.write_text(readme)
+            print(f"updated {a.readme}")
 
 
 if __name__ == "__main__":
