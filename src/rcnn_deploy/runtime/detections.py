@@ -25,6 +25,12 @@ class Detections:
     def __len__(self) -> int:
         return int(self.scores.shape[0])
 
+    def above(self, score_threshold: float) -> Detections:
+        """The detections scoring at least ``score_threshold`` (a new object; masks follow)."""
+        keep = self.scores >= score_threshold
+        masks = None if self.masks is None else self.masks[keep]
+        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep], masks)
+
     @classmethod
     def from_padded(cls, outputs: Mapping[str, np.ndarray]) -> List[Detections]:
         """Split padded model outputs (``num_detections``, ``boxes``, ``scores``, ``classes``, ``masks``) into

@@ -17,6 +17,7 @@ import typer
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[3] / "checkpoints" / "shapes_maskrcnn_r50fpn.pt"
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+SHOW_SCORE = 0.5
 
 
 def pick_backend(requested: str) -> str:
@@ -131,6 +132,7 @@ def run_demo(
     coco = json.loads(Path(ann).read_text())
     shown = [data / "images" / im["file_name"] for im in coco["images"][:4]]
     for path, d in zip(shown, det([str(p) for p in shown])):
+        d = d.above(SHOW_SCORE)  # mAP above uses every detection; pictures and TSVs show the confident ones
         write_tsv(infer_dir / f"{path.stem}.tsv", d, det.spec.class_names, det.spec.label_ids)
         draw(load_rgb(path), d, det.spec.class_names, det.spec.label_ids, infer_dir / f"{path.stem}.png")
 

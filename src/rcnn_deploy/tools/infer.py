@@ -39,10 +39,9 @@ def infer_command(
     """
     from rich.console import Console
     from rich.markup import escape
-    from rich.progress import track
 
     from .._io import atomic_write_json
-    from ..runtime.preprocess import find_images, load_rgb
+    from ..runtime.preprocess import find_images
     from ..runtime.visualize import draw, write_tsv
 
     console = Console(stderr=True)
@@ -58,22 +57,24 @@ def infer_command(
     output.mkdir(parents=True, exist_ok=True)
     coco: List[dict] = []
     failures = []
-    for image_id, path in enumerate(track(paths, description="infer", console=console), start=1):
-        try:
-            rgb = load_rgb(path)
-        except ValueError as e:
-            failures.append({"image": str(path), "error": str(e)})
-            console.print(f"[yellow]skipped[/yellow] {escape(str(e))}")
-            continue
-        d = det([rgb])[0]
-        if nms_threshold is not None:
-            keep = d.scores >= nms_threshold
-            d.boxes, d.scores, d.classes = d.boxes[keep], d.scores[keep], d.classes[keep]
-            d.masks = None if d.masks is None else d.masks[keep]
-        write_tsv(output / f"{path.stem}.tsv", d, spec.class_names, spec.label_ids)
-        if visualize:
-            draw(rgb, d, spec.class_names, spec.label_ids, output / f"{path.stem}.png")
-        coco += _coco_results(d, spec, image_id, path.name)
+    pending: List[tuple] = []
+
+    def flush() -> None:  # one model call for up to --batch images
+        nonlocal coco
+        for (image_id, path, rgb), d in zip(pending, det([rgb for _, _, rgb in pending])):
+            if nms_threshold is not None:
+                d = d.above(nms_threshold)
+            write_tsv(output / f"{path.stem}.tsv", d, spec.class_names, spec.label_ids)
+            if visualize:
+                draw(rgb, d, spec.class_names, spec.label_ids, output / f"{path.stem}.png")
+            coco += _coco_results(d, spec, image_id, path.name)
+        pending.clear()
+
+    for item in _readable(paths, "infer", console, failures):
+        pending.append(item)
+        if len(pending) >= det.batch:
+            flush()
+    flush()
     atomic_write_json(output / "results.json", coco)
     summary = {
         "images": len(paths),
@@ -89,6 +90,24 @@ def infer_command(
     )
     if failures and summary["written"] == 0:
         raise typer.Exit(1)
+
+
+def _readable(paths, description: str, console, failures: List[dict]):  # type: ignore[no-untyped-def]
+    """Yield ``(image_id, path, rgb)`` for each decodable image (ids count every path, from 1), with a progress
+    bar; an unreadable image is reported, recorded in ``failures`` and skipped."""
+    from rich.markup import escape
+    from rich.progress import track
+
+    from ..runtime.preprocess import load_rgb
+
+    for image_id, path in enumerate(track(paths, description=description, console=console), start=1):
+        try:
+            rgb = load_rgb(path)
+        except ValueError as e:
+            failures.append({"image": str(path), "error": str(e)})
+            console.print(f"[yellow]skipped[/yellow] {escape(str(e))}")
+            continue
+        yield image_id, path, rgb
 
 
 def _coco_results(d, spec, image_id: int, file_name: str) -> List[dict]:  # type: ignore[no-untyped-def]
@@ -133,13 +152,12 @@ def compare_command(
     """
     from rich.console import Console
     from rich.markup import escape
-    from rich.progress import track
     from rich.table import Table
 
     from .._io import atomic_write_json
     from ..runtime.coco import pick_library, reference_map
     from ..runtime.parity import compare_detections
-    from ..runtime.preprocess import find_images, load_rgb
+    from ..runtime.preprocess import find_images
 
     console = Console(stderr=True)
     try:
@@ -158,13 +176,7 @@ def compare_command(
         console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
     refs, cands, used, skipped = [], [], [], []
-    for path in track(paths, description="compare", console=console):
-        try:
-            rgb = load_rgb(path)
-        except ValueError as e:
-            skipped.append({"image": str(path), "error": str(e)})
-            console.print(f"[yellow]skipped[/yellow] {escape(str(e))}")
-            continue
+    for _, path, rgb in _readable(paths, "compare", console, skipped):
         refs += ref([rgb])
         cands += cand([rgb])
         used.append(str(path))

@@ -260,29 +260,17 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         "train_minutes": round(train_s / 60, 2),
         "wall_minutes": round(wall_s / 60, 2),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "history": history,
     }
     from ..models.checkpoint import save_checkpoint
 
-    save_checkpoint(
-        out,
-        net.state_dict(),
-        model=cfg.model,
-        class_names=class_names,
-        category_ids=category_ids,
-        input_hw=cfg.input_hw,
-        compress=cfg.compress,
-        meta=meta,
-    )
-    result.checkpoint = out
-    if cfg.val_annotations:
-        # the saved (compressed) weights are the model: score them, and record the score in the file
-        val = validate_checkpoint(out, cfg, device)
-        meta["val_checkpoint"] = val
+    weights = net.state_dict()
+
+    def save() -> None:
         save_checkpoint(
             out,
-            net.state_dict(),
+            weights,
             model=cfg.model,
             class_names=class_names,
             category_ids=category_ids,
@@ -290,6 +278,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
             compress=cfg.compress,
             meta=meta,
         )
+
+    save()
+    result.checkpoint = out
+    if cfg.val_annotations:
+        # the saved (compressed) weights are the model: score them, and record the score in the file
+        val = validate_checkpoint(out, cfg, device)
+        meta["val_checkpoint"] = val
+        save()
         log(f"checkpoint {out} ({cfg.compress}) validation: " + _fmt_metrics(val))
     log(f"saved {out} ({out.stat().st_size / 2**20:.1f} MiB) after {iteration} iterations, {train_s / 60:.1f} min")
     return result
