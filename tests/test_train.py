@@ -103,7 +103,7 @@ def test_project_checkpoint_is_small_and_detects_shapes(tmp_path):
 
     assert DEFAULT_CHECKPOINT.stat().st_size <= 60 * 2**20
     ann = generate_synthetic_coco(tmp_path / "val", 8, 384, 384, seed=2)
-    det = Detector.load(DEFAULT_CHECKPOINT, model="torchvision-maskrcnn", batch=2)
+    det = Detector.load(DEFAULT_CHECKPOINT, batch=2)  # the file names its model and input size
     assert det.input_hw == (384, 384)
     res = evaluate_detector(det, ann, tmp_path / "val" / "images")
     # A trained model, not noise (random weights score ~0). The accuracy itself is measured on 200 images on

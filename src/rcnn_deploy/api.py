@@ -33,6 +33,7 @@ class Detector:
         self.spec, self.input_hw, self._run, self.backend, self.batch = spec, tuple(input_hw), run, backend, batch
         self.fill = rgb_fill(spec.pixel_mean, spec.channel_order)
         self.engine: Optional[object] = None  # the TensorRTBackend when running an engine
+        self.module: Optional[object] = None  # the torch module when running the PyTorch deploy model
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -55,6 +56,10 @@ class Detector:
         directory = p if p.is_dir() else p.parent
         if (directory / "contract.json").is_file() and backend in (None, "onnxruntime"):
             return cls._from_export(directory, batch)
+        if model is None and p.is_file():
+            from .models.checkpoint import checkpoint_model_name
+
+            model = checkpoint_model_name(p)  # rcnn-deploy checkpoints name their model
         if model is None:
             raise ValueError(
                 f"{path} is not an export directory (no contract.json); for a checkpoint pass model=, e.g. "
@@ -90,7 +95,9 @@ class Detector:
                 out = net(torch.from_numpy(images).to(device))
             return {k: v.cpu().numpy() for k, v in out.items()}
 
-        return cls(net.spec, input_hw, run, "torch", batch)
+        det = cls(net.spec, input_hw, run, "torch", batch)
+        det.module = net
+        return det
 
     @classmethod
     def from_engine(cls, path: Union[str, Path]) -> Detector:

@@ -34,6 +34,15 @@ def is_rcnn_deploy_checkpoint(obj: Any) -> bool:
     return isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT
 
 
+def checkpoint_model_name(path: PathLike) -> Optional[str]:
+    """The model name an rcnn-deploy checkpoint records, or None for any other file."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a (zip) torch file, or not loadable safely: not ours
+        return None
+    return str(obj["model"]) if is_rcnn_deploy_checkpoint(obj) else None
+
+
 def quantize_per_channel(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 per output channel (dim 0): returns ``(q int8, scale fp32 [C])``."""
     w = w.detach().float().cpu()

@@ -62,7 +62,9 @@ def _path_kind(model_path: str) -> str:
     return "checkpoint"
 
 
-def _load_target(model_path: str, kind: str, model: Optional[str], input_hw: Tuple[int, int], device: str) -> _Target:
+def _load_target(
+    model_path: str, kind: str, model: Optional[str], input_hw: Optional[Tuple[int, int]], device: str
+) -> _Target:
     if kind == "export":
         from ..api import Detector
         from ..contract import Contract
@@ -84,25 +86,12 @@ def _load_target(model_path: str, kind: str, model: Optional[str], input_hw: Tup
     return _load_torch(model, model_path, input_hw, device)
 
 
-def _load_torch(model: str, weights: str, input_hw: Tuple[int, int], device: str) -> _Target:
-    """The PyTorch deploy model as ``Detector.from_torch`` builds it, keeping the module for device timing."""
-    import numpy as np
-    import torch
-
+def _load_torch(model: str, weights: str, input_hw: Optional[Tuple[int, int]], device: str) -> _Target:
+    """The PyTorch deploy model (``Detector.from_torch``), keeping the module for device timing."""
     from ..api import Detector
-    from ..config import InputSize
-    from ..models.build import build_model
 
-    InputSize(*input_hw)
-    net = build_model(model, weights).to(device).eval()
-
-    def run(images: np.ndarray) -> Dict[str, np.ndarray]:
-        with torch.no_grad():
-            out = net(torch.from_numpy(images).to(device))
-        return {k: v.cpu().numpy() for k, v in out.items()}
-
-    det = Detector(net.spec, input_hw, run, "torch")
-    return _Target(det, "checkpoint", device, net=net, info={"model": model})
+    det = Detector.from_torch(model, weights, input_hw, device=device)
+    return _Target(det, "checkpoint", device, net=det.module, info={"model": model})
 
 
 def _load_engine(path: Path) -> _Target:
@@ -641,8 +630,10 @@ def bench_command(
         ..., help="Export directory (contract.json), a TensorRT engine beside one, or a checkpoint with --model."
     ),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name when MODEL_PATH is a checkpoint."),
-    height: int = typer.Option(800, help="Input height for checkpoints (exports and engines know theirs)."),
-    width: int = typer.Option(800, help="Input width for checkpoints."),
+    height: Optional[int] = typer.Option(
+        None, help="Input height for checkpoints (default: the size an rcnn-deploy checkpoint records, else 800)."
+    ),
+    width: Optional[int] = typer.Option(None, help="Input width for checkpoints (default as --height)."),
     batch: str = typer.Option("1", "--batch", "-b", help="Batch sizes to time, comma-separated, e.g. 1,8,16."),
     iterations: int = typer.Option(50, min=1, help="Timed iterations per (mode, batch)."),
     warmup: int = typer.Option(10, min=0, help="Untimed warm-up iterations before each timing."),
@@ -730,7 +721,9 @@ def bench_command(
                 "provider by itself when onnxruntime-gpu is installed, TensorRT always runs on the GPU"
             )
         with console.status(f"loading {model_path}"):
-            target = _load_target(model_path, kind, model, (height, width), device)
+            from .infer import input_hw
+
+            target = _load_target(model_path, kind, model, input_hw(height, width), device)
     except (BenchError, ValueError, FileNotFoundError) as e:
         fail(str(e))
     except Exception as e:  # BackendUnavailable, TensorRT/ORT load errors: say what failed where

@@ -22,8 +22,10 @@ def eval_command(
         "(default: the 'images' folder beside the annotations file).",
     ),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name when MODEL_PATH is a checkpoint."),
-    height: int = typer.Option(800, help="Input height for checkpoints (export directories know theirs)."),
-    width: int = typer.Option(800, help="Input width for checkpoints."),
+    height: Optional[int] = typer.Option(
+        None, help="Input height for checkpoints (default: the size an rcnn-deploy checkpoint records, else 800)."
+    ),
+    width: Optional[int] = typer.Option(None, help="Input width for checkpoints (default as --height)."),
     batch: int = typer.Option(1, min=1, help="Images per model call."),
     backend: Optional[str] = typer.Option(None, help="torch or onnxruntime (default: from MODEL_PATH)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON here."),

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import typer
 
 
-def _detector(model_path: str, model: Optional[str], height: int, width: int, batch: int, backend: Optional[str]):  # type: ignore[no-untyped-def]
+def input_hw(height: Optional[int], width: Optional[int]) -> Optional[Tuple[int, int]]:
+    """``--height/--width`` as an input size; one of them alone means a square; neither means the default."""
+    if height is None and width is None:
+        return None
+    return (height or width, width or height)  # type: ignore[return-value]
+
+
+def _detector(  # type: ignore[no-untyped-def]
+    model_path: str, model: Optional[str], height: Optional[int], width: Optional[int], batch: int,
+    backend: Optional[str],
+):
     from .. import api
 
-    return api.Detector.load(model_path, model=model, input_hw=(height, width), batch=batch, backend=backend)
+    return api.Detector.load(model_path, model=model, input_hw=input_hw(height, width), batch=batch, backend=backend)
 
 
 def infer_command(
@@ -19,8 +29,10 @@ def infer_command(
     source: str = typer.Argument(..., help="An image, a directory of jpg/png/bmp/webp, or a glob."),
     output: Path = typer.Option(..., "--output", "-o", help="Output directory."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name when MODEL_PATH is a checkpoint."),
-    height: int = typer.Option(800, help="Input height for checkpoints (export directories know theirs)."),
-    width: int = typer.Option(800, help="Input width for checkpoints."),
+    height: Optional[int] = typer.Option(
+        None, help="Input height for checkpoints (default: the size an rcnn-deploy checkpoint records, else 800)."
+    ),
+    width: Optional[int] = typer.Option(None, help="Input width for checkpoints (default as --height)."),
     batch: int = typer.Option(1, help="Images per model call."),
     nms_threshold: Optional[float] = typer.Option(
         None, help="Keep detections with score >= this (raises the exported second-NMS score threshold)."
@@ -124,8 +136,10 @@ def compare_command(
     ),
     weights: Optional[str] = typer.Option(None, help="Checkpoint for the default PyTorch reference."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name for checkpoints."),
-    height: int = typer.Option(800, help="Input height for checkpoints."),
-    width: int = typer.Option(800, help="Input width for checkpoints."),
+    height: Optional[int] = typer.Option(
+        None, help="Input height for checkpoints (default: the size an rcnn-deploy checkpoint records, else 800)."
+    ),
+    width: Optional[int] = typer.Option(None, help="Input width for checkpoints (default as --height)."),
     min_recall: float = typer.Option(0.99, help="Fail below this fraction of reference detections matched."),
     min_box_iou: float = typer.Option(0.9, help="Fail when a matched pair's box IoU is below this."),
     max_score_diff: float = typer.Option(0.02, help="Fail when a matched pair's scores differ by more."),
