@@ -84,6 +84,31 @@ def test_train_smoke_loss_decreases_and_checkpoint_reloads_and_exports(tiny_run)
     assert state["iteration"] == 6
 
 
+def test_train_resumes_and_fine_tunes(tiny_run):
+    from typer.testing import CliRunner
+
+    from rcnn_deploy.cli import app
+
+    d, ck = tiny_run
+    base = [
+        "train", "--images", str(d / "train" / "images"), "--annotations", str(d / "train" / "annotations.json"),
+        "--height", "128", "--width", "128", "--batch", "2", "--workers", "0", "--device", "cpu", "--lr", "0.01",
+        "--warmup-iters", "2", "--compress", "int8",
+    ]
+    # resume: continues at iteration 6 of the first run and stops at 8
+    r = CliRunner().invoke(app, base + ["-o", str(d / "resumed.pt"), "--epochs", "4", "--max-iters", "8",
+                                        "--resume", str(d / "tiny.pt.state.pt")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((d / "resumed.pt.summary.json").read_text())["iterations"] == 8
+    # fine-tune: starts from the trained weights, so its first losses are below a fresh start's
+    r = CliRunner().invoke(app, base + ["-o", str(d / "tuned.pt"), "--epochs", "1", "--max-iters", "2",
+                                        "--init", str(ck)])
+    assert r.exit_code == 0, r.output
+    first_fresh = json.loads((d / "tiny.pt.summary.json").read_text())["validation"][0]["loss"]
+    first_tuned = json.loads((d / "tuned.pt.summary.json").read_text())["validation"][0]["loss"]
+    assert first_tuned < first_fresh, (first_tuned, first_fresh)
+
+
 def test_train_reports_bad_input_clearly(tmp_path):
     from typer.testing import CliRunner
 
