@@ -287,10 +287,9 @@ def accuracy(a) -> list:
     net = build_model(MODEL, str(CKPT)).to(_dev()).eval()
     spec, S, B = net.spec, a.size, a.batch
 
-    def torch_run(images):
-        with torch.no_grad():
-            o = net(torch.from_numpy(images).to(_dev()))
-        return {k: v.cpu().numpy() for k, v in o.items()}
+    from rcnn_deploy.api import Detector
+
+    torch_run = Detector.from_module(net, (S, S), device=_dev()).run_padded
 
     ref_file = a.work / "reference_outputs.npz"
     rows = []
@@ -424,20 +423,10 @@ def latency(a) -> list:
 
 
 def _cuda_time(fn, iterations: int = 30, warmup: int = 5) -> dict:
-    import torch
+    """CUDA-event latency of ``fn`` (the same timer ``rcnn-deploy bench`` uses, no CUDA graph)."""
+    from rcnn_deploy.tools.bench import time_torch_cuda
 
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(iterations):
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            fn()
-            e.record()
-            torch.cuda.synchronize()
-            ts.append(s.elapsed_time(e))
+    ts, _, _ = time_torch_cuda(fn, iterations, warmup, cuda_graph=False)
     return {"median_ms": float(np.median(ts)), "p99_ms": float(np.percentile(ts, 99)), "infer_wall_median_ms": float(np.median(ts))}
 
 

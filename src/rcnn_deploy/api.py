@@ -14,7 +14,7 @@ image exactly as the model's framework does it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -81,12 +81,21 @@ class Detector:
     ) -> Detector:
         """The PyTorch deploy model. ``input_hw`` defaults to the size an rcnn-deploy checkpoint was trained
         at, else 800 x 800."""
+        from .models.build import build_model
+
+        return cls.from_module(build_model(model, weights, **spec_overrides), input_hw, batch, device)
+
+    @classmethod
+    def from_module(
+        cls, net: Any, input_hw: Optional[Tuple[int, int]] = None, batch: int = 1, device: str = "cpu"
+    ) -> Detector:
+        """A deploy-form model already in memory (``DeployRCNN``), run on ``device``. ``input_hw`` defaults to
+        the size its checkpoint recorded, else 800 x 800."""
         import torch
 
         from .config import InputSize
-        from .models.build import build_model
 
-        net = build_model(model, weights, **spec_overrides).to(device).eval()
+        net = net.to(device).eval()
         input_hw = tuple(input_hw or getattr(net, "checkpoint_input_hw", None) or (800, 800))  # type: ignore[assignment]
         InputSize(*input_hw)
 

@@ -102,7 +102,7 @@ def run_demo(
         ann = generate_synthetic_coco(data, num_images, hw[0], hw[1], seed=2)
     export_dir = output / "export"
     if chosen == "torch":
-        det = Detector.from_torch(model, weights, hw)
+        det = Detector.from_module(net, hw)
     else:
         from ..export import export_onnx
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from .._io import atomic_write, atomic_write_json
+from .._io import atomic_write, atomic_write_json, atomic_write_text
 from ..config import get_spec
 from ..runtime.preprocess import rgb_fill
 from .data import CocoInstances, coco_label_map, collate, seed_worker
@@ -146,7 +146,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     )
     net = build_torchvision_model(cfg.model, len(class_names), cfg.input_hw)
     if cfg.init:
-        _load_init(net, cfg, len(class_names))
+        _load_init(net, cfg)
     net.to(device)
     groups = _param_groups(net, cfg.weight_decay)
     if cfg.optimizer == "sgd":
@@ -242,10 +242,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
             "loss": losses[-1] if losses else None,
         }
         if cfg.val_annotations:
-            entry["val"] = validate(net.state_dict(), spec, cfg, device)
+            entry["val"] = validate(_deploy_model(net.state_dict(), spec), cfg, device)
             log(f"epoch {epoch} validation: " + _fmt_metrics(entry["val"]))
         history.append(entry)
-        atomic_write_text_lines(log_path, [json.dumps(h) for h in history])
+        atomic_write_text(log_path, "".join(json.dumps(h) + "\n" for h in history))
         if cfg.max_iters is not None and iteration >= cfg.max_iters:
             break
     wall_s = wall0 + time.time() - loop_start
@@ -291,10 +291,6 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     return result
 
 
-def atomic_write_text_lines(path: Path, lines: List[str]) -> None:
-    atomic_write(path, lambda p: p.write_text("\n".join(lines) + "\n", encoding="utf-8"))
-
-
 def _fmt_metrics(val: Dict[str, Dict[str, float]]) -> str:
     return ", ".join(f"{t} AP {m['AP']:.4f} AP50 {m['AP50']:.4f}" for t, m in val.items() if isinstance(m, dict))
 
@@ -313,7 +309,7 @@ def _save_state(path: Path, net, opt, iteration: int, epoch: int, train_s: float
     atomic_write(path, lambda p: torch.save(st, p))
 
 
-def _load_init(net: torch.nn.Module, cfg: TrainConfig, num_classes: int) -> None:
+def _load_init(net: torch.nn.Module, cfg: TrainConfig) -> None:
     """Fine-tuning start: every tensor of ``cfg.init`` whose name and shape match (class-specific predictor
     layers of a different class count are left at their fresh initialisation)."""
     from ..models.weights import load_checkpoint
@@ -324,38 +320,30 @@ def _load_init(net: torch.nn.Module, cfg: TrainConfig, num_classes: int) -> None
     net.load_state_dict(take, strict=False)
 
 
-def _val_detector(state_dict: Dict[str, torch.Tensor], spec, cfg: TrainConfig, device: torch.device):  # type: ignore[no-untyped-def]
+def validate(net, cfg: TrainConfig, device: torch.device) -> Dict[str, Dict[str, float]]:  # type: ignore[no-untyped-def]
+    """COCO mAP of a deploy-form model (``DeployRCNN``) on the validation split."""
     from ..api import Detector
-    from ..models.rcnn import DeployRCNN
-
-    net = DeployRCNN(spec)
-    sd = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    net.load_state_dict(sd)
-    net.to(device).eval()
-
-    def run(images):  # type: ignore[no-untyped-def]
-        with torch.no_grad():
-            o = net(torch.from_numpy(images).to(device))
-        return {k: v.cpu().numpy() for k, v in o.items()}
-
-    return Detector(spec, cfg.input_hw, run, "torch", batch=8)
-
-
-def validate(state_dict, spec, cfg: TrainConfig, device: torch.device) -> Dict[str, Dict[str, float]]:  # type: ignore[no-untyped-def]
-    """COCO mAP of the deploy model with these weights on the validation split."""
     from ..runtime.coco import evaluate_detector
 
     assert cfg.val_annotations is not None
-    det = _val_detector(state_dict, spec, cfg, device)
+    det = Detector.from_module(net, cfg.input_hw, batch=8, device=str(device))
     images_dir = cfg.val_images or os.path.join(os.path.dirname(cfg.val_annotations), "images")
     return evaluate_detector(det, cfg.val_annotations, images_dir, max_images=cfg.val_max_images)["metrics"]
+
+
+def _deploy_model(state_dict: Dict[str, torch.Tensor], spec):  # type: ignore[no-untyped-def]
+    """The deploy-form model with the training weights (BatchNorm statistics read as frozen BN)."""
+    from ..models.rcnn import DeployRCNN
+
+    net = DeployRCNN(spec)
+    net.load_state_dict({k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")})
+    return net
 
 
 def validate_checkpoint(path: Path, cfg: TrainConfig, device: torch.device) -> Dict[str, Dict[str, float]]:
     from ..models.build import build_model
 
-    net = build_model(cfg.model, str(path))
-    return validate(net.state_dict(), net.spec, cfg, device)
+    return validate(build_model(cfg.model, str(path)), cfg, device)
 
 
 def write_summary(path: Path, result: TrainResult) -> None:
