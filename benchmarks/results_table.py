@@ -8,12 +8,18 @@ reference (TF32 off), and every backend row is scored by the same ``evaluate_det
 mAP) and compared detection by detection with the reference's raw outputs.
 
 Stages, each idempotent (state in --work, so a second call continues where a first ran out of time):
-  prepare   validation + calibration images, reference mAP and PyTorch latency, ONNX exports (GPU, torch)
-  build     TensorRT 8.6 engines (py39 benchmarks/trt_tool.py build, one job per process, log kept)
+  prepare   validation + calibration images, ONNX exports (GPU, torch)
+  build     TensorRT 8.6 engines in parallel lanes (--lanes; each lane builds its engines in order, one
+            py39 benchmarks/trt_tool.py process per engine, whole TensorRT log kept in WORK/logs/)
   accuracy  engines over the validation images through one persistent py39 worker (trt_tool.py serve);
-            split engines chained by the torch glue on the GPU; ONNX Runtime (CPU) split for comparison
-  latency   trt_tool.py time: GPU compute (CUDA events, CUDA graph) and host wall per inference
+            split engines chained by the torch glue on the GPU; ONNX Runtime (CPU) split for comparison.
+            At --size on --eval-images images, at --big on --big-eval-images (upscaled) images, each against
+            the PyTorch deploy model at the same size. With build, it runs while the lanes build (rows start
+            as soon as their engines exist).
+  latency   trt_tool.py time: GPU compute (CUDA events, CUDA graph) and host wall per inference, per-layer
+            profile of the fused engines; PyTorch deploy model and torchvision eager. Runs after the builds.
 Results: OUT/results_table.json (rendered into docs/results.md by benchmarks/update_results.py).
+The run can outlive a device call: start it with setsid, poll WORK/results_table.json and WORK/driver.log.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,23 +44,46 @@ MODEL = "torchvision-maskrcnn"
 PRECISIONS = ("fp32", "fp16", "int8")
 TOOL = ROOT / "benchmarks" / "trt_tool.py"
 START = time.time()
-DEADLINE = [float("inf")]
+DEADLINE = [float("inf")]  # the whole run
+BUILD_DEADLINE = [float("inf")]  # builds still running then are killed, so the latency stage has the GPU
 
 
 def left() -> float:
     return DEADLINE[0] - (time.time() - START)
 
 
+def left_build(a=None) -> float:
+    return min(DEADLINE[0], BUILD_DEADLINE[0]) - (time.time() - START)
+
+
 def log(*a) -> None:
     print(f"[{time.time() - START:6.1f}s]", *a, flush=True)
 
 
-def variants(size: int, small: int, batch: int) -> dict:
+def variants(size: int, batch: int) -> dict:
     """name -> export kwargs. The fused plugin graph needs a static batch (PyramidROIAlign_TRT)."""
-    v = {"fused_b1": dict(graph="fused", nms="plugin", batch=1), f"fused_b{batch}": dict(graph="fused", nms="plugin", batch=batch)}
-    if size == small:
-        v["split"] = dict(graph="split", batch=f"1:{batch}")
-    return v
+    return {
+        "fused_b1": dict(graph="fused", nms="plugin", batch=1),
+        f"fused_b{batch}": dict(graph="fused", nms="plugin", batch=batch),
+        "split": dict(graph="split", batch=f"1:{batch}"),
+    }
+
+
+# Build lanes run in parallel (the stubbed TensorRT 8.6 spends most of a build compiling JIT kernels on the
+# CPU); engines in one lane are built in order, so a later int8 build reuses the earlier one's calibration
+# cache. "-noglue": fp16 without the fp32-glue rule, to measure what the rule costs.
+DEFAULT_LANES = (
+    "{big}/fused_b1/fused_fp16,{big}/fused_b1/fused_fp32",
+    "{big}/fused_b1/fused_int8,{big}/fused_b{b}/fused_int8",
+    "{big}/fused_b{b}/fused_fp16",
+    "{big}/fused_b1/fused_fp16-noglue,{small}/fused_b{b}/fused_fp16-noglue",
+    "{small}/split/backbone_fp32,{small}/split/box_head_fp32,{small}/split/mask_head_fp32,"
+    "{small}/split/backbone_fp16,{small}/split/box_head_fp16,{small}/split/mask_head_fp16,{small}/split/backbone_int8",
+    "{small}/fused_b{b}/fused_fp16,{small}/fused_b{b}/fused_int8,{small}/fused_b1/fused_int8,"
+    "{small}/fused_b1/fused_fp16,{small}/fused_b1/fused_fp32,{small}/fused_b{b}/fused_fp32",
+    "{big}/split/backbone_fp16,{big}/split/box_head_fp16,{big}/split/mask_head_fp16,{big}/split/backbone_int8,"
+    "{big}/split/backbone_fp32,{big}/split/box_head_fp32,{big}/split/mask_head_fp32",
+)
 
 
 def _dev() -> str:
@@ -63,7 +93,9 @@ def _dev() -> str:
 
 
 def py39_cmd(*args) -> list:
-    return ["bash", "-c", "source /tmp/trt86/env.sh && py39 " + " ".join(str(a) for a in args)]
+    """The TensorRT interpreter (PY39 overrides it for dry runs, e.g. PY39=python RCNN_TRT=tensorrt_rtx)."""
+    py = os.environ.get("PY39", "source /tmp/trt86/env.sh && py39")
+    return ["bash", "-c", py + " " + " ".join(str(a) for a in args)]
 
 
 # ------------------------------------------------------------------------------------------------ prepare
@@ -90,7 +122,7 @@ def prepare(a) -> dict:
             n = len(calib) if size == a.size else min(len(calib), 16)
             np.save(f, np.stack([letterbox(load_rgb(p), (size, size), fill)[0] for p in calib[:n]]))
     for size in (a.size, a.big):
-        for name, kw in variants(size, a.size, a.batch).items():
+        for name, kw in variants(size, a.batch).items():
             d = w / str(size) / name
             if not (d / "contract.json").is_file():
                 t0 = time.time()
@@ -103,69 +135,120 @@ def prepare(a) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ build
-def build(a) -> list:
-    jobs = []
-    for size in (a.size, a.big):
-        calib_npy = str(a.work / f"calib_{size}.npy")
-        for name in variants(size, a.size, a.batch):
-            d = a.work / str(size) / name
-            b = a.batch if name == f"fused_b{a.batch}" else 1
-            precs = PRECISIONS if size == a.size else ("fp16", "int8")
-            if size == a.big and name != "fused_b1":
-                precs = ("fp16",)
-            for prec in precs:
-                roles = ("backbone", "box_head", "mask_head") if name == "split" else ("fused",)
-                for role in roles:
-                    if split_engine(d, role, prec).name != f"{role}_{prec}.engine":
-                        continue  # the split int8 variant runs the fp16 head engines
-                    p = prec
-                    jobs.append(
-                        dict(
-                            onnx=str(_graph_file(d, role)),
-                            engine=str(d / f"{role}_{prec}.engine"),
-                            precision=p,
-                            batch=[b, b, b] if name.startswith("fused") else [1, 1, a.batch],
-                            rois=[1, 1000, a.batch * 1000],
-                            timing_cache=str(a.work / "timing.cache"),
-                            calib_npy=calib_npy,
-                            # one cache per graph family: the second fused build at a size reuses the first's
-                            calib_cache=str(a.work / str(size) / f"{'fused' if role == 'fused' else role}_calib.cache"),
-                            calib_batch=b,
-                            size=size,
-                            variant=name,
-                            role=role,
-                            label_precision=prec,
-                        )
-                    )
-    report = []
-    log_path = a.work / "build.log"
-    if a.builds:
-        jobs = [j for j in jobs if str(Path(j["engine"]).relative_to(a.work)) in a.builds]
-        jobs.sort(key=lambda j: a.builds.index(str(Path(j["engine"]).relative_to(a.work))))
-    else:
-        jobs.sort(key=lambda j: (j["size"] != a.size, j["variant"] == "fused_b1", j["label_precision"]))
-    for job in jobs:
-        if Path(job["engine"]).is_file():
-            report.append({**job, "ok": True, "skipped": "built by an earlier call"})
+def job_for(a, rel: str) -> dict:
+    """A build job from an engine path relative to --work: SIZE/VARIANT/ROLE_PRECISION[-noglue].engine."""
+    size, variant, fname = rel.split("/")
+    stem = fname[: -len(".engine")] if fname.endswith(".engine") else fname
+    label = stem.rsplit("_", 1)[1]
+    role, prec = stem[: -len(label) - 1], label.split("-")[0]
+    if prec not in PRECISIONS or variant not in variants(int(size), a.batch):
+        raise ValueError(f"not an engine of this table: {rel}")
+    d = a.work / size / variant
+    fused = variant.startswith("fused")
+    b = int(variant[len("fused_b") :]) if fused else 1
+    return dict(
+        onnx=str(_graph_file(d, role)),
+        engine=str(d / f"{stem}.engine"),
+        precision=prec,
+        fp32_glue=not label.endswith("-noglue"),
+        batch=[b, b, b] if fused else [1, 1, a.batch],
+        rois=[1, 1000, a.batch * 1000],
+        workspace_gib=4.0,  # lanes build side by side on one GPU
+        timing_cache=str(a.work / "timing.cache"),
+        calib_npy=str(a.work / f"calib_{size}.npy"),
+        # one cache per graph family and size: the second int8 build of a family reuses the first's
+        calib_cache=str(a.work / size / f"{'fused' if fused else role}_calib.cache"),
+        calib_batch=b if fused else a.batch,  # split: calibrate 8 images per launch (calibration profile)
+        size=int(size),
+        variant=variant,
+        role=role,
+        label_precision=label,
+    )
+
+
+def _slug(rel: str) -> str:
+    return rel.replace("/", "_").replace(".engine", "")
+
+
+def builds_running(a) -> bool:
+    f = a.work / "builds.running"
+    if not f.is_file():
+        return False
+    try:
+        os.kill(int(f.read_text()), 0)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def run_lane(a, lane: list) -> None:
+    for rel in lane:
+        rel = rel if rel.endswith(".engine") else rel + ".engine"
+        rec = a.work / "builds" / f"{_slug(rel)}.json"
+        try:
+            job = job_for(a, rel)
+        except Exception as e:  # a bad lane entry: recorded, the lane goes on
+            rec.write_text(json.dumps({"engine": rel, "ok": False, "error": repr(e)}))
             continue
-        if left() < 60:
-            report.append({**job, "ok": False, "error": "not built: out of time in this call"})
+        if Path(job["engine"] + ".json").is_file():  # the sidecar is written after the engine
+            if not rec.is_file():
+                rec.write_text(json.dumps({**job, "ok": True, "skipped": "built by an earlier call"}))
             continue
-        jp = a.work / "job.json"
+        if left_build(a) < 60:
+            rec.write_text(json.dumps({**job, "ok": False, "error": "not built: out of time in this run"}))
+            continue
+        jp = a.work / "jobs" / f"{_slug(rel)}.json"
         jp.write_text(json.dumps([job]))
+        logf = a.work / "logs" / f"build_{_slug(rel)}.log"
+        t0 = time.time()
+        log("build start", rel)
         # TensorRT's logger writes to stdout: keep all of it (the reason a build failed is in there)
-        p = subprocess.run(py39_cmd(TOOL, "build", jp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        with open(log_path, "a") as lf:
-            lf.write(p.stdout)
-        entry = {**job, "ok": False, "error": f"worker exit {p.returncode}"}
-        for line in p.stdout.splitlines():
+        with open(logf, "w") as lf:
+            proc = subprocess.Popen(
+                py39_cmd(TOOL, "build", jp), stdout=lf, stderr=subprocess.STDOUT, text=True, start_new_session=True
+            )
+            while proc.poll() is None:
+                if left_build(a) < 0:
+                    os.killpg(proc.pid, signal.SIGKILL)  # bash and the py39 builder under it
+                    lf.write("\n@@" + json.dumps({"ok": False, "error": "killed at the build deadline"}) + "\n")
+                    break
+                time.sleep(2)
+            proc.wait()
+        entry = {**job, "ok": False, "error": f"worker exit {proc.returncode}", "seconds": round(time.time() - t0, 1)}
+        for line in logf.read_text(errors="replace").splitlines():
             if line.startswith("@@"):
-                entry = {**job, **json.loads(line[2:])}
-            elif line.startswith("[E]") or "ERROR" in line:
-                entry.setdefault("log_errors", []).append(line[:500])
-        log("build", Path(job["engine"]).relative_to(a.work), json.dumps({k: entry.get(k) for k in ("ok", "build_seconds", "calibration_batches", "error")})[:600])
-        report.append(entry)
-    return report
+                entry = {**entry, **json.loads(line[2:])}
+                if entry.get("ok"):
+                    entry.pop("error", None)
+            elif "[E]" in line or "ERROR" in line or "Error Code" in line:
+                entry.setdefault("log_errors", []).append(line[:600])
+        log("build", rel, json.dumps({k: entry.get(k) for k in ("ok", "build_seconds", "calibration_batches", "error")})[:600])
+        rec.write_text(json.dumps(entry))
+
+
+def build(a) -> list:
+    """Every lane in its own thread; returns the build records of all engines (this run's and earlier)."""
+    import threading
+
+    for sub in ("builds", "jobs", "logs"):
+        (a.work / sub).mkdir(exist_ok=True)
+    fmt = dict(big=a.big, small=a.size, b=a.batch)
+    lanes = [[r.strip() for r in lane.format(**fmt).split(",") if r.strip()] for lane in (a.lanes or DEFAULT_LANES)]
+    marker = a.work / "builds.running"
+    marker.write_text(str(os.getpid()))
+    try:
+        threads = [threading.Thread(target=run_lane, args=(a, lane), daemon=True) for lane in lanes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        marker.unlink()
+    return collect_builds(a)
+
+
+def collect_builds(a) -> list:
+    return [json.loads(f.read_text()) for f in sorted((a.work / "builds").glob("*.json"))] if (a.work / "builds").is_dir() else []
 
 
 def split_engine(d: Path, role: str, prec: str) -> Path:
@@ -247,13 +330,13 @@ def _concat(calls) -> dict:
     return {k: np.concatenate([c[k] for c in calls]) for k in keys}
 
 
-def score(a, det, calls, ref_outputs=None) -> dict:
+def score(a, det, calls, ref_outputs=None, max_images=None) -> dict:
     from rcnn_deploy.runtime.coco import evaluate_detector
     from rcnn_deploy.runtime.detections import Detections
     from rcnn_deploy.runtime.parity import compare_detections
 
     t0 = time.time()
-    res = evaluate_detector(det, a.work / "val" / "annotations.json", a.work / "val" / "images", max_images=a.eval_images)
+    res = evaluate_detector(det, a.work / "val" / "annotations.json", a.work / "val" / "images", max_images=max_images or a.eval_images)
     row = {
         "bbox_mAP": res["metrics"]["bbox"]["AP"],
         "segm_mAP": res["metrics"].get("segm", {}).get("AP"),
@@ -273,85 +356,125 @@ def score(a, det, calls, ref_outputs=None) -> dict:
     return row, outputs
 
 
+def accuracy_plan(a) -> list:
+    """(size, backend, variant, precision label) of every accuracy row; the PyTorch reference first per size."""
+    S, BIG, B = a.size, a.big, a.batch
+    plan = [(S, "pytorch", "eager", "fp32")]
+    plan += [(S, "tensorrt", f"fused_b{B}", p) for p in ("fp32", "fp16", "int8", "fp16-noglue")]
+    plan += [(S, "tensorrt", "split", p) for p in PRECISIONS]
+    if not a.no_onnxruntime:
+        plan.append((S, "onnxruntime", "split", "fp32"))
+    plan.append((BIG, "pytorch", "eager", "fp32"))
+    plan += [(BIG, "tensorrt", "fused_b1", p) for p in ("fp32", "fp16", "int8", "fp16-noglue")]
+    plan += [(BIG, "tensorrt", "split", p) for p in PRECISIONS]
+    return plan
+
+
+def row_key(a, size: int, backend: str, variant: str, label: str) -> str:
+    key = f"{backend}_{variant}_{label}" if backend != "pytorch" else "pytorch_fp32"
+    return key if size == a.size else f"{size}_{key}"
+
+
+def row_engines(a, size: int, variant: str, label: str) -> list:
+    d = a.work / str(size) / variant
+    if variant.startswith("fused"):
+        return [d / f"fused_{label}.engine"]
+    return [split_engine(d, r, label) for r in ("backbone", "box_head", "mask_head")]
+
+
 def accuracy(a) -> list:
+    """Score every planned row whose engines exist; while builds are running, wait for the others."""
     import torch
 
+    from rcnn_deploy.api import Detector
     from rcnn_deploy.contract import Contract
     from rcnn_deploy.models.build import build_model
-    from rcnn_deploy.runtime.split import SplitPieces, fused_outputs, onnxruntime_split, run_split
+    from rcnn_deploy.runtime.split import SplitPieces, fused_outputs, onnxruntime_split
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     rows_dir = a.work / "rows"
     rows_dir.mkdir(exist_ok=True)
     net = build_model(MODEL, str(CKPT)).to(_dev()).eval()
-    spec, S, B = net.spec, a.size, a.batch
+    spec, B = net.spec, a.batch
+    worker = None
 
-    from rcnn_deploy.api import Detector
-
-    torch_run = Detector.from_module(net, (S, S), device=_dev()).run_padded
-
-    ref_file = a.work / "reference_outputs.npz"
-    rows = []
     def done(key: str) -> bool:  # measured by an earlier call (rows that failed are tried again)
         f = rows_dir / f"{key}.json"
         return f.is_file() and "error" not in json.loads(f.read_text())
 
-    if not done("pytorch_fp32") or not ref_file.is_file():
-        det, calls = _recording_detector(spec, S, torch_run, "pytorch", B, fixed=False)
-        row, outputs = score(a, det, calls)
-        np.savez(ref_file, **outputs)
-        (rows_dir / "pytorch_fp32.json").write_text(json.dumps({"backend": "PyTorch (deploy model)", "graph": "eager", "precision": "fp32", **row}))
-    ref = dict(np.load(ref_file))
-    worker = None
-    plan = [("tensorrt", f"fused_b{B}", p) for p in PRECISIONS] + [("tensorrt", "split", p) for p in PRECISIONS]
-    plan.append(("onnxruntime", "split", "fp32"))
-    for backend, variant, prec in plan:
-        key = f"{backend}_{variant}_{prec}"
-        if a.rows and key not in a.rows:
-            continue
-        if done(key):
-            continue
-        if left() < 45:
-            log("accuracy: out of time before", key)
-            break
-        d = a.work / str(S) / variant
-        row = {"backend": "TensorRT 8.6" if backend == "tensorrt" else "ONNX Runtime (CPU)", "graph": variant, "precision": prec}
-        try:
+    def measure(size: int, backend: str, variant: str, label: str) -> dict:
+        nonlocal worker
+        n_img = a.eval_images if size == a.size else a.big_eval_images
+        ref_file = a.work / f"reference_outputs_{size}.npz"
+        d = a.work / str(size) / variant
+        names = {"pytorch": "PyTorch (deploy model)", "tensorrt": "TensorRT 8.6", "onnxruntime": "ONNX Runtime (CPU)"}
+        row = {"backend": names[backend], "graph": variant, "precision": label, "size": size}
+        if backend == "pytorch":
+            torch_run = Detector.from_module(net, (size, size), device=_dev()).run_padded
+            det, calls = _recording_detector(spec, size, torch_run, "pytorch", B, fixed=False)
+            r, outputs = score(a, det, calls, max_images=n_img)
+            np.savez(ref_file, **outputs)
+            return {**row, **r}
+        ref = dict(np.load(ref_file))
+        if backend == "onnxruntime":
+            from rcnn_deploy.runtime.split import run_split
+
+            pieces = onnxruntime_split(Contract.load(d), d)
+            det, calls = _recording_detector(spec, size, lambda im: run_split(pieces, im), "onnxruntime", B, fixed=False)
+        elif variant.startswith("fused"):
+            worker = worker or Worker(a.shm)
+            be = EngineBackend(worker, row_engines(a, size, variant, label)[0])
+            b = int(variant[len("fused_b") :])
+            det, calls = _recording_detector(spec, size, lambda im, be=be: fused_outputs(be(images=im)), "tensorrt", b, fixed=True)
+        else:
+            worker = worker or Worker(a.shm)
+            pieces = SplitPieces(Contract.load(d), *(EngineBackend(worker, e) for e in row_engines(a, size, variant, label)))
+
+            def split_run(images, pieces=pieces):
+                from rcnn_deploy.glue.pipeline import two_stage
+
+                with torch.no_grad():
+                    o = two_stage(pieces, torch.from_numpy(images).to(_dev()), spec)
+                return {k: v.cpu().numpy() for k, v in o.items()}
+
+            det, calls = _recording_detector(spec, size, split_run, "tensorrt", B, fixed=False)
+        r, _ = score(a, det, calls, ref, max_images=n_img)
+        return {**row, **r}
+
+    pending = [p for p in accuracy_plan(a) if not (a.rows and row_key(a, *p) not in a.rows)]
+    while pending and left() > 45:
+        building = builds_running(a)
+        waiting = []
+        for item in pending:
+            size, backend, variant, label = item
+            key = row_key(a, *item)
+            if done(key):
+                continue
+            engines = row_engines(a, size, variant, label)
+            if backend == "tensorrt" and not all(Path(f"{e}.json").is_file() for e in engines):  # sidecar last
+                if building:
+                    waiting.append(item)
+                    continue
+            if left() < 45:
+                waiting.append(item)
+                break
             t0 = time.time()
-            if backend == "onnxruntime":
-                pieces = onnxruntime_split(Contract.load(d), d)
-                det, calls = _recording_detector(spec, S, lambda im: run_split(pieces, im), "onnxruntime", B, fixed=False)
-            elif variant.startswith("fused"):
-                worker = worker or Worker(a.shm)
-                be = EngineBackend(worker, d / f"fused_{prec}.engine")
-                det, calls = _recording_detector(spec, S, lambda im, be=be: fused_outputs(be(images=im)), "tensorrt", B, fixed=True)
-            else:
-                worker = worker or Worker(a.shm)
-                c = Contract.load(d)
-                engines = (split_engine(d, r, prec) for r in ("backbone", "box_head", "mask_head"))
-                pieces = SplitPieces(c, *(EngineBackend(worker, e) for e in engines))
-
-                def split_run(images, pieces=pieces):
-                    from rcnn_deploy.glue.pipeline import two_stage
-
-                    with torch.no_grad():
-                        o = two_stage(pieces, torch.from_numpy(images).to(_dev()), spec)
-                    return {k: v.cpu().numpy() for k, v in o.items()}
-
-                det, calls = _recording_detector(spec, S, split_run, "tensorrt", B, fixed=False)
-            r, _ = score(a, det, calls, ref)
-            row.update(r)
+            try:
+                row = measure(*item)
+            except Exception as e:  # report and continue with the next row
+                row = {"backend": backend, "graph": variant, "precision": label, "size": size, "error": repr(e)[-1500:]}
             row["seconds"] = round(time.time() - t0, 1)
-        except Exception as e:  # report and continue with the next row
-            row["error"] = repr(e)[-1500:]
-        log("accuracy", key, json.dumps({k: row.get(k) for k in ("bbox_mAP", "segm_mAP", "error")}), json.dumps(row.get("parity"))[:400])
-        (rows_dir / f"{key}.json").write_text(json.dumps(row))
+            log("accuracy", key, json.dumps({k: row.get(k) for k in ("bbox_mAP", "segm_mAP", "error")}), json.dumps(row.get("parity"))[:400])
+            (rows_dir / f"{key}.json").write_text(json.dumps(row))
+        pending = waiting
+        if pending:
+            time.sleep(10)
+    if pending:
+        log("accuracy: out of time before", [row_key(a, *p) for p in pending])
     if worker is not None:
         worker.close()
-    for f in sorted(rows_dir.glob("*.json")):
-        rows.append(json.loads(f.read_text()))
-    return rows
+    return [json.loads(f.read_text()) for f in sorted(rows_dir.glob("*.json"))]
 
 
 # ------------------------------------------------------------------------------------------------ latency
@@ -365,8 +488,8 @@ def latency(a) -> list:
 
     out, S, B = [], a.size, a.batch
     rng = np.random.default_rng(0)
-    for size in (a.size, a.big):
-        for name in variants(size, a.size, a.batch):
+    for size in (a.big, a.size):
+        for name in variants(size, a.batch):
             d = a.work / str(size) / name
             for eng in sorted(d.glob("*.engine")):
                 if left() < 20:
@@ -385,18 +508,23 @@ def latency(a) -> list:
                         else:
                             feed[i["name"]] = (rng.standard_normal(shape) * (60 if i["name"] == "images" else 1) + (110 if i["name"] == "images" else 0)).astype(np.float32)
                     inp, res = a.work / "time_in.npz", a.work / "time_out.json"
+                    if res.is_file():
+                        res.unlink()
                     np.savez(inp, **feed)
-                    p = subprocess.run(py39_cmd(TOOL, "time", eng, inp, res, "--iterations", 200), capture_output=True, text=True)
-                    row = json.loads(res.read_text()) if p.returncode == 0 else {"error": p.stderr[-800:]}
+                    extra = ["--profile"] if name.startswith("fused") else []
+                    p = subprocess.run(py39_cmd(TOOL, "time", eng, inp, res, "--iterations", 200, *extra), capture_output=True, text=True)
+                    row = json.loads(res.read_text()) if p.returncode == 0 and res.is_file() else {"error": (p.stdout + p.stderr)[-800:]}
                     row.update({"size": size, "variant": name, "engine": eng.name, "batch": b})  # b images
                     row["build_seconds"] = meta.get("build_seconds")
-                    log("time", json.dumps({k: row.get(k) for k in ("size", "engine", "batch", "median_ms", "p99_ms", "infer_wall_median_ms", "error")})[:400])
+                    log("time", json.dumps({k: row.get(k) for k in ("size", "engine", "batch", "median_ms", "p99_ms", "infer_wall_median_ms", "layer_groups_ms", "error")})[:700])
                     out.append(row)
     # PyTorch deploy model (fp32, TF32 off) and torchvision's eager model: CUDA events, model only
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     net = build_model(MODEL, str(CKPT)).to(_dev()).eval()
-    for size, b in ((S, 1), (S, B), (a.big, 1)):
+    for size, b in ((S, 1), (S, B), (a.big, 1), (a.big, B)):
+        if left() < 30:
+            break
         x = torch.rand(b, 3, size, size, device="cuda") * 255
         out.append({"size": size, "variant": "pytorch", "engine": "deploy model fp32", "batch": b, **_cuda_time(lambda: net(x))})
     from rcnn_deploy.models.reference import torchvision_reference
@@ -406,7 +534,7 @@ def latency(a) -> list:
     out.append({"size": a.big, "variant": "torchvision eager", "engine": "torchvision fp32", "batch": 1, **_cuda_time(lambda: tv(x))})
     # host stages of the end-to-end path (same code for every backend): decode + letterbox, unpad + paste
     det = Detector(net.spec, (S, S), lambda im: {}, "host", 1)
-    ref = dict(np.load(a.work / "reference_outputs.npz"))
+    ref = dict(np.load(a.work / f"reference_outputs_{S}.npz"))
     paths = sorted(find_images(a.work / "val" / "images"))[:50]
     pre, post = [], []
     for i, pth in enumerate(paths):
@@ -440,32 +568,53 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--val-images", type=int, default=500)
     ap.add_argument("--eval-images", type=int, default=200)
+    ap.add_argument("--big-eval-images", type=int, default=50, help="accuracy rows at --big (images upscaled)")
     ap.add_argument("--calib-images", type=int, default=64)
-    ap.add_argument("--deadline-min", type=float, default=9.0)
+    ap.add_argument("--deadline-min", type=float, default=9.0, help="the whole run")
+    ap.add_argument("--build-deadline-min", type=float, default=None, help="kill builds still running then")
     ap.add_argument("--stages", nargs="+", default=["prepare", "build", "accuracy", "latency"])
-    ap.add_argument("--builds", nargs="*", default=None, help="only these engines, e.g. 384/split/backbone_int8.engine")
+    ap.add_argument("--lanes", nargs="*", default=None, help="build lanes, each 'SIZE/VARIANT/ROLE_PREC,...' (default: all)")
     ap.add_argument("--rows", nargs="*", default=None, help="only these accuracy rows, e.g. tensorrt_split_int8")
+    ap.add_argument("--no-onnxruntime", action="store_true", help="skip the ONNX Runtime (CPU) row")
     a = ap.parse_args()
     DEADLINE[0] = a.deadline_min * 60
+    if a.build_deadline_min is not None:
+        BUILD_DEADLINE[0] = a.build_deadline_min * 60
     a.work.mkdir(parents=True, exist_ok=True)
     if not a.shm.is_dir():
         a.shm = a.work
     a.out.mkdir(parents=True, exist_ok=True)
     state_file = a.work / "results_table.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+
+    def save() -> None:
+        state["config"] = {"size": a.size, "big": a.big, "batch": a.batch, "eval_images": a.eval_images, "big_eval_images": a.big_eval_images, "calib_images": a.calib_images}
+        state_file.write_text(json.dumps(state, indent=1))
+        (a.out / "results_table.json").write_text(json.dumps(state, indent=1))
+
+    together = "build" in a.stages and "accuracy" in a.stages  # accuracy rows run while the lanes build
     for stage in a.stages:
-        log("stage", stage)
+        if stage == "accuracy" and together:
+            continue
+        log("stage", "build + accuracy" if stage == "build" and together else stage)
         if stage == "prepare":
             state["info"] = prepare(a)
+        elif stage == "build" and together:
+            import threading
+
+            (a.work / "builds.running").write_text(str(os.getpid()))  # before the accuracy loop looks
+            t = threading.Thread(target=build, args=(a,), daemon=True)
+            t.start()
+            state["rows"] = accuracy(a)
+            t.join()
+            state["builds"] = collect_builds(a)
         elif stage == "build":
             state["builds"] = build(a)
         elif stage == "accuracy":
             state["rows"] = accuracy(a)
         elif stage == "latency":
             state["latency"] = latency(a)
-        state["config"] = {"size": a.size, "big": a.big, "batch": a.batch, "eval_images": a.eval_images, "calib_images": a.calib_images}
-        state_file.write_text(json.dumps(state, indent=1))
-        (a.out / "results_table.json").write_text(json.dumps(state, indent=1))
+        save()
     log("done")
 
 

@@ -24,12 +24,31 @@ from rcnn_deploy.backends.tensorrt.compat import load_trt  # noqa: E402
 
 # our TensorRT 8.6 bundle stubs cuBLAS / cuDNN: only TensorRT's own kernels may be used
 TACTICS = ["EDGE_MASK_CONVOLUTIONS", "JIT_CONVOLUTIONS"]
+# dry runs of the harness on a machine without TensorRT: RCNN_TRT=tensorrt_rtx (plugin-free graphs, fp32)
+TRT_NAME = os.environ.get("RCNN_TRT", "tensorrt")
+
+
+def layer_group(name):
+    """Which part of the model an engine layer's time belongs to (names carry the ONNX module paths)."""
+    if "Reformat" in name or "reformat" in name:
+        return "reformat"
+    for plugin in ("PyramidROIAlign", "EfficientNMS"):
+        if plugin in name:
+            return plugin
+    if "ForeignNode" in name:
+        return "myelin region"
+    parts = set(name.replace("+", " ").replace("(", " ").replace(")", " ").replace("/", " ").split())
+    if parts & {"box_head", "box_predictor", "mask_head", "mask_predictor"}:
+        return "heads"
+    if parts & {"backbone", "body", "fpn"} or "rpn/head" in name:
+        return "backbone+rpn head"
+    return "glue"
 
 
 def cmd_build(jobs_path):
     with open(jobs_path) as f:
         jobs = json.load(f)
-    trt = load_trt("tensorrt")
+    trt = load_trt(TRT_NAME)
     report = []
     for job in jobs:
         cfg = BuildConfig(
@@ -39,6 +58,7 @@ def cmd_build(jobs_path):
             workspace_gib=job.get("workspace_gib", 8.0),
             timing_cache=job.get("timing_cache"),
             tactic_sources=TACTICS,
+            fp32_glue=job.get("fp32_glue", True),
         )
         calibrator = None
         if cfg.precision in ("int8", "best"):
@@ -66,18 +86,26 @@ def cmd_build(jobs_path):
 def cmd_run(engine, inp, out):
     from rcnn_deploy.backends.tensorrt.runtime import TensorRTBackend
 
-    be = TensorRTBackend(engine, load_trt("tensorrt"))
+    be = TensorRTBackend(engine, load_trt(TRT_NAME))
     feed = dict(np.load(inp))
     res = be.infer(feed)
     np.savez(out, **res)
 
 
-def cmd_time(engine, inp, out, iterations, cuda_graph=True):
+def cmd_time(engine, inp, out, iterations, cuda_graph=True, profile=False):
     from rcnn_deploy.backends.tensorrt.runtime import TensorRTBackend
 
-    be = TensorRTBackend(engine, load_trt("tensorrt"))
+    be = TensorRTBackend(engine, load_trt(TRT_NAME))
     feed = dict(np.load(inp))
-    times = np.array(be.time_gpu(feed, iterations=iterations, warmup=20, cuda_graph=cuda_graph))
+    graph_error = None
+    try:
+        times = np.array(be.time_gpu(feed, iterations=iterations, warmup=20, cuda_graph=cuda_graph))
+    except RuntimeError as e:  # capture refused (a plugin that syncs, say): time plain launches instead
+        if not cuda_graph:
+            raise
+        graph_error, cuda_graph = str(e), False
+        be = TensorRTBackend(engine, load_trt(TRT_NAME))
+        times = np.array(be.time_gpu(feed, iterations=iterations, warmup=20, cuda_graph=False))
     walls = []
     for _ in range(max(iterations // 5, 10)):  # host view: copy in, execute, copy out, synchronise
         t0 = time.perf_counter()
@@ -89,6 +117,7 @@ def cmd_time(engine, inp, out, iterations, cuda_graph=True):
         "batch": int(next(iter(feed.values())).shape[0]),
         "iterations": iterations,
         "cuda_graph": cuda_graph,
+        "cuda_graph_error": graph_error,
         "median_ms": float(np.median(times)),
         "mean_ms": float(times.mean()),
         "min_ms": float(times.min()),
@@ -96,6 +125,16 @@ def cmd_time(engine, inp, out, iterations, cuda_graph=True):
         "p99_ms": float(np.percentile(times, 99)),
         "max_ms": float(times.max()),
     }
+    if profile:  # after timing: a profiler attached to the context serialises the layers
+        layers = be.profile_layers(feed, iterations=20)
+        groups = {}
+        for name, ms in layers.items():
+            g = layer_group(name)
+            groups[g] = groups.get(g, 0.0) + ms
+        stats["profile_sum_ms"] = float(sum(layers.values()))
+        stats["layer_groups_ms"] = {k: round(v, 4) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
+        top = sorted(layers.items(), key=lambda kv: -kv[1])[:40]
+        stats["top_layers_ms"] = [[name[:300], round(ms, 4)] for name, ms in top]
     with open(out, "w") as f:
         json.dump(stats, f, indent=1)
     print(json.dumps(stats), flush=True)
@@ -106,7 +145,7 @@ def cmd_serve():
     lines, keeping every engine loaded: the torch side drives the split glue and dataset runs through it."""
     from rcnn_deploy.backends.tensorrt.runtime import TensorRTBackend
 
-    trt = load_trt("tensorrt")
+    trt = load_trt(TRT_NAME)
     engines = {}
     for line in sys.stdin:
         req = json.loads(line)
@@ -141,6 +180,7 @@ def main():
     t.add_argument("out")
     t.add_argument("--iterations", type=int, default=200)
     t.add_argument("--no-cuda-graph", action="store_true")
+    t.add_argument("--profile", action="store_true", help="also per-layer times (IProfiler), grouped")
     sub.add_parser("serve")
     a = ap.parse_args()
     if a.cmd == "build":
@@ -150,7 +190,7 @@ def main():
     elif a.cmd == "serve":
         cmd_serve()
     else:
-        cmd_time(a.engine, a.inp, a.out, a.iterations, not a.no_cuda_graph)
+        cmd_time(a.engine, a.inp, a.out, a.iterations, not a.no_cuda_graph, a.profile)
 
 
 if __name__ == "__main__":

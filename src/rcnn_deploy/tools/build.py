@@ -35,6 +35,9 @@ def build_command(
     calib_cache: Optional[Path] = typer.Option(None, help="INT8: calibration cache; reused if it exists."),
     calib_images: int = typer.Option(500, help="INT8: number of calibration images to use."),
     calib_batch: int = typer.Option(1, help="INT8: calibration batch size."),
+    fp32_glue: bool = typer.Option(
+        True, help="fp16/int8 on TensorRT 8.6/10: keep the glue (box decoding, NMS inputs, ROIAlign) in fp32."
+    ),
     trt: Optional[str] = typer.Option(None, help="Force 'tensorrt' or 'tensorrt_rtx' (default: whichever imports)."),
     verbose: bool = typer.Option(False, help="TensorRT verbose log."),
 ) -> None:
@@ -81,6 +84,7 @@ def build_command(
         rois=(1, 1000 * opt, 1000 * hi),
         workspace_gib=workspace,
         timing_cache=str(timing_cache) if timing_cache else None,
+        fp32_glue=fp32_glue,
         verbose=verbose,
     )
     src = onnx_path

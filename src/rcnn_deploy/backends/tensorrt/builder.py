@@ -28,6 +28,7 @@ class BuildConfig:
     workspace_gib: float = 4.0
     timing_cache: Optional[str] = None
     tactic_sources: Optional[List[str]] = None
+    fp32_glue: bool = True  # fp16/int8 builder flags: keep the glue layers in fp32 (precision_rule)
     verbose: bool = False
 
 
@@ -81,10 +82,11 @@ def build_engine(
             config.set_flag(mod.BuilderFlag.INT8)
             if calibrator is not None:
                 config.int8_calibrator = calibrator
-    if trt.has_implicit_precision_flags and cfg.precision != "fp32":
-        kept = keep_glue_fp32(mod, network, config)
+    glue_fp32 = 0
+    if trt.has_implicit_precision_flags and cfg.precision != "fp32" and cfg.fp32_glue:
+        glue_fp32 = keep_glue_fp32(mod, network, config)
         if cfg.verbose:
-            print(f"fp16/int8 rule: {kept} glue layers kept in fp32")
+            print(f"fp16/int8 rule: {glue_fp32} glue layers kept in fp32")
     profile = builder.create_optimization_profile()
     needs_profile = False
     inputs = []
@@ -99,7 +101,7 @@ def build_engine(
     if needs_profile:
         config.add_optimization_profile(profile)
         if calibrator is not None and hasattr(config, "set_calibration_profile"):
-            config.set_calibration_profile(profile)
+            config.set_calibration_profile(_calibration_profile(builder, network, cfg, calibrator, profile))
     cache = None
     if cfg.timing_cache and hasattr(config, "create_timing_cache"):
         p = Path(cfg.timing_cache)
@@ -130,6 +132,7 @@ def build_engine(
         "precision": cfg.precision,
         "build_config": asdict(cfg),
         "build_seconds": round(build_s, 3),
+        "glue_layers_fp32": glue_fp32,
         "inputs": inputs,
         "outputs": outputs,
     }
@@ -137,18 +140,39 @@ def build_engine(
     return sidecar
 
 
+def _calibration_profile(builder: Any, network: Any, cfg: BuildConfig, calibrator: Any, profile: Any) -> Any:
+    """TensorRT calibrates at the calibration profile's opt shape: make that the calibrator's batch (a
+    dynamic 1:1:8 engine then calibrates 8 images per launch instead of 1)."""
+    cb = int(calibrator.get_batch_size())
+    lo, opt, hi = cfg.batch
+    if cb == opt or not lo <= cb <= hi:
+        return profile
+    cal = builder.create_optimization_profile()
+    cal_cfg = BuildConfig(batch=(lo, cb, hi), rois=cfg.rois)
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        shapes = _profile_shape(list(t.shape), cal_cfg, t.name)
+        if shapes is not None:
+            cal.set_shape(t.name, *shapes)
+    return cal
+
+
 def keep_glue_fp32(mod: Any, network: Any, config: Any) -> int:
-    """With builder fp16/int8 flags, pin every float layer outside the network scopes (the glue: box decoding,
-    IoU/NMS, level assignment, ROIAlign sampling, softmax) to fp32: the rule of ``rcnn_deploy.precision_rule``."""
+    """With builder fp16/int8 flags, pin the float compute layers outside the network scopes (the glue: box
+    decoding, IoU/NMS inputs, level assignment, ROIAlign sampling, softmax) to fp32: the rule of
+    ``rcnn_deploy.precision_rule``. Layers that hold no arithmetic of their own (constants, shape queries,
+    plugins, which choose their own formats) and layers that produce shape tensors are left to the builder."""
     from ...precision_rule import in_network_scope
 
+    L = mod.LayerType
+    skip = {getattr(L, n) for n in ("CONSTANT", "SHAPE", "PLUGIN", "PLUGIN_V2", "PLUGIN_V3") if hasattr(L, n)}
     kept = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if in_network_scope(layer.name):
+        if layer.type in skip or in_network_scope(layer.name):
             continue
         outs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        if not outs or any(o.dtype != mod.DataType.FLOAT for o in outs):
+        if not outs or any(o.dtype != mod.DataType.FLOAT or getattr(o, "is_shape_tensor", False) for o in outs):
             continue
         try:
             layer.precision = mod.DataType.FLOAT
