@@ -73,17 +73,23 @@ def variants(size: int, batch: int) -> dict:
 # CPU); engines in one lane are built in order, so a later int8 build reuses the earlier one's calibration
 # cache. "-noglue": fp16 without the fp32-glue rule, to measure what the rule costs.
 DEFAULT_LANES = (
-    "{big}/fused_b1/fused_fp16,{big}/fused_b1/fused_fp32",
-    "{big}/fused_b1/fused_int8,{big}/fused_b{b}/fused_int8",
-    "{big}/fused_b{b}/fused_fp16",
-    "{big}/fused_b1/fused_fp16-noglue,{small}/fused_b{b}/fused_fp16-noglue",
-    "{small}/split/backbone_fp32,{small}/split/box_head_fp32,{small}/split/mask_head_fp32,"
-    "{small}/split/backbone_fp16,{small}/split/box_head_fp16,{small}/split/mask_head_fp16,{small}/split/backbone_int8",
-    "{small}/fused_b{b}/fused_fp16,{small}/fused_b{b}/fused_int8,{small}/fused_b1/fused_int8,"
-    "{small}/fused_b1/fused_fp16,{small}/fused_b1/fused_fp32,{small}/fused_b{b}/fused_fp32",
-    "{big}/split/backbone_fp16,{big}/split/box_head_fp16,{big}/split/mask_head_fp16,{big}/split/backbone_int8,"
-    "{big}/split/backbone_fp32,{big}/split/box_head_fp32,{big}/split/mask_head_fp32",
+    "{big}/fused_b1/fused_fp16,{big}/fused_b{b}/fused_fp16,{small}/fused_b{b}/fused_fp16,{small}/fused_b1/fused_fp16",
+    "{big}/fused_b1/fused_int8,{small}/fused_b{b}/fused_int8,{small}/fused_b1/fused_int8,{big}/fused_b{b}/fused_int8",
+    "{small}/split/box_head_fp16,{small}/split/mask_head_fp16,{small}/split/backbone_int8,{small}/split/backbone_fp16,"
+    "{small}/split/backbone_fp32,{small}/split/box_head_fp32,{small}/split/mask_head_fp32,{small}/fused_b{b}/fused_fp32,"
+    "{big}/fused_b1/fused_fp32,{small}/fused_b1/fused_fp32,{big}/split/backbone_fp16,{big}/split/box_head_fp16,"
+    "{big}/split/mask_head_fp16,{big}/split/backbone_int8,{big}/split/backbone_fp32,{big}/split/box_head_fp32,"
+    "{big}/split/mask_head_fp32",
 )
+# Measured on the H100 (session 3): seven lanes at once slowed each build about ten-fold (tactic timing shares
+# one GPU), so the default is three.
+
+
+def lane_engines(a) -> list:
+    """The build lanes as lists of engine paths relative to --work."""
+    fmt = dict(big=a.big, small=a.size, b=a.batch)
+    lanes = [[r.strip() for r in lane.format(**fmt).split(",") if r.strip()] for lane in (a.lanes or DEFAULT_LANES)]
+    return [[r if r.endswith(".engine") else r + ".engine" for r in lane] for lane in lanes]
 
 
 def _dev() -> str:
@@ -183,7 +189,6 @@ def builds_running(a) -> bool:
 
 def run_lane(a, lane: list) -> None:
     for rel in lane:
-        rel = rel if rel.endswith(".engine") else rel + ".engine"
         rec = a.work / "builds" / f"{_slug(rel)}.json"
         try:
             job = job_for(a, rel)
@@ -232,8 +237,7 @@ def build(a) -> list:
 
     for sub in ("builds", "jobs", "logs"):
         (a.work / sub).mkdir(exist_ok=True)
-    fmt = dict(big=a.big, small=a.size, b=a.batch)
-    lanes = [[r.strip() for r in lane.format(**fmt).split(",") if r.strip()] for lane in (a.lanes or DEFAULT_LANES)]
+    lanes = lane_engines(a)
     marker = a.work / "builds.running"
     marker.write_text(str(os.getpid()))
     try:
@@ -442,7 +446,15 @@ def accuracy(a) -> list:
         r, _ = score(a, det, calls, ref, max_images=n_img)
         return {**row, **r}
 
-    pending = [p for p in accuracy_plan(a) if not (a.rows and row_key(a, *p) not in a.rows)]
+    planned = {str(a.work / r) for lane in lane_engines(a) for r in lane}
+
+    def wanted(item) -> bool:
+        if a.rows and row_key(a, *item) not in a.rows:
+            return False
+        engines = row_engines(a, item[0], item[2], item[3]) if item[1] == "tensorrt" else []
+        return all(str(e) in planned or e.is_file() for e in engines)
+
+    pending = [p for p in accuracy_plan(a) if wanted(p)]
     while pending and left() > 45:
         building = builds_running(a)
         waiting = []
@@ -518,6 +530,7 @@ def latency(a) -> list:
                     row["build_seconds"] = meta.get("build_seconds")
                     log("time", json.dumps({k: row.get(k) for k in ("size", "engine", "batch", "median_ms", "p99_ms", "infer_wall_median_ms", "layer_groups_ms", "error")})[:700])
                     out.append(row)
+                    (a.work / "latency_partial.json").write_text(json.dumps(out))
     # PyTorch deploy model (fp32, TF32 off) and torchvision's eager model: CUDA events, model only
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -614,6 +627,15 @@ def main():
             state["rows"] = accuracy(a)
         elif stage == "latency":
             state["latency"] = latency(a)
+        elif stage == "collect":  # a snapshot of a run still going (another process): what is on disk now
+            state["builds"] = collect_builds(a)
+            rows_dir = a.work / "rows"
+            state["rows"] = [json.loads(f.read_text()) for f in sorted(rows_dir.glob("*.json"))] if rows_dir.is_dir() else []
+            part = a.work / "latency_partial.json"
+            if "latency" not in state and part.is_file():
+                state["latency"] = json.loads(part.read_text())
+            (a.out / "results_table.json").write_text(json.dumps({**state, "snapshot": True}, indent=1))
+            continue
         save()
     log("done")
 

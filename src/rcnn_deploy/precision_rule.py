@@ -8,7 +8,9 @@ exporter-generated counters. Pure string logic: imported by the torch-free Tenso
 
 from __future__ import annotations
 
-NETWORK_SCOPES = ("backbone", "rpn", "box_head", "box_predictor", "mask_head", "mask_predictor")
+# "head": the RPN head. The pipeline calls ``rpn.head`` directly, so its nodes are named "/net/head/..." (the
+# RPN module itself never runs as a module and leaves no "rpn" scope); "rpn" covers graphs that do run it.
+NETWORK_SCOPES = ("backbone", "rpn", "head", "box_head", "box_predictor", "mask_head", "mask_predictor")
 
 
 def in_network_scope(name: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -29,6 +29,7 @@ class BuildConfig:
     timing_cache: Optional[str] = None
     tactic_sources: Optional[List[str]] = None
     fp32_glue: bool = True  # fp16/int8 builder flags: keep the glue layers in fp32 (precision_rule)
+    glue_fallback: bool = True  # if the build with the glue rule fails, build once more without it (and say so)
     verbose: bool = False
 
 
@@ -110,6 +111,17 @@ def build_engine(
     t0 = time.perf_counter()
     blob = builder.build_serialized_network(network, config)
     build_s = time.perf_counter() - t0
+    if blob is None and glue_fp32 and cfg.glue_fallback:
+        print(
+            f"WARNING: {trt.name} {trt.version} could not build {onnx_path.name} with its {glue_fp32} glue layers "
+            "pinned to fp32; building again with the glue in the builder's precision (sidecar: glue_rule)",
+            flush=True,
+        )
+        side = build_engine(onnx_path, engine_path, replace(cfg, fp32_glue=False), trt, calibrator)
+        side["glue_rule"] = f"dropped: the build with {glue_fp32} glue layers pinned to fp32 failed"
+        side["build_seconds"] = round(side["build_seconds"] + build_s, 3)
+        atomic_write_json(str(engine_path) + ".json", side)
+        return side
     if blob is None:
         raise RuntimeError(f"{trt.name} {trt.version} failed to build {onnx_path} (see the log above)")
     atomic_write_bytes(engine_path, bytes(blob))
@@ -133,6 +145,7 @@ def build_engine(
         "build_config": asdict(cfg),
         "build_seconds": round(build_s, 3),
         "glue_layers_fp32": glue_fp32,
+        "glue_rule": "fp32" if glue_fp32 else ("n/a" if cfg.precision == "fp32" else "off"),
         "inputs": inputs,
         "outputs": outputs,
     }
@@ -158,18 +171,24 @@ def _calibration_profile(builder: Any, network: Any, cfg: BuildConfig, calibrato
 
 
 def keep_glue_fp32(mod: Any, network: Any, config: Any) -> int:
-    """With builder fp16/int8 flags, pin the float compute layers outside the network scopes (the glue: box
+    """With builder fp16/int8 flags, pin the arithmetic layers outside the network scopes (the glue: box
     decoding, IoU/NMS inputs, level assignment, ROIAlign sampling, softmax) to fp32: the rule of
-    ``rcnn_deploy.precision_rule``. Layers that hold no arithmetic of their own (constants, shape queries,
-    plugins, which choose their own formats) and layers that produce shape tensors are left to the builder."""
+    ``rcnn_deploy.precision_rule``. Only layers that compute are pinned: data movement (shuffle, slice,
+    concat, gather) carries its input's type, and type constraints on it leave TensorRT 8.6's Myelin regions
+    with no implementation ("Could not find any implementation for node {ForeignNode[...]}", seen on the H100
+    with the fused plugin graph)."""
     from ...precision_rule import in_network_scope
 
     L = mod.LayerType
-    skip = {getattr(L, n) for n in ("CONSTANT", "SHAPE", "PLUGIN", "PLUGIN_V2", "PLUGIN_V3") if hasattr(L, n)}
+    arithmetic = {
+        getattr(L, n)
+        for n in ("ELEMENTWISE", "UNARY", "ACTIVATION", "REDUCE", "SOFTMAX", "MATRIX_MULTIPLY", "SELECT", "SCALE")
+        if hasattr(L, n)
+    }
     kept = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type in skip or in_network_scope(layer.name):
+        if layer.type not in arithmetic or in_network_scope(layer.name):
             continue
         outs = [layer.get_output(j) for j in range(layer.num_outputs)]
         if not outs or any(o.dtype != mod.DataType.FLOAT or getattr(o, "is_shape_tensor", False) for o in outs):
