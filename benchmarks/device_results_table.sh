@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The results-table run on the GPU machine, from the repository root, once ../shared/tools/trt86 is set up
+# there (/tmp/trt86/env.sh). The run outlives one device call: start it, then wait on it in later calls.
+#
+#   bash benchmarks/device_results_table.sh start MINUTES BUILD_MINUTES  # results_table.py in the background
+#   bash benchmarks/device_results_table.sh wait SECONDS                 # until it ends or SECONDS pass, then collect
+#   bash benchmarks/device_results_table.sh collect                      # what exists now, into $OUT
+#
+# Wheels the GPU machine lacks (pycocotools for the mAP columns) travel in .whl/ (carry it in the start call).
+# $OUT gets results_table.json (a snapshot while the run goes on), driver.log, logs.tgz (every build's whole
+# TensorRT log, build records, accuracy rows) and the timing cache.
+set -uo pipefail
+W=${WORK:-/tmp/rt}
+OUT=${OUT:-$W/out}
+mkdir -p "$W" "$OUT"
+
+running() { [ -f "$W/driver.pid" ] && kill -0 "$(cat "$W/driver.pid")" 2>/dev/null; }
+
+collect() {
+  if running; then
+    python3 benchmarks/results_table.py --work "$W" --out "$OUT" --stages collect >/dev/null 2>&1
+  elif [ -f "$W/out/results_table.json" ]; then
+    cp "$W/out/results_table.json" "$OUT/"
+  fi
+  cp "$W/driver.log" "$OUT/" 2>/dev/null
+  [ -f "$W/timing.cache" ] && cp "$W/timing.cache" "$OUT/trt86_timing.cache"
+  tar -czf "$OUT/logs.tgz" -C "$W" $(cd "$W" && ls -d logs builds rows jobs latency_partial.json 2>/dev/null)
+  tail -n 40 "$W/driver.log" 2>/dev/null | cut -c1-400
+  running && echo "still running" || echo "finished"
+}
+
+case "${1:-}" in
+start)
+  if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  if running; then echo "already running (pid $(cat "$W/driver.pid"))"; exit 0; fi
+  setsid nohup python3 -u benchmarks/results_table.py --work "$W" --out "$W/out" \
+    --deadline-min "${2:?MINUTES}" --build-deadline-min "${3:?BUILD_MINUTES}" "${@:4}" \
+    >"$W/driver.log" 2>&1 </dev/null &
+  echo $! >"$W/driver.pid"
+  echo "started pid $(cat "$W/driver.pid")"
+  ;;
+wait)
+  end=$((SECONDS + ${2:?SECONDS}))
+  while running && [ "$SECONDS" -lt "$end" ]; do sleep 5; done
+  collect
+  ;;
+collect) collect ;;
+*) sed -n 2,12p "$0"; exit 2 ;;
+esac
