@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 from rcnn_deploy import get_spec  # noqa: E402
 from rcnn_deploy.glue import assign_levels, pooler_params  # noqa: E402
 from rcnn_deploy.glue.formulations import nms_fixpoint, roi_align_gather  # noqa: E402
-from rcnn_deploy.glue.nms import _nms_eager  # noqa: E402
+from rcnn_deploy.glue.nms import _nms_blocked, _nms_eager  # noqa: E402
 from rcnn_deploy.glue.roi_align import _roi_align_eager  # noqa: E402
 
 
@@ -73,6 +73,27 @@ def test_nms_fixpoint_exclusive_groups_like_rpn_levels(seed):
     got = nms_fixpoint(boxes, scores, valid, 0.7, 150, exclusive_groups=True)
     for r, q in zip(ref, got):
         torch.testing.assert_close(q, r, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("blocks", "max_out"), [((120, 120, 60, 17, 3), 150), ((50, 50), 400), ((90, 40, 40), 30)])
+def test_nms_blocked_equals_one_nms_over_all_groups(blocks, max_out):
+    """Per-block NMS merged by score (how exported graphs run the RPN's NMS) is torchvision's batched NMS over
+    the levels: same boxes, scores, groups and counts, in the same order (scores here have no ties)."""
+    g = torch.Generator().manual_seed(len(blocks) + max_out)
+    b, n, levels = 3, sum(blocks), len(blocks)
+    boxes = random_boxes(g, (b, n, 1), max_size=60)
+    level = torch.cat([torch.full((k,), i) for i, k in enumerate(blocks)])
+    onehot = torch.nn.functional.one_hot(level, levels).bool().unsqueeze(0)
+    scores = torch.rand(b, n, 1, generator=g) * onehot
+    valid = (scores > 0.05) & onehot
+    valid[2] = False  # an image without a single candidate
+    ref = _nms_eager(boxes, scores, valid, 0.7, max_out)
+    got = _nms_blocked(boxes, scores, valid, 0.7, max_out, 0.0, blocks)
+    assert int(ref[3][0]) > 0 and int(ref[3][2]) == 0
+    for r, q in zip(ref, got):
+        torch.testing.assert_close(q, r, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="cover"):
+        _nms_blocked(boxes, scores, valid, 0.7, max_out, 0.0, blocks[:-1])
 
 
 def test_nms_fixpoint_long_suppression_chain():

@@ -94,7 +94,7 @@ def select_proposals(
         spec.rpn_nms_thresh,
         spec.rpn_post_nms_top_n,
         spec.rpn_score_thresh,
-        exclusive_groups=True,
+        group_blocks=[int(x.shape[1]) for x in logits_l],
     )
     slot_valid = torch.arange(props.shape[1], device=boxes.device).view(1, -1) < count.view(-1, 1)
     return props, prop_scores, slot_valid

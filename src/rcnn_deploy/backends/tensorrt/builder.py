@@ -126,7 +126,7 @@ def build_engine(
         raise RuntimeError(f"{trt.name} {trt.version} failed to build {onnx_path} (see the log above)")
     atomic_write_bytes(engine_path, bytes(blob))
     if cache is not None and cfg.timing_cache:
-        atomic_write_bytes(cfg.timing_cache, bytes(cache.serialize()))
+        save_timing_cache(config, cache, cfg.timing_cache)
     outputs = [
         {
             "name": network.get_output(i).name,
@@ -151,6 +151,21 @@ def build_engine(
     }
     atomic_write_json(str(engine_path) + ".json", sidecar)
     return sidecar
+
+
+def save_timing_cache(config: Any, cache: Any, path: Union[str, Path]) -> None:
+    """Write ``cache`` to ``path`` merged with what the file holds now: builds that share a cache file side by
+    side (parallel lanes) each loaded it when they started, and a plain write would drop the timings of every
+    build that finished in between. Writers take an exclusive lock on ``path.lock``."""
+    import fcntl
+
+    p = Path(path)
+    with open(str(p) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if p.is_file() and p.stat().st_size:
+            on_disk = config.create_timing_cache(p.read_bytes())
+            cache.combine(on_disk, True)  # entries of another device / version are skipped, not fatal
+        atomic_write_bytes(p, bytes(cache.serialize()))
 
 
 def _calibration_profile(builder: Any, network: Any, cfg: BuildConfig, calibrator: Any, profile: Any) -> Any:

@@ -1,0 +1,167 @@
+"""GPU machine: the RPN's NMS as TensorRT 8.6 runs it, one set of N*G candidates versus one NMS per FPN level.
+
+    python3 benchmarks/nms_bench.py --work /tmp/nb --out $OUT [--sizes 1344 384] [--batches 1 8]
+
+The candidates are the real ones: the project checkpoint's RPN on synthetic validation images (letterboxed to
+each size), captured at the call into ``nms_padded``. For each size, batch and layout the script exports the
+NMS alone (``PluginLowering``: EfficientNMS_TRT, and for the per-level layout the Pad/TopK merge around it),
+builds it like the engines (fp16 flags, fp32-glue rule, the bundle's tactic sources), times it with
+``trt_tool.py time`` (CUDA events, CUDA graph) and compares its proposals with the eager NMS (torchvision's
+batched NMS over the levels). Results: OUT/nms_bench.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from results_table import CKPT, MODEL, TOOL, py39_cmd  # noqa: E402
+
+
+def capture_rpn_nms(net, images):
+    """The arguments of the deploy model's first ``nms_padded`` call (the RPN's) for ``images``."""
+    import torch
+
+    from rcnn_deploy.glue import stages
+
+    seen = []
+    real = stages.nms_padded
+
+    def record(*args, **kwargs):
+        if not seen:
+            seen.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    stages.nms_padded = record
+    try:
+        with torch.no_grad():
+            net(torch.from_numpy(images).to(next(net.parameters()).device))
+    finally:
+        stages.nms_padded = real
+    return seen[0]
+
+
+def export_nms(path: Path, args, kwargs, blocked: bool, image_hw) -> None:
+    from torch import nn
+
+    from rcnn_deploy.export.lowering import PluginLowering
+    from rcnn_deploy.export.onnx_export import _onnx_bytes, _write_graph
+    from rcnn_deploy.glue import export_hooks
+    from rcnn_deploy.glue.nms import nms_padded
+
+    boxes, scores, valid, iou, max_out, score_thr = args
+    blocks = kwargs["group_blocks"] if blocked else None
+
+    class RpnNMS(nn.Module):
+        def forward(self, boxes, scores, valid_f):  # type: ignore[no-untyped-def]
+            b, s, _, c = nms_padded(boxes, scores, valid_f > 0.5, iou, max_out, score_thr, group_blocks=blocks)
+            return b, s, c
+
+    low = PluginLowering(tuple(image_hw))
+    feed = (boxes.cpu(), scores.cpu(), valid.float().cpu())
+    with export_hooks.lowering(low):
+        names = (["boxes", "scores", "valid_f"], ["proposals", "proposal_scores", "count"])
+        data = _onnx_bytes(RpnNMS(), feed, *names, {}, 17, {low.custom_domain: 1})
+    _write_graph(data, path, "nms")
+
+
+def agreement(ref, got) -> dict:
+    """Proposals of ``got`` that equal (IoU > 0.99) a reference proposal of the same image, over the reference's."""
+    from rcnn_deploy.runtime.parity import box_iou
+
+    out = {"reference": 0, "matched": 0, "count_ref": [], "count_got": []}
+    for i in range(ref["boxes"].shape[0]):
+        nr, ng = int(ref["count"][i]), int(got["count"][i])
+        out["count_ref"].append(nr)
+        out["count_got"].append(ng)
+        if nr and ng:
+            iou = box_iou(ref["boxes"][i, :nr], got["boxes"][i, :ng])
+            out["matched"] += int((iou.max(axis=1) > 0.99).sum())
+        out["reference"] += nr
+    return out
+
+
+def main() -> None:
+    import torch
+
+    from rcnn_deploy.data.synth import generate_synthetic_coco
+    from rcnn_deploy.glue.nms import _nms_eager
+    from rcnn_deploy.models.build import build_model
+    from rcnn_deploy.runtime.preprocess import find_images, letterbox, load_rgb, rgb_fill
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", type=Path, default=Path("/tmp/nb"))
+    ap.add_argument("--out", type=Path, default=Path("runs/nms_bench"))
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1344, 384])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    a = ap.parse_args()
+    a.work.mkdir(parents=True, exist_ok=True)
+    a.out.mkdir(parents=True, exist_ok=True)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    net = build_model(MODEL, str(CKPT)).to(dev).eval()
+    if not (a.work / "val" / "annotations.json").is_file():
+        generate_synthetic_coco(a.work / "val", max(a.batches), 384, 384, seed=2)
+    paths = sorted(find_images(a.work / "val" / "images"))
+    fill = rgb_fill(net.spec.pixel_mean, net.spec.channel_order)
+    jobs, cases = [], []
+    for size in a.sizes:
+        imgs = np.stack([letterbox(load_rgb(p), (size, size), fill)[0] for p in paths[: max(a.batches)]])
+        for b in a.batches:
+            args, kwargs = capture_rpn_nms(net, imgs[:b])
+            boxes, scores, valid, iou, max_out, _ = args
+            ref = _nms_eager(boxes, scores, valid, iou, max_out)
+            ref = {"boxes": ref[0].cpu().numpy(), "count": ref[3].cpu().numpy()}
+            feed = {"boxes": boxes.cpu().numpy(), "scores": scores.cpu().numpy(), "valid_f": valid.float().cpu().numpy()}
+            inp = a.work / f"in_{size}_b{b}.npz"
+            np.savez(inp, **feed)
+            for layout in ("one_set", "per_level"):
+                onnx_path = a.work / f"nms_{size}_b{b}_{layout}.onnx"
+                export_nms(onnx_path, args, kwargs, layout == "per_level", (size, size))
+                eng = a.work / f"nms_{size}_b{b}_{layout}.engine"
+                jobs.append({"onnx": str(onnx_path), "engine": str(eng), "precision": "fp16", "batch": [b, b, b],
+                             "workspace_gib": 1.0, "fp32_glue": True})
+                cases.append({"size": size, "batch": b, "layout": layout, "engine": eng, "input": inp, "ref": ref,
+                              "candidates": int(scores.shape[1]), "blocks": list(kwargs["group_blocks"])})
+    jp = a.work / "jobs.json"
+    jp.write_text(json.dumps(jobs))
+    t0 = time.time()
+    p = subprocess.run(py39_cmd(TOOL, "build", jp), capture_output=True, text=True)
+    build_log = (p.stdout + p.stderr)[-4000:]
+    print(f"built {len(jobs)} engines in {time.time() - t0:.0f}s", flush=True)
+    results = []
+    for c in cases:
+        row = {k: c[k] for k in ("size", "batch", "layout", "candidates", "blocks")}
+        eng = c["engine"]
+        if not eng.is_file():
+            row["error"] = "not built"
+            results.append(row)
+            continue
+        tj, outp = a.work / "t.json", a.work / "o.npz"
+        subprocess.run(py39_cmd(TOOL, "time", eng, c["input"], tj, "--iterations", 200), capture_output=True, text=True)
+        if tj.is_file():
+            t = json.loads(tj.read_text())
+            row.update({k: t[k] for k in ("median_ms", "p99_ms", "min_ms", "cuda_graph")})
+            tj.unlink()
+        subprocess.run(py39_cmd(TOOL, "run", eng, c["input"], outp), capture_output=True, text=True)
+        if outp.is_file():
+            o = dict(np.load(outp))
+            row["vs_eager"] = agreement(c["ref"], {"boxes": o["proposals"], "count": o["count"].reshape(-1)})
+            outp.unlink()
+        print(json.dumps(row), flush=True)
+        results.append(row)
+    info = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none", "build_log_tail": build_log}
+    (a.out / "nms_bench.json").write_text(json.dumps({"info": info, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
