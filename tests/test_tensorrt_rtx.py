@@ -90,3 +90,39 @@ def test_build_cli_with_rtx(tv_faster_model, tmp_path):
     res = runner.invoke(app, ["build", str(head), "-o", str(tmp_path / "j.engine"), "--batch", "1:8"])
     assert res.exit_code == 2 and "outside the exported range 1:2" in res.output
     assert not (tmp_path / "i.engine").exists() and not (tmp_path / "j.engine").exists()
+
+
+def test_build_cli_explicit_int8_with_rtx(rtx, tv_mask_model, tmp_path):
+    """Strongly typed int8: the backbone is quantized (Q/DQ by nvidia-modelopt, calibrated on images through the
+    model's preprocessing), only in network scopes, and builds in TensorRT-RTX; the quantized graph named by
+    --calib-cache is reused by the next build without calibration images."""
+    pytest.importorskip("modelopt.onnx.quantization")
+    from typer.testing import CliRunner
+
+    from rcnn_deploy.cli import app
+    from rcnn_deploy.data.synth import generate_synthetic_coco
+    from rcnn_deploy.precision_rule import in_network_scope
+
+    model, _ = tv_mask_model
+    export_onnx(model, tmp_path / "x", height=256, width=256, batch="1:2", graph="split")
+    generate_synthetic_coco(tmp_path / "calib", 3, 200, 240, seed=1)
+    backbone = tmp_path / "x" / "torchvision-maskrcnn_backbone.onnx"
+    qdq = tmp_path / "backbone_int8_qdq.onnx"
+    args = ["build", str(backbone), "--precision", "int8", "--batch", "1:2", "--calib-cache", str(qdq)]
+    runner = CliRunner()
+    images = str(tmp_path / "calib" / "images")
+    res = runner.invoke(app, [*args, "-o", str(tmp_path / "a.engine"), "--calib-input", images])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "a.engine.json").read_text())
+    assert meta["precision"] == "int8" and meta["int8"] == "explicit (Q/DQ)" and meta["trt"] == "tensorrt_rtx"
+    q = onnx.load(qdq)
+    quantized = [n for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quantized) > 100  # every conv's weights and inputs
+    dq_out = {o: n for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    assert all(n.input[1] in dq_out for n in convs)  # int8 weights on every convolution
+    assert all(in_network_scope(n.name) for n in q.graph.node if n.op_type in ("Conv", "Gemm", "MatMul"))
+    res = runner.invoke(app, [*args, "-o", str(tmp_path / "b.engine")])  # no --calib-input: the graph is reused
+    assert res.exit_code == 0 and "reusing quantized graph" in res.output, res.output
+    with pytest.raises(ValueError, match="quantized"):  # a Q/DQ graph is int8 by construction
+        build_engine(qdq, tmp_path / "c.engine", BuildConfig(precision="fp32", batch=(1, 1, 2)), rtx)

@@ -27,12 +27,15 @@ def parse_profile(text: str) -> Tuple[int, int, int]:
 def build_command(
     onnx_path: Path = typer.Argument(..., help="ONNX file written by 'rcnn-deploy export' (contract.json beside it)."),
     output: Path = typer.Option(..., "--output", "-o", help="Engine file to write (a .json sidecar is written too)."),
-    precision: str = typer.Option("fp16", help="fp32, fp16, int8 or best (int8 and best: TensorRT 8.6/10)."),
+    precision: str = typer.Option("fp16", help="fp32, fp16, int8 or best."),
     batch: str = typer.Option("1", help="Batch profile N, MIN:MAX or MIN:OPT:MAX (within the export's range)."),
     workspace: float = typer.Option(4.0, help="Builder workspace in GiB."),
     timing_cache: Optional[Path] = typer.Option(None, help="Timing cache file (read if present, then updated)."),
     calib_input: Optional[Path] = typer.Option(None, help="INT8: directory of calibration images."),
-    calib_cache: Optional[Path] = typer.Option(None, help="INT8: calibration cache; reused if it exists."),
+    calib_cache: Optional[Path] = typer.Option(
+        None,
+        help="INT8: calibration cache, reused if it exists (strongly typed TensorRT: the quantized Q/DQ ONNX).",
+    ),
     calib_images: int = typer.Option(500, help="INT8: number of calibration images to use."),
     calib_batch: int = typer.Option(1, help="INT8: calibration batch size."),
     fp32_glue: bool = typer.Option(
@@ -45,7 +48,9 @@ def build_command(
 
     TensorRT 8.6/10 take fp16/int8 as builder flags (int8 calibrates on --calib-input with the model's own
     preprocessing, or reuses --calib-cache); TensorRT 11 and TensorRT-RTX are strongly typed, so fp16 builds
-    an fp16 graph made by rule (network layers fp16, glue fp32).
+    an fp16 graph made by rule (network layers fp16, glue fp32) and int8 a Q/DQ graph (nvidia-modelopt,
+    calibrated on --calib-input; the network layers int8, the glue fp32). A Q/DQ graph given directly is
+    built as explicit quantization by every version.
 
     Examples:
 
@@ -98,7 +103,9 @@ def build_command(
             src = Path(tmp) / (onnx_path.stem + "_fp16.onnx")
             onnx.save(to_fp16(onnx.load(onnx_path)), src)
             cfg.precision = "fp16"
-        if precision in ("int8", "best") and not runtime.strongly_typed_only:
+        if precision in ("int8", "best") and runtime.strongly_typed_only:
+            src = _explicit_int8(onnx_path, contract, calib_input, calib_cache, calib_images, Path(tmp), console, fail)
+        elif precision in ("int8", "best"):
             if calib_cache is None:
                 fail("--precision int8 needs --calib-cache (it is reused on the next build)")
             if not calib_cache.is_file():
@@ -117,6 +124,32 @@ def build_command(
         except (RuntimeError, ValueError) as e:
             fail(str(e))
     console.print(f"[green]engine[/green] {output} ({side['build_seconds']:.1f} s, {runtime.name} {runtime.version})")
+
+
+def _explicit_int8(onnx_path, contract, calib_input, calib_cache, limit, tmp: Path, console, fail) -> Path:  # type: ignore[no-untyped-def]
+    """Strongly typed builders: the Q/DQ graph (nvidia-modelopt), calibrated on --calib-input. --calib-cache
+    names the quantized ONNX here: written by the first build, reused (no calibration) by the next."""
+    import numpy as np
+
+    from ..backends.base import BackendUnavailable
+    from ..export.quantize import quantize_int8
+
+    if calib_cache is not None and calib_cache.is_file():
+        console.print(f"reusing quantized graph {calib_cache}")
+        return calib_cache
+    if calib_input is None:
+        fail(
+            "--precision int8 on a strongly typed TensorRT builds a quantized (Q/DQ) graph: pass --calib-input DIR "
+            "to calibrate it (needs nvidia-modelopt: pip install 'rcnn-deploy[quant]')"
+        )
+    images = np.load(_calibration_array(contract, calib_input, limit, tmp, console))
+    out = calib_cache if calib_cache is not None else tmp / (onnx_path.stem + "_int8_qdq.onnx")
+    try:
+        rep = quantize_int8(onnx_path, out, images)
+    except (BackendUnavailable, ValueError) as e:
+        fail(str(e))
+    console.print(f"quantized {rep['quantize_nodes']} tensors to int8 (Q/DQ, {rep['method']}) -> {out}")
+    return out
 
 
 def _calibration_array(contract, directory: Path, limit: int, tmp: Path, console) -> str:  # type: ignore[no-untyped-def]

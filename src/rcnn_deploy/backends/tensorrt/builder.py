@@ -55,11 +55,6 @@ def build_engine(
     mod = trt.module
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
-    if trt.strongly_typed_only and cfg.precision in ("int8", "best"):
-        raise ValueError(
-            f"{trt.name} {trt.version} is strongly typed: int8 needs an explicitly quantized (Q/DQ) graph; "
-            "quantize the ONNX first (pip install 'rcnn-deploy[quant]')"
-        )
     logger = mod.Logger(mod.Logger.VERBOSE if cfg.verbose else mod.Logger.WARNING)
     if hasattr(mod, "init_libnvinfer_plugins"):
         mod.init_libnvinfer_plugins(logger, "")
@@ -70,6 +65,14 @@ def build_engine(
     if not parser.parse_from_file(str(onnx_path)):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise RuntimeError(f"{trt.name} {trt.version} could not parse {onnx_path}:\n" + "\n".join(errors))
+    explicit = _has_qdq(mod, network)
+    if trt.strongly_typed_only and cfg.precision in ("int8", "best") and not explicit:
+        raise ValueError(
+            f"{trt.name} {trt.version} is strongly typed: int8 needs an explicitly quantized (Q/DQ) graph; "
+            "build with --calib-input to quantize it (pip install 'rcnn-deploy[quant]')"
+        )
+    if explicit and cfg.precision not in ("int8", "best"):
+        raise ValueError(f"{onnx_path.name} is quantized (Q/DQ nodes): build it with precision int8")
     config = builder.create_builder_config()
     trt.set_workspace(config, int(cfg.workspace_gib * (1 << 30)))
     if cfg.tactic_sources:
@@ -81,7 +84,7 @@ def build_engine(
             config.set_flag(mod.BuilderFlag.FP16)
         if cfg.precision in ("int8", "best"):
             config.set_flag(mod.BuilderFlag.INT8)
-            if calibrator is not None:
+            if calibrator is not None and not explicit:  # Q/DQ scales replace calibration
                 config.int8_calibrator = calibrator
     glue_fp32 = 0
     if trt.has_implicit_precision_flags and cfg.precision != "fp32" and cfg.fp32_glue:
@@ -101,7 +104,7 @@ def build_engine(
             needs_profile = True
     if needs_profile:
         config.add_optimization_profile(profile)
-        if calibrator is not None and hasattr(config, "set_calibration_profile"):
+        if calibrator is not None and not explicit and hasattr(config, "set_calibration_profile"):
             config.set_calibration_profile(_calibration_profile(builder, network, cfg, calibrator, profile))
     cache = None
     if cfg.timing_cache and hasattr(config, "create_timing_cache"):
@@ -145,12 +148,19 @@ def build_engine(
         "build_config": asdict(cfg),
         "build_seconds": round(build_s, 3),
         "glue_layers_fp32": glue_fp32,
+        "int8": None if cfg.precision not in ("int8", "best") else ("explicit (Q/DQ)" if explicit else "calibrated"),
         "glue_rule": "fp32" if glue_fp32 else ("n/a" if cfg.precision == "fp32" else "off"),
         "inputs": inputs,
         "outputs": outputs,
     }
     atomic_write_json(str(engine_path) + ".json", sidecar)
     return sidecar
+
+
+def _has_qdq(mod: Any, network: Any) -> bool:
+    """Whether the parsed network is explicitly quantized (Quantize/Dequantize layers)."""
+    kinds = {getattr(mod.LayerType, n) for n in ("QUANTIZE", "DEQUANTIZE") if hasattr(mod.LayerType, n)}
+    return any(network.get_layer(i).type in kinds for i in range(network.num_layers))
 
 
 def save_timing_cache(config: Any, cache: Any, path: Union[str, Path]) -> None:
