@@ -4,7 +4,6 @@ edited by hand: re-rendering them from benchmarks/results/results_table_run*.jso
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,22 +18,39 @@ def _update_results():
 
 def test_results_doc_is_the_rendering_of_the_committed_json():
     mod = _update_results()
-    runs = sorted((ROOT / "benchmarks" / "results").glob("results_table_run*.json"))
-    assert runs, "no committed results"
-    text = mod.render(mod.merge([json.loads(p.read_text()) for p in runs]))
+    res = ROOT / "benchmarks" / "results"
+    assert sorted(res.glob("results_table_run*.json")), "no committed results"
+    text = mod.rendered(res)
     assert (ROOT / "docs" / "results.md").read_text() == text
-    table = text[text.index("## Accuracy") : text.index("## Whole")].split("\n", 2)[2].strip()
-    assert table in (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for name, block in mod.readme_blocks(text).items():
+        assert f"<!-- {name}:begin -->\n{block}\n<!-- {name}:end -->" in readme, name
 
 
 def test_merge_keeps_measurements_and_converts_roi_batches():
     mod = _update_results()
-    a = {"rows": [{"backend": "TensorRT 8.6", "graph": "split", "precision": "int8", "error": "x was not built"}],
+    a = {"rows": [{"backend": "tensorrt", "graph": "split", "precision": "int8", "error": "x was not built"}],
          "latency": [{"size": 384, "variant": "split", "engine": "box_head_fp16.engine", "batch": 8000,
                       "median_ms": 1.0}]}
-    b = {"rows": [{"backend": "TensorRT 8.6", "graph": "split", "precision": "int8", "bbox_mAP": 0.7}],
+    b = {"rows": [{"backend": "TensorRT 8.6", "graph": "split", "precision": "int8", "bbox_mAP": 0.7, "images": 9}],
          "latency": []}
+    a, b = mod.annotate(a, "results_table_run1.json", {}), mod.annotate(b, "results_table_run2.json", {})
     m = mod.merge([a, b])
-    assert m["rows"] == b["rows"]  # a measurement replaces a failure
+    assert m["rows"] == b["rows"]  # a measurement replaces a failure (the error row's backend name normalised)
     assert m["latency"][0]["batch"] == 8  # 1000 ROIs per image for the box head
     assert mod.merge([b, a])["rows"] == b["rows"]  # ... and a later failure does not replace it
+
+
+def test_fused_rows_of_another_rpn_nms_layout_stay_apart_and_deltas_use_the_same_images():
+    mod = _update_results()
+    ref = {"backend": "pytorch", "graph": "eager", "precision": "fp32", "size": 1344, "images": 50, "bbox_mAP": 0.5}
+    old = {"backend": "tensorrt", "graph": "fused_b1", "precision": "fp16", "size": 1344, "images": 50, "bbox_mAP": 0.4}
+    ref30 = dict(ref, images=30, bbox_mAP=0.6)
+    new = dict(old, images=30, bbox_mAP=0.55)
+    m = mod.merge([
+        mod.annotate({"rows": [ref, old]}, "results_table_run3.json", {"rpn_nms": "one set"}),
+        mod.annotate({"rows": [ref30, new]}, "results_table_run4.json", {"rpn_nms": "per level"}),
+    ])
+    fused = sorted((r["rpn_nms"], round(r["d_bbox"], 6)) for r in m["rows"] if r["graph"] == "fused_b1")
+    assert fused == [("one set", -0.1), ("per level", -0.05)]
+    assert len([r for r in m["rows"] if r["graph"] == "eager"]) == 2  # both references, on their images
