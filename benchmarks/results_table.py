@@ -71,21 +71,22 @@ def variants(size: int, batch: int) -> dict:
 
 # Build lanes run in parallel (the stubbed TensorRT 8.6 spends most of a build compiling JIT kernels on the
 # CPU); engines in one lane are built in order, so a later int8 build reuses the earlier one's calibration
-# cache (fused b1 and b8 graphs of one size share tensor names, hence one cache). Each lane starts with what
-# the targets need most: 1344 fused fp16 (batch 1 and 8) | 1344 fused int8 | 384 fused int8 (the mAP row, then
-# the b1 build that must reuse its cache) | 384 fused fp16/fp32 and the split engines. "-noglue": fp16 without
-# the fp32-glue rule, to measure what the rule costs (not in the default lanes).
+# cache (fused b1 and b8 graphs of one size share tensor names, hence one cache). Engine labels may carry
+# build flags after the precision (LABEL_FLAGS: -noglue, -nojit, -oN).
+# Measured on the H200 (session 4, results_table_run3/4.json): a fused fp16 engine took 548-572 s with four
+# lanes side by side and 261 s alone; fused int8 engines were still building after 892 s with four lanes.
+# Already measured with the per-level RPN NMS: 1344 fused_b1 fp16. So the default lanes are what is missing:
+# 1344 fused b8 fp16 (the batch-8 target) then the 1344 split engines | 1344 fused int8 (default tactics)
+# then b8 reusing its cache | 384 fused int8 without JIT convolutions (to see whether int8 builds in time
+# that way) then b1 reusing its cache | 384 fused fp16/fp32 of the per-level graph (the mAP rows) and split.
 DEFAULT_LANES = (
-    "{big}/fused_b1/fused_fp16,{big}/fused_b{b}/fused_fp16,{big}/split/box_head_fp16,{big}/split/mask_head_fp16,"
-    "{big}/split/backbone_fp16,{big}/split/box_head_fp32,{big}/split/mask_head_fp32,{big}/split/backbone_fp32",
-    "{big}/fused_b1/fused_int8,{big}/split/backbone_int8",
-    "{small}/fused_b{b}/fused_int8,{small}/fused_b1/fused_int8,{small}/split/backbone_int8",
-    "{small}/fused_b{b}/fused_fp16,{small}/fused_b{b}/fused_fp32,{small}/split/box_head_fp16,{small}/split/mask_head_fp16,"
-    "{small}/split/box_head_fp32,{small}/split/mask_head_fp32,{small}/split/backbone_fp32,{small}/split/backbone_fp16,"
-    "{big}/fused_b1/fused_fp32,{small}/fused_b1/fused_fp16",
+    "{big}/fused_b{b}/fused_fp16,{big}/split/box_head_fp16,{big}/split/mask_head_fp16,{big}/split/backbone_fp16",
+    "{big}/fused_b1/fused_int8,{big}/fused_b{b}/fused_int8",
+    "{small}/fused_b{b}/fused_int8-nojit,{small}/fused_b1/fused_int8-nojit",
+    "{small}/fused_b{b}/fused_fp16,{small}/fused_b{b}/fused_fp32,{small}/split/box_head_fp32,{small}/split/mask_head_fp32,"
+    "{small}/split/backbone_fp32,{small}/split/backbone_int8,{small}/fused_b1/fused_fp16",
 )
-# Measured on the H100 (session 3): seven lanes at once slowed each build about ten-fold (tactic timing shares
-# one GPU), so the default has four, two of which spend part of their time calibrating.
+# Seven lanes at once slowed each build about ten-fold on the H100 (session 3: tactic timing shares one GPU).
 
 
 def lane_engines(a) -> list:
@@ -148,12 +149,37 @@ def prepare(a) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ build
+# build options an engine label may carry after its precision (fused_int8-nojit-o2.engine)
+LABEL_FLAGS = {
+    "noglue": "fp16/int8 without the fp32-glue rule",
+    "nojit": "tactic sources EDGE_MASK_CONVOLUTIONS only (no JIT-compiled convolutions)",
+    "oN": "builder optimization level N (0-5)",
+}
+
+
+def parse_label(label: str) -> tuple:
+    """``"int8-nojit-o2"`` -> ("int8", {"fp32_glue": True, "tactic_sources": [...], "opt_level": 2})."""
+    prec, *flags = label.split("-")
+    opts = {"fp32_glue": True, "tactic_sources": None, "opt_level": None}
+    for f in flags:
+        if f == "noglue":
+            opts["fp32_glue"] = False
+        elif f == "nojit":
+            opts["tactic_sources"] = ["EDGE_MASK_CONVOLUTIONS"]
+        elif len(f) == 2 and f[0] == "o" and f[1] in "012345":
+            opts["opt_level"] = int(f[1])
+        else:
+            raise ValueError(f"unknown engine label flag {f!r} in {label!r} (known: {', '.join(LABEL_FLAGS)})")
+    return prec, opts
+
+
 def job_for(a, rel: str) -> dict:
-    """A build job from an engine path relative to --work: SIZE/VARIANT/ROLE_PRECISION[-noglue].engine."""
+    """A build job from an engine path relative to --work: SIZE/VARIANT/ROLE_PRECISION[-FLAG...].engine."""
     size, variant, fname = rel.split("/")
     stem = fname[: -len(".engine")] if fname.endswith(".engine") else fname
     label = stem.rsplit("_", 1)[1]
-    role, prec = stem[: -len(label) - 1], label.split("-")[0]
+    role = stem[: -len(label) - 1]
+    prec, opts = parse_label(label)
     if prec not in PRECISIONS or variant not in variants(int(size), a.batch):
         raise ValueError(f"not an engine of this table: {rel}")
     d = a.work / size / variant
@@ -163,7 +189,7 @@ def job_for(a, rel: str) -> dict:
         onnx=str(_graph_file(d, role)),
         engine=str(d / f"{stem}.engine"),
         precision=prec,
-        fp32_glue=not label.endswith("-noglue"),
+        **opts,
         batch=[b, b, b] if fused else [1, 1, a.batch],
         rois=[1, 1000, a.batch * 1000],
         workspace_gib=4.0,  # lanes build side by side on one GPU
@@ -265,8 +291,8 @@ def collect_builds(a) -> list:
 def split_engine(d: Path, role: str, prec: str) -> Path:
     """Heads of the split int8 variant are the fp16 head engines: their inputs are ROI features, which the
     image calibrator cannot feed (the backbone, nearly all of the FLOPs, is int8)."""
-    if prec == "int8" and role in ("box_head", "mask_head"):
-        prec = "fp16"
+    if prec.split("-")[0] == "int8" and role in ("box_head", "mask_head"):
+        prec = "fp16" + prec[len("int8") :]
     return d / f"{role}_{prec}.engine"
 
 
@@ -371,14 +397,27 @@ def accuracy_plan(a) -> list:
     """(size, backend, variant, precision label) of every accuracy row; the PyTorch reference first per size."""
     S, BIG, B = a.size, a.big, a.batch
     plan = [(S, "pytorch", "eager", "fp32")]
-    plan += [(S, "tensorrt", f"fused_b{B}", p) for p in ("fp32", "fp16", "int8", "fp16-noglue")]
+    plan += [(S, "tensorrt", f"fused_b{B}", p) for p in _labels(a, S, f"fused_b{B}")]
     plan += [(S, "tensorrt", "split", p) for p in PRECISIONS]
     if not a.no_onnxruntime:
         plan.append((S, "onnxruntime", "split", "fp32"))
     plan.append((BIG, "pytorch", "eager", "fp32"))
-    plan += [(BIG, "tensorrt", "fused_b1", p) for p in ("fp32", "fp16", "int8", "fp16-noglue")]
+    plan += [(BIG, "tensorrt", "fused_b1", p) for p in _labels(a, BIG, "fused_b1")]
     plan += [(BIG, "tensorrt", "split", p) for p in PRECISIONS]
     return plan
+
+
+def _labels(a, size: int, variant: str) -> list:
+    """Precision labels of a fused variant's rows: the four standard ones, then any other label the lanes build
+    (``int8-nojit``, ``fp16-o2``, ...)."""
+    labels = ["fp32", "fp16", "int8", "fp16-noglue"]
+    for lane in lane_engines(a):
+        for rel in lane:
+            sz, var, fname = rel.split("/")
+            label = fname[: -len(".engine")].rsplit("_", 1)[1]
+            if (int(sz), var) == (size, variant) and label not in labels:
+                labels.append(label)
+    return labels
 
 
 def row_key(a, size: int, backend: str, variant: str, label: str) -> str:

@@ -57,20 +57,21 @@ def cmd_build(jobs_path):
             rois=tuple(job.get("rois", (1, 1000, 2000))),
             workspace_gib=job.get("workspace_gib", 8.0),
             timing_cache=job.get("timing_cache"),
-            tactic_sources=TACTICS,
+            tactic_sources=job.get("tactic_sources") or TACTICS,
+            opt_level=job.get("opt_level"),
             fp32_glue=job.get("fp32_glue", True),
         )
         calibrator = None
-        if cfg.precision in ("int8", "best"):
-            from rcnn_deploy.backends.tensorrt.calibrator import make_calibrator
-
-            calibrator = make_calibrator(trt, job["calib_npy"], job["calib_cache"], job.get("calib_batch", 1))
         if os.path.isfile(job["engine"]) and os.path.isfile(job["engine"] + ".json"):
             print("@@" + json.dumps({"engine": job["engine"], "ok": True, "skipped": "already built"}), flush=True)
             continue
         t0 = time.time()
         print("=== build " + job["engine"], file=sys.stderr, flush=True)
         try:
+            if cfg.precision in ("int8", "best"):
+                from rcnn_deploy.backends.tensorrt.calibrator import make_calibrator
+
+                calibrator = make_calibrator(trt, job["calib_npy"], job["calib_cache"], job.get("calib_batch", 1))
             side = build_engine(job["onnx"], job["engine"], cfg, trt, calibrator)
             entry = {"engine": job["engine"], "ok": True, "build_seconds": side["build_seconds"]}
             if calibrator is not None:  # 0 batches: an existing calibration cache was reused

@@ -126,3 +126,16 @@ def test_build_cli_explicit_int8_with_rtx(rtx, tv_mask_model, tmp_path):
     assert res.exit_code == 0 and "reusing quantized graph" in res.output, res.output
     with pytest.raises(ValueError, match="quantized"):  # a Q/DQ graph is int8 by construction
         build_engine(qdq, tmp_path / "c.engine", BuildConfig(precision="fp32", batch=(1, 1, 2)), rtx)
+
+
+def test_build_options_opt_level_and_tactic_sources(rtx, graphs, tmp_path):
+    path, role = next((p, r) for p, r in graphs if r == "box_head")
+    cfg = BuildConfig(batch=(1, 2, 4), rois=(1, 64, 512), opt_level=1, tactic_sources=["EDGE_MASK_CONVOLUTIONS"])
+    side = build_engine(path, tmp_path / "h.engine", cfg, rtx)
+    used = side["build_config"]
+    assert used["opt_level"] == 1 and used["tactic_sources"] == ["EDGE_MASK_CONVOLUTIONS"]
+    with pytest.raises(ValueError, match="no tactic source"):
+        build_engine(path, tmp_path / "x.engine", BuildConfig(tactic_sources=["CUDNN_TYPO"]), rtx)
+    with pytest.raises(ValueError, match="0-5"):
+        build_engine(path, tmp_path / "y.engine", BuildConfig(opt_level=7), rtx)
+    assert not (tmp_path / "x.engine").exists() and not (tmp_path / "y.engine").exists()

@@ -41,6 +41,12 @@ def build_command(
     fp32_glue: bool = typer.Option(
         True, help="fp16/int8 on TensorRT 8.6/10: keep the glue (box decoding, NMS inputs, ROIAlign) in fp32."
     ),
+    opt_level: Optional[int] = typer.Option(
+        None, help="Builder optimization level 0-5 (TensorRT >= 8.6, default 3): lower builds faster."
+    ),
+    tactic_sources: Optional[str] = typer.Option(
+        None, help="Comma-separated tactic sources, e.g. EDGE_MASK_CONVOLUTIONS,JIT_CONVOLUTIONS (default: all)."
+    ),
     trt: Optional[str] = typer.Option(None, help="Force 'tensorrt' or 'tensorrt_rtx' (default: whichever imports)."),
     verbose: bool = typer.Option(False, help="TensorRT verbose log."),
 ) -> None:
@@ -90,6 +96,8 @@ def build_command(
         workspace_gib=workspace,
         timing_cache=str(timing_cache) if timing_cache else None,
         fp32_glue=fp32_glue,
+        tactic_sources=[t.strip().upper() for t in tactic_sources.split(",") if t.strip()] if tactic_sources else None,
+        opt_level=opt_level,
         verbose=verbose,
     )
     src = onnx_path

@@ -27,7 +27,8 @@ class BuildConfig:
     rois: Tuple[int, int, int] = (1, 1000, 8000)  # profile for "rois" dims of split head graphs
     workspace_gib: float = 4.0
     timing_cache: Optional[str] = None
-    tactic_sources: Optional[List[str]] = None
+    tactic_sources: Optional[List[str]] = None  # e.g. ["EDGE_MASK_CONVOLUTIONS", "JIT_CONVOLUTIONS"]
+    opt_level: Optional[int] = None  # builder optimization level 0-5 (TensorRT >= 8.6; its default is 3)
     fp32_glue: bool = True  # fp16/int8 builder flags: keep the glue layers in fp32 (precision_rule)
     glue_fallback: bool = True  # if the build with the glue rule fails, build once more without it (and say so)
     verbose: bool = False
@@ -77,6 +78,8 @@ def build_engine(
     trt.set_workspace(config, int(cfg.workspace_gib * (1 << 30)))
     if cfg.tactic_sources:
         trt.restrict_tactics(config, cfg.tactic_sources)
+    if cfg.opt_level is not None:
+        trt.set_opt_level(config, cfg.opt_level)
     if cfg.precision == "fp32" and hasattr(mod.BuilderFlag, "TF32"):
         config.clear_flag(mod.BuilderFlag.TF32)  # fp32 means fp32 (TensorRT enables TF32 by default)
     if trt.has_implicit_precision_flags:

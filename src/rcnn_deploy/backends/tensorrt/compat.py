@@ -51,11 +51,22 @@ class TRT:
         trt = self.module
         if not hasattr(config, "set_tactic_sources"):
             return
+        known = [n for n in dir(trt.TacticSource) if n.isupper()]
+        unknown = [s for s in sources if s not in known]
+        if unknown:
+            raise ValueError(f"{self.name} {self.version} has no tactic source {unknown}; it has {known}")
         mask = 0
         for s in sources:
-            if hasattr(trt.TacticSource, s):
-                mask |= 1 << int(getattr(trt.TacticSource, s))
+            mask |= 1 << int(getattr(trt.TacticSource, s))
         config.set_tactic_sources(mask)
+
+    def set_opt_level(self, config: Any, level: int) -> None:
+        """Builder optimization level (0 = fastest build ... 5 = widest tactic search; TensorRT's default 3)."""
+        if not 0 <= int(level) <= 5:
+            raise ValueError(f"builder optimization level must be 0-5, got {level}")
+        if not hasattr(config, "builder_optimization_level"):
+            raise ValueError(f"{self.name} {self.version} has no builder optimization level (TensorRT >= 8.6)")
+        config.builder_optimization_level = int(level)
 
 
 def load_trt(prefer: Optional[str] = None) -> TRT:
