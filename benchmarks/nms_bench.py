@@ -51,28 +51,70 @@ def capture_rpn_nms(net, images):
     return seen[0]
 
 
-def export_nms(path: Path, args, kwargs, blocked: bool, image_hw) -> None:
+def export_nms(path: Path, args, kwargs, blocked: bool, image_hw, lowering: str = "plugin") -> None:
+    """The RPN's NMS alone as an ONNX graph: ``blocked`` = per level (as exported models run it now), else one
+    set over all levels (as they ran it before: one EfficientNMS, or one fixpoint over all candidates)."""
     from torch import nn
 
-    from rcnn_deploy.export.lowering import PluginLowering
+    from rcnn_deploy.export.lowering import make_lowering
     from rcnn_deploy.export.onnx_export import _onnx_bytes, _write_graph
     from rcnn_deploy.glue import export_hooks
+    from rcnn_deploy.glue.formulations import nms_fixpoint
     from rcnn_deploy.glue.nms import nms_padded
 
     boxes, scores, valid, iou, max_out, score_thr = args
     blocks = kwargs["group_blocks"] if blocked else None
+    low = make_lowering(lowering, tuple(image_hw))
 
     class RpnNMS(nn.Module):
         def forward(self, boxes, scores, valid_f):  # type: ignore[no-untyped-def]
-            b, s, _, c = nms_padded(boxes, scores, valid_f > 0.5, iou, max_out, score_thr, group_blocks=blocks)
+            valid = valid_f > 0.5
+            if getattr(low, "traced", False) and blocks is None:  # the fixpoint over all N candidates at once
+                b, s, _, c = nms_fixpoint(boxes, scores, valid, iou, max_out, low.max_candidates, True)
+            else:
+                b, s, _, c = nms_padded(boxes, scores, valid, iou, max_out, score_thr, group_blocks=blocks)
             return b, s, c
 
-    low = PluginLowering(tuple(image_hw))
     feed = (boxes.cpu(), scores.cpu(), valid.float().cpu())
+    custom = {low.custom_domain: 1} if low.custom_domain else {}
     with export_hooks.lowering(low):
         names = (["boxes", "scores", "valid_f"], ["proposals", "proposal_scores", "count"])
-        data = _onnx_bytes(RpnNMS(), feed, *names, {}, 17, {low.custom_domain: 1})
+        data = _onnx_bytes(RpnNMS(), feed, *names, {}, 17, custom)
     _write_graph(data, path, "nms")
+
+
+def onnxruntime_tensor_rows(net, a, images_for) -> list:
+    """CPU: the tensor lowering (fixpoint Loop, what TensorRT-RTX / plugin-free TensorRT build) of both
+    layouts in ONNX Runtime, timed and compared with the eager NMS."""
+    import onnxruntime as ort
+
+    from rcnn_deploy.glue.nms import _nms_eager
+
+    rows = []
+    for size in a.sizes:
+        args, kwargs = capture_rpn_nms(net, images_for(size)[:1])
+        boxes, scores, valid, iou, max_out, _ = args
+        ref = _nms_eager(boxes, scores, valid, iou, max_out)
+        ref = {"boxes": ref[0].cpu().numpy(), "count": ref[3].cpu().numpy()}
+        feed = {"boxes": boxes.cpu().numpy(), "scores": scores.cpu().numpy(), "valid_f": valid.float().cpu().numpy()}
+        for layout in ("one_set", "per_level"):
+            path = a.work / f"nms_tensor_{size}_{layout}.onnx"
+            export_nms(path, args, kwargs, layout == "per_level", (size, size), "tensor")
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 2
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            times, out = [], None
+            for _ in range(3):
+                t0 = time.perf_counter()
+                out = sess.run(None, feed)
+                times.append((time.perf_counter() - t0) * 1000)
+            row = {"size": size, "batch": 1, "layout": layout, "candidates": int(scores.shape[1]),
+                   "blocks": list(kwargs["group_blocks"]), "backend": "onnxruntime cpu (2 threads), tensor lowering",
+                   "median_ms": float(np.median(times)),
+                   "vs_eager": agreement(ref, {"boxes": out[0], "count": out[2].reshape(-1)})}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
 
 
 def agreement(ref, got) -> dict:
@@ -104,6 +146,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/nms_bench"))
     ap.add_argument("--sizes", type=int, nargs="+", default=[1344, 384])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--onnxruntime", action="store_true", help="CPU only: the tensor lowering in ONNX Runtime")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     a.out.mkdir(parents=True, exist_ok=True)
@@ -113,9 +156,17 @@ def main() -> None:
         generate_synthetic_coco(a.work / "val", max(a.batches), 384, 384, seed=2)
     paths = sorted(find_images(a.work / "val" / "images"))
     fill = rgb_fill(net.spec.pixel_mean, net.spec.channel_order)
+
+    def images_for(size: int) -> np.ndarray:
+        return np.stack([letterbox(load_rgb(p), (size, size), fill)[0] for p in paths[: max(a.batches)]])
+
+    if a.onnxruntime:
+        rows = onnxruntime_tensor_rows(net, a, images_for)
+        (a.out / "nms_bench_onnxruntime.json").write_text(json.dumps({"info": {"gpu": "none"}, "results": rows}, indent=1))
+        return
     jobs, cases = [], []
     for size in a.sizes:
-        imgs = np.stack([letterbox(load_rgb(p), (size, size), fill)[0] for p in paths[: max(a.batches)]])
+        imgs = images_for(size)
         for b in a.batches:
             args, kwargs = capture_rpn_nms(net, imgs[:b])
             boxes, scores, valid, iou, max_out, _ = args

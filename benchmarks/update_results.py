@@ -188,7 +188,7 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
         " detections found by the row (same class, box IoU ≥ 0.5).",
         "- *RPN NMS one set*: the fused graph's RPN NMS ran as one EfficientNMS over all levels' candidates (the"
         " plugin keeps the best 4096 of them); *per level*: one NMS per FPN level side by side, merged by score"
-        " (the same proposals as torchvision's batched NMS; see the RPN NMS section).",
+        " (the same proposals as torchvision's batched NMS; see the section on the RPN NMS alone).",
         "- Latency: median of 200 CUDA-event-timed runs with CUDA-graph replay (GPU compute, inputs already on"
         " the GPU, like `trtexec --noDataTransfers`). *End-to-end* = host decode + letterbox, plus copy in +"
         " execute + copy out, plus unpad + mask paste: medians of each stage, summed.",
@@ -298,23 +298,25 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
     if nms_bench:
         out += [
             "",
-            "## RPN NMS in TensorRT 8.6",
+            "## The RPN NMS alone",
             "",
             "`benchmarks/nms_bench.py`: the RPN's NMS alone, on the real candidates of the checkpoint's RPN for"
-            " synthetic validation images, built like the engines (fp16 flags, fp32 glue) and timed the same way."
-            " *Proposals as eager* = proposals equal (IoU > 0.99) to one of torchvision's batched NMS over the"
-            " levels, over that NMS's proposals.",
+            " synthetic validation images. TensorRT rows: the plugin lowering built like the engines (fp16 flags,"
+            " fp32 glue), GPU compute timed the same way. ONNX Runtime rows (`--onnxruntime`, this repository's"
+            " CPU machine): the tensor lowering (the fixpoint Loop that TensorRT-RTX and plugin-free TensorRT"
+            " build), host wall time of a run, median of 3. *Proposals as eager* = proposals equal (IoU > 0.99)"
+            " to one of torchvision's batched NMS over the levels, over that NMS's proposals.",
             "",
-            "| input | batch | candidates per image | layout | GPU median (ms) | p99 (ms) | proposals as eager |",
-            "|---|---|---|---|---|---|---|",
+            "| backend | input | batch | candidates per image | layout | median (ms) | p99 (ms) | proposals as eager |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in nms_bench:
             v = r.get("vs_eager") or {}
             same = f"{v['matched']}/{v['reference']}" if v else "—"
             layout = {"one_set": "one set (all levels)", "per_level": "per level"}.get(r["layout"], r["layout"])
             out.append(
-                f"| {r['size']}² | {r['batch']} | {r['candidates']} | {layout} | {_f(r.get('median_ms'))} "
-                f"| {_f(r.get('p99_ms'))} | {same} |"
+                f"| {r['backend']} | {r['size']}² | {r['batch']} | {r['candidates']} | {layout} "
+                f"| {_f(r.get('median_ms'))} | {_f(r.get('p99_ms'))} | {same} |"
             )
     out += [
         "",
@@ -342,8 +344,11 @@ def load(res: Path) -> tuple:
     files = sorted(res.glob("results_table_run*.json"))
     states = [annotate(json.loads(p.read_text()), p.name, meta.get(p.name, {})) for p in files]
     bench = []
-    for p in sorted(res.glob("nms_bench_run*.json")):
-        bench += json.loads(p.read_text())["results"]
+    for p in sorted(res.glob("nms_bench_*.json")):
+        data = json.loads(p.read_text())
+        gpu = data.get("info", {}).get("gpu", "?")
+        for r in data["results"]:
+            bench.append({"backend": f"TensorRT 8.6 EfficientNMS_TRT ({gpu})", **r, "file": p.name})
     return states, {p.name: meta.get(p.name, {}) for p in files}, bench
 
 

@@ -81,10 +81,11 @@ def _nms_blocked(
     invalid candidates) becomes one row of a ``[B * G, K_max]`` batch, one single-group NMS keeps up to
     ``min(max_out, K_max)`` boxes per row, and one TopK merges each image's rows by score. The single NMS
     node then suppresses G small sets side by side instead of one set of N candidates. TensorRT's
-    EfficientNMS walks its candidates one at a time in one thread block per batch row and keeps at most 4096
-    of them: over the RPN's 5 x 1000 candidates at 1344 px as one set it took 2.7 ms of a 6.7 ms fp16 engine
-    (H200, per-layer profile) and left out the 904 lowest. The tensor formulation's IoU matrix shrinks from
-    N^2 to G * K_max^2.
+    EfficientNMS walks its candidates one at a time in one thread block per batch row (and by its source
+    considers at most 4096 of them): over the RPN's 5 x 1000 candidates at 1344 px as one set it took 2.7 ms
+    of a 6.7 ms fp16 engine on the H200, and its proposals differed from torchvision's (see docs/results.md,
+    RPN NMS); per level, 0.9 ms and the same proposals. The tensor formulation's IoU matrix shrinks from N^2
+    to G * K_max^2.
     """
     g = len(blocks)
     kmax = max(blocks)
