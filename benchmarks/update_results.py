@@ -49,7 +49,7 @@ def annotate(state: dict, name: str, meta: dict) -> dict:
     runs.json), size, display backend name; accuracy rows get their Δ against the PyTorch row of the same
     size and images (this run's, else another run's: the validation images are the same deterministic ones)."""
     run = int("".join(c for c in name.split("run")[-1] if c.isdigit()) or 0)
-    layout = meta.get("rpn_nms")
+    layout = meta.get("rpn_nms", "per level")  # runs newer than runs.json measured the current graphs
     size = state.get("config", {}).get("size", 384)
     out = {k: state.get(k, {}) for k in ("info", "config")}
     for part in ("rows", "latency", "builds"):

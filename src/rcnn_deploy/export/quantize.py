@@ -18,7 +18,7 @@ from typing import Any, Dict, Union
 import numpy as np
 
 from ..backends.base import BackendUnavailable
-from ..precision_rule import NETWORK_SCOPES, in_network_scope
+from ..precision_rule import NETWORK_SCOPES
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -74,19 +74,8 @@ def quantize_int8(
         )
         q = onnx.load(str(staged))
         os.replace(staged, out)
-    quantized = {n.name for n in q.graph.node if n.op_type == "QuantizeLinear"}
-    glue = sorted(
-        n.name
-        for n in q.graph.node
-        if n.op_type not in QDQ_OPS and not in_network_scope(n.name) and set(n.input) & _dq_outputs(q)
-    )
     return {
-        "quantize_nodes": len(quantized),
+        "quantize_nodes": sum(n.op_type == "QuantizeLinear" for n in q.graph.node),
         "calibration_images": int(images.shape[0]),
         "method": method,
-        "glue_nodes_on_int8": glue,
     }
-
-
-def _dq_outputs(model: Any) -> set:
-    return {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
