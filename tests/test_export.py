@@ -133,6 +133,12 @@ def test_plugin_graph_attributes(tv_mask_model, tmp_path):
     assert kinds == ["EfficientNMS_TRT", "EfficientNMS_TRT", "PyramidROIAlign_TRT", "PyramidROIAlign_TRT"]
     assert not [n for n in m.graph.node if n.op_type in ("NonMaxSuppression", "RoiAlign")]
     spec = model.spec
+    inferred = onnx.shape_inference.infer_shapes(m)
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*inferred.graph.value_info, *inferred.graph.input]
+    }
+    producer = {o: n for n in m.graph.node for o in n.output}
     for n in nodes:
         a = {x.name: onnx.helper.get_attribute_value(x) for x in n.attribute}
         assert a["plugin_version"] == b"1"
@@ -142,6 +148,11 @@ def test_plugin_graph_attributes(tv_mask_model, tmp_path):
             assert a["iou_threshold"] == pytest.approx(iou)
             assert a["background_class"] == -1 and a["box_coding"] == 0 and a["score_activation"] == 0
             assert len(n.input) == 2 and len(n.output) == 4
+            if a["max_output_boxes"] == spec.rpn_post_nms_top_n:  # the RPN's: one row per (image, FPN level)
+                assert shapes[n.input[0]][1:] == [spec.rpn_pre_nms_top_n, 1, 4]
+                assert shapes[n.input[1]][1:] == [spec.rpn_pre_nms_top_n, 1]  # one group per row
+                stacked = producer[producer[n.input[0]].input[0]]  # Reshape([B, levels, K, 4]) <- Concat
+                assert stacked.op_type == "Concat" and len(stacked.input) == len(spec.anchor_strides)
         else:
             assert a["image_size"] == [256, 320] and a["fpn_scale"] == 224
             assert a["pooled_size"] in (spec.box_roi_size, spec.mask_roi_size)
