@@ -5,8 +5,10 @@
 #   bash benchmarks/device_results_table.sh start MINUTES BUILD_MINUTES  # results_table.py in the background
 #   bash benchmarks/device_results_table.sh wait SECONDS                 # until it ends or SECONDS pass, then collect
 #   bash benchmarks/device_results_table.sh collect                      # what exists now, into $OUT
+#   bash benchmarks/device_results_table.sh wheels                       # HERE, first: fill .whl/
 #
-# Wheels the GPU machine lacks (pycocotools for the mAP columns) travel in .whl/ (carry it in the start call).
+# Wheels the GPU machine lacks travel in .whl/ (carry it in the start call): pycocotools (the mAP columns) and
+# onnx_graphsurgeon (export's graph sanitising); `wheels` downloads them for the GPU machine's CPython 3.12.
 # $OUT gets results_table.json (a snapshot while the run goes on), driver.log, logs.tgz (every build's whole
 # TensorRT log, build records, accuracy rows) and the timing cache.
 set -uo pipefail
@@ -30,6 +32,11 @@ collect() {
 }
 
 case "${1:-}" in
+wheels)
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl pycocotools==2.0.11 onnx_graphsurgeon==0.6.1 && ls .whl
+  ;;
 start)
   if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
