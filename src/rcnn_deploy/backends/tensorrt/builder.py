@@ -176,8 +176,11 @@ def save_timing_cache(config: Any, cache: Any, path: Union[str, Path]) -> None:
     with open(str(p) + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if p.is_file() and p.stat().st_size:
-            on_disk = config.create_timing_cache(p.read_bytes())
-            cache.combine(on_disk, True)  # entries of another device / version are skipped, not fatal
+            try:
+                on_disk = config.create_timing_cache(p.read_bytes())
+                cache.combine(on_disk, True)  # entries of another device / version are skipped, not fatal
+            except (RuntimeError, TypeError, AttributeError) as e:  # the engine is built: keep going
+                print(f"WARNING: could not merge the timing cache {p} ({e}); writing this build's alone", flush=True)
         atomic_write_bytes(p, bytes(cache.serialize()))
 
 
