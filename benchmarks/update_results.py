@@ -331,7 +331,8 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
         status = "yes" if b.get("ok") else f"no: {str(b.get('error', ''))[:100]}"
         graph = f"{b['variant']}, RPN NMS {b['rpn_nms']}" if b.get("rpn_nms") else b["variant"]
         out.append(
-            f"| {b['size']} | {graph} | {b['role']} | {b['precision']} | {status} | {_f(b.get('build_seconds'), 1)} "
+            f"| {b['size']} | {graph} | {b['role']} | {b.get('label_precision') or b['precision']} | {status} "
+            f"| {_f(b.get('build_seconds'), 1)} "
             f"| {cal} | {b['run']} |"
         )
     return "\n".join(out) + "\n"
