@@ -64,6 +64,9 @@ def build_command(
 
       rcnn-deploy build out/model_fused_plugin.onnx -o int8.engine --precision int8 --calib-input data/images
       --calib-cache calib.cache
+
+      rcnn-deploy build out/torchvision-maskrcnn_backbone.onnx -o backbone_int8.engine --precision int8
+      --trt tensorrt_rtx --calib-input data/images --calib-cache backbone_int8_qdq.onnx
     """
     from rich.console import Console
     from rich.markup import escape
