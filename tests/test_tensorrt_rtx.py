@@ -107,7 +107,7 @@ def test_build_cli_explicit_int8_with_rtx(rtx, tv_mask_model, tmp_path):
     export_onnx(model, tmp_path / "x", height=256, width=256, batch="1:2", graph="split")
     generate_synthetic_coco(tmp_path / "calib", 3, 200, 240, seed=1)
     backbone = tmp_path / "x" / "torchvision-maskrcnn_backbone.onnx"
-    qdq = tmp_path / "backbone_int8_qdq.onnx"
+    qdq = tmp_path / "x" / "backbone_int8_qdq.onnx"  # beside the export's contract.json
     args = ["build", str(backbone), "--precision", "int8", "--batch", "1:2", "--calib-cache", str(qdq)]
     runner = CliRunner()
     images = str(tmp_path / "calib" / "images")
@@ -124,6 +124,10 @@ def test_build_cli_explicit_int8_with_rtx(rtx, tv_mask_model, tmp_path):
     assert all(in_network_scope(n.name) for n in q.graph.node if n.op_type in ("Conv", "Gemm", "MatMul"))
     res = runner.invoke(app, [*args, "-o", str(tmp_path / "b.engine")])  # no --calib-input: the graph is reused
     assert res.exit_code == 0 and "reusing quantized graph" in res.output, res.output
+    # a Q/DQ graph passed directly is built as it is (no calibration input, no second quantization)
+    res = runner.invoke(app, ["build", str(qdq), "--precision", "int8", "--batch", "1:2", "-o", str(tmp_path / "d.e")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "d.e.json").read_text())["int8"] == "explicit (Q/DQ)"
     with pytest.raises(ValueError, match="quantized"):  # a Q/DQ graph is int8 by construction
         build_engine(qdq, tmp_path / "c.engine", BuildConfig(precision="fp32", batch=(1, 1, 2)), rtx)
 

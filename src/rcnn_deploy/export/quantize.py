@@ -57,6 +57,7 @@ def quantize_int8(
     # node names carry the model's module paths ("/net/backbone/body/layer1/..."): quantize those scopes only
     scopes = "|".join(NETWORK_SCOPES)
     out = Path(onnx_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         staged = Path(tmp) / out.name
         quantize(

@@ -141,10 +141,13 @@ def _explicit_int8(onnx_path, contract, calib_input, calib_cache, limit, tmp: Pa
     """Strongly typed builders: the Q/DQ graph (nvidia-modelopt), calibrated on --calib-input. --calib-cache
     names the quantized ONNX here: written by the first build, reused (no calibration) by the next."""
     import numpy as np
+    import onnx
 
     from ..backends.base import BackendUnavailable
-    from ..export.quantize import quantize_int8
+    from ..export.quantize import is_quantized, quantize_int8
 
+    if is_quantized(onnx.load(str(onnx_path), load_external_data=False)):
+        return onnx_path  # quantized already: built as it is
     if calib_cache is not None and calib_cache.is_file():
         console.print(f"reusing quantized graph {calib_cache}")
         return calib_cache
