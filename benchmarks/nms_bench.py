@@ -51,6 +51,19 @@ def capture_rpn_nms(net, images):
     return seen[0]
 
 
+def rpn_case(net, images) -> tuple:
+    """The RPN NMS call for ``images``: its arguments, the eager result (torchvision's batched NMS over the
+    levels) and the graph inputs as numpy."""
+    from rcnn_deploy.glue.nms import _nms_eager
+
+    args, kwargs = capture_rpn_nms(net, images)
+    boxes, scores, valid, iou, max_out, _ = args
+    out = _nms_eager(boxes, scores, valid, iou, max_out)
+    ref = {"boxes": out[0].cpu().numpy(), "count": out[3].cpu().numpy()}
+    feed = {"boxes": boxes.cpu().numpy(), "scores": scores.cpu().numpy(), "valid_f": valid.float().cpu().numpy()}
+    return args, kwargs, ref, feed
+
+
 def export_nms(path: Path, args, kwargs, blocked: bool, image_hw, lowering: str = "plugin") -> None:
     """The RPN's NMS alone as an ONNX graph: ``blocked`` = per level (as exported models run it now), else one
     set over all levels (as they ran it before: one EfficientNMS, or one fixpoint over all candidates)."""
@@ -88,15 +101,10 @@ def onnxruntime_tensor_rows(net, a, images_for) -> list:
     layouts in ONNX Runtime, timed and compared with the eager NMS."""
     import onnxruntime as ort
 
-    from rcnn_deploy.glue.nms import _nms_eager
-
     rows = []
     for size in a.sizes:
-        args, kwargs = capture_rpn_nms(net, images_for(size)[:1])
-        boxes, scores, valid, iou, max_out, _ = args
-        ref = _nms_eager(boxes, scores, valid, iou, max_out)
-        ref = {"boxes": ref[0].cpu().numpy(), "count": ref[3].cpu().numpy()}
-        feed = {"boxes": boxes.cpu().numpy(), "scores": scores.cpu().numpy(), "valid_f": valid.float().cpu().numpy()}
+        args, kwargs, ref, feed = rpn_case(net, images_for(size)[:1])
+        scores = args[1]
         for layout in ("one_set", "per_level"):
             path = a.work / f"nms_tensor_{size}_{layout}.onnx"
             export_nms(path, args, kwargs, layout == "per_level", (size, size), "tensor")
@@ -137,7 +145,6 @@ def main() -> None:
     import torch
 
     from rcnn_deploy.data.synth import generate_synthetic_coco
-    from rcnn_deploy.glue.nms import _nms_eager
     from rcnn_deploy.models.build import build_model
     from rcnn_deploy.runtime.preprocess import find_images, letterbox, load_rgb, rgb_fill
 
@@ -168,11 +175,8 @@ def main() -> None:
     for size in a.sizes:
         imgs = images_for(size)
         for b in a.batches:
-            args, kwargs = capture_rpn_nms(net, imgs[:b])
-            boxes, scores, valid, iou, max_out, _ = args
-            ref = _nms_eager(boxes, scores, valid, iou, max_out)
-            ref = {"boxes": ref[0].cpu().numpy(), "count": ref[3].cpu().numpy()}
-            feed = {"boxes": boxes.cpu().numpy(), "scores": scores.cpu().numpy(), "valid_f": valid.float().cpu().numpy()}
+            args, kwargs, ref, feed = rpn_case(net, imgs[:b])
+            scores = args[1]
             inp = a.work / f"in_{size}_b{b}.npz"
             np.savez(inp, **feed)
             for layout in ("one_set", "per_level"):

@@ -173,12 +173,18 @@ def parse_label(label: str) -> tuple:
     return prec, opts
 
 
-def job_for(a, rel: str) -> dict:
-    """A build job from an engine path relative to --work: SIZE/VARIANT/ROLE_PRECISION[-FLAG...].engine."""
+def split_rel(rel: str) -> tuple:
+    """``"1344/fused_b1/fused_int8-nojit.engine"`` -> ("1344", "fused_b1", "fused", "int8-nojit")."""
     size, variant, fname = rel.split("/")
     stem = fname[: -len(".engine")] if fname.endswith(".engine") else fname
-    label = stem.rsplit("_", 1)[1]
-    role = stem[: -len(label) - 1]
+    role, label = stem.rsplit("_", 1)
+    return size, variant, role, label
+
+
+def job_for(a, rel: str) -> dict:
+    """A build job from an engine path relative to --work: SIZE/VARIANT/ROLE_PRECISION[-FLAG...].engine."""
+    size, variant, role, label = split_rel(rel)
+    stem = f"{role}_{label}"
     prec, opts = parse_label(label)
     if prec not in PRECISIONS or variant not in variants(int(size), a.batch):
         raise ValueError(f"not an engine of this table: {rel}")
@@ -413,8 +419,7 @@ def _labels(a, size: int, variant: str) -> list:
     labels = ["fp32", "fp16", "int8", "fp16-noglue"]
     for lane in lane_engines(a):
         for rel in lane:
-            sz, var, fname = rel.split("/")
-            label = fname[: -len(".engine")].rsplit("_", 1)[1]
+            sz, var, _, label = split_rel(rel)
             if (int(sz), var) == (size, variant) and label not in labels:
                 labels.append(label)
     return labels
