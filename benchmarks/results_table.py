@@ -81,7 +81,8 @@ def variants(size: int, batch: int) -> dict:
 # builder optimization level 2 first (-o2; a second build of the same graph family reuses the calibration
 # cache): 1344 fused b1 int8 -o2, then the same at the default level (reusing the cache) | 1344 fused b8 fp16
 # (the batch-8 target), then the 1344 split fp16/int8 engines | 384 fused b8 fp16 and int8 -o2 (the mAP rows),
-# then 1344 fused b8 int8 -o2 | every fp32 engine: 1344 fused b1 and split, 384 fused b8 and split.
+# then 1344 fused b8 int8 -o2 | every fp32 engine: 1344 fused b1 and split, 384 fused b8 and split | 384 fused
+# b8 fp16 with the predictor layers in fp32 too (-fp32pred: does that close the fp16 mAP gap?).
 DEFAULT_LANES = (
     "{big}/fused_b1/fused_int8-o2,{big}/fused_b1/fused_int8",
     "{big}/fused_b{b}/fused_fp16,{big}/split/box_head_fp16,{big}/split/mask_head_fp16,{big}/split/backbone_fp16,"
@@ -89,6 +90,7 @@ DEFAULT_LANES = (
     "{small}/fused_b{b}/fused_fp16,{small}/fused_b{b}/fused_int8-o2,{big}/fused_b{b}/fused_int8-o2",
     "{big}/fused_b1/fused_fp32,{big}/split/backbone_fp32,{big}/split/box_head_fp32,{big}/split/mask_head_fp32,"
     "{small}/fused_b{b}/fused_fp32,{small}/split/backbone_fp32,{small}/split/box_head_fp32,{small}/split/mask_head_fp32",
+    "{small}/fused_b{b}/fused_fp16-fp32pred",
 )
 # Seven lanes at once slowed each build about ten-fold on the H100 (session 3: tactic timing shares one GPU).
 
@@ -157,6 +159,7 @@ def prepare(a) -> dict:
 LABEL_FLAGS = {
     "noglue": "fp16/int8 without the fp32-glue rule",
     "nojit": "tactic sources EDGE_MASK_CONVOLUTIONS only (no JIT-compiled convolutions)",
+    "fp32pred": "the heads' predictor layers pinned to fp32 too (BuildConfig.fp32_predictors)",
     "oN": "builder optimization level N (0-5)",
 }
 
@@ -164,10 +167,12 @@ LABEL_FLAGS = {
 def parse_label(label: str) -> tuple:
     """``"int8-nojit-o2"`` -> ("int8", {"fp32_glue": True, "tactic_sources": [...], "opt_level": 2})."""
     prec, *flags = label.split("-")
-    opts = {"fp32_glue": True, "tactic_sources": None, "opt_level": None}
+    opts = {"fp32_glue": True, "fp32_predictors": False, "tactic_sources": None, "opt_level": None}
     for f in flags:
         if f == "noglue":
             opts["fp32_glue"] = False
+        elif f == "fp32pred":
+            opts["fp32_predictors"] = True
         elif f == "nojit":
             opts["tactic_sources"] = ["EDGE_MASK_CONVOLUTIONS"]
         elif len(f) == 2 and f[0] == "o" and f[1] in "012345":

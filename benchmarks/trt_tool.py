@@ -60,6 +60,7 @@ def cmd_build(jobs_path):
             tactic_sources=job.get("tactic_sources") or TACTICS,
             opt_level=job.get("opt_level"),
             fp32_glue=job.get("fp32_glue", True),
+            fp32_predictors=job.get("fp32_predictors", False),
         )
         calibrator = None
         if os.path.isfile(job["engine"]) and os.path.isfile(job["engine"] + ".json"):

@@ -200,6 +200,30 @@ def test_fp16_rule_keeps_glue_in_fp32(split_dir, tensor_dir):
     onnx.checker.check_model(m)
 
 
+def test_predictor_rule_picks_each_heads_last_layer(tensor_dir):
+    """The optional fp32-predictor rule (TensorRT 8.6/10 builder) names exactly the heads' last layers of the
+    exported graph: per FPN level the RPN's objectness and box-delta convolutions, the box predictor's two
+    matrix multiplies, the mask predictor's deconvolution and logits convolution."""
+    from rcnn_deploy.precision_rule import in_predictor_scope
+
+    c = Contract.load(tensor_dir)
+    m = onnx.load(tensor_dir / c.graph_for("fused").file)
+    weighted = [n for n in m.graph.node if n.op_type in ("Conv", "Gemm", "ConvTranspose", "MatMul")]
+
+    def scope(name: str) -> str:
+        return next(p for p in name.split("/") if in_predictor_scope(p)).rstrip("_0123456789")
+
+    picked = sorted(scope(n.name) + "/" + n.op_type for n in weighted if in_predictor_scope(n.name))
+    levels = 5
+    assert picked == sorted(
+        ["cls_logits/Conv"] * levels
+        + ["bbox_pred/Conv"] * levels
+        + ["box_predictor/Gemm"] * 2
+        + ["mask_predictor/ConvTranspose", "mask_predictor/Conv"]
+    ), picked
+    assert not [n for n in weighted if "backbone" in n.name and in_predictor_scope(n.name)]
+
+
 @pytest.mark.parametrize("graph", ["split", "fused"])
 def test_detectron2_flavour_exports_match_pytorch(graph, tmp_path):
     """BGR flip, ROIAlignV2 (aligned, adaptive sampling) and the D2 thresholds survive export to ONNX Runtime.

@@ -16,3 +16,18 @@ NETWORK_SCOPES = ("backbone", "rpn", "head", "box_head", "box_predictor", "mask_
 def in_network_scope(name: str) -> bool:
     parts = name.split("/")
     return any(s in parts for s in NETWORK_SCOPES)
+
+
+# The predictors: the last layer of each head, whose outputs are decoded (RPN objectness and box deltas,
+# class logits and box deltas, mask logits). Optional rule (``fp32_predictors``): they cost a few percent of
+# the FLOPs, and their fp16 rounding moves scores near the thresholds and box coordinates.
+PREDICTOR_SCOPES = ("cls_logits", "bbox_pred", "box_predictor", "mask_predictor")
+
+
+def in_predictor_scope(name: str) -> bool:
+    """ONNX export suffixes repeated module calls (one per FPN level): "/net/head/cls_logits_3/Conv"."""
+    for part in name.split("/"):
+        base, _, tail = part.rpartition("_")
+        if part in PREDICTOR_SCOPES or (tail.isdigit() and base in PREDICTOR_SCOPES):
+            return True
+    return False

@@ -30,6 +30,7 @@ class BuildConfig:
     tactic_sources: Optional[List[str]] = None  # e.g. ["EDGE_MASK_CONVOLUTIONS", "JIT_CONVOLUTIONS"]
     opt_level: Optional[int] = None  # builder optimization level 0-5 (TensorRT >= 8.6; its default is 3)
     fp32_glue: bool = True  # fp16/int8 builder flags: keep the glue layers in fp32 (precision_rule)
+    fp32_predictors: bool = False  # also the heads' last layers (precision_rule.PREDICTOR_SCOPES)
     glue_fallback: bool = True  # if the build with the glue rule fails, build once more without it (and say so)
     verbose: bool = False
 
@@ -91,9 +92,10 @@ def build_engine(
                 config.int8_calibrator = calibrator
     glue_fp32 = 0
     if trt.has_implicit_precision_flags and cfg.precision != "fp32" and cfg.fp32_glue:
-        glue_fp32 = keep_glue_fp32(mod, network, config)
+        glue_fp32 = keep_glue_fp32(mod, network, config, predictors=cfg.fp32_predictors)
         if cfg.verbose:
-            print(f"fp16/int8 rule: {glue_fp32} glue layers kept in fp32")
+            what = "glue and predictor" if cfg.fp32_predictors else "glue"
+            print(f"fp16/int8 rule: {glue_fp32} {what} layers kept in fp32")
     profile = builder.create_optimization_profile()
     needs_profile = False
     inputs = []
@@ -201,14 +203,15 @@ def _calibration_profile(builder: Any, network: Any, cfg: BuildConfig, calibrato
     return cal
 
 
-def keep_glue_fp32(mod: Any, network: Any, config: Any) -> int:
+def keep_glue_fp32(mod: Any, network: Any, config: Any, predictors: bool = False) -> int:
     """With builder fp16/int8 flags, pin the arithmetic layers outside the network scopes (the glue: box
     decoding, IoU/NMS inputs, level assignment, ROIAlign sampling, softmax) to fp32: the rule of
     ``rcnn_deploy.precision_rule``. Only layers that compute are pinned: data movement (shuffle, slice,
     concat, gather) carries its input's type, and type constraints on it leave TensorRT 8.6's Myelin regions
     with no implementation ("Could not find any implementation for node {ForeignNode[...]}", seen on the H100
-    with the fused plugin graph)."""
-    from ...precision_rule import in_network_scope
+    with the fused plugin graph). With ``predictors``, the heads' last layers (convolutions and matrix
+    multiplies included) are pinned too."""
+    from ...precision_rule import in_network_scope, in_predictor_scope
 
     L = mod.LayerType
     arithmetic = {
@@ -216,10 +219,14 @@ def keep_glue_fp32(mod: Any, network: Any, config: Any) -> int:
         for n in ("ELEMENTWISE", "UNARY", "ACTIVATION", "REDUCE", "SOFTMAX", "MATRIX_MULTIPLY", "SELECT", "SCALE")
         if hasattr(L, n)
     }
+    weighted = {getattr(L, n) for n in ("CONVOLUTION", "DECONVOLUTION", "FULLY_CONNECTED") if hasattr(L, n)}
     kept = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type not in arithmetic or in_network_scope(layer.name):
+        if predictors and in_predictor_scope(layer.name):
+            if layer.type not in arithmetic | weighted:
+                continue
+        elif layer.type not in arithmetic or in_network_scope(layer.name):
             continue
         outs = [layer.get_output(j) for j in range(layer.num_outputs)]
         if not outs or any(o.dtype != mod.DataType.FLOAT or getattr(o, "is_shape_tensor", False) for o in outs):
