@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,24 +18,6 @@ ROLES = ("backbone", "box_head", "mask_head")
 
 def _f(v, nd=2, dash="—"):
     return dash if v is None else f"{v:.{nd}f}"
-
-
-def _lat(lat, size, variant, engine, batch):
-    for r in lat:
-        if r["size"] == size and r["variant"] == variant and r["engine"] == engine and _batch(r) == batch:
-            return r if "error" not in r else None
-    return None
-
-
-def _why(row: dict, builds: list) -> str:
-    """A failed accuracy row, explained by its engines' build records when that is the reason."""
-    if "was not built" not in row["error"]:
-        return "error: " + row["error"][:160]
-    mine = [b for b in builds if b.get("variant") == row["graph"] and b.get("label_precision") == row["precision"]]
-    failed = [b for b in mine if not b.get("ok") and "out of time" not in str(b.get("error", ""))]
-    if failed:
-        return f"engine build failed ({failed[0]['role']}: {str(failed[0].get('error', ''))[:90]})"
-    return "not measured: device time ran out before this row"
 
 
 NAMES = {"pytorch": "PyTorch (deploy model)", "tensorrt": "TensorRT 8.6", "onnxruntime": "ONNX Runtime (CPU)"}
@@ -132,6 +115,14 @@ def _why(row: dict, builds: list) -> str:
     failed = [b for b in mine if not b.get("ok") and "out of time" not in str(b.get("error", ""))]
     if failed:
         b = failed[0]
+        internal = [e for e in b.get("log_errors", []) if "Internal Error" in e]
+        if internal and "killed" in str(b.get("error")):  # the build failed, then its fallback build was killed
+            where = re.search(r"\[([\w.:]+)\] Error Code \d+: Internal Error \((.*?)\s*\)", internal[0])
+            what = f"{where.group(2).rstrip('. ')} in {where.group(1)}" if where else internal[0][-120:]
+            return (
+                f"not measured: the {b['role']} engine build failed (TensorRT internal error: {what}); the retry"
+                f" without the glue rule was killed, {b.get('seconds', 0):.0f} s after the start"
+            )
         if "killed" in str(b.get("error")):
             return f"not measured: the {b['role']} engine build was still running after {b.get('seconds', 0):.0f} s (killed)"
         return f"engine build failed ({b['role']}: {str(b.get('error', ''))[:90]})"
@@ -272,7 +263,7 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
     ]
     kinds = {"pytorch": 0, "torchvision eager": 1}
     for r in sorted(lat, key=lambda r: (kinds.get(r["variant"], 2), r["batch"], r["engine"], r["run"])):
-        if r["size"] != BIG:
+        if r["size"] != BIG or r["variant"] == "split":
             continue
         name = {"pytorch": "PyTorch deploy model (eager)", "torchvision eager": "torchvision maskrcnn_resnet50_fpn (eager)"}.get(
             r["variant"], f"TensorRT fused ({r['variant']}, RPN NMS {r.get('rpn_nms')})"
@@ -285,6 +276,24 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
             f"| {name} | {prec} | {r['batch']} | {r['median_ms']:.2f} | {_f(r.get('p99_ms'))} "
             f"| {r['batch'] * 1000.0 / r['median_ms']:.0f} | {_f(r.get('build_seconds'), 1)} | {r['run']} |"
         )
+    for prec in ("fp32", "fp16", "int8"):
+        for b in (1, B):
+            names = [f"{role}_{'fp16' if prec == 'int8' and role != 'backbone' else prec}.engine" for role in ROLES]
+            parts = [_lat(lat, BIG, "split", n, b) for n in names]
+            if not all(parts):
+                continue
+            ms = sum(p["median_ms"] for p in parts)
+            built = [p.get("build_seconds") for p in parts]
+            out.append(
+                f"| TensorRT split, 3 engines summed² | {prec} | {b} | {ms:.2f} | — | {b * 1000.0 / ms:.0f} "
+                f"| {_f(sum(built) if all(built) else None, 1)} | {max(p['run'] for p in parts)} |"
+            )
+    out += [
+        "",
+        "² The split graphs' three engines (backbone at batch b, box head on 1000·b ROIs, mask head on 100·b ROIs;"
+        " int8: the backbone int8, the heads fp16), their medians summed; the glue between them (NMS, ROIAlign,"
+        " in torch on the GPU) is not included, so this is not the whole model's time. Build: the three summed.",
+    ]
     groups = [r for r in lat if r["size"] == BIG and r.get("layer_groups_ms")]
     if groups:
         out += [
@@ -329,6 +338,8 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
     for b in state.get("builds", []):
         cal = b.get("calibration_batches")
         cal = "—" if cal is None else (f"{cal} (cache reused)" if cal == 0 else str(cal))
+        if b.get("calib_graph") and b.get("ok"):  # int8 from the split backbone's calibration cache
+            cal = f"0 (the split backbone's cache: {b.get('int8_ranges', '?')} tensor ranges)"
         status = "yes" if b.get("ok") else f"no: {str(b.get('error', ''))[:100]}"
         graph = f"{b['variant']}, RPN NMS {b['rpn_nms']}" if b.get("rpn_nms") else b["variant"]
         out.append(
