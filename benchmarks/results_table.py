@@ -75,22 +75,20 @@ def variants(size: int, batch: int) -> dict:
 # build flags after the precision (LABEL_FLAGS: -noglue, -nojit, -oN).
 # Measured on the H200 (session 4, results_table_run3/4.json): a fused fp16 engine took 548-572 s with four
 # lanes side by side and 261 s alone; fused int8 engines were still building after 892 s with four lanes.
-# Already measured with the per-level RPN NMS: 1344 fused_b1 fp16. fp32 builds are quick (384 fused b8: 105 s
-# in four lanes), fp16 ones about five times slower, int8 slower still (calibration done after ~180 s, the
-# int8 build itself not done ~710 s later). So the default lanes are what is missing, the int8 builds at
-# builder optimization level 2 first (-o2; a second build of the same graph family reuses the calibration
-# cache): 1344 fused b1 int8 -o2, then the same at the default level (reusing the cache) | 1344 fused b8 fp16
-# (the batch-8 target), then the 1344 split fp16/int8 engines | 384 fused b8 fp16 and int8 -o2 (the mAP rows),
-# then 1344 fused b8 int8 -o2 | every fp32 engine: 1344 fused b1 and split, 384 fused b8 and split | 384 fused
-# b8 fp16 with the predictor layers in fp32 too (-fp32pred: does that close the fp16 mAP gap?).
+# Measured on the H200 (session 5, results_table_run6/7.json), five lanes: every fp32/fp16 engine built, no
+# int8 one. A fused graph calibrating itself is slow (had not got past calibration after 178 s at 256², built alone);
+# the 1344 fused b1 int8 -o2 build failed after 14 min with TensorRT's internal error "Assertion engine failed"
+# (refitUtils.cpp::buildRefitEngine; the only report of it found says it came with too little GPU memory; three
+# other builds shared the GPU then). So fused int8 now applies the split backbone's calibration cache by layer name
+# (job calib_graph; -selfcal: the old way), and the default lanes are three, what is missing: int8 at 1344
+# (the split backbone calibrates, the fused b1 and b8 builds reuse its cache; b8 at -o2, to build in time) | int8 at 384 and the 384 split
+# fp16 engines (the mAP rows of the split int8 and fp16 graphs on the H200) | the 1344 split heads fp16 (the
+# split int8 row's heads) and the 1344 fused b1 fp16 again (its mAP on the 50 images the other 1344 rows use).
 DEFAULT_LANES = (
-    "{big}/fused_b1/fused_int8-o2,{big}/fused_b1/fused_int8",
-    "{big}/fused_b{b}/fused_fp16,{big}/split/box_head_fp16,{big}/split/mask_head_fp16,{big}/split/backbone_fp16,"
-    "{big}/split/backbone_int8",
-    "{small}/fused_b{b}/fused_fp16,{small}/fused_b{b}/fused_int8-o2,{big}/fused_b{b}/fused_int8-o2",
-    "{big}/fused_b1/fused_fp32,{big}/split/backbone_fp32,{big}/split/box_head_fp32,{big}/split/mask_head_fp32,"
-    "{small}/fused_b{b}/fused_fp32,{small}/split/backbone_fp32,{small}/split/box_head_fp32,{small}/split/mask_head_fp32",
-    "{small}/fused_b{b}/fused_fp16-fp32pred",
+    "{big}/split/backbone_int8,{big}/fused_b1/fused_int8,{big}/fused_b{b}/fused_int8-o2",
+    "{small}/split/backbone_int8,{small}/fused_b{b}/fused_int8,{small}/split/box_head_fp16,"
+    "{small}/split/mask_head_fp16,{small}/split/backbone_fp16",
+    "{big}/split/box_head_fp16,{big}/split/mask_head_fp16,{big}/fused_b1/fused_fp16",
 )
 # Seven lanes at once slowed each build about ten-fold on the H100 (session 3: tactic timing shares one GPU).
 
@@ -139,6 +137,9 @@ def prepare(a) -> dict:
             np.save(f, np.stack([letterbox(load_rgb(p), (size, size), fill)[0] for p in calib[:n]]))
     # the graphs the lanes build, and the split graph of the ONNX Runtime row
     needed = {tuple(rel.split("/")[:2]) for lane in lane_engines(a) for rel in lane}
+    # fused int8 engines apply the split backbone's calibration cache (its graph is parsed for layer names)
+    needed |= {(sz, "split") for lane in lane_engines(a) for sz, var, _, lab in map(split_rel, lane)
+               if var.startswith("fused") and parse_label(lab)[0] == "int8" and "selfcal" not in lab.split("-")}
     if not a.no_onnxruntime:
         needed.add((str(a.size), "split"))
     for size in (a.size, a.big):
@@ -160,6 +161,8 @@ LABEL_FLAGS = {
     "noglue": "fp16/int8 without the fp32-glue rule",
     "nojit": "tactic sources EDGE_MASK_CONVOLUTIONS only (no JIT-compiled convolutions)",
     "fp32pred": "the heads' predictor layers pinned to fp32 too (BuildConfig.fp32_predictors)",
+    "selfcal": "fused int8 calibrated on the fused graph itself (default: the split backbone's calibration cache"
+    " applied by layer name)",
     "oN": "builder optimization level N (0-5)",
 }
 
@@ -167,10 +170,12 @@ LABEL_FLAGS = {
 def parse_label(label: str) -> tuple:
     """``"int8-nojit-o2"`` -> ("int8", {"fp32_glue": True, "tactic_sources": [...], "opt_level": 2})."""
     prec, *flags = label.split("-")
-    opts = {"fp32_glue": True, "fp32_predictors": False, "tactic_sources": None, "opt_level": None}
+    opts = {"fp32_glue": True, "fp32_predictors": False, "tactic_sources": None, "opt_level": None, "selfcal": False}
     for f in flags:
         if f == "noglue":
             opts["fp32_glue"] = False
+        elif f == "selfcal":
+            opts["selfcal"] = True
         elif f == "fp32pred":
             opts["fp32_predictors"] = True
         elif f == "nojit":
@@ -200,18 +205,24 @@ def job_for(a, rel: str) -> dict:
     d = a.work / size / variant
     fused = variant.startswith("fused")
     b = int(variant[len("fused_b") :]) if fused else 1
+    selfcal = opts.pop("selfcal")
+    # fused int8: the split backbone's calibration (one per size, quick) applied by layer name, unless -selfcal
+    from_backbone = fused and prec == "int8" and not selfcal
+    split = a.work / size / "split"
+    family = "backbone" if from_backbone else ("fused" if fused else role)
     return dict(
         onnx=str(_graph_file(d, role)),
         engine=str(d / f"{stem}.engine"),
         precision=prec,
         **opts,
+        calib_graph=str(_graph_file(split, "backbone")) if from_backbone else None,
         batch=[b, b, b] if fused else [1, 1, a.batch],
         rois=[1, 1000, a.batch * 1000],
         workspace_gib=4.0,  # lanes build side by side on one GPU
         timing_cache=str(a.work / "timing.cache"),
         calib_npy=str(a.work / f"calib_{size}.npy"),
         # one cache per graph family and size: the second int8 build of a family reuses the first's
-        calib_cache=str(a.work / size / f"{'fused' if fused else role}_calib.cache"),
+        calib_cache=str(a.work / size / f"{family}_calib.cache"),
         calib_batch=b if fused else a.batch,  # split: calibrate 8 images per launch (calibration profile)
         size=int(size),
         variant=variant,
@@ -247,6 +258,12 @@ def run_lane(a, lane: list) -> None:
             if not rec.is_file():
                 rec.write_text(json.dumps({**job, "ok": True, "skipped": "built by an earlier call"}))
             continue
+        if job.get("calib_graph") and not Path(job["calib_cache"]).is_file():
+            # the split backbone int8 build (another lane, or earlier in this one) writes the cache
+            writer = a.work / "builds" / f"{job['size']}_split_backbone_int8.json"
+            log("build waits for", job["calib_cache"])
+            while not Path(job["calib_cache"]).is_file() and not writer.is_file() and left_build(a) > 60:
+                time.sleep(5)
         if left_build(a) < 60:
             rec.write_text(json.dumps({**job, "ok": False, "error": "not built: out of time in this run"}))
             continue

@@ -61,6 +61,9 @@ def cmd_build(jobs_path):
             opt_level=job.get("opt_level"),
             fp32_glue=job.get("fp32_glue", True),
             fp32_predictors=job.get("fp32_predictors", False),
+            # int8 from another graph's calibration cache (the split backbone's), applied by layer name
+            int8_ranges_graph=job.get("calib_graph"),
+            int8_ranges_cache=job.get("calib_cache") if job.get("calib_graph") else None,
         )
         calibrator = None
         if os.path.isfile(job["engine"]) and os.path.isfile(job["engine"] + ".json"):
@@ -69,12 +72,14 @@ def cmd_build(jobs_path):
         t0 = time.time()
         print("=== build " + job["engine"], file=sys.stderr, flush=True)
         try:
-            if cfg.precision in ("int8", "best"):
+            if cfg.precision in ("int8", "best") and not cfg.int8_ranges_graph:
                 from rcnn_deploy.backends.tensorrt.calibrator import make_calibrator
 
                 calibrator = make_calibrator(trt, job["calib_npy"], job["calib_cache"], job.get("calib_batch", 1))
             side = build_engine(job["onnx"], job["engine"], cfg, trt, calibrator)
             entry = {"engine": job["engine"], "ok": True, "build_seconds": side["build_seconds"]}
+            if side.get("int8_ranges"):  # ranges applied from another graph's calibration cache
+                entry["int8_ranges"] = side["int8_ranges"]
             if calibrator is not None:  # 0 batches: an existing calibration cache was reused
                 entry["calibration_batches"] = calibrator.batches_used
         except Exception as e:  # keep building the others; the report says what failed

@@ -38,6 +38,12 @@ def build_command(
     ),
     calib_images: int = typer.Option(500, help="INT8: number of calibration images to use."),
     calib_batch: int = typer.Option(1, help="INT8: calibration batch size."),
+    calib_graph: Optional[Path] = typer.Option(
+        None,
+        help="INT8 on TensorRT 8.6/10: --calib-cache belongs to this other graph of the same model (e.g. the split"
+        " backbone, which calibrates quickly); its ranges are applied to this graph's layers of the same name, with"
+        " no calibration here; layers it does not cover run fp16.",
+    ),
     fp32_glue: bool = typer.Option(
         True, help="fp16/int8 on TensorRT 8.6/10: keep the glue (box decoding, NMS inputs, ROIAlign) in fp32."
     ),
@@ -53,7 +59,8 @@ def build_command(
     """Build a TensorRT engine.
 
     TensorRT 8.6/10 take fp16/int8 as builder flags (int8 calibrates on --calib-input with the model's own
-    preprocessing, or reuses --calib-cache); TensorRT 11 and TensorRT-RTX are strongly typed, so fp16 builds
+    preprocessing, or reuses --calib-cache, or applies the cache of another graph of the model by layer
+    name with --calib-graph); TensorRT 11 and TensorRT-RTX are strongly typed, so fp16 builds
     an fp16 graph made by rule (network layers fp16, glue fp32) and int8 a Q/DQ graph (nvidia-modelopt,
     calibrated on --calib-input; the network layers int8, the glue fp32). A Q/DQ graph given directly is
     built as explicit quantization by every version.
@@ -67,6 +74,9 @@ def build_command(
 
       rcnn-deploy build out/torchvision-maskrcnn_backbone.onnx -o backbone_int8.engine --precision int8
       --trt tensorrt_rtx --calib-input data/images --calib-cache backbone_int8_qdq.onnx
+
+      rcnn-deploy build fused/model_fused_plugin.onnx -o fused_int8.engine --precision int8
+      --calib-graph split/torchvision-maskrcnn_backbone.onnx --calib-cache backbone.cache
     """
     from rich.console import Console
     from rich.markup import escape
@@ -89,6 +99,11 @@ def build_command(
         runtime = load_trt(trt)
     except (FileNotFoundError, ValueError, BackendUnavailable) as e:
         fail(str(e))
+    if calib_graph is not None and runtime.strongly_typed_only:
+        fail(
+            f"--calib-graph applies a calibration cache with builder int8 flags (TensorRT 8.6/10); {runtime.name} "
+            f"{runtime.version} is strongly typed: int8 there is a Q/DQ graph (--calib-input, --calib-cache)"
+        )
     lo, opt, hi = parse_profile(batch)
     if not (contract.batch[0] <= lo and hi <= contract.batch[1]):
         fail(f"batch profile {lo}:{opt}:{hi} is outside the exported range {contract.batch[0]}:{contract.batch[1]}")
@@ -116,6 +131,16 @@ def build_command(
             cfg.precision = "fp16"
         if precision in ("int8", "best") and runtime.strongly_typed_only:
             src = _explicit_int8(onnx_path, contract, calib_input, calib_cache, calib_images, Path(tmp), console, fail)
+        elif precision in ("int8", "best") and calib_graph is not None:
+            if calib_cache is None or not calib_cache.is_file():
+                fail(
+                    f"--calib-graph needs the calibration cache of {calib_graph.name} (--calib-cache): build that graph"
+                    " first with --precision int8 --calib-input DIR --calib-cache FILE"
+                )
+            if not calib_graph.is_file():
+                fail(f"calibration graph not found: {calib_graph}")
+            cfg.int8_ranges_graph, cfg.int8_ranges_cache = str(calib_graph), str(calib_cache)
+            console.print(f"applying {calib_cache.name} (calibrated on {calib_graph.name}) by layer name")
         elif precision in ("int8", "best"):
             if calib_cache is None:
                 fail("--precision int8 needs --calib-cache (it is reused on the next build)")

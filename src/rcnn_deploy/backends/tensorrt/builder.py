@@ -31,6 +31,10 @@ class BuildConfig:
     opt_level: Optional[int] = None  # builder optimization level 0-5 (TensorRT >= 8.6; its default is 3)
     fp32_glue: bool = True  # fp16/int8 builder flags: keep the glue layers in fp32 (precision_rule)
     fp32_predictors: bool = False  # also the heads' last layers (precision_rule.PREDICTOR_SCOPES)
+    # int8 on 8.6/10 without calibrating this graph: the calibration cache of another graph of the same model
+    # (the split backbone), applied by layer name (calibrator.map_ranges); layers it lacks run fp16
+    int8_ranges_graph: Optional[str] = None
+    int8_ranges_cache: Optional[str] = None
     glue_fallback: bool = True  # if the build with the glue rule fails, build once more without it (and say so)
     verbose: bool = False
 
@@ -75,6 +79,13 @@ def build_engine(
         )
     if explicit and cfg.precision not in ("int8", "best"):
         raise ValueError(f"{onnx_path.name} is quantized (Q/DQ nodes): build it with precision int8")
+    ranges_set = 0
+    if cfg.int8_ranges_graph and cfg.precision in ("int8", "best") and not explicit:
+        if not trt.has_implicit_precision_flags:
+            raise ValueError(f"{trt.name} {trt.version} is strongly typed: int8 ranges need a Q/DQ graph instead")
+        if calibrator is not None:
+            raise ValueError("int8: give either a calibrator or int8_ranges_graph (a calibration cache to apply)")
+        ranges_set = _transfer_ranges(trt, builder, network, logger, cfg)
     config = builder.create_builder_config()
     trt.set_workspace(config, int(cfg.workspace_gib * (1 << 30)))
     if cfg.tactic_sources:
@@ -153,13 +164,51 @@ def build_engine(
         "build_config": asdict(cfg),
         "build_seconds": round(build_s, 3),
         "glue_layers_fp32": glue_fp32,
-        "int8": None if cfg.precision not in ("int8", "best") else ("explicit (Q/DQ)" if explicit else "calibrated"),
+        "int8": _int8_kind(cfg, explicit, ranges_set),
+        "int8_ranges": ranges_set or None,
         "glue_rule": "fp32" if glue_fp32 else ("n/a" if cfg.precision == "fp32" else "off"),
         "inputs": inputs,
         "outputs": outputs,
     }
     atomic_write_json(str(engine_path) + ".json", sidecar)
     return sidecar
+
+
+def _int8_kind(cfg: BuildConfig, explicit: bool, ranges_set: int) -> Optional[str]:
+    if cfg.precision not in ("int8", "best"):
+        return None
+    if explicit:
+        return "explicit (Q/DQ)"
+    if ranges_set:
+        return (
+            f"calibrated on {Path(str(cfg.int8_ranges_graph)).name}: {ranges_set} tensor ranges from "
+            f"{Path(str(cfg.int8_ranges_cache)).name}"
+        )
+    return "calibrated"
+
+
+def _transfer_ranges(trt: TRT, builder: Any, network: Any, logger: Any, cfg: BuildConfig) -> int:
+    """Apply the calibration cache of ``cfg.int8_ranges_graph`` to ``network`` by layer name."""
+    from .calibrator import apply_ranges, layer_table, map_ranges, read_calibration_cache, scope_prefix
+
+    mod = trt.module
+    cache = str(cfg.int8_ranges_cache or "")
+    if not Path(cache).is_file():
+        raise FileNotFoundError(
+            f"no calibration cache at {cache!r}: build {Path(str(cfg.int8_ranges_graph)).name} in int8 with "
+            "calibration images first (that build writes it)"
+        )
+    source = builder.create_network(trt.network_flags(strongly_typed=False))
+    parser = mod.OnnxParser(source, logger)
+    if not parser.parse_from_file(str(cfg.int8_ranges_graph)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeError(f"could not parse the calibration graph {cfg.int8_ranges_graph}:\n" + "\n".join(errors))
+    src, dst = layer_table(mod, source), layer_table(mod, network)
+    ranges = map_ranges(src, dst, read_calibration_cache(cache), scope_prefix(list(src), list(dst)))
+    n = apply_ranges(mod, network, ranges)
+    if not n:
+        raise ValueError(f"none of {cache}'s tensors is in this graph: calibrate a graph of the same model")
+    return n
 
 
 def _has_qdq(mod: Any, network: Any) -> bool:
