@@ -75,20 +75,21 @@ def variants(size: int, batch: int) -> dict:
 # build flags after the precision (LABEL_FLAGS: -noglue, -nojit, -oN).
 # Measured on the H200 (session 4, results_table_run3/4.json): a fused fp16 engine took 548-572 s with four
 # lanes side by side and 261 s alone; fused int8 engines were still building after 892 s with four lanes.
-# Measured on the H200 (session 5, results_table_run6/7.json), five lanes: every fp32/fp16 engine built, no
-# int8 one. A fused graph calibrating itself is slow (had not got past calibration after 178 s at 256², built alone);
+# Measured on the H200 (session 5, results_table_run6/7.json), five lanes: every fp32/fp16 engine built, no int8
+# one. A fused graph calibrating itself is slow (had not got past calibration after 178 s at 256², built alone);
 # the 1344 fused b1 int8 -o2 build failed after 14 min with TensorRT's internal error "Assertion engine failed"
 # (refitUtils.cpp::buildRefitEngine; the only report of it found says it came with too little GPU memory; three
-# other builds shared the GPU then). So fused int8 now applies the split backbone's calibration cache by layer name
-# (job calib_graph; -selfcal: the old way), and the default lanes are three, what is missing: int8 at 1344
-# (the split backbone calibrates, the fused b1 and b8 builds reuse its cache; b8 at -o2, to build in time) | int8 at 384 and the 384 split
-# fp16 engines (the mAP rows of the split int8 and fp16 graphs on the H200) | the 1344 split heads fp16 (the
-# split int8 row's heads) and the 1344 fused b1 fp16 again (its mAP on the 50 images the other 1344 rows use).
+# other builds shared the GPU then). So fused int8 now applies the split backbone's calibration cache by layer
+# name (job calib_graph; -selfcal: the old way), and the default lanes are three, for what is missing:
+#   int8 at 1344: the split backbone calibrates, the fused b1 and b8 builds reuse its cache (b8 at -o2, to build
+#   in time) | int8 at 384 and the 384 split fp16 engines (the mAP rows of the split int8 and fp16 graphs on the
+#   H200) | the 1344 split heads fp16 (the split int8 row's heads), then the fused fp16 engines again, 1344 b1 and
+#   384 b8: the glue rule now pins the NMS plugins to fp32 too (mAP drop and latency with it; 50 images at 1344).
 DEFAULT_LANES = (
     "{big}/split/backbone_int8,{big}/fused_b1/fused_int8,{big}/fused_b{b}/fused_int8-o2",
     "{small}/split/backbone_int8,{small}/fused_b{b}/fused_int8,{small}/split/box_head_fp16,"
     "{small}/split/mask_head_fp16,{small}/split/backbone_fp16",
-    "{big}/split/box_head_fp16,{big}/split/mask_head_fp16,{big}/fused_b1/fused_fp16",
+    "{big}/split/box_head_fp16,{big}/split/mask_head_fp16,{big}/fused_b1/fused_fp16,{small}/fused_b{b}/fused_fp16",
 )
 # Seven lanes at once slowed each build about ten-fold on the H100 (session 3: tactic timing shares one GPU).
 

@@ -365,9 +365,36 @@ def load(res: Path) -> tuple:
     return states, {p.name: meta.get(p.name, {}) for p in files}, bench
 
 
+def render_sensitivity(res: Path) -> str:
+    """The fp16 emulation on the CPU (benchmarks/fp16_sensitivity.py), if its results file exists."""
+    out = []
+    for p in sorted(res.glob("fp16_sensitivity_*.json")):
+        data = json.loads(p.read_text())
+        rows = data["rows"]
+        ref = next((r for r in rows if r["variant"] == "fp32"), None)
+        out += [
+            "",
+            f"## fp16 sensitivity, emulated on the CPU (`{p.name}`)",
+            "",
+            f"`benchmarks/fp16_sensitivity.py`, input {data['info'].get('size')}²: {data['info'].get('what', '')}"
+            " Not TensorRT: which rounding moves the mAP, and by how much.",
+            "",
+            "| variant | images | bbox mAP | segm mAP | Δ bbox | Δ segm |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            d_b = r["bbox_mAP"] - ref["bbox_mAP"] if ref and r is not ref else None
+            d_s = r["segm_mAP"] - ref["segm_mAP"] if ref and r is not ref else None
+            out.append(
+                f"| {r['variant']} | {r['images']} | {r['bbox_mAP']:.4f} | {r['segm_mAP']:.4f} "
+                f"| {_f(d_b, 4)} | {_f(d_s, 4)} |"
+            )
+    return "\n".join(out) + ("\n" if out else "")
+
+
 def rendered(res: Path) -> str:
     states, meta, bench = load(res)
-    return render(merge(states), meta, bench)
+    return render(merge(states), meta, bench) + render_sensitivity(res)
 
 
 def _section(text: str, heading: str) -> str:

@@ -258,8 +258,10 @@ def keep_glue_fp32(mod: Any, network: Any, config: Any, predictors: bool = False
     ``rcnn_deploy.precision_rule``. Only layers that compute are pinned: data movement (shuffle, slice,
     concat, gather) carries its input's type, and type constraints on it leave TensorRT 8.6's Myelin regions
     with no implementation ("Could not find any implementation for node {ForeignNode[...]}", seen on the H100
-    with the fused plugin graph). With ``predictors``, the heads' last layers (convolutions and matrix
-    multiplies included) are pinned too."""
+    with the fused plugin graph). Plugins outside the network scopes (EfficientNMS_TRT, which has an fp16
+    mode, and PyramidROIAlign_TRT) are glue too: pinned to fp32, their float outputs fp32; unpinned, TensorRT
+    may run an NMS on fp16 boxes and scores and return fp16 boxes (steps of 1 px at 1024-2047 px). With
+    ``predictors``, the heads' last layers (convolutions and matrix multiplies included) are pinned too."""
     from ...precision_rule import in_network_scope, in_predictor_scope
 
     L = mod.LayerType
@@ -269,9 +271,22 @@ def keep_glue_fp32(mod: Any, network: Any, config: Any, predictors: bool = False
         if hasattr(L, n)
     }
     weighted = {getattr(L, n) for n in ("CONVOLUTION", "DECONVOLUTION", "FULLY_CONNECTED") if hasattr(L, n)}
+    plugins = {getattr(L, n) for n in ("PLUGIN", "PLUGIN_V2", "PLUGIN_V3") if hasattr(L, n)}
     kept = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
+        if layer.type in plugins:
+            if in_network_scope(layer.name):
+                continue
+            try:
+                layer.precision = mod.DataType.FLOAT
+                for j in range(layer.num_outputs):
+                    if layer.get_output(j).dtype == mod.DataType.FLOAT:  # counts and classes stay int32
+                        layer.set_output_type(j, mod.DataType.FLOAT)
+            except (RuntimeError, TypeError):
+                continue
+            kept += 1
+            continue
         if predictors and in_predictor_scope(layer.name):
             if layer.type not in arithmetic | weighted:
                 continue
