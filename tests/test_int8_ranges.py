@@ -1,7 +1,7 @@
 """One calibration serves every int8 engine of a model and size (TensorRT 8.6/10): the split backbone's
-calibration cache is applied by layer name to the fused graphs. Parsed here with TensorRT-RTX's ONNX parser
-(the same layer naming as TensorRT 8.6's); setting the ranges needs TensorRT 8.6/10 (checked on the GPU
-machine by benchmarks/results_table.py)."""
+calibration cache is applied by layer name to the fused graphs. Parsed here with TensorRT-RTX's ONNX parser,
+which names layers after their ONNX nodes as TensorRT 8.6's does (not compared layer by layer); setting the
+ranges needs TensorRT 8.6/10, whose run is benchmarks/results_table.py on the GPU machine (not run yet)."""
 
 from __future__ import annotations
 
