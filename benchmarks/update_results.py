@@ -129,6 +129,12 @@ def _why(row: dict, builds: list) -> str:
     return "not measured: device time ran out before this row"
 
 
+def _split_engines(prec: str) -> list:
+    """The split graph's three engine files of a precision row: int8 is the backbone, the heads run fp16
+    (results_table.split_engine's rule)."""
+    return [f"{role}_{'fp16' if prec == 'int8' and role != 'backbone' else prec}.engine" for role in ROLES]
+
+
 def _sort(rows: list) -> list:
     order = {"PyTorch": 0, "ONNX Runtime": 1, "TensorRT": 2}
     prec_order = {"fp32": 0, "fp16": 1, "int8": 2}
@@ -215,7 +221,7 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
             e2e = x1 and pre is not None and pre + x1["infer_wall_median_ms"] + post
             thr = x8 and B * 1000.0 / x8["median_ms"]
         elif r["backend"].startswith("TensorRT"):
-            names = [f"{role}_{'fp16' if prec == 'int8' and role != 'backbone' else prec}.engine" for role in ROLES]
+            names = _split_engines(prec)
             parts1 = [_lat(lat, S, "split", n, 1) for n in names]
             parts8 = [_lat(lat, S, "split", n, B) for n in names]
             b1 = sum(p["median_ms"] for p in parts1) if all(parts1) else None
@@ -278,7 +284,7 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
         )
     for prec in ("fp32", "fp16", "int8"):
         for b in (1, B):
-            names = [f"{role}_{'fp16' if prec == 'int8' and role != 'backbone' else prec}.engine" for role in ROLES]
+            names = _split_engines(prec)
             parts = [_lat(lat, BIG, "split", n, b) for n in names]
             if not all(parts):
                 continue

@@ -65,12 +65,8 @@ def build_engine(
     if hasattr(mod, "init_libnvinfer_plugins"):
         mod.init_libnvinfer_plugins(logger, "")
     builder = mod.Builder(logger)
-    network = builder.create_network(trt.network_flags(strongly_typed=trt.strongly_typed_only))
-    parser = mod.OnnxParser(network, logger)
     onnx_path = Path(onnx_path)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise RuntimeError(f"{trt.name} {trt.version} could not parse {onnx_path}:\n" + "\n".join(errors))
+    network, parser = _parse(trt, builder, logger, onnx_path, strongly_typed=trt.strongly_typed_only)
     explicit = _has_qdq(mod, network)
     if trt.strongly_typed_only and cfg.precision in ("int8", "best") and not explicit:
         raise ValueError(
@@ -80,9 +76,8 @@ def build_engine(
     if explicit and cfg.precision not in ("int8", "best"):
         raise ValueError(f"{onnx_path.name} is quantized (Q/DQ nodes): build it with precision int8")
     ranges_set = 0
+    # another graph's calibration cache; strongly typed builders reached this only with a Q/DQ graph (above)
     if cfg.int8_ranges_graph and cfg.precision in ("int8", "best") and not explicit:
-        if not trt.has_implicit_precision_flags:
-            raise ValueError(f"{trt.name} {trt.version} is strongly typed: int8 ranges need a Q/DQ graph instead")
         if calibrator is not None:
             raise ValueError("int8: give either a calibrator or int8_ranges_graph (a calibration cache to apply)")
         ranges_set = _transfer_ranges(trt, builder, network, logger, cfg)
@@ -174,6 +169,17 @@ def build_engine(
     return sidecar
 
 
+def _parse(trt: TRT, builder: Any, logger: Any, path: Path, strongly_typed: bool) -> Tuple[Any, Any]:
+    """``path`` parsed into a new network of ``builder``: (network, parser). The parser owns the weights the
+    network points to, so it must live as long as the network is used."""
+    network = builder.create_network(trt.network_flags(strongly_typed=strongly_typed))
+    parser = trt.module.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise RuntimeError(f"{trt.name} {trt.version} could not parse {path}:\n" + "\n".join(errors))
+    return network, parser
+
+
 def _int8_kind(cfg: BuildConfig, explicit: bool, ranges_set: int) -> Optional[str]:
     if cfg.precision not in ("int8", "best"):
         return None
@@ -198,11 +204,7 @@ def _transfer_ranges(trt: TRT, builder: Any, network: Any, logger: Any, cfg: Bui
             f"no calibration cache at {cache!r}: build {Path(str(cfg.int8_ranges_graph)).name} in int8 with "
             "calibration images first (that build writes it)"
         )
-    source = builder.create_network(trt.network_flags(strongly_typed=False))
-    parser = mod.OnnxParser(source, logger)
-    if not parser.parse_from_file(str(cfg.int8_ranges_graph)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise RuntimeError(f"could not parse the calibration graph {cfg.int8_ranges_graph}:\n" + "\n".join(errors))
+    source, _parser = _parse(trt, builder, logger, Path(str(cfg.int8_ranges_graph)), strongly_typed=False)
     src, dst = layer_table(mod, source), layer_table(mod, network)
     ranges = map_ranges(src, dst, read_calibration_cache(cache), scope_prefix(list(src), list(dst)))
     n = apply_ranges(mod, network, ranges)
@@ -275,30 +277,27 @@ def keep_glue_fp32(mod: Any, network: Any, config: Any, predictors: bool = False
     kept = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type in plugins:
+        plugin = layer.type in plugins
+        if plugin:
             if in_network_scope(layer.name):
                 continue
-            try:
-                layer.precision = mod.DataType.FLOAT
-                for j in range(layer.num_outputs):
-                    if layer.get_output(j).dtype == mod.DataType.FLOAT:  # counts and classes stay int32
-                        layer.set_output_type(j, mod.DataType.FLOAT)
-            except (RuntimeError, TypeError):
-                continue
-            kept += 1
-            continue
-        if predictors and in_predictor_scope(layer.name):
+        elif predictors and in_predictor_scope(layer.name):
             if layer.type not in arithmetic | weighted:
                 continue
         elif layer.type not in arithmetic or in_network_scope(layer.name):
             continue
         outs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        if not outs or any(o.dtype != mod.DataType.FLOAT or getattr(o, "is_shape_tensor", False) for o in outs):
+        # a plugin's integer outputs (NMS counts and classes) stay int32; other layers are pinned only when
+        # every output is a float data tensor
+        if not plugin and (
+            not outs or any(o.dtype != mod.DataType.FLOAT or getattr(o, "is_shape_tensor", False) for o in outs)
+        ):
             continue
         try:
             layer.precision = mod.DataType.FLOAT
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, mod.DataType.FLOAT)
+            for j, o in enumerate(outs):
+                if o.dtype == mod.DataType.FLOAT:
+                    layer.set_output_type(j, mod.DataType.FLOAT)
         except (RuntimeError, TypeError):  # some layer kinds (loop boundaries, ...) take no precision
             continue
         kept += 1
