@@ -10,7 +10,7 @@
 # Wheels the GPU machine lacks travel in .whl/ (carry it in the start call): pycocotools (the mAP columns) and
 # onnx_graphsurgeon (export's graph sanitising); `wheels` downloads them for the GPU machine's CPython 3.12.
 # $OUT gets results_table.json (a snapshot while the run goes on), driver.log, logs.tgz (every build's whole
-# TensorRT log, build records, accuracy rows) and the timing cache.
+# TensorRT log, build records, accuracy rows) and timing_caches.tgz (carry it as .trtcache/ to seed the next run).
 set -uo pipefail
 W=${WORK:-/tmp/rt}
 OUT=${OUT:-$W/out}
@@ -25,7 +25,9 @@ collect() {
     cp "$W/out/results_table.json" "$OUT/"
   fi
   cp "$W/driver.log" "$OUT/" 2>/dev/null
-  [ -f "$W/timing.cache" ] && cp "$W/timing.cache" "$OUT/trt86_timing.cache"
+  # the builds' timing caches (one per graph): carry the file back in as .trtcache/timing_caches.tgz and
+  # `start` seeds the next run's builds with them (tactics timed once are not timed again)
+  (cd "$W" && ls */*/*.timing.cache >/dev/null 2>&1 && tar -czf "$OUT/timing_caches.tgz" */*/*.timing.cache)
   tar -czf "$OUT/logs.tgz" -C "$W" $(cd "$W" && ls -d logs builds rows jobs latency_partial.json 2>/dev/null)
   tail -n 40 "$W/driver.log" 2>/dev/null | cut -c1-400
   running && echo "still running" || echo "finished"
@@ -43,6 +45,9 @@ start)
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
   if running; then echo "already running (pid $(cat "$W/driver.pid"))"; exit 0; fi
+  if [ -f .trtcache/timing_caches.tgz ] && ! ls "$W"/*/*/*.timing.cache >/dev/null 2>&1; then
+    tar -xzf .trtcache/timing_caches.tgz -C "$W" && echo "timing caches seeded from .trtcache/timing_caches.tgz"
+  fi
   setsid nohup python3 -u benchmarks/results_table.py --work "$W" --out "$W/out" \
     --deadline-min "${2:?MINUTES}" --build-deadline-min "${3:?BUILD_MINUTES}" "${@:4}" \
     >"$W/driver.log" 2>&1 </dev/null &

@@ -83,12 +83,12 @@ def variants(size: int, batch: int) -> dict:
 # name (job calib_graph; -selfcal: the old way), and the default lanes are three, for what is missing:
 #   int8 at 1344: the split backbone calibrates, the fused b1 and b8 builds reuse its cache (b8 at -o2, to build
 #   in time) | int8 at 384 and the 384 split fp16 engines (the mAP rows of the split int8 and fp16 graphs on the
-#   H200) | the 1344 split heads fp16 (the split int8 row's heads), then the fused fp16 engines again, 1344 b1 and
+#   H200), and the 384 backbone int8 once more at -o2: the seed's second build, which reuses the cache | the 1344 split heads fp16 (the split int8 row's heads), then the fused fp16 engines again, 1344 b1 and
 #   384 b8: the glue rule now pins the NMS plugins to fp32 too (mAP drop and latency with it; 50 images at 1344).
 DEFAULT_LANES = (
     "{big}/split/backbone_int8,{big}/fused_b1/fused_int8,{big}/fused_b{b}/fused_int8-o2",
     "{small}/split/backbone_int8,{small}/fused_b{b}/fused_int8,{small}/split/box_head_fp16,"
-    "{small}/split/mask_head_fp16,{small}/split/backbone_fp16",
+    "{small}/split/mask_head_fp16,{small}/split/backbone_int8-o2,{small}/split/backbone_fp16",
     "{big}/split/box_head_fp16,{big}/split/mask_head_fp16,{big}/fused_b1/fused_fp16,{small}/fused_b{b}/fused_fp16",
 )
 # Seven lanes at once slowed each build about ten-fold on the H100 (session 3: tactic timing shares one GPU).
@@ -220,7 +220,11 @@ def job_for(a, rel: str) -> dict:
         batch=[b, b, b] if fused else [1, 1, a.batch],
         rois=[1, 1000, a.batch * 1000],
         workspace_gib=4.0,  # lanes build side by side on one GPU
-        timing_cache=str(a.work / "timing.cache"),
+        # one timing cache per graph: its fp16 timings serve its int8 build. One cache shared by every graph
+        # was refused by every build after the first fused one (run 6: "myelinCache.h::deserializeFromBuffer
+        # ... The timing cache will not be used!")
+        timing_cache=str(d / f"{role}.timing.cache"),
+        log_info=True,  # build phases and calibration batches with their times, in the build's log
         calib_npy=str(a.work / f"calib_{size}.npy"),
         # one cache per graph family and size: the second int8 build of a family reuses the first's
         calib_cache=str(a.work / size / f"{family}_calib.cache"),

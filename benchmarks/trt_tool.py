@@ -64,6 +64,7 @@ def cmd_build(jobs_path):
             # int8 from another graph's calibration cache (the split backbone's), applied by layer name
             int8_ranges_graph=job.get("calib_graph"),
             int8_ranges_cache=job.get("calib_cache") if job.get("calib_graph") else None,
+            log_info=job.get("log_info", False),
         )
         calibrator = None
         if os.path.isfile(job["engine"]) and os.path.isfile(job["engine"] + ".json"):

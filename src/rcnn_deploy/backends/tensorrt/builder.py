@@ -37,6 +37,7 @@ class BuildConfig:
     int8_ranges_cache: Optional[str] = None
     glue_fallback: bool = True  # if the build with the glue rule fails, build once more without it (and say so)
     verbose: bool = False
+    log_info: bool = False  # TensorRT's INFO log: build phases, calibration batches and their times
 
 
 def _profile_shape(dims: List[int], cfg: BuildConfig, name: str) -> Optional[Tuple[List[int], List[int], List[int]]]:
@@ -61,7 +62,8 @@ def build_engine(
     mod = trt.module
     if cfg.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {cfg.precision!r}")
-    logger = mod.Logger(mod.Logger.VERBOSE if cfg.verbose else mod.Logger.WARNING)
+    level = "VERBOSE" if cfg.verbose else ("INFO" if cfg.log_info else "WARNING")
+    logger = mod.Logger(getattr(mod.Logger, level))
     if hasattr(mod, "init_libnvinfer_plugins"):
         mod.init_libnvinfer_plugins(logger, "")
     builder = mod.Builder(logger)
