@@ -27,7 +27,10 @@ collect() {
   cp "$W/driver.log" "$OUT/" 2>/dev/null
   # the builds' timing caches (one per graph): carry the file back in as .trtcache/timing_caches.tgz and
   # `start` seeds the next run's builds with them (tactics timed once are not timed again)
-  (cd "$W" && ls */*/*.timing.cache >/dev/null 2>&1 && tar -czf "$OUT/timing_caches.tgz" */*/*.timing.cache)
+  # and the int8 calibration caches (one per size and graph family): seeded the same way, the next run's int8
+  # builds reuse them instead of calibrating again
+  caches=$(cd "$W" && ls */*/*.timing.cache */*_calib.cache 2>/dev/null)
+  [ -n "$caches" ] && tar -czf "$OUT/timing_caches.tgz" -C "$W" $caches
   tar -czf "$OUT/logs.tgz" -C "$W" $(cd "$W" && ls -d logs builds rows jobs latency_partial.json 2>/dev/null)
   tail -n 40 "$W/driver.log" 2>/dev/null | cut -c1-400
   running && echo "still running" || echo "finished"
@@ -45,7 +48,7 @@ start)
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
   if running; then echo "already running (pid $(cat "$W/driver.pid"))"; exit 0; fi
-  if [ -f .trtcache/timing_caches.tgz ] && ! ls "$W"/*/*/*.timing.cache >/dev/null 2>&1; then
+  if [ -f .trtcache/timing_caches.tgz ] && [ ! -d "$W/builds" ]; then
     tar -xzf .trtcache/timing_caches.tgz -C "$W" && echo "timing caches seeded from .trtcache/timing_caches.tgz"
   fi
   setsid nohup python3 -u benchmarks/results_table.py --work "$W" --out "$W/out" \

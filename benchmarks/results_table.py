@@ -134,7 +134,7 @@ def prepare(a) -> dict:
     for size in (a.size, a.big):
         f = w / f"calib_{size}.npy"
         if not f.is_file():
-            n = len(calib) if size == a.size else min(len(calib), 16)
+            n = len(calib) if size == a.size else min(len(calib), 16)  # 16 x 1344² float32: 347 MB
             np.save(f, np.stack([letterbox(load_rgb(p), (size, size), fill)[0] for p in calib[:n]]))
     # the graphs the lanes build, and the split graph of the ONNX Runtime row
     needed = {tuple(rel.split("/")[:2]) for lane in lane_engines(a) for rel in lane}

@@ -94,6 +94,12 @@ def merge(states: list) -> dict:
     return out
 
 
+def _runs(parts: list) -> str:
+    """The run column of a row summed from several engines: every run it draws on (engines of one split graph
+    may have been timed by different runs)."""
+    return ", ".join(str(r) for r in sorted({p["run"] for p in parts}))
+
+
 def _lat(lat, size, variant, engine, batch, layout=None):
     for r in lat:
         same = (r["size"], r["variant"], r["engine"], _batch(r)) == (size, variant, engine, batch)
@@ -190,7 +196,8 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
         "- Latency: median of 200 CUDA-event-timed runs with CUDA-graph replay (GPU compute, inputs already on"
         " the GPU, like `trtexec --noDataTransfers`). *End-to-end* = host decode + letterbox, plus copy in +"
         " execute + copy out, plus unpad + mask paste: medians of each stage, summed.",
-        f"- int8: entropy calibration on {cfg.get('calib_images', '?')} training-split images (seed 1). In the split"
+        f"- int8: entropy calibration on {cfg.get('calib_images', '?')} training-split images (seed 1) at {S}², the"
+        f" first 16 of them (letterboxed up) at {cfg.get('big', '?')}². In the split"
         " graphs only the backbone is int8 (the heads take ROI features the image calibrator cannot feed; they"
         " run fp16).",
         "",
@@ -292,7 +299,7 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
             built = [p.get("build_seconds") for p in parts]
             out.append(
                 f"| TensorRT split, 3 engines summed² | {prec} | {b} | {ms:.2f} | — | {b * 1000.0 / ms:.0f} "
-                f"| {_f(sum(built) if all(built) else None, 1)} | {max(p['run'] for p in parts)} |"
+                f"| {_f(sum(built) if all(built) else None, 1)} | {_runs(parts)} |"
             )
     out += [
         "",
