@@ -7,6 +7,9 @@
 #   bash benchmarks/device_results_table.sh collect                      # what exists now, into $OUT
 #   bash benchmarks/device_results_table.sh wheels                       # HERE, first: fill .whl/
 #
+# Make the wait calls back to back, nothing in between: the machine goes back 30 s after a call ends, and every
+# engine and cache of the run with it (session 6 lost nine minutes of builds that way).
+#
 # Wheels the GPU machine lacks travel in .whl/ (carry it in the start call): pycocotools (the mAP columns) and
 # onnx_graphsurgeon (export's graph sanitising); `wheels` downloads them for the GPU machine's CPython 3.12.
 # $OUT gets results_table.json (a snapshot while the run goes on), driver.log, logs.tgz (every build's whole
@@ -29,8 +32,10 @@ collect() {
   # `start` seeds the next run's builds with them (tactics timed once are not timed again)
   # and the int8 calibration caches (one per size and graph family): seeded the same way, the next run's int8
   # builds reuse them instead of calibrating again
+  # (the calibration caches hold for the checkpoint they were calibrated on: its sha256 travels with them)
+  sha256sum checkpoints/shapes_maskrcnn_r50fpn.pt 2>/dev/null | cut -d' ' -f1 >"$W/ckpt.sha256"
   caches=$(cd "$W" && ls */*/*.timing.cache */*_calib.cache 2>/dev/null)
-  [ -n "$caches" ] && tar -czf "$OUT/timing_caches.tgz" -C "$W" $caches
+  [ -n "$caches" ] && tar -czf "$OUT/timing_caches.tgz" -C "$W" ckpt.sha256 $caches
   tar -czf "$OUT/logs.tgz" -C "$W" $(cd "$W" && ls -d logs builds rows jobs latency_partial.json 2>/dev/null)
   tail -n 40 "$W/driver.log" 2>/dev/null | cut -c1-400
   running && echo "still running" || echo "finished"
@@ -49,7 +54,12 @@ start)
   fi
   if running; then echo "already running (pid $(cat "$W/driver.pid"))"; exit 0; fi
   if [ -f .trtcache/timing_caches.tgz ] && [ ! -d "$W/builds" ]; then
-    tar -xzf .trtcache/timing_caches.tgz -C "$W" && echo "timing caches seeded from .trtcache/timing_caches.tgz"
+    seed=$(mktemp -d) && tar -xzf .trtcache/timing_caches.tgz -C "$seed"
+    if [ "$(cat "$seed/ckpt.sha256" 2>/dev/null)" != "$(sha256sum checkpoints/shapes_maskrcnn_r50fpn.pt | cut -d' ' -f1)" ]; then
+      rm -f "$seed"/*/*_calib.cache && echo "calibration caches of another checkpoint: not seeded (int8 calibrates again)"
+    fi
+    (cd "$seed" && find . -name '*.cache' -exec cp --parents {} "$W/" \;) && rm -rf "$seed"
+    echo "seeded from .trtcache/timing_caches.tgz: $(cd "$W" && ls */*.cache */*/*.cache 2>/dev/null | tr '\n' ' ')"
   fi
   setsid nohup python3 -u benchmarks/results_table.py --work "$W" --out "$W/out" \
     --deadline-min "${2:?MINUTES}" --build-deadline-min "${3:?BUILD_MINUTES}" "${@:4}" \

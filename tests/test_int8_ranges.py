@@ -1,11 +1,13 @@
 """One calibration serves every int8 engine of a model and size (TensorRT 8.6/10): the split backbone's
 calibration cache is applied by layer name to the fused graphs. Parsed here with TensorRT-RTX's ONNX parser,
-which names layers after their ONNX nodes as TensorRT 8.6's does (not compared layer by layer); setting the
-ranges needs TensorRT 8.6/10, whose run is benchmarks/results_table.py on the GPU machine (not run yet)."""
+which names layers after their ONNX nodes as TensorRT 8.6's does, and checked against a calibration cache that
+TensorRT 8.6 wrote on the GPU machine (tests/data). Setting the ranges needs TensorRT 8.6/10, whose run is
+benchmarks/results_table.py on the GPU machine: the fused build with them has not run yet."""
 
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -81,6 +83,28 @@ def test_backbone_ranges_map_onto_the_fused_graph(networks):
     # nothing outside the network scopes: the glue has no int8 range
     assert all(in_network_scope(producer[t]) for t in mapped)
     assert not [t for t in mapped if "box_head" in producer[t] or "mask_head" in producer[t]]
+
+
+REAL_CACHE = Path(__file__).parent / "data" / "trt86_backbone_calib_384.cache"
+
+
+def test_tensorrt86_cache_of_the_backbone_maps_onto_the_fused_graph(networks):
+    """The calibration cache TensorRT 8.6 wrote on the H200 (results_table_run8.json: the checkpoint's split
+    backbone at 384², 64 images): its tensor names are those of this project's split export, and every
+    convolution's range reaches the fused graph (the tensor names do not depend on the input size)."""
+    rtx, ((_, _, src_net), (_, _, dst_net)) = networks
+    src, dst = layer_table(rtx, src_net), layer_table(rtx, dst_net)
+    cache = read_calibration_cache(str(REAL_CACHE))
+    assert len(cache) == 400 and cache["images"] == pytest.approx(255.0, rel=1e-3)
+    prefix = scope_prefix(list(src), list(dst))
+    mapped = map_ranges(src, dst, cache, prefix)
+    convs = [name for name in src if name.endswith("/Conv") and in_network_scope(name)]
+    assert len(convs) == 76
+    for name in convs:
+        s, t = src[name].outputs[0], dst[prefix + name].outputs[0]
+        assert s in cache, f"TensorRT 8.6 wrote no range for {s}"
+        assert mapped[t] == cache[s] > 0
+    assert len(mapped) == 260
 
 
 def test_scope_prefix_refuses_another_model(networks):
