@@ -28,11 +28,10 @@ collect() {
     cp "$W/out/results_table.json" "$OUT/"
   fi
   cp "$W/driver.log" "$OUT/" 2>/dev/null
-  # the builds' timing caches (one per graph): carry the file back in as .trtcache/timing_caches.tgz and
-  # `start` seeds the next run's builds with them (tactics timed once are not timed again)
-  # and the int8 calibration caches (one per size and graph family): seeded the same way, the next run's int8
-  # builds reuse them instead of calibrating again
-  # (the calibration caches hold for the checkpoint they were calibrated on: its sha256 travels with them)
+  # the builds' timing caches (one per graph) and int8 calibration caches (one per size and graph family): carry
+  # the file back in as .trtcache/timing_caches.tgz and `start` seeds the next run with them, so tactics timed
+  # once are not timed again and int8 builds reuse the calibration instead of calibrating again. A calibration
+  # cache holds for the checkpoint it was calibrated on: the checkpoint's sha256 travels with it.
   sha256sum checkpoints/shapes_maskrcnn_r50fpn.pt 2>/dev/null | cut -d' ' -f1 >"$W/ckpt.sha256"
   caches=$(cd "$W" && ls */*/*.timing.cache */*_calib.cache 2>/dev/null)
   [ -n "$caches" ] && tar -czf "$OUT/timing_caches.tgz" -C "$W" ckpt.sha256 $caches

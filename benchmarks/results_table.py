@@ -85,8 +85,9 @@ def variants(size: int, batch: int) -> dict:
 #   int8 at 1344: the split backbone calibrates, the fused b1 and b8 builds reuse its cache (b8 at -o2, to build
 #   in time) | int8 at 384 and the 384 split fp16 engines (the mAP rows of the split int8 and fp16 graphs on the
 #   H200), and last the 384 backbone int8 once more at -o2: the seed's second build, which reuses the cache (a
-#   run seeded from .trtcache/ shows that already in its first backbone int8 builds) | the 1344 split heads fp16 (the split int8 row's heads), then the fused fp16 engines again, 1344 b1 and
-#   384 b8: the glue rule now pins the NMS plugins to fp32 too (mAP drop and latency with it; 50 images at 1344).
+#   run seeded from .trtcache/ shows that already in its first backbone int8 builds) | the 1344 split heads fp16
+#   (the split int8 row's heads), then the fused fp16 engines again, 1344 b1 and 384 b8: the glue rule now pins
+#   the NMS plugins to fp32 too (mAP drop and latency with it; 50 images at 1344).
 # Run 8 (session 6, three lanes): the split backbone int8 engines built, 554 s at 1344 and 601 s at 384, of which
 # calibration was 73-79 s and int8 tactic selection ~8 min. Their calibration and timing caches come back in
 # timing_caches.tgz; device_results_table.sh seeds a run with them (.trtcache/), so with the seed these lanes'
@@ -230,8 +231,8 @@ def job_for(a, rel: str) -> dict:
         # was refused by every build after the first fused one (run 6: "myelinCache.h::deserializeFromBuffer
         # ... The timing cache will not be used!")
         timing_cache=str(d / f"{role}.timing.cache"),
-        # a fused graph's backbone layers are the split backbone's (same shapes at its opt batch): its timings
-        # start the fused graph's cache
+        # a fused graph's backbone layers are the split backbone's (the same shapes at batch 1, the split
+        # profile's opt batch): the split backbone's timings start the fused graph's cache
         timing_seed=str(split / "backbone.timing.cache") if fused else None,
         log_info=True,  # build phases and calibration batches with their times, in the build's log
         calib_npy=str(a.work / f"calib_{size}.npy"),
