@@ -147,7 +147,7 @@ def prepare(a) -> dict:
     needed = {tuple(rel.split("/")[:2]) for lane in lane_engines(a) for rel in lane}
     # fused int8 engines apply the split backbone's calibration cache (its graph is parsed for layer names)
     needed |= {(sz, "split") for lane in lane_engines(a) for sz, var, _, lab in map(split_rel, lane)
-               if var.startswith("fused") and parse_label(lab)[0] == "int8" and "selfcal" not in lab.split("-")}
+               if uses_backbone_cache(var, lab)}
     if not a.no_onnxruntime:
         needed.add((str(a.size), "split"))
     for size in (a.size, a.big):
@@ -195,6 +195,13 @@ def parse_label(label: str) -> tuple:
     return prec, opts
 
 
+def uses_backbone_cache(variant: str, label: str) -> bool:
+    """Fused int8 engines apply the split backbone's calibration cache by layer name (one calibration per size,
+    quick), unless the label says -selfcal."""
+    prec, opts = parse_label(label)
+    return variant.startswith("fused") and prec == "int8" and not opts["selfcal"]
+
+
 def split_rel(rel: str) -> tuple:
     """``"1344/fused_b1/fused_int8-nojit.engine"`` -> ("1344", "fused_b1", "fused", "int8-nojit")."""
     size, variant, fname = rel.split("/")
@@ -213,9 +220,8 @@ def job_for(a, rel: str) -> dict:
     d = a.work / size / variant
     fused = variant.startswith("fused")
     b = int(variant[len("fused_b") :]) if fused else 1
-    selfcal = opts.pop("selfcal")
-    # fused int8: the split backbone's calibration (one per size, quick) applied by layer name, unless -selfcal
-    from_backbone = fused and prec == "int8" and not selfcal
+    opts.pop("selfcal")  # not a build option: it decides which calibration cache the job uses
+    from_backbone = uses_backbone_cache(variant, label)
     split = a.work / size / "split"
     family = "backbone" if from_backbone else ("fused" if fused else role)
     return dict(
@@ -275,7 +281,7 @@ def run_lane(a, lane: list) -> None:
             continue
         if job.get("calib_graph") and not Path(job["calib_cache"]).is_file():
             # the split backbone int8 build (another lane, or earlier in this one) writes the cache
-            writer = a.work / "builds" / f"{job['size']}_split_backbone_int8.json"
+            writer = a.work / "builds" / f"{_slug(str(job['size']) + '/split/backbone_int8')}.json"
             log("build waits for", job["calib_cache"])
             while not Path(job["calib_cache"]).is_file() and not writer.is_file() and left_build(a) > 60:
                 time.sleep(5)
