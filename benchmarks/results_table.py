@@ -104,6 +104,7 @@ DEFAULT_LANES = (
     "{small}/fused_b1/fused_int8,{big}/fused_b{b}/fused_fp32",
     "{small}/fused_b1/fused_fp16,{small}/fused_b1/fused_fp32",
 )
+BIG_CALIB_IMAGES = 16  # calibration images at --big: 16 x 1344² float32 are 347 MB (the config records it)
 # Seven lanes at once slowed each build about ten-fold on the H100 (session 3: tactic timing shares one GPU).
 
 
@@ -147,7 +148,7 @@ def prepare(a) -> dict:
     for size in (a.size, a.big):
         f = w / f"calib_{size}.npy"
         if not f.is_file():
-            n = len(calib) if size == a.size else min(len(calib), 16)  # 16 x 1344² float32: 347 MB
+            n = len(calib) if size == a.size else min(len(calib), BIG_CALIB_IMAGES)
             np.save(f, np.stack([letterbox(load_rgb(p), (size, size), fill)[0] for p in calib[:n]]))
     # the graphs the lanes build, and the split graph of the ONNX Runtime row
     needed = {tuple(rel.split("/")[:2]) for lane in lane_engines(a) for rel in lane}
@@ -720,7 +721,7 @@ def main():
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
 
     def save() -> None:
-        state["config"] = {"size": a.size, "big": a.big, "batch": a.batch, "eval_images": a.eval_images, "big_eval_images": a.big_eval_images, "calib_images": a.calib_images}
+        state["config"] = {"size": a.size, "big": a.big, "batch": a.batch, "eval_images": a.eval_images, "big_eval_images": a.big_eval_images, "calib_images": a.calib_images, "big_calib_images": min(a.calib_images, BIG_CALIB_IMAGES)}
         state_file.write_text(json.dumps(state, indent=1))
         (a.out / "results_table.json").write_text(json.dumps(state, indent=1))
 

@@ -196,8 +196,9 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
         "- Latency: median of 200 CUDA-event-timed runs with CUDA-graph replay (GPU compute, inputs already on"
         " the GPU, like `trtexec --noDataTransfers`). *End-to-end* = host decode + letterbox, plus copy in +"
         " execute + copy out, plus unpad + mask paste: medians of each stage, summed.",
+        # runs 1-9 wrote no big_calib_images into their config; they calibrated on 16 images at --big
         f"- int8: entropy calibration on {cfg.get('calib_images', '?')} training-split images (seed 1) at {S}², the"
-        f" first 16 of them (letterboxed up) at {cfg.get('big', '?')}². In the split"
+        f" first {cfg.get('big_calib_images', 16)} of them (letterboxed up) at {cfg.get('big', '?')}². In the split"
         " graphs only the backbone is int8 (the heads take ROI features the image calibrator cannot feed; they"
         " run fp16).",
         "",
