@@ -95,10 +95,10 @@ def variants(size: int, batch: int) -> dict:
 # backbone int8 builds reuse the calibration cache and most timings, and the fused builds start much sooner.
 # Run 9 (session 7, seeded, three lanes): both backbones built int8 from run 8's calibration caches in 65 s (no
 # calibration), the fused int8 engines 1344 b1 (781 s) and 384 b8 (851 s) from them, the fused fp16 ones again
-# (480 s / 411 s). What the tables still lack, in these lanes: the 1344 fused b8 int8 engine (alone in its lane:
-# ~13 min expected) | the 384 fused b1 engines (batch-1 and end-to-end latency of the 384 fused rows), int8 first,
-# then the 1344 fused b8 fp32 | 384 fused b1 fp16 and fp32. The calibration caches come from .trtcache/ (a fused
-# int8 build waits for its size's backbone build only when no cache is there).
+# (480 s / 411 s). What the tables still lack, in these lanes: the 1344 fused b8 int8 engine, alone in its lane
+# (its b1 build took 13 min) | the 384 fused b1 engines (batch-1 and end-to-end latency of the 384 fused rows),
+# int8 first, then the 1344 fused b8 fp32 | 384 fused b1 fp16 and fp32. The calibration caches come from
+# .trtcache/; without one, a fused int8 build builds its size's split backbone int8 first.
 DEFAULT_LANES = (
     "{big}/fused_b{b}/fused_int8",
     "{small}/fused_b1/fused_int8,{big}/fused_b{b}/fused_fp32",
@@ -339,7 +339,6 @@ def run_lane(a, lane: list) -> None:
 
 def build(a) -> list:
     """Every lane in its own thread; returns the build records of all engines (this run's and earlier)."""
-
     for sub in ("builds", "jobs", "logs"):
         (a.work / sub).mkdir(exist_ok=True)
     lanes = lane_engines(a)
