@@ -245,7 +245,10 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
     out += [
         "",
         "¹ Split graphs: sum of the three engines' GPU compute (backbone at batch b, box head on 1000·b ROIs, mask"
-        " head on 100·b ROIs); the glue between them (NMS, ROIAlign in torch on the GPU) is not included.",
+        " head on 100·b ROIs); the glue between them (NMS, ROIAlign in torch on the GPU) is not included. No"
+        " end-to-end figure: on the GPU machine TensorRT 8.6 runs in a separate CPython 3.9 process, so the split"
+        " rows pass every tensor through .npz files between processes, which would time this harness, not the"
+        " split runtime.",
         f"The fused rows' mAP comes from the batch-{B} engine; GPU compute b1 from the batch-1 engine of the same graph.",
         "",
         f"## Accuracy at {BIG}×{BIG}",
