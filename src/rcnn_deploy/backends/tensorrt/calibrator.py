@@ -91,6 +91,7 @@ def read_calibration_cache(path: str) -> Dict[str, float]:
 class Layer(NamedTuple):
     outputs: List[Optional[str]]  # output tensor names (None: not a float tensor, so no int8 range)
     inputs: List[Optional[str]]  # per float input: the producing layer's name (None: a network input)
+    input_names: Sequence[Optional[str]] = ()  # per float input: the tensor's name (None: a constant's, weights)
 
 
 def layer_table(mod: Any, network: Any) -> Dict[str, Layer]:
@@ -98,20 +99,24 @@ def layer_table(mod: Any, network: Any) -> Dict[str, Layer]:
     tensors, shape arithmetic, are left out: it is numbered differently in different exports and has no
     int8 range)."""
     producer: Dict[str, str] = {}
+    constants = set()
     for i in range(network.num_layers):
         layer = network.get_layer(i)
         for j in range(layer.num_outputs):
             producer[layer.get_output(j).name] = layer.name
+            if layer.type == mod.LayerType.CONSTANT:
+                constants.add(layer.get_output(j).name)
     table: Dict[str, Layer] = {}
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        inputs = []
+        inputs, names = [], []
         for j in range(layer.num_inputs):
             t = layer.get_input(j)
             if t is not None and t.dtype == mod.DataType.FLOAT:
                 inputs.append(producer.get(t.name))
+                names.append(None if t.name in constants else t.name)
         outs = [layer.get_output(j) for j in range(layer.num_outputs)]
-        table[layer.name] = Layer([t.name if t.dtype == mod.DataType.FLOAT else None for t in outs], inputs)
+        table[layer.name] = Layer([t.name if t.dtype == mod.DataType.FLOAT else None for t in outs], inputs, names)
     return table
 
 
@@ -142,7 +147,10 @@ def map_ranges(
     """Target tensor name -> absolute max, for the network-scope layers both graphs have: output j of source
     layer L carries the same values as output j of target layer ``prefix + L`` when L's float inputs come
     from the same layers in both (checked: names are module paths plus per-scope counters, and a counter can
-    mean another node in another export). Top-level names ("/Div_1") are not mapped at all."""
+    mean another node in another export). Top-level layers ("/Div_1", the input normalisation) are not matched
+    by name; what they feed into the network is: a float input that both layers take from outside the network
+    scopes (the normalised image into conv1) gets the source tensor's range, so the first convolution runs in
+    int8 in the target as it does in the calibrated graph."""
     from ...precision_rule import in_network_scope
 
     def same_inputs(a: Layer, b: Layer) -> bool:
@@ -165,6 +173,9 @@ def map_ranges(
             continue
         for s, t in zip(layer.outputs, mine.outputs):
             if s is not None and t is not None and s in ranges:
+                out[t] = ranges[s]
+        for x, s, t in zip(layer.inputs, layer.input_names, mine.input_names):
+            if (x is None or not in_network_scope(x)) and s in ranges and t is not None:  # same_inputs: outside in both
                 out[t] = ranges[s]
     return out
 
