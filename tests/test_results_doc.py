@@ -29,11 +29,16 @@ def test_results_doc_is_the_rendering_of_the_committed_json():
 
 def test_merge_keeps_measurements_and_converts_roi_batches():
     mod = _update_results()
-    a = {"rows": [{"backend": "tensorrt", "graph": "split", "precision": "int8", "error": "x was not built"}],
-         "latency": [{"size": 384, "variant": "split", "engine": "box_head_fp16.engine", "batch": 8000,
-                      "median_ms": 1.0}]}
-    b = {"rows": [{"backend": "TensorRT 8.6", "graph": "split", "precision": "int8", "bbox_mAP": 0.7, "images": 9}],
-         "latency": []}
+    a = {
+        "rows": [{"backend": "tensorrt", "graph": "split", "precision": "int8", "error": "x was not built"}],
+        "latency": [
+            {"size": 384, "variant": "split", "engine": "box_head_fp16.engine", "batch": 8000, "median_ms": 1.0}
+        ],
+    }
+    b = {
+        "rows": [{"backend": "TensorRT 8.6", "graph": "split", "precision": "int8", "bbox_mAP": 0.7, "images": 9}],
+        "latency": [],
+    }
     a, b = mod.annotate(a, "results_table_run1.json", {}), mod.annotate(b, "results_table_run2.json", {})
     m = mod.merge([a, b])
     assert m["rows"] == b["rows"]  # a measurement replaces a failure (the error row's backend name normalised)
@@ -47,10 +52,12 @@ def test_fused_rows_of_another_rpn_nms_layout_stay_apart_and_deltas_use_the_same
     old = {"backend": "tensorrt", "graph": "fused_b1", "precision": "fp16", "size": 1344, "images": 50, "bbox_mAP": 0.4}
     ref30 = dict(ref, images=30, bbox_mAP=0.6)
     new = dict(old, images=30, bbox_mAP=0.55)
-    m = mod.merge([
-        mod.annotate({"rows": [ref, old]}, "results_table_run3.json", {"rpn_nms": "one set"}),
-        mod.annotate({"rows": [ref30, new]}, "results_table_run4.json", {"rpn_nms": "per level"}),
-    ])
+    m = mod.merge(
+        [
+            mod.annotate({"rows": [ref, old]}, "results_table_run3.json", {"rpn_nms": "one set"}),
+            mod.annotate({"rows": [ref30, new]}, "results_table_run4.json", {"rpn_nms": "per level"}),
+        ]
+    )
     fused = sorted((r["rpn_nms"], round(r["d_bbox"], 6)) for r in m["rows"] if r["graph"] == "fused_b1")
     assert fused == [("one set", -0.1), ("per level", -0.05)]
     assert len([r for r in m["rows"] if r["graph"] == "eager"]) == 2  # both references, on their images

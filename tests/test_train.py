@@ -30,8 +30,13 @@ def test_per_channel_int8_round_trip_error_is_within_half_a_step():
 def test_checkpoint_keeps_metadata_and_small_tensors_exact(tmp_path):
     sd = {"a.weight": torch.randn(64, 128), "a.bias": torch.randn(64), "bn.num_batches_tracked": torch.tensor(3)}
     p = save_checkpoint(
-        tmp_path / "c.pt", sd, model="torchvision-maskrcnn", class_names=["__background__", "x"],
-        category_ids=[0, 7], input_hw=(256, 320), meta={"note": "test"},
+        tmp_path / "c.pt",
+        sd,
+        model="torchvision-maskrcnn",
+        class_names=["__background__", "x"],
+        category_ids=[0, 7],
+        input_hw=(256, 320),
+        meta={"note": "test"},
     )
     obj = torch.load(p, weights_only=True)
     assert obj["class_names"] == ["__background__", "x"] and obj["input_hw"] == [256, 320]
@@ -53,10 +58,35 @@ def tiny_run(tmp_path_factory):
     val = generate_synthetic_coco(d / "val", 2, 128, 128, seed=2)
     ck = d / "tiny.pt"
     args = [
-        "train", "--images", str(d / "train" / "images"), "--annotations", str(ann), "-o", str(ck),
-        "--height", "128", "--width", "128", "--batch", "2", "--epochs", "3", "--max-iters", "6",
-        "--workers", "0", "--device", "cpu", "--lr", "0.01", "--warmup-iters", "2",
-        "--val-annotations", str(val), "--compress", "int8",
+        "train",
+        "--images",
+        str(d / "train" / "images"),
+        "--annotations",
+        str(ann),
+        "-o",
+        str(ck),
+        "--height",
+        "128",
+        "--width",
+        "128",
+        "--batch",
+        "2",
+        "--epochs",
+        "3",
+        "--max-iters",
+        "6",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--lr",
+        "0.01",
+        "--warmup-iters",
+        "2",
+        "--val-annotations",
+        str(val),
+        "--compress",
+        "int8",
     ]
     torch.manual_seed(0)
     r = CliRunner().invoke(app, args)
@@ -91,18 +121,40 @@ def test_train_resumes_and_fine_tunes(tiny_run):
 
     d, ck = tiny_run
     base = [
-        "train", "--images", str(d / "train" / "images"), "--annotations", str(d / "train" / "annotations.json"),
-        "--height", "128", "--width", "128", "--batch", "2", "--workers", "0", "--device", "cpu", "--lr", "0.01",
-        "--warmup-iters", "2", "--compress", "int8",
+        "train",
+        "--images",
+        str(d / "train" / "images"),
+        "--annotations",
+        str(d / "train" / "annotations.json"),
+        "--height",
+        "128",
+        "--width",
+        "128",
+        "--batch",
+        "2",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--lr",
+        "0.01",
+        "--warmup-iters",
+        "2",
+        "--compress",
+        "int8",
     ]
     # resume: continues at iteration 6 of the first run and stops at 8
-    r = CliRunner().invoke(app, base + ["-o", str(d / "resumed.pt"), "--epochs", "4", "--max-iters", "8",
-                                        "--resume", str(d / "tiny.pt.state.pt")])
+    r = CliRunner().invoke(
+        app,
+        base
+        + ["-o", str(d / "resumed.pt"), "--epochs", "4", "--max-iters", "8", "--resume", str(d / "tiny.pt.state.pt")],
+    )
     assert r.exit_code == 0, r.output
     assert json.loads((d / "resumed.pt.summary.json").read_text())["iterations"] == 8
     # fine-tune: starts from the trained weights, so its first losses are below a fresh start's
-    r = CliRunner().invoke(app, base + ["-o", str(d / "tuned.pt"), "--epochs", "1", "--max-iters", "2",
-                                        "--init", str(ck)])
+    r = CliRunner().invoke(
+        app, base + ["-o", str(d / "tuned.pt"), "--epochs", "1", "--max-iters", "2", "--init", str(ck)]
+    )
     assert r.exit_code == 0, r.output
     first_fresh = json.loads((d / "tiny.pt.summary.json").read_text())["validation"][0]["loss"]
     first_tuned = json.loads((d / "tuned.pt.summary.json").read_text())["validation"][0]["loss"]
@@ -114,8 +166,10 @@ def test_train_reports_bad_input_clearly(tmp_path):
 
     from rcnn_deploy.cli import app
 
-    r = CliRunner().invoke(app, ["train", "--images", str(tmp_path), "--annotations", str(tmp_path / "no.json"),
-                                 "-o", str(tmp_path / "x.pt")])
+    r = CliRunner().invoke(
+        app,
+        ["train", "--images", str(tmp_path), "--annotations", str(tmp_path / "no.json"), "-o", str(tmp_path / "x.pt")],
+    )
     assert r.exit_code == 2 and "does not exist" in " ".join(r.output.split())
 
 

@@ -403,9 +403,7 @@ def generate_synthetic_coco(
 
     images: List[Dict[str, Any]] = []
     annotations: List[Dict[str, Any]] = []
-    job = functools.partial(
-        _write_image, img_dir, seed, height, width, min_objects, max_objects, pil_format, ext
-    )
+    job = functools.partial(_write_image, img_dir, seed, height, width, min_objects, max_objects, pil_format, ext)
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 and num_images > 1 else None
     try:
         results = pool.imap(job, range(num_images), chunksize=8) if pool else map(job, range(num_images))

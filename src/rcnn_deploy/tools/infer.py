@@ -16,7 +16,11 @@ def input_hw(height: Optional[int], width: Optional[int]) -> Optional[Tuple[int,
 
 
 def _detector(  # type: ignore[no-untyped-def]
-    model_path: str, model: Optional[str], height: Optional[int], width: Optional[int], batch: int,
+    model_path: str,
+    model: Optional[str],
+    height: Optional[int],
+    width: Optional[int],
+    batch: int,
     backend: Optional[str],
 ):
     from .. import api

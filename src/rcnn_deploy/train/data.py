@@ -98,9 +98,7 @@ class CocoInstances(torch.utils.data.Dataset):
                 masks.append(self._mask(a, h, w, rh, rw))
         ih, iw = self.input_hw
         t_boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-        t_masks = (
-            torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, ih, iw), dtype=torch.uint8)
-        )
+        t_masks = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, ih, iw), dtype=torch.uint8)
         img = torch.from_numpy(image) / 255.0
         # flips act on the whole letterboxed canvas, so boxes flip about the canvas edges
         if self.hflip and self.rng.random() < 0.5:
