@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Set
 
 import numpy as np
 
@@ -99,7 +99,7 @@ def layer_table(mod: Any, network: Any) -> Dict[str, Layer]:
     tensors, shape arithmetic, are left out: it is numbered differently in different exports and has no
     int8 range)."""
     producer: Dict[str, str] = {}
-    constants = set()
+    constants: Set[str] = set()  # tensors that constant layers make (weights: same in both graphs, no range)
     for i in range(network.num_layers):
         layer = network.get_layer(i)
         for j in range(layer.num_outputs):
@@ -149,7 +149,7 @@ def map_ranges(
     from the same layers in both (checked: names are module paths plus per-scope counters, and a counter can
     mean another node in another export). Top-level layers ("/Div_1", the input normalisation) are not matched
     by name; what they feed into the network is: a float input that both layers take from outside the network
-    scopes (the normalised image into conv1) gets the source tensor's range, so the first convolution runs in
+    scopes (the normalised image into conv1) gets the source tensor's range, so the first convolution can run in
     int8 in the target as it does in the calibrated graph."""
     from ...precision_rule import in_network_scope
 
