@@ -46,6 +46,11 @@ def test_checkpoint_keeps_metadata_and_small_tensors_exact(tmp_path):
     assert (out["a.weight"] - sd["a.weight"]).abs().max() < sd["a.weight"].abs().max() / 127
 
 
+# the tiny training runs' options (128² images, a few CPU iterations)
+TINY = ["--height", "128", "--width", "128", "--batch", "2", "--workers", "0", "--device", "cpu"]
+TINY += ["--lr", "0.01", "--warmup-iters", "2", "--compress", "int8"]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from typer.testing import CliRunner
@@ -57,37 +62,8 @@ def tiny_run(tmp_path_factory):
     ann = generate_synthetic_coco(d / "train", 4, 128, 128, seed=1)
     val = generate_synthetic_coco(d / "val", 2, 128, 128, seed=2)
     ck = d / "tiny.pt"
-    args = [
-        "train",
-        "--images",
-        str(d / "train" / "images"),
-        "--annotations",
-        str(ann),
-        "-o",
-        str(ck),
-        "--height",
-        "128",
-        "--width",
-        "128",
-        "--batch",
-        "2",
-        "--epochs",
-        "3",
-        "--max-iters",
-        "6",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--lr",
-        "0.01",
-        "--warmup-iters",
-        "2",
-        "--val-annotations",
-        str(val),
-        "--compress",
-        "int8",
-    ]
+    args = ["train", "--images", str(d / "train" / "images"), "--annotations", str(ann), "-o", str(ck), *TINY]
+    args += ["--epochs", "3", "--max-iters", "6", "--val-annotations", str(val)]
     torch.manual_seed(0)
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
@@ -120,29 +96,8 @@ def test_train_resumes_and_fine_tunes(tiny_run):
     from rcnn_deploy.cli import app
 
     d, ck = tiny_run
-    base = [
-        "train",
-        "--images",
-        str(d / "train" / "images"),
-        "--annotations",
-        str(d / "train" / "annotations.json"),
-        "--height",
-        "128",
-        "--width",
-        "128",
-        "--batch",
-        "2",
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--lr",
-        "0.01",
-        "--warmup-iters",
-        "2",
-        "--compress",
-        "int8",
-    ]
+    base = ["train", "--images", str(d / "train" / "images"), "--annotations", str(d / "train" / "annotations.json")]
+    base += TINY
     # resume: continues at iteration 6 of the first run and stops at 8
     r = CliRunner().invoke(
         app,
