@@ -20,6 +20,8 @@ OUT=${OUT:-$W/out}
 mkdir -p "$W" "$OUT"
 
 running() { [ -f "$W/driver.pid" ] && kill -0 "$(cat "$W/driver.pid")" 2>/dev/null; }
+# the checkpoint a calibration cache was made for (seeded caches must match it)
+ckpt_sha256() { sha256sum checkpoints/shapes_maskrcnn_r50fpn.pt 2>/dev/null | cut -d' ' -f1; }
 
 collect() {
   if running; then
@@ -32,7 +34,7 @@ collect() {
   # the file back in as .trtcache/timing_caches.tgz and `start` seeds the next run with them, so tactics timed
   # once are not timed again and int8 builds reuse the calibration instead of calibrating again. A calibration
   # cache holds for the checkpoint it was calibrated on: the checkpoint's sha256 travels with it.
-  sha256sum checkpoints/shapes_maskrcnn_r50fpn.pt 2>/dev/null | cut -d' ' -f1 >"$W/ckpt.sha256"
+  ckpt_sha256 >"$W/ckpt.sha256"
   caches=$(cd "$W" && ls */*/*.timing.cache */*_calib.cache 2>/dev/null)
   [ -n "$caches" ] && tar -czf "$OUT/timing_caches.tgz" -C "$W" ckpt.sha256 $caches
   tar -czf "$OUT/logs.tgz" -C "$W" $(cd "$W" && ls -d logs builds rows jobs latency_partial.json 2>/dev/null)
@@ -54,7 +56,7 @@ start)
   if running; then echo "already running (pid $(cat "$W/driver.pid"))"; exit 0; fi
   if [ -f .trtcache/timing_caches.tgz ] && [ ! -d "$W/builds" ]; then
     seed=$(mktemp -d) && tar -xzf .trtcache/timing_caches.tgz -C "$seed"
-    if [ "$(cat "$seed/ckpt.sha256" 2>/dev/null)" != "$(sha256sum checkpoints/shapes_maskrcnn_r50fpn.pt | cut -d' ' -f1)" ]; then
+    if [ "$(cat "$seed/ckpt.sha256" 2>/dev/null)" != "$(ckpt_sha256)" ]; then
       rm -f "$seed"/*/*_calib.cache && echo "calibration caches of another checkpoint: not seeded (int8 calibrates again)"
     fi
     (cd "$seed" && find . -name '*.cache' -exec cp --parents {} "$W/" \;) && rm -rf "$seed"

@@ -298,7 +298,7 @@ def run_lane(a, lane: list) -> None:
                     if not Path(job["calib_cache"]).is_file():
                         log("no lane builds", backbone, "(the calibration cache of", rel + "): building it first")
                         run_lane(a, [backbone])
-            writer = a.work / "builds" / f"{_slug(backbone[: -len('.engine')])}.json"
+            writer = a.work / "builds" / f"{_slug(backbone)}.json"
             log("build waits for", job["calib_cache"])
             while not Path(job["calib_cache"]).is_file() and not writer.is_file() and left_build(a) > 60:
                 time.sleep(5)
