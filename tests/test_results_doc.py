@@ -61,3 +61,26 @@ def test_fused_rows_of_another_rpn_nms_layout_stay_apart_and_deltas_use_the_same
     fused = sorted((r["rpn_nms"], round(r["d_bbox"], 6)) for r in m["rows"] if r["graph"] == "fused_b1")
     assert fused == [("one set", -0.1), ("per level", -0.05)]
     assert len([r for r in m["rows"] if r["graph"] == "eager"]) == 2  # both references, on their images
+
+
+def test_runs_sort_by_number_and_end_to_end_adds_the_same_runs_host_stages():
+    mod = _update_results()
+    fused = {"backend": "tensorrt", "graph": "fused_b8", "precision": "fp16", "size": 384, "images": 9, "bbox_mAP": 0.7}
+
+    def host(pre, post):
+        return [
+            {"size": 384, "variant": "host", "engine": "preprocess", "batch": 1, "median_ms": pre},
+            {"size": 384, "variant": "host", "engine": "postprocess", "batch": 1, "median_ms": post},
+        ]
+
+    engine = {"size": 384, "variant": "fused_b1", "engine": "fused_fp16.engine", "batch": 1, "median_ms": 2.0}
+    run9 = {"rows": [fused], "latency": host(9.0, 5.0)}
+    run10 = {"rows": [], "latency": host(7.0, 4.0) + [dict(engine, infer_wall_median_ms=3.0)]}
+    names = ["results_table_run10.json", "results_table_run9.json"]  # as a name sort lists them
+    assert [mod._run_number(n) for n in sorted(names, key=mod._run_number)] == [9, 10]
+    run11 = {"rows": [], "latency": host(20.0, 20.0)}  # a later run that timed the host stages, not the engine
+    states = [mod.annotate(run9, names[1], {}), mod.annotate(run10, names[0], {})]
+    state = mod.merge(states + [mod.annotate(run11, "results_table_run11.json", {})])
+    row = next(line for line in mod.render(state).splitlines() if line.startswith("| TensorRT 8.6 | fused_b8"))
+    # GPU compute 2.00 from run 10; end-to-end = run 10's host stages (7 + 4) + its wall time (3), not run 11's
+    assert "| 2.00 | 14.00 |" in row and row.endswith("| 9, 10 |"), row
