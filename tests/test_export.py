@@ -250,3 +250,66 @@ def test_detectron2_flavour_exports_match_pytorch(graph, tmp_path):
     assert rep.matched == rep.reference_detections == rep.candidate_detections, rep.unmatched[:5]
     assert rep.max_box_abs_diff < 0.05 and rep.max_score_diff < 1e-3 and rep.min_mask_iou > 0.98
     assert set(np.unique(out["classes"])) <= set(range(-1, 80))
+
+
+class PointerBackend:
+    """Test double of ``TensorRTBackend``'s device API over ONNX Runtime: reads the inputs from and writes the
+    outputs into the raw memory the pointers name (CPU tensors here, CUDA memory for an engine), with an
+    engine's I/O dtypes (TensorRT 8.6 takes the mask head's ``classes`` as int32)."""
+
+    def __init__(self, directory, graph):
+        from rcnn_deploy.backends.onnxruntime import OnnxRuntimeBackend
+
+        self.ort = OnnxRuntimeBackend(directory / graph.file, ["CPUExecutionProvider"])
+        self.graph, self.calls = graph, 0
+
+    def tensor_dtype(self, name):
+        return np.dtype(np.int32 if name == "classes" else np.float32)
+
+    def output_shapes(self, shapes):
+        dims = {}
+        for t in self.graph.inputs:
+            dims.update({d: n for d, n in zip(t.shape, shapes[t.name]) if isinstance(d, str)})
+        return {t.name: tuple(dims.get(d, d) for d in t.shape) for t in self.graph.outputs}
+
+    @staticmethod
+    def _view(t):
+        import ctypes
+
+        n = int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize
+        return np.frombuffer((ctypes.c_char * n).from_address(t.ptr), dtype=t.dtype).reshape(t.shape)
+
+    def infer_device(self, inputs, outputs, stream):
+        assert stream == 0 and set(inputs) == {t.name for t in self.graph.inputs}
+        feed = {n: self._view(t).astype(np.int64 if n == "classes" else np.float32) for n, t in inputs.items()}
+        for name, value in self.ort.infer(feed).items():
+            assert value.shape == outputs[name].shape, name
+            self._view(outputs[name])[...] = value
+        self.calls += 1
+
+
+def test_split_device_io_path_gives_the_host_paths_outputs(split_dir, images):
+    """The zero-copy path of the split runtime (engines writing into torch tensors, TensorRT's infer_device)
+    gives exactly the host path's outputs: names, shapes, dtype casts and output allocation are right."""
+    from rcnn_deploy.runtime.split import SplitPieces
+
+    c = Contract.load(split_dir)
+    host = run_split(onnxruntime_split(c, split_dir, ["CPUExecutionProvider"]), images.numpy())
+    pieces = [PointerBackend(split_dir, c.graph_for(r)) for r in ("backbone", "box_head", "mask_head")]
+    dev = run_split(SplitPieces(c, *pieces, device_io=True), images.numpy())
+    assert [p.calls for p in pieces] == [1, 1, 1]
+    assert host.keys() == dev.keys()
+    for k in host:
+        np.testing.assert_array_equal(host[k], dev[k], err_msg=k)
+    ort = onnxruntime_split(c, split_dir, ["CPUExecutionProvider"])
+    with pytest.raises(RuntimeError, match="infer_device"):  # ONNX Runtime has no device path to force
+        run_split(SplitPieces(c, ort.backbone, ort.box, ort.mask, device_io=True), images.numpy())
+
+
+def test_split_engines_missing_say_how_to_build_them(split_dir):
+    from rcnn_deploy.api import Detector
+
+    with pytest.raises(
+        FileNotFoundError, match=r"rcnn-deploy build .*backbone\.onnx -o .*backbone\.engine --batch 1:4"
+    ):
+        Detector.load(split_dir, backend="tensorrt")

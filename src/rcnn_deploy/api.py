@@ -54,6 +54,8 @@ class Detector:
         if p.suffix.lower() in ENGINE_SUFFIXES and backend in (None, "tensorrt"):
             return cls.from_engine(p)
         directory = p if p.is_dir() else p.parent
+        if (directory / "contract.json").is_file() and backend == "tensorrt":
+            return cls.from_split_engines(directory, device=device if device.startswith("cuda") else "cuda")
         if (directory / "contract.json").is_file() and backend in (None, "onnxruntime"):
             return cls._from_export(directory, batch)
         if model is None and p.is_file():
@@ -133,6 +135,31 @@ class Detector:
         run = _fixed_batch(lambda images: fused_outputs(be.infer({"images": images})), lo, hi)
         det = cls(c.spec, c.input_hw, run, "tensorrt", lo)
         det.engine = be
+        return det
+
+    @classmethod
+    def from_split_engines(
+        cls,
+        directory: Union[str, Path],
+        engines: Optional[Dict[str, Union[str, Path]]] = None,
+        device: str = "cuda",
+    ) -> Detector:
+        """The split export in ``directory`` run as three TensorRT engines (``engines``: role -> file; default
+        each graph's ONNX file with ``.engine``) with the torch glue on ``device`` between them. On CUDA the
+        engines read and write torch's CUDA tensors directly (no host copies between the stages)."""
+        from .contract import Contract
+        from .runtime.split import run_split, tensorrt_split
+
+        directory = Path(directory)
+        c = Contract.load(directory)
+        if c.graph != "split":
+            raise ValueError(f"{directory} holds a fused export; run its engine with Detector.from_engine(FILE)")
+        pieces = tensorrt_split(c, directory, engines)
+        prof = pieces.backbone.meta.get("build_config", {}).get("batch") or list(c.batch)  # type: ignore[attr-defined]
+        lo, hi = int(prof[0]), int(prof[-1])
+        run: Runner = lambda images: run_split(pieces, images, device)  # noqa: E731
+        det = cls(c.spec, c.input_hw, _fixed_batch(run, lo, hi), "tensorrt", lo)
+        det.engine = pieces
         return det
 
     @classmethod

@@ -27,7 +27,11 @@ def eval_command(
     ),
     width: Optional[int] = typer.Option(None, help="Input width for checkpoints (default as --height)."),
     batch: int = typer.Option(1, min=1, help="Images per model call."),
-    backend: Optional[str] = typer.Option(None, help="torch or onnxruntime (default: from MODEL_PATH)."),
+    backend: Optional[str] = typer.Option(
+        None,
+        help="torch, onnxruntime or tensorrt (default: from MODEL_PATH; an engine file runs tensorrt; tensorrt on"
+        " a split export runs its three engines: each graph's ONNX file name with .engine).",
+    ),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON here."),
     max_images: Optional[int] = typer.Option(
         None, "--max-images", min=1, help="Evaluate only the first N images of the annotations."

@@ -43,7 +43,11 @@ def infer_command(
     ),
     mask_threshold: Optional[float] = typer.Option(None, help="Mask probability threshold (default 0.5)."),
     visualize: bool = typer.Option(True, help="Write a PNG per image."),
-    backend: Optional[str] = typer.Option(None, help="torch or onnxruntime (default: from MODEL_PATH)."),
+    backend: Optional[str] = typer.Option(
+        None,
+        help="torch, onnxruntime or tensorrt (default: from MODEL_PATH; an engine file runs tensorrt; tensorrt on"
+        " a split export runs its three engines: each graph's ONNX file name with .engine).",
+    ),
 ) -> None:
     """Detect objects in images: per image a visualisation and a TSV, plus one COCO results JSON.
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ctypes
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -61,6 +61,15 @@ class _CudaRT:
         self.check(self.lib.cudaGraphLaunch(exe, ctypes.c_void_p(stream)), "cudaGraphLaunch")
 
 
+class DeviceTensor(NamedTuple):
+    """Caller-owned GPU memory for :meth:`TensorRTBackend.infer_device`: a CUDA device pointer, the tensor's
+    shape and its numpy dtype (a torch CUDA tensor is ``DeviceTensor(t.data_ptr(), tuple(t.shape), ...)``)."""
+
+    ptr: int
+    shape: Tuple[int, ...]
+    dtype: np.dtype
+
+
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
@@ -95,6 +104,49 @@ class TensorRTBackend(Backend):
 
     def _dtype(self, name: str) -> np.dtype:
         return np.dtype(self.trt.module.nptype(self.engine.get_tensor_dtype(name)))
+
+    def tensor_dtype(self, name: str) -> np.dtype:
+        """The engine's dtype of I/O tensor ``name`` (what :meth:`infer_device` expects there)."""
+        if name not in self._inputs and name not in self._outputs:
+            raise KeyError(f"{self.path.name} has no I/O tensor {name!r}; it has {self._inputs + self._outputs}")
+        return self._dtype(name)
+
+    def output_shapes(self, input_shapes: Dict[str, Tuple[int, ...]]) -> Dict[str, Tuple[int, ...]]:
+        """Set the input shapes on the context; return every output's shape for them (to allocate outputs)."""
+        for name in self._inputs:
+            if name not in input_shapes:
+                raise ValueError(f"{self.path.name}: no shape for input {name!r}; the engine takes {self._inputs}")
+            if not self.context.set_input_shape(name, tuple(int(d) for d in input_shapes[name])):
+                raise ValueError(
+                    f"{self.path.name}: input {name!r} shape {tuple(input_shapes[name])} is outside the engine's"
+                    " optimization profile; rebuild with a --batch range that covers it"
+                )
+        return {name: tuple(int(d) for d in self.context.get_tensor_shape(name)) for name in self._outputs}
+
+    def infer_device(self, inputs: Dict[str, DeviceTensor], outputs: Dict[str, DeviceTensor], stream: int) -> None:
+        """Zero-copy execution: read ``inputs`` and write ``outputs`` in caller-owned GPU memory, enqueued on
+        the caller's CUDA ``stream`` (a ``cudaStream_t`` as an int; 0 is the legacy default stream). Nothing
+        is copied and nothing is synchronised: the caller orders its own work on that stream. This is how the
+        split pipeline keeps feature maps on the GPU between the engines and the glue."""
+        shapes = self.output_shapes({n: t.shape for n, t in inputs.items()})
+        for group, want in (("input", {n: None for n in self._inputs}), ("output", shapes)):
+            given = inputs if group == "input" else outputs
+            for name, shape in want.items():
+                t = given.get(name)
+                if t is None:
+                    raise ValueError(f"{self.path.name}: no device {group} {name!r}; it has {list(want)}")
+                if np.dtype(t.dtype) != self._dtype(name):
+                    raise TypeError(
+                        f"{self.path.name}: {group} {name!r} is {np.dtype(t.dtype)}, the engine's is "
+                        f"{self._dtype(name)}; cast it first (engine I/O dtypes: tensor_dtype())"
+                    )
+                if shape is not None and tuple(t.shape) != shape:
+                    raise ValueError(f"{self.path.name}: output {name!r} buffer is {tuple(t.shape)}, needs {shape}")
+                if not t.ptr:
+                    raise ValueError(f"{self.path.name}: {group} {name!r} has a null device pointer")
+                self.context.set_tensor_address(name, int(t.ptr))
+        if not self.context.execute_async_v3(int(stream)):
+            raise RuntimeError(f"TensorRT execution of {self.path.name} failed")
 
     def _buffer(self, name: str, shape: Tuple[int, ...], dtype: np.dtype):  # type: ignore[no-untyped-def]
         buf = self._buffers.get(name)
