@@ -1,13 +1,15 @@
 """The split pipeline's glue alone on the GPU: what `run_split` costs besides its three engines.
 
     python benchmarks/split_glue_time.py --images DIR --out split_glue.json [--sizes 384 1344] [--batches 1 8]
+        [--onnxruntime SPLIT_EXPORT_DIR ...]
 
 The glue is `two_stage` with the engines replaced by the checkpoint's own network outputs for the same images
 (computed once, then replayed), so the proposal and detection NMS see real candidates: images to the GPU,
 anchor decoding, RPN NMS per level, multi-level ROIAlign twice, detection NMS, the outputs back to the host.
 Timed with torch.cuda.synchronize around each call (wall clock, median). With the GPU-resident split runtime
 (`TensorRTBackend.infer_device`) an image costs this plus each engine's device-path time
-(benchmarks/trt86_device_io.py) plus the host's decode / letterbox and mask paste.
+(benchmarks/trt86_device_io.py) plus the host's decode / letterbox and mask paste. With --onnxruntime, the
+whole split pipeline in ONNX Runtime on the CPU (the results table's ONNX Runtime row) is timed too.
 """
 
 from __future__ import annotations
@@ -62,6 +64,13 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[384, 1344])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument(
+        "--onnxruntime",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="split export directories: also time the whole split pipeline in ONNX Runtime on the CPU (batch 1)",
+    )
     a = ap.parse_args()
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     net = build_model("torchvision-maskrcnn", str(CKPT)).to(dev).eval()
@@ -100,6 +109,27 @@ def main() -> None:
             }
             print(json.dumps(row), flush=True)
             rows.append(row)
+    for d in a.onnxruntime:  # the ONNX Runtime (CPU) row: engines and glue on the CPU, host wall per call
+        from rcnn_deploy.contract import Contract
+        from rcnn_deploy.runtime.split import onnxruntime_split, run_split
+
+        c = Contract.load(d)
+        pieces = onnxruntime_split(c, d, ["CPUExecutionProvider"])
+        x = np.stack([letterbox(load_rgb(p), c.input_hw, fill)[0] for p in paths[:1]]).astype(np.float32)
+        times = []
+        for i in range(8):
+            t0 = time.perf_counter()
+            run_split(pieces, x)
+            if i >= 2:
+                times.append((time.perf_counter() - t0) * 1000.0)
+        row = {
+            "size": c.input_hw[0],
+            "batch": 1,
+            "backend": "onnxruntime-cpu",
+            "wall_median_ms": float(np.median(times)),
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     info = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "torch": torch.__version__}
     a.out.write_text(json.dumps({"info": info, "results": rows}, indent=1))
 
