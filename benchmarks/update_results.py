@@ -90,7 +90,13 @@ def merge(states: list) -> dict:
             r.get("rpn_nms"),
             r.get("run") if r.get("variant") == "host" else None,
         ),
-        "builds": lambda r: (r.get("size"), r.get("variant"), r.get("role"), r.get("label_precision"), r.get("rpn_nms")),
+        "builds": lambda r: (
+            r.get("size"),
+            r.get("variant"),
+            r.get("role"),
+            r.get("label_precision"),
+            r.get("rpn_nms"),
+        ),
     }
     for st in states:
         for k in ("info", "config"):
@@ -177,7 +183,45 @@ def _delta(r: dict, key: str) -> str:
     return _f(r.get(key), 4)
 
 
-def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = None) -> str:
+def load_split_io(res: Path) -> dict:
+    """The split pipeline's stage timings: device_io_run*.json (benchmarks/trt86_device_io.py: each split engine
+    through the host path and the GPU-resident path) and split_glue_run*.json (benchmarks/split_glue_time.py:
+    the glue alone on the GPU; the whole split pipeline in ONNX Runtime on the CPU); each row labelled with its
+    run, later runs replacing earlier rows of the same key."""
+    out: dict = {"engines": {}, "glue": {}, "onnxruntime": {}}
+    for prefix in ("device_io", "split_glue"):
+        for p in sorted(res.glob(f"{prefix}_run*.json"), key=lambda p: _run_number(p.name)):
+            for r in json.loads(p.read_text())["results"]:
+                r = dict(r, run=_run_number(p.name))
+                if prefix == "device_io":
+                    if "error" not in r:
+                        out["engines"][(r["size"], r["engine"], r["batch"])] = r
+                elif r.get("backend") == "onnxruntime-cpu":
+                    out["onnxruntime"][(r["size"], r["batch"])] = r
+                else:
+                    out["glue"][(r["size"], r["batch"])] = r
+    return out
+
+
+def split_pipeline(split_io: dict, size: int, prec: str, batch: int) -> dict | None:
+    """The GPU-resident split pipeline's wall time per call, stages summed: the three engines' device-path
+    calls + the glue (None unless all four were measured)."""
+    parts = [split_io["engines"].get((size, n, batch)) for n in _split_engines(prec)]
+    glue = split_io["glue"].get((size, batch))
+    if not all(parts) or glue is None:
+        return None
+    return {
+        "device_ms": sum(p["device_io_wall_ms"] for p in parts) + glue["glue_median_ms"],
+        "host_ms": sum(p["host_io_wall_ms"] for p in parts) + glue["glue_median_ms"],
+        "glue_ms": glue["glue_median_ms"],
+        "runs": [glue] + parts,
+    }
+
+
+def render(
+    state: dict, runs_meta: dict | None = None, nms_bench: list | None = None, split_io: dict | None = None
+) -> str:
+    split_io = split_io or {"engines": {}, "glue": {}, "onnxruntime": {}}
     cfg, info = state.get("config", {}), state.get("info", {})
     S, BIG, B = cfg.get("size", 384), cfg.get("big", 1344), cfg.get("batch", 8)
     lat = state.get("latency", [])
@@ -185,15 +229,15 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
     for r in sorted((r for r in lat if r.get("variant") == "host"), key=lambda r: r["run"]):
         hosts.setdefault(r["run"], {})[r["engine"]] = r["median_ms"]
 
-    def e2e_of(x: dict | None):
-        """Host stages + the engine's copy-in/execute/copy-out wall time, all from the run that timed the
-        engine (else the latest run that timed the host stages)."""
+    def e2e_of(x: dict | None, wall: float | None = None):
+        """Host stages + the model's wall time (``wall``, else the engine's copy-in/execute/copy-out), the
+        host stages from the run that timed the model (else the latest run that timed them)."""
         if not x or not hosts:
             return None
         host = hosts.get(x["run"]) or hosts[max(hosts)]
         if host.get("preprocess") is None or host.get("postprocess") is None:
             return None
-        return host["preprocess"] + x["infer_wall_median_ms"] + host["postprocess"]
+        return host["preprocess"] + (x["infer_wall_median_ms"] if wall is None else wall) + host["postprocess"]
 
     rows = _sort(state.get("rows", []))
     out = [
@@ -239,7 +283,9 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
             continue
         prec, graph = r.get("precision"), r.get("graph")
         if "error" in r:
-            out.append(f"| {r['backend']} | {_graph(r)} | {prec} | {_why(r, state.get('builds', []))} ||||||||| {r['run']} |")
+            out.append(
+                f"| {r['backend']} | {_graph(r)} | {prec} | {_why(r, state.get('builds', []))} ||||||||| {r['run']} |"
+            )
             continue
         b1 = e2e = thr = None
         note, runs = "", str(r["run"])
@@ -263,21 +309,31 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
             b1 = sum(p["median_ms"] for p in parts1) if all(parts1) else None
             thr = B * 1000.0 / sum(p["median_ms"] for p in parts8) if all(parts8) else None
             note = "¹"
-            runs = _runs([r] + [p for p in parts1 + parts8 if p])
+            pipe = split_pipeline(split_io, S, prec, 1)
+            e2e = pipe and e2e_of(pipe["runs"][0], pipe["device_ms"])
+            runs = _runs([r] + [p for p in parts1 + parts8 + (pipe["runs"] if pipe else []) if p])
+        elif r["backend"].startswith("ONNX Runtime"):
+            x1 = split_io["onnxruntime"].get((S, 1))
+            e2e = x1 and e2e_of(x1, x1["wall_median_ms"])
+            runs = _runs([r] + ([x1] if x1 else []))
         par = r.get("parity") or {}
         matched = f"{par['matched']}/{par['reference_detections']}" if par else "—"
         out.append(
-            f"| {r['backend']} | {_graph(r)} | {prec} | {_f(b1)}{note if b1 else ''} | {_f(e2e or None)} "
+            f"| {r['backend']} | {_graph(r)} | {prec} | {_f(b1)}{note if b1 else ''} | {_f(e2e or None)}{note if e2e and note else ''} "
             f"| {_f(thr, 0)}{note if thr else ''} | {r['bbox_mAP']:.4f} | {_f(r.get('segm_mAP'), 4)} "
             f"| {_delta(r, 'd_bbox')} | {_delta(r, 'd_segm')} | {matched} | {runs} |"
         )
     out += [
         "",
-        "¹ Split graphs: sum of the three engines' GPU compute (backbone at batch b, box head on 1000·b ROIs, mask"
-        " head on 100·b ROIs); the glue between them (NMS, ROIAlign in torch on the GPU) is not included. No"
-        " end-to-end figure: on the GPU machine TensorRT 8.6 runs in a separate CPython 3.9 process, so the split"
-        " rows pass every tensor through .npz files between processes, which would time this harness, not the"
-        " split runtime.",
+        "¹ Split graphs: GPU compute = the three engines' GPU compute summed (backbone at batch b, box head on"
+        " 1000·b ROIs, mask head on 100·b ROIs), the glue between them (NMS, ROIAlign in torch on the GPU) not"
+        " included. End-to-end = the GPU-resident split runtime's stages summed: each engine's zero-copy call"
+        " (`TensorRTBackend.infer_device`, timed by `benchmarks/trt86_device_io.py` in the TensorRT 8.6 process),"
+        " the glue with the image upload and output download (`benchmarks/split_glue_time.py`, torch), and the"
+        " host stages. On the GPU machine TensorRT 8.6 (CPython 3.9) and torch live in separate processes, so"
+        " the split pipeline has not run end to end in one process there (see *The split pipeline* below).",
+        "The ONNX Runtime row runs on the GPU machine's CPU: its end-to-end is the whole split pipeline in ONNX"
+        " Runtime (`split_glue_time.py --onnxruntime`) plus the host stages.",
         f"The fused rows' mAP comes from the batch-{B} engine; GPU compute b1 from the batch-1 engine of the same graph.",
         "",
         f"## Accuracy at {BIG}×{BIG}",
@@ -292,7 +348,9 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
         if r.get("size") != BIG:
             continue
         if "error" in r:
-            out.append(f"| {r['backend']} | {_graph(r)} | {r['precision']} | {_why(r, state.get('builds', []))} |||||| {r['run']} |")
+            out.append(
+                f"| {r['backend']} | {_graph(r)} | {r['precision']} | {_why(r, state.get('builds', []))} |||||| {r['run']} |"
+            )
             continue
         par = r.get("parity") or {}
         matched = f"{par['matched']}/{par['reference_detections']}" if par else "—"
@@ -311,9 +369,10 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
     for r in sorted(lat, key=lambda r: (kinds.get(r["variant"], 2), r["batch"], r["engine"], r["run"])):
         if r["size"] != BIG or r["variant"] == "split":
             continue
-        name = {"pytorch": "PyTorch deploy model (eager)", "torchvision eager": "torchvision maskrcnn_resnet50_fpn (eager)"}.get(
-            r["variant"], f"TensorRT fused ({r['variant']}, RPN NMS {r.get('rpn_nms')})"
-        )
+        name = {
+            "pytorch": "PyTorch deploy model (eager)",
+            "torchvision eager": "torchvision maskrcnn_resnet50_fpn (eager)",
+        }.get(r["variant"], f"TensorRT fused ({r['variant']}, RPN NMS {r.get('rpn_nms')})")
         prec = r["engine"].split("_")[-1].replace(".engine", "") if r["engine"].endswith(".engine") else "fp32"
         if "error" in r:
             out.append(f"| {name} | {prec} | {r['batch']} | error ||||| {r['run']} |")
@@ -351,6 +410,47 @@ def render(state: dict, runs_meta: dict | None = None, nms_bench: list | None = 
         for r in groups:
             parts = ", ".join(f"{k} {v:.2f}" for k, v in r["layer_groups_ms"].items())
             out.append(f"- {r['engine']} batch {r['batch']}, RPN NMS {r.get('rpn_nms')} (run {r['run']}): {parts}.")
+    if split_io["engines"]:
+        out += [
+            "",
+            "## The split pipeline: engine I/O through the host or on the GPU",
+            "",
+            "`benchmarks/trt86_device_io.py` (TensorRT 8.6, H200): each split engine called through the host path"
+            " (`TensorRTBackend.infer`: copy the inputs in, execute, copy the outputs out) and through the"
+            " GPU-resident path (`infer_device` on caller-owned device memory and the caller's stream, what the"
+            " split runtime does with torch CUDA tensors); wall clock per call, median of 30. *Same outputs*:"
+            " both paths' outputs bitwise equal. Box head inputs: 1000 ROIs per image, mask head 100; the heads' host"
+            " cost is mostly their ROI-feature inputs (the box head's are 49 MiB per image).",
+            "",
+            "| size | engine | batch | outputs (MiB) | host I/O (ms) | device I/O (ms) | same outputs | run |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for (size, eng, b), r in sorted(
+            split_io["engines"].items(), key=lambda kv: (kv[0][0], ROLES.index(kv[1]["role"]), kv[0][2])
+        ):
+            same = "yes" if r.get("same_outputs") else f"no (max diff {r.get('max_abs_diff')})"
+            out.append(
+                f"| {size} | {eng} | {b} | {r['output_mbytes']:.1f} | {r['host_io_wall_ms']:.2f} "
+                f"| {r['device_io_wall_ms']:.2f} | {same} | {r['run']} |"
+            )
+        out += [
+            "",
+            "The whole split pipeline per call, stages summed: the three engines plus the glue"
+            " (`benchmarks/split_glue_time.py`: the glue alone in torch on the GPU, the network outputs replayed,"
+            " with the image upload and the outputs' download; host decode and mask paste not included).",
+            "",
+            "| size | precision | batch | glue (ms) | engines through the host + glue (ms) | GPU-resident (ms) | img/s GPU-resident | run |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for size in sorted({k[0] for k in split_io["engines"]}):
+            for prec in ("fp32", "fp16", "int8"):
+                for b in sorted({k[2] for k in split_io["engines"]}):
+                    pipe = split_pipeline(split_io, size, prec, b)
+                    if pipe:
+                        out.append(
+                            f"| {size} | {prec} | {b} | {pipe['glue_ms']:.2f} | {pipe['host_ms']:.2f} "
+                            f"| {pipe['device_ms']:.2f} | {b * 1000.0 / pipe['device_ms']:.0f} | {_runs(pipe['runs'])} |"
+                        )
     if nms_bench:
         out += [
             "",
@@ -440,7 +540,7 @@ def render_sensitivity(res: Path) -> str:
 
 def rendered(res: Path) -> str:
     states, meta, bench = load(res)
-    return render(merge(states), meta, bench) + render_sensitivity(res)
+    return render(merge(states), meta, bench, load_split_io(res)) + render_sensitivity(res)
 
 
 def _section(text: str, heading: str) -> str:

@@ -4,6 +4,7 @@ edited by hand: re-rendering them from benchmarks/results/results_table_run*.jso
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,3 +85,26 @@ def test_runs_sort_by_number_and_end_to_end_adds_the_same_runs_host_stages():
     row = next(line for line in mod.render(state).splitlines() if line.startswith("| TensorRT 8.6 | fused_b8"))
     # GPU compute 2.00 from run 10; end-to-end = run 10's host stages (7 + 4) + its wall time (3), not run 11's
     assert "| 2.00 | 14.00 |" in row and row.endswith("| 9, 10 |"), row
+
+
+def test_split_end_to_end_sums_the_gpu_resident_stages(tmp_path):
+    mod = _update_results()
+    split = {"backend": "tensorrt", "graph": "split", "precision": "fp16", "size": 384, "images": 9, "bbox_mAP": 0.7}
+    host = [
+        {"size": 384, "variant": "host", "engine": n, "batch": 1, "median_ms": ms}
+        for n, ms in (("preprocess", 5.0), ("postprocess", 3.0))
+    ]
+    engines = [
+        {"size": 384, "engine": f"{r}_fp16.engine", "role": r, "batch": 1, "same_outputs": True, "output_mbytes": 1.0,
+         "host_io_wall_ms": 10.0, "device_io_wall_ms": ms}
+        for r, ms in (("backbone", 1.0), ("box_head", 0.25), ("mask_head", 0.5))
+    ]  # fmt: skip
+    (tmp_path / "device_io_run12.json").write_text(json.dumps({"results": engines}))
+    glue = [{"size": 384, "batch": 1, "glue_median_ms": 2.25}]
+    (tmp_path / "split_glue_run12.json").write_text(json.dumps({"results": glue}))
+    io = mod.load_split_io(tmp_path)
+    state = mod.merge([mod.annotate({"rows": [split], "latency": host}, "results_table_run11.json", {})])
+    text = mod.render(state, split_io=io)
+    row = next(line for line in text.splitlines() if line.startswith("| TensorRT 8.6 | split | fp16"))
+    assert "| 12.00¹ |" in row and row.endswith("| 11, 12 |"), row  # 5 + (1 + 0.25 + 0.5 + 2.25) + 3
+    assert "| 384 | fp16 | 1 | 2.25 | 32.25 | 4.00 | 250 | 12 |" in text  # host path: 3 x 10 + 2.25
