@@ -159,6 +159,11 @@ def compare_command(
         "the ground truth, is below this.",
     ),
     report: Optional[Path] = typer.Option(None, "--report", help="Write the parity report as JSON here."),
+    backend: Optional[str] = typer.Option(
+        None,
+        help="The candidate's backend: torch, onnxruntime or tensorrt (default: from CANDIDATE; tensorrt on a split"
+        " export runs its three engines).",
+    ),
 ) -> None:
     """Parity report between two backends; exits 1 when a threshold is missed (usable as a CI gate).
 
@@ -171,6 +176,8 @@ def compare_command(
       rcnn-deploy compare out/ --weights model.pth --images data/images --report parity.json
 
       rcnn-deploy compare out_fp16/ --reference out/ --images "data/images/*.png" --min-map 0.9
+
+      rcnn-deploy compare runs/split/ --backend tensorrt --weights model.pth --images data/images
     """
     from rich.console import Console
     from rich.markup import escape
@@ -183,7 +190,7 @@ def compare_command(
 
     console = Console(stderr=True)
     try:
-        cand = _detector(candidate, model, height, width, 1, None)
+        cand = _detector(candidate, model, height, width, 1, backend)
         if reference is None:
             if weights is None:
                 raise ValueError("pass --weights (for the PyTorch reference) or --reference")
