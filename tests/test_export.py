@@ -257,6 +257,8 @@ class PointerBackend:
     outputs into the raw memory the pointers name (CPU tensors here, CUDA memory for an engine), with an
     engine's I/O dtypes (TensorRT 8.6 takes the mask head's ``classes`` as int32)."""
 
+    host_memory = True  # its pointers name host memory: device_call lets CPU tensors through
+
     def __init__(self, directory, graph):
         from rcnn_deploy.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -304,6 +306,9 @@ def test_split_device_io_path_gives_the_host_paths_outputs(split_dir, images):
     ort = onnxruntime_split(c, split_dir, ["CPUExecutionProvider"])
     with pytest.raises(RuntimeError, match="infer_device"):  # ONNX Runtime has no device path to force
         run_split(SplitPieces(c, ort.backbone, ort.box, ort.mask, device_io=True), images.numpy())
+    pieces[0].host_memory = False  # an engine: CPU tensors' addresses are not device addresses
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        run_split(SplitPieces(c, *pieces, device_io=True), images.numpy())
 
 
 def test_split_engines_missing_say_how_to_build_them(split_dir):

@@ -32,7 +32,7 @@ class Detector:
     def __init__(self, spec: ModelSpec, input_hw: Tuple[int, int], run: Runner, backend: str, batch: int = 1):
         self.spec, self.input_hw, self._run, self.backend, self.batch = spec, tuple(input_hw), run, backend, batch
         self.fill = rgb_fill(spec.pixel_mean, spec.channel_order)
-        self.engine: Optional[object] = None  # the TensorRTBackend when running an engine
+        self.engine: Optional[object] = None  # the TensorRTBackend of a fused engine; SplitPieces of split ones
         self.module: Optional[object] = None  # the torch module when running the PyTorch deploy model
 
     # ------------------------------------------------------------------------------------------- loading

@@ -41,19 +41,23 @@ def _torch_dtype(dtype: np.dtype):  # type: ignore[no-untyped-def]
 
 def device_call(backend: Any, feed: Dict[str, Any], stream: Optional[int] = None) -> Dict[str, Any]:
     """Run ``backend`` (one with ``infer_device``, e.g. :class:`TensorRTBackend`) on torch tensors without a
-    host round trip: inputs are cast to the engine's dtypes in place on their device, outputs are allocated
-    as torch tensors beside them and written by the engine. ``stream`` defaults to torch's current CUDA
-    stream (0 for CPU tensors, which only a test double can read), so later torch work on that stream sees
-    the outputs and the inputs outlive the engine's reads (the caching allocator orders reuse by stream)."""
+    host round trip: inputs are cast to the engine's dtypes on their device, outputs are allocated as torch
+    tensors beside them and written by the engine. ``stream`` defaults to torch's current CUDA stream, so
+    later torch work on that stream sees the outputs, and memory the engine still reads is not reused before
+    it is done (the caching allocator orders reuse by stream). CPU tensors are refused unless the backend
+    reads host memory (``host_memory = True``: test doubles), since an engine would take their addresses for
+    device addresses."""
     import torch
 
     from ..backends.tensorrt.runtime import DeviceTensor
 
     first = next(iter(feed.values()))
     dev = first.device
+    if dev.type != "cuda" and not getattr(backend, "host_memory", False):
+        raise ValueError(f"the device path needs CUDA tensors, got {dev} ones; move them with .cuda() first")
     if stream is None:
         stream = torch.cuda.current_stream(dev).cuda_stream if dev.type == "cuda" else 0
-    inputs, keep = {}, []
+    inputs, keep = {}, []  # keep: the cast copies stay referenced until the launch is enqueued
     for name, t in feed.items():
         want = backend.tensor_dtype(name)
         t = t.to(dtype=_torch_dtype(want)).contiguous()
