@@ -133,6 +133,7 @@ def main():
 
     rng = np.random.default_rng(0)
     results = []
+    info = {"trt": trt.name, "trt_version": trt.version}
     for d in a.dirs:
         size = int(os.path.basename(os.path.dirname(os.path.abspath(d))))
         for engine in sorted(os.path.join(d, f) for f in os.listdir(d) if f.endswith(".engine")):
@@ -151,10 +152,15 @@ def main():
                     row["error"] = repr(e)[-1000:]
                 print(json.dumps(row), flush=True)
                 results.append(row)
+                write(a.out, {"info": info, "results": results})  # after every row: a killed run keeps its rows
             be.close()
-    info = {"trt": trt.name, "trt_version": trt.version}
-    with open(a.out, "w") as f:
-        json.dump({"info": info, "results": results}, f, indent=1)
+
+
+def write(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
