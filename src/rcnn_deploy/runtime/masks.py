@@ -11,7 +11,7 @@ Both resamplings are separable, so each mask is pasted as ``Wy @ mask @ Wx.T`` o
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -45,10 +45,12 @@ def _sample_weights(pix: np.ndarray, lo: float, hi: float, m: int) -> np.ndarray
     return w
 
 
-def paste_mask(mask: np.ndarray, box: np.ndarray, image_hw: Tuple[int, int], method: str = "torchvision") -> np.ndarray:
-    """Paste one ``[M, M]`` probability mask for ``box`` into a float ``[H, W]`` image-sized canvas."""
+def _paste_region(
+    mask: np.ndarray, box: np.ndarray, image_hw: Tuple[int, int], method: str
+) -> Optional[Tuple[int, int, int, int, np.ndarray]]:
+    """Where one ``[M, M]`` probability mask lands for ``box``: ``(y0, y1, x0, x1, probabilities)`` of the
+    image region it covers (everything outside is 0), or None when that region is empty."""
     h_img, w_img = image_hw
-    canvas = np.zeros((h_img, w_img), dtype=np.float32)
     m = mask.shape[0]
     mask = mask.astype(np.float64)
     if method == "torchvision":
@@ -61,24 +63,35 @@ def paste_mask(mask: np.ndarray, box: np.ndarray, image_hw: Tuple[int, int], met
         ebox = np.array([cx - hw, cy - hh, cx + hw, cy + hh], dtype=np.float32).astype(np.int64)
         w = max(int(ebox[2] - ebox[0] + 1), 1)
         h = max(int(ebox[3] - ebox[1] + 1), 1)
-        resized = _resize_weights(h, m + 2) @ padded @ _resize_weights(w, m + 2).T
-        x0, x1 = max(ebox[0], 0), min(ebox[2] + 1, w_img)
-        y0, y1 = max(ebox[1], 0), min(ebox[3] + 1, h_img)
-        if x1 > x0 and y1 > y0:
-            canvas[y0:y1, x0:x1] = resized[y0 - ebox[1] : y1 - ebox[1], x0 - ebox[0] : x1 - ebox[0]]
-        return canvas
+        x0, x1 = int(max(ebox[0], 0)), int(min(ebox[2] + 1, w_img))
+        y0, y1 = int(max(ebox[1], 0)), int(min(ebox[3] + 1, h_img))
+        if x1 <= x0 or y1 <= y0:
+            return None
+        # only the rows and columns of the resize that land inside the image
+        wy = _resize_weights(h, m + 2)[y0 - ebox[1] : y1 - ebox[1]]
+        wx = _resize_weights(w, m + 2)[x0 - ebox[0] : x1 - ebox[0]]
+        return y0, y1, x0, x1, wy @ padded @ wx.T
     if method == "detectron2":
         x0 = int(max(np.floor(box[0]) - 1, 0))
         y0 = int(max(np.floor(box[1]) - 1, 0))
         x1 = int(min(np.ceil(box[2]) + 1, w_img))
         y1 = int(min(np.ceil(box[3]) + 1, h_img))
         if x1 <= x0 or y1 <= y0:
-            return canvas
+            return None
         wy = _sample_weights(np.arange(y0, y1, dtype=np.float64), float(box[1]), float(box[3]), m)
         wx = _sample_weights(np.arange(x0, x1, dtype=np.float64), float(box[0]), float(box[2]), m)
-        canvas[y0:y1, x0:x1] = wy @ mask @ wx.T
-        return canvas
+        return y0, y1, x0, x1, wy @ mask @ wx.T
     raise ValueError(f"unknown mask paste method {method!r}; use 'torchvision' or 'detectron2'")
+
+
+def paste_mask(mask: np.ndarray, box: np.ndarray, image_hw: Tuple[int, int], method: str = "torchvision") -> np.ndarray:
+    """Paste one ``[M, M]`` probability mask for ``box`` into a float ``[H, W]`` image-sized canvas."""
+    canvas = np.zeros(image_hw, dtype=np.float32)
+    region = _paste_region(mask, box, image_hw, method)
+    if region is not None:
+        y0, y1, x0, x1, prob = region
+        canvas[y0:y1, x0:x1] = prob
+    return canvas
 
 
 def paste_masks(
@@ -89,9 +102,14 @@ def paste_masks(
     threshold: float = 0.5,
 ) -> np.ndarray:
     """Paste ``masks [N, M, M]`` for ``boxes [N, 4]`` into ``[N, H, W]`` bool masks (``prob >= threshold``
-    for Detectron2, ``prob > threshold`` for torchvision as its visualisation/eval code does)."""
+    for Detectron2, ``prob > threshold`` for torchvision as its visualisation/eval code does). Each mask is
+    resampled and thresholded over its box's region only (no image-sized float canvas per mask)."""
     out = np.zeros((masks.shape[0], *image_hw), dtype=bool)
     for i in range(masks.shape[0]):
-        prob = paste_mask(masks[i], boxes[i], image_hw, method)
-        out[i] = prob >= threshold if method == "detectron2" else prob > threshold
+        region = _paste_region(masks[i], boxes[i], image_hw, method)
+        if region is None:
+            continue
+        y0, y1, x0, x1, prob = region
+        prob = prob.astype(np.float32)  # the canvas's precision, as paste_mask thresholds it
+        out[i, y0:y1, x0:x1] = prob >= threshold if method == "detectron2" else prob > threshold
     return out

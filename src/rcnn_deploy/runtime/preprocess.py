@@ -63,7 +63,7 @@ def load_rgb(path: Union[str, Path]) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
 
@@ -78,11 +78,13 @@ def letterbox(image: np.ndarray, input_hw: Tuple[int, int], fill_rgb: Sequence[f
     box = Letterbox(h, w, scale)
     rh, rw = box.resized_hw
     rh, rw = min(max(rh, 1), ih), min(max(rw, 1), iw)
-    resized = np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR), dtype=np.float32)
-    out = np.empty((ih, iw, 3), dtype=np.float32)
-    out[...] = np.asarray(fill_rgb, dtype=np.float32)
-    out[:rh, :rw] = resized
-    return np.ascontiguousarray(out.transpose(2, 0, 1)), box
+    # Pillow returns a copy for a resize to the same size, so an image already at size skips it exactly
+    resized = image if (rh, rw) == (h, w) else np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))
+    out = np.empty((3, ih, iw), dtype=np.float32)  # written channel-first directly: no transposed copy
+    if rh < ih or rw < iw:
+        out[...] = np.asarray(fill_rgb, dtype=np.float32).reshape(3, 1, 1)
+    out[:, :rh, :rw] = resized.transpose(2, 0, 1)
+    return out, box
 
 
 def rgb_fill(pixel_mean: Sequence[float], channel_order: str) -> Tuple[float, float, float]:
