@@ -18,6 +18,10 @@ Stages, each idempotent (state in --work, so a second call continues where a fir
             as soon as their engines exist).
   latency   trt_tool.py time: GPU compute (CUDA events, CUDA graph) and host wall per inference, per-layer
             profile of the fused engines; PyTorch deploy model and torchvision eager. Runs after the builds.
+  pipeline  the split pipeline's stages: each split engine through the host path and the GPU-resident path
+            (py39 benchmarks/trt86_device_io.py: same outputs, wall per call), the glue alone on the GPU and
+            the whole ONNX Runtime split pipeline on the CPU (benchmarks/split_glue_time.py); the split
+            rows' end-to-end figure is these stages summed.
 Results: OUT/results_table.json (rendered into docs/results.md by benchmarks/update_results.py).
 The run can outlive a device call: start it with setsid, poll WORK/results_table.json and WORK/driver.log.
 """
@@ -45,6 +49,8 @@ CKPT = ROOT / "checkpoints" / "shapes_maskrcnn_r50fpn.pt"
 MODEL = "torchvision-maskrcnn"
 PRECISIONS = ("fp32", "fp16", "int8")
 TOOL = ROOT / "benchmarks" / "trt_tool.py"
+DEVICE_IO = ROOT / "benchmarks" / "trt86_device_io.py"
+GLUE = ROOT / "benchmarks" / "split_glue_time.py"
 START = time.time()
 DEADLINE = [float("inf")]  # the whole run
 BUILD_DEADLINE = [float("inf")]  # builds still running then are killed, so the latency stage has the GPU
@@ -682,6 +688,33 @@ def latency(a) -> list:
     return out
 
 
+def pipeline(a) -> dict:
+    """The split pipeline's stage timings (the ``pipeline`` stage): ``{"device_io": rows, "split_glue": rows}``
+    in the formats of trt86_device_io.py and split_glue_time.py; a failed tool leaves an ``error`` entry."""
+    out: dict = {"device_io": [], "split_glue": []}
+    sizes = [size for size in (a.size, a.big) if any((a.work / str(size) / "split").glob("*.engine"))]
+    for size in sizes:
+        if left() < 60:
+            log("pipeline: out of time before the split engines at", size)
+            break
+        res = a.work / f"device_io_{size}.json"
+        p = subprocess.run(py39_cmd(DEVICE_IO, a.work / str(size) / "split", "--out", res), capture_output=True, text=True)
+        rows = json.loads(res.read_text())["results"] if res.is_file() else []
+        if p.returncode != 0:
+            rows.append({"size": size, "error": (p.stdout + p.stderr)[-800:]})
+        log("device_io", size, json.dumps([{k: r.get(k) for k in ("engine", "batch", "same_outputs", "device_io_wall_ms", "error")} for r in rows])[:900])
+        out["device_io"] += rows
+    split_dirs = [str(a.work / str(a.size) / "split")] if not a.no_onnxruntime and (a.work / str(a.size) / "split" / "contract.json").is_file() else []
+    if (sizes or split_dirs) and left() > 60:
+        res = a.work / "split_glue.json"
+        args = [sys.executable, GLUE, "--images", a.work / "val" / "images", "--out", res, "--batches", 1, a.batch]
+        args += ["--sizes", *(sizes or [a.size])] + (["--onnxruntime", *split_dirs] if split_dirs else [])
+        p = subprocess.run([str(x) for x in args], capture_output=True, text=True)
+        out["split_glue"] = json.loads(res.read_text())["results"] if p.returncode == 0 and res.is_file() else [{"error": (p.stdout + p.stderr)[-800:]}]
+        log("split_glue", json.dumps(out["split_glue"])[:900])
+    return out
+
+
 def _cuda_time(fn, iterations: int = 30, warmup: int = 5) -> dict:
     """CUDA-event latency of ``fn`` (the same timer ``rcnn-deploy bench`` uses, no CUDA graph)."""
     from rcnn_deploy.tools.bench import time_torch_cuda
@@ -704,7 +737,7 @@ def main():
     ap.add_argument("--calib-images", type=int, default=64)
     ap.add_argument("--deadline-min", type=float, default=9.0, help="the whole run")
     ap.add_argument("--build-deadline-min", type=float, default=None, help="kill builds still running then")
-    ap.add_argument("--stages", nargs="+", default=["prepare", "build", "accuracy", "latency"])
+    ap.add_argument("--stages", nargs="+", default=["prepare", "build", "accuracy", "latency", "pipeline"])
     ap.add_argument("--lanes", nargs="*", default=None, help="build lanes, each 'SIZE/VARIANT/ROLE_PREC,...' (default: all)")
     ap.add_argument("--rows", nargs="*", default=None, help="only these accuracy rows, e.g. tensorrt_split_int8")
     ap.add_argument("--no-onnxruntime", action="store_true", help="skip the ONNX Runtime (CPU) row")
@@ -744,6 +777,8 @@ def main():
             state["rows"] = accuracy(a)
         elif stage == "latency":
             state["latency"] = latency(a)
+        elif stage == "pipeline":
+            state.update(pipeline(a))
         elif stage == "collect":  # a snapshot of a run still going (another process): what is on disk now
             state["builds"] = collect_builds(a)
             rows_dir = a.work / "rows"

@@ -186,20 +186,28 @@ def _delta(r: dict, key: str) -> str:
 def load_split_io(res: Path) -> dict:
     """The split pipeline's stage timings: device_io_run*.json (benchmarks/trt86_device_io.py: each split engine
     through the host path and the GPU-resident path) and split_glue_run*.json (benchmarks/split_glue_time.py:
-    the glue alone on the GPU; the whole split pipeline in ONNX Runtime on the CPU); each row labelled with its
-    run, later runs replacing earlier rows of the same key."""
+    the glue alone on the GPU; the whole split pipeline in ONNX Runtime on the CPU), or the same rows in a
+    results_table_run*.json (its ``pipeline`` stage); each row labelled with its run, later runs replacing
+    earlier rows of the same key."""
     out: dict = {"engines": {}, "glue": {}, "onnxruntime": {}}
+    sources = []  # (run, prefix, rows): the tools' own files, and the pipeline stage of results_table.py
     for prefix in ("device_io", "split_glue"):
-        for p in sorted(res.glob(f"{prefix}_run*.json"), key=lambda p: _run_number(p.name)):
-            for r in json.loads(p.read_text())["results"]:
-                r = dict(r, run=_run_number(p.name))
-                if prefix == "device_io":
-                    if "error" not in r:
-                        out["engines"][(r["size"], r["engine"], r["batch"])] = r
-                elif r.get("backend") == "onnxruntime-cpu":
-                    out["onnxruntime"][(r["size"], r["batch"])] = r
-                else:
-                    out["glue"][(r["size"], r["batch"])] = r
+        for p in res.glob(f"{prefix}_run*.json"):
+            sources.append((_run_number(p.name), prefix, json.loads(p.read_text())["results"]))
+    for p in res.glob("results_table_run*.json"):
+        state = json.loads(p.read_text())
+        sources += [(_run_number(p.name), k, state[k]) for k in ("device_io", "split_glue") if state.get(k)]
+    for run, prefix, rows in sorted(sources, key=lambda s: s[0]):
+        for r in rows:
+            if "error" in r:  # a tool that failed: its log says why; no timing to show
+                continue
+            r = dict(r, run=run)
+            if prefix == "device_io":
+                out["engines"][(r["size"], r["engine"], r["batch"])] = r
+            elif r.get("backend") == "onnxruntime-cpu":
+                out["onnxruntime"][(r["size"], r["batch"])] = r
+            else:
+                out["glue"][(r["size"], r["batch"])] = r
     return out
 
 
