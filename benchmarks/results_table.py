@@ -105,10 +105,15 @@ def variants(size: int, batch: int) -> dict:
 # (its b1 build took 13 min) | the 384 fused b1 engines (batch-1 and end-to-end latency of the 384 fused rows):
 # int8 (~13 min) | fp16 (~7 min), fp32, then the 1344 fused b8 fp32. The calibration caches come from
 # .trtcache/; without one, a fused int8 build builds its size's split backbone int8 first.
+# Run 10 (session 8) built those: 1344 fused b8 int8 748 s, 384 fused b1 int8 942 s, fp16 662 s, fp32 ~100 s each;
+# runs 11-12 the split engines for the GPU-resident path check. Still missing, in these lanes: the fused int8 mAP
+# rows with 261 ranges (run 9's had 260) at 384 b8 | and 1344 b1 | the 384 split engines of every precision, so
+# the pipeline stage times all three split rows' stages (the fp32 backbone's device path was never timed).
 DEFAULT_LANES = (
-    "{big}/fused_b{b}/fused_int8",
-    "{small}/fused_b1/fused_int8",
-    "{small}/fused_b1/fused_fp16,{small}/fused_b1/fused_fp32,{big}/fused_b{b}/fused_fp32",
+    "{small}/fused_b{b}/fused_int8",
+    "{big}/fused_b1/fused_int8",
+    "{small}/split/backbone_fp32,{small}/split/box_head_fp32,{small}/split/mask_head_fp32,"
+    "{small}/split/backbone_fp16,{small}/split/box_head_fp16,{small}/split/mask_head_fp16,{small}/split/backbone_int8",
 )
 BIG_CALIB_IMAGES = 16  # calibration images at --big: 16 x 1344² float32 are 347 MB (the config records it)
 # Seven lanes at once slowed each build about ten-fold on the H100 (session 3: tactic timing shares one GPU).
