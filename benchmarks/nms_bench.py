@@ -116,10 +116,16 @@ def onnxruntime_tensor_rows(net, a, images_for) -> list:
                 t0 = time.perf_counter()
                 out = sess.run(None, feed)
                 times.append((time.perf_counter() - t0) * 1000)
-            row = {"size": size, "batch": 1, "layout": layout, "candidates": int(scores.shape[1]),
-                   "blocks": list(kwargs["group_blocks"]), "backend": "onnxruntime cpu (2 threads), tensor lowering",
-                   "median_ms": float(np.median(times)),
-                   "vs_eager": agreement(ref, {"boxes": out[0], "count": out[2].reshape(-1)})}
+            row = {
+                "size": size,
+                "batch": 1,
+                "layout": layout,
+                "candidates": int(scores.shape[1]),
+                "blocks": list(kwargs["group_blocks"]),
+                "backend": "onnxruntime cpu (2 threads), tensor lowering",
+                "median_ms": float(np.median(times)),
+                "vs_eager": agreement(ref, {"boxes": out[0], "count": out[2].reshape(-1)}),
+            }
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
@@ -169,7 +175,9 @@ def main() -> None:
 
     if a.onnxruntime:
         rows = onnxruntime_tensor_rows(net, a, images_for)
-        (a.out / "nms_bench_onnxruntime.json").write_text(json.dumps({"info": {"gpu": "none"}, "results": rows}, indent=1))
+        (a.out / "nms_bench_onnxruntime.json").write_text(
+            json.dumps({"info": {"gpu": "none"}, "results": rows}, indent=1)
+        )
         return
     jobs, cases = [], []
     for size in a.sizes:
@@ -183,10 +191,28 @@ def main() -> None:
                 onnx_path = a.work / f"nms_{size}_b{b}_{layout}.onnx"
                 export_nms(onnx_path, args, kwargs, layout == "per_level", (size, size))
                 eng = a.work / f"nms_{size}_b{b}_{layout}.engine"
-                jobs.append({"onnx": str(onnx_path), "engine": str(eng), "precision": "fp16", "batch": [b, b, b],
-                             "workspace_gib": 1.0, "fp32_glue": True})
-                cases.append({"size": size, "batch": b, "layout": layout, "engine": eng, "input": inp, "ref": ref,
-                              "candidates": int(scores.shape[1]), "blocks": list(kwargs["group_blocks"])})
+                jobs.append(
+                    {
+                        "onnx": str(onnx_path),
+                        "engine": str(eng),
+                        "precision": "fp16",
+                        "batch": [b, b, b],
+                        "workspace_gib": 1.0,
+                        "fp32_glue": True,
+                    }
+                )
+                cases.append(
+                    {
+                        "size": size,
+                        "batch": b,
+                        "layout": layout,
+                        "engine": eng,
+                        "input": inp,
+                        "ref": ref,
+                        "candidates": int(scores.shape[1]),
+                        "blocks": list(kwargs["group_blocks"]),
+                    }
+                )
     jp = a.work / "jobs.json"
     jp.write_text(json.dumps(jobs))
     t0 = time.time()

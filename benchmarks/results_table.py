@@ -164,8 +164,12 @@ def prepare(a) -> dict:
     # the graphs the lanes build, and the split graph of the ONNX Runtime row
     needed = {tuple(rel.split("/")[:2]) for lane in lane_engines(a) for rel in lane}
     # fused int8 engines apply the split backbone's calibration cache (its graph is parsed for layer names)
-    needed |= {(sz, "split") for lane in lane_engines(a) for sz, var, _, lab in map(split_rel, lane)
-               if uses_backbone_cache(var, lab)}
+    needed |= {
+        (sz, "split")
+        for lane in lane_engines(a)
+        for sz, var, _, lab in map(split_rel, lane)
+        if uses_backbone_cache(var, lab)
+    }
     if not a.no_onnxruntime:
         needed.add((str(a.size), "split"))
     for size in (a.size, a.big):
@@ -344,7 +348,11 @@ def run_lane(a, lane: list) -> None:
                     entry.pop("error", None)
             elif "[E]" in line or "ERROR" in line or "Error Code" in line:
                 entry.setdefault("log_errors", []).append(line[:600])
-        log("build", rel, json.dumps({k: entry.get(k) for k in ("ok", "build_seconds", "calibration_batches", "error")})[:600])
+        log(
+            "build",
+            rel,
+            json.dumps({k: entry.get(k) for k in ("ok", "build_seconds", "calibration_batches", "error")})[:600],
+        )
         rec.write_text(json.dumps(entry))
 
 
@@ -367,7 +375,11 @@ def build(a) -> list:
 
 
 def collect_builds(a) -> list:
-    return [json.loads(f.read_text()) for f in sorted((a.work / "builds").glob("*.json"))] if (a.work / "builds").is_dir() else []
+    return (
+        [json.loads(f.read_text()) for f in sorted((a.work / "builds").glob("*.json"))]
+        if (a.work / "builds").is_dir()
+        else []
+    )
 
 
 def split_engine(d: Path, role: str, prec: str) -> Path:
@@ -455,7 +467,9 @@ def score(a, det, calls, ref_outputs=None, max_images=None) -> dict:
     from rcnn_deploy.runtime.parity import compare_detections
 
     t0 = time.time()
-    res = evaluate_detector(det, a.work / "val" / "annotations.json", a.work / "val" / "images", max_images=max_images or a.eval_images)
+    res = evaluate_detector(
+        det, a.work / "val" / "annotations.json", a.work / "val" / "images", max_images=max_images or a.eval_images
+    )
     row = {
         "bbox_mAP": res["metrics"]["bbox"]["AP"],
         "segm_mAP": res["metrics"].get("segm", {}).get("AP"),
@@ -471,7 +485,19 @@ def score(a, det, calls, ref_outputs=None, max_images=None) -> dict:
             Detections.from_padded(ref_outputs), Detections.from_padded(outputs), pasted_masks=False
         )
         d = rep.to_dict()
-        row["parity"] = {k: d[k] for k in ("reference_detections", "matched", "recall", "min_box_iou", "max_box_abs_diff", "max_score_diff", "min_mask_iou", "mean_mask_iou")}
+        row["parity"] = {
+            k: d[k]
+            for k in (
+                "reference_detections",
+                "matched",
+                "recall",
+                "min_box_iou",
+                "max_box_abs_diff",
+                "max_score_diff",
+                "min_mask_iou",
+                "mean_mask_iou",
+            )
+        }
     return row, outputs
 
 
@@ -552,15 +578,21 @@ def accuracy(a) -> list:
             from rcnn_deploy.runtime.split import run_split
 
             pieces = onnxruntime_split(Contract.load(d), d)
-            det, calls = _recording_detector(spec, size, lambda im: run_split(pieces, im), "onnxruntime", B, fixed=False)
+            det, calls = _recording_detector(
+                spec, size, lambda im: run_split(pieces, im), "onnxruntime", B, fixed=False
+            )
         elif variant.startswith("fused"):
             worker = worker or Worker(a.shm)
             be = EngineBackend(worker, row_engines(a, size, variant, label)[0])
             b = int(variant[len("fused_b") :])
-            det, calls = _recording_detector(spec, size, lambda im, be=be: fused_outputs(be(images=im)), "tensorrt", b, fixed=True)
+            det, calls = _recording_detector(
+                spec, size, lambda im, be=be: fused_outputs(be(images=im)), "tensorrt", b, fixed=True
+            )
         else:
             worker = worker or Worker(a.shm)
-            pieces = SplitPieces(Contract.load(d), *(EngineBackend(worker, e) for e in row_engines(a, size, variant, label)))
+            pieces = SplitPieces(
+                Contract.load(d), *(EngineBackend(worker, e) for e in row_engines(a, size, variant, label))
+            )
 
             def split_run(images, pieces=pieces):
                 from rcnn_deploy.glue.pipeline import two_stage
@@ -591,10 +623,10 @@ def accuracy(a) -> list:
             if done(key):
                 continue
             engines = row_engines(a, size, variant, label)
-            if backend == "tensorrt" and not all(Path(f"{e}.json").is_file() for e in engines):  # sidecar last
-                if building:
-                    waiting.append(item)
-                    continue
+            built = all(Path(f"{e}.json").is_file() for e in engines)  # the sidecar is written last
+            if backend == "tensorrt" and not built and building:
+                waiting.append(item)
+                continue
             if left() < 45:
                 waiting.append(item)
                 break
@@ -604,7 +636,12 @@ def accuracy(a) -> list:
             except Exception as e:  # report and continue with the next row
                 row = {"backend": backend, "graph": variant, "precision": label, "size": size, "error": repr(e)[-1500:]}
             row["seconds"] = round(time.time() - t0, 1)
-            log("accuracy", key, json.dumps({k: row.get(k) for k in ("bbox_mAP", "segm_mAP", "error")}), json.dumps(row.get("parity"))[:400])
+            log(
+                "accuracy",
+                key,
+                json.dumps({k: row.get(k) for k in ("bbox_mAP", "segm_mAP", "error")}),
+                json.dumps(row.get("parity"))[:400],
+            )
             (rows_dir / f"{key}.json").write_text(json.dumps(row))
         pending = waiting
         if pending:
@@ -639,23 +676,54 @@ def latency(a) -> list:
                 for b in bs:
                     feed = {}
                     for i in meta["inputs"]:
-                        shape = [b if (k == 0 and dim < 0 and i["name"] == "images") else dim for k, dim in enumerate(i["shape"])]
+                        shape = [
+                            b if (k == 0 and dim < 0 and i["name"] == "images") else dim
+                            for k, dim in enumerate(i["shape"])
+                        ]
                         if i["name"] in ("box_features", "mask_features", "classes"):
                             shape[0] = (1000 if i["name"] == "box_features" else 100) * b
                         if i["name"] == "classes":
                             feed[i["name"]] = np.ones(shape, dtype=np.int32)
                         else:
-                            feed[i["name"]] = (rng.standard_normal(shape) * (60 if i["name"] == "images" else 1) + (110 if i["name"] == "images" else 0)).astype(np.float32)
+                            feed[i["name"]] = (
+                                rng.standard_normal(shape) * (60 if i["name"] == "images" else 1)
+                                + (110 if i["name"] == "images" else 0)
+                            ).astype(np.float32)
                     inp, res = a.work / "time_in.npz", a.work / "time_out.json"
                     if res.is_file():
                         res.unlink()
                     np.savez(inp, **feed)
                     extra = ["--profile"] if name.startswith("fused") else []
-                    p = subprocess.run(py39_cmd(TOOL, "time", eng, inp, res, "--iterations", 200, *extra), capture_output=True, text=True)
-                    row = json.loads(res.read_text()) if p.returncode == 0 and res.is_file() else {"error": (p.stdout + p.stderr)[-800:]}
+                    p = subprocess.run(
+                        py39_cmd(TOOL, "time", eng, inp, res, "--iterations", 200, *extra),
+                        capture_output=True,
+                        text=True,
+                    )
+                    row = (
+                        json.loads(res.read_text())
+                        if p.returncode == 0 and res.is_file()
+                        else {"error": (p.stdout + p.stderr)[-800:]}
+                    )
                     row.update({"size": size, "variant": name, "engine": eng.name, "batch": b})  # b images
                     row["build_seconds"] = meta.get("build_seconds")
-                    log("time", json.dumps({k: row.get(k) for k in ("size", "engine", "batch", "median_ms", "p99_ms", "infer_wall_median_ms", "layer_groups_ms", "error")})[:700])
+                    log(
+                        "time",
+                        json.dumps(
+                            {
+                                k: row.get(k)
+                                for k in (
+                                    "size",
+                                    "engine",
+                                    "batch",
+                                    "median_ms",
+                                    "p99_ms",
+                                    "infer_wall_median_ms",
+                                    "layer_groups_ms",
+                                    "error",
+                                )
+                            }
+                        )[:700],
+                    )
                     out.append(row)
                     (a.work / "latency_partial.json").write_text(json.dumps(out))
     # PyTorch deploy model (fp32, TF32 off) and torchvision's eager model: CUDA events, model only
@@ -666,12 +734,28 @@ def latency(a) -> list:
         if left() < 30:
             break
         x = torch.rand(b, 3, size, size, device="cuda") * 255
-        out.append({"size": size, "variant": "pytorch", "engine": "deploy model fp32", "batch": b, **_cuda_time(lambda: net(x))})
+        out.append(
+            {
+                "size": size,
+                "variant": "pytorch",
+                "engine": "deploy model fp32",
+                "batch": b,
+                **_cuda_time(lambda x=x: net(x)),
+            }
+        )
     from rcnn_deploy.models.reference import torchvision_reference
 
     tv = torchvision_reference(net.spec, net.state_dict(), (a.big, a.big)).to(_dev()).eval()
     x = [torch.rand(3, a.big, a.big, device="cuda") for _ in range(1)]
-    out.append({"size": a.big, "variant": "torchvision eager", "engine": "torchvision fp32", "batch": 1, **_cuda_time(lambda: tv(x))})
+    out.append(
+        {
+            "size": a.big,
+            "variant": "torchvision eager",
+            "engine": "torchvision fp32",
+            "batch": 1,
+            **_cuda_time(lambda: tv(x)),
+        }
+    )
     # host stages of the end-to-end path (same code for every backend): decode + letterbox, unpad + paste
     ref_file = a.work / f"reference_outputs_{S}.npz"
     if not ref_file.is_file():  # no PyTorch row at --size in this run
@@ -703,19 +787,35 @@ def pipeline(a) -> dict:
             log("pipeline: out of time before the split engines at", size)
             break
         res = a.work / f"device_io_{size}.json"
-        p = subprocess.run(py39_cmd(DEVICE_IO, a.work / str(size) / "split", "--out", res), capture_output=True, text=True)
+        p = subprocess.run(
+            py39_cmd(DEVICE_IO, a.work / str(size) / "split", "--out", res), capture_output=True, text=True
+        )
         rows = json.loads(res.read_text())["results"] if res.is_file() else []
         if p.returncode != 0:
             rows.append({"size": size, "error": (p.stdout + p.stderr)[-800:]})
-        log("device_io", size, json.dumps([{k: r.get(k) for k in ("engine", "batch", "same_outputs", "device_io_wall_ms", "error")} for r in rows])[:900])
+        log(
+            "device_io",
+            size,
+            json.dumps(
+                [{k: r.get(k) for k in ("engine", "batch", "same_outputs", "device_io_wall_ms", "error")} for r in rows]
+            )[:900],
+        )
         out["device_io"] += rows
-    split_dirs = [str(a.work / str(a.size) / "split")] if not a.no_onnxruntime and (a.work / str(a.size) / "split" / "contract.json").is_file() else []
+    split_dirs = (
+        [str(a.work / str(a.size) / "split")]
+        if not a.no_onnxruntime and (a.work / str(a.size) / "split" / "contract.json").is_file()
+        else []
+    )
     if (sizes or split_dirs) and left() > 60:
         res = a.work / "split_glue.json"
         args = [sys.executable, GLUE, "--images", a.work / "val" / "images", "--out", res, "--batches", 1, a.batch]
         args += ["--sizes", *(sizes or [a.size])] + (["--onnxruntime", *split_dirs] if split_dirs else [])
         p = subprocess.run([str(x) for x in args], capture_output=True, text=True)
-        out["split_glue"] = json.loads(res.read_text())["results"] if p.returncode == 0 and res.is_file() else [{"error": (p.stdout + p.stderr)[-800:]}]
+        out["split_glue"] = (
+            json.loads(res.read_text())["results"]
+            if p.returncode == 0 and res.is_file()
+            else [{"error": (p.stdout + p.stderr)[-800:]}]
+        )
         log("split_glue", json.dumps(out["split_glue"])[:900])
     return out
 
@@ -725,7 +825,11 @@ def _cuda_time(fn, iterations: int = 30, warmup: int = 5) -> dict:
     from rcnn_deploy.tools.bench import time_torch_cuda
 
     ts, _, _ = time_torch_cuda(fn, iterations, warmup, cuda_graph=False)
-    return {"median_ms": float(np.median(ts)), "p99_ms": float(np.percentile(ts, 99)), "infer_wall_median_ms": float(np.median(ts))}
+    return {
+        "median_ms": float(np.median(ts)),
+        "p99_ms": float(np.percentile(ts, 99)),
+        "infer_wall_median_ms": float(np.median(ts)),
+    }
 
 
 def main():
@@ -743,7 +847,9 @@ def main():
     ap.add_argument("--deadline-min", type=float, default=9.0, help="the whole run")
     ap.add_argument("--build-deadline-min", type=float, default=None, help="kill builds still running then")
     ap.add_argument("--stages", nargs="+", default=["prepare", "build", "accuracy", "latency", "pipeline"])
-    ap.add_argument("--lanes", nargs="*", default=None, help="build lanes, each 'SIZE/VARIANT/ROLE_PREC,...' (default: all)")
+    ap.add_argument(
+        "--lanes", nargs="*", default=None, help="build lanes, each 'SIZE/VARIANT/ROLE_PREC,...' (default: all)"
+    )
     ap.add_argument("--rows", nargs="*", default=None, help="only these accuracy rows, e.g. tensorrt_split_int8")
     ap.add_argument("--no-onnxruntime", action="store_true", help="skip the ONNX Runtime (CPU) row")
     a = ap.parse_args()
@@ -758,7 +864,15 @@ def main():
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
 
     def save() -> None:
-        state["config"] = {"size": a.size, "big": a.big, "batch": a.batch, "eval_images": a.eval_images, "big_eval_images": a.big_eval_images, "calib_images": a.calib_images, "big_calib_images": min(a.calib_images, BIG_CALIB_IMAGES)}
+        state["config"] = {
+            "size": a.size,
+            "big": a.big,
+            "batch": a.batch,
+            "eval_images": a.eval_images,
+            "big_eval_images": a.big_eval_images,
+            "calib_images": a.calib_images,
+            "big_calib_images": min(a.calib_images, BIG_CALIB_IMAGES),
+        }
         state_file.write_text(json.dumps(state, indent=1))
         (a.out / "results_table.json").write_text(json.dumps(state, indent=1))
 
@@ -787,7 +901,9 @@ def main():
         elif stage == "collect":  # a snapshot of a run still going (another process): what is on disk now
             state["builds"] = collect_builds(a)
             rows_dir = a.work / "rows"
-            state["rows"] = [json.loads(f.read_text()) for f in sorted(rows_dir.glob("*.json"))] if rows_dir.is_dir() else []
+            state["rows"] = (
+                [json.loads(f.read_text()) for f in sorted(rows_dir.glob("*.json"))] if rows_dir.is_dir() else []
+            )
             part = a.work / "latency_partial.json"
             if "latency" not in state and part.is_file():
                 state["latency"] = json.loads(part.read_text())

@@ -150,7 +150,8 @@ def _why(row: dict, builds: list) -> str:
                 f" without the glue rule was killed, {b.get('seconds', 0):.0f} s after the start"
             )
         if "killed" in str(b.get("error")):
-            return f"not measured: the {b['role']} engine build was still running after {b.get('seconds', 0):.0f} s (killed)"
+            secs = b.get("seconds", 0)
+            return f"not measured: the {b['role']} engine build was still running after {secs:.0f} s (killed)"
         return f"engine build failed ({b['role']}: {str(b.get('error', ''))[:90]})"
     return "not measured: device time ran out before this row"
 
@@ -263,10 +264,10 @@ def render(
     out += [
         "",
         f"- TensorRT 8.6.0 (CPython 3.9); PyTorch {info.get('torch', '?')}.",
-        f"- Model: `checkpoints/{info.get('checkpoint', '?')}` (sha256 {info.get('checkpoint_sha256', '?')}…), Mask R-CNN"
-        f" R50-FPN trained by `recipes/train_shapes.sh`; input {S}×{S}.",
-        f"- Accuracy: COCO mAP@[.5:.95] on the first {cfg.get('eval_images', '?')} images of the synthetic validation split"
-        " (seed 2); Δ = row minus the PyTorch fp32 reference on the same images. *matched* = reference"
+        f"- Model: `checkpoints/{info.get('checkpoint', '?')}` (sha256 {info.get('checkpoint_sha256', '?')}…),"
+        f" Mask R-CNN R50-FPN trained by `recipes/train_shapes.sh`; input {S}×{S}.",
+        f"- Accuracy: COCO mAP@[.5:.95] on the first {cfg.get('eval_images', '?')} images of the synthetic"
+        " validation split (seed 2); Δ = row minus the PyTorch fp32 reference on the same images. *matched* = reference"
         " detections found by the row (same class, box IoU ≥ 0.5).",
         "- *RPN NMS one set*: the fused graph's RPN NMS ran as one EfficientNMS over all levels' candidates (the"
         " plugin considers at most 4096 of them); *per level*: one NMS per FPN level side by side, merged by score"
@@ -326,9 +327,10 @@ def render(
             runs = _runs([r] + ([x1] if x1 else []))
         par = r.get("parity") or {}
         matched = f"{par['matched']}/{par['reference_detections']}" if par else "—"
+        mark = lambda v, n=note: n if v else ""  # noqa: E731
         out.append(
-            f"| {r['backend']} | {_graph(r)} | {prec} | {_f(b1)}{note if b1 else ''} | {_f(e2e or None)}{note if e2e and note else ''} "
-            f"| {_f(thr, 0)}{note if thr else ''} | {r['bbox_mAP']:.4f} | {_f(r.get('segm_mAP'), 4)} "
+            f"| {r['backend']} | {_graph(r)} | {prec} | {_f(b1)}{mark(b1)} | {_f(e2e or None)}{mark(e2e)} "
+            f"| {_f(thr, 0)}{mark(thr)} | {r['bbox_mAP']:.4f} | {_f(r.get('segm_mAP'), 4)} "
             f"| {_delta(r, 'd_bbox')} | {_delta(r, 'd_segm')} | {matched} | {runs} |"
         )
     out += [
@@ -342,7 +344,8 @@ def render(
         " the split pipeline has not run end to end in one process there (see *The split pipeline* below).",
         "The ONNX Runtime row runs on the GPU machine's CPU: its end-to-end is the whole split pipeline in ONNX"
         " Runtime (`split_glue_time.py --onnxruntime`) plus the host stages.",
-        f"The fused rows' mAP comes from the batch-{B} engine; GPU compute b1 from the batch-1 engine of the same graph.",
+        f"The fused rows' mAP comes from the batch-{B} engine; GPU compute b1 from the batch-1 engine of the same"
+        " graph.",
         "",
         f"## Accuracy at {BIG}×{BIG}",
         "",
@@ -357,7 +360,8 @@ def render(
             continue
         if "error" in r:
             out.append(
-                f"| {r['backend']} | {_graph(r)} | {r['precision']} | {_why(r, state.get('builds', []))} |||||| {r['run']} |"
+                f"| {r['backend']} | {_graph(r)} | {r['precision']} | {_why(r, state.get('builds', []))} "
+                f"|||||| {r['run']} |"
             )
             continue
         par = r.get("parity") or {}
@@ -447,7 +451,8 @@ def render(
             " (`benchmarks/split_glue_time.py`: the glue alone in torch on the GPU, the network outputs replayed,"
             " with the image upload and the outputs' download; host decode and mask paste not included).",
             "",
-            "| size | precision | batch | glue (ms) | engines through the host + glue (ms) | GPU-resident (ms) | img/s GPU-resident | run |",
+            "| size | precision | batch | glue (ms) | engines through the host + glue (ms) | GPU-resident (ms) "
+            "| img/s GPU-resident | run |",
             "|---|---|---|---|---|---|---|---|",
         ]
         for size in sorted({k[0] for k in split_io["engines"]}):
@@ -457,7 +462,8 @@ def render(
                     if pipe:
                         out.append(
                             f"| {size} | {prec} | {b} | {pipe['glue_ms']:.2f} | {pipe['host_ms']:.2f} "
-                            f"| {pipe['device_ms']:.2f} | {b * 1000.0 / pipe['device_ms']:.0f} | {_runs(pipe['runs'])} |"
+                            f"| {pipe['device_ms']:.2f} | {b * 1000.0 / pipe['device_ms']:.0f} "
+                            f"| {_runs(pipe['runs'])} |"
                         )
     if nms_bench:
         out += [
