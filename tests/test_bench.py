@@ -159,6 +159,7 @@ def test_bench_help_lists_options_and_examples() -> None:
         (["--histogram"], "pass -o DIR"),
         (["--device", "tpu"], "use cpu, cuda or cuda:N"),
         (["--baseline", "torchvision"], "pass --weights"),
+        (["--backend", "tflite"], "use onnxruntime or tensorrt"),
     ],
 )
 def test_bench_rejects_bad_options_before_loading(tmp_path: Path, args: List[str], message: str) -> None:
@@ -174,6 +175,15 @@ def test_bench_checkpoint_without_model_and_missing_export_say_how_to_fix(tmp_pa
     assert res.exit_code == 2 and "--model" in _flat(res.output)
     res = runner.invoke(app, ["bench", str(tmp_path)])  # a directory without contract.json
     assert res.exit_code == 2 and "rcnn-deploy export" in _flat(res.output)
+
+
+def test_bench_tensorrt_backend_wants_a_split_export(setup) -> None:  # type: ignore[no-untyped-def]
+    root, ckpt = setup
+    runner, app = _cli()
+    res = runner.invoke(app, ["bench", str(root / "export"), "--backend", "tensorrt"])  # a fused export
+    assert res.exit_code == 2 and "runs as its engine file" in _flat(res.output), res.output
+    res = runner.invoke(app, ["bench", str(ckpt), "-m", "torchvision-maskrcnn", "--backend", "tensorrt"])
+    assert res.exit_code == 2 and "needs an export directory" in _flat(res.output), res.output
 
 
 def test_bench_export_end_to_end_and_torchvision_baseline(setup) -> None:  # type: ignore[no-untyped-def]

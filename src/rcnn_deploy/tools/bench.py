@@ -63,8 +63,15 @@ def _path_kind(model_path: str) -> str:
 
 
 def _load_target(
-    model_path: str, kind: str, model: Optional[str], input_hw: Optional[Tuple[int, int]], device: str
+    model_path: str,
+    kind: str,
+    model: Optional[str],
+    input_hw: Optional[Tuple[int, int]],
+    device: str,
+    backend: Optional[str] = None,
 ) -> _Target:
+    if kind == "export" and backend == "tensorrt":
+        return _load_split_engines(Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent)
     if kind == "export":
         from ..api import Detector
         from ..contract import Contract
@@ -92,6 +99,31 @@ def _load_torch(model: str, weights: str, input_hw: Optional[Tuple[int, int]], d
 
     det = Detector.from_torch(model, weights, input_hw, device=device)
     return _Target(det, "checkpoint", device, net=det.module, info={"model": model})
+
+
+def _load_split_engines(directory: Path) -> _Target:
+    """A split export's three TensorRT engines with the glue in torch on the GPU (``Detector.from_split_engines``:
+    the engines read and write torch's CUDA tensors); timed as the whole pipeline, host wall clock."""
+    from ..api import Detector
+    from ..contract import Contract
+
+    c = Contract.load(directory)
+    if c.graph != "split":
+        raise BenchError(
+            f"--backend tensorrt on {directory}: a fused export runs as its engine file (bench FILE.engine)"
+        )
+    det = Detector.from_split_engines(directory)
+    meta = det.engine.backbone.meta  # type: ignore[attr-defined]
+    prof = meta.get("build_config", {}).get("batch") or list(c.batch)
+    info = {
+        "graph": "split",
+        "model": c.model,
+        "tensorrt": f"{meta.get('trt')} {meta.get('trt_version')}",
+        "precision": meta.get("precision"),
+        "gpu": meta.get("gpu"),
+        "runs_on": "cuda",
+    }
+    return _Target(det, "export", "cuda", batch_range=(int(prof[0]), int(prof[-1])), info=info)
 
 
 def _load_engine(path: Path) -> _Target:
@@ -665,6 +697,11 @@ def bench_command(
         None, "--output", "-o", help="Directory for bench.json and bench.md (and latency_hist.png)."
     ),
     histogram: bool = typer.Option(False, "--histogram", help="Also write latency_hist.png to --output."),
+    backend: Optional[str] = typer.Option(
+        None,
+        help="'tensorrt' on a split export: time its three engines (each graph's ONNX file name with .engine) with"
+        " the glue on the GPU (default: ONNX Runtime for an export, TensorRT for an engine file).",
+    ),
 ) -> None:
     """Latency and throughput (min/mean/median/p90/p95/p99/max, img/s), model-only and end to end.
 
@@ -682,6 +719,8 @@ def bench_command(
       rcnn-deploy bench model.pth -m torchvision-maskrcnn --height 800 --width 800 --device cuda --batch 1,4
 
       rcnn-deploy bench out/model.engine --batch 1,8,16 --iterations 200 --no-end-to-end -o runs/trt
+
+      rcnn-deploy bench runs/split/ --backend tensorrt --batch 1,8 -o runs/split-trt
     """
     from rich.console import Console
     from rich.markup import escape
@@ -702,6 +741,10 @@ def bench_command(
         if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
             raise BenchError(f"--device {device!r}: use cpu, cuda or cuda:N")
         kind = _path_kind(model_path)
+        if backend not in (None, "onnxruntime", "tensorrt", "torch"):
+            raise BenchError(f"--backend {backend!r}: use onnxruntime or tensorrt (an export), torch (a checkpoint)")
+        if backend == "tensorrt" and kind == "checkpoint":
+            raise BenchError(f"--backend tensorrt needs an export directory with built engines, not {model_path}")
         if kind != "checkpoint" and not Path(model_path).exists():
             raise BenchError(f"{model_path} not found: pass an export directory, an engine file or a checkpoint")
         if kind == "checkpoint" and model is None:
@@ -723,7 +766,7 @@ def bench_command(
         with console.status(f"loading {model_path}"):
             from .infer import input_hw
 
-            target = _load_target(model_path, kind, model, input_hw(height, width), device)
+            target = _load_target(model_path, kind, model, input_hw(height, width), device, backend)
     except (BenchError, ValueError, FileNotFoundError) as e:
         fail(str(e))
     except Exception as e:  # BackendUnavailable, TensorRT/ORT load errors: say what failed where
