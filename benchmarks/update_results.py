@@ -322,9 +322,10 @@ def render(
             e2e = pipe and e2e_of(pipe["runs"][0], pipe["device_ms"])
             runs = _runs([r] + [p for p in parts1 + parts8 + (pipe["runs"] if pipe else []) if p])
         elif r["backend"].startswith("ONNX Runtime"):
-            x1 = split_io["onnxruntime"].get((S, 1))
+            x1, x8 = split_io["onnxruntime"].get((S, 1)), split_io["onnxruntime"].get((S, B))
             e2e = x1 and e2e_of(x1, x1["wall_median_ms"])
-            runs = _runs([r] + ([x1] if x1 else []))
+            thr = x8 and B * 1000.0 / x8["wall_median_ms"]  # the whole split pipeline on the CPU, per batch
+            runs = _runs([r] + [x for x in (x1, x8) if x])
         par = r.get("parity") or {}
         matched = f"{par['matched']}/{par['reference_detections']}" if par else "—"
         mark = lambda v, n=note: n if v else ""  # noqa: E731
@@ -343,7 +344,8 @@ def render(
         " host stages. On the GPU machine TensorRT 8.6 (CPython 3.9) and torch live in separate processes, so"
         " the split pipeline has not run end to end in one process there (see *The split pipeline* below).",
         "The ONNX Runtime row runs on the GPU machine's CPU: its end-to-end is the whole split pipeline in ONNX"
-        " Runtime (`split_glue_time.py --onnxruntime`) plus the host stages.",
+        " Runtime (`split_glue_time.py --onnxruntime`) plus the host stages, its throughput that pipeline's"
+        f" wall time at batch {B}.",
         f"The fused rows' mAP comes from the batch-{B} engine; GPU compute b1 from the batch-1 engine of the same"
         " graph.",
         "",
