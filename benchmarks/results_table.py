@@ -787,6 +787,7 @@ def pipeline(a) -> dict:
             log("pipeline: out of time before the split engines at", size)
             break
         res = a.work / f"device_io_{size}.json"
+        res.unlink(missing_ok=True)  # a file left by an earlier call is not this call's result
         p = subprocess.run(
             py39_cmd(DEVICE_IO, a.work / str(size) / "split", "--out", res), capture_output=True, text=True
         )
@@ -808,6 +809,7 @@ def pipeline(a) -> dict:
     )
     if (sizes or split_dirs) and left() > 60:
         res = a.work / "split_glue.json"
+        res.unlink(missing_ok=True)
         args = [sys.executable, GLUE, "--images", a.work / "val" / "images", "--out", res, "--batches", 1, a.batch]
         args += ["--sizes", *(sizes or [a.size])] + (["--onnxruntime", *split_dirs] if split_dirs else [])
         p = subprocess.run([str(x) for x in args], capture_output=True, text=True)

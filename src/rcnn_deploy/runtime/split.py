@@ -19,8 +19,6 @@ import numpy as np
 from ..backends.base import Backend
 from ..contract import Contract
 
-ROLES = ("backbone", "box_head", "mask_head")
-
 
 def _torch_dtype(dtype: np.dtype):  # type: ignore[no-untyped-def]
     import torch
@@ -100,10 +98,10 @@ class SplitPieces:
         import torch
 
         dev = next(iter(feed.values())).device
-        on_device = hasattr(be, "infer_device") and (dev.type == "cuda" or self.device_io is True)
-        if self.device_io is True and not hasattr(be, "infer_device"):
+        has_device_path = hasattr(be, "infer_device")
+        if self.device_io is True and not has_device_path:
             raise RuntimeError(f"device_io=True needs backends with infer_device (TensorRT); got {type(be).__name__}")
-        if on_device and self.device_io is not False:
+        if has_device_path and (self.device_io is True or (self.device_io is None and dev.type == "cuda")):
             return device_call(be, feed)
         out = be(**{n: self._np(t) for n, t in feed.items()})
         return {n: torch.from_numpy(v).to(dev) for n, v in out.items()}
@@ -155,14 +153,12 @@ def split_engine_paths(directory: Union[str, Path], contract: Contract) -> Dict[
     """The engines of a split export: each graph's ONNX file with ``.engine`` (what the build commands in the
     error below write). Raises FileNotFoundError naming the missing ones and how to build them."""
     d = Path(directory)
-    roles = [r for r in ROLES if r != "mask_head" or contract.spec.masks]
-    paths = {r: d / Path(contract.graph_for(r).file).with_suffix(".engine").name for r in roles}
+    onnx = {g.role: d / g.file for g in contract.graphs}  # the contract's graphs: no mask head for Faster R-CNN
+    paths = {r: f.with_suffix(".engine") for r, f in onnx.items()}
     missing = [r for r, p in paths.items() if not p.is_file()]
     if missing:
         lo, hi = contract.batch
-        hint = "; ".join(
-            f"rcnn-deploy build {d / contract.graph_for(r).file} -o {paths[r]} --batch {lo}:{hi}" for r in missing
-        )
+        hint = "; ".join(f"rcnn-deploy build {onnx[r]} -o {paths[r]} --batch {lo}:{hi}" for r in missing)
         raise FileNotFoundError(f"{d} lacks the split engines for {missing}; build them: {hint}")
     return paths
 
