@@ -3,8 +3,13 @@ only assembles them, so ``rcnn-deploy --help`` stays fast (no torch import)."""
 
 from __future__ import annotations
 
-import typer
+import sys
+from typing import List, Optional
 
+import typer
+from typer.core import TyperGroup
+
+from .errors import UserError, debug_enabled
 from .tools import data as data_tools
 from .tools.bench import bench_command
 from .tools.build import build_command
@@ -14,8 +19,27 @@ from .tools.export import export_command
 from .tools.infer import compare_command, infer_command
 from .tools.train import train_command
 
+
+class _Commands(TyperGroup):
+    """Every command runs inside this: a :class:`UserError` becomes one ``error:`` line on stderr and exit
+    status 2 (``--debug`` or ``RCNN_DEPLOY_DEBUG=1`` shows its traceback too); other exceptions keep theirs."""
+
+    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            if debug_enabled():
+                raise
+            from rich.console import Console
+            from rich.markup import escape
+
+            Console(stderr=True).print(f"[red]error:[/red] {escape(str(e))}")
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
     name="rcnn-deploy",
+    cls=_Commands,
     help="Deploy Faster/Mask R-CNN R50-FPN (torchvision or Detectron2 weights) to TensorRT, ONNX Runtime and PyTorch.",
     no_args_is_help=True,
     add_completion=False,
@@ -32,8 +56,20 @@ app.command("train")(train_command)
 app.command("demo")(demo_command)
 
 
-def main() -> None:
-    app()
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for user errors too (RCNN_DEPLOY_DEBUG=1)."),
+) -> None:
+    import os
+
+    from .errors import DEBUG_ENV
+
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="rcnn-deploy")
 
 
 if __name__ == "__main__":
