@@ -14,14 +14,17 @@ image exactly as the model's framework does it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .config import ModelSpec
+from .errors import UserError
 from .runtime.detections import Detections
-from .runtime.masks import paste_masks
+from .runtime.masks import PastedMasks
 from .runtime.preprocess import Letterbox, letterbox, load_rgb, rgb_fill
+from .runtime.sources import Item, SourceLike, open_source
+from .runtime.stream import BatchModel, Prepared, StreamResult, StreamStats, check_finite, run_stream
 
 ImageLike = Union[str, Path, np.ndarray]
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -34,6 +37,10 @@ class Detector:
         self.fill = rgb_fill(spec.pixel_mean, spec.channel_order)
         self.engine: Optional[object] = None  # the TensorRTBackend of a fused engine; SplitPieces of split ones
         self.module: Optional[object] = None  # the torch module when running the PyTorch deploy model
+        self.input_dtype = np.dtype(np.float32)  # what the graph takes: float32 (0-255 RGB) or uint8
+        self.max_pixels: Optional[int] = None  # decode limit for image files (None: the loader's default)
+        self.workers: Optional[int] = None  # decode / postprocess threads of stream() (None: by CPU count)
+        self.batch_model: Optional[BatchModel] = None  # an asynchronous model for stream() (set by backends)
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -184,36 +191,103 @@ class Detector:
         return cls(c.spec, c.input_hw, _fixed_batch(run, lo, hi), "onnxruntime", min(max(batch, lo), hi))
 
     # --------------------------------------------------------------------------------------------- running
+    def _decode(self, path: Path) -> np.ndarray:
+        if self.max_pixels is None:
+            return load_rgb(path)
+        return load_rgb(path, max_pixels=self.max_pixels)
+
+    def _model_input(self, rgb: np.ndarray) -> Tuple[np.ndarray, Letterbox]:
+        a, lb = letterbox(rgb, self.input_hw, self.fill)
+        if self.input_dtype != a.dtype:  # a uint8 graph: the pixels travel as bytes (the fill rounds)
+            a = np.rint(a).astype(self.input_dtype)
+        return a, lb
+
+    def prepare(self, item: Item, keep_image: bool = False) -> Prepared:
+        """Decode + letterbox one stream item; a failure is recorded on the result, never raised."""
+        try:
+            rgb = item.load(self._decode)
+            a, lb = self._model_input(rgb)
+        except (ValueError, MemoryError) as e:  # UserError included
+            return Prepared(item, error=str(e) if not isinstance(e, MemoryError) else f"{item.name}: out of memory")
+        return Prepared(item, a, lb, rgb if keep_image else None)
+
+    def detections_for(self, lb: Letterbox, outputs: Dict[str, np.ndarray], name: str = "") -> Detections:
+        """One image's padded outputs (batch of 1) -> detections in original-image coordinates, masks lazy."""
+        d = Detections.from_padded(outputs)[0]
+        check_finite(d, name)
+        d.boxes = lb.boxes_to_original(d.boxes)
+        if d.has_masks:
+            d.masks = PastedMasks(
+                d.masks, d.boxes, (lb.orig_h, lb.orig_w), self.spec.mask_paste, self.spec.mask_threshold
+            )
+        return d
+
     def preprocess(self, images: Sequence[ImageLike]) -> Tuple[np.ndarray, List[Letterbox]]:
         arrays, boxes = [], []
         for im in images:
-            rgb = load_rgb(im) if isinstance(im, (str, Path)) else np.asarray(im)
-            a, lb = letterbox(rgb, self.input_hw, self.fill)
+            rgb = self._decode(Path(im)) if isinstance(im, (str, Path)) else np.asarray(im)
+            a, lb = self._model_input(rgb)
             arrays.append(a)
             boxes.append(lb)
         return np.stack(arrays), boxes
 
     def postprocess(self, outputs: Dict[str, np.ndarray], boxes: Sequence[Letterbox]) -> List[Detections]:
-        dets = Detections.from_padded(outputs)
-        for d, lb in zip(dets, boxes):
-            d.boxes = lb.boxes_to_original(d.boxes)
-            if d.masks is not None:
-                d.masks = paste_masks(
-                    d.masks, d.boxes, (lb.orig_h, lb.orig_w), self.spec.mask_paste, self.spec.mask_threshold
-                )
-        return dets
+        return [self.detections_for(lb, {k: v[i : i + 1] for k, v in outputs.items()}) for i, lb in enumerate(boxes)]
+
+    def stream(
+        self,
+        source: SourceLike,
+        *,
+        batch: Optional[int] = None,
+        workers: Optional[int] = None,
+        keep_images: bool = False,
+        per_image: Optional[Callable[[StreamResult], Any]] = None,
+        stats: Optional[StreamStats] = None,
+        stride: int = 1,
+    ) -> Iterator[StreamResult]:
+        """Detect in every image of ``source`` (a file, folder, glob, list file, video, array or a list of
+        them), overlapping decode, model and postprocessing; yields a
+        :class:`~rcnn_deploy.runtime.stream.StreamResult` per image in input order. A failed image has
+        ``error`` set and the run goes on. ``keep_images``: results carry the decoded RGB (for drawing).
+        ``per_image(result)`` runs in a worker thread per finished image (e.g. write its files)."""
+        items = source if _is_items(source) else open_source(source, stride=stride)
+        model = self.batch_model or BatchModel(self._run, 1, max(self.batch, 1))
+        return run_stream(
+            items,  # type: ignore[arg-type]
+            lambda it: self.prepare(it, keep_images),
+            model,
+            lambda p, outs: self.detections_for(p.letterbox, outs, p.item.name),
+            batch=batch or self.batch,
+            workers=workers or self.workers,
+            per_image=per_image,
+            stats=stats,
+        )
 
     def __call__(self, images: Sequence[ImageLike]) -> List[Detections]:
-        """Detect in each image (paths or ``[H, W, 3]`` uint8 RGB arrays), ``batch`` images per model call."""
+        """Detect in each image (paths or ``[H, W, 3]`` uint8 RGB arrays), ``batch`` images per model call.
+        Raises :class:`~rcnn_deploy.errors.UserError` for the first image that fails."""
+        items = [
+            Item(i, f"array[{i}]", array=im) if isinstance(im, np.ndarray) else Item(i, str(im), path=Path(im))
+            for i, im in enumerate(images)
+        ]
         out: List[Detections] = []
-        for i in range(0, len(images), self.batch):
-            arr, boxes = self.preprocess(images[i : i + self.batch])
-            out += self.postprocess(self._run(arr), boxes)
+        for r in self.stream(items, workers=min(len(items), self.workers or 4) or 1):
+            if r.error is not None:
+                raise UserError(r.error) if not r.error.startswith(r.name) else UserError(r.error)
+            assert r.detections is not None
+            out.append(r.detections)
         return out
 
     def run_padded(self, images: np.ndarray) -> Dict[str, np.ndarray]:
         """The model's raw padded outputs for a preprocessed ``[B, 3, H, W]`` batch."""
         return self._run(images)
+
+
+def _is_items(source: Any) -> bool:
+    """An iterator of :class:`Item` (from ``open_source``) or a list of them, rather than a source to open."""
+    if isinstance(source, (list, tuple)):
+        return bool(source) and all(isinstance(x, Item) for x in source)
+    return not isinstance(source, (str, Path, np.ndarray))
 
 
 def _fixed_batch(run: Runner, lo: int, hi: int) -> Runner:

@@ -36,11 +36,14 @@ def detections_to_coco(
     """COCO results for one image: bbox as ``[x, y, w, h]``, category id through the model's label map,
     RLE ``segmentation`` when the detections carry pasted (image-sized) masks."""
     index = {int(lid): i for i, lid in enumerate(label_ids) if i > 0}
-    rles = None
-    if det.masks is not None and det.masks.ndim == 3 and len(det):
+    rles: Optional[List[Dict[str, Any]]] = None
+    if det.pasted is not None:  # RLE from each mask's box region: no image-sized arrays
+        rles = [det.pasted.rle(i) for i in range(len(det))]
+    elif det.masks is not None and det.masks.ndim == 3 and len(det):
         from pycocotools import mask as mask_util
 
-        rles = mask_util.encode(np.asfortranarray(det.masks.transpose(1, 2, 0).astype(np.uint8)))
+        enc = mask_util.encode(np.asfortranarray(det.masks.transpose(1, 2, 0).astype(np.uint8)))
+        rles = [{"size": [int(v) for v in r["size"]], "counts": r["counts"].decode("ascii")} for r in enc]
     out = []
     for i, (b, s, c) in enumerate(zip(det.boxes, det.scores, det.classes)):
         c = int(c)
@@ -53,10 +56,7 @@ def detections_to_coco(
             "score": float(s),
         }
         if rles is not None:
-            entry["segmentation"] = {
-                "size": [int(v) for v in rles[i]["size"]],
-                "counts": rles[i]["counts"].decode("ascii"),
-            }
+            entry["segmentation"] = rles[i]
         out.append(entry)
     return out
 
@@ -324,7 +324,13 @@ def reference_map(
 
 
 def _pasted(d: Detections) -> bool:
+    if d.pasted is not None:
+        return True
     return d.masks is not None and d.masks.ndim == 3 and d.masks.dtype == bool
+
+
+def _mask_area(d: Detections, k: int) -> float:
+    return float(d.pasted.area(k)) if d.pasted is not None else float(d.masks[k].sum())  # type: ignore[index]
 
 
 def _reference_gt(
@@ -342,14 +348,16 @@ def _reference_gt(
     for i, r in enumerate(refs):
         image_id = i + 1
         image: Dict[str, Any] = {"id": image_id}
-        if r.masks is not None and r.masks.ndim == 3:
+        if r.pasted is not None:
+            image["height"], image["width"] = r.pasted.image_hw
+        elif r.masks is not None and r.masks.ndim == 3:
             image["height"], image["width"] = (int(v) for v in r.masks.shape[1:])
         images.append(image)
         plain = r if masks else Detections(r.boxes, r.scores, r.classes)
         for k, entry in enumerate(detections_to_coco(plain, image_id, category_ids, label_ids)):
             w, h = entry["bbox"][2], entry["bbox"][3]
             entry.pop("score")
-            entry.update(id=len(anns) + 1, iscrowd=0, area=float(r.masks[k].sum()) if masks else float(w * h))
+            entry.update(id=len(anns) + 1, iscrowd=0, area=_mask_area(r, k) if masks else float(w * h))
             anns.append(entry)
     for i, c in enumerate(cands):
         plain = c if masks else Detections(c.boxes, c.scores, c.classes)

@@ -11,7 +11,7 @@ Both resamplings are separable, so each mask is pasted as ``Wy @ mask @ Wx.T`` o
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -27,8 +27,8 @@ def _resize_weights(n_out: int, n_in: int) -> np.ndarray:
     w1 = src - i0
     w = np.zeros((n_out, n_in), dtype=np.float64)
     rows = np.arange(n_out)
-    np.add.at(w, (rows, i0), 1.0 - w1)
-    np.add.at(w, (rows, i1), w1)
+    w[rows, i0] += 1.0 - w1  # each row once per statement, so += needs no np.add.at
+    w[rows, i1] += w1
     return w
 
 
@@ -110,6 +110,112 @@ def paste_masks(
         if region is None:
             continue
         y0, y1, x0, x1, prob = region
-        prob = prob.astype(np.float32)  # the canvas's precision, as paste_mask thresholds it
-        out[i, y0:y1, x0:x1] = prob >= threshold if method == "detectron2" else prob > threshold
+        out[i, y0:y1, x0:x1] = _threshold(prob, method, threshold)
     return out
+
+
+def _threshold(prob: np.ndarray, method: str, threshold: float) -> np.ndarray:
+    prob = prob.astype(np.float32)  # the canvas's precision, as paste_mask thresholds it
+    return prob >= threshold if method == "detectron2" else prob > threshold
+
+
+def rle_counts(crop: np.ndarray, y0: int, x0: int, image_hw: Tuple[int, int]) -> List[int]:
+    """COCO's uncompressed RLE counts (column-major runs, starting with a run of 0s) of an ``[H, W]`` bool mask
+    that is 0 everywhere except the ``crop`` placed at ``(y0, x0)``, computed from the crop alone."""
+    h_img, w_img = image_hw
+    ch, cw = crop.shape
+    total = h_img * w_img
+    if crop.size == 0 or not crop.any():
+        return [total]
+    cols = np.zeros((cw, ch + 2), dtype=np.int8)  # each crop column framed by 0s
+    cols[:, 1:-1] = crop.T
+    step = np.diff(cols, axis=1)  # +1: a run of 1s starts at that row, -1: the row after a run of 1s
+    col, row = np.nonzero(step)
+    pos = (x0 + col).astype(np.int64) * h_img + y0 + row
+    starts, ends = pos[step[col, row] > 0], pos[step[col, row] < 0]
+    # a run ending at the bottom of one column and starting at the top of the next is one run
+    joined = np.intersect1d(ends, starts, assume_unique=True)
+    if joined.size:
+        starts = np.setdiff1d(starts, joined, assume_unique=True)
+        ends = np.setdiff1d(ends, joined, assume_unique=True)
+    bounds = np.empty(2 * starts.size + 2, dtype=np.int64)
+    bounds[0], bounds[-1] = 0, total
+    bounds[1:-1:2], bounds[2:-1:2] = starts, ends
+    counts = np.diff(bounds).tolist()
+    if counts[-1] == 0:  # a mask ending in 1s has no closing run of 0s (as pycocotools writes it)
+        counts.pop()
+    return counts
+
+
+class PastedMasks:
+    """``N`` masks in an ``(H, W)`` image, pasted on demand from their ``[N, M, M]`` probabilities and boxes.
+
+    Behaves like the ``[N, H, W]`` bool array :func:`paste_masks` returns (``shape``, ``ndim``, ``dtype``,
+    ``len``, ``m[i]`` -> one ``[H, W]`` mask, ``m[keep]`` -> a subset, ``np.asarray(m)`` -> the dense array), but
+    holds only the ``M x M`` probabilities: :meth:`region` gives the box-region crop of one mask and
+    :meth:`rle` its COCO RLE computed from that crop, so no image-sized array is made unless asked for.
+    """
+
+    ndim = 3
+    dtype = np.dtype(bool)
+
+    def __init__(
+        self, probs: np.ndarray, boxes: np.ndarray, image_hw: Tuple[int, int], method: str, threshold: float
+    ) -> None:
+        self.probs = np.asarray(probs, dtype=np.float32)
+        self.boxes = np.asarray(boxes, dtype=np.float32)
+        self.image_hw = (int(image_hw[0]), int(image_hw[1]))
+        self.method, self.threshold = method, float(threshold)
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return (int(self.probs.shape[0]), *self.image_hw)
+
+    def __len__(self) -> int:
+        return int(self.probs.shape[0])
+
+    def region(self, i: int) -> Optional[Tuple[int, int, int, int, np.ndarray]]:
+        """``(y0, y1, x0, x1, bool crop)`` of mask ``i``'s box region (0 everywhere else), or None if empty."""
+        r = _paste_region(self.probs[i], self.boxes[i], self.image_hw, self.method)
+        if r is None:
+            return None
+        y0, y1, x0, x1, prob = r
+        return y0, y1, x0, x1, _threshold(prob, self.method, self.threshold)
+
+    def dense(self, i: int) -> np.ndarray:
+        out = np.zeros(self.image_hw, dtype=bool)
+        r = self.region(i)
+        if r is not None:
+            y0, y1, x0, x1, crop = r
+            out[y0:y1, x0:x1] = crop
+        return out
+
+    def rle(self, i: int) -> Dict[str, Any]:
+        """Mask ``i`` as COCO RLE (``{"size": [H, W], "counts": str}``, pycocotools' compressed form)."""
+        from pycocotools import mask as mask_util
+
+        r = self.region(i)
+        counts = [self.image_hw[0] * self.image_hw[1]] if r is None else rle_counts(r[4], r[0], r[2], self.image_hw)
+        h, w = self.image_hw
+        rle = mask_util.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+        return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+
+    def area(self, i: int) -> int:
+        r = self.region(i)
+        return 0 if r is None else int(r[4].sum())
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, np.integer)):
+            return self.dense(int(key))
+        return PastedMasks(self.probs[key], self.boxes[key], self.image_hw, self.method, self.threshold)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self.dense(i)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = paste_masks(self.probs, self.boxes, self.image_hw, self.method, self.threshold)
+        return out if dtype is None else out.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"PastedMasks(n={len(self)}, image_hw={self.image_hw}, method={self.method!r})"

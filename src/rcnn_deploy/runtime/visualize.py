@@ -34,12 +34,28 @@ def draw(
     image: np.ndarray, det: Detections, names: Sequence[str], label_ids: Sequence[int], path: Union[str, Path]
 ) -> None:
     """Boxes, class names, scores and coloured masks over the ``[H, W, 3]`` uint8 RGB image; saved as PNG."""
+    from PIL import Image
+
+    im = Image.fromarray(render(image, det, names, label_ids))
+    atomic_write(path, lambda p: im.save(p, format="PNG"))
+
+
+def render(image: np.ndarray, det: Detections, names: Sequence[str], label_ids: Sequence[int]) -> np.ndarray:
+    """The picture :func:`draw` saves, as an ``[H, W, 3]`` uint8 RGB array (video frames use it)."""
     from PIL import Image, ImageDraw
 
     canvas = image.astype(np.float32).copy()
     rng = np.random.default_rng(0)
     colours = rng.integers(64, 256, size=(max(len(det), 1), 3)).astype(np.float32)
-    if det.masks is not None and det.masks.ndim == 3 and det.masks.shape[1:] == image.shape[:2]:
+    pasted = det.pasted
+    if pasted is not None and pasted.image_hw == image.shape[:2]:
+        for i, col in enumerate(colours[: len(det)]):
+            r = pasted.region(i)  # the box region only: no image-sized array per mask
+            if r is not None:
+                y0, y1, x0, x1, crop = r
+                view = canvas[y0:y1, x0:x1]
+                view[crop] = 0.5 * view[crop] + 0.5 * col
+    elif det.masks is not None and det.masks.ndim == 3 and det.masks.shape[1:] == image.shape[:2]:
         for m, col in zip(det.masks, colours):
             canvas[m] = 0.5 * canvas[m] + 0.5 * col
     im = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
@@ -50,4 +66,4 @@ def draw(
         dr.text(
             (float(b[0]) + 2, float(b[1]) + 1), f"{class_name(names, label_ids, int(c))} {float(s):.2f}", fill=colour
         )
-    atomic_write(path, lambda p: im.save(p, format="PNG"))
+    return np.asarray(im)

@@ -48,68 +48,102 @@ def infer_command(
         help="torch, onnxruntime or tensorrt (default: from MODEL_PATH; an engine file runs tensorrt; tensorrt on"
         " a split export runs its three engines: each graph's ONNX file name with .engine).",
     ),
+    workers: Optional[int] = typer.Option(
+        None, min=1, help="Decode / postprocess threads (default: one per CPU core, at most 16)."
+    ),
+    max_pixels: Optional[int] = typer.Option(
+        None, min=1, help="Refuse images with more pixels than this (decompression-bomb guard; default 178956970)."
+    ),
+    stride: int = typer.Option(1, min=1, help="Video input: every Nth frame."),
+    save_video: Optional[Path] = typer.Option(
+        None, "--save-video", help="Video input: write the annotated frames as this mp4 (instead of PNGs)."
+    ),
 ) -> None:
-    """Detect objects in images: per image a visualisation and a TSV, plus one COCO results JSON.
+    """Detect objects in images or video: per image a visualisation and a TSV, plus one COCO results JSON.
+
+    Decoding, the model and postprocessing overlap (worker threads, batches of --batch); outputs keep the
+    input order. results.jsonl grows one line per image as the run goes; results.json and summary.json are
+    written at the end, also when the run is interrupted (summary.json then says how far it got). An image
+    that cannot be read or processed is reported and skipped.
 
     Examples:
 
       rcnn-deploy infer out/ data/images -o runs/infer
 
       rcnn-deploy infer model.pth "photos/*.jpg" -m torchvision-maskrcnn --height 800 --width 800 -o runs/infer
+
+      rcnn-deploy infer out/ clip.mp4 --stride 5 --save-video runs/clip.mp4 -o runs/clip
     """
     from rich.console import Console
     from rich.markup import escape
 
-    from .._io import atomic_write_json
-    from ..runtime.preprocess import find_images
-    from ..runtime.visualize import draw, write_tsv
+    from ..runtime.sources import count, is_video, open_source
+    from ..runtime.stream import Progress, StreamStats
+    from ..runtime.writers import InferWriter
 
     console = Console(stderr=True)
     try:
         det = _detector(model_path, model, height, width, batch, backend)
-        paths = find_images(source)
+        total = count(source)
+        items = open_source(source, stride=stride)
     except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
     if mask_threshold is not None:
         det.spec = det.spec.replace(mask_threshold=mask_threshold)
-    spec = det.spec
-    output.mkdir(parents=True, exist_ok=True)
-    coco: List[dict] = []
-    failures = []
-    pending: List[tuple] = []
+    det.max_pixels = max_pixels
+    video = save_video is not None and is_video(source)
+    writer = InferWriter(
+        output,
+        det.spec,
+        backend=det.backend,
+        visualize=visualize,
+        score_threshold=nms_threshold,
+        render_frames=video,
+        total=total,
+    )
+    stats = StreamStats()
+    progress = Progress("infer", total, stream=console.file)
+    video_out = None
+    if video and save_video is not None:
+        from ..runtime.sources import VideoWriter, video_fps
 
-    def flush() -> None:  # one model call for up to --batch images
-        nonlocal coco
-        for (image_id, path, rgb), d in zip(pending, det([rgb for _, _, rgb in pending])):
-            if nms_threshold is not None:
-                d = d.above(nms_threshold)
-            write_tsv(output / f"{path.stem}.tsv", d, spec.class_names, spec.label_ids)
-            if visualize:
-                draw(rgb, d, spec.class_names, spec.label_ids, output / f"{path.stem}.png")
-            coco += _coco_results(d, spec, image_id, path.name)
-        pending.clear()
-
-    for item in _readable(paths, "infer", console, failures):
-        pending.append(item)
-        if len(pending) >= det.batch:
-            flush()
-    flush()
-    atomic_write_json(output / "results.json", coco)
-    summary = {
-        "images": len(paths),
-        "written": len(paths) - len(failures),
-        "failures": failures,
-        "detections": len(coco),
-        "backend": det.backend,
-    }
-    atomic_write_json(output / "summary.json", summary)
-    console.print(
-        f"{summary['written']}/{len(paths)} images, {len(coco)} detections -> {output} "
-        + (f"([yellow]{len(failures)} skipped[/yellow])" if failures else "")
+        video_out = VideoWriter(save_video, video_fps(Path(source)) / stride)
+    stopped: Optional[str] = None
+    try:
+        for r in det.stream(
+            items, batch=batch, workers=workers, keep_images=visualize or video, per_image=writer.per_image, stats=stats
+        ):
+            if not r.ok:
+                progress_print(progress, console, f"[yellow]skipped[/yellow] {escape(str(r.error))}")
+            elif video_out is not None and r.extra and r.extra.get("frame") is not None:
+                video_out.write(r.extra["frame"])
+            writer.add(r)
+            progress.update(r.ok)
+    except KeyboardInterrupt:
+        stopped = "interrupted (Ctrl-C)"
+        raise
+    except BaseException as e:
+        stopped = f"stopped by an error: {type(e).__name__}: {e}"
+        raise
+    finally:
+        progress.close()
+        summary = writer.close(stats, stopped)
+        if video_out is not None:
+            video_out.close()
+    failures = summary["failures"]
+    print(
+        f"{summary['written']}/{summary['images']} images, {summary['detections']} detections, "
+        f"{summary.get('images_per_s', 0):.1f} img/s -> {output}" + (f" ({len(failures)} skipped)" if failures else "")
     )
     if failures and summary["written"] == 0:
         raise typer.Exit(1)
+
+
+def progress_print(progress, console, text: str) -> None:  # type: ignore[no-untyped-def]
+    """A message that does not break the progress bar."""
+    bar = getattr(progress, "_bar", None)
+    (bar.console if bar is not None else console).print(text)
 
 
 def _readable(paths, description: str, console, failures: List[dict]):  # type: ignore[no-untyped-def]

@@ -1,0 +1,310 @@
+"""The streaming runner: every command that runs a model over many images goes through :func:`run_stream`
+(numpy only; Python 3.9 compatible, so it also runs beside TensorRT 8.6 on CPython 3.9).
+
+Stages, overlapped, with bounded queues between them (memory does not grow with the dataset):
+
+    source items ─► decode + letterbox (worker threads) ─► batches ─► model (one thread; an async
+    model enqueues batch i+1 while batch i computes) ─► outputs fetched (worker) ─► postprocess + the
+    caller's per-image work (worker threads) ─► results, in input order
+
+Pillow's decoders and resamplers, numpy's copies and ONNX Runtime / TensorRT release the GIL, so threads
+overlap the stages. An image that fails anywhere (decode, size limit, non-finite outputs) becomes a result
+with its ``error`` set; the run goes on. Any other exception stops the run: the generator's ``finally``
+cancels what is queued and joins every thread (no hung threads on Ctrl-C or on errors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+
+import numpy as np
+
+from ..errors import UserError
+from .detections import Detections
+from .sources import Item
+
+Outputs = Dict[str, np.ndarray]
+
+
+class BatchModel:
+    """What the runner needs of a model: ``submit(images)`` starts one batch (a list of ``[3, H, W]`` arrays,
+    ``lo <= len <= hi``) and returns a callable that waits for and returns the padded outputs.
+
+    This default runs a synchronous ``run(stacked) -> outputs`` at submit time; an asynchronous backend (a
+    TensorRT engine with double-buffered streams) returns before the GPU is done."""
+
+    def __init__(self, run: Callable[[np.ndarray], Outputs], lo: int = 1, hi: int = 1 << 30) -> None:
+        self.run, self.lo, self.hi = run, lo, hi
+
+    def submit(self, images: List[np.ndarray]) -> Callable[[], Outputs]:
+        out = self.run(np.stack(images))
+        return lambda: out
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class Prepared:
+    item: Item
+    array: Optional[np.ndarray] = None  # the letterboxed model input [3, H, W]
+    letterbox: Any = None
+    image: Optional[np.ndarray] = None  # the decoded RGB, when kept for the caller
+    error: Optional[str] = None
+
+
+@dataclass
+class StreamResult:
+    """One image's outcome: ``detections`` in original-image coordinates (masks as
+    :class:`~rcnn_deploy.runtime.masks.PastedMasks`), or ``error`` when it failed; ``image`` is the decoded
+    RGB when the run keeps images; ``extra`` is what the caller's per-image function returned."""
+
+    item: Item
+    detections: Optional[Detections] = None
+    error: Optional[str] = None
+    image: Optional[np.ndarray] = None
+    extra: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def index(self) -> int:
+        return self.item.index
+
+    @property
+    def name(self) -> str:
+        return self.item.name
+
+
+@dataclass
+class StreamStats:
+    """Counters of a run (filled while it goes; read it after or during)."""
+
+    done: int = 0
+    failed: int = 0
+    batches: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    finished: Optional[float] = None
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.perf_counter()) - self.started
+
+    @property
+    def images_per_s(self) -> float:
+        s = self.seconds
+        return self.done / s if s > 0 else 0.0
+
+
+def default_workers() -> int:
+    return max(2, min(16, (os.cpu_count() or 2)))
+
+
+def run_stream(
+    items: Iterable[Item],
+    prepare: Callable[[Item], Prepared],
+    model: BatchModel,
+    postprocess: Callable[[Prepared, Outputs], Detections],
+    *,
+    batch: int = 1,
+    workers: Optional[int] = None,
+    prefetch: Optional[int] = None,
+    depth: int = 2,
+    per_image: Optional[Callable[[StreamResult], Any]] = None,
+    stats: Optional[StreamStats] = None,
+) -> Iterator[StreamResult]:
+    """Run ``model`` over ``items``; yield one :class:`StreamResult` per item, in input order.
+
+    ``batch``: images per model call (clamped to the model's range; the last batch may be short and is
+    padded by the model). ``workers``: decode / postprocess threads. ``prefetch``: items decoded ahead
+    (default 2 batches + workers). ``depth``: batches in flight in the model (2 = double-buffered).
+    ``per_image(result)`` runs in a worker right after postprocessing (writing per-image files, encoding
+    masks); its return value becomes ``result.extra``; a :class:`UserError` / ``ValueError`` from it fails
+    that image only.
+    """
+    batch = max(model.lo, min(int(batch), model.hi))
+    workers = workers or default_workers()
+    prefetch = prefetch or (2 * batch + workers)
+    post_limit = max(2 * batch, workers * 2)
+    stats = stats if stats is not None else StreamStats()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="rcnn-stream")
+    model_thread = ThreadPoolExecutor(1, thread_name_prefix="rcnn-model")
+
+    decode_q: Deque[Future] = deque()  # futures of Prepared, in input order
+    forming: List[Prepared] = []
+    submitted: Deque[Tuple[Future, List[Prepared]]] = deque()  # model submits (future of the waiter)
+    fetching: Deque[Tuple[Future, List[Prepared]]] = deque()  # futures of the outputs
+    post: Set[Future] = set()
+    ready: Dict[int, StreamResult] = {}  # finished out of order, waiting for their turn
+    order: Deque[int] = deque()  # indices in input order
+    source = iter(items)
+    exhausted = False
+
+    def finish_post(p: Prepared, outs: Optional[Outputs], error: Optional[str]) -> StreamResult:
+        res = StreamResult(p.item, image=p.image, error=error)
+        if error is None and outs is not None:
+            try:
+                res.detections = postprocess(p, outs)
+                if per_image is not None:
+                    res.extra = per_image(res)
+            except ValueError as e:  # UserError included: this image only
+                res.error, res.detections = str(e), None
+        elif per_image is not None and error is not None:
+            with contextlib.suppress(ValueError):
+                res.extra = per_image(res)
+        return res
+
+    def settle(res: StreamResult) -> None:
+        ready[res.index] = res
+
+    try:
+        while True:
+            progressed = False
+            # 1. keep `prefetch` items decoding
+            while not exhausted and len(decode_q) < prefetch:
+                try:
+                    it = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                order.append(it.index)
+                decode_q.append(pool.submit(prepare, it))
+                progressed = True
+            # 2. results whose turn it is
+            while order and order[0] in ready:
+                res = ready.pop(order.popleft())
+                stats.done += 1
+                stats.failed += 0 if res.ok else 1
+                yield res
+                progressed = True
+            # 3. finished postprocessing -> ready
+            for f in [f for f in post if f.done()]:
+                post.discard(f)
+                settle(f.result())
+                progressed = True
+            # 4. fetched outputs -> per-image postprocessing
+            while fetching and fetching[0][0].done() and len(post) < post_limit:
+                fut, group = fetching.popleft()
+                outs = fut.result()
+                for i, p in enumerate(group):
+                    one = {k: v[i : i + 1] for k, v in outs.items()}
+                    post.add(pool.submit(finish_post, p, one, None))
+                stats.batches += 1
+                progressed = True
+            # 5. submitted batches -> fetch their outputs (waits on the device in a worker)
+            while submitted and submitted[0][0].done():
+                fut, group = submitted.popleft()
+                fetching.append((pool.submit(fut.result()), group))
+                progressed = True
+            # 6. decoded items -> the forming batch (failures go straight to postprocessing's output)
+            while decode_q and decode_q[0].done() and len(forming) < batch:
+                p = decode_q.popleft().result()
+                if p.error is not None:
+                    post.add(pool.submit(finish_post, p, None, p.error))
+                else:
+                    forming.append(p)
+                progressed = True
+            last = exhausted and not decode_q
+            if forming and (len(forming) == batch or last) and len(submitted) + len(fetching) < depth:
+                group, forming = forming, []
+                submitted.append((model_thread.submit(model.submit, [p.array for p in group]), group))
+                progressed = True
+            if last and not forming and not submitted and not fetching and not post and not ready and not order:
+                break
+            if not progressed:
+                pending = [f for f, _ in submitted] + [f for f, _ in fetching] + list(post)
+                pending += [decode_q[0]] if decode_q else []
+                if pending:
+                    wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+    finally:
+        stats.finished = time.perf_counter()
+        for f in list(decode_q) + [f for f, _ in submitted] + [f for f, _ in fetching] + list(post):
+            f.cancel()
+        model_thread.shutdown(wait=True)
+        pool.shutdown(wait=True)
+
+
+def check_finite(d: Detections, name: str) -> None:
+    """Non-finite boxes or scores mean the model (or its weights) produced garbage for this image."""
+    if not (np.isfinite(d.boxes).all() and np.isfinite(d.scores).all()):
+        raise UserError(
+            "the model returned non-finite boxes or scores for this image",
+            where=name,
+            fix="check the weights (rcnn-deploy export refuses non-finite ones) and the engine's precision",
+        )
+
+
+class Progress:
+    """Images done, failed and img/s: a rich bar on a terminal, else one line every ``every_s`` seconds (and a
+    last one), on stderr."""
+
+    def __init__(self, description: str, total: Optional[int], every_s: float = 10.0, stream: Any = None) -> None:
+        self.description, self.total, self.every_s = description, total, every_s
+        self.out = stream or sys.stderr
+        self.t0 = time.perf_counter()
+        self.last = self.t0
+        self.done = self.failed = 0
+        self._bar: Any = None
+        self._task: Any = None
+        if getattr(self.out, "isatty", lambda: False)():
+            try:
+                from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+                from rich.progress import Progress as RichProgress
+
+                self._bar = RichProgress(
+                    TextColumn("{task.description}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"),
+                    transient=False,
+                )
+                self._task = self._bar.add_task(description, total=total, rate="")
+                self._bar.start()
+            except ImportError:  # pragma: no cover
+                self._bar = None
+
+    def rate(self) -> float:
+        s = time.perf_counter() - self.t0
+        return self.done / s if s > 0 else 0.0
+
+    def line(self) -> str:
+        total = f"/{self.total}" if self.total is not None else ""
+        failed = f", {self.failed} failed" if self.failed else ""
+        return f"{self.description}: {self.done}{total} images, {self.rate():.1f} img/s{failed}"
+
+    def update(self, ok: bool) -> None:
+        self.done += 1
+        self.failed += 0 if ok else 1
+        now = time.perf_counter()
+        if self._bar is not None:
+            self._bar.update(
+                self._task,
+                advance=1,
+                rate=f"{self.rate():.1f} img/s" + (f", {self.failed} failed" if self.failed else ""),
+            )
+        elif now - self.last >= self.every_s:
+            self.last = now
+            print(self.line(), file=self.out, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        else:
+            print(self.line(), file=self.out, flush=True)
+
+
+def percentiles(values: List[float], qs: Tuple[float, ...] = (50, 90, 99)) -> Dict[str, float]:
+    if not values:
+        return {f"p{int(q)}": math.nan for q in qs}
+    arr = np.asarray(values, dtype=np.float64)
+    return {f"p{int(q)}": float(np.percentile(arr, q)) for q in qs}

@@ -1,0 +1,117 @@
+"""What ``infer`` writes for a stream of results, and how it never loses them (numpy + Pillow).
+
+Per image (in the runner's worker threads): ``NAME.tsv`` (class, label, score, box in original pixels) and
+``NAME.png`` (the visualisation). In input order (the caller's thread): one line per image appended and flushed
+to ``results.jsonl`` as it finishes, so whatever was done is on disk even if the run is killed; at the end,
+also after Ctrl-C or an error, ``results.json`` (COCO results) and ``summary.json`` (counts, failures, how far
+the run got, img/s) are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .._io import atomic_write_json
+from ..config import ModelSpec
+from .coco import detections_to_coco
+from .stream import StreamResult, StreamStats
+from .visualize import draw, render, write_tsv
+
+
+def output_stem(r: StreamResult) -> str:
+    """File stem for an image's outputs: the image's stem; ``STEM_000123`` for frame 123 of a video."""
+    it = r.item
+    if it.frame is not None and it.path is not None:
+        return f"{it.path.stem}_{it.frame:06d}"
+    if it.path is not None:
+        return it.path.stem
+    return it.name.replace("[", "_").replace("]", "").replace("/", "_")
+
+
+class InferWriter:
+    """Writes a run's outputs into ``output``; ``per_image`` is the runner's per-image hook, ``add`` is called
+    with each result in order, ``close`` finishes the run (idempotent)."""
+
+    def __init__(
+        self,
+        output: Path,
+        spec: ModelSpec,
+        *,
+        backend: str,
+        visualize: bool = True,
+        score_threshold: Optional[float] = None,
+        render_frames: bool = False,
+        total: Optional[int] = None,
+    ) -> None:
+        self.output, self.spec, self.backend = Path(output), spec, backend
+        self.visualize, self.score_threshold, self.render_frames = visualize, score_threshold, render_frames
+        self.total = total
+        self.output.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(self.output / "results.jsonl", "w", encoding="utf-8")  # noqa: SIM115 (closed in close)
+        self.coco: List[Dict[str, Any]] = []
+        self.failures: List[Dict[str, Any]] = []
+        self.seen = 0
+        self.closed = False
+
+    def per_image(self, r: StreamResult) -> Dict[str, Any]:
+        """Runs in a worker: per-image files and COCO entries (``result.extra``)."""
+        extra: Dict[str, Any] = {"coco": [], "frame": None}
+        if not r.ok or r.detections is None:
+            return extra
+        d = r.detections
+        if self.score_threshold is not None:
+            d = d.above(self.score_threshold)
+            r.detections = d
+        image_id = r.item.image_id if r.item.image_id is not None else r.index + 1
+        meta = r.item.meta()
+        file_name = r.item.path.name if r.item.path is not None else r.item.name
+        extra["coco"] = [
+            dict(e, file_name=file_name, **{k: v for k, v in meta.items() if k != "image"})
+            for e in detections_to_coco(d, image_id, self.spec.category_ids, self.spec.label_ids)
+        ]
+        stem = output_stem(r)
+        write_tsv(self.output / f"{stem}.tsv", d, self.spec.class_names, self.spec.label_ids)
+        if r.image is not None and self.render_frames:
+            extra["frame"] = render(r.image, d, self.spec.class_names, self.spec.label_ids)
+        elif r.image is not None and self.visualize:
+            draw(r.image, d, self.spec.class_names, self.spec.label_ids, self.output / f"{stem}.png")
+        return extra
+
+    def add(self, r: StreamResult) -> None:
+        """In input order: record the image and append its line to results.jsonl (flushed)."""
+        self.seen += 1
+        line: Dict[str, Any] = dict(r.item.meta(), image_id=r.item.image_id or r.index + 1)
+        if r.ok:
+            entries = (r.extra or {}).get("coco", [])
+            self.coco += entries
+            line.update(detections=len(entries), results=entries)
+        else:
+            self.failures.append({"image": r.name, "error": r.error})
+            line.update(error=r.error)
+        self.jsonl.write(json.dumps(line) + "\n")
+        self.jsonl.flush()
+        r.image = None  # the decoded pixels are not needed past this point
+
+    def close(self, stats: Optional[StreamStats] = None, stopped: Optional[str] = None) -> Dict[str, Any]:
+        """Write results.json and summary.json atomically (also after an interrupted run)."""
+        if not self.closed:
+            self.jsonl.close()
+            self.closed = True
+        atomic_write_json(self.output / "results.json", self.coco)
+        summary: Dict[str, Any] = {
+            "images": self.total if self.total is not None else self.seen,
+            "processed": self.seen,
+            "written": self.seen - len(self.failures),
+            "failures": self.failures,
+            "detections": len(self.coco),
+            "backend": self.backend,
+            "complete": stopped is None and (self.total is None or self.seen == self.total),
+        }
+        if stopped is not None:
+            summary["stopped"] = stopped
+        if stats is not None:
+            summary.update(seconds=round(stats.seconds, 3), images_per_s=round(stats.images_per_s, 2))
+        atomic_write_json(self.output / "summary.json", summary)
+        return summary

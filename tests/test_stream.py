@@ -1,0 +1,203 @@
+"""The streaming runner: input order, failures isolated, same detections as the sequential path, bounded
+in-flight work, clean shutdown; lazy masks and RLE from box regions; the infer command's outputs."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from rcnn_deploy.runtime.masks import PastedMasks, paste_masks
+from rcnn_deploy.runtime.sources import Item
+from rcnn_deploy.runtime.stream import BatchModel, Prepared, run_stream
+
+
+# ------------------------------------------------------------------------------- the runner with a toy model
+def _toy(delay_s: float = 0.0, fail_on=(), record=None):
+    """prepare: the item's index as a 1x1 'image' (fails for indices in fail_on); model: echoes index*2."""
+
+    def prepare(it: Item) -> Prepared:
+        if it.index in fail_on:
+            return Prepared(it, error=f"{it.name}: broken")
+        time.sleep(delay_s * ((it.index * 7) % 3))  # out-of-order completion
+        return Prepared(it, np.full((1,), it.index, np.float32), None)
+
+    def run(x: np.ndarray):
+        if record is not None:
+            record.append(len(x))
+        return {"v": x * 2}
+
+    return prepare, BatchModel(run, 1, 8), lambda p, outs: float(outs["v"][0, 0])
+
+
+def test_order_kept_and_failures_isolated():
+    prepare, model, post = _toy(delay_s=0.002, fail_on={3, 10})
+    items = [Item(i, f"img{i}") for i in range(37)]
+    out = list(run_stream(items, prepare, model, post, batch=4, workers=3))
+    assert [r.index for r in out] == list(range(37))
+    assert [r.index for r in out if not r.ok] == [3, 10]
+    assert all(r.detections == 2 * r.index for r in out if r.ok)
+    assert "broken" in out[3].error
+
+
+def test_batches_formed_and_last_short():
+    sizes = []
+    prepare, model, post = _toy(record=sizes)
+    out = list(run_stream([Item(i, str(i)) for i in range(10)], prepare, model, post, batch=4, workers=2))
+    assert len(out) == 10 and sizes == [4, 4, 2]
+
+
+def test_bounded_in_flight_and_lazy_source():
+    """The runner never pulls more than its prefetch ahead of what it has yielded (back-pressure)."""
+    pulled = []
+
+    def source():
+        for i in range(1000):
+            pulled.append(i)
+            yield Item(i, str(i))
+
+    prepare, model, post = _toy()
+    gen = run_stream(source(), prepare, model, post, batch=2, workers=2, prefetch=6)
+    first = [next(gen) for _ in range(5)]
+    assert [r.index for r in first] == list(range(5))
+    # yielded + prefetch + a forming batch + depth (2) batches in the model + postprocessing (max(2 batch, 2 workers))
+    assert len(pulled) <= 5 + 6 + 2 + 2 * 2 + 4
+    gen.close()
+
+
+def test_model_error_stops_run_and_joins_threads():
+    def prepare(it):
+        return Prepared(it, np.zeros(1, np.float32), None)
+
+    def run(x):
+        raise RuntimeError("device lost")
+
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="device lost"):
+        list(run_stream([Item(i, str(i)) for i in range(20)], prepare, BatchModel(run), lambda p, o: 0, batch=2))
+    time.sleep(0.05)
+    assert threading.active_count() <= before
+
+
+def test_per_image_user_error_fails_that_image_only():
+    prepare, model, post = _toy()
+
+    def per_image(r):
+        if r.index == 2:
+            raise ValueError("disk says no")
+        return "ok"
+
+    out = list(run_stream([Item(i, str(i)) for i in range(5)], prepare, model, post, per_image=per_image))
+    assert [r.ok for r in out] == [True, True, False, True, True] and out[0].extra == "ok"
+
+
+# ------------------------------------------------------------------------------------ lazy masks and their RLE
+@pytest.mark.parametrize("method", ["torchvision", "detectron2"])
+def test_pasted_masks_match_dense_paste_and_pycocotools_rle(method):
+    mask_util = pytest.importorskip("pycocotools.mask")
+    rng = np.random.default_rng(0)
+    for trial in range(150):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        n = int(rng.integers(0, 5))
+        probs = rng.random((n, 7, 7)).astype(np.float32)
+        boxes = rng.uniform(-10, 60, (n, 4)).astype(np.float32)
+        boxes[:, 2:] = boxes[:, :2] + rng.uniform(0, 40, (n, 2))
+        if trial % 3 == 0 and n:  # a mask covering the whole image (runs across column ends)
+            boxes[0], probs[0] = [-5, -5, w + 5, h + 5], 1.0
+        lazy = PastedMasks(probs, boxes, (h, w), method, 0.5)
+        dense = paste_masks(probs, boxes, (h, w), method, 0.5)
+        assert lazy.shape == dense.shape and np.array_equal(np.asarray(lazy), dense)
+        for i in range(n):
+            ref = mask_util.encode(np.asfortranarray(dense[i].astype(np.uint8)))
+            assert lazy.rle(i)["counts"] == ref["counts"].decode("ascii")
+            assert lazy.area(i) == int(dense[i].sum())
+
+
+def test_detections_masks_are_dense_only_when_read():
+    from rcnn_deploy.runtime.detections import Detections
+
+    probs = np.ones((2, 4, 4), np.float32)
+    boxes = np.array([[0, 0, 5, 5], [2, 2, 9, 9]], np.float32)
+    d = Detections(boxes, np.array([0.9, 0.4], np.float32), np.array([1, 2], np.int32))
+    d.masks = PastedMasks(probs, boxes, (3000, 4000), "torchvision", 0.5)
+    assert d.pasted is not None and d._dense is None  # nothing image-sized yet
+    kept = d.above(0.5)
+    assert len(kept) == 1 and kept.pasted is not None and kept.pasted.shape == (1, 3000, 4000)
+    assert d.masks.shape == (2, 3000, 4000) and d.masks.dtype == bool  # pasted on first read
+
+
+# ------------------------------------------------------------------------------ the real model, ONNX Runtime
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def export_dir(tv_mask_model, tmp_path_factory):
+    from PIL import Image
+
+    from rcnn_deploy.export import export_onnx
+    from rcnn_deploy.models.testing import calibration_images
+
+    model, _ = tv_mask_model
+    root = tmp_path_factory.mktemp("stream")
+    (root / "images").mkdir()
+    for i, im in enumerate(calibration_images(6, 256, 256, seed=7)):
+        arr = im.permute(1, 2, 0).round().byte().numpy()
+        if i % 2:
+            arr = np.ascontiguousarray(np.concatenate([arr, arr[:, :80]], axis=1))  # not square
+        Image.fromarray(arr).save(root / "images" / f"im{i}.png")
+    export_onnx(model, root / "export", height=256, width=256, batch="1:2", graph="fused", nms="onnx")
+    return root
+
+
+def test_stream_matches_sequential_path(export_dir):
+    """Streamed detections == the sequential path (letterbox, one model call per batch, dense paste)."""
+    from rcnn_deploy.api import Detector
+    from rcnn_deploy.runtime.detections import Detections
+    from rcnn_deploy.runtime.preprocess import find_images, letterbox, load_rgb
+
+    det = Detector.load(export_dir / "export", batch=2)
+    paths = find_images(export_dir / "images")
+    streamed = list(det.stream(export_dir / "images", batch=2, workers=3))
+    assert [r.name for r in streamed] == [str(p) for p in paths]
+    for i in range(0, len(paths), 2):
+        group = [load_rgb(p) for p in paths[i : i + 2]]
+        prepped = [letterbox(g, det.input_hw, det.fill) for g in group]
+        outs = det.run_padded(np.stack([a for a, _ in prepped]))
+        for k, ((_, lb), rgb) in enumerate(zip(prepped, group)):
+            ref = Detections.from_padded({n: v[k : k + 1] for n, v in outs.items()})[0]
+            boxes = lb.boxes_to_original(ref.boxes)
+            got = streamed[i + k].detections
+            np.testing.assert_array_equal(got.boxes, boxes)
+            np.testing.assert_array_equal(got.scores, ref.scores)
+            dense = paste_masks(ref.masks, boxes, rgb.shape[:2], det.spec.mask_paste, det.spec.mask_threshold)
+            assert np.array_equal(got.masks, dense)
+
+
+def test_infer_command_streams_and_isolates_bad_images(export_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from rcnn_deploy.cli import app
+
+    images = tmp_path / "mixed"
+    images.mkdir()
+    for p in sorted((export_dir / "images").iterdir()):
+        (images / p.name).write_bytes(p.read_bytes())
+    (images / "im2b_broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out"
+    (out).mkdir()
+    (out / "results.json").write_text('["stale"]')  # a previous run's file is replaced, never left behind
+    r = CliRunner().invoke(app, ["infer", str(export_dir / "export"), str(images), "-o", str(out), "--batch", "2"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 7 and summary["written"] == 6 and summary["complete"] is True
+    assert [f["image"] for f in summary["failures"]] == [str(images / "im2b_broken.png")]
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [x["image"] for x in lines] == [str(p) for p in sorted(images.iterdir())]
+    results = json.loads((out / "results.json").read_text())
+    assert results != ["stale"] and sum(x.get("detections", 0) for x in lines) == len(results)
+    assert all("segmentation" in e for e in results)
+    assert len(list(out.glob("*.tsv"))) == 6 and len(list(out.glob("*.png"))) == 6
