@@ -118,9 +118,10 @@ class Detector:
         return det
 
     @classmethod
-    def from_engine(cls, path: Union[str, Path]) -> Detector:
+    def from_engine(cls, path: Union[str, Path], pipelined: bool = True) -> Detector:
         """A fused TensorRT / TensorRT-RTX engine built by ``rcnn-deploy build`` into its export directory (the
-        contract.json beside it gives the model spec). ``detector.engine`` is the TensorRTBackend."""
+        contract.json beside it gives the model spec). ``detector.engine`` is the TensorRTBackend. ``pipelined``:
+        :meth:`stream` runs it double-buffered (two contexts and streams, pinned host buffers)."""
         from .backends.tensorrt.runtime import TensorRTBackend
         from .contract import Contract
         from .runtime.split import fused_outputs
@@ -142,6 +143,11 @@ class Detector:
         run = _fixed_batch(lambda images: fused_outputs(be.infer({"images": images})), lo, hi)
         det = cls(c.spec, c.input_hw, run, "tensorrt", lo)
         det.engine = be
+        det.input_dtype = be.tensor_dtype(be.input_names[0])
+        if pipelined:
+            from .backends.tensorrt.pipelined import TensorRTBatchModel
+
+            det.batch_model = TensorRTBatchModel(be, lo, hi, slots=2, rename=fused_outputs)
         return det
 
     @classmethod
@@ -188,7 +194,9 @@ class Detector:
             pieces = onnxruntime_split(c, directory)
             run = lambda images: run_split(pieces, images)  # noqa: E731
         lo, hi = c.batch
-        return cls(c.spec, c.input_hw, _fixed_batch(run, lo, hi), "onnxruntime", min(max(batch, lo), hi))
+        det = cls(c.spec, c.input_hw, _fixed_batch(run, lo, hi), "onnxruntime", min(max(batch, lo), hi))
+        det.input_dtype = np.dtype(c.graphs[0].inputs[0].dtype)
+        return det
 
     # --------------------------------------------------------------------------------------------- running
     def _decode(self, path: Path) -> np.ndarray:
@@ -270,10 +278,21 @@ class Detector:
             Item(i, f"array[{i}]", array=im) if isinstance(im, np.ndarray) else Item(i, str(im), path=Path(im))
             for i, im in enumerate(images)
         ]
+        if len(items) <= max(self.batch, 1):  # one model call: no threads (the lowest latency for one image)
+            prepared = [self.prepare(it) for it in items]
+            for p in prepared:
+                if p.error is not None:
+                    raise UserError(p.error)
+            model = self.batch_model or BatchModel(self._run, 1, max(self.batch, 1))
+            outs = model.submit([p.array for p in prepared])()  # type: ignore[misc]
+            return [
+                self.detections_for(p.letterbox, {k: v[i : i + 1] for k, v in outs.items()}, p.item.name)
+                for i, p in enumerate(prepared)
+            ]
         out: List[Detections] = []
         for r in self.stream(items, workers=min(len(items), self.workers or 4) or 1):
             if r.error is not None:
-                raise UserError(r.error) if not r.error.startswith(r.name) else UserError(r.error)
+                raise UserError(r.error)
             assert r.detections is not None
             out.append(r.detections)
         return out

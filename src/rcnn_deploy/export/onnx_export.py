@@ -29,7 +29,7 @@ class _Backbone(nn.Module):
         self.net = net
 
     def forward(self, images: Tensor):  # type: ignore[no-untyped-def]
-        feats, objectness, deltas = self.net.features(images)
+        feats, objectness, deltas = self.net.features(images.float())  # a uint8 input is cast inside the graph
         return (*feats, objectness, deltas)
 
 
@@ -57,7 +57,7 @@ class _Fused(nn.Module):
         self.net = net
 
     def forward(self, images: Tensor):  # type: ignore[no-untyped-def]
-        return tuple(self.net(images).values())
+        return tuple(self.net(images.float()).values())  # a uint8 input is cast inside the graph
 
 
 def parse_batch(batch: Union[int, str, Sequence[int]]) -> Tuple[int, int]:
@@ -148,8 +148,12 @@ def export_onnx(
     graph: str = "split",
     nms: str = "onnx",
     opset: int = DEFAULT_OPSET,
+    input_dtype: str = "float32",
 ) -> Contract:
-    """Export ``model`` for ``height x width`` inputs into ``out_dir`` and return the written contract."""
+    """Export ``model`` for ``height x width`` inputs into ``out_dir`` and return the written contract.
+
+    ``input_dtype``: ``float32`` (RGB 0-255 as floats, the seed's contract) or ``uint8`` (the pixels as bytes,
+    cast inside the graph: a quarter of the upload; the runtime's letterbox fill rounds to whole values)."""
     from ..config import InputSize
 
     InputSize(height, width)  # validates multiples of 32
@@ -170,7 +174,11 @@ def export_onnx(
         )
     trace_b = (2 if hi > 1 else 1) if dynamic else hi  # trace with B > 1 so nothing specialises to 1
     dev = next(model.parameters()).device
+    if input_dtype not in ("float32", "uint8"):
+        raise ValueError(f"input_dtype must be 'float32' or 'uint8', got {input_dtype!r}")
     images = torch.rand(trace_b, 3, height, width, device=dev) * 255
+    if input_dtype == "uint8":
+        images = images.round().to(torch.uint8)
     graphs: List[GraphSpec] = []
     if graph == "fused":
         names = list(FUSED_OUTPUTS if spec.masks else FUSED_OUTPUTS[:4])

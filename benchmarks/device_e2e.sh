@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# End-to-end benchmark on the GPU machine (issue "End-to-end runtime"), from the repository root, once
+# ../shared/tools/trt86 is set up there (/tmp/trt86/env.sh). Phases, each one device call:
+#
+#   bash benchmarks/device_e2e.sh prep   # wheels, 256 synthetic 1920x1080 JPEGs, uint8 fused exports (1344, b1 and b8)
+#   bash benchmarks/device_e2e.sh build  # fp16 engines of both exports, in parallel (float32-input exports if uint8 fails)
+#   bash benchmarks/device_e2e.sh bench  # e2e_trt.py (py39 + TensorRT 8.6) and e2e_torchvision.py (python3 + torch)
+#
+# Carry .whl (cp312: pycocotools, onnx_graphsurgeon) and .devcarry (py39/: pycocotools for CPython 3.9).
+# Results land in $OUT: e2e_trt.json, e2e_torchvision.json, logs.
+set -uo pipefail
+W=${WORK:-/tmp/e2e}
+OUT=${OUT:-$W/out}
+N=${E2E_IMAGES:-256}
+SIZE=${E2E_SIZE:-1344}
+mkdir -p "$W" "$OUT"
+export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+CKPT=checkpoints/shapes_maskrcnn_r50fpn.pt
+
+wheels() {
+  if [ ! -d /tmp/site ] && ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+  fi
+}
+
+export_one() {  # $1 = batch, $2 = input dtype
+  local d="$W/b$1_$2"
+  [ -f "$d/contract.json" ] && return 0
+  python3 -m rcnn_deploy.cli export -m torchvision-maskrcnn -w "$CKPT" --height "$SIZE" --width "$SIZE" \
+    --batch "$1" --graph fused --nms plugin --input-dtype "$2" -o "$d" >"$W/export_b$1_$2.log" 2>&1
+}
+
+build_one() {  # $1 = batch, $2 = input dtype
+  local d="$W/b$1_$2" onnx
+  onnx=$(ls "$d"/*.onnx | head -1)
+  cat >"$d/jobs.json" <<JSON
+[{"onnx": "$onnx", "engine": "$d/model_fp16.engine", "precision": "fp16", "batch": [$1, $1, $1],
+  "timing_cache": "$W/timing.cache"}]
+JSON
+  source /tmp/trt86/env.sh && py39 benchmarks/trt_tool.py build "$d/jobs.json" >"$W/build_b$1_$2.log" 2>&1
+  [ -f "$d/model_fp16.engine" ]
+}
+
+case "${1:-}" in
+prep)
+  wheels
+  t0=$(date +%s)
+  if [ ! -f "$W/data/annotations.json" ]; then
+    python3 -m rcnn_deploy.cli data synth -o "$W/data" -n "$N" --height 1080 --width 1920 --image-format jpg \
+      --min-objects 4 --max-objects 12 -j "$(nproc)" >"$W/synth.log" 2>&1 || { tail -5 "$W/synth.log"; exit 1; }
+  fi
+  echo "images: $(ls "$W/data/images" | wc -l) in $(( $(date +%s) - t0 )) s"
+  export_one 1 uint8 &
+  export_one 8 uint8 &
+  wait
+  ls -la "$W"/b*_uint8/ 2>&1 | head -20
+  tail -3 "$W"/export_*.log
+  ;;
+build)
+  t0=$(date +%s)
+  (build_one 1 uint8 || { export_one 1 float32 && build_one 1 float32; }) &
+  (build_one 8 uint8 || { export_one 8 float32 && build_one 8 float32; }) &
+  wait
+  echo "builds: $(( $(date +%s) - t0 )) s"
+  ls -la "$W"/b*/*.engine
+  grep -h "@@" "$W"/build_*.log | cut -c1-400
+  ;;
+bench)
+  wheels
+  engines=()
+  for b in 8 1; do
+    for dt in uint8 float32; do
+      e="$W/b${b}_${dt}/model_fp16.engine"
+      if [ -f "$e" ]; then engines+=(--engine "$e"); break; fi
+    done
+  done
+  source /tmp/trt86/env.sh
+  PYTHONPATH=$PWD/src:$PWD/.devcarry/py39 py39 benchmarks/e2e_trt.py "${engines[@]}" --images "$W/data/images" \
+    --out "$OUT/e2e_trt.json" 2>&1 | tail -20
+  python3 benchmarks/e2e_torchvision.py --checkpoint "$CKPT" --size "$SIZE" --images "$W/data/images" \
+    --out "$OUT/e2e_torchvision.json" 2>&1 | tail -5
+  ;;
+*)
+  echo "usage: $0 prep|build|bench" >&2
+  exit 2
+  ;;
+esac

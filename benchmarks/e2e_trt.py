@@ -1,0 +1,157 @@
+"""End-to-end throughput and latency of a fused TensorRT engine through the streaming runner, in the TensorRT
+process itself (the GPU machine's CPython 3.9 + TensorRT 8.6: no torch), as a user of that stack runs it.
+
+    py39 benchmarks/e2e_trt.py --engine out/b8.engine [--engine out/b1.engine] --images DIR --out e2e_trt.json
+
+Per engine (its batch is the engine's optimization profile's largest):
+  gpu_compute_ms    the engine alone, input already on the GPU, CUDA-graph replay (median of 200)
+  stream            ``Detector.stream`` over the folder: decode + letterbox in worker threads, batches into pinned
+                    buffers, double-buffered upload/compute/download, postprocessing (boxes back to the image,
+                    masks as COCO RLE from box regions, TSV per image): img/s over the whole folder, twice (the
+                    first pass warms the page cache and the engine), the second reported
+  latency           batch-1 engines: ``Detector([path])`` one image at a time, wall per image (p50/p90/p99)
+  stages            single-thread host stage costs per image (decode, letterbox, postprocess) for reference
+
+Writes the JSON atomically after each engine (a killed run keeps what it measured).
+"""
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+from rcnn_deploy._io import atomic_write_json  # noqa: E402
+from rcnn_deploy.api import Detector  # noqa: E402
+from rcnn_deploy.runtime.preprocess import find_images, letterbox, load_rgb  # noqa: E402
+from rcnn_deploy.runtime.stream import StreamStats, percentiles  # noqa: E402
+from rcnn_deploy.runtime.writers import InferWriter  # noqa: E402
+
+
+def commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return None
+
+
+def gpu_name():
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True
+        )
+        return out.stdout.strip().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def stream_pass(det, paths, batch, workers, out_dir):
+    writer = InferWriter(out_dir, det.spec, backend=det.backend, visualize=False, total=len(paths))
+    stats = StreamStats()
+    n_ok = n_det = 0
+    for r in det.stream([str(p) for p in paths], batch=batch, workers=workers, per_image=writer.per_image, stats=stats):
+        writer.add(r)
+        n_ok += r.ok
+        n_det += len(r.detections) if r.ok else 0
+    summary = writer.close(stats)
+    return {
+        "images": len(paths),
+        "ok": n_ok,
+        "detections": n_det,
+        "seconds": round(stats.seconds, 3),
+        "images_per_s": round(len(paths) / stats.seconds, 1),
+        "batches": stats.batches,
+        "failures": len(summary["failures"]),
+    }
+
+
+def stage_costs(det, paths, n=16):
+    dec, lbx, post = [], [], []
+    for p in paths[:n]:
+        t0 = time.perf_counter()
+        rgb = load_rgb(p)
+        t1 = time.perf_counter()
+        a, lb = letterbox(rgb, det.input_hw, det.fill)
+        t2 = time.perf_counter()
+        dec.append((t1 - t0) * 1e3)
+        lbx.append((t2 - t1) * 1e3)
+    # postprocess: one image's outputs -> detections with RLE masks
+    from rcnn_deploy.runtime.coco import detections_to_coco
+    from rcnn_deploy.runtime.sources import Item
+
+    prepared = det.prepare(Item(0, str(paths[0]), path=paths[0]))
+    outs = det.batch_model.submit([prepared.array])() if det.batch_model else det.run_padded(prepared.array[None])
+    for _ in range(n):
+        t0 = time.perf_counter()
+        d = det.detections_for(prepared.letterbox, outs, prepared.item.name)
+        detections_to_coco(d, 1, det.spec.category_ids, det.spec.label_ids)
+        post.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "decode_ms": float(np.median(dec)),
+        "letterbox_ms": float(np.median(lbx)),
+        "postprocess_rle_ms": float(np.median(post)),
+        "detections_in_postprocess_image": int(outs["num_detections"].reshape(-1)[0]),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engine", action="append", required=True)
+    ap.add_argument("--images", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--latency-images", type=int, default=100)
+    a = ap.parse_args()
+    paths = find_images(a.images)
+    doc = {
+        "script": "benchmarks/e2e_trt.py",
+        "machine": {
+            "host": socket.gethostname(),
+            "gpu": gpu_name(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "commit": commit(),
+        "images": {"folder": a.images, "count": len(paths), "size": list(load_rgb(paths[0]).shape[:2])},
+        "engines": [],
+    }
+    for engine in a.engine:
+        det = Detector.from_engine(engine)
+        hi = det.batch_model.hi
+        row = {"engine": os.path.basename(engine), "batch": hi, "input_dtype": str(det.input_dtype)}
+        row["trt"] = det.engine.trt.name + " " + det.engine.trt.version
+        feed = {"images": np.zeros((hi, 3, *det.input_hw), det.input_dtype)}
+        times = det.engine.time_gpu(feed, iterations=200, warmup=20, cuda_graph=True)
+        row["gpu_compute_ms"] = float(np.median(times))
+        row["gpu_compute_p99_ms"] = float(np.percentile(times, 99))
+        row["gpu_images_per_s"] = round(hi * 1000.0 / row["gpu_compute_ms"], 1)
+        det = Detector.from_engine(engine)  # fresh contexts after time_gpu's capture
+        with tempfile.TemporaryDirectory() as tmp:
+            stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "warm"))
+            row["stream"] = stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "run"))
+        if hi == 1:
+            walls = []
+            for p in paths[: a.latency_images]:
+                t0 = time.perf_counter()
+                d = det([str(p)])[0]
+                from rcnn_deploy.runtime.coco import detections_to_coco
+
+                detections_to_coco(d, 1, det.spec.category_ids, det.spec.label_ids)
+                walls.append((time.perf_counter() - t0) * 1e3)
+            row["latency_ms"] = dict(percentiles(walls[3:], (50, 90, 99)), images=len(walls) - 3)
+        row["stages"] = stage_costs(det, paths)
+        doc["engines"].append(row)
+        atomic_write_json(a.out, doc)
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()

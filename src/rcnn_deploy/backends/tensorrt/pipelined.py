@@ -1,0 +1,159 @@
+"""A TensorRT engine as the streaming runner's asynchronous model (torch-free, Python 3.9 compatible).
+
+``slots`` execution contexts, each with its own CUDA stream, device buffers and pinned (page-locked) host
+buffers. ``submit`` copies a batch into a free slot's pinned input, enqueues upload -> execute -> download on
+that slot's stream and returns at once; the returned callable waits for that stream alone. With two slots the
+next batch's upload overlaps the current batch's compute, and the host prepares batch i+2 meanwhile. Inputs
+travel in the engine's input dtype (uint8 for an ``--input-dtype uint8`` export: a quarter of float32's bytes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ...runtime.stream import BatchModel
+
+_H2D, _D2H = 1, 2  # cudaMemcpyKind
+
+
+class _Pinned:
+    """Page-locked host memory viewed as a numpy array (cudaHostAlloc / cudaFreeHost)."""
+
+    def __init__(self, lib: Any, shape: Tuple[int, ...], dtype: np.dtype) -> None:
+        self.lib = lib
+        self.nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        self.ptr = ctypes.c_void_p()
+        status = lib.cudaHostAlloc(ctypes.byref(self.ptr), ctypes.c_size_t(max(self.nbytes, 1)), 0)
+        if status != 0:
+            raise RuntimeError(f"CUDA error {status} in cudaHostAlloc({self.nbytes} bytes)")
+        raw = (ctypes.c_uint8 * max(self.nbytes, 1)).from_address(self.ptr.value)
+        self.array = np.frombuffer(raw, dtype=np.uint8)[: self.nbytes].view(dtype).reshape(shape)
+
+    def free(self) -> None:
+        if self.ptr:
+            self.lib.cudaFreeHost(self.ptr)
+            self.ptr = ctypes.c_void_p()
+
+
+class _Slot:
+    def __init__(self, owner: TensorRTBatchModel, index: int) -> None:
+        be = owner.backend
+        self.context = be.engine.create_execution_context() if index else be.context
+        self.stream = be.cuda.Stream()
+        self.free = threading.Event()
+        self.free.set()
+        self.device: Dict[str, Any] = {}
+        self.host: Dict[str, _Pinned] = {}
+        hi = owner.hi
+        shapes = owner.max_shapes
+        for name, shape in shapes.items():
+            dtype = be.tensor_dtype(name)
+            self.device[name] = be.cuda.DeviceArray(shape=shape, dtype=dtype)
+            self.host[name] = _Pinned(owner.lib, shape, dtype)
+        self.out_shapes: Dict[int, Dict[str, Tuple[int, ...]]] = {}
+        del hi
+
+    def close(self) -> None:
+        for d in self.device.values():
+            d.free()
+        for h in self.host.values():
+            h.free()
+
+
+class TensorRTBatchModel(BatchModel):
+    """``backend``: a loaded :class:`~rcnn_deploy.backends.tensorrt.runtime.TensorRTBackend` of a fused engine;
+    ``lo``/``hi``: its optimization profile's batch range; ``rename``: output name -> the runtime's name."""
+
+    def __init__(
+        self,
+        backend: Any,
+        lo: int,
+        hi: int,
+        slots: int = 2,
+        rename: Optional[Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None,
+    ) -> None:
+        self.backend, self.lo, self.hi = backend, int(lo), int(hi)
+        self.rename = rename or (lambda d: d)
+        self.lib = backend.cuda.wrapper().handle
+        self.input = backend.input_names[0]
+        if len(backend.input_names) != 1:
+            raise ValueError(f"{backend.path.name}: a fused engine takes one input, this one {backend.input_names}")
+        in_shape = tuple(int(d) for d in backend.engine.get_tensor_shape(self.input))
+        self.image_shape = tuple(in_shape[1:])
+        if any(d < 0 for d in self.image_shape):
+            raise ValueError(f"{backend.path.name}: input {self.input!r} needs a fixed image size, has {in_shape}")
+        self.max_shapes: Dict[str, Tuple[int, ...]] = {self.input: (self.hi, *self.image_shape)}
+        self.max_shapes.update(backend.output_shapes({self.input: (self.hi, *self.image_shape)}))
+        self.in_dtype = backend.tensor_dtype(self.input)
+        self.slots: List[_Slot] = [_Slot(self, i) for i in range(max(1, slots))]
+        self._next = 0
+
+    def _shapes(self, slot: _Slot, n: int) -> Dict[str, Tuple[int, ...]]:
+        shapes = slot.out_shapes.get(n)
+        if shapes is None:
+            ctx = slot.context
+            if not ctx.set_input_shape(self.input, (n, *self.image_shape)):
+                raise ValueError(f"batch {n} is outside {self.backend.path.name}'s profile {self.lo}..{self.hi}")
+            shapes = {o: tuple(int(d) for d in ctx.get_tensor_shape(o)) for o in self.backend.output_names}
+            slot.out_shapes[n] = shapes
+        return shapes
+
+    def submit(self, images: List[np.ndarray]) -> Callable[[], Dict[str, np.ndarray]]:
+        k = len(images)
+        if not 1 <= k <= self.hi:
+            raise ValueError(f"batch of {k} images; {self.backend.path.name} takes {self.lo}..{self.hi}")
+        n = max(k, self.lo)
+        slot = self.slots[self._next]
+        self._next = (self._next + 1) % len(self.slots)
+        slot.free.wait()
+        slot.free.clear()
+        try:
+            host_in = slot.host[self.input].array
+            for i in range(n):
+                np.copyto(host_in[i], images[min(i, k - 1)], casting="unsafe")  # a short batch repeats its last
+            ctx = slot.context
+            ctx.set_input_shape(self.input, (n, *self.image_shape))
+            shapes = self._shapes(slot, n)
+            sptr = slot.stream.ptr
+            nbytes = n * int(np.prod(self.image_shape)) * self.in_dtype.itemsize
+            self._copy(slot.device[self.input].ptr, slot.host[self.input].ptr.value, nbytes, _H2D, sptr)
+            ctx.set_tensor_address(self.input, slot.device[self.input].ptr)
+            for o in self.backend.output_names:
+                ctx.set_tensor_address(o, slot.device[o].ptr)
+            if not ctx.execute_async_v3(sptr):
+                raise RuntimeError(f"TensorRT execution of {self.backend.path.name} failed")
+            for o, shape in shapes.items():
+                nb = int(np.prod(shape)) * slot.host[o].array.dtype.itemsize
+                self._copy(slot.host[o].ptr.value, slot.device[o].ptr, nb, _D2H, sptr)
+        except BaseException:
+            slot.free.set()
+            raise
+
+        def result() -> Dict[str, np.ndarray]:
+            try:
+                slot.stream.synchronize()
+                out = {}
+                for o, shape in shapes.items():
+                    flat = slot.host[o].array.reshape(-1)[: int(np.prod(shape))]
+                    out[o] = flat.reshape(shape)[:k].copy()
+                return self.rename(out)
+            finally:
+                slot.free.set()
+
+        return result
+
+    def _copy(self, dst: int, src: int, nbytes: int, kind: int, stream: int) -> None:
+        status = self.lib.cudaMemcpyAsync(
+            ctypes.c_void_p(dst), ctypes.c_void_p(src), ctypes.c_size_t(nbytes), kind, ctypes.c_void_p(stream)
+        )
+        if status != 0:
+            raise RuntimeError(f"CUDA error {status} in cudaMemcpyAsync")
+
+    def close(self) -> None:
+        for s in self.slots:
+            s.stream.synchronize()
+            s.close()
