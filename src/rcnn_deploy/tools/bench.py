@@ -19,7 +19,11 @@ from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence, Tupl
 
 import typer
 
+from ..errors import UserError
+from . import args
+
 BASELINES = ("torchvision",)
+BENCH_BACKENDS = ("onnxruntime", "tensorrt", "torch")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 SCHEMA = "rcnn-deploy/bench/1"
 SYNTH_HW = (480, 640)  # synthetic end-to-end images: COCO-like size, JPEG, so decode and resize are measured
@@ -661,21 +665,38 @@ def bench_command(
     model_path: str = typer.Argument(
         ..., help="Export directory (contract.json), a TensorRT engine beside one, or a checkpoint with --model."
     ),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name when MODEL_PATH is a checkpoint."),
-    height: Optional[int] = typer.Option(
-        None, help="Input height for checkpoints (default: the size an rcnn-deploy checkpoint records, else 800)."
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", callback=args.model_name, help="Model name when MODEL_PATH is a checkpoint."
     ),
-    width: Optional[int] = typer.Option(None, help="Input width for checkpoints (default as --height)."),
-    batch: str = typer.Option("1", "--batch", "-b", help="Batch sizes to time, comma-separated, e.g. 1,8,16."),
-    iterations: int = typer.Option(50, min=1, help="Timed iterations per (mode, batch)."),
-    warmup: int = typer.Option(10, min=0, help="Untimed warm-up iterations before each timing."),
+    height: Optional[int] = typer.Option(
+        None,
+        callback=args.input_size,
+        help="Input height for checkpoints, a multiple of 32 (default: the size an rcnn-deploy checkpoint records, "
+        "else 800).",
+    ),
+    width: Optional[int] = typer.Option(
+        None, callback=args.input_size, help="Input width for checkpoints, a multiple of 32 (default as --height)."
+    ),
+    batch: str = typer.Option(
+        "1",
+        "--batch",
+        "-b",
+        callback=args.positive_int_list,
+        help="Batch sizes to time, comma-separated positive integers, e.g. 1,8,16.",
+    ),
+    iterations: int = typer.Option(50, callback=args.positive_int, help="Timed iterations per (mode, batch), >= 1."),
+    warmup: int = typer.Option(
+        10, callback=args.non_negative_int, help="Untimed warm-up iterations before each timing, >= 0."
+    ),
     cuda_graph: bool = typer.Option(
         True,
         "--cuda-graph/--no-cuda-graph",
         help="GPU model-only timing: capture once and replay a CUDA graph (TensorRT, torch on cuda); "
         "falls back to eager launches, with a note, when the model cannot be captured.",
     ),
-    device: str = typer.Option("cpu", help="cpu or cuda[:N] for PyTorch models (checkpoint and baseline)."),
+    device: str = typer.Option(
+        "cpu", callback=args.device, help="cpu or cuda[:N] for PyTorch models (checkpoint and baseline)."
+    ),
     images: Optional[str] = typer.Option(
         None,
         "--images",
@@ -688,17 +709,26 @@ def bench_command(
     baseline: Optional[str] = typer.Option(
         None,
         "--baseline",
+        callback=args.choice(BASELINES, "baseline"),
         help="'torchvision': also time torchvision's own eager model with the same weights (model-only).",
     ),
     weights: Optional[str] = typer.Option(
         None, "--weights", help="Checkpoint for --baseline when MODEL_PATH is an export directory or engine."
     ),
     output: Optional[Path] = typer.Option(
-        None, "--output", "-o", help="Directory for bench.json and bench.md (and latency_hist.png)."
+        None,
+        "--output",
+        "-o",
+        callback=args.output_dir,
+        help="Directory for bench.json and bench.md (and latency_hist.png); created if missing, checked before "
+        "any timing.",
     ),
     histogram: bool = typer.Option(False, "--histogram", help="Also write latency_hist.png to --output."),
     backend: Optional[str] = typer.Option(
         None,
+        callback=args.choice(
+            BENCH_BACKENDS, "backend", "use onnxruntime or tensorrt (an export), torch (a checkpoint)"
+        ),
         help="'tensorrt' on a split export: time its three engines (each graph's ONNX file name with .engine) with"
         " the glue on the GPU (default: ONNX Runtime for an export, TensorRT for an engine file).",
     ),
@@ -734,15 +764,9 @@ def bench_command(
     warnings: List[str] = []
     try:
         batches = parse_batches(batch)
-        if baseline is not None and baseline not in BASELINES:
-            raise BenchError(f"--baseline {baseline!r} is not known; choose {', '.join(BASELINES)}")
         if histogram and output is None:
             raise BenchError("--histogram writes latency_hist.png into --output DIR: pass -o DIR as well")
-        if device != "cpu" and not (device == "cuda" or device.startswith("cuda:")):
-            raise BenchError(f"--device {device!r}: use cpu, cuda or cuda:N")
         kind = _path_kind(model_path)
-        if backend not in (None, "onnxruntime", "tensorrt", "torch"):
-            raise BenchError(f"--backend {backend!r}: use onnxruntime or tensorrt (an export), torch (a checkpoint)")
         if backend == "tensorrt" and kind == "checkpoint":
             raise BenchError(f"--backend tensorrt needs an export directory with built engines, not {model_path}")
         if kind != "checkpoint" and not Path(model_path).exists():
@@ -787,6 +811,12 @@ def bench_command(
                 )
             elif b < lo:
                 warnings.append(f"batch {b} is below the export's minimum batch {lo}: it is padded to {lo}")
+
+    if output is not None:  # checked when the options were parsed; created now, before any timing
+        try:
+            args.ensure_output_dir(output)
+        except UserError as e:
+            fail(str(e))
 
     ref = None
     if baseline:

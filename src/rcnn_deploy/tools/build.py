@@ -8,6 +8,11 @@ from typing import Optional, Tuple
 
 import typer
 
+from . import args
+
+PRECISIONS = ("fp32", "fp16", "int8", "best")  # backends.tensorrt.builder.PRECISIONS (its package imports numpy)
+TRT_MODULES = ("tensorrt", "tensorrt_rtx")
+
 
 def parse_profile(text: str) -> Tuple[int, int, int]:
     """``"8"`` -> (8, 8, 8); ``"1:8"`` -> (1, 8, 8); ``"1:4:8"`` -> (1, 4, 8)."""
@@ -26,20 +31,38 @@ def parse_profile(text: str) -> Tuple[int, int, int]:
 
 def build_command(
     onnx_path: Path = typer.Argument(..., help="ONNX file written by 'rcnn-deploy export' (contract.json beside it)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Engine file to write (a .json sidecar is written too)."),
-    precision: str = typer.Option("fp16", help="fp32, fp16, int8 or best."),
-    batch: str = typer.Option("1", help="Batch profile N, MIN:MAX or MIN:OPT:MAX (within the export's range)."),
-    workspace: float = typer.Option(4.0, help="Builder workspace in GiB."),
-    timing_cache: Optional[Path] = typer.Option(None, help="Timing cache file (read if present, then updated)."),
+    output: Path = typer.Option(
+        ...,
+        "--output",
+        "-o",
+        callback=args.output_file,
+        help="Engine file to write (a .json sidecar is written too).",
+    ),
+    precision: str = typer.Option(
+        "fp16", callback=args.choice(PRECISIONS, "precision"), help="fp32, fp16, int8 or best."
+    ),
+    batch: str = typer.Option(
+        "1",
+        callback=args.batch_profile,
+        help="Batch profile N, MIN:MAX or MIN:OPT:MAX (1 <= MIN <= OPT <= MAX, within the export's range).",
+    ),
+    workspace: float = typer.Option(4.0, callback=args.positive_float, help="Builder workspace in GiB (> 0)."),
+    timing_cache: Optional[Path] = typer.Option(
+        None, callback=args.output_file, help="Timing cache file (read if present, then updated)."
+    ),
     calib_input: Optional[Path] = typer.Option(None, help="INT8: directory of calibration images."),
     calib_cache: Optional[Path] = typer.Option(
         None,
+        callback=args.output_file,
         help="INT8: calibration cache, reused if it exists (strongly typed TensorRT: the quantized Q/DQ ONNX).",
     ),
-    calib_images: int = typer.Option(500, help="INT8: number of calibration images to use."),
-    calib_batch: int = typer.Option(1, help="INT8: calibration batch size."),
+    calib_images: int = typer.Option(
+        500, callback=args.positive_int, help="INT8: number of calibration images to use (>= 1)."
+    ),
+    calib_batch: int = typer.Option(1, callback=args.positive_int, help="INT8: calibration batch size (>= 1)."),
     calib_graph: Optional[Path] = typer.Option(
         None,
+        callback=args.input_file,
         help="INT8 on TensorRT 8.6/10: --calib-cache belongs to this other graph of the same model (e.g. the split"
         " backbone, which calibrates quickly); its ranges are applied to this graph's layers of the same name, with"
         " no calibration here; layers it does not cover run fp16.",
@@ -48,12 +71,18 @@ def build_command(
         True, help="fp16/int8 on TensorRT 8.6/10: keep the glue (box decoding, NMS inputs, ROIAlign) in fp32."
     ),
     opt_level: Optional[int] = typer.Option(
-        None, help="Builder optimization level 0-5 (TensorRT >= 8.6, default 3): lower builds faster."
+        None,
+        callback=args.int_between(0, 5),
+        help="Builder optimization level 0-5 (TensorRT >= 8.6, default 3): lower builds faster.",
     ),
     tactic_sources: Optional[str] = typer.Option(
         None, help="Comma-separated tactic sources, e.g. EDGE_MASK_CONVOLUTIONS,JIT_CONVOLUTIONS (default: all)."
     ),
-    trt: Optional[str] = typer.Option(None, help="Force 'tensorrt' or 'tensorrt_rtx' (default: whichever imports)."),
+    trt: Optional[str] = typer.Option(
+        None,
+        callback=args.choice(TRT_MODULES, "TensorRT module"),
+        help="Force 'tensorrt' or 'tensorrt_rtx' (default: whichever imports).",
+    ),
     verbose: bool = typer.Option(False, help="TensorRT verbose log."),
 ) -> None:
     """Build a TensorRT engine.

@@ -6,20 +6,30 @@ from pathlib import Path
 
 import typer
 
+from . import args
+
 app = typer.Typer(no_args_is_help=True)
 
 
 @app.command("synth")
 def synth(
-    out_dir: Path = typer.Option(..., "--out-dir", "-o", help="Output directory (created if missing)."),
-    num_images: int = typer.Option(200, "--num-images", "-n", help="Number of images to generate."),
-    height: int = typer.Option(320, "--height", help="Image height in pixels (>= 64)."),
-    width: int = typer.Option(320, "--width", help="Image width in pixels (>= 64)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical output."),
-    min_objects: int = typer.Option(2, "--min-objects", help="Fewest objects per image."),
-    max_objects: int = typer.Option(6, "--max-objects", help="Most objects per image."),
+    out_dir: Path = typer.Option(
+        ..., "--out-dir", "-o", callback=args.output_dir, help="Output directory (created if missing)."
+    ),
+    num_images: int = typer.Option(200, "--num-images", "-n", help="Number of images to generate (>= 1)."),
+    height: int = typer.Option(320, "--height", help="Image height in pixels (64-8192)."),
+    width: int = typer.Option(320, "--width", help="Image width in pixels (64-8192)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (>= 0); the same seed gives byte-identical output."),
+    min_objects: int = typer.Option(2, "--min-objects", help="Fewest objects per image (0-64)."),
+    max_objects: int = typer.Option(6, "--max-objects", help="Most objects per image (1-64, >= --min-objects)."),
     image_format: str = typer.Option("png", "--image-format", help="png (lossless) or jpg."),
-    workers: int = typer.Option(1, "--workers", "-j", help="Processes rendering images (same output for any value)."),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        "-j",
+        callback=args.positive_int,
+        help="Processes rendering images, >= 1 (same output for any value).",
+    ),
 ) -> None:
     """Generate a deterministic synthetic COCO instance-segmentation dataset of textured shapes.
 

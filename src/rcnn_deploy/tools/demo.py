@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional
 
 import typer
 
+from . import args
+
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[3] / "checkpoints" / "shapes_maskrcnn_r50fpn.pt"
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 SHOW_SCORE = 0.5
@@ -32,15 +34,33 @@ def pick_backend(requested: str) -> str:
 
 
 def demo_command(
-    output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="Everything the demo writes goes here."),
+    output: Path = typer.Option(
+        Path("runs/demo"),
+        "--output",
+        "-o",
+        callback=args.output_dir,
+        help="Everything the demo writes goes here (a directory, created if missing).",
+    ),
     weights: Optional[str] = typer.Option(
         None, help="Checkpoint (torchvision .pth, Detectron2 .pkl, rcnn-deploy .pt); default: the project's own."
     ),
-    model: str = typer.Option("torchvision-maskrcnn", "--model", "-m", help="Model name for --weights."),
-    num_images: int = typer.Option(16, "--images", "-n", help="Synthetic validation images to run on."),
-    size: Optional[int] = typer.Option(None, help="Input size (default: the checkpoint's training size, else 800)."),
-    backend: str = typer.Option("auto", help="auto (TensorRT if installed, else ONNX Runtime), or force one."),
-    iterations: int = typer.Option(10, help="Timed runs for the latency numbers."),
+    model: str = typer.Option(
+        "torchvision-maskrcnn", "--model", "-m", callback=args.model_name, help="Model name for --weights."
+    ),
+    num_images: int = typer.Option(
+        16, "--images", "-n", callback=args.positive_int, help="Synthetic validation images to run on (>= 1)."
+    ),
+    size: Optional[int] = typer.Option(
+        None,
+        callback=args.input_size,
+        help="Input size, a multiple of 32 (default: the checkpoint's training size, else 800).",
+    ),
+    backend: str = typer.Option(
+        "auto",
+        callback=args.choice(BACKENDS, "backend"),
+        help="auto (TensorRT if installed, else ONNX Runtime), or force one: tensorrt, onnxruntime or torch.",
+    ),
+    iterations: int = typer.Option(10, callback=args.positive_int, help="Timed runs for the latency numbers (>= 1)."),
 ) -> None:
     """Generate data, export, build, infer, evaluate and benchmark: one command, one summary table.
 
@@ -72,11 +92,13 @@ def run_demo(
     iterations: int,
     console: Any,
 ) -> Dict[str, Any]:
+    from rich.markup import escape
+
     from .._io import atomic_write_json
     from ..api import Detector
     from ..data.synth import generate_synthetic_coco
     from ..models.build import build_model
-    from ..runtime.coco import evaluate_detector
+    from ..runtime.coco import evaluate_detector, validate_ground_truth
     from ..runtime.preprocess import load_rgb
     from ..runtime.timing import LatencyStats, time_callable
     from ..runtime.visualize import draw, write_tsv
@@ -89,7 +111,7 @@ def run_demo(
             )
         weights, model = str(DEFAULT_CHECKPOINT), "torchvision-maskrcnn"
     chosen = pick_backend(backend)
-    output.mkdir(parents=True, exist_ok=True)
+    args.ensure_output_dir(output)
     with console.status("loading the model"):
         net = build_model(model, weights)
     hw = getattr(net, "checkpoint_input_hw", None) or (800, 800)
@@ -121,6 +143,7 @@ def run_demo(
 
     with console.status("infer + eval"):
         try:
+            validate_ground_truth(ann, det.spec, warn=lambda m: console.print(f"[yellow]warning:[/yellow] {escape(m)}"))
             res = evaluate_detector(det, ann, data / "images")
             metrics: Optional[Dict[str, Any]] = res["metrics"]
             results = res["results"]

@@ -7,6 +7,8 @@ from typing import Any, Dict, List, Optional
 
 import typer
 
+from . import args
+
 #: Columns of the printed table (all 12 numbers go to the JSON file).
 TABLE_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 _MAX_SKIP_LINES = 10
@@ -14,27 +16,44 @@ _MAX_SKIP_LINES = 10
 
 def eval_command(
     model_path: str = typer.Argument(..., help="Export directory (contract.json), or a checkpoint with --model."),
-    annotations: Path = typer.Option(..., "--annotations", "-a", help="COCO instances JSON (the ground truth)."),
+    annotations: Path = typer.Option(
+        ...,
+        "--annotations",
+        "-a",
+        callback=args.json_file,
+        help="COCO instances JSON (the ground truth); checked, and its categories against the model's, before the "
+        "model runs.",
+    ),
     images: Optional[Path] = typer.Option(
         None,
         "--images",
         help="Folder the annotations' file_name entries are relative to "
         "(default: the 'images' folder beside the annotations file).",
     ),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name when MODEL_PATH is a checkpoint."),
-    height: Optional[int] = typer.Option(
-        None, help="Input height for checkpoints (default: the size an rcnn-deploy checkpoint records, else 800)."
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", callback=args.model_name, help="Model name when MODEL_PATH is a checkpoint."
     ),
-    width: Optional[int] = typer.Option(None, help="Input width for checkpoints (default as --height)."),
-    batch: int = typer.Option(1, min=1, help="Images per model call."),
+    height: Optional[int] = typer.Option(
+        None,
+        callback=args.input_size,
+        help="Input height for checkpoints, a multiple of 32 (default: the size an rcnn-deploy checkpoint records, "
+        "else 800).",
+    ),
+    width: Optional[int] = typer.Option(
+        None, callback=args.input_size, help="Input width for checkpoints, a multiple of 32 (default as --height)."
+    ),
+    batch: int = typer.Option(1, callback=args.positive_int, help="Images per model call (>= 1)."),
     backend: Optional[str] = typer.Option(
         None,
+        callback=args.backend,
         help="torch, onnxruntime or tensorrt (default: from MODEL_PATH; an engine file runs tensorrt; tensorrt on"
         " a split export runs its three engines: each graph's ONNX file name with .engine).",
     ),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the metrics as JSON here."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", callback=args.output_file, help="Write the metrics as JSON to this file."
+    ),
     max_images: Optional[int] = typer.Option(
-        None, "--max-images", min=1, help="Evaluate only the first N images of the annotations."
+        None, "--max-images", callback=args.positive_int, help="Evaluate only the first N images of the annotations."
     ),
     library: str = typer.Option("auto", help="COCO evaluation library: auto, faster-coco-eval or pycocotools."),
 ) -> None:
@@ -78,6 +97,7 @@ def eval_command(
                 "file_name entries are relative to"
             )
         det = _detector(model_path, model, height, width, batch, backend)
+        args.validate_ground_truth(gt, det.spec, annotations)
     except (ValueError, FileNotFoundError, ImportError) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None

@@ -8,10 +8,16 @@ from typing import Optional
 import typer
 
 from ..config import MODEL_NAMES
+from . import args
+
+GRAPHS = ("split", "fused")
+NMS_VARIANTS = ("onnx", "tensor", "plugin")
 
 
 def export_command(
-    model: str = typer.Option(..., "--model", "-m", help=f"One of: {', '.join(MODEL_NAMES)}."),
+    model: str = typer.Option(
+        ..., "--model", "-m", callback=args.model_name, help=f"One of: {', '.join(MODEL_NAMES)}."
+    ),
     weights: Optional[str] = typer.Option(
         None,
         "--weights",
@@ -19,24 +25,42 @@ def export_command(
         help="Checkpoint: torchvision .pth, Detectron2 .pkl/.pth, or a torchvision enum such as "
         "MaskRCNN_ResNet50_FPN_Weights.COCO_V1 (read from the torch hub cache). Omit for random weights.",
     ),
-    height: int = typer.Option(1344, "--height", help="Input height (multiple of 32)."),
-    width: int = typer.Option(1344, "--width", help="Input width (multiple of 32)."),
-    batch: str = typer.Option("1", "--batch", help="Batch size N or dynamic range MIN:MAX."),
-    graph: str = typer.Option("split", "--graph", help="split (backbone / box head / mask head) or fused."),
-    nms: str = typer.Option("onnx", "--nms", help="Fused graphs: onnx (standard ops) or plugin (TensorRT plugins)."),
+    height: int = typer.Option(1344, "--height", callback=args.input_size, help="Input height (multiple of 32)."),
+    width: int = typer.Option(1344, "--width", callback=args.input_size, help="Input width (multiple of 32)."),
+    batch: str = typer.Option(
+        "1", "--batch", callback=args.batch_range, help="Batch size N or dynamic range MIN:MAX (1 <= MIN <= MAX)."
+    ),
+    graph: str = typer.Option(
+        "split",
+        "--graph",
+        callback=args.choice(GRAPHS, "graph"),
+        help="split (backbone / box head / mask head) or fused.",
+    ),
+    nms: str = typer.Option(
+        "onnx",
+        "--nms",
+        callback=args.choice(NMS_VARIANTS, "NMS variant"),
+        help="Fused graphs: onnx (standard ONNX ops), tensor (plain tensor ops: exact greedy NMS and ROIAlign as "
+        "gathers, so TensorRT-RTX and 8.6 build it without plugins) or plugin (TensorRT plugins).",
+    ),
     input_dtype: str = typer.Option(
         "float32",
         "--input-dtype",
+        callback=args.choice(("float32", "uint8"), "input dtype"),
         help="float32 (RGB 0-255 floats, the default) or uint8 (pixels as bytes, cast in the graph: 4x less upload).",
     ),
     first_nms_score_threshold: Optional[float] = typer.Option(
-        None, help="RPN score threshold (default: the flavour's, 0.0)."
+        None, callback=args.probability, help="RPN score threshold in [0, 1] (default: the flavour's, 0.0)."
     ),
     second_nms_score_threshold: Optional[float] = typer.Option(
-        None, help="Detection score threshold (default: the flavour's, 0.05)."
+        None, callback=args.probability, help="Detection score threshold in [0, 1] (default: the flavour's, 0.05)."
     ),
-    max_detections: Optional[int] = typer.Option(None, help="Detections per image (default 100)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output directory."),
+    max_detections: Optional[int] = typer.Option(
+        None, callback=args.positive_int, help="Detections per image, >= 1 (default 100)."
+    ),
+    output: Path = typer.Option(
+        ..., "--output", "-o", callback=args.output_dir, help="Output directory (created if missing)."
+    ),
 ) -> None:
     """Export a model to ONNX and write its I/O contract.
 
@@ -45,6 +69,8 @@ def export_command(
       rcnn-deploy export -m torchvision-maskrcnn -w maskrcnn.pth --height 800 --width 800 --batch 1:8 -o out/
 
       rcnn-deploy export -m detectron2-maskrcnn -w model_final_f10217.pkl --graph fused --nms plugin -o out/
+
+      rcnn-deploy export -m torchvision-maskrcnn -w maskrcnn.pth --graph fused --nms tensor --batch 1:8 -o out/
     """
     from rich.console import Console
     from rich.markup import escape

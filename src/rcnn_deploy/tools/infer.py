@@ -7,6 +7,8 @@ from typing import List, Optional, Tuple
 
 import typer
 
+from . import args
+
 
 def input_hw(height: Optional[int], width: Optional[int]) -> Optional[Tuple[int, int]]:
     """``--height/--width`` as an input size; one of them alone means a square; neither means the default."""
@@ -31,20 +33,34 @@ def _detector(  # type: ignore[no-untyped-def]
 def infer_command(
     model_path: str = typer.Argument(..., help="Export directory (contract.json), or a checkpoint with --model."),
     source: str = typer.Argument(..., help="An image, a directory of jpg/png/bmp/webp, or a glob."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output directory."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name when MODEL_PATH is a checkpoint."),
+    output: Path = typer.Option(
+        ..., "--output", "-o", callback=args.output_dir, help="Output directory (created if missing)."
+    ),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", callback=args.model_name, help="Model name when MODEL_PATH is a checkpoint."
+    ),
     height: Optional[int] = typer.Option(
-        None, help="Input height for checkpoints (default: the size an rcnn-deploy checkpoint records, else 800)."
+        None,
+        callback=args.input_size,
+        help="Input height for checkpoints, a multiple of 32 (default: the size an rcnn-deploy checkpoint records, "
+        "else 800).",
     ),
-    width: Optional[int] = typer.Option(None, help="Input width for checkpoints (default as --height)."),
-    batch: int = typer.Option(1, help="Images per model call."),
+    width: Optional[int] = typer.Option(
+        None, callback=args.input_size, help="Input width for checkpoints, a multiple of 32 (default as --height)."
+    ),
+    batch: int = typer.Option(1, callback=args.positive_int, help="Images per model call (>= 1)."),
     nms_threshold: Optional[float] = typer.Option(
-        None, help="Keep detections with score >= this (raises the exported second-NMS score threshold)."
+        None,
+        callback=args.probability,
+        help="Keep detections with score >= this, in [0, 1] (raises the exported second-NMS score threshold).",
     ),
-    mask_threshold: Optional[float] = typer.Option(None, help="Mask probability threshold (default 0.5)."),
+    mask_threshold: Optional[float] = typer.Option(
+        None, callback=args.probability, help="Mask probability threshold in [0, 1] (default 0.5)."
+    ),
     visualize: bool = typer.Option(True, help="Write a PNG per image."),
     backend: Optional[str] = typer.Option(
         None,
+        callback=args.backend,
         help="torch, onnxruntime or tensorrt (default: from MODEL_PATH; an engine file runs tensorrt; tensorrt on"
         " a split export runs its three engines: each graph's ONNX file name with .engine).",
     ),
@@ -177,24 +193,43 @@ def compare_command(
         None, help="Reference: export directory or checkpoint (default: the PyTorch deploy model of --weights)."
     ),
     weights: Optional[str] = typer.Option(None, help="Checkpoint for the default PyTorch reference."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name for checkpoints."),
-    height: Optional[int] = typer.Option(
-        None, help="Input height for checkpoints (default: the size an rcnn-deploy checkpoint records, else 800)."
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", callback=args.model_name, help="Model name for checkpoints."
     ),
-    width: Optional[int] = typer.Option(None, help="Input width for checkpoints (default as --height)."),
-    min_recall: float = typer.Option(0.99, help="Fail below this fraction of reference detections matched."),
-    min_box_iou: float = typer.Option(0.9, help="Fail when a matched pair's box IoU is below this."),
-    max_score_diff: float = typer.Option(0.02, help="Fail when a matched pair's scores differ by more."),
-    min_mask_iou: float = typer.Option(0.9, help="Fail when a matched pair's pasted masks overlap less."),
+    height: Optional[int] = typer.Option(
+        None,
+        callback=args.input_size,
+        help="Input height for checkpoints, a multiple of 32 (default: the size an rcnn-deploy checkpoint records, "
+        "else 800).",
+    ),
+    width: Optional[int] = typer.Option(
+        None, callback=args.input_size, help="Input width for checkpoints, a multiple of 32 (default as --height)."
+    ),
+    min_recall: float = typer.Option(
+        0.99, callback=args.probability, help="Fail below this fraction of reference detections matched (0-1)."
+    ),
+    min_box_iou: float = typer.Option(
+        0.9, callback=args.probability, help="Fail when a matched pair's box IoU is below this (0-1)."
+    ),
+    max_score_diff: float = typer.Option(
+        0.02, callback=args.probability, help="Fail when a matched pair's scores differ by more (0-1)."
+    ),
+    min_mask_iou: float = typer.Option(
+        0.9, callback=args.probability, help="Fail when a matched pair's pasted masks overlap less (0-1)."
+    ),
     min_map: float = typer.Option(
         0.95,
         "--min-map",
+        callback=args.probability,
         help="Fail when the candidate's bbox mAP (COCO AP@[.5:.95]), scored with the reference's detections as "
         "the ground truth, is below this.",
     ),
-    report: Optional[Path] = typer.Option(None, "--report", help="Write the parity report as JSON here."),
+    report: Optional[Path] = typer.Option(
+        None, "--report", callback=args.output_file, help="Write the parity report as JSON to this file."
+    ),
     backend: Optional[str] = typer.Option(
         None,
+        callback=args.backend,
         help="The candidate's backend: torch, onnxruntime or tensorrt (default: from CANDIDATE; tensorrt on a split"
         " export runs its three engines).",
     ),

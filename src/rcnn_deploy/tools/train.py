@@ -7,36 +7,88 @@ from typing import Optional
 
 import typer
 
+from . import args
+
+# train.engine.TRAINABLE_MODELS / OPTIMIZERS and models.checkpoint.COMPRESSIONS (those modules import torch)
+TRAINABLE = ("torchvision-maskrcnn", "torchvision-fasterrcnn")
+OPTIMIZERS = ("sgd", "adamw")
+COMPRESSIONS = ("int8", "fp16", "none")
+
 
 def train_command(
-    images: Path = typer.Option(..., "--images", help="Directory the annotations' file_name entries are relative to."),
-    annotations: Path = typer.Option(..., "--annotations", help="COCO instances JSON (train split)."),
-    output: Path = typer.Option(..., "--output", "-o", help="Checkpoint to write (rcnn-deploy format, .pt)."),
-    model: str = typer.Option(
-        "torchvision-maskrcnn", "--model", "-m", help="torchvision-maskrcnn or torchvision-fasterrcnn."
+    images: Path = typer.Option(
+        ...,
+        "--images",
+        callback=args.input_dir,
+        help="Directory the annotations' file_name entries are relative to.",
     ),
-    height: int = typer.Option(384, help="Model input height (images are letterboxed to it, as at deploy time)."),
-    width: int = typer.Option(384, help="Model input width."),
-    epochs: int = typer.Option(12, help="Epochs (the schedule's length unless --time-budget ends it first)."),
-    batch: int = typer.Option(8, help="Images per iteration."),
-    lr: float = typer.Option(0.02, help="Peak learning rate (after warm-up; cosine decay to 0)."),
-    optimizer: str = typer.Option("sgd", help="sgd (momentum 0.9) or adamw."),
-    weight_decay: float = typer.Option(1e-4, help="Weight decay (not on biases and norm parameters)."),
-    warmup_iters: int = typer.Option(200, help="Linear warm-up iterations."),
+    annotations: Path = typer.Option(
+        ..., "--annotations", callback=args.json_file, help="COCO instances JSON (train split)."
+    ),
+    output: Path = typer.Option(
+        ...,
+        "--output",
+        "-o",
+        callback=args.output_file,
+        help="Checkpoint to write (rcnn-deploy format, .pt).",
+    ),
+    model: str = typer.Option(
+        "torchvision-maskrcnn",
+        "--model",
+        "-m",
+        callback=args.choice(TRAINABLE, "trainable model"),
+        help="torchvision-maskrcnn or torchvision-fasterrcnn.",
+    ),
+    height: int = typer.Option(
+        384,
+        callback=args.input_size,
+        help="Model input height, a multiple of 32 (images are letterboxed to it, as at deploy time).",
+    ),
+    width: int = typer.Option(384, callback=args.input_size, help="Model input width, a multiple of 32."),
+    epochs: int = typer.Option(
+        12, callback=args.positive_int, help="Epochs (the schedule's length unless --time-budget ends it first)."
+    ),
+    batch: int = typer.Option(8, callback=args.positive_int, help="Images per iteration (>= 1)."),
+    lr: float = typer.Option(
+        0.02, callback=args.positive_float, help="Peak learning rate (after warm-up; cosine decay to 0)."
+    ),
+    optimizer: str = typer.Option(
+        "sgd", callback=args.choice(OPTIMIZERS, "optimizer"), help="sgd (momentum 0.9) or adamw."
+    ),
+    weight_decay: float = typer.Option(
+        1e-4, callback=args.non_negative_float, help="Weight decay (not on biases and norm parameters)."
+    ),
+    warmup_iters: int = typer.Option(200, callback=args.non_negative_int, help="Linear warm-up iterations."),
     amp: bool = typer.Option(True, help="bf16 autocast on CUDA (ignored on CPU)."),
     vflip: bool = typer.Option(False, help="Also flip vertically (horizontal flips are always on)."),
-    val_annotations: Optional[Path] = typer.Option(None, help="COCO JSON of a validation split: mAP per epoch."),
-    val_images: Optional[Path] = typer.Option(None, help="Its images (default: images/ beside the JSON)."),
-    val_max_images: int = typer.Option(500, help="Validate on at most this many images."),
-    time_budget: Optional[float] = typer.Option(None, help="Minutes of training the schedule is fitted into."),
-    stop_after: Optional[float] = typer.Option(None, help="Leave after this many minutes; continue with --resume."),
-    max_iters: Optional[int] = typer.Option(None, help="Stop after this many iterations (smoke tests)."),
+    val_annotations: Optional[Path] = typer.Option(
+        None, callback=args.json_file, help="COCO JSON of a validation split: mAP per epoch."
+    ),
+    val_images: Optional[Path] = typer.Option(
+        None, callback=args.input_dir, help="Its images (default: images/ beside the JSON)."
+    ),
+    val_max_images: int = typer.Option(500, callback=args.positive_int, help="Validate on at most this many images."),
+    time_budget: Optional[float] = typer.Option(
+        None, callback=args.positive_float, help="Minutes of training the schedule is fitted into."
+    ),
+    stop_after: Optional[float] = typer.Option(
+        None, callback=args.positive_float, help="Leave after this many minutes; continue with --resume."
+    ),
+    max_iters: Optional[int] = typer.Option(
+        None, callback=args.positive_int, help="Stop after this many iterations (smoke tests)."
+    ),
     init: Optional[str] = typer.Option(None, help="Fine-tune from a checkpoint (matching tensors are loaded)."),
-    resume: Optional[Path] = typer.Option(None, help="Continue from <output>.state.pt of an earlier run."),
-    workers: int = typer.Option(4, help="Data-loading processes."),
-    device: str = typer.Option("auto", help="auto, cuda, cuda:N or cpu."),
+    resume: Optional[Path] = typer.Option(
+        None, callback=args.input_file, help="Continue from <output>.state.pt of an earlier run."
+    ),
+    workers: int = typer.Option(4, callback=args.non_negative_int, help="Data-loading processes (0: in-process)."),
+    device: str = typer.Option("auto", callback=args.device_or_auto, help="auto, cuda, cuda:N or cpu."),
     seed: int = typer.Option(0, help="Random seed."),
-    compress: str = typer.Option("int8", help="Checkpoint weights: int8 (per-channel, ~44 MB), fp16 or none."),
+    compress: str = typer.Option(
+        "int8",
+        callback=args.choice(COMPRESSIONS, "compression"),
+        help="Checkpoint weights: int8 (per-channel, ~44 MB), fp16 or none.",
+    ),
 ) -> None:
     """Train on COCO-format data and save a checkpoint that every rcnn-deploy command takes.
 
