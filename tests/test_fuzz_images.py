@@ -638,9 +638,10 @@ def _write_doc(tally: Dict[str, Counter], kinds: Counter, n: int) -> None:
         "",
         "Written by `tests/test_fuzz_images.py` (do not edit by hand; `python -m pytest tests/test_fuzz_images.py`",
         f"regenerates it). Pillow {PIL.__version__}, numpy {np.__version__}, corpus seed {SEED}, {n} cases, each",
-        f"through `load_rgb` -> `letterbox` -> `boxes_to_original` -> `paste_masks` with a {CASE_TIMEOUT_S:g} s limit.",
-        "A case passes when it decodes (valid images: to the expected pixels) or raises a `UserError` that names",
-        "the file; anything else is an uncaught exception, and a case over the limit is a hang.",
+        "through `load_rgb` -> `letterbox` -> `boxes_to_original` -> `paste_masks`. A case passes when it decodes",
+        "(valid images: to the expected pixels) or raises a `UserError` that names the file; anything else is an",
+        f"uncaught exception, and a case over {CASE_TIMEOUT_S:g} s of CPU time (or {WALL_FACTOR * CASE_TIMEOUT_S:g} s"
+        " on the clock) is a hang.",
         "",
         "| category | cases | decoded OK | clear errors | uncaught exceptions | hangs |",
         "|---|---:|---:|---:|---:|---:|",

@@ -13,7 +13,10 @@ Loading (:func:`load_rgb`, :func:`read_image`) turns a file or encoded bytes int
   else stretched (NaN becomes 0, infinities 0 or 255); CMYK, YCbCr, LAB and HSV are converted by Pillow;
 * the image size is checked from the header, before anything is decoded: more than ``max_pixels`` pixels
   (default :data:`DEFAULT_MAX_PIXELS`, 100 megapixels: a 12000x8000 photo; the CLI's ``--max-pixels``) is
-  refused, so a few bytes claiming 100000x100000 pixels cost nothing;
+  refused, so a few bytes claiming 100000x100000 pixels cost nothing (a header within the limit can still
+  make a tiny file decode to that many pixels: about 2 s and 1 GB at 100 megapixels; a server that wants
+  less passes a lower limit). A limit above twice Pillow's own (``PIL.Image.MAX_IMAGE_PIXELS``, which some
+  decoders check too) raises Pillow's to match;
 * with ``target_hw`` (the model input size), a JPEG at least twice the size the letterbox needs is decoded
   at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling, Pillow's draft mode), never below that size; the result is
   then smaller than the original: :func:`read_image` reports the original size for :func:`letterbox`;
