@@ -390,7 +390,7 @@ def test_eval_command_torch_checkpoint_skips_a_broken_image(models, tmp_path):
     args += ["-a", str(data / "annotations.json"), "--images", str(data / "images"), "--library", "pycocotools"]
     res = CliRunner().invoke(app, args + ["-o", str(out)])
     assert res.exit_code == 0, res.output
-    assert _has(res, "skipped cannot read image") and _has(res, "000001.png") and _has(res, "1 of 3 images skipped")
+    assert _has(res, "skipped") and _has(res, "000001.png: cannot read image") and _has(res, "1 of 3 images skipped")
     summary = json.loads(out.read_text())
     assert summary["backend"] == "torch" and summary["images"] == 2 and summary["library"] == "pycocotools"
     assert [s["file_name"] for s in summary["skipped"]] == ["000001.png"]
