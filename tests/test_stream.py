@@ -82,6 +82,50 @@ def test_model_error_stops_run_and_joins_threads():
     assert threading.active_count() <= before
 
 
+def _proc_prepare(it: Item) -> Prepared:
+    if it.index == 4:
+        return Prepared(it, error=f"{it.name}: broken")
+    return Prepared(it, np.full((2, 3), it.index, np.float32), None)
+
+
+def _proc_post(p: Prepared, outs) -> float:
+    return float(outs["v"][0, 0, 0])
+
+
+def _proc_per_image(r) -> int:
+    import os
+
+    return os.getpid()
+
+
+def _double(x):
+    return {"v": x * 2}
+
+
+def test_worker_processes_share_inputs_through_slots_and_keep_order():
+    items = [Item(i, f"img{i}") for i in range(23)]
+    out = list(
+        run_stream(
+            items,
+            _proc_prepare,
+            BatchModel(_double, 1, 4),
+            _proc_post,
+            batch=3,
+            workers=2,
+            processes=2,
+            input_shape=(2, 3),
+            input_dtype=np.float32,
+            per_image=_proc_per_image,
+        )
+    )
+    assert [r.index for r in out] == list(range(23))
+    assert [r.index for r in out if not r.ok] == [4]
+    assert all(r.detections == 2 * r.index for r in out if r.ok)
+    import os
+
+    assert all(r.extra != os.getpid() for r in out)  # per_image ran in the workers
+
+
 def test_per_image_user_error_fails_that_image_only():
     prepare, model, post = _toy()
 
@@ -175,6 +219,19 @@ def test_stream_matches_sequential_path(export_dir):
             np.testing.assert_array_equal(got.scores, ref.scores)
             dense = paste_masks(ref.masks, boxes, rgb.shape[:2], det.spec.mask_paste, det.spec.mask_threshold)
             assert np.array_equal(got.masks, dense)
+
+
+def test_stream_in_worker_processes_matches_threads(export_dir):
+    from rcnn_deploy.api import Detector
+
+    det = Detector.load(export_dir / "export", batch=2)
+    threads = list(det.stream(export_dir / "images", batch=2, processes=0))
+    procs = list(det.stream(export_dir / "images", batch=2, processes=2))
+    assert [r.name for r in procs] == [r.name for r in threads]
+    for a, b in zip(threads, procs):
+        np.testing.assert_array_equal(a.detections.boxes, b.detections.boxes)
+        np.testing.assert_array_equal(a.detections.scores, b.detections.scores)
+        assert np.array_equal(a.detections.masks, b.detections.masks)
 
 
 def test_infer_command_streams_and_isolates_bad_images(export_dir, tmp_path):

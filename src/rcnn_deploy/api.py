@@ -24,7 +24,15 @@ from .runtime.detections import Detections
 from .runtime.masks import PastedMasks
 from .runtime.preprocess import Letterbox, letterbox, load_rgb, rgb_fill
 from .runtime.sources import Item, SourceLike, open_source
-from .runtime.stream import BatchModel, Prepared, StreamResult, StreamStats, check_finite, run_stream
+from .runtime.stream import (
+    BatchModel,
+    Prepared,
+    StreamResult,
+    StreamStats,
+    check_finite,
+    default_processes,
+    run_stream,
+)
 
 ImageLike = Union[str, Path, np.ndarray]
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
@@ -199,36 +207,24 @@ class Detector:
         return det
 
     # --------------------------------------------------------------------------------------------- running
+    def host_stages(self, keep_images: bool = False) -> HostStages:
+        """The host-side stages (decode + letterbox, outputs -> detections) as a picklable object, so the
+        streaming runner can run them in worker processes."""
+        return HostStages(self.spec, self.input_hw, self.fill, self.input_dtype.str, self.max_pixels, keep_images)
+
     def _decode(self, path: Path) -> np.ndarray:
-        if self.max_pixels is None:
-            return load_rgb(path)
-        return load_rgb(path, max_pixels=self.max_pixels)
+        return self.host_stages()._decode(path)
 
     def _model_input(self, rgb: np.ndarray) -> Tuple[np.ndarray, Letterbox]:
-        a, lb = letterbox(rgb, self.input_hw, self.fill)
-        if self.input_dtype != a.dtype:  # a uint8 graph: the pixels travel as bytes (the fill rounds)
-            a = np.rint(a).astype(self.input_dtype)
-        return a, lb
+        return letterbox(rgb, self.input_hw, self.fill, dtype=self.input_dtype)  # uint8 graphs: bytes
 
     def prepare(self, item: Item, keep_image: bool = False) -> Prepared:
         """Decode + letterbox one stream item; a failure is recorded on the result, never raised."""
-        try:
-            rgb = item.load(self._decode)
-            a, lb = self._model_input(rgb)
-        except (ValueError, MemoryError) as e:  # UserError included
-            return Prepared(item, error=str(e) if not isinstance(e, MemoryError) else f"{item.name}: out of memory")
-        return Prepared(item, a, lb, rgb if keep_image else None)
+        return self.host_stages(keep_image).prepare(item)
 
     def detections_for(self, lb: Letterbox, outputs: Dict[str, np.ndarray], name: str = "") -> Detections:
         """One image's padded outputs (batch of 1) -> detections in original-image coordinates, masks lazy."""
-        d = Detections.from_padded(outputs)[0]
-        check_finite(d, name)
-        d.boxes = lb.boxes_to_original(d.boxes)
-        if d.has_masks:
-            d.masks = PastedMasks(
-                d.masks, d.boxes, (lb.orig_h, lb.orig_w), self.spec.mask_paste, self.spec.mask_threshold
-            )
-        return d
+        return self.host_stages().detections_for(lb, outputs, name)
 
     def preprocess(self, images: Sequence[ImageLike]) -> Tuple[np.ndarray, List[Letterbox]]:
         arrays, boxes = [], []
@@ -252,23 +248,31 @@ class Detector:
         per_image: Optional[Callable[[StreamResult], Any]] = None,
         stats: Optional[StreamStats] = None,
         stride: int = 1,
+        processes: Optional[int] = None,
     ) -> Iterator[StreamResult]:
         """Detect in every image of ``source`` (a file, folder, glob, list file, video, array or a list of
         them), overlapping decode, model and postprocessing; yields a
         :class:`~rcnn_deploy.runtime.stream.StreamResult` per image in input order. A failed image has
         ``error`` set and the run goes on. ``keep_images``: results carry the decoded RGB (for drawing).
-        ``per_image(result)`` runs in a worker thread per finished image (e.g. write its files)."""
+        ``per_image(result)`` runs in a worker per finished image (e.g. write its files). ``processes``: decode
+        and postprocess in that many worker processes (default: half the cores on machines with 8 or more,
+        else threads only); ``per_image`` must then be picklable."""
         items = source if _is_items(source) else open_source(source, stride=stride)
         model = self.batch_model or BatchModel(self._run, 1, max(self.batch, 1))
+        stages = self.host_stages(keep_images)
+        procs = default_processes() if processes is None else processes
         return run_stream(
             items,  # type: ignore[arg-type]
-            lambda it: self.prepare(it, keep_images),
+            stages.prepare,
             model,
-            lambda p, outs: self.detections_for(p.letterbox, outs, p.item.name),
+            stages.postprocess,
             batch=batch or self.batch,
             workers=workers or self.workers,
             per_image=per_image,
             stats=stats,
+            processes=procs,
+            input_shape=(3, *self.input_hw),
+            input_dtype=self.input_dtype,
         )
 
     def __call__(self, images: Sequence[ImageLike]) -> List[Detections]:
@@ -300,6 +304,51 @@ class Detector:
     def run_padded(self, images: np.ndarray) -> Dict[str, np.ndarray]:
         """The model's raw padded outputs for a preprocessed ``[B, 3, H, W]`` batch."""
         return self._run(images)
+
+
+class HostStages:
+    """A detector's host-side stages, picklable (worker processes get a copy): ``prepare`` decodes and
+    letterboxes a stream item, ``postprocess`` turns one image's padded outputs into detections."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        input_hw: Tuple[int, int],
+        fill: Sequence[float],
+        input_dtype: str,
+        max_pixels: Optional[int],
+        keep_images: bool,
+    ) -> None:
+        self.spec, self.input_hw, self.fill = spec, tuple(input_hw), tuple(fill)
+        self.input_dtype, self.max_pixels, self.keep_images = np.dtype(input_dtype), max_pixels, keep_images
+
+    def _decode(self, path: Path) -> np.ndarray:
+        if self.max_pixels is None:
+            return load_rgb(path)
+        return load_rgb(path, max_pixels=self.max_pixels)
+
+    def prepare(self, item: Item) -> Prepared:
+        try:
+            rgb = item.load(self._decode)
+            a, lb = letterbox(rgb, self.input_hw, self.fill, dtype=self.input_dtype)  # type: ignore[arg-type]
+        except MemoryError:
+            return Prepared(item, error=f"{item.name}: out of memory while decoding")
+        except ValueError as e:  # UserError included
+            return Prepared(item, error=str(e))
+        return Prepared(item, a, lb, rgb if self.keep_images else None)
+
+    def detections_for(self, lb: Letterbox, outputs: Dict[str, np.ndarray], name: str = "") -> Detections:
+        d = Detections.from_padded(outputs)[0]
+        check_finite(d, name)
+        d.boxes = lb.boxes_to_original(d.boxes)
+        if d.has_masks:
+            d.masks = PastedMasks(
+                d.masks, d.boxes, (lb.orig_h, lb.orig_w), self.spec.mask_paste, self.spec.mask_threshold
+            )
+        return d
+
+    def postprocess(self, p: Prepared, outputs: Dict[str, np.ndarray]) -> Detections:
+        return self.detections_for(p.letterbox, outputs, p.item.name)
 
 
 def _is_items(source: Any) -> bool:

@@ -466,11 +466,13 @@ def letterbox(
     input_hw: Tuple[int, int],
     fill_rgb: Sequence[float],
     orig_hw: Optional[Tuple[int, int]] = None,
+    dtype: Any = np.float32,
 ) -> Tuple[np.ndarray, Letterbox]:
-    """``[H, W, 3]`` uint8 RGB -> ``[3, IH, IW]`` float32 RGB 0-255 and its :class:`Letterbox`.
+    """``[H, W, 3]`` uint8 RGB -> ``[3, IH, IW]`` RGB 0-255 in ``dtype`` and its :class:`Letterbox`.
 
     ``orig_hw``: the full image's size when ``image`` was decoded smaller (:attr:`DecodedImage.orig_hw`); the
-    letterbox is then the full image's, so its boxes map back to the full image."""
+    letterbox is then the full image's, so its boxes map back to the full image. ``dtype``: float32 (the
+    default) or uint8 for a graph that takes bytes (written directly, the fill rounded to whole values)."""
     from PIL import Image
 
     _check_rgb(image)
@@ -482,9 +484,13 @@ def letterbox(
     rh, rw = min(rh, ih), min(rw, iw)
     # Pillow returns a copy for a resize to the same size, so an image already at size skips it exactly
     resized = image if (rh, rw) == (h, w) else np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))
-    out = np.empty((3, ih, iw), dtype=np.float32)  # written channel-first directly: no transposed copy
-    if rh < ih or rw < iw:
-        out[...] = np.asarray(fill_rgb, dtype=np.float32).reshape(3, 1, 1)
+    dtype = np.dtype(dtype)
+    out = np.empty((3, ih, iw), dtype=dtype)  # written channel-first directly: no transposed copy
+    fill = np.asarray(fill_rgb, dtype=np.float64).reshape(3, 1, 1)
+    if rh < ih:
+        out[:, rh:, :] = np.rint(fill) if dtype == np.uint8 else fill
+    if rw < iw:
+        out[:, :rh, rw:] = np.rint(fill) if dtype == np.uint8 else fill
     out[:, :rh, :rw] = resized.transpose(2, 0, 1)
     return out, box
 

@@ -59,6 +59,7 @@ class Prepared:
     letterbox: Any = None
     image: Optional[np.ndarray] = None  # the decoded RGB, when kept for the caller
     error: Optional[str] = None
+    slot: Optional[int] = None  # with worker processes: the shared-memory slot holding ``array``
 
 
 @dataclass
@@ -110,6 +111,83 @@ def default_workers() -> int:
     return max(2, min(16, (os.cpu_count() or 2)))
 
 
+def default_processes() -> int:
+    """Worker processes for decode + postprocessing: none on small machines (threads do), else half the cores."""
+    n = os.cpu_count() or 2
+    return 0 if n < 8 else min(16, n // 2)
+
+
+def _finish(
+    postprocess: Callable[[Prepared, Outputs], Detections],
+    per_image: Optional[Callable[[StreamResult], Any]],
+    p: Prepared,
+    outs: Optional[Outputs],
+    error: Optional[str],
+) -> StreamResult:
+    """Postprocess one image and run the caller's per-image function; a ValueError fails this image only."""
+    res = StreamResult(p.item, image=p.image, error=error)
+    if error is None and outs is not None:
+        try:
+            res.detections = postprocess(p, outs)
+            if per_image is not None:
+                res.extra = per_image(res)
+        except ValueError as e:  # UserError included: this image only
+            res.error, res.detections = str(e), None
+    elif per_image is not None and error is not None:
+        with contextlib.suppress(ValueError):
+            res.extra = per_image(res)
+    return res
+
+
+# ------------------------------------------------------------------ worker processes (decode, postprocess)
+# Each worker process gets the stages once (initializer) and the model inputs go through shared memory: a
+# ring of slots the size of one letterboxed image, so no image is pickled between processes.
+_WORKER: Dict[str, Any] = {}
+
+
+def _worker_init(
+    prepare: Any, postprocess: Any, per_image: Any, shm_name: str, shape: Tuple[int, ...], dtype: str
+) -> None:
+    import signal
+    from multiprocessing import shared_memory
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    shm = shared_memory.SharedMemory(name=shm_name)
+    _WORKER.update(prepare=prepare, postprocess=postprocess, per_image=per_image, shm=shm)
+    _WORKER["slots"] = np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf)
+
+
+def _worker_prepare(item: Item, slot: int) -> Prepared:
+    p = _WORKER["prepare"](item)
+    if p.error is None:
+        _WORKER["slots"][slot][...] = p.array
+        p.array = None
+    p.slot = slot  # a failed item's slot goes back to the free list too
+    return p
+
+
+def _worker_finish(p: Prepared, outs: Optional[Outputs], error: Optional[str]) -> StreamResult:
+    return _finish(_WORKER["postprocess"], _WORKER["per_image"], p, outs, error)
+
+
+class _Slots:
+    """``n`` shared-memory slots of one model input each, and the free list."""
+
+    def __init__(self, n: int, shape: Tuple[int, ...], dtype: Any) -> None:
+        from multiprocessing import shared_memory
+
+        self.shape = (n, *shape)
+        self.dtype = np.dtype(dtype)
+        self.shm = shared_memory.SharedMemory(create=True, size=max(1, int(np.prod(self.shape)) * self.dtype.itemsize))
+        self.array = np.ndarray(self.shape, dtype=self.dtype, buffer=self.shm.buf)
+        self.free: Deque[int] = deque(range(n))
+
+    def close(self) -> None:
+        del self.array
+        self.shm.close()
+        self.shm.unlink()
+
+
 def run_stream(
     items: Iterable[Item],
     prepare: Callable[[Item], Prepared],
@@ -122,6 +200,9 @@ def run_stream(
     depth: int = 2,
     per_image: Optional[Callable[[StreamResult], Any]] = None,
     stats: Optional[StreamStats] = None,
+    processes: int = 0,
+    input_shape: Optional[Tuple[int, ...]] = None,
+    input_dtype: Any = np.float32,
 ) -> Iterator[StreamResult]:
     """Run ``model`` over ``items``; yield one :class:`StreamResult` per item, in input order.
 
@@ -131,14 +212,55 @@ def run_stream(
     ``per_image(result)`` runs in a worker right after postprocessing (writing per-image files, encoding
     masks); its return value becomes ``result.extra``; a :class:`UserError` / ``ValueError`` from it fails
     that image only.
+
+    ``processes``: run decode + letterbox and postprocessing + ``per_image`` in that many worker processes
+    instead of threads (``prepare``, ``postprocess`` and ``per_image`` must then be picklable, and
+    ``input_shape`` / ``input_dtype`` give the model input of one image: the inputs travel through shared
+    memory). Threads suffice when those stages release the GIL; processes scale the Python-level work
+    (mask paste, RLE) with the cores.
     """
     batch = max(model.lo, min(int(batch), model.hi))
     workers = workers or default_workers()
     prefetch = prefetch or (2 * batch + workers)
     post_limit = max(2 * batch, workers * 2)
     stats = stats if stats is not None else StreamStats()
+    slots: Optional[_Slots] = None
+    procs: Any = None
+    if processes > 0:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        if input_shape is None:
+            raise ValueError("run_stream(processes=N) needs input_shape (one image's model input)")
+        slots = _Slots(prefetch + batch * (depth + 2), tuple(input_shape), input_dtype)
+        procs = ProcessPoolExecutor(
+            processes,
+            mp_context=mp.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(prepare, postprocess, per_image, slots.shm.name, slots.shape, slots.dtype.str),
+        )
     pool = ThreadPoolExecutor(workers, thread_name_prefix="rcnn-stream")
     model_thread = ThreadPoolExecutor(1, thread_name_prefix="rcnn-model")
+
+    def submit_prepare(it: Item) -> Future:
+        if procs is None:
+            return pool.submit(prepare, it)
+        assert slots is not None
+        return procs.submit(_worker_prepare, it, slots.free.popleft())
+
+    def submit_finish(p: Prepared, outs: Optional[Outputs], error: Optional[str]) -> Future:
+        if procs is None:
+            return pool.submit(_finish, postprocess, per_image, p, outs, error)
+        return procs.submit(_worker_finish, p, outs, error)
+
+    def model_input(p: Prepared) -> np.ndarray:
+        return p.array if p.slot is None else slots.array[p.slot]  # type: ignore[union-attr,return-value]
+
+    def release(group: List[Prepared]) -> None:
+        for p in group:
+            if p.slot is not None and slots is not None:
+                slots.free.append(p.slot)
+                p.slot = None
 
     decode_q: Deque[Future] = deque()  # futures of Prepared, in input order
     forming: List[Prepared] = []
@@ -150,20 +272,6 @@ def run_stream(
     source = iter(items)
     exhausted = False
 
-    def finish_post(p: Prepared, outs: Optional[Outputs], error: Optional[str]) -> StreamResult:
-        res = StreamResult(p.item, image=p.image, error=error)
-        if error is None and outs is not None:
-            try:
-                res.detections = postprocess(p, outs)
-                if per_image is not None:
-                    res.extra = per_image(res)
-            except ValueError as e:  # UserError included: this image only
-                res.error, res.detections = str(e), None
-        elif per_image is not None and error is not None:
-            with contextlib.suppress(ValueError):
-                res.extra = per_image(res)
-        return res
-
     def settle(res: StreamResult) -> None:
         ready[res.index] = res
 
@@ -171,14 +279,14 @@ def run_stream(
         while True:
             progressed = False
             # 1. keep `prefetch` items decoding
-            while not exhausted and len(decode_q) < prefetch:
+            while not exhausted and len(decode_q) < prefetch and (slots is None or slots.free):
                 try:
                     it = next(source)
                 except StopIteration:
                     exhausted = True
                     break
                 order.append(it.index)
-                decode_q.append(pool.submit(prepare, it))
+                decode_q.append(submit_prepare(it))
                 progressed = True
             # 2. results whose turn it is
             while order and order[0] in ready:
@@ -198,26 +306,28 @@ def run_stream(
                 outs = fut.result()
                 for i, p in enumerate(group):
                     one = {k: v[i : i + 1] for k, v in outs.items()}
-                    post.add(pool.submit(finish_post, p, one, None))
+                    post.add(submit_finish(p, one, None))
                 stats.batches += 1
                 progressed = True
             # 5. submitted batches -> fetch their outputs (waits on the device in a worker)
             while submitted and submitted[0][0].done():
                 fut, group = submitted.popleft()
+                release(group)  # the model has copied the inputs (pinned buffer or its own batch)
                 fetching.append((pool.submit(fut.result()), group))
                 progressed = True
             # 6. decoded items -> the forming batch (failures go straight to postprocessing's output)
             while decode_q and decode_q[0].done() and len(forming) < batch:
                 p = decode_q.popleft().result()
                 if p.error is not None:
-                    post.add(pool.submit(finish_post, p, None, p.error))
+                    release([p])
+                    post.add(submit_finish(p, None, p.error))
                 else:
                     forming.append(p)
                 progressed = True
             last = exhausted and not decode_q
             if forming and (len(forming) == batch or last) and len(submitted) + len(fetching) < depth:
                 group, forming = forming, []
-                submitted.append((model_thread.submit(model.submit, [p.array for p in group]), group))
+                submitted.append((model_thread.submit(model.submit, [model_input(p) for p in group]), group))
                 progressed = True
             if last and not forming and not submitted and not fetching and not post and not ready and not order:
                 break
@@ -232,6 +342,10 @@ def run_stream(
             f.cancel()
         model_thread.shutdown(wait=True)
         pool.shutdown(wait=True)
+        if procs is not None:
+            procs.shutdown(wait=True, cancel_futures=True)
+        if slots is not None:
+            slots.close()
 
 
 def check_finite(d: Detections, name: str) -> None:

@@ -55,6 +55,12 @@ class InferWriter:
         self.seen = 0
         self.closed = False
 
+    def __getstate__(self) -> Dict[str, Any]:
+        """What a worker process needs for :meth:`per_image` (not the run's open file or its records)."""
+        state = dict(self.__dict__)
+        state.update(jsonl=None, coco=[], failures=[])
+        return state
+
     def per_image(self, r: StreamResult) -> Dict[str, Any]:
         """Runs in a worker: per-image files and COCO entries (``result.extra``)."""
         extra: Dict[str, Any] = {"coco": [], "frame": None}
