@@ -223,6 +223,28 @@ class _OracleDetector:
         self.calls.append(len(images))
         return [self.by_hash[hashlib.sha1(np.asarray(im).tobytes()).hexdigest()] for im in images]
 
+    def stream(self, items, per_image=None, processes=None):
+        """The Detector.stream interface: the streaming runner with this oracle as the model."""
+        from rcnn_deploy.runtime.preprocess import load_rgb
+        from rcnn_deploy.runtime.stream import BatchModel, Prepared, run_stream
+
+        keys = list(self.by_hash)
+
+        def prepare(it):
+            try:
+                return Prepared(it, it.load(load_rgb), None)
+            except ValueError as e:
+                return Prepared(it, error=str(e))
+
+        def run(batch: np.ndarray):
+            found = self(list(batch))
+            return {"key": np.array([[keys.index(next(k for k, v in self.by_hash.items() if v is d))] for d in found])}
+
+        def post(p, outs):
+            return self.by_hash[keys[int(outs["key"][0, 0])]]
+
+        return run_stream(items, prepare, BatchModel(run, 1, self.batch), post, batch=self.batch, per_image=per_image)
+
 
 def test_evaluate_detector_batches_skips_broken_images_and_scores_the_rest(synth, tmp_path):
     oracle = _OracleDetector(synth, batch=2)

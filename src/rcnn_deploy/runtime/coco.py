@@ -425,6 +425,7 @@ def evaluate_detector(
     max_images: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     on_skip: Optional[Callable[[str, str], None]] = None,
+    processes: Optional[int] = 0,
 ) -> Dict[str, Any]:
     """Run ``detector`` on every image of a COCO ground truth and score it.
 
@@ -441,8 +442,6 @@ def evaluate_detector(
     :class:`~rcnn_deploy.errors.UserError` when the annotations are malformed or the model's category ids share
     none with them; :func:`validate_ground_truth` also warns about partial mismatches.
     """
-    from .preprocess import load_rgb
-
     gt = load_ground_truth(annotations)
     where = "the annotations" if isinstance(annotations, Mapping) else str(annotations)
     lib = pick_library(library)  # fail before running the model
@@ -469,44 +468,33 @@ def evaluate_detector(
             "segm AP needs a 'segmentation' in every annotation; some have none", where=where, fix="use bbox only"
         )
 
-    batch = max(int(getattr(detector, "batch", 1)), 1)
+    from .sources import Item
+
     total = len(entries)
     results: List[Dict[str, Any]] = []
     skipped: List[Dict[str, Any]] = []
     ran: List[int] = []
-    pending: List[Tuple[int, np.ndarray]] = []
-    done = 0
-
-    def flush() -> None:
-        nonlocal done
-        if not pending:
-            return
-        for (image_id, _), d in zip(pending, detector([a for _, a in pending])):
-            results.extend(detections_to_coco(d, image_id, spec.category_ids, spec.label_ids))
-            ran.append(image_id)
-        done += len(pending)
-        pending.clear()
+    items: List[Item] = []
+    for entry in entries:  # a missing file_name is this entry's problem; the others still run
+        name = str(entry.get("file_name") or "")
+        hw = (int(entry["height"]), int(entry["width"])) if entry.get("height") and entry.get("width") else None
+        label = str(root / name) if name else f"image id {entry['id']} (it has no file_name in the annotations)"
+        item = Item(len(items), label, path=root / name if name else None, expect_hw=hw)
+        item.image_id = int(entry["id"])
+        items.append(item)
+    # every image through the streaming runner: decode, the model and COCO encoding overlap
+    stream = detector.stream(items, per_image=CocoEntries(spec), processes=processes)
+    for done, r in enumerate(stream, start=1):
+        if r.ok:
+            results.extend(r.extra)
+            ran.append(int(r.item.image_id))  # type: ignore[arg-type]
+        else:
+            name = r.item.path.name if r.item.path is not None else ""
+            skipped.append({"image_id": r.item.image_id, "file_name": name, "error": str(r.error)})
+            if on_skip is not None:
+                on_skip(r.name, str(r.error))
         if progress is not None:
             progress(done, total)
-
-    for entry in entries:
-        image_id = int(entry["id"])
-        name = str(entry.get("file_name") or "")
-        path = root / name
-        try:
-            rgb = _read_gt_image(path, name, entry, load_rgb)
-        except ValueError as e:
-            skipped.append({"image_id": image_id, "file_name": name, "error": str(e)})
-            if on_skip is not None:
-                on_skip(str(path), str(e))
-            done += 1
-            if progress is not None:
-                progress(done, total)
-            continue
-        pending.append((image_id, rgb))
-        if len(pending) >= batch:
-            flush()
-    flush()
     if not ran:
         raise ValueError(
             f"none of the {total} images could be evaluated (first problem: {skipped[0]['error']}); check that "
@@ -524,22 +512,16 @@ def evaluate_detector(
     }
 
 
-def _read_gt_image(path: Path, name: str, entry: Mapping[str, Any], load: Callable[[Path], np.ndarray]) -> np.ndarray:
-    if not name:
-        raise ValueError(f"image id {entry['id']} has no file_name in the annotations")
-    if not path.is_file():
-        raise ValueError(f"image file not found: {path}")
-    rgb = load(path)
-    h, w = entry.get("height"), entry.get("width")
-    if h and w and tuple(rgb.shape[:2]) != (int(h), int(w)):
-        raise ValueError(
-            f"{path} is {rgb.shape[1]}x{rgb.shape[0]} (WxH) but the annotations say {w}x{h}; "
-            "are these the images of this annotations file?"
-        )
-    return rgb
+class CocoEntries:
+    """The streaming runner's per-image function for evaluation: an image's COCO results (picklable)."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+
+    def __call__(self, r: Any) -> List[Dict[str, Any]]:
+        return detections_to_coco(r.detections, r.item.image_id, self.spec.category_ids, self.spec.label_ids)
 
 
-# ------------------------------------------------------------------------ one backend scored against another
 def reference_ground_truth(
     refs: Sequence[Detections], masks: Optional[bool] = None
 ) -> Tuple[Dict[str, Any], Dict[int, int]]:

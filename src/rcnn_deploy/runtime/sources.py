@@ -41,7 +41,7 @@ class Item:
         if self.array is not None:
             return _as_rgb(self.array, self.name)
         if self.path is None or not self.path.is_file():
-            raise UserError("image file does not exist", where=self.path or self.name, fix="check the path")
+            raise UserError("image file not found", where=self.path or self.name, fix="check the path")
         rgb = decode(self.path)
         if self.expect_hw is not None and tuple(rgb.shape[:2]) != tuple(self.expect_hw):
             h, w = self.expect_hw

@@ -15,7 +15,6 @@ cancels what is queued and joins every thread (no hung threads on Ctrl-C or on e
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -133,9 +132,6 @@ def _finish(
                 res.extra = per_image(res)
         except ValueError as e:  # UserError included: this image only
             res.error, res.detections = str(e), None
-    elif per_image is not None and error is not None:
-        with contextlib.suppress(ValueError):
-            res.extra = per_image(res)
     return res
 
 
@@ -209,9 +205,9 @@ def run_stream(
     ``batch``: images per model call (clamped to the model's range; the last batch may be short and is
     padded by the model). ``workers``: decode / postprocess threads. ``prefetch``: items decoded ahead
     (default 2 batches + workers). ``depth``: batches in flight in the model (2 = double-buffered).
-    ``per_image(result)`` runs in a worker right after postprocessing (writing per-image files, encoding
-    masks); its return value becomes ``result.extra``; a :class:`UserError` / ``ValueError`` from it fails
-    that image only.
+    ``per_image(result)`` runs in a worker right after postprocessing each image that did not fail (writing
+    per-image files, encoding masks); its return value becomes ``result.extra``; a :class:`UserError` /
+    ``ValueError`` from it fails that image only.
 
     ``processes``: run decode + letterbox and postprocessing + ``per_image`` in that many worker processes
     instead of threads (``prepare``, ``postprocess`` and ``per_image`` must then be picklable, and

@@ -33,6 +33,7 @@ MAX_REAL_IMAGES = 256
 MODE_TITLES = {
     "model": "model-only",
     "end-to-end": "end-to-end",
+    "streamed": "streamed",
     "baseline": "baseline",
 }
 
@@ -422,6 +423,51 @@ def _time_end_to_end(
     extra: Dict[str, Any] = {
         "stages_mean_ms": {k: round(sum(v[-iterations:]) / iterations, 4) for k, v in stages.items()},
         "detections_per_image": round(sum(counts[-iterations:]) / (iterations * batch), 2),
+    }
+    return samples, extra
+
+
+def _time_streamed(
+    target: _Target, paths: Sequence[Path], batch: int, iterations: int, warmup: int, step: Callable[[int], None]
+) -> Tuple[List[float], Dict[str, Any]]:
+    """The streaming runner over ``(warmup + iterations) * batch`` images (the folder cycled): decode, model and
+    postprocessing (COCO results with RLE masks) overlap. A sample is the wall time per batch in steady state
+    (successive batches' completions); ``images_per_s`` is the whole timed part's throughput and ``latency``
+    each image's time from entering the pipeline to its result (queueing included)."""
+    from ..runtime.coco import CocoEntries
+    from ..runtime.sources import Item
+
+    det = target.detector
+    n_warm, n = warmup * batch, iterations * batch
+    items = [Item(i, str(p), path=p) for i, p in enumerate(_cycle(paths, 0, n_warm + n))]
+    entered: Dict[int, float] = {}
+
+    def source() -> Any:
+        for it in items:
+            entered[it.index] = time.perf_counter()
+            yield it
+
+    done: List[float] = []
+    latency: List[float] = []
+    dets = 0
+    for r in det.stream(source(), batch=batch, per_image=CocoEntries(det.spec)):
+        t = time.perf_counter()
+        if r.error is not None:
+            raise RuntimeError(f"{r.name}: {r.error}")
+        if (r.index + 1) % batch == 0:
+            step(1)
+        if r.index >= n_warm:
+            done.append(t)
+            latency.append((t - entered[r.index]) * 1000.0)
+            dets += len(r.extra)
+    start = entered.get(n_warm, done[0]) if done else 0.0
+    ends = done[batch - 1 :: batch]
+    samples = [(b - a) * 1000.0 for a, b in zip([start, *ends[:-1]], ends)]
+    q = sorted(latency)
+    extra: Dict[str, Any] = {
+        "images_per_s": round(len(done) / (done[-1] - start), 2) if done and done[-1] > start else None,
+        "latency_ms": {f"p{p}": round(q[min(len(q) - 1, int(len(q) * p / 100))], 3) for p in (50, 90, 99)} if q else {},
+        "detections_per_image": round(dets / max(len(done), 1), 2),
     }
     return samples, extra
 
@@ -836,6 +882,7 @@ def bench_command(
         jobs: List[Tuple[str, int]] = [("model", b) for b in batches]
         if end_to_end:
             jobs += [("end-to-end", b) for b in batches]
+            jobs += [("streamed", b) for b in batches]
         if ref is not None:
             jobs += [("baseline", b) for b in batches]
         rows = _run_jobs(jobs, target, ref, arrays, paths, iterations, warmup, cuda_graph, console, fail)
@@ -933,6 +980,9 @@ def _run_jobs(
                     samples, timing, note = _time_model_only(target, arrays[b], iterations, warmup, cuda_graph, step)
                 elif mode == "end-to-end":
                     samples, extra = _time_end_to_end(target, paths, b, iterations, warmup, step)
+                    timing = "host"
+                elif mode == "streamed":
+                    samples, extra = _time_streamed(target, paths, b, iterations, warmup, step)
                     timing = "host"
                 else:
                     samples, timing, note = _time_baseline(ref, arrays[b], target.device, iterations, warmup, step)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import typer
 
@@ -162,30 +162,6 @@ def progress_print(progress, console, text: str) -> None:  # type: ignore[no-unt
     (bar.console if bar is not None else console).print(text)
 
 
-def _readable(paths, description: str, console, failures: List[dict]):  # type: ignore[no-untyped-def]
-    """Yield ``(image_id, path, rgb)`` for each decodable image (ids count every path, from 1), with a progress
-    bar; an unreadable image is reported, recorded in ``failures`` and skipped."""
-    from rich.markup import escape
-    from rich.progress import track
-
-    from ..runtime.preprocess import load_rgb
-
-    for image_id, path in enumerate(track(paths, description=description, console=console), start=1):
-        try:
-            rgb = load_rgb(path)
-        except ValueError as e:
-            failures.append({"image": str(path), "error": str(e)})
-            console.print(f"[yellow]skipped[/yellow] {escape(str(e))}")
-            continue
-        yield image_id, path, rgb
-
-
-def _coco_results(d, spec, image_id: int, file_name: str) -> List[dict]:  # type: ignore[no-untyped-def]
-    from ..runtime.coco import detections_to_coco
-
-    return [dict(r, file_name=file_name) for r in detections_to_coco(d, image_id, spec.category_ids, spec.label_ids)]
-
-
 def compare_command(
     candidate: str = typer.Argument(..., help="Export directory (or checkpoint with --model) to check."),
     images: str = typer.Option(..., "--images", help="Images: a file, a directory or a glob."),
@@ -273,11 +249,22 @@ def compare_command(
     except (ValueError, FileNotFoundError, ImportError) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
+    from ..runtime.stream import Progress
+
     refs, cands, used, skipped = [], [], [], []
-    for _, path, rgb in _readable(paths, "compare", console, skipped):
-        refs += ref([rgb])
-        cands += cand([rgb])
-        used.append(str(path))
+    progress = Progress("compare", len(paths), stream=console.file)
+    # both models stream over the same images in lockstep (each keeps input order)
+    for r, c in zip(ref.stream([str(p) for p in paths]), cand.stream([str(p) for p in paths])):
+        progress.update(r.ok and c.ok)
+        if not (r.ok and c.ok):
+            error = r.error if not r.ok else c.error
+            skipped.append({"image": r.name, "error": error})
+            progress_print(progress, console, f"[yellow]skipped[/yellow] {escape(str(error))}")
+            continue
+        refs.append(r.detections)
+        cands.append(c.detections)
+        used.append(r.name)
+    progress.close()
     if not refs:
         console.print(f"[red]error:[/red] none of the {len(paths)} images could be read; check --images")
         raise typer.Exit(1)
