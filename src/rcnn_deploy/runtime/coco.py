@@ -513,13 +513,15 @@ def evaluate_detector(
 
 
 class CocoEntries:
-    """The streaming runner's per-image function for evaluation: an image's COCO results (picklable)."""
+    """The streaming runner's per-image function: an image's COCO results (picklable). The image id is the
+    item's dataset id, else its 1-based position."""
 
     def __init__(self, spec: Any) -> None:
         self.spec = spec
 
     def __call__(self, r: Any) -> List[Dict[str, Any]]:
-        return detections_to_coco(r.detections, r.item.image_id, self.spec.category_ids, self.spec.label_ids)
+        image_id = r.item.image_id if r.item.image_id is not None else r.index + 1
+        return detections_to_coco(r.detections, image_id, self.spec.category_ids, self.spec.label_ids)
 
 
 def reference_ground_truth(
