@@ -204,7 +204,7 @@ def test_bench_export_end_to_end_and_torchvision_baseline(setup) -> None:  # typ
     assert doc["settings"]["batches"] == [1, 2] and doc["settings"]["iterations"] == 2
     assert doc["settings"]["images"] == {"source": "synthetic", "count": 2, "size_hw": [480, 640], "format": "jpg"}
     rows = {(r["mode"], r["batch"]): r for r in doc["results"]}
-    assert set(rows) == {(mode, b) for mode in ("model", "end-to-end", "baseline") for b in (1, 2)}
+    assert set(rows) == {(mode, b) for mode in ("model", "end-to-end", "streamed", "baseline") for b in (1, 2)}
     assert rows[("baseline", 1)]["engine"] == "torchvision-eager" and rows[("model", 2)]["engine"] == "onnxruntime"
     for r in doc["results"]:
         assert r["count"] == 2 and len(r["samples_ms"]) == 2 and r["timing"] == "host"
@@ -215,6 +215,9 @@ def test_bench_export_end_to_end_and_torchvision_baseline(setup) -> None:  # typ
     e2e = rows[("end-to-end", 2)]
     assert set(e2e["stages_mean_ms"]) == {"decode_preprocess_ms", "infer_ms", "postprocess_ms"}
     assert e2e["detections_per_image"] > 0  # masks were pasted: the confident weights detect something
+    streamed = rows[("streamed", 2)]  # the streaming runner: throughput, latency under load, same detections
+    assert streamed["images_per_s"] > 0 and streamed["latency_ms"]["p50"] > 0
+    assert streamed["detections_per_image"] == e2e["detections_per_image"]
     assert [d["batch"] for d in doc["speedup"]] == [1, 2] and all(d["speedup_model"] > 0 for d in doc["speedup"])
 
     md = (out / "bench.md").read_text()

@@ -258,3 +258,35 @@ def test_infer_command_streams_and_isolates_bad_images(export_dir, tmp_path):
     assert results != ["stale"] and sum(x.get("detections", 0) for x in lines) == len(results)
     assert all("segmentation" in e for e in results)
     assert len(list(out.glob("*.tsv"))) == 6 and len(list(out.glob("*.png"))) == 6
+
+
+def test_video_source_every_nth_frame_and_annotated_video(export_dir, tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    from typer.testing import CliRunner
+
+    from rcnn_deploy.cli import app
+    from rcnn_deploy.runtime.preprocess import load_rgb
+    from rcnn_deploy.runtime.sources import open_source
+
+    frames = [load_rgb(p) for p in sorted((export_dir / "images").iterdir())[:1]] * 6
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (256, 256))
+    for f in frames:
+        writer.write(np.ascontiguousarray(f[:, :, ::-1]))
+    writer.release()
+    items = list(open_source(video, stride=2))
+    assert [(it.index, it.frame) for it in items] == [(0, 0), (1, 2), (2, 4)]
+    assert [round(it.time_s, 3) for it in items] == [0.0, 0.2, 0.4] and items[0].array.shape == (256, 256, 3)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(
+        app,
+        ["infer", str(export_dir / "export"), str(video), "-o", str(out), "--stride", "2", "--save-video",
+         str(tmp_path / "annotated.mp4")],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [x["frame"] for x in lines] == [0, 2, 4] and lines[1]["time_s"] == pytest.approx(0.2)
+    cap = cv2.VideoCapture(str(tmp_path / "annotated.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    cap.release()
+    assert sorted(p.name for p in out.glob("*.tsv")) == ["clip_000000.tsv", "clip_000002.tsv", "clip_000004.tsv"]
