@@ -56,19 +56,17 @@ def main() -> None:
     a = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cli = [sys.executable, "-m", "rcnn_deploy.cli"]
+
+    def sh(args: list) -> None:
+        subprocess.run([str(x) for x in args], check=True, env=env, capture_output=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        subprocess.run(
-            [*cli, "export", "-m", "torchvision-maskrcnn", "-w", CKPT, "--height", a.size, "--width", a.size]
-            + ["--graph", "fused", "--second-nms-score-threshold", "0", "-o", t / "export"],
-            check=True, env=env, capture_output=True,
-        )  # fmt: skip
+        sh([*cli, "export", "-m", "torchvision-maskrcnn", "-w", CKPT, "--height", a.size, "--width", a.size]
+           + ["--graph", "fused", "--second-nms-score-threshold", "0", "-o", t / "export"])  # fmt: skip
         h, w = a.photo_hw
-        subprocess.run(
-            [*cli, "data", "synth", "-o", t / "photo", "-n", "1", "--height", h, "--width", w]
-            + ["--image-format", "jpg", "--min-objects", "12", "--max-objects", "20"],
-            check=True, env=env, capture_output=True,
-        )  # fmt: skip
+        sh([*cli, "data", "synth", "-o", t / "photo", "-n", "1", "--height", h, "--width", w]
+           + ["--image-format", "jpg", "--min-objects", "12", "--max-objects", "20"])  # fmt: skip
         photo = next((t / "photo" / "images").iterdir())
         os.environ["PYTHONPATH"] = env["PYTHONPATH"]
         rows = {}

@@ -290,3 +290,41 @@ def test_video_source_every_nth_frame_and_annotated_video(export_dir, tmp_path):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
     cap.release()
     assert sorted(p.name for p in out.glob("*.tsv")) == ["clip_000000.tsv", "clip_000002.tsv", "clip_000004.tsv"]
+
+
+def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(export_dir, tmp_path):
+    """SIGINT mid-run: the process exits promptly, results.jsonl has the finished images, and summary.json /
+    results.json are written with complete=false and the reason."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    images = tmp_path / "many"
+    images.mkdir()
+    src = sorted((export_dir / "images").iterdir())
+    for i in range(40):
+        (images / f"{i:03d}{src[i % len(src)].suffix}").write_bytes(src[i % len(src)].read_bytes())
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "rcnn_deploy.cli", "infer", str(export_dir / "export"), str(images), "-o", str(out)]
+    p = subprocess.Popen(cmd + ["--no-visualize"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and p.poll() is None:
+        lines = (out / "results.jsonl").read_text().splitlines() if (out / "results.jsonl").exists() else []
+        if len(lines) >= 2:
+            break
+        time.sleep(0.2)
+    assert p.poll() is None, p.stderr.read().decode()[-2000:]
+    p.send_signal(signal.SIGINT)
+    try:
+        p.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        pytest.fail("infer did not stop within 60 s of Ctrl-C")
+    assert p.returncode != 0
+    summary = json.loads((out / "summary.json").read_text())
+    done = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert summary["complete"] is False and "interrupted" in summary["stopped"]
+    assert summary["processed"] == len(done) and 2 <= len(done) < 40
+    assert len(json.loads((out / "results.json").read_text())) == sum(x.get("detections", 0) for x in done)
