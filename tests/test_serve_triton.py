@@ -195,6 +195,11 @@ def test_python_repository_config_parses_and_bundles_code_and_model(work, tmp_pa
     assert sorted(p.name for p in (v / "model").iterdir()) == sorted(p.name for p in (root / "export").iterdir())
     with pytest.raises(UserError, match="not empty"):
         write_python_repo(root / "export", repo, RepoOptions())
+    # a checkpoint: the model name it records, the file copied, the input size as a parameter
+    ck = write_python_repo(CHECKPOINT, tmp_path / "ck", RepoOptions(input_hw=(320, 320)))
+    params = {k: v.string_value for k, v in _configs(tmp_path / "ck")["rcnn_detector"].parameters.items()}
+    assert params["model"] == "torchvision-maskrcnn" and params["input_hw"] == "320,320"
+    assert params["model_path"] == f"model/{CHECKPOINT.name}" and (ck / "1" / "model" / CHECKPOINT.name).is_file()
     with pytest.raises(UserError, match="no contract.json"):
         write_python_repo(tmp_path, tmp_path / "other", RepoOptions())
     with pytest.raises(UserError, match="max-batch"):
@@ -475,6 +480,28 @@ def test_bad_requests_get_an_error_naming_the_problem_and_the_server_keeps_servi
         _check_same(good, refs[1], names)
     finally:
         http.close()
+
+
+@needs_server
+def test_python_flavour_serves_a_pytorch_checkpoint(work, tmp_path):
+    """Any backend Detector.load takes: here the checkpoint itself, run by torch inside the Python backend."""
+    from rcnn_deploy.api import Detector
+
+    root, images = work
+    repo = tmp_path / "repo"
+    write_python_repo(CHECKPOINT, repo, RepoOptions(name=MODEL, input_hw=(320, 320), link=True))
+    det = Detector.load(CHECKPOINT, input_hw=(320, 320))
+    (ref,) = det([images[3]])
+    names = C.class_name_lookup(det.spec.class_names, det.spec.label_ids)
+    server = _start(repo, tmp_path / "torch.log")
+    try:
+        http = _http(server)
+        (served,) = _infer(http, [images[3]])
+        http.close()
+    finally:
+        server.stop()
+    _assert_stopped(server)
+    _check_same(served, ref, names, box_atol=1e-2)
 
 
 # --------------------------------------------------------------------- tensorrt flavour, engine stand-in
