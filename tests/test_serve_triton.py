@@ -299,6 +299,26 @@ def test_cli_defaults_match_the_library():
     assert tools.DEFAULT_MAX_PIXELS == C.DEFAULT_MAX_PIXELS
 
 
+def test_triton_repo_command(work, tmp_path):
+    from typer.testing import CliRunner
+
+    from rcnn_deploy.cli import app
+
+    root, _ = work
+    out = tmp_path / "repo"
+    args = ["triton-repo", str(root / "export"), "-o", str(out), "--max-batch", "2", "--instances", "2"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    cfg = _configs(out)["rcnn_detector"]
+    assert cfg.max_batch_size == 2 and cfg.instance_group[0].count == 2
+    res = CliRunner().invoke(app, [*args, "--flavour", "onnx"])
+    assert res.exit_code == 2 and "unknown flavour 'onnx'" in res.output, res.output
+    res = CliRunner().invoke(
+        app, ["triton-repo", str(root / "export"), "-o", str(tmp_path / "t"), "--flavour", "tensorrt"]
+    )
+    assert res.exit_code == 2 and "needs one fused engine" in " ".join(res.output.split()), res.output
+
+
 def test_serve_without_a_tritonserver_says_how_to_install_one(tmp_path):
     env = {**os.environ, "RCNN_DEPLOY_TRITONSERVER": str(tmp_path / "missing"), "PYTHONPATH": str(ROOT / "src")}
     p = subprocess.run(
