@@ -178,7 +178,8 @@ def prepare_bundle(install: TritonInstall, workdir: Path) -> Dict[str, Any]:
     numpy_dir = stub_site()
     if numpy_dir is not None:
         lines.append(str(numpy_dir))
-    for d in [*site.getsitepackages(), site.getusersitepackages()]:
+    dirs = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
+    for d in dirs:
         if os.path.isdir(d):
             lines.append(f"import site; site.addsitedir({d!r})")
     purelib = Path(sysconfig.get_path("purelib", vars={"base": str(env_dir), "platbase": str(env_dir)}))
