@@ -479,6 +479,11 @@ def test_bad_requests_get_an_error_naming_the_problem_and_the_server_keeps_servi
                 _infer(http, [data])
             assert e.value.status() == "400", (what, e.value)  # INVALID_ARG: the client's fault, not the server's
             assert http.is_server_ready(), what
+        grpc = _grpc(served)  # the same over gRPC: INVALID_ARGUMENT with the message
+        with pytest.raises(InferenceServerException, match="not a decodable image") as e:
+            _infer(grpc, [b"plain text, not an image"], "grpc")
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT", e.value
+        grpc.close()
         # a good image and a bad one in the same request: the request fails, naming the bad row
         with pytest.raises(InferenceServerException, match=r"IMAGE\[1\]: not a decodable image"):
             _infer(http, [work[1][0], b"junk"])
