@@ -17,6 +17,7 @@ from .tools.demo import demo_command
 from .tools.evaluate import eval_command
 from .tools.export import export_command
 from .tools.infer import compare_command, infer_command
+from .tools.serve import serve_command, triton_repo_command
 from .tools.train import train_command
 
 
@@ -54,6 +55,8 @@ app.command("bench")(bench_command)
 app.command("eval")(eval_command)
 app.command("train")(train_command)
 app.command("demo")(demo_command)
+app.command("triton-repo")(triton_repo_command)
+app.command("serve")(serve_command)
 
 
 @app.callback()
