@@ -10,6 +10,8 @@ process and reads its peak RSS (``ru_maxrss`` of the child):
   infer-no-png      the same without the visualisation
   dense-masks       the Python API reading ``Detections.masks`` (the full [N, H, W] bool array, made on demand):
                     what every run paid before masks became lazy
+  model-only        the backend loaded and run once on a 64x64 image: the model's own share, subtracted in
+                    ``above_model_mib``
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "checkpoints" / "shapes_maskrcnn_r50fpn.pt"
+
+MODEL_ONLY = """
+import sys
+import numpy as np
+from rcnn_deploy.api import Detector
+d = Detector.load(sys.argv[1])
+d([np.zeros((64, 64, 3), np.uint8)])
+"""
 
 DENSE = """
 import sys
@@ -73,6 +83,7 @@ def main() -> None:
         rows["infer"] = child_peak([*cli, "infer", t / "export", photo, "-o", t / "out1"])
         rows["infer-no-png"] = child_peak([*cli, "infer", t / "export", photo, "-o", t / "out2", "--no-visualize"])
         rows["dense-masks"] = child_peak([sys.executable, "-c", DENSE, t / "export", photo])
+        rows["model-only"] = child_peak([sys.executable, "-c", MODEL_ONLY, t / "export"])
         results = json.loads((t / "out1" / "results.json").read_text())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     doc = {
@@ -83,6 +94,10 @@ def main() -> None:
         "input_hw": [a.size, a.size],
         "detections": len(results),
         "peak_rss_mib": {k: v["peak_rss_mib"] for k, v in rows.items()},
+        # above the model-only process (the backend loaded and run once on a 64x64 image): the pipeline's share
+        "above_model_mib": {
+            k: round(v["peak_rss_mib"] - rows["model-only"]["peak_rss_mib"], 1) for k, v in rows.items()
+        },
         "exit_codes": {k: v["rc"] for k, v in rows.items()},
     }
     Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")

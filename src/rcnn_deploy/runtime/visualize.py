@@ -44,21 +44,24 @@ def render(image: np.ndarray, det: Detections, names: Sequence[str], label_ids: 
     """The picture :func:`draw` saves, as an ``[H, W, 3]`` uint8 RGB array (video frames use it)."""
     from PIL import Image, ImageDraw
 
-    canvas = image.astype(np.float32).copy()
+    canvas = np.array(image, dtype=np.uint8, copy=True)  # uint8 throughout: no float copy of the image
     rng = np.random.default_rng(0)
     colours = rng.integers(64, 256, size=(max(len(det), 1), 3)).astype(np.float32)
+
+    def blend(view: np.ndarray, where: np.ndarray, col: np.ndarray) -> None:
+        view[where] = (0.5 * view[where].astype(np.float32) + 0.5 * col).round().clip(0, 255).astype(np.uint8)
+
     pasted = det.pasted
     if pasted is not None and pasted.image_hw == image.shape[:2]:
         for i, col in enumerate(colours[: len(det)]):
             r = pasted.region(i)  # the box region only: no image-sized array per mask
             if r is not None:
                 y0, y1, x0, x1, crop = r
-                view = canvas[y0:y1, x0:x1]
-                view[crop] = 0.5 * view[crop] + 0.5 * col
+                blend(canvas[y0:y1, x0:x1], crop, col)
     elif det.masks is not None and det.masks.ndim == 3 and det.masks.shape[1:] == image.shape[:2]:
         for m, col in zip(det.masks, colours):
-            canvas[m] = 0.5 * canvas[m] + 0.5 * col
-    im = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+            blend(canvas, m, col)
+    im = Image.fromarray(canvas)
     dr = ImageDraw.Draw(im)
     for b, s, c, col in zip(det.boxes, det.scores, det.classes, colours):
         colour = tuple(int(v) for v in col)

@@ -20,7 +20,6 @@ Outputs, per image (row ``b`` of a request), padded to ``N`` = the largest detec
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
@@ -53,47 +52,29 @@ class BadImage(ValueError):
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, where: str = INPUT) -> np.ndarray:
-    """Encoded image bytes -> ``[H, W, 3]`` uint8 RGB.
-
-    The size is read from the header and checked against ``max_pixels`` before any pixel is decoded, so a
-    decompression bomb (a small file that decodes to gigapixels) is refused without allocating it. Raises
-    :class:`BadImage` naming ``where`` and the problem. (Decoding here, not in
-    ``rcnn_deploy.runtime.preprocess.load_rgb``: that one takes paths, and bytes need the size check first.)
-    """
-    from PIL import Image, UnidentifiedImageError
+    """Encoded image bytes -> ``[H, W, 3]`` uint8 RGB, decoded by the runtime's own loader
+    (:func:`rcnn_deploy.runtime.preprocess.load_rgb`: EXIF orientation, every Pillow mode, and the size read
+    from the header and checked against ``max_pixels`` before any pixel is decoded, so a decompression bomb is
+    refused without allocating it). Raises :class:`BadImage` naming ``where`` and the problem."""
+    from ..runtime.preprocess import load_rgb
 
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise BadImage(f"{where}: expected encoded image bytes, got {type(data).__name__}")
     if len(data) == 0:
         raise BadImage(f"{where}: empty image (0 bytes); send the encoded file's bytes (JPEG, PNG, ...)")
     try:
-        with Image.open(io.BytesIO(bytes(data))) as im:
-            w, h = im.size
-            if w < 1 or h < 1:
-                raise BadImage(f"{where}: image has no pixels ({w}x{h})")
-            if w * h > max_pixels:
-                raise BadImage(
-                    f"{where}: image is {w}x{h} = {w * h} pixels, over this server's limit of {max_pixels} "
-                    "(decompression bomb?); send a smaller image"
-                )
-            im.load()
-            return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-    except BadImage:
-        raise
-    except UnidentifiedImageError:
-        head = bytes(data[:8])
-        raise BadImage(
-            f"{where}: not a decodable image ({len(data)} bytes starting {head!r}): Pillow recognises no image "
-            "format in it; send the encoded file's bytes (JPEG, PNG, BMP, WebP, ...)"
-        ) from None
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"{where}: refused as a decompression bomb: {e}") from None
-    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
-        raise BadImage(f"{where}: corrupt or truncated image ({len(data)} bytes): {e}") from None
+        return load_rgb(data, max_pixels=max_pixels, name=where)
+    except ValueError as e:  # UserError: what, where (the input row) and how to fix
+        raise BadImage(str(e)) from None
 
 
-def mask_rles(masks: Optional[np.ndarray]) -> List[str]:
-    """``[N, H, W]`` bool pasted masks -> N COCO RLE JSON strings (``{"size": [H, W], "counts": "..."}``)."""
+def mask_rles(masks: Any) -> List[str]:
+    """An image's masks -> N COCO RLE JSON strings (``{"size": [H, W], "counts": "..."}``): from each mask's box
+    region when they are lazily pasted (``Detections.pasted``), else from ``[N, H, W]`` bool masks."""
+    from ..runtime.masks import PastedMasks
+
+    if isinstance(masks, PastedMasks):
+        return [json.dumps(masks.rle(i), separators=(",", ":")) for i in range(len(masks))]
     if masks is None or masks.ndim != 3 or not len(masks):
         return []
     from pycocotools import mask as mask_util
@@ -132,7 +113,7 @@ def pack_outputs(dets: Sequence[Any], names: Dict[int, str]) -> Dict[str, np.nda
         out[SCORES][i, :k] = d.scores
         out[CLASSES][i, :k] = d.classes
         out[CLASS_NAMES][i, :k] = [names.get(int(c), f"label {int(c)}").encode("utf-8") for c in d.classes]
-        for j, rle in enumerate(mask_rles(d.masks)):
+        for j, rle in enumerate(mask_rles(d.pasted if d.pasted is not None else d.masks)):
             out[MASKS][i, j] = rle.encode("ascii")
     return out
 
