@@ -86,6 +86,7 @@ def main() -> None:
         rows["model-only"] = child_peak([sys.executable, "-c", MODEL_ONLY, t / "export"])
         results = json.loads((t / "out1" / "results.json").read_text())
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    base = rows["model-only"]["peak_rss_mib"]
     doc = {
         "script": "benchmarks/memory_bench.py",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
