@@ -328,3 +328,42 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(export_dir, tmp_path):
     assert summary["complete"] is False and "interrupted" in summary["stopped"]
     assert summary["processed"] == len(done) and 2 <= len(done) < 40
     assert len(json.loads((out / "results.json").read_text())) == sum(x.get("detections", 0) for x in done)
+
+
+def test_folder_with_a_decompression_bomb_and_a_1x5000_image(export_dir, tmp_path):
+    """The reliability case: good images beside a decompression bomb (a small PNG declaring 20000x20000) and a
+    1x5000 image. Every good image gets its outputs (the thin one too: it decodes, and its boxes map back
+    without dividing by zero), the bomb is reported and skipped, results.json and summary.json are complete."""
+    import struct
+    import zlib
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from rcnn_deploy.cli import app
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for p in sorted((export_dir / "images").iterdir())[:3]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    Image.fromarray(np.full((1, 5000, 3), 128, np.uint8)).save(folder / "thin.png")
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)  # 400 megapixels, RGB
+    idat = zlib.compress(b"\x00" * 64)
+    (folder / "bomb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["infer", str(export_dir / "export"), str(folder), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is True and summary["images"] == 5 and summary["written"] == 4
+    assert len(summary["failures"]) == 1 and summary["failures"][0]["image"].endswith("bomb.png")
+    assert "max-pixels" in summary["failures"][0]["error"]
+    assert sorted(p.stem for p in out.glob("*.tsv")) == sorted(
+        [*(p.stem for p in folder.iterdir() if p.stem != "bomb")]
+    )
+    json.loads((out / "results.json").read_text())
