@@ -48,6 +48,25 @@ def infer_command(
         help="torch, onnxruntime or tensorrt (default: from MODEL_PATH; an engine file runs tensorrt; tensorrt on"
         " a split export runs its three engines: each graph's ONNX file name with .engine).",
     ),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Run on Ray Data (a local instance, or --ray-address): decoding in CPU tasks, the model in an actor"
+        " pool, results sharded under OUTPUT/shards and merged into the same files. INPUT may also be a list file"
+        " (.txt, one image path per line). Needs pip install 'rcnn-deploy[ray]'.",
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="With --ray: a Ray cluster to connect to (e.g. auto, ray://head:10001)."
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="With --ray: model actors (default: one per GPU of the cluster; CPU-only: 1)."
+    ),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, "--gpus-per-worker", help="With --ray: GPUs per actor (default 1 where the cluster has GPUs, else 0)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="With --ray: keep the finished shards of the same job in OUTPUT and run the rest."
+    ),
 ) -> None:
     """Detect objects in images: per image a visualisation and a TSV, plus one COCO results JSON.
 
@@ -56,7 +75,30 @@ def infer_command(
       rcnn-deploy infer out/ data/images -o runs/infer
 
       rcnn-deploy infer model.pth "photos/*.jpg" -m torchvision-maskrcnn --height 800 --width 800 -o runs/infer
+
+      rcnn-deploy infer out/ data/images -o runs/infer --ray --workers 2 --batch 4 --resume
     """
+    if ray or resume or ray_address or workers is not None or gpus_per_worker is not None:
+        from ..scale.commands import run_ray_infer
+
+        return run_ray_infer(
+            ray=ray,
+            model_path=model_path,
+            source=source,
+            output=output,
+            model=model,
+            height=height,
+            width=width,
+            batch=batch,
+            nms_threshold=nms_threshold,
+            mask_threshold=mask_threshold,
+            visualize=visualize,
+            backend=backend,
+            ray_address=ray_address,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            resume=resume,
+        )
     from rich.console import Console
     from rich.markup import escape
 
