@@ -201,3 +201,33 @@ def test_eval_on_ray_scores_the_merged_results_like_a_local_eval(job, tmp_path):
     assert on_ray == local
     run = json.loads((tmp_path / "ray.json.shards" / "run.json").read_text())
     assert run["images"] == 4 and run["exactly_once"]
+
+
+def test_ray_detector_in_a_users_own_pipeline(job, tmp_path):
+    """The README's example: ray.data.read_images -> map_batches(RayDetector) gives the local run's detections."""
+    from rcnn_deploy.scale import RayDetector
+
+    folder = tmp_path / "four"
+    folder.mkdir()
+    for p in sorted(job["images"].glob("*.png"))[:4]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    ds = ray.data.read_images(str(folder), mode="RGB", include_paths=True)
+    ds = ds.map_batches(
+        RayDetector,
+        fn_constructor_kwargs={"model_path": str(job["export"]), "batch": 2},
+        batch_size=2,
+        compute=ray.data.ActorPoolStrategy(size=1),
+        num_cpus=1,
+    )
+    rows = sorted(ds.take_all(), key=lambda r: r["path"])
+    assert [Path(r["path"]).name for r in rows] == sorted(p.name for p in folder.iterdir())
+    local = json.loads((job["local"] / "results.json").read_text())
+    for r in rows:
+        name = Path(r["path"]).name
+        want = [
+            {k: v for k, v in e.items() if k not in ("image_id", "file_name")} for e in local if e["file_name"] == name
+        ]
+        got = [{k: v for k, v in e.items() if k != "image_id"} for e in json.loads(r["coco"])]
+        assert got == want and r["num_detections"] == len(want) > 0
+        assert r["boxes"].shape == (len(want), 4) and r["scores"].shape == r["classes"].shape == (len(want),)
+        assert "image" not in r

@@ -34,7 +34,7 @@ def _record(plan: Plan, image_id: int, worker: str = "w:1", dets: int = 1) -> Im
     entries = [
         {"image_id": image_id, "category_id": 1, "score": 0.9 - 0.1 * k, "file_name": it.name} for k in range(dets)
     ]
-    return ImageRecord(it.index, image_id, worker, entries)
+    return ImageRecord.from_entries(it.index, image_id, worker, entries)
 
 
 def test_collector_drops_duplicates_commits_complete_shards_and_merge_keeps_plan_order(tmp_path):

@@ -10,7 +10,8 @@ The pipeline (``rcnn-deploy infer/eval --ray``, or :func:`infer_on_ray` / :func:
   size and the settings that change the results, so ``--resume`` can refuse a different job.
 * **Workers.** Actors run :class:`RayDetector` (the public callable class for a user's own Ray pipeline); the
   command's subclass also writes each image's ``NAME.tsv`` / ``NAME.png`` (``rcnn_deploy.runtime.sinks``,
-  exactly as the local ``infer``) and returns the image's COCO results entries as a JSON string.
+  exactly as the local ``infer``) and returns the image's COCO results entries as JSON lines (text the driver
+  stores without parsing).
 * **Shards.** The driver collects rows per shard; a shard whose images have all arrived is committed: its COCO
   results as JSON lines (``shards/NNNNN.jsonl``, one entry per line), then its manifest (``shards/NNNNN.json``:
   every image's id, worker, entry count or error). Both are written atomically, the manifest last, so a shard
@@ -193,16 +194,26 @@ class ImageRecord:
     index: int
     image_id: int
     worker: str
-    entries: List[Dict[str, Any]] = field(default_factory=list)
+    lines: str = ""  # the image's COCO results entries, one JSON object per line, each line ending in "\n"
+    detections: int = 0  # how many lines
     error: Optional[str] = None
+
+    @classmethod
+    def from_entries(cls, index: int, image_id: int, worker: str, entries: Sequence[Mapping[str, Any]]) -> ImageRecord:
+        return cls(index, image_id, worker, json_lines(entries), len(entries))
 
     def manifest(self) -> Dict[str, Any]:
         d: Dict[str, Any] = {"index": self.index, "image_id": self.image_id, "worker": self.worker}
         if self.error is not None:
             d["error"] = self.error
         else:
-            d["detections"] = len(self.entries)
+            d["detections"] = self.detections
         return d
+
+
+def json_lines(entries: Sequence[Mapping[str, Any]]) -> str:
+    """One JSON object per line (what a shard's ``.jsonl`` holds)."""
+    return "".join(json.dumps(e) + "\n" for e in entries)
 
 
 @dataclass
@@ -293,11 +304,11 @@ class ShardStore:
     def commit(self, k: int, records: Sequence[ImageRecord], backend: str) -> None:
         """Write the shard's JSON lines, then (the commit point) its manifest."""
         records = sorted(records, key=lambda r: r.index)
-        lines = [json.dumps(e) for r in records for e in r.entries]
-        atomic_write_text(self.jsonl(k), "".join(line + "\n" for line in lines))
+        atomic_write_text(self.jsonl(k), "".join(r.lines for r in records if r.error is None))
+        entries = sum(r.detections for r in records if r.error is None)
         atomic_write_json(
             self.manifest(k),
-            {"shard": k, "backend": backend, "entries": len(lines), "images": [r.manifest() for r in records]},
+            {"shard": k, "backend": backend, "entries": entries, "images": [r.manifest() for r in records]},
         )
 
     def _read_jsonl(self, k: int) -> List[Dict[str, Any]]:
@@ -375,6 +386,8 @@ class ShardCollector:
             raise RuntimeError(
                 f"a worker returned image id {record.image_id} for shard {shard}, which does not hold it"
             )
+        if record.error is None and record.lines.count("\n") != record.detections:
+            raise RuntimeError(f"image {record.image_id}: {record.detections} detections but other JSON lines")
         self.got[shard][record.image_id] = record
         self.backend = self.backend or backend
         self.workers[record.worker] += 1
@@ -433,9 +446,9 @@ class RayDetector:
         from rcnn_deploy.scale import RayDetector
 
         ds = ray.data.read_images("photos/", mode="RGB", include_paths=True)        # columns: image, path
-        ds = ds.map_batches(RayDetector, fn_constructor_kwargs={"model_path": "runs/fused"},
-                            batch_size=8, concurrency=2, num_gpus=1)                # num_gpus=0 on CPUs
-        ds.drop_columns(["coco"]).write_parquet("detections/")
+        ds = ds.map_batches(RayDetector, fn_constructor_kwargs={"model_path": "runs/fused", "batch": 8},
+                            batch_size=8, compute=ray.data.ActorPoolStrategy(size=2), num_gpus=1)  # 0 on CPUs
+        ds.write_parquet("detections/")
 
     Input rows need an ``image_column`` (``[H, W, 3]`` uint8 RGB; gray and RGBA are converted) or, without it, a
     ``path_column`` of image files. Output rows keep the input columns (the image only with ``keep_image``) and
@@ -543,7 +556,7 @@ def _decode_shards(batch: Dict[str, np.ndarray], mode: str) -> Dict[str, Any]:
 
 class _ShardWorker(RayDetector):
     """The commands' actor: ``infer`` also writes each image's TSV / PNG (``ImageOutputs``); every row comes back
-    with its COCO results entries (JSON), the worker's label and the backend."""
+    with its COCO results entries (JSON lines) and their count, the worker's label and the backend."""
 
     def __init__(
         self,
@@ -575,7 +588,7 @@ class _ShardWorker(RayDetector):
         errors = [str(e) for e in batch["error"]]
         ok = [i for i in range(n) if not errors[i]]
         rgbs = {i: _as_rgb(batch["image"][i]) for i in ok}
-        coco = ["[]"] * n
+        coco = [""] * n
         counts = np.zeros(n, np.int64)
         for i, d in zip(ok, self.detect([rgbs[i] for i in ok])):
             image_id = int(batch["image_id"][i])
@@ -583,7 +596,7 @@ class _ShardWorker(RayDetector):
                 entries = self.outputs.write(image_id, str(batch["path"][i]), rgbs[i], d)
             else:
                 entries = coco_entries(d, self.detector.spec, image_id)
-            coco[i] = json.dumps(entries)
+            coco[i] = json_lines(entries)
             counts[i] = len(entries)
         return {
             "index": batch["index"],
@@ -771,9 +784,14 @@ def _run_plan(
                 stats.first_rows = len(b["index"])
             for i in range(len(b["index"])):
                 err = str(b["error"][i])
-                rec = ImageRecord(int(b["index"][i]), int(b["image_id"][i]), str(b["worker"][i]), error=err or None)
-                if not err:
-                    rec.entries = json.loads(str(b["coco"][i]))
+                rec = ImageRecord(
+                    int(b["index"][i]),
+                    int(b["image_id"][i]),
+                    str(b["worker"][i]),
+                    lines=str(b["coco"][i]),
+                    detections=int(b["detections"][i]),
+                    error=err or None,
+                )
                 collector.add(int(b["shard"][i]), rec, str(b["backend"][i]))
             if progress is not None:
                 progress(base + collector.received, total, dict(collector.workers))

@@ -44,7 +44,10 @@ def eval_command(
         " shards are kept in OUTPUT.shards/ beside -o. Needs pip install 'rcnn-deploy[ray]'.",
     ),
     ray_address: Optional[str] = typer.Option(
-        None, "--ray-address", help="With --ray: a Ray cluster to connect to (e.g. auto, ray://head:10001)."
+        None,
+        "--ray-address",
+        help="With --ray: the Ray cluster to connect to (auto: the cluster of this node; default: RAY_ADDRESS, else a"
+        " local instance).",
     ),
     workers: Optional[int] = typer.Option(
         None, "--workers", help="With --ray: model actors (default: one per GPU of the cluster; CPU-only: 1)."
