@@ -56,6 +56,27 @@ def eval_command(
         None, "--max-images", callback=args.positive_int, help="Evaluate only the first N images of the annotations."
     ),
     library: str = typer.Option("auto", help="COCO evaluation library: auto, faster-coco-eval or pycocotools."),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Run the images on Ray Data (a local instance, or --ray-address) and score the merged results; the"
+        " shards are kept in OUTPUT.shards/ beside -o. Needs pip install 'rcnn-deploy[ray]'.",
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None,
+        "--ray-address",
+        help="With --ray: the Ray cluster to connect to (auto: the cluster of this node; default: RAY_ADDRESS, else a"
+        " local instance).",
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="With --ray: model actors (default: one per GPU of the cluster; CPU-only: 1)."
+    ),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, "--gpus-per-worker", help="With --ray: GPUs per actor (default 1 where the cluster has GPUs, else 0)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="With --ray and -o: keep the finished shards of the same job and run the rest."
+    ),
 ) -> None:
     """COCO mAP (bbox, and segm for Mask R-CNN): AP, AP50, AP75, APs, APm, APl; all 12 numbers with -o.
 
@@ -69,7 +90,30 @@ def eval_command(
       rcnn-deploy eval out/ -a coco/annotations/instances_val2017.json --images coco/val2017 -o map.json
 
       rcnn-deploy eval model.pth -m torchvision-maskrcnn --height 800 --width 800 -a data/annotations.json
+
+      rcnn-deploy eval out/ -a data/annotations.json -o map.json --ray --workers 2 --resume
     """
+    if ray or resume or ray_address or workers is not None or gpus_per_worker is not None:
+        from ..scale.commands import run_ray_eval
+
+        return run_ray_eval(
+            ray=ray,
+            model_path=model_path,
+            annotations=annotations,
+            images=images,
+            model=model,
+            height=height,
+            width=width,
+            batch=batch,
+            backend=backend,
+            output=output,
+            max_images=max_images,
+            library=library,
+            ray_address=ray_address,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            resume=resume,
+        )
     from rich.console import Console
     from rich.markup import escape
     from rich.progress import (

@@ -64,15 +64,37 @@ def infer_command(
         help="torch, onnxruntime or tensorrt (default: from MODEL_PATH; an engine file runs tensorrt; tensorrt on"
         " a split export runs its three engines: each graph's ONNX file name with .engine).",
     ),
-    workers: Optional[int] = typer.Option(
-        None, min=1, help="Decode / postprocess threads (default: one per CPU core, at most 16)."
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, help="Decode / postprocess threads (default: one per CPU core, at most 16)."
     ),
     max_pixels: Optional[int] = typer.Option(
-        None, min=1, help="Refuse images with more pixels than this (decompression-bomb guard; default 178956970)."
+        None, min=1, help="Refuse images with more pixels than this (decompression-bomb guard; default 100000000)."
     ),
     stride: int = typer.Option(1, min=1, help="Video input: every Nth frame."),
     save_video: Optional[Path] = typer.Option(
         None, "--save-video", help="Video input: write the annotated frames as this mp4 (instead of PNGs)."
+    ),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Run on Ray Data (a local instance, or --ray-address): decoding in CPU tasks, the model in an actor"
+        " pool, results sharded under OUTPUT/shards and merged into the same files. INPUT may also be a list file"
+        " (.txt, one image path per line). Needs pip install 'rcnn-deploy[ray]'.",
+    ),
+    ray_address: Optional[str] = typer.Option(
+        None,
+        "--ray-address",
+        help="With --ray: the Ray cluster to connect to (auto: the cluster of this node; default: RAY_ADDRESS, else a"
+        " local instance).",
+    ),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", help="With --ray: model actors (default: one per GPU of the cluster; CPU-only: 1)."
+    ),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, "--gpus-per-worker", help="With --ray: GPUs per actor (default 1 where the cluster has GPUs, else 0)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="With --ray: keep the finished shards of the same job in OUTPUT and run the rest."
     ),
 ) -> None:
     """Detect objects in images or video: per image a visualisation and a TSV, plus one COCO results JSON.
@@ -89,7 +111,29 @@ def infer_command(
       rcnn-deploy infer model.pth "photos/*.jpg" -m torchvision-maskrcnn --height 800 --width 800 -o runs/infer
 
       rcnn-deploy infer out/ clip.mp4 --stride 5 --save-video runs/clip.mp4 -o runs/clip
+      rcnn-deploy infer out/ data/images -o runs/infer --ray --workers 2 --batch 4 --resume
     """
+    if ray or resume or ray_address or workers is not None or gpus_per_worker is not None:
+        from ..scale.commands import run_ray_infer
+
+        return run_ray_infer(
+            ray=ray,
+            model_path=model_path,
+            source=source,
+            output=output,
+            model=model,
+            height=height,
+            width=width,
+            batch=batch,
+            nms_threshold=nms_threshold,
+            mask_threshold=mask_threshold,
+            visualize=visualize,
+            backend=backend,
+            ray_address=ray_address,
+            workers=workers,
+            gpus_per_worker=gpus_per_worker,
+            resume=resume,
+        )
     from rich.console import Console
     from rich.markup import escape
 
@@ -128,7 +172,7 @@ def infer_command(
     stopped: Optional[str] = None
     try:
         for r in det.stream(
-            items, batch=batch, workers=workers, keep_images=visualize or video, per_image=writer.per_image, stats=stats
+            items, batch=batch, workers=threads, keep_images=visualize or video, per_image=writer.per_image, stats=stats
         ):
             if not r.ok:
                 progress_print(progress, console, f"[yellow]skipped[/yellow] {escape(str(r.error))}")
