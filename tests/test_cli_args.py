@@ -415,6 +415,15 @@ class _NoModel:
 
         return [Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))] * len(images)
 
+    def stream(self, items: Any, per_image: Any = None, processes: Any = None) -> Any:
+        """Detector.stream's interface: every item "detected" with nothing, counted as calls."""
+        from rcnn_deploy.runtime.stream import StreamResult
+
+        for it in items:
+            r = StreamResult(it, detections=self([None])[0])
+            r.extra = per_image(r) if per_image is not None else None
+            yield r
+
 
 @pytest.fixture()
 def shapes(tmp_path: Path) -> Path:

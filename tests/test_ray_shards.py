@@ -126,7 +126,7 @@ def test_inputs_list_file_ids_and_shard_size(tmp_path):
     items = infer_items(paths)
     assert [(it.image_id, it.name) for it in items] == [(1, "b.png"), (2, "a.png")]
     assert [p.name for p in list_inputs(tmp_path / "imgs")] == ["a.png", "b.png"]  # find_images order
-    with pytest.raises(UserError, match="no images"):
+    with pytest.raises(UserError, match="does not exist"):
         list_inputs(tmp_path / "nothing_here")
     (tmp_path / "empty.txt").write_text("# nothing\n")
     with pytest.raises(UserError, match="names no images"):

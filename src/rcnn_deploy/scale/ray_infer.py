@@ -526,16 +526,18 @@ class RayDetector:
 def _decode_shards(batch: Dict[str, np.ndarray], mode: str) -> Dict[str, Any]:
     """CPU task: a batch of shard rows (``shard``, ``items``: the shard's work items as JSON) -> one row per image
     with its decoded ``image`` (an unreadable one gets a 1x1 placeholder and its ``error``)."""
-    from ..runtime.coco import _read_gt_image
     from ..runtime.preprocess import load_rgb
+    from ..runtime.sources import Item
 
     cols: Dict[str, List[Any]] = {k: [] for k in ("index", "image_id", "shard", "path", "image", "error")}
     for k, items in zip(batch["shard"], batch["items"]):
         for it in json.loads(str(items)):
             try:
-                if mode == "eval":
-                    entry = {"id": it["image_id"], "height": it["height"], "width": it["width"]}
-                    rgb = _read_gt_image(Path(it["file"]), it["name"], entry, load_rgb)
+                if mode == "eval":  # the annotations' file and size, checked as the local eval checks them
+                    hw = (int(it["height"]), int(it["width"])) if it["height"] and it["width"] else None
+                    name = it["file"] if it["name"] else f"image id {it['image_id']} (no file_name in the annotations)"
+                    item = Item(0, name, path=Path(it["file"]) if it["name"] else None, expect_hw=hw)
+                    rgb = item.load(load_rgb)
                 else:
                     rgb = load_rgb(it["file"])
                 err = ""
