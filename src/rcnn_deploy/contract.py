@@ -8,8 +8,8 @@ only: it is read beside TensorRT on Python 3.9 too.
 Loading validates every field: a missing, mistyped or out-of-range field, or fields that contradict each
 other (an input size the graphs do not take, a class list of another length than the classifier's), is a
 :class:`~rcnn_deploy.errors.UserError` whose ``where`` is the file and the field path
-(``out/contract.json: graphs[1].inputs[0].shape``). Format 1 contracts (no checksums) are still read; their
-graphs are not checked against a digest.
+(``out/contract.json: graphs[1].inputs[0].shape``). Format 1 contracts (no checksums) are refused with a
+re-export message: their graphs could not be checked before they run.
 
 The runtimes check a graph against the contract beside it before they run it (:func:`verified_graph_bytes`):
 a graph file whose size or sha256 differs from what the export recorded is refused by name.
@@ -30,8 +30,7 @@ from .config import FLAVOURS, MODEL_NAMES, ModelSpec
 from .errors import UserError
 
 CONTRACT_FILE = "contract.json"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 2  # 2: graph sha256 and size (format 1 had none and is refused: its graphs cannot be checked)
 GRAPH_KINDS = ("fused", "split")
 NMS_KINDS = ("onnx", "plugin", "tensor")
 ROLES = ("fused", "backbone", "box_head", "mask_head")
@@ -56,7 +55,7 @@ class GraphSpec:
     file: str  # relative to the contract's directory
     inputs: List[TensorSpec]
     outputs: List[TensorSpec]
-    sha256: Optional[str] = None  # hex digest of the file as exported (None only in format-1 contracts)
+    sha256: Optional[str] = None  # hex digest of the file as exported (always set in a loaded contract)
     size: Optional[int] = None  # bytes, likewise
 
 
@@ -113,6 +112,8 @@ class Contract:
     def load(cls, path: Union[str, Path]) -> Contract:
         """Load ``contract.json`` (or the directory holding it); every problem is a UserError naming the field."""
         p = Path(path)
+        if not p.exists():  # an export killed between its two renames (where directories cannot be swapped)
+            recover_interrupted_export(p.parent if p.name == CONTRACT_FILE else p)
         if p.is_dir():
             p = p / CONTRACT_FILE
         if not p.is_file():
@@ -136,7 +137,9 @@ class Contract:
                 fix=_REEXPORT,
             ) from None
         except (ValueError, RecursionError) as e:  # digit limit of huge integers, absurd nesting
-            raise UserError(f"not a readable JSON contract ({type(e).__name__}: {str(e)[:120]})", where=p) from None
+            raise UserError(
+                f"not a readable JSON contract ({type(e).__name__}: {str(e)[:120]})", where=p, fix=_REEXPORT
+            ) from None
         return cls.from_dict(d, where=p)
 
     @classmethod
@@ -179,10 +182,13 @@ def _is_num(x: Any) -> bool:
     return (isinstance(x, float) or _is_int(x)) and math.isfinite(x)
 
 
-def _kind(x: Any) -> str:
+def _got(x: Any) -> str:
+    """``x`` as an error message shows it: ``a string "x"``, ``null``, ``NaN``, ``a list [1, 2]``."""
     if x is None:
         return "null"
-    names = {
+    if isinstance(x, float) and not math.isfinite(x):
+        return "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")
+    kinds = {
         bool: "a boolean",
         int: "an integer",
         float: "a number",
@@ -190,10 +196,8 @@ def _kind(x: Any) -> str:
         list: "a list",
         dict: "an object",
     }
-    for t, n in names.items():
-        if type(x) is t:
-            return n if t is not float or math.isfinite(x) else f"{x!r}"
-    return type(x).__name__
+    kind = next((n for t, n in kinds.items() if type(x) is t), type(x).__name__)
+    return f"{kind} {_short(x)}"
 
 
 def _short(x: Any) -> str:
@@ -218,7 +222,8 @@ class _Validator:
         if rest:
             shown = "; ".join(f"{p}: {w}" for p, w in rest[:4])
             what += f" (and {len(rest)} more: {shown}{' ...' if len(rest) > 4 else ''})"
-        raise UserError(what, where=f"{self.where}: {path}" if path else self.where, fix=_REEXPORT)
+        fix = None if "re-export" in what else _REEXPORT
+        raise UserError(what, where=f"{self.where}: {path}" if path else self.where, fix=fix)
 
     # ---- typed getters
     def get(self, d: Dict[str, Any], key: str, path: str, check: Callable[[Any, str], Any], required: bool = True):  # type: ignore[no-untyped-def]
@@ -228,11 +233,11 @@ class _Validator:
         return check(d[key], sub)
 
     def obj(self, x: Any, path: str) -> Any:
-        return x if isinstance(x, dict) else self.fail(path, f"must be an object, got {_kind(x)}")
+        return x if isinstance(x, dict) else self.fail(path, f"must be an object, got {_got(x)}")
 
     def string(self, x: Any, path: str) -> Any:
         if not isinstance(x, str) or not x:
-            return self.fail(path, f"must be a non-empty string, got {_kind(x)} {_short(x)}")
+            return self.fail(path, f"must be a non-empty string, got {_got(x)}")
         return x
 
     def choice(self, options: Tuple[str, ...]) -> Callable[[Any, str], Any]:
@@ -246,7 +251,7 @@ class _Validator:
     def integer(self, lo: Optional[int] = None, hi: Optional[int] = None) -> Callable[[Any, str], Any]:
         def check(x: Any, path: str) -> Any:
             if not _is_int(x):
-                return self.fail(path, f"must be an integer, got {_kind(x)} {_short(x)}")
+                return self.fail(path, f"must be an integer, got {_got(x)}")
             if (lo is not None and x < lo) or (hi is not None and x > hi):
                 rng = f">= {lo}" if hi is None else (f"<= {hi}" if lo is None else f"in {lo}..{hi}")
                 return self.fail(path, f"must be {rng}, got {x}")
@@ -256,7 +261,7 @@ class _Validator:
 
     def int_list(self, n: int, path: str, x: Any, lo: int = 1, hi: Optional[int] = None) -> Any:
         if not isinstance(x, list) or len(x) != n:
-            return self.fail(path, f"must be a list of {n} integers, got {_kind(x)} {_short(x)}")
+            return self.fail(path, f"must be a list of {n} integers, got {_got(x)}")
         out = [self.integer(lo, hi)(e, f"{path}[{i}]") for i, e in enumerate(x)]
         return _BAD if any(e is _BAD for e in out) else out
 
@@ -270,14 +275,21 @@ class _Validator:
     # ---- the contract
     def contract(self, d: Any) -> Optional[Contract]:
         if not isinstance(d, dict):
-            self.fail("", f"the contract must be a JSON object, got {_kind(d)}")
+            self.fail("", f"the contract must be a JSON object, got {_got(d)}")
             return None
         version = self.get(d, "format_version", "", self.integer(1))
-        if version is not _BAD and version not in READABLE_VERSIONS:
+        if version is not _BAD and version < FORMAT_VERSION:
             self.fail(
                 "format_version",
-                f"contract format {version} was written by a newer rcnn-deploy (this one reads "
-                f"{', '.join(map(str, READABLE_VERSIONS))}): upgrade rcnn-deploy or re-export",
+                f"contract format {version} records no graph checksums, so its graphs cannot be checked before "
+                "they run; re-export with this rcnn-deploy (format 2)",
+            )
+            return None
+        if version is not _BAD and version > FORMAT_VERSION:
+            self.fail(
+                "format_version",
+                f"contract format {version} was written by a newer rcnn-deploy (this one reads format "
+                f"{FORMAT_VERSION}): upgrade rcnn-deploy or re-export",
             )
             return None
         known = tuple(f.name for f in fields(Contract) if f.name != "path")
@@ -308,7 +320,7 @@ class _Validator:
         )
         notes = self.get(d, "notes", "", self.obj, required=False)
         spec = self.get(d, "spec", "", self.spec)
-        graphs = self.get(d, "graphs", "", lambda x, p: self.graphs(x, p, version))
+        graphs = self.get(d, "graphs", "", self.graphs)
         if self.problems:
             return None
         c = Contract(
@@ -327,12 +339,12 @@ class _Validator:
         self.consistency(c)
         return c
 
-    def graphs(self, x: Any, path: str, version: Any) -> Any:
+    def graphs(self, x: Any, path: str) -> Any:
         if not isinstance(x, list) or not x:
-            return self.fail(path, f"must be a non-empty list of graphs, got {_kind(x)} {_short(x)}")
+            return self.fail(path, f"must be a non-empty list of graphs, got {_got(x)}")
         out = []
         for i, g in enumerate(x):
-            out.append(self.graph_spec(g, f"{path}[{i}]", version))
+            out.append(self.graph_spec(g, f"{path}[{i}]"))
         if any(g is _BAD for g in out):
             return _BAD
         roles = [g.role for g in out]
@@ -345,16 +357,15 @@ class _Validator:
                 return self.fail(f"{path}[{i}].file", f"file {f!r} appears twice")
         return out
 
-    def graph_spec(self, g: Any, path: str, version: Any) -> Any:
+    def graph_spec(self, g: Any, path: str) -> Any:
         if self.obj(g, path) is _BAD:
             return _BAD
         n = len(self.problems)
         self.no_unknown(g, tuple(f.name for f in fields(GraphSpec)), path)
         role = self.get(g, "role", path, self.choice(ROLES))
         file = self.get(g, "file", path, self.file_name)
-        need_digest = version == 2
-        sha = self.get(g, "sha256", path, self.sha256, required=need_digest)
-        size = self.get(g, "size", path, self.integer(1), required=need_digest)
+        sha = self.get(g, "sha256", path, self.sha256)
+        size = self.get(g, "size", path, self.integer(1))
         ins = self.get(g, "inputs", path, self.tensors)
         outs = self.get(g, "outputs", path, self.tensors)
         if len(self.problems) > n:
@@ -377,7 +388,7 @@ class _Validator:
 
     def tensors(self, x: Any, path: str) -> Any:
         if not isinstance(x, list) or not x:
-            return self.fail(path, f"must be a non-empty list of tensors, got {_kind(x)} {_short(x)}")
+            return self.fail(path, f"must be a non-empty list of tensors, got {_got(x)}")
         out = []
         n = len(self.problems)
         for i, t in enumerate(x):
@@ -399,7 +410,7 @@ class _Validator:
 
     def shape(self, x: Any, path: str) -> Any:
         if not isinstance(x, list) or not 1 <= len(x) <= 8:
-            return self.fail(path, f"must be a list of 1-8 dims (integers or names), got {_kind(x)} {_short(x)}")
+            return self.fail(path, f"must be a list of 1-8 dims (integers or names), got {_got(x)}")
         for i, s in enumerate(x):
             if not ((_is_int(s) and 0 <= s <= 1 << 31) or (isinstance(s, str) and s.isidentifier())):
                 return self.fail(f"{path}[{i}]", f"must be a non-negative integer or a dim name, got {_short(s)}")
@@ -468,6 +479,11 @@ class _Validator:
                 f"this lists {roles}",
             )
             return
+        if c.graph == "fused":
+            m = re.fullmatch(r".*_fused_(onnx|plugin|tensor)\.onnx", c.graphs[0].file)
+            if m and m.group(1) != c.nms:
+                self.fail("nms", f"is {c.nms!r} but the graph {c.graphs[0].file} was exported with --nms {m.group(1)}")
+                return
         b = c.batch[0] if c.batch[0] == c.batch[1] else "batch"
         H, W = c.input_hw
         for i, g in enumerate(c.graphs):
@@ -561,19 +577,19 @@ def _typed(x: Any, ann: str, path: str, v: _Validator) -> Any:
     """``x`` (parsed JSON) as the ModelSpec field type ``ann`` (a string annotation), or _BAD after a problem."""
     ann = ann.replace("typing.", "")
     if ann == "str":
-        return x if isinstance(x, str) else v.fail(path, f"must be a string, got {_kind(x)} {_short(x)}")
+        return x if isinstance(x, str) else v.fail(path, f"must be a string, got {_got(x)}")
     if ann == "bool":
-        return x if isinstance(x, bool) else v.fail(path, f"must be true or false, got {_kind(x)} {_short(x)}")
+        return x if isinstance(x, bool) else v.fail(path, f"must be true or false, got {_got(x)}")
     if ann == "int":
-        return x if _is_int(x) else v.fail(path, f"must be an integer, got {_kind(x)} {_short(x)}")
+        return x if _is_int(x) else v.fail(path, f"must be an integer, got {_got(x)}")
     if ann == "float":
-        return float(x) if _is_num(x) else v.fail(path, f"must be a finite number, got {_kind(x)} {_short(x)}")
+        return float(x) if _is_num(x) else v.fail(path, f"must be a finite number, got {_got(x)}")
     m = _TUPLE.fullmatch(ann)
     if m is None:  # pragma: no cover - a ModelSpec field of a type this validator does not know
         raise TypeError(f"contract validation: no rule for ModelSpec annotation {ann!r}")
     args = _split_args(m.group(1))
     if not isinstance(x, list):
-        return v.fail(path, f"must be a list, got {_kind(x)} {_short(x)}")
+        return v.fail(path, f"must be a list, got {_got(x)}")
     if len(args) == 2 and args[1] == "...":
         items = [(e, args[0]) for e in x]
         if len(x) > 100000:
@@ -635,6 +651,58 @@ def _range_check(name: str, value: Any, path: str, v: _Validator) -> None:
         v.fail(path, f"must be <= 64, got {value}")
 
 
+# ------------------------------------------------------------------------------- interrupted exports
+# An export is written into ``.NAME.export-PID-XXXX`` beside its directory NAME and moved into place whole
+# (rcnn_deploy.export.staging); where two directories cannot be swapped atomically the old one is first renamed
+# aside to ``.NAME.old-PID-XXXX``. These helpers find what a killed exporter left and undo a half-done swap.
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>export|old)-(?P<pid>\d+)-[0-9a-f]+$")
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # it exists, run by another user
+        return True
+    return True
+
+
+def export_leftovers(target: Union[str, Path]) -> List[Tuple[Path, str]]:
+    """(path, "export" | "old") of the staging and set-aside directories of ``target`` whose process is gone."""
+    t = Path(target)
+    out: List[Tuple[Path, str]] = []
+    if not t.parent.is_dir():
+        return out
+    for p in sorted(t.parent.iterdir()):
+        m = _LEFTOVER.match(p.name)
+        if m and m.group("name") == t.name and p.is_dir() and not _alive(int(m.group("pid"))):
+            out.append((p, m.group("kind")))
+    return out
+
+
+def recover_interrupted_export(target: Union[str, Path]) -> bool:
+    """When ``target`` is missing because its exporter was killed after renaming the old export aside and
+    before moving the new one in, rename the old (complete) export back; True if it did."""
+    import os
+
+    t = Path(target)
+    if t.exists():
+        return False
+    for p, kind in export_leftovers(t):
+        if kind == "old" and (p / CONTRACT_FILE).is_file():
+            try:
+                os.rename(p, t)
+            except OSError:
+                return False
+            return True
+    return False
+
+
 # ------------------------------------------------------------------------------------ graph checksums
 def sha256_file(path: Union[str, Path]) -> str:
     h = hashlib.sha256()
@@ -658,17 +726,16 @@ def listed_graph(path: Union[str, Path]) -> Optional[Tuple[Contract, int, GraphS
 
 
 def _check_digest(c: Contract, i: int, g: GraphSpec, path: Path, size: int, digest: Optional[str]) -> None:
-    fix = f"the graph was changed or damaged after export; re-export it: {c.export_command(path.parent)}"
+    fix = f"the graph or its contract was changed after export; re-export: {c.export_command(path.parent)}"
     if g.size is not None and size != g.size:
         raise UserError(
-            f"the graph file is {size} bytes but its contract (graphs[{i}].size) records {g.size}: "
-            f"it is {'truncated' if size < g.size else 'not the exported file'}",
+            f"the graph file is {size} bytes but its contract ({c.path}: graphs[{i}].size) records {g.size}",
             where=path,
             fix=fix,
         )
     if g.sha256 is not None and digest is not None and digest != g.sha256:
         raise UserError(
-            f"the graph file's sha256 is {digest[:16]}..., its contract (graphs[{i}].sha256) records "
+            f"the graph file's sha256 is {digest[:16]}..., its contract ({c.path}: graphs[{i}].sha256) records "
             f"{g.sha256[:16]}...",
             where=path,
             fix=fix,
@@ -681,8 +748,9 @@ def verified_graph_bytes(path: Union[str, Path]) -> Tuple[bytes, Optional[Tuple[
     p = Path(path)
     entry = listed_graph(p)
     if not p.is_file():
-        where = f" (named by {entry[0].path}: graphs[{entry[1]}].file)" if entry else ""
-        raise UserError(f"graph file not found{where}", where=p, fix="re-export, or restore the file")
+        named = f" (named by {entry[0].path}: graphs[{entry[1]}].file)" if entry else ""
+        what = "is not a file" if p.exists() else "not found"
+        raise UserError(f"graph file {what}{named}", where=p, fix="re-export, or restore the file")
     if entry is not None and entry[2].size is not None and p.stat().st_size != entry[2].size:
         _check_digest(*entry, p, p.stat().st_size, None)  # size differs: refuse without reading the file
     data = p.read_bytes()

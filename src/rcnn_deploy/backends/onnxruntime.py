@@ -58,8 +58,6 @@ class OnnxRuntimeBackend(Backend):
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UserError("ONNX file not found", where=self.path, fix="check the path, or re-export")
         data, entry = verified_graph_bytes(self.path)  # refuses a graph its contract does not describe
         source: Union[bytes, str] = data if entry is not None else str(self.path)  # own graphs: external data
         try:

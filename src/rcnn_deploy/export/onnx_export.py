@@ -287,6 +287,9 @@ def export_onnx(
         write_file(staged / CONTRACT_FILE, text.encode("utf-8"))
         crash_point("contract_written")
         commit(staged, out, [CONTRACT_FILE, *(g.file for g in graphs)], _old_export_files)
+    except OSError as e:  # a full disk, a directory that cannot be renamed: the old export stays as it was
+        shutil.rmtree(staged, ignore_errors=True)
+        raise UserError(f"cannot write the export ({e.strerror or e}); nothing was changed", where=out) from None
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

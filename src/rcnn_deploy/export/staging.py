@@ -4,9 +4,10 @@ An export is written into a fresh hidden directory beside its target (``.NAME.ex
 every file is written and synced does :func:`commit` move it into place: with Linux's
 ``renameat2(RENAME_EXCHANGE)`` the two directories swap in one atomic step, elsewhere the old directory is
 renamed aside, the new one renamed into place, then the old one deleted (a crash between those two renames
-leaves both complete directories beside the target; :func:`interrupted_export` finds them). Files in the old
-directory that are not part of the old export (engines, calibration caches, your own files) are hard-linked
-into the new one, so re-exporting never deletes them.
+leaves the target missing and the old export aside: loading the contract, or the next export, renames it
+back: :func:`rcnn_deploy.contract.recover_interrupted_export`). Files in the old directory that are not part
+of the old export (engines, calibration caches, your own files) are hard-linked into the new one, so
+re-exporting never deletes them.
 
 ``RCNN_DEPLOY_EXPORT_CRASH_AT=POINT`` SIGKILLs the exporting process at that named point (fault injection for
 the kill tests; the points are :data:`CRASH_POINTS`).
@@ -18,14 +19,14 @@ import contextlib
 import ctypes
 import errno
 import os
-import re
 import secrets
 import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, Iterable
 
+from ..contract import export_leftovers, recover_interrupted_export
 from ..errors import UserError
 
 CRASH_ENV = "RCNN_DEPLOY_EXPORT_CRASH_AT"
@@ -37,7 +38,6 @@ CRASH_POINTS = (
     "old_aside",  # fallback path only: the old export renamed aside, the new one not yet in place
     "swapped",  # the new export in place, the old one not yet deleted
 )
-_TEMP = re.compile(r"^\.(?P<name>.+)\.(?:export|old)-(?P<pid>\d+)-[0-9a-f]+$")
 
 
 def crash_point(name: str) -> None:
@@ -62,54 +62,21 @@ def write_file(path: Path, data: bytes, crash_halfway: bool = False) -> None:
         os.fsync(f.fileno())
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def leftovers(target: Path) -> List[Path]:
-    """Hidden staging / set-aside directories of ``target`` whose exporting process is gone."""
-    parent, out = target.parent, []
-    if not parent.is_dir():
-        return out
-    for p in parent.iterdir():
-        m = _TEMP.match(p.name)
-        if m and m.group("name") == target.name and not _alive(int(m.group("pid"))):
-            out.append(p)
-    return out
-
-
-def interrupted_export(target: Path) -> Optional[Path]:
-    """When ``target`` is missing because an export was killed between its two renames (non-Linux fallback), the
-    set-aside previous export (a complete directory), else None."""
-    if target.exists():
-        return None
-    for p in leftovers(target):
-        if ".old-" in p.name and (p / "contract.json").is_file():
-            return p
-    return None
-
-
 def stage(target: Path) -> Path:
     """A new empty hidden directory beside ``target`` (removing what killed exports left there)."""
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise UserError("exists and is not a directory", where=target, fix="choose a directory for -o")
     parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    for p in leftovers(target):
-        if ".old-" in p.name and not target.exists():
-            continue  # the only copy of the previous export (see interrupted_export): leave it
-        shutil.rmtree(p, ignore_errors=True)
-    staged = parent / f".{target.name}.export-{os.getpid()}-{secrets.token_hex(4)}"
-    os.mkdir(staged)  # mode 0o777 & ~umask, like any directory the user makes
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        recover_interrupted_export(target)  # a previous export killed mid-swap: its old directory back first
+        for p, _ in export_leftovers(target):
+            shutil.rmtree(p, ignore_errors=True)
+        staged = parent / f".{target.name}.export-{os.getpid()}-{secrets.token_hex(4)}"
+        os.mkdir(staged)  # mode 0o777 & ~umask, like any directory the user makes
+    except OSError as e:
+        raise UserError(f"cannot create the export directory ({e.strerror or e})", where=target) from None
     crash_point("staged")
     return staged
 

@@ -159,13 +159,44 @@ def build_engine(
         }
         for i in range(network.num_outputs)
     ]
+    sidecar = engine_sidecar(
+        engine_path,
+        blob,
+        onnx_path,
+        trt,
+        cfg,
+        inputs,
+        outputs,
+        build_seconds=round(build_s, 3),
+        glue_layers_fp32=glue_fp32,
+        int8=_int8_kind(cfg, explicit, ranges_set),
+        int8_ranges=ranges_set or None,
+        glue_rule="fp32" if glue_fp32 else ("n/a" if cfg.precision == "fp32" else "off"),
+    )
+    atomic_write_json(str(engine_path) + ".json", sidecar)
+    return sidecar
+
+
+def engine_sidecar(
+    engine_path: Union[str, Path],
+    blob: bytes,
+    onnx_path: Union[str, Path],
+    trt: TRT,
+    cfg: BuildConfig,
+    inputs: List[Dict[str, Any]],
+    outputs: List[Dict[str, Any]],
+    **build_info: Any,
+) -> Dict[str, Any]:
+    """The sidecar of an engine (its bytes ``blob``) built from ``onnx_path``: what :func:`read_sidecar` and the
+    runtime's checks read (TensorRT flavour and version, GPU and compute capability, the engine's and the
+    graph's sha256, build settings, I/O), plus ``build_info``."""
     gpu, cc = gpu_info()
-    sidecar = {
+    return {
         "sidecar_version": SIDECAR_VERSION,
         "engine": Path(engine_path).name,
         "engine_size": len(blob),
         "engine_sha256": hashlib.sha256(blob).hexdigest(),
-        "onnx": onnx_path.name,
+        "onnx": Path(onnx_path).name,
         "onnx_sha256": _sha256_file(onnx_path),
         "trt": trt.name,
         "trt_version": trt.version,
@@ -173,16 +204,10 @@ def build_engine(
         "compute_capability": cc,
         "precision": cfg.precision,
         "build_config": asdict(cfg),
-        "build_seconds": round(build_s, 3),
-        "glue_layers_fp32": glue_fp32,
-        "int8": _int8_kind(cfg, explicit, ranges_set),
-        "int8_ranges": ranges_set or None,
-        "glue_rule": "fp32" if glue_fp32 else ("n/a" if cfg.precision == "fp32" else "off"),
+        **build_info,
         "inputs": inputs,
         "outputs": outputs,
     }
-    atomic_write_json(str(engine_path) + ".json", sidecar)
-    return sidecar
 
 
 def _parse(trt: TRT, builder: Any, logger: Any, path: Path, strongly_typed: bool) -> Tuple[Any, Any]:
@@ -333,6 +358,11 @@ def _sha256_file(path: Union[str, Path]) -> str:
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
+def _j(x: Any) -> str:
+    text = json.dumps(x, default=str)
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -341,7 +371,7 @@ def read_sidecar(engine_path: Union[str, Path]) -> Dict[str, Any]:
     """The engine's sidecar (``ENGINE.json``), every field the runtime relies on checked: a missing, damaged or
     edited sidecar is a UserError naming the field and the rebuild."""
     p = Path(str(engine_path) + ".json")
-    rebuild = "rebuild the engine with 'rcnn-deploy build' (it writes the sidecar)"
+    rebuild = "rebuild the engine with 'rcnn-deploy build', which writes its sidecar"
     if not p.is_file():
         raise UserError(
             f"the engine has no sidecar {p.name}, so its TensorRT version and I/O are unknown",
@@ -359,7 +389,12 @@ def read_sidecar(engine_path: Union[str, Path]) -> Dict[str, Any]:
         return UserError(what, where=f"{p}: {field}", fix=rebuild)
 
     if not isinstance(meta, dict):
-        raise bad("", "the sidecar must be a JSON object")
+        raise UserError("the sidecar must be a JSON object", where=p, fix=rebuild)
+    required = ("sidecar_version", "engine", "engine_size", "engine_sha256", "onnx", "onnx_sha256", "trt")
+    required += ("trt_version", "precision", "build_config", "inputs", "outputs")
+    for key in required:
+        if key not in meta:
+            raise bad(key, "missing")
     version = meta.get("sidecar_version")
     if version != SIDECAR_VERSION:
         raise bad(
@@ -369,23 +404,23 @@ def read_sidecar(engine_path: Union[str, Path]) -> Dict[str, Any]:
         )
     for key in ("engine", "onnx", "trt", "trt_version", "precision"):
         if not isinstance(meta.get(key), str) or not meta[key]:
-            raise bad(key, f"must be a non-empty string, got {str(meta.get(key))[:60]!r}")
+            raise bad(key, f"must be a non-empty string, got {_j(meta.get(key))}")
     if meta["precision"] not in PRECISIONS:
-        raise bad("precision", f"must be one of {', '.join(PRECISIONS)}, got {meta['precision']!r}")
+        raise bad("precision", f"must be one of {', '.join(PRECISIONS)}, got {_j(meta['precision'])}")
     for key in ("engine_sha256", "onnx_sha256"):
         if not isinstance(meta.get(key), str) or not _HEX64.fullmatch(meta[key]):
-            raise bad(key, f"must be a sha256 (64 lowercase hex digits), got {str(meta.get(key))[:70]!r}")
+            raise bad(key, f"must be a sha256 (64 lowercase hex digits), got {_j(meta.get(key))}")
     if not _is_int(meta.get("engine_size")) or meta["engine_size"] < 1:
-        raise bad("engine_size", f"must be a positive integer, got {str(meta.get('engine_size'))[:40]!r}")
+        raise bad("engine_size", f"must be a positive integer, got {_j(meta.get('engine_size'))}")
     cc = meta.get("compute_capability")
     if cc is not None and not (isinstance(cc, str) and re.fullmatch(r"\d+\.\d+", cc)):
-        raise bad("compute_capability", f"must be null or MAJOR.MINOR like '9.0', got {str(cc)[:40]!r}")
+        raise bad("compute_capability", f"must be null or MAJOR.MINOR like '9.0', got {_j(cc)}")
     cfg = meta.get("build_config")
     if not isinstance(cfg, dict):
         raise bad("build_config", "must be an object")
     b = cfg.get("batch")
     if not (isinstance(b, list) and len(b) == 3 and all(_is_int(x) for x in b) and 1 <= b[0] <= b[1] <= b[2]):
-        raise bad("build_config.batch", f"must be [MIN, OPT, MAX] with 1 <= MIN <= OPT <= MAX, got {str(b)[:60]}")
+        raise bad("build_config.batch", f"must be [MIN, OPT, MAX] with 1 <= MIN <= OPT <= MAX, got {_j(b)}")
     for group in ("inputs", "outputs"):
         tensors = meta.get(group)
         if not isinstance(tensors, list) or not tensors:
@@ -399,5 +434,5 @@ def read_sidecar(engine_path: Union[str, Path]) -> Dict[str, Any]:
                 and all(_is_int(d) and d >= -1 for d in t["shape"])
             )
             if not ok:
-                raise bad(f"{group}[{i}]", f"must be {{name, shape: [int...], dtype}}, got {str(t)[:80]}")
+                raise bad(f"{group}[{i}]", f"must be {{name, shape: [int...], dtype}}, got {_j(t)}")
     return meta
