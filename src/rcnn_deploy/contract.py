@@ -25,7 +25,6 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from ._io import atomic_write_json
 from .config import FLAVOURS, MODEL_NAMES, ModelSpec
 from .errors import UserError
 
@@ -84,9 +83,6 @@ class Contract:
             fix="export the graph kind this needs (--graph fused / split)",
         )
 
-    def index_of(self, graph: GraphSpec) -> int:
-        return self.graphs.index(graph)
-
     def export_command(self, directory: Union[str, Path, None] = None) -> str:
         """The ``rcnn-deploy export`` command that writes this export again (the weights path is not recorded)."""
         d = directory if directory is not None else (self.path.parent if self.path else "DIR")
@@ -104,9 +100,6 @@ class Contract:
         d.pop("path")
         d["spec"] = self.spec.to_dict()
         return d
-
-    def save(self, directory: Union[str, Path]) -> Path:
-        return atomic_write_json(Path(directory) / CONTRACT_FILE, self.to_dict())
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> Contract:
