@@ -861,43 +861,42 @@ def test_killed_export_leaves_old_or_new_export(kit, tmp_path) -> None:
         (out / user_file).write_text("keep me")
         return {"point": name, "how": how, "out": out, "cmd": _export_cmd(out, point, fallback), "delay": delay}
 
-    # a complete run over the old export, one run killed at each named point of the writer, then (once the
-    # complete run's time is known) one killed at 80 % of it; four processes at a time
-    pending = [job("complete run", None, "-")]
+    # a complete run over the old export alone (its time sets the timed kill's delay), then one run killed at
+    # each named point of the writer, four processes at a time, then one run alone killed at 80 % of that time
+    waves: List[List[Dict[str, Any]]] = [[job("complete run", None, "-")], []]
     for point in CRASH_POINTS:
         fallback = point == "old_aside"  # the point exists only where directories are not swapped atomically
-        pending.append(job(point, point, "crash hook" + (" (fallback renames)" if fallback else ""), fallback))
+        waves[1].append(job(point, point, "crash hook" + (" (fallback renames)" if fallback else ""), fallback))
     rows: List[Tuple[Any, ...]] = []
-    running: List[Dict[str, Any]] = []
-    timed = False
-    while pending or running or not timed:
-        for r in list(running):
-            p = r["proc"]
-            if r["delay"] and p.poll() is None and time.perf_counter() - r["start"] >= r["delay"]:
-                p.send_signal(signal.SIGKILL)
-            if p.poll() is None:
-                continue
-            running.remove(r)
-            secs = time.perf_counter() - r["start"]
-            state, detail = _state(r["out"], user_file)
-            code = "killed" if p.returncode == -signal.SIGKILL else f"exit {p.returncode}"
-            if p.returncode not in (0, -signal.SIGKILL):
-                detail = (r["out"].parent / "stderr.txt").read_text()[-300:]
-            left = sum(q.name.startswith(".") for q in r["out"].parent.iterdir())
-            detail = detail or (f"left beside it: {left}" if left else "")
-            rows.append((r["point"], r["how"], code, state, detail, secs))
-            if r["point"] == "complete run":
-                assert p.returncode == 0, detail
-                pending.append(job("80% of a complete run", None, "SIGKILL after a delay", delay=0.8 * secs))
-                timed = True
-        while pending and len(running) < 4:  # each holds a model and its graphs in memory
-            r = pending.pop(0)
-            args, env = r["cmd"]
-            with open(r["out"].parent / "stderr.txt", "w") as log:  # (a pipe nobody reads could block it)
-                r["proc"] = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
-            r["start"] = time.perf_counter()
-            running.append(r)
-        time.sleep(0.1)
+    while waves:
+        pending, running = waves.pop(0), []
+        while pending or running:
+            for r in list(running):
+                p = r["proc"]
+                if r["delay"] and p.poll() is None and time.perf_counter() - r["start"] >= r["delay"]:
+                    p.send_signal(signal.SIGKILL)
+                if p.poll() is None:
+                    continue
+                running.remove(r)
+                secs = time.perf_counter() - r["start"]
+                state, detail = _state(r["out"], user_file)
+                code = "killed" if p.returncode == -signal.SIGKILL else f"exit {p.returncode}"
+                if p.returncode not in (0, -signal.SIGKILL):
+                    detail = (r["out"].parent / "stderr.txt").read_text()[-300:]
+                left = sum(q.name.startswith(".") for q in r["out"].parent.iterdir())
+                detail = detail or (f"left beside it: {left}" if left else "")
+                rows.append((r["point"], r["how"], code, state, detail, secs))
+                if r["point"] == "complete run":
+                    assert p.returncode == 0, detail
+                    waves.append([job("80% of the complete run", None, "SIGKILL after a delay", delay=0.8 * secs)])
+            while pending and len(running) < 4:  # each holds a model and its graphs in memory
+                r = pending.pop(0)
+                args, env = r["cmd"]
+                with open(r["out"].parent / "stderr.txt", "w") as log:  # (a pipe nobody reads could block it)
+                    r["proc"] = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=log)
+                r["start"] = time.perf_counter()
+                running.append(r)
+            time.sleep(0.1)
     # the next export (in-process) over a killed one clears what the killed process left beside the directory
     out = tmp_path / "old_aside" / "out"
     res, dt = _invoke(_export_args(out))
