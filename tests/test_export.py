@@ -318,3 +318,126 @@ def test_split_engines_missing_say_how_to_build_them(split_dir):
         FileNotFoundError, match=r"rcnn-deploy build .*backbone\.onnx -o .*backbone\.engine --batch 1:4"
     ):
         Detector.load(split_dir, backend="tensorrt")
+
+
+# ------------------------------------------------------------------------------------------------ reliability
+def _copy(src, dst):  # type: ignore[no-untyped-def]
+    """The export's graphs hard-linked (never written here), contract.json copied."""
+    import os
+    import shutil
+
+    dst.mkdir(parents=True)
+    for p in src.iterdir():
+        (os.link if p.suffix == ".onnx" else shutil.copy2)(p, dst / p.name)
+    return dst
+
+
+def test_contract_records_each_graphs_size_and_sha256(split_dir):
+    c = Contract.load(split_dir)
+    assert c.format_version == 2
+    for g in c.graphs:
+        data = (split_dir / g.file).read_bytes()
+        assert g.size == len(data) and g.sha256 == hashlib.sha256(data).hexdigest()
+    assert not [p for p in split_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_damaged_contract_fields_are_named(split_dir, tmp_path):
+    import json
+
+    from rcnn_deploy.errors import UserError
+
+    base = json.loads((split_dir / "contract.json").read_text())
+
+    def load(edit):  # type: ignore[no-untyped-def]
+        d = json.loads(json.dumps(base))
+        edit(d)
+        (tmp_path / "contract.json").write_text(json.dumps(d))
+        with pytest.raises(UserError) as info:
+            Contract.load(tmp_path)
+        return str(info.value)
+
+    assert "contract.json: graphs[1].inputs[0].shape: missing" in load(
+        lambda d: d["graphs"][1]["inputs"][0].pop("shape")
+    )
+    msg = load(lambda d: d["spec"].update(class_names=d["spec"]["class_names"][:5]))
+    assert "spec.label_ids: has 91 entries but spec.class_names has 5" in msg
+    msg = load(
+        lambda d: [d["spec"].update({k: d["spec"][k][:5]}) for k in ("class_names", "label_ids", "category_ids")]
+    )
+    assert "graphs[1].outputs[0].shape: is ['rois', 91], but the number of spec.class_names give ['rois', 5]" in msg
+    assert "input_hw: is [256, 320]" in load(lambda d: d.update(input_hw=[256, 320]))
+    assert "re-export" in load(lambda d: d.update(format_version=1))  # format 1 had no checksums
+    assert "spec.box_nms_thresh: must be between 0 and 1, got 7.0" in load(
+        lambda d: d["spec"].update(box_nms_thresh=7.0)
+    )
+    assert "graphs[2].file: must be a plain file name" in load(lambda d: d["graphs"][2].update(file="../x.onnx"))
+    assert "graphs[0].sha256: must be 64 lowercase hex" in load(lambda d: d["graphs"][0].update(sha256="abc"))
+    (tmp_path / "contract.json").write_text(json.dumps(base)[:500])
+    with pytest.raises(UserError, match="not valid JSON"):
+        Contract.load(tmp_path)
+
+
+def test_runtime_refuses_a_changed_or_unreadable_graph(fused_dir, tmp_path):
+    from rcnn_deploy.backends.onnxruntime import OnnxRuntimeBackend
+    from rcnn_deploy.errors import UserError
+
+    d = _copy(fused_dir, tmp_path / "x")
+    g = Contract.load(d).graph_for("fused")
+    path = d / g.file
+    data = bytearray(path.read_bytes())
+    path.unlink()  # a new file: the hard link to the fixture's graph stays untouched
+    data[len(data) // 3] ^= 0x01  # one bit of one weight: ONNX Runtime would run it
+    path.write_bytes(bytes(data))
+    with pytest.raises(
+        UserError, match=r"sha256 is .* records .*re-export: rcnn-deploy export -m torchvision-maskrcnn"
+    ):
+        OnnxRuntimeBackend(path, ["CPUExecutionProvider"])
+    path.write_bytes(bytes(data[:1000]))
+    with pytest.raises(UserError, match=rf"{path}: the graph file is 1000 bytes but its contract"):
+        OnnxRuntimeBackend(path, ["CPUExecutionProvider"])
+    bare = tmp_path / "bare.onnx"  # no contract beside it: ONNX Runtime's own error, named
+    bare.write_bytes(bytes(data[:1000]))
+    with pytest.raises(UserError, match=rf"{bare}: ONNX Runtime cannot load this graph"):
+        OnnxRuntimeBackend(bare, ["CPUExecutionProvider"])
+
+
+def test_export_refuses_non_finite_weights_before_writing(tv_mask_model, tmp_path):
+    import copy
+
+    from rcnn_deploy.errors import UserError
+
+    model = copy.deepcopy(tv_mask_model[0])
+    with torch.no_grad():
+        model.roi_heads.box_head.fc6.weight[0, 0] = float("nan")
+    with pytest.raises(UserError, match=r"weight roi_heads.box_head.fc6.weight has 1 non-finite value"):
+        export_onnx(model, tmp_path / "out", height=64, width=64, graph="fused")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_staged_directory_replaces_the_export_whole(tmp_path, monkeypatch, exchange):
+    """The old export is replaced in one step (renameat2 exchange, or the rename-aside fallback); files that
+    were not part of the old export are kept; nothing temporary is left beside or inside it."""
+    from rcnn_deploy.export import staging
+
+    if not exchange:
+        monkeypatch.setattr(staging, "_exchange", lambda a, b: False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "contract.json").write_text("old")
+    (out / "old.onnx").write_text("old graph")
+    (out / "model.engine").write_text("an engine of the user's")
+    (out / ".contract.json.abc.tmp").write_text("stray temp of an old writer")
+    staged = staging.stage(out)
+    assert staged.parent == out.parent and staged.name.startswith(".out.export-")
+    (staged / "contract.json").write_text("new")
+    (staged / "new.onnx").write_text("new graph")
+    staging.commit(staged, out, ["contract.json", "new.onnx"], lambda d: ["contract.json", "old.onnx"])
+    assert sorted(p.name for p in out.iterdir()) == ["contract.json", "model.engine", "new.onnx"]
+    assert (out / "contract.json").read_text() == "new" and (out / "model.engine").read_text().startswith("an")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    # what a killed exporter left beside the directory is cleared by the next export
+    dead = tmp_path / ".out.export-999999999-abcd"
+    dead.mkdir()
+    staging.commit(staging.stage(out), out, [], lambda d: [])
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -19,7 +19,7 @@ sys.path.insert(0, {src!r})
 for i, tool in enumerate({tools!r}):
     spec = importlib.util.spec_from_file_location(f"tool{{i}}", tool)
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
-import rcnn_deploy.backends.tensorrt.runtime, rcnn_deploy.backends.tensorrt.calibrator
+import rcnn_deploy.backends.tensorrt.runtime, rcnn_deploy.backends.tensorrt.calibrator, rcnn_deploy.contract
 import rcnn_deploy.backends.tensorrt.pipelined, rcnn_deploy.api, rcnn_deploy.runtime.writers
 mods = [m for n, m in sys.modules.items() if n.startswith("rcnn_deploy") and getattr(m, "__file__", None)]
 print(json.dumps(sorted(m.__file__ for m in mods)))
@@ -34,5 +34,6 @@ def test_tensorrt_side_imports_without_torch_and_parses_as_python39():
     files = json.loads(p.stdout.strip().splitlines()[-1]) + tools
     assert any(f.endswith("runtime.py") for f in files) and any(f.endswith("builder.py") for f in files)
     assert any(f.endswith("stream.py") for f in files) and any(f.endswith("pipelined.py") for f in files)
+    assert any(f.endswith("contract.py") for f in files)  # the runtimes check graphs and engines against it
     for f in files:
         ast.parse(Path(f).read_text(), filename=f, feature_version=(3, 9))

@@ -14,6 +14,8 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("tensorrt_rtx")
 
+from pathlib import Path  # noqa: E402
+
 from rcnn_deploy.backends.tensorrt.builder import BuildConfig, build_engine  # noqa: E402
 from rcnn_deploy.backends.tensorrt.compat import load_trt  # noqa: E402
 from rcnn_deploy.contract import Contract  # noqa: E402
@@ -158,3 +160,74 @@ def test_timing_cache_is_merged_not_overwritten(rtx, graphs, tmp_path):
     builder = rtx.module.Builder(rtx.module.Logger())
     assert builder.create_builder_config().create_timing_cache(cache.read_bytes()) is not None
     assert (tmp_path / "timing.cache.lock").is_file()
+
+
+def _linked_copy(src, dst):  # type: ignore[no-untyped-def]
+    import os
+    import shutil
+
+    dst.mkdir(parents=True)
+    for p in src.iterdir():
+        (os.link if p.suffix == ".onnx" else shutil.copy2)(p, dst / p.name)
+    return dst
+
+
+def test_sidecar_checksums_and_the_runtime_checks_before_deserializing(rtx, graphs, tmp_path):
+    """A real engine's sidecar records its sha256 and its graph's; the runtime's pre-deserialization checks
+    pass on it and name each mismatch with the rebuild command (the compute-capability check is exercised with
+    a stand-in 'tensorrt' flavour: TensorRT-RTX engines are not tied to one GPU)."""
+    import hashlib
+
+    from rcnn_deploy.backends.tensorrt.builder import read_sidecar
+    from rcnn_deploy.backends.tensorrt.compat import TRT
+    from rcnn_deploy.backends.tensorrt.runtime import check_engine
+    from rcnn_deploy.errors import UserError
+
+    path, _ = next((p, r) for p, r in graphs if r == "box_head")
+    d = _linked_copy(path.parent, tmp_path / "export")
+    engine = d / "box_head.engine"
+    build_engine(d / path.name, engine, BuildConfig(batch=(1, 2, 4), rois=(1, 64, 512)), rtx)
+    meta = read_sidecar(engine)
+    g = Contract.load(d).graph_for("box_head")
+    assert meta["sidecar_version"] == 2 and meta["engine_size"] == engine.stat().st_size
+    assert meta["engine_sha256"] == hashlib.sha256(engine.read_bytes()).hexdigest()
+    assert meta["onnx_sha256"] == g.sha256
+    assert check_engine(engine, meta, rtx, lambda: None) == engine.read_bytes()
+    rebuild = f"rcnn-deploy build {d / g.file} -o {engine} --precision fp32 --batch 1:2:4"
+    with pytest.raises(UserError, match="was built with tensorrt_rtx 8.6.1") as info:
+        check_engine(engine, dict(meta, trt_version="8.6.1"), rtx, lambda: None)
+    assert rebuild in str(info.value)
+    trt = TRT(rtx.module, "tensorrt", meta["trt_version"])
+    built_on = dict(meta, trt="tensorrt", compute_capability="8.0")
+    check_engine(engine, built_on, trt, lambda: "8.0")
+    check_engine(engine, built_on, trt, lambda: None)  # the runtime cannot tell: not refused
+    with pytest.raises(UserError, match="compute capability 8.0 .*this GPU's is 9.0"):
+        check_engine(engine, built_on, trt, lambda: "9.0")
+    other = dict(meta, inputs=[dict(meta["inputs"][0], shape=[-1, 256, 14, 14])])
+    with pytest.raises(UserError, match=r"\[-1, 256, 14, 14\] .*graphs\[1\].inputs\[0\].shape.*another export"):
+        check_engine(engine, other, rtx, lambda: None)
+    with pytest.raises(UserError, match="different torchvision-maskrcnn_box_head.onnx"):
+        check_engine(engine, dict(meta, onnx_sha256="0" * 64), rtx, lambda: None)
+    raw = bytearray(engine.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    engine.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"sha256 .* differs from its sidecar's"):
+        check_engine(engine, meta, rtx, lambda: None)
+    Path(str(engine) + ".json").write_text("{")
+    with pytest.raises(UserError, match="not a readable JSON sidecar"):
+        read_sidecar(engine)
+
+
+def test_build_refuses_a_graph_that_is_not_the_exported_one(rtx, graphs, tmp_path):
+    from rcnn_deploy.errors import UserError
+
+    path, _ = next((p, r) for p, r in graphs if r == "mask_head")
+    d = _linked_copy(path.parent, tmp_path / "export")
+    target = d / path.name
+    data = bytearray(target.read_bytes())
+    target.unlink()
+    data[-100] ^= 0x01
+    target.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="sha256"):
+        build_engine(target, tmp_path / "m.engine", BuildConfig(rois=(1, 64, 512)), rtx)
+    assert not (tmp_path / "m.engine").exists()

@@ -519,3 +519,176 @@ def test_detect_format_unknown_keys(tmp_path: Path) -> None:
         W.detect_format(blobs)
     with pytest.raises(W.WeightsError, match="Caffe2"):
         W.load_checkpoint(blobs, "detectron2", masks=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Damaged files: sizes checked before anything is allocated, CRC-32s, NaN / Inf
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _peak_mb(fn) -> float:  # type: ignore[no-untyped-def]
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak / 1e6
+
+
+class _Reconstruct:
+    def __init__(self, shape: tuple) -> None:
+        self.shape = shape
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        from numpy._core.multiarray import _reconstruct
+
+        return (_reconstruct, (np.ndarray, self.shape, b"b"))
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        # a 96-byte pickle whose BINBYTES8 declares 3.4 GB: the unpickler would allocate it before reading
+        (b"\x80\x04\x8e" + struct.pack("<Q", 3_400_000_000) + bytes(85), "declares 3400000000 bytes"),
+        (b"\x80\x04\x8d" + struct.pack("<Q", 3_400_000_000) + b"abc", "declares 3400000000 bytes"),
+        (pickle.dumps({"model": {"a": _Reconstruct((1 << 32,))}}, protocol=2), "larger than the file"),
+        (pickle.dumps({"model": {"a": np.array([1, "x"], dtype=object)}}, protocol=2), "not a plain numeric type"),
+        (b"\x80\x02}q\x00(X\x05\x00\x00\x00model", "stops at byte"),  # truncated
+    ],
+)
+def test_pkl_declaring_more_than_the_file_fails_fast_with_a_small_peak(tmp_path: Path, content: bytes, match: str):
+    import time
+    import tracemalloc
+
+    path = tmp_path / "bad.pkl"
+    path.write_bytes(content)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(W.WeightsError, match=match) as info:
+            W.load_checkpoint(path, "detectron2", masks=True)
+        peak = tracemalloc.get_traced_memory()[1] / 1e6
+    finally:
+        tracemalloc.stop()
+    assert str(path) in str(info.value) and isinstance(info.value, W.UserError)  # the CLI: one error line
+    assert time.perf_counter() - t0 < 5 and peak < 16, f"{peak:.1f} MB traced refusing a {len(content)}-byte file"
+
+
+def test_numpy_array_state_is_checked_before_numpy_uses_it(tmp_path: Path) -> None:
+    """A pickled array whose state declares another size than its data, and a pickled dtype edited to object,
+    are refused (numpy itself crashes on some of these); Python-2 pickles (str data) still load."""
+    good = pickle.dumps({"model": {"a": np.arange(6, dtype=np.float32).reshape(2, 3)}}, protocol=2)
+    p = tmp_path / "ok.pkl"
+    p.write_bytes(good)
+    arr = W._restricted_pickle_load(p)["model"]["a"]
+    assert np.array_equal(np.asarray(arr), np.arange(6, dtype=np.float32).reshape(2, 3))
+    bad = good.replace(b"K\x02K\x03\x86", b"K\x20K\x03\x86")  # shape (32, 3) for 6 values
+    assert bad != good
+    p.write_bytes(bad)
+    with pytest.raises(W.WeightsError, match="declares 384 bytes of data but holds 24"):
+        W._restricted_pickle_load(p)
+
+
+def test_zip_pth_with_overwritten_tensor_bytes_is_refused(tmp_path: Path) -> None:
+    import zipfile
+
+    sd = {"roi_heads.box_predictor.cls_score.weight": torch.randn(50, 40)}
+    path = tmp_path / "w.pth"
+    torch.save(sd, path)
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if "/data/0" in i.filename)
+    raw = bytearray(path.read_bytes())
+    with open(path, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+    raw[info.header_offset + 30 + name_len + extra_len + 1000] ^= 0x10
+    bad = tmp_path / "flipped.pth"
+    bad.write_bytes(bytes(raw))
+    assert torch.load(bad, weights_only=True).keys() == sd.keys()  # torch itself loads it without a word
+    with pytest.raises(W.WeightsError, match=r"CRC-32 of record .*/data/0.* does not match"):
+        W.load_checkpoint(bad, "torchvision", masks=False)
+    with pytest.raises(W.WeightsError, match="CRC-32"):
+        W.detect_format(bad)  # the mmap path too
+
+
+def _rezip(src: Path, dst: Path, patch) -> None:  # type: ignore[no-untyped-def]
+    import zipfile
+
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(dst, "w") as out:
+        for info in z.infolist():
+            out.writestr(info.filename, patch(info.filename, z.read(info)))
+
+
+def test_torch_files_declaring_huge_storages_are_refused_before_allocating(tmp_path: Path) -> None:
+    sd = {"roi_heads.box_predictor.cls_score.weight": torch.randn(10, 10)}
+    small = tmp_path / "small.pth"
+    torch.save(sd, small)
+    huge = struct.pack("<i", 2_000_000_000)
+    bad = tmp_path / "huge.pth"
+    _rezip(small, bad, lambda n, b: b.replace(b"K\x64t", b"J" + huge + b"t") if n.endswith("data.pkl") else b)
+    with pytest.raises(W.WeightsError, match="declares 8000000000 bytes but its record holds 400"):
+        W.detect_format(bad)  # with mmap torch would not even notice
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.randn(3, 4)}, legacy, _use_new_zipfile_serialization=False)
+    raw = legacy.read_bytes()
+    bad_legacy = tmp_path / "legacy_huge.pth"
+    bad_legacy.write_bytes(raw.replace(b"K\x0cN", b"J" + huge + b"N", 1))
+
+    def load() -> None:
+        with pytest.raises(W.WeightsError, match="declares 8000000000 bytes of tensor data"):
+            W.load_checkpoint(bad_legacy, "torchvision", masks=False)
+
+    assert _peak_mb(load) < 16
+    (tmp_path / "legacy_cut.pth").write_bytes(raw[:-10])
+    with pytest.raises(W.WeightsError, match="only 38 bytes are left"):
+        W.load_checkpoint(tmp_path / "legacy_cut.pth", "torchvision", masks=False)
+    (tmp_path / "cut.pth").write_bytes(small.read_bytes()[:700])
+    with pytest.raises(W.WeightsError, match="truncated"):
+        W.load_checkpoint(tmp_path / "cut.pth", "torchvision", masks=False)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor_and_file(tmp_path: Path, mask_sd, bad: float) -> None:
+    sd = _float_only(mask_sd)
+    key = "roi_heads.box_head.fc7.weight"
+    t = sd[key].clone()
+    t[3, 4] = bad
+    path = tmp_path / "bad.pth"
+    torch.save({**sd, key: t}, path)
+    with pytest.raises(W.WeightsError, match=rf"{path}: tensor {key} has 1 non-finite value") as info:
+        W.load_checkpoint(path, "torchvision", masks=True)
+    assert isinstance(info.value, W.UserError)
+
+
+def test_damaged_rcnn_deploy_checkpoint_fields_are_named(tmp_path: Path, mask_sd) -> None:
+    from rcnn_deploy.models.checkpoint import save_checkpoint
+
+    names = ["__background__"] + [f"c{i}" for i in range(1, NUM_CLASSES)]
+    good = tmp_path / "good.pt"
+    save_checkpoint(
+        good, _float_only(mask_sd), model="torchvision-maskrcnn", class_names=names,
+        category_ids=list(range(NUM_CLASSES)), input_hw=(64, 64), compress="int8",
+    )  # fmt: skip
+    obj = torch.load(good, weights_only=True)
+    for field_name, value, match in [
+        ("class_names", 7, "'class_names' must list"),
+        ("category_ids", [1, 2], "'category_ids' must be 5 integers"),
+        ("input_hw", [65, 64], "'input_hw' must be"),
+        ("model", "yolo", "'model' is 'yolo'"),
+        ("weights", [], "'weights' must be a dict"),
+    ]:
+        path = tmp_path / f"{field_name}.pt"
+        torch.save({**obj, field_name: value}, path)
+        with pytest.raises(W.WeightsError, match=match):
+            W.load_checkpoint(path, "torchvision", masks=True)
+    scale_nan = {**obj, "int8": {k: dict(v) for k, v in obj["int8"].items()}}
+    first = next(iter(scale_nan["int8"]))
+    scale_nan["int8"][first]["scale"] = scale_nan["int8"][first]["scale"].clone()
+    scale_nan["int8"][first]["scale"][0] = float("nan")
+    path = tmp_path / "nan_scale.pt"
+    torch.save(scale_nan, path)
+    with pytest.raises(W.WeightsError, match=rf"tensor {first} has \d+ non-finite"):
+        W.load_checkpoint(path, "torchvision", masks=True)

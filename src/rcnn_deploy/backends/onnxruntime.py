@@ -1,13 +1,30 @@
-"""ONNX Runtime backend (CPU, or CUDA when onnxruntime-gpu is installed)."""
+"""ONNX Runtime backend (CPU, or CUDA when onnxruntime-gpu is installed).
+
+A graph listed in a contract.json beside it is read once, checked against the size and sha256 the export
+recorded, and the session is created from those very bytes; its inputs and outputs are then compared with
+the contract's. A changed, truncated or unreadable graph is a :class:`~rcnn_deploy.errors.UserError` naming
+the file, never a protobuf traceback or a run on damaged weights.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from ..errors import UserError
 from .base import Backend, BackendUnavailable
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
 
 
 def _ort():  # type: ignore[no-untyped-def]
@@ -18,10 +35,20 @@ def _ort():  # type: ignore[no-untyped-def]
     return onnxruntime
 
 
+def _load_errors(ort: Any) -> tuple:
+    """ONNX Runtime's exceptions for a model it cannot load (all RuntimeError subclasses from pybind11)."""
+    state = getattr(getattr(ort, "capi", None), "onnxruntime_pybind11_state", None)
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "InvalidProtobuf", "InvalidGraph", "NotImplemented")
+    found = tuple(getattr(state, n) for n in names if state is not None and hasattr(state, n))
+    return found or (RuntimeError,)
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: Union[str, Path], providers: Optional[Sequence[str]] = None, threads: int = 0) -> None:
+        from ..contract import verified_graph_bytes
+
         ort = _ort()
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -31,12 +58,62 @@ class OnnxRuntimeBackend(Backend):
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"ONNX file not found: {self.path}")
-        self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=list(providers))
+        data, entry = verified_graph_bytes(self.path)  # refuses a graph its contract does not describe
+        source: Union[bytes, str] = data if entry is not None else str(self.path)  # own graphs: external data
+        try:
+            self.session = ort.InferenceSession(source, sess_options=opts, providers=list(providers))
+        except _load_errors(ort) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            fix = (
+                "the file matches its contract's sha256, so this ONNX Runtime cannot run this kind of graph "
+                "(a TensorRT-plugin graph needs 'rcnn-deploy build')"
+                if entry is not None and entry[2].sha256
+                else "the file is damaged or not an ONNX model; re-export it with 'rcnn-deploy export'"
+            )
+            raise UserError(
+                f"ONNX Runtime cannot load this graph ({type(e).__name__}: {first[:300]})", where=self.path, fix=fix
+            ) from None
+        del data, source
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]
+        if entry is not None:
+            contract, index, graph = entry
+            _check_io(self.session, graph, f"{contract.path}: graphs[{index}]")
 
     def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         outs = self.session.run(self._outputs, {k: feed[k] for k in self._inputs})
         return dict(zip(self._outputs, outs))
+
+
+def _check_io(session: Any, graph: Any, where: str) -> None:
+    """The session's inputs and outputs against the contract's: the graph passed its checksum, so a difference
+    means the contract was edited to describe another graph."""
+    for kind, got, want in (
+        ("inputs", session.get_inputs(), graph.inputs),
+        ("outputs", session.get_outputs(), graph.outputs),
+    ):
+        names: List[str] = [t.name for t in got]
+        if names != [t.name for t in want]:
+            raise UserError(
+                f"the contract names {[t.name for t in want]}, the graph has {names}",
+                where=f"{where}.{kind}",
+                fix="the contract was edited; undo the edit or re-export",
+            )
+        for i, (g, w) in enumerate(zip(got, want)):
+            dims = [d if isinstance(d, (int, str)) else None for d in g.shape]
+            same = len(dims) == len(w.shape) and all(
+                d is None or (isinstance(d, str) and isinstance(e, str)) or d == e for d, e in zip(dims, w.shape)
+            )
+            if not same:
+                raise UserError(
+                    f"the contract says {w.shape}, the graph's {g.name!r} is {dims}",
+                    where=f"{where}.{kind}[{i}].shape",
+                    fix="the contract was edited; undo the edit or re-export",
+                )
+            dtype = _ORT_TYPES.get(g.type, g.type)
+            if dtype != w.dtype:
+                raise UserError(
+                    f"the contract says {w.dtype}, the graph's {g.name!r} is {dtype}",
+                    where=f"{where}.{kind}[{i}].dtype",
+                    fix="the contract was edited; undo the edit or re-export",
+                )

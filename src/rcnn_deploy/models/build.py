@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from ..config import ModelSpec, get_spec
+from ..config import MODEL_NAMES, ModelSpec, get_spec
+from ..errors import UserError
 from .rcnn import DeployRCNN
 
 WeightsArg = Union[str, "os.PathLike[str]", None]
@@ -30,20 +31,26 @@ def build_model(
     downloaded), or None for an untrained model. When the checkpoint has a different number of classes than
     COCO and no ``class_names`` are given, classes are named ``class_1 ... class_N``.
     """
-    base = get_spec(model, class_names, **spec_overrides)  # validates the name early
+    if model not in MODEL_NAMES:
+        raise UserError(f"unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}", where="--model")
+    base = get_spec(model, class_names, **spec_overrides)
     if weights is None:
         return DeployRCNN(base)
     from .weights import check_state_dict, load_checkpoint, load_torchvision_enum
 
     if isinstance(weights, str) and _is_enum_name(weights):
         if base.flavour != "torchvision":
-            raise ValueError(f"weight enum {weights!r} is a torchvision checkpoint; use a torchvision-* model")
+            raise UserError(
+                f"weight enum {weights!r} is a torchvision checkpoint; use a torchvision-* model", where="--weights"
+            )
         loaded = load_torchvision_enum(weights, masks=base.masks)
+        source = weights
     else:
         path = Path(weights)
         if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path}")
+            raise UserError("weights file not found", where=path, fix="check the path given to --weights")
         loaded = load_checkpoint(path, base.flavour, masks=base.masks)
+        source = str(path)
     if class_names is None and loaded.class_names is not None and base.flavour == "torchvision":
         # an rcnn-deploy checkpoint names its classes and their COCO category ids
         overrides = {"category_ids": loaded.category_ids, **spec_overrides}
@@ -56,6 +63,7 @@ def build_model(
     net.load_state_dict(sd)
     net.checkpoint_input_hw = loaded.input_hw  # the input size the checkpoint was trained at, if it says
     net.checkpoint_meta = loaded.meta
+    net.checkpoint_source = source  # named by export's non-finite check
     return net
 
 
@@ -69,7 +77,7 @@ def _spec_for(
     if num_classes == base.num_classes:
         return base
     if class_names is not None:
-        raise ValueError(
+        raise UserError(
             f"the checkpoint has {num_classes} classes (with background) but {len(base.class_names)} class "
             "names were given; pass one name per class"
             + (" plus '__background__' first" if base.flavour == "torchvision" else " (foreground only)")

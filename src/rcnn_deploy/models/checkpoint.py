@@ -23,6 +23,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .._io import PathLike, atomic_write
+from ..errors import UserError
 
 CHECKPOINT_FORMAT = "rcnn-deploy/checkpoint"
 CHECKPOINT_VERSION = 1
@@ -35,12 +36,18 @@ def is_rcnn_deploy_checkpoint(obj: Any) -> bool:
 
 
 def checkpoint_model_name(path: PathLike) -> Optional[str]:
-    """The model name an rcnn-deploy checkpoint records, or None for any other file."""
+    """The model name an rcnn-deploy checkpoint records, or None for any other file (the full load that
+    follows reports what is wrong with a damaged one)."""
+    from ..config import MODEL_NAMES
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a (zip) torch file, or not loadable safely: not ours
         return None
-    return str(obj["model"]) if is_rcnn_deploy_checkpoint(obj) else None
+    if not is_rcnn_deploy_checkpoint(obj):
+        return None
+    name = obj.get("model")
+    return name if name in MODEL_NAMES else None
 
 
 def quantize_per_channel(w: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -101,14 +108,71 @@ def save_checkpoint(
     return atomic_write(path, lambda p: torch.save(obj, p))
 
 
-def checkpoint_state_dict(obj: Mapping[str, Any], where: str) -> Dict[str, torch.Tensor]:
-    """The float32 state dict of a loaded rcnn-deploy checkpoint (int8 entries dequantized)."""
+def checkpoint_fields(obj: Mapping[str, Any], where: str) -> Dict[str, Any]:
+    """Check every field of a loaded rcnn-deploy checkpoint (a damaged or edited one raises a UserError naming
+    the field); returns the class names, category ids, input size and meta, converted."""
+    from ..config import MODEL_NAMES
+
+    def bad(key: str, what: str) -> UserError:
+        return _error(where, f"field {key!r} {what}")
+
     version = obj.get("version")
     if version != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{where}: rcnn-deploy checkpoint version {version!r} is not supported by this rcnn-deploy "
-            f"(it reads version {CHECKPOINT_VERSION}); upgrade rcnn-deploy or re-save the checkpoint."
+        raise _error(
+            where,
+            f"rcnn-deploy checkpoint version {version!r} is not supported by this rcnn-deploy (it reads version "
+            f"{CHECKPOINT_VERSION}); upgrade rcnn-deploy or re-save the checkpoint.",
         )
+    if obj.get("model") not in MODEL_NAMES:
+        raise bad("model", f"is {str(obj.get('model'))[:40]!r}, not one of {', '.join(MODEL_NAMES)}")
+    names = obj.get("class_names")
+    if not isinstance(names, (list, tuple)) or len(names) < 2 or not all(isinstance(n, str) for n in names):
+        raise bad("class_names", "must list the background and at least one class name")
+    ids = obj.get("category_ids")
+    if not isinstance(ids, (list, tuple)) or len(ids) != len(names) or not all(_is_int(c) for c in ids):
+        raise bad("category_ids", f"must be {len(names)} integers, one per class name")
+    hw = obj.get("input_hw")
+    if hw is not None and not (
+        isinstance(hw, (list, tuple)) and len(hw) == 2 and all(_is_int(s) and s > 0 and s % 32 == 0 for s in hw)
+    ):
+        raise bad("input_hw", f"must be [H, W], positive multiples of 32, got {str(hw)[:40]}")
+    meta = obj.get("meta", {})
+    if not isinstance(meta, Mapping):
+        raise bad("meta", "must be a dict")
+    weights, int8 = obj.get("weights"), obj.get("int8")
+    if not isinstance(weights, Mapping) or not isinstance(int8, Mapping):
+        raise bad("weights" if not isinstance(weights, Mapping) else "int8", "must be a dict of tensors")
+    for k, v in weights.items():
+        if not isinstance(k, str) or not torch.is_tensor(v) or not v.is_floating_point():
+            raise bad("weights", f"entry {str(k)[:80]!r} is not a floating-point tensor")
+    for k, e in int8.items():
+        q, scale = (e.get("q"), e.get("scale")) if isinstance(e, Mapping) else (None, None)
+        if not (isinstance(k, str) and torch.is_tensor(q) and torch.is_tensor(scale)):
+            raise bad("int8", f"entry {str(k)[:80]!r} must hold tensors 'q' and 'scale'")
+        if q.dtype != torch.int8 or q.dim() < 1 or not scale.is_floating_point() or scale.numel() != q.shape[0]:
+            raise bad("int8", f"entry {k!r}: q must be int8 and scale one float per output channel ({q.shape[0]})")
+    return {
+        "class_names": tuple(names),
+        "category_ids": tuple(int(c) for c in ids),
+        "input_hw": (int(hw[0]), int(hw[1])) if hw is not None else None,
+        "meta": dict(meta),
+    }
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _error(where: str, what: str) -> UserError:
+    from .weights import WeightsError
+
+    return WeightsError(f"{where}: {what}")
+
+
+def checkpoint_state_dict(obj: Mapping[str, Any], where: str) -> Dict[str, torch.Tensor]:
+    """The float32 state dict of a loaded rcnn-deploy checkpoint (int8 entries dequantized); call
+    :func:`checkpoint_fields` first."""
+    checkpoint_fields(obj, where)
     sd: Dict[str, torch.Tensor] = {k: v.float() for k, v in obj["weights"].items()}
     for k, entry in obj["int8"].items():
         sd[k] = dequantize_per_channel(entry["q"], entry["scale"])

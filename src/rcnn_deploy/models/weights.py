@@ -25,9 +25,11 @@ import collections
 import contextlib
 import hashlib
 import importlib
+import io
 import os
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -39,8 +41,9 @@ import numpy as np
 import torch
 
 from rcnn_deploy._io import PathLike, atomic_write
+from rcnn_deploy.errors import UserError
 
-from .checkpoint import checkpoint_state_dict, is_rcnn_deploy_checkpoint
+from .checkpoint import checkpoint_fields, checkpoint_state_dict, is_rcnn_deploy_checkpoint
 
 FLAVOURS = ("torchvision", "detectron2")
 
@@ -57,7 +60,7 @@ _TV_PREFIXES = ("backbone.body.", "backbone.fpn.", "rpn.head.")
 _MAX_LISTED = 20
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError):
     """A checkpoint cannot be loaded; the message says which file, what is wrong and how to fix it."""
 
 
@@ -164,6 +167,7 @@ def detect_format(path: PathLike) -> str:
     """Return "torchvision" or "detectron2" from a checkpoint's contents (not its file name)."""
     path = Path(path)
     _require_file(path)
+    _truncated_zip(path)
     container = _sniff(path)
     if container == "torch":
         obj = _torch_load(path, mmap=zipfile.is_zipfile(path))
@@ -420,24 +424,20 @@ def save_detectron2_pkl(path: PathLike, state_dict: Mapping[str, Any]) -> Path:
 
 def _load_torchvision_file(path: Path, *, masks: bool) -> LoadedWeights:
     if _sniff(path) != "torch":
+        _truncated_zip(path)
         raise WeightsError(
             f"{path}: not a torch.save file (no zip or legacy torch header); if it is a Detectron2 .pkl, "
             "load it with the 'detectron2' flavour."
         )
     obj = _torch_load(path)
     if is_rcnn_deploy_checkpoint(obj):
-        try:
-            sd = checkpoint_state_dict(obj, str(path))
-        except (KeyError, TypeError, AttributeError) as e:
-            raise WeightsError(f"{path}: damaged rcnn-deploy checkpoint ({type(e).__name__}: {e}).") from None
-        except ValueError as e:
-            raise WeightsError(str(e)) from None
+        info = checkpoint_fields(obj, str(path))  # every field checked: a WeightsError names the bad one
+        sd = checkpoint_state_dict(obj, str(path))
         loaded = _finish_torchvision(sd, path, masks=masks, source=f"rcnn-deploy checkpoint {path}")
-        loaded.class_names = tuple(str(n) for n in obj["class_names"])
-        loaded.category_ids = tuple(int(c) for c in obj["category_ids"])
-        hw = obj.get("input_hw")
-        loaded.input_hw = (int(hw[0]), int(hw[1])) if hw else None
-        loaded.meta = dict(obj.get("meta") or {})
+        loaded.class_names = info["class_names"]
+        loaded.category_ids = info["category_ids"]
+        loaded.input_hw = info["input_hw"]
+        loaded.meta = info["meta"]
         if len(loaded.class_names) != loaded.num_classes:
             raise WeightsError(
                 f"{path}: lists {len(loaded.class_names)} class names but its classifier has "
@@ -488,6 +488,7 @@ def _finish_torchvision(sd: Mapping[str, Any], path: Path, *, masks: bool, sourc
 
 
 def _load_detectron2_file(path: Path, *, masks: bool) -> LoadedWeights:
+    _truncated_zip(path)
     if _sniff(path) == "torch":
         obj = _torch_load(path)
         kind = "Detectron2 checkpoint"
@@ -618,6 +619,7 @@ def _convert_detectron2(
 # --------------------------------------------------------------------------------------------------------
 
 _LEGACY_TORCH_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]  # legacy torch.save header
+_CHUNK = 1 << 22
 
 
 def _sniff(path: Path) -> str:
@@ -630,7 +632,9 @@ def _sniff(path: Path) -> str:
 
 
 def _torch_load(path: Path, *, mmap: bool = False) -> Any:
-    """``torch.load(weights_only=True)``; any failure becomes a WeightsError (never an unsafe retry)."""
+    """``torch.load(weights_only=True)`` after :func:`check_torch_file`; any failure becomes a WeightsError
+    (never an unsafe retry)."""
+    check_torch_file(path)
     safe = getattr(torch.serialization, "safe_globals", None)
     # argparse.Namespace: torchvision's reference training scripts store their args in the checkpoint.
     ctx = safe([argparse.Namespace]) if safe is not None else contextlib.nullcontext()
@@ -659,6 +663,271 @@ def _torch_failure_reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:300]}"
 
 
+# --------------------------------------------------------------------------------------------------------
+# Structure checks before anything is allocated
+# --------------------------------------------------------------------------------------------------------
+#
+# A pickle declares the length of each bytes / string / long argument before its data, and CPython's unpickler
+# allocates that length before reading (a 96-byte file can ask for gigabytes); torch's legacy format declares
+# each storage's element count in the pickle and allocates it while unpickling; a torch zip's central
+# directory declares record sizes. Every such size is checked against the bytes the file really has left
+# before the real load runs. Torch zip files carry a CRC-32 per record: they are all verified, so overwritten
+# tensor bytes are caught. Detectron2 .pkl files and legacy (non-zip) .pth files carry no checksum: a flipped
+# byte inside their tensor data cannot be detected (only its NaN / Inf results are, by the finite check).
+
+_STORAGE_ITEMSIZE = {
+    "DoubleStorage": 8,
+    "FloatStorage": 4,
+    "HalfStorage": 2,
+    "BFloat16Storage": 2,
+    "LongStorage": 8,
+    "IntStorage": 4,
+    "ShortStorage": 2,
+    "CharStorage": 1,
+    "ByteStorage": 1,
+    "BoolStorage": 1,
+    "ComplexDoubleStorage": 16,
+    "ComplexFloatStorage": 8,
+    "UntypedStorage": 1,
+}
+_ALLOWED_KINDS = "biufc"  # numpy dtype kinds a weight file may hold (no objects, strings, structured types)
+
+
+def _pickle_arg_sizes() -> Dict[int, Tuple[str, int]]:
+    import pickletools
+
+    table = {}
+    for op in pickletools.opcodes:
+        table[ord(op.code)] = (op.arg.name if op.arg is not None else "", op.arg.n if op.arg is not None else 0)
+    return table
+
+
+_OPCODES: Optional[Dict[int, Tuple[str, int]]] = None
+_COUNT_BYTES = {-2: ("<B", 1), -3: ("<i", 4), -4: ("<I", 4), -5: ("<Q", 8)}  # pickletools' TAKEN_FROM_ARGUMENT*
+
+
+def _scan_pickle(f: Any, end: int, what: str) -> int:
+    """Walk one pickle's opcodes from ``f``'s position without building anything; every declared length must
+    fit in the ``end - position`` bytes left. Returns the offset after STOP. Raises WeightsError."""
+    global _OPCODES
+    if _OPCODES is None:
+        _OPCODES = _pickle_arg_sizes()
+    while True:
+        pos = f.tell()
+        code = f.read(1)
+        if not code:
+            raise WeightsError(f"{what}: the pickle stops at byte {pos} before its end (the file is truncated).")
+        entry = _OPCODES.get(code[0])
+        if entry is None:
+            raise WeightsError(f"{what}: byte {pos} is not a pickle opcode ({code!r}): the file is damaged.")
+        name, n = entry
+        if n > 0:
+            _skip(f, n, end, what)
+        elif n == -1:  # arguments ending at a newline (two of them for GLOBAL / INST)
+            for _ in range(2 if name == "stringnl_noescape_pair" else 1):
+                line = f.readline(1 << 16)
+                if not line.endswith(b"\n"):
+                    raise WeightsError(f"{what}: unterminated text argument at byte {pos}: the file is damaged.")
+        elif n in _COUNT_BYTES:
+            fmt, width = _COUNT_BYTES[n]
+            raw = f.read(width)
+            if len(raw) < width:
+                raise WeightsError(f"{what}: the pickle stops at byte {pos} (the file is truncated).")
+            count = struct.unpack(fmt, raw)[0]
+            if count < 0:
+                raise WeightsError(f"{what}: negative length {count} at byte {pos}: the file is damaged.")
+            _skip(f, count, end, what, pos)
+        if code == pickle.STOP:
+            return f.tell()
+
+
+def _skip(f: Any, n: int, end: int, what: str, at: Optional[int] = None) -> None:
+    left = end - f.tell()
+    if n > left:
+        where = f" at byte {at}" if at is not None else ""
+        raise WeightsError(
+            f"{what}: declares {n} bytes of data{where} but only {left} bytes are left in the file "
+            "(truncated or damaged); nothing was allocated."
+        )
+    f.seek(n, 1)
+
+
+class _Inert:
+    """Stands for every global of a pickle read only for its structure: takes anything, runs nothing."""
+
+    qualified = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, value: Any) -> None:
+        pass
+
+    def extend(self, values: Any) -> None:
+        pass
+
+
+class _DryUnpickler(pickle.Unpickler):
+    """Reads a (pre-scanned) pickle into inert objects to collect its persistent ids (torch storages)."""
+
+    def __init__(self, f: Any) -> None:
+        super().__init__(f, encoding="latin1")
+        self.pids: List[Any] = []
+        self._types: Dict[Tuple[str, str], type] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = (module, name)
+        if key not in self._types:
+            self._types[key] = type("Inert", (_Inert,), {"qualified": f"{module}.{name}"})
+        return self._types[key]
+
+    def persistent_load(self, pid: Any) -> Any:
+        self.pids.append(pid)
+        return _Inert()
+
+
+def _dry_load(f: Any, what: str) -> Tuple[Any, List[Any]]:
+    try:
+        u = _DryUnpickler(f)
+        return u.load(), u.pids
+    except Exception as e:  # any malformed pickle
+        raise WeightsError(f"{what}: the pickle is damaged ({type(e).__name__}: {str(e)[:200]}).") from None
+
+
+def _storage_bytes(pid: Any, what: str) -> Optional[Tuple[str, int]]:
+    """(key, bytes) of a torch ``('storage', type, key, location, numel, ...)`` persistent id."""
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+        raise WeightsError(f"{what}: unexpected persistent id {str(pid)[:80]!r}: the file is damaged.")
+    kind, key, numel = pid[1], pid[2], pid[4]
+    if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+        raise WeightsError(f"{what}: malformed storage record {str(pid)[:80]!r}: the file is damaged.")
+    itemsize = _STORAGE_ITEMSIZE.get(str(getattr(kind, "qualified", "")).rsplit(".", 1)[-1])
+    return None if itemsize is None else (key, numel * itemsize)
+
+
+def check_torch_file(path: Path) -> None:
+    """Structure of a ``torch.save`` file before torch reads it: zip records within the file and matching
+    their CRC-32, every storage's declared size equal to its record (zip) or within the file (legacy)."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        _check_torch_zip(path)
+    else:
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_TORCH_MAGIC))
+        if head.startswith(_LEGACY_TORCH_MAGIC):
+            _check_torch_legacy(path)
+
+
+def _check_torch_zip(path: Path) -> None:
+    size = path.stat().st_size
+    what = str(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            pkls = [i for i in infos if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
+            if len(pkls) != 1:
+                raise WeightsError(f"{what}: a torch zip file has one data.pkl record, this one has {len(pkls)}.")
+            for info in infos:
+                if info.compress_type == zipfile.ZIP_STORED:
+                    bad = info.file_size != info.compress_size
+                elif info.compress_type == zipfile.ZIP_DEFLATED:
+                    bad = info.file_size > 1100 * max(info.compress_size, 1)  # deflate expands at most ~1032x
+                else:
+                    raise WeightsError(f"{what}: record {info.filename} uses zip compression {info.compress_type}.")
+                if bad or info.header_offset + info.compress_size > size:
+                    raise WeightsError(
+                        f"{what}: record {info.filename} declares {info.file_size} bytes, more than the file "
+                        f"({size} bytes) holds: the file is truncated or damaged; nothing was allocated."
+                    )
+            for info in infos:  # zipfile verifies each record's CRC-32 when it is read to the end
+                with z.open(info) as f:
+                    while f.read(_CHUNK):
+                        pass
+            prefix = pkls[0].filename[: -len("data.pkl")]
+            data = z.read(pkls[0])
+            records = {i.filename: i.file_size for i in infos}
+    except WeightsError:
+        raise
+    except zipfile.BadZipFile as e:
+        text = str(e)
+        if text.startswith("Bad CRC-32"):
+            raise WeightsError(
+                f"{what}: {text.replace('Bad CRC-32 for file', 'the CRC-32 of record')} does not match its "
+                "contents: the tensor data was modified or damaged after the file was saved."
+            ) from None
+        raise WeightsError(f"{what}: damaged zip structure ({text[:200]}); the file is truncated or corrupt.") from None
+    except (OSError, EOFError, ValueError, UnicodeDecodeError, NotImplementedError, RuntimeError, struct.error) as e:
+        raise WeightsError(f"{what}: damaged zip structure ({type(e).__name__}: {str(e)[:200]}).") from None
+    buf = io.BytesIO(data)
+    _scan_pickle(buf, len(data), f"{what} ({pkls[0].filename})")
+    buf.seek(0)
+    _, pids = _dry_load(buf, f"{what} ({pkls[0].filename})")
+    for pid in pids:
+        found = _storage_bytes(pid, what)
+        if found is None:
+            continue
+        key, nbytes = found
+        record = f"{prefix}data/{key}"
+        if record not in records:
+            raise WeightsError(f"{what}: tensor storage {key} has no record {record}: the file is damaged.")
+        if records[record] != nbytes:
+            raise WeightsError(
+                f"{what}: tensor storage {key} declares {nbytes} bytes but its record holds {records[record]}: "
+                "the file is damaged; nothing was allocated."
+            )
+
+
+def _check_torch_legacy(path: Path) -> None:
+    """torch's legacy (pre-1.6, ``_use_new_zipfile_serialization=False``) layout: magic, protocol and system
+    pickles, the object pickle (storages as persistent ids with their element counts), the list of storage
+    keys, then per key an int64 element count and the raw bytes."""
+    size = path.stat().st_size
+    what = str(path)
+    with open(path, "rb") as f:
+        for _ in range(3):  # magic number, protocol version, sys info
+            _scan_pickle(f, size, what)
+        start = f.tell()
+        _scan_pickle(f, size, what)
+        f.seek(start)
+        _, pids = _dry_load(f, what)
+        declared: Dict[str, int] = {}
+        total = 0
+        for pid in pids:
+            found = _storage_bytes(pid, what)
+            if found is None:
+                raise WeightsError(f"{what}: storage type {getattr(pid[1], 'qualified', '?')} is not supported.")
+            key, nbytes = found
+            if key not in declared:
+                declared[key] = nbytes
+                total += nbytes
+        if total > size:
+            raise WeightsError(
+                f"{what}: declares {total} bytes of tensor data but the file has {size} bytes: it is truncated "
+                "or damaged; nothing was allocated."
+            )
+        start = f.tell()
+        _scan_pickle(f, size, what)
+        f.seek(start)
+        keys, _ = _dry_load(f, what)
+        if not isinstance(keys, list) or sorted(map(str, keys)) != sorted(declared):
+            raise WeightsError(f"{what}: the storage key list does not match the tensors: the file is damaged.")
+        for key in keys:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise WeightsError(f"{what}: tensor data stops before storage {key} (the file is truncated).")
+            numel = struct.unpack("<q", raw)[0]
+            itemsize = declared[key] // numel if numel > 0 else 0
+            if numel < 0 or (numel and numel * itemsize != declared[key]) or (not numel and declared[key]):
+                raise WeightsError(f"{what}: storage {key} declares {numel} elements, its tensor record another.")
+            _skip(f, declared[key], size, what)
+
+
 class _RefusedGlobal(pickle.UnpicklingError):
     def __init__(self, module: str, name: str) -> None:
         module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
@@ -677,38 +946,113 @@ def _first_attr(modules: Sequence[str], attr: str) -> Any:
     return None
 
 
-_SAFE_GLOBALS: Optional[Dict[Tuple[str, str], Any]] = None
+class _NdarrayType:
+    """What ``numpy.ndarray`` resolves to in a .pkl: only the subtype argument of ``_reconstruct`` (calling it
+    directly would allocate any shape the file asks for)."""
+
+    def __init__(self, *args: Any) -> None:
+        raise pickle.UnpicklingError("numpy.ndarray called directly")
 
 
-def _safe_globals() -> Dict[Tuple[str, str], Any]:
+class _CheckedArray(np.ndarray):
+    """An ndarray whose pickled state is checked before numpy uses it (dtype kind, shape, data length)."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("malformed numpy array state")
+        shape, dtype, fortran, raw = state[-4:]
+        dtype = _clean_dtype(dtype)
+        if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in shape) or len(shape) > 16:
+            raise pickle.UnpicklingError(f"malformed numpy array shape {str(shape)[:60]}")
+        if isinstance(raw, str):  # Python 2 pickles: a str read with encoding="latin1", as numpy takes it
+            raw = raw.encode("latin1")
+        if not isinstance(raw, (bytes, bytearray)):
+            raise pickle.UnpicklingError("numpy array data is not raw bytes")
+        need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if need != len(raw):
+            raise pickle.UnpicklingError(f"numpy array declares {need} bytes of data but holds {len(raw)}")
+        super().__setstate__((1, shape, dtype, bool(fortran), raw))
+
+
+def _clean_dtype(d: Any) -> np.dtype:
+    if not isinstance(d, np.dtype) or d.kind not in _ALLOWED_KINDS or d.fields is not None or d.subdtype is not None:
+        raise pickle.UnpicklingError(f"numpy dtype {str(d)[:40]} is not a plain numeric type")
+    return np.dtype(d.str)  # a fresh canonical dtype (a pickled dtype's state can be edited)
+
+
+class _SafeNumpy:
+    """The numpy callables a .pkl may use, each checking its declared sizes against the file's size."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def dtype(self, obj: Any, align: Any = False, copy: Any = True) -> np.dtype:
+        if not isinstance(obj, str) or len(obj) > 8:
+            raise pickle.UnpicklingError(f"numpy dtype {str(obj)[:40]!r} is not a plain numeric type")
+        try:  # always a copy: the pickle's BUILD then edits it, never numpy's shared builtin dtype
+            d = np.dtype(obj, False, True)
+        except TypeError as e:
+            raise pickle.UnpicklingError(f"numpy dtype {obj!r}: {e}") from None
+        _clean_dtype(d)
+        return d
+
+    def reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        if subtype is not _NdarrayType:
+            raise pickle.UnpicklingError("numpy _reconstruct of something other than ndarray")
+        if not isinstance(shape, tuple) or not all(isinstance(s, int) and s >= 0 for s in shape):
+            raise pickle.UnpicklingError(f"malformed numpy array shape {str(shape)[:60]}")
+        if float(np.prod(shape, dtype=np.float64)) > self.limit:
+            raise pickle.UnpicklingError(f"numpy array of shape {shape} is larger than the file")
+        return np.ndarray.__new__(_CheckedArray, (0,), np.uint8)
+
+    def scalar(self, dtype: Any, data: Any = None) -> Any:
+        d = _clean_dtype(dtype)
+        if isinstance(data, str):  # Python 2 pickles
+            data = data.encode("latin1")
+        if not isinstance(data, bytes) or len(data) != d.itemsize:
+            raise pickle.UnpicklingError("malformed numpy scalar")
+        return np.frombuffer(data, dtype=d)[0].copy()
+
+    def frombuffer(self, buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+        d = _clean_dtype(dtype)
+        if not isinstance(buf, (bytes, bytearray)) or not isinstance(shape, tuple):
+            raise pickle.UnpicklingError("malformed numpy buffer")
+        if int(np.prod(shape, dtype=np.float64)) * d.itemsize != len(buf):
+            raise pickle.UnpicklingError("numpy buffer size does not match its shape")
+        return np.frombuffer(buf, dtype=d).reshape(shape, order="F" if order == "F" else "C").copy()
+
+
+def _safe_globals(limit: int) -> Dict[Tuple[str, str], Any]:
     """The only globals a Detectron2 .pkl may reference: numpy array rebuilding and plain containers."""
-    global _SAFE_GLOBALS
-    if _SAFE_GLOBALS is None:
-        import codecs
+    import codecs
 
-        multiarray = ("numpy._core.multiarray", "numpy.core.multiarray")
-        numeric = ("numpy._core.numeric", "numpy.core.numeric")
-        table: Dict[Tuple[str, str], Any] = {
-            ("numpy", "ndarray"): np.ndarray,
-            ("numpy", "dtype"): np.dtype,
-            ("collections", "OrderedDict"): collections.OrderedDict,
-            # Python 3 pickles bytes as _codecs.encode(str, "latin1") under protocol 2.
-            ("_codecs", "encode"): codecs.encode,
-        }
-        for attr, mods in (("_reconstruct", multiarray), ("scalar", multiarray), ("_frombuffer", numeric)):
-            obj = _first_attr(mods, attr)
-            if obj is not None:
-                for mod in mods:  # numpy 2 writes numpy._core.*, numpy 1 and Python 2 numpy.core.*
-                    table[(mod, attr)] = obj
-        _SAFE_GLOBALS = table
-    return _SAFE_GLOBALS
+    safe = _SafeNumpy(limit)
+    table: Dict[Tuple[str, str], Any] = {
+        ("numpy", "ndarray"): _NdarrayType,
+        ("numpy", "dtype"): safe.dtype,
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        # Python 3 pickles bytes as _codecs.encode(str, "latin1") under protocol 2.
+        ("_codecs", "encode"): codecs.encode,
+    }
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):  # numpy 2 writes numpy._core.*, 1 numpy.core.*
+        table[(mod, "_reconstruct")] = safe.reconstruct
+        table[(mod, "scalar")] = safe.scalar
+    for mod in ("numpy._core.numeric", "numpy.core.numeric"):
+        table[(mod, "_frombuffer")] = safe.frombuffer
+    return table
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     """Rebuilds numpy arrays and plain containers; refuses every other global (so nothing can execute)."""
 
+    def __init__(self, f: Any, encoding: str = "latin1", limit: Optional[int] = None) -> None:
+        super().__init__(f, encoding=encoding)
+        if limit is None:  # arrays can never be larger than the file they come from
+            limit = os.fstat(f.fileno()).st_size if hasattr(f, "fileno") else len(f.getbuffer())
+        self._globals = _safe_globals(limit)
+
     def find_class(self, module: str, name: str) -> Any:
-        obj = _safe_globals().get((module, name))
+        obj = self._globals.get((module, name))
         if obj is None:
             raise _RefusedGlobal(module, name)
         return obj
@@ -718,9 +1062,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _restricted_pickle_load(path: Path) -> Any:
+    size = path.stat().st_size
     try:
         with open(path, "rb") as f:
-            return _RestrictedUnpickler(f, encoding="latin1").load()
+            _scan_pickle(f, size, str(path))  # every declared length fits in the file: nothing huge allocated
+            f.seek(0)
+            return _RestrictedUnpickler(f, limit=size).load()
+    except WeightsError:
+        raise
     except _RefusedGlobal as e:
         raise WeightsError(
             f"{path}: refused to unpickle: the file references the global '{e.qualified}', which is not "
@@ -753,6 +1102,17 @@ def _check_hub_hash(path: str, url: str) -> None:
 # --------------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------------
+
+
+def _truncated_zip(path: Path) -> None:
+    """A file that starts like a zip archive (torch.save's format) but has no central directory at its end."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"PK\x03\x04" and not zipfile.is_zipfile(path):
+        raise WeightsError(
+            f"{path}: a zip file (torch.save's format) without its central directory: the file is truncated; "
+            "copy or download it again."
+        )
 
 
 def _require_file(path: Path) -> None:
@@ -803,18 +1163,27 @@ def _unwrap_state_dict(obj: Any, path: Path) -> Dict[str, Any]:
 
 
 def _as_tensor(value: Any, key: str, where: str) -> torch.Tensor:
-    """A contiguous float32 CPU tensor (own memory) from a tensor or numpy array."""
+    """A contiguous float32 CPU tensor (own memory) from a tensor or numpy array; NaN / Inf are refused."""
     if torch.is_tensor(value):
         t = value.detach().cpu()
         if not t.is_floating_point():
             raise WeightsError(f"{where}: {key} has dtype {t.dtype}, expected floating point weights.")
-        return t.to(torch.float32).contiguous()
-    if isinstance(value, (np.ndarray, np.generic)):
+        t = t.to(torch.float32).contiguous()
+    elif isinstance(value, (np.ndarray, np.generic)):
         arr = np.asarray(value)
         if arr.dtype.kind != "f":
             raise WeightsError(f"{where}: {key} has dtype {arr.dtype}, expected floating point weights.")
-        return torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
-    raise WeightsError(f"{where}: {key} is a {type(value).__name__}, expected a tensor or numpy array.")
+        t = torch.from_numpy(np.array(arr, dtype=np.float32, copy=True))
+    else:
+        raise WeightsError(f"{where}: {key} is a {type(value).__name__}, expected a tensor or numpy array.")
+    finite = np.isfinite(t.numpy())  # numpy's is ~20x faster than torch.isfinite here
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise WeightsError(
+            f"{where}: tensor {key} has {bad} non-finite value(s) (NaN or Inf) of {t.numel()}: the checkpoint "
+            "is damaged or training diverged; use another checkpoint."
+        )
+    return t
 
 
 def _format_list(items: Sequence[str]) -> str:

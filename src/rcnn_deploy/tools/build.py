@@ -113,7 +113,7 @@ def build_command(
     from ..backends.base import BackendUnavailable
     from ..backends.tensorrt.builder import BuildConfig, build_engine
     from ..backends.tensorrt.compat import load_trt
-    from ..contract import Contract
+    from ..contract import Contract, verify_graph_file
 
     console = Console(stderr=True)
 
@@ -125,6 +125,7 @@ def build_command(
         fail(f"ONNX file not found: {onnx_path}")
     try:
         contract = Contract.load(onnx_path.parent)
+        verify_graph_file(onnx_path)  # before anything parses it: the graph its contract records (sha256)
         runtime = load_trt(trt)
     except (FileNotFoundError, ValueError, BackendUnavailable) as e:
         fail(str(e))

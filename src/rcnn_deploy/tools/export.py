@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from ..config import MODEL_NAMES
+from ..errors import UserError
 from . import args
 
 GRAPHS = ("split", "fused")
 NMS_VARIANTS = ("onnx", "tensor", "plugin")
+
+
+def _check_flags(model: str, thresholds: dict, max_detections: Optional[int]) -> None:
+    """Bad flags are named before anything is built (a UserError: one ``error:`` line, exit 2)."""
+    if model not in MODEL_NAMES:
+        raise UserError(f"unknown model {model!r}; choose one of {', '.join(MODEL_NAMES)}", where="--model")
+    for flag, value in thresholds.items():
+        if value is not None and not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise UserError(f"must be between 0 and 1, got {value}", where=flag)
+    if max_detections is not None and not 1 <= max_detections <= 100000:
+        raise UserError(f"must be between 1 and 100000, got {max_detections}", where="--max-detections")
 
 
 def export_command(
@@ -64,6 +77,9 @@ def export_command(
 ) -> None:
     """Export a model to ONNX and write its I/O contract.
 
+    The export is written beside OUTPUT and moved into place whole: OUTPUT always holds a complete export
+    (the previous one until this one is done); other files in OUTPUT (engines, caches) are kept.
+
     Examples:
 
       rcnn-deploy export -m torchvision-maskrcnn -w maskrcnn.pth --height 800 --width 800 --batch 1:8 -o out/
@@ -73,11 +89,20 @@ def export_command(
       rcnn-deploy export -m torchvision-maskrcnn -w maskrcnn.pth --graph fused --nms tensor --batch 1:8 -o out/
     """
     from rich.console import Console
-    from rich.markup import escape
 
     from ..export import export_onnx
+    from ..export.onnx_export import parse_batch
     from ..models.build import build_model
 
+    _check_flags(
+        model,
+        {
+            "--first-nms-score-threshold": first_nms_score_threshold,
+            "--second-nms-score-threshold": second_nms_score_threshold,
+        },
+        max_detections,
+    )
+    parse_batch(batch)  # a bad --batch is named before the model is built
     overrides = {}
     if first_nms_score_threshold is not None:
         overrides["rpn_score_thresh"] = first_nms_score_threshold
@@ -86,16 +111,12 @@ def export_command(
     if max_detections is not None:
         overrides["detections_per_img"] = max_detections
     console = Console(stderr=True)
-    try:
-        with console.status(f"building {model}"):
-            net = build_model(model, weights, **overrides)
-        with console.status(f"exporting {graph} graph(s) at {height}x{width}"):
-            contract = export_onnx(
-                net, output, height=height, width=width, batch=batch, graph=graph, nms=nms, input_dtype=input_dtype
-            )
-    except (ValueError, FileNotFoundError) as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}")
-        raise typer.Exit(2) from None
+    with console.status(f"building {model}"):
+        net = build_model(model, weights, **overrides)
+    with console.status(f"exporting {graph} graph(s) at {height}x{width}"):
+        contract = export_onnx(
+            net, output, height=height, width=width, batch=batch, graph=graph, nms=nms, input_dtype=input_dtype
+        )
     if weights is None:
         console.print("[yellow]warning:[/yellow] no --weights given: the graphs carry random weights")
     for g in contract.graphs:

@@ -8,16 +8,20 @@ GPU, precision, I/O) so a mismatched engine fails with a clear message; writes a
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..._io import atomic_write_bytes, atomic_write_json
-from .compat import TRT, load_trt
+from ...errors import UserError
+from .compat import TRT, gpu_info, load_trt
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
+SIDECAR_VERSION = 2  # 2: engine and ONNX sha256, GPU compute capability
 
 
 @dataclass
@@ -58,6 +62,10 @@ def build_engine(
 
     Returns the sidecar dict (also holding the build time).
     """
+    from ...contract import verify_graph_file
+
+    onnx_path = Path(onnx_path)
+    verify_graph_file(onnx_path)  # a graph its contract.json lists must be the exported one (size, sha256)
     trt = trt or load_trt()
     mod = trt.module
     if cfg.precision not in PRECISIONS:
@@ -67,7 +75,6 @@ def build_engine(
     if hasattr(mod, "init_libnvinfer_plugins"):
         mod.init_libnvinfer_plugins(logger, "")
     builder = mod.Builder(logger)
-    onnx_path = Path(onnx_path)
     network, parser = _parse(trt, builder, logger, onnx_path, strongly_typed=trt.strongly_typed_only)
     explicit = _has_qdq(mod, network)
     if trt.strongly_typed_only and cfg.precision in ("int8", "best") and not explicit:
@@ -140,7 +147,8 @@ def build_engine(
         return side
     if blob is None:
         raise RuntimeError(f"{trt.name} {trt.version} failed to build {onnx_path} (see the log above)")
-    atomic_write_bytes(engine_path, bytes(blob))
+    blob = bytes(blob)
+    atomic_write_bytes(engine_path, blob)
     if cache is not None and cfg.timing_cache:
         save_timing_cache(config, cache, cfg.timing_cache)
     outputs = [
@@ -151,24 +159,55 @@ def build_engine(
         }
         for i in range(network.num_outputs)
     ]
-    sidecar = {
+    sidecar = engine_sidecar(
+        engine_path,
+        blob,
+        onnx_path,
+        trt,
+        cfg,
+        inputs,
+        outputs,
+        build_seconds=round(build_s, 3),
+        glue_layers_fp32=glue_fp32,
+        int8=_int8_kind(cfg, explicit, ranges_set),
+        int8_ranges=ranges_set or None,
+        glue_rule="fp32" if glue_fp32 else ("n/a" if cfg.precision == "fp32" else "off"),
+    )
+    atomic_write_json(str(engine_path) + ".json", sidecar)
+    return sidecar
+
+
+def engine_sidecar(
+    engine_path: Union[str, Path],
+    blob: bytes,
+    onnx_path: Union[str, Path],
+    trt: TRT,
+    cfg: BuildConfig,
+    inputs: List[Dict[str, Any]],
+    outputs: List[Dict[str, Any]],
+    **build_info: Any,
+) -> Dict[str, Any]:
+    """The sidecar of an engine (its bytes ``blob``) built from ``onnx_path``: what :func:`read_sidecar` and the
+    runtime's checks read (TensorRT flavour and version, GPU and compute capability, the engine's and the
+    graph's sha256, build settings, I/O), plus ``build_info``."""
+    gpu, cc = gpu_info()
+    return {
+        "sidecar_version": SIDECAR_VERSION,
         "engine": Path(engine_path).name,
-        "onnx": onnx_path.name,
+        "engine_size": len(blob),
+        "engine_sha256": hashlib.sha256(blob).hexdigest(),
+        "onnx": Path(onnx_path).name,
+        "onnx_sha256": _sha256_file(onnx_path),
         "trt": trt.name,
         "trt_version": trt.version,
-        "gpu": _gpu_name(),
+        "gpu": gpu,
+        "compute_capability": cc,
         "precision": cfg.precision,
         "build_config": asdict(cfg),
-        "build_seconds": round(build_s, 3),
-        "glue_layers_fp32": glue_fp32,
-        "int8": _int8_kind(cfg, explicit, ranges_set),
-        "int8_ranges": ranges_set or None,
-        "glue_rule": "fp32" if glue_fp32 else ("n/a" if cfg.precision == "fp32" else "off"),
+        **build_info,
         "inputs": inputs,
         "outputs": outputs,
     }
-    atomic_write_json(str(engine_path) + ".json", sidecar)
-    return sidecar
 
 
 def _parse(trt: TRT, builder: Any, logger: Any, path: Path, strongly_typed: bool) -> Tuple[Any, Any]:
@@ -308,24 +347,92 @@ def keep_glue_fp32(mod: Any, network: Any, config: Any, predictors: bool = False
     return kept
 
 
-def _gpu_name() -> str:
-    import subprocess
+def _sha256_file(path: Union[str, Path]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "none"
-    lines = out.stdout.strip().splitlines()
-    return lines[0] if out.returncode == 0 and lines else "none"
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def _j(x: Any) -> str:
+    text = json.dumps(x, default=str)
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def read_sidecar(engine_path: Union[str, Path]) -> Dict[str, Any]:
+    """The engine's sidecar (``ENGINE.json``), every field the runtime relies on checked: a missing, damaged or
+    edited sidecar is a UserError naming the field and the rebuild."""
     p = Path(str(engine_path) + ".json")
+    rebuild = "rebuild the engine with 'rcnn-deploy build', which writes its sidecar"
     if not p.is_file():
-        raise FileNotFoundError(
-            f"{engine_path} has no sidecar {p.name}; rebuild it with 'rcnn-deploy build' so its TensorRT version "
-            "and I/O are recorded"
+        raise UserError(
+            f"the engine has no sidecar {p.name}, so its TensorRT version and I/O are unknown",
+            where=engine_path,
+            fix=rebuild,
         )
-    return json.loads(p.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(p.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise UserError(
+            f"not a readable JSON sidecar ({type(e).__name__}: {str(e)[:120]})", where=p, fix=rebuild
+        ) from None
+
+    def bad(field: str, what: str) -> UserError:
+        return UserError(what, where=f"{p}: {field}", fix=rebuild)
+
+    if not isinstance(meta, dict):
+        raise UserError("the sidecar must be a JSON object", where=p, fix=rebuild)
+    required = ("sidecar_version", "engine", "engine_size", "engine_sha256", "onnx", "onnx_sha256", "trt")
+    required += ("trt_version", "precision", "build_config", "inputs", "outputs")
+    for key in required:
+        if key not in meta:
+            raise bad(key, "missing")
+    version = meta.get("sidecar_version")
+    if version != SIDECAR_VERSION:
+        raise bad(
+            "sidecar_version",
+            f"is {version!r}; this rcnn-deploy reads sidecar version {SIDECAR_VERSION} (engine checksums); the "
+            "engine was built by another rcnn-deploy",
+        )
+    for key in ("engine", "onnx", "trt", "trt_version", "precision"):
+        if not isinstance(meta.get(key), str) or not meta[key]:
+            raise bad(key, f"must be a non-empty string, got {_j(meta.get(key))}")
+    if meta["precision"] not in PRECISIONS:
+        raise bad("precision", f"must be one of {', '.join(PRECISIONS)}, got {_j(meta['precision'])}")
+    for key in ("engine_sha256", "onnx_sha256"):
+        if not isinstance(meta.get(key), str) or not _HEX64.fullmatch(meta[key]):
+            raise bad(key, f"must be a sha256 (64 lowercase hex digits), got {_j(meta.get(key))}")
+    if not _is_int(meta.get("engine_size")) or meta["engine_size"] < 1:
+        raise bad("engine_size", f"must be a positive integer, got {_j(meta.get('engine_size'))}")
+    cc = meta.get("compute_capability")
+    if cc is not None and not (isinstance(cc, str) and re.fullmatch(r"\d+\.\d+", cc)):
+        raise bad("compute_capability", f"must be null or MAJOR.MINOR like '9.0', got {_j(cc)}")
+    cfg = meta.get("build_config")
+    if not isinstance(cfg, dict):
+        raise bad("build_config", "must be an object")
+    b = cfg.get("batch")
+    if not (isinstance(b, list) and len(b) == 3 and all(_is_int(x) for x in b) and 1 <= b[0] <= b[1] <= b[2]):
+        raise bad("build_config.batch", f"must be [MIN, OPT, MAX] with 1 <= MIN <= OPT <= MAX, got {_j(b)}")
+    for group in ("inputs", "outputs"):
+        tensors = meta.get(group)
+        if not isinstance(tensors, list) or not tensors:
+            raise bad(group, "must be a non-empty list of tensors")
+        for i, t in enumerate(tensors):
+            ok = (
+                isinstance(t, dict)
+                and isinstance(t.get("name"), str)
+                and isinstance(t.get("dtype"), str)
+                and isinstance(t.get("shape"), list)
+                and all(_is_int(d) and d >= -1 for d in t["shape"])
+            )
+            if not ok:
+                raise bad(f"{group}[{i}]", f"must be {{name, shape: [int...], dtype}}, got {_j(t)}")
+    return meta

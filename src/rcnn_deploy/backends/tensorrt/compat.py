@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 
 from ..base import BackendUnavailable
 
@@ -87,3 +87,44 @@ def load_trt(prefer: Optional[str] = None) -> TRT:
         "no TensorRT found (" + "; ".join(errors) + "). Install TensorRT for your GPU, or "
         "pip install 'rcnn-deploy[rtx]' for TensorRT-RTX (builds engines on CPU-only machines)"
     )
+
+
+def gpu_info() -> Tuple[str, Optional[str]]:
+    """(name, compute capability "MAJOR.MINOR") of GPU 0 from nvidia-smi, ("none", None) without one."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "none", None
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        return "none", None
+    parts = [p.strip() for p in lines[0].rsplit(",", 1)]
+    if len(parts) == 2 and parts[1].replace(".", "", 1).isdigit():
+        return parts[0], parts[1]
+    return lines[0].strip(), None
+
+
+def device_compute_capability(cudart: Any = None) -> Optional[str]:
+    """The current CUDA device's compute capability through the CUDA runtime (``cudart``: a ctypes library
+    such as polygraphy's ``cuda.wrapper().handle``), else through nvidia-smi; None when neither can tell."""
+    import ctypes
+
+    if cudart is not None:
+        try:
+            dev, major, minor = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+            if (
+                cudart.cudaGetDevice(ctypes.byref(dev)) == 0
+                and cudart.cudaDeviceGetAttribute(ctypes.byref(major), 75, dev) == 0  # ComputeCapabilityMajor
+                and cudart.cudaDeviceGetAttribute(ctypes.byref(minor), 76, dev) == 0  # ComputeCapabilityMinor
+            ):
+                return f"{major.value}.{minor.value}"
+        except (AttributeError, OSError, TypeError):
+            pass
+    return gpu_info()[1]

@@ -5,14 +5,16 @@ from polygraphy's CUDA wrapper (ctypes over libcudart), which ships with TensorR
 from __future__ import annotations
 
 import ctypes
+import hashlib
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
+from ...errors import UserError
 from ..base import Backend, BackendUnavailable
 from .builder import read_sidecar
-from .compat import TRT, load_trt
+from .compat import TRT, device_compute_capability, load_trt
 
 
 def _cuda():  # type: ignore[no-untyped-def]
@@ -21,6 +23,130 @@ def _cuda():  # type: ignore[no-untyped-def]
     except ImportError as e:  # pragma: no cover
         raise BackendUnavailable("the TensorRT runtime needs polygraphy: pip install polygraphy") from e
     return cuda
+
+
+def _cudart(cuda: Any) -> Any:
+    try:
+        return cuda.wrapper().handle
+    except Exception:  # no CUDA runtime library: the capability then comes from nvidia-smi, or stays unknown
+        return None
+
+
+def _side(be: Any, field: str) -> str:
+    return f"{be.path}.json: {field}"
+
+
+def rebuild_command(engine: Path, meta: Dict[str, Any]) -> str:
+    """The ``rcnn-deploy build`` command that rebuilds ``engine`` from its export's graph, with its settings."""
+    onnx = engine.parent / str(meta.get("onnx", "MODEL.onnx"))
+    found = _contract_graph(engine, meta)
+    if found is not None:
+        onnx = engine.parent / found[2].file
+    cfg = meta.get("build_config") if isinstance(meta.get("build_config"), dict) else {}
+    b = cfg.get("batch") if isinstance(cfg.get("batch"), list) and len(cfg["batch"]) == 3 else None
+    cmd = f"rcnn-deploy build {onnx} -o {engine}"
+    if meta.get("precision"):
+        cmd += f" --precision {meta['precision']}"
+    if b:
+        cmd += f" --batch {b[0]}:{b[1]}:{b[2]}"
+    return cmd
+
+
+def _contract_graph(engine: Path, meta: Dict[str, Any]) -> Optional[Tuple[Any, int, Any]]:
+    """The graph of the contract.json beside ``engine`` that takes the engine's inputs (by name), if any."""
+    from ...contract import CONTRACT_FILE, Contract
+
+    if not (engine.parent / CONTRACT_FILE).is_file():
+        return None
+    c = Contract.load(engine.parent)
+    names = sorted(str(t.get("name")) for t in meta.get("inputs", []) if isinstance(t, dict))
+    for i, g in enumerate(c.graphs):
+        if sorted(t.name for t in g.inputs) == names:
+            return c, i, g
+    return None
+
+
+def check_engine(path: Path, meta: Dict[str, Any], trt: TRT, device_cc: Callable[[], Optional[str]]) -> bytes:
+    """Everything checkable before TensorRT deserializes an engine, from its (validated) sidecar ``meta``:
+    the TensorRT flavour and version, the GPU's compute capability (when ``device_cc()`` can tell; not for
+    TensorRT-RTX, whose engines are not tied to one), the engine file's size and sha256, and its inputs
+    against the contract.json beside it. Returns the engine's bytes; each mismatch is a UserError with the
+    rebuild command."""
+    side = f"{path}.json"
+    rebuild = rebuild_command(path, meta)
+    if meta["trt"] != trt.name or meta["trt_version"] != trt.version:
+        raise UserError(
+            f"the engine was built with {meta['trt']} {meta['trt_version']} but this is {trt.name} {trt.version}; "
+            "engines only load in the TensorRT that built them",
+            where=path,
+            fix=f"rebuild it here: {rebuild}",
+        )
+    if meta.get("compute_capability") and not trt.is_rtx:
+        here = device_cc()
+        if here is not None and here != meta["compute_capability"]:
+            raise UserError(
+                f"the engine was built for a GPU of compute capability {meta['compute_capability']} "
+                f"({meta.get('gpu', '?')}), this GPU's is {here}",
+                where=path,
+                fix=f"rebuild it on this GPU: {rebuild}",
+            )
+    size = path.stat().st_size
+    if size != meta["engine_size"]:
+        raise UserError(
+            f"the engine file is {size} bytes, its sidecar (engine_size) records {meta['engine_size']}: it is "
+            f"{'truncated' if size < meta['engine_size'] else 'another engine'}",
+            where=path,
+            fix=f"rebuild it: {rebuild}",
+        )
+    blob = path.read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != meta["engine_sha256"]:
+        raise UserError(
+            f"the engine file's sha256 ({digest[:16]}...) differs from its sidecar's (engine_sha256 "
+            f"{meta['engine_sha256'][:16]}...): the engine was damaged or replaced",
+            where=path,
+            fix=f"rebuild it: {rebuild}",
+        )
+    found = _contract_graph(path, meta)
+    if (path.parent / "contract.json").is_file():
+        if found is None:
+            names = [t["name"] for t in meta["inputs"]]
+            raise UserError(
+                f"the engine's inputs {names} match no graph of the contract.json beside it: it was built from "
+                "another export",
+                where=path,
+                fix=f"build it from this export's graph: {rebuild}",
+            )
+        c, i, g = found
+        by_name = {t["name"]: (j, t) for j, t in enumerate(meta["inputs"])}
+        for k, t in enumerate(g.inputs):
+            j, e = by_name[t.name]
+            ok = len(e["shape"]) == len(t.shape) and all(
+                isinstance(want, str) or want == got for got, want in zip(e["shape"], t.shape)
+            )
+            if not ok:
+                raise UserError(
+                    f"engine input {t.name!r} is {e['shape']} (sidecar inputs[{j}]) but the contract's graph "
+                    f"(graphs[{i}].inputs[{k}].shape) is {t.shape}: the engine was built from another export",
+                    where=path,
+                    fix=f"rebuild it from this export's graph: {rebuild}",
+                )
+        lo, _, hi = meta["build_config"]["batch"]
+        if "images" in by_name and not (c.batch[0] <= lo and hi <= c.batch[1]):
+            raise UserError(
+                f"the engine's batch profile {lo}..{hi} (build_config.batch) is outside the export's batch range "
+                f"{c.batch[0]}..{c.batch[1]}",
+                where=side,
+                fix=f"rebuild it: {rebuild}",
+            )
+        if meta["onnx"] == g.file and g.sha256 and meta["onnx_sha256"] != g.sha256:
+            raise UserError(
+                f"the engine was built from a different {g.file} than the one its contract records (onnx_sha256 "
+                f"{meta['onnx_sha256'][:16]}... vs graphs[{i}].sha256 {g.sha256[:16]}...): the export was redone",
+                where=path,
+                fix=f"rebuild it: {rebuild}",
+            )
+    return blob
 
 
 class _CudaRT:
@@ -78,29 +204,56 @@ class TensorRTBackend(Backend):
         mod = self.trt.module
         self.path = Path(engine_path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"engine not found: {self.path}")
-        meta = read_sidecar(self.path)
-        if meta.get("trt") != self.trt.name or str(meta.get("trt_version")) != self.trt.version:
-            raise RuntimeError(
-                f"{self.path.name} was built with {meta.get('trt')} {meta.get('trt_version')} but this is "
-                f"{self.trt.name} {self.trt.version}; rebuild it with 'rcnn-deploy build'"
-            )
-        self.meta = meta
+            raise UserError("engine file not found", where=self.path, fix="build it with 'rcnn-deploy build'")
+        self.meta = meta = read_sidecar(self.path)
+        self.cuda = _cuda()
+        blob = check_engine(self.path, meta, self.trt, lambda: device_compute_capability(_cudart(self.cuda)))
         self.logger = mod.Logger(mod.Logger.WARNING)
         if hasattr(mod, "init_libnvinfer_plugins"):
             mod.init_libnvinfer_plugins(self.logger, "")
         self.runtime = mod.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
+        self.engine = self.runtime.deserialize_cuda_engine(blob)
+        del blob
         if self.engine is None:
-            raise RuntimeError(f"could not deserialize {self.path} (built for another GPU or TensorRT version?)")
+            raise UserError(
+                f"{self.trt.name} {self.trt.version} could not deserialize the engine (see its log above; no GPU, "
+                "or a GPU or driver this engine was not built for)",
+                where=self.path,
+                fix=f"rebuild it on this machine: {rebuild_command(self.path, meta)}",
+            )
         self.context = self.engine.create_execution_context()
-        self.cuda = _cuda()
         self.stream = self.cuda.Stream()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = lambda n: self.engine.get_tensor_mode(n) == mod.TensorIOMode.INPUT  # noqa: E731
         self._inputs = [n for n in names if is_input(n)]
         self._outputs = [n for n in names if not is_input(n)]
         self._buffers: Dict[str, Any] = {}
+        self._check_engine_io()
+
+    def _check_engine_io(self) -> None:
+        """The deserialized engine's inputs, shapes and batch profile against its sidecar (edits to the sidecar
+        would otherwise size the runtime's buffers and batches wrongly)."""
+        meta = self.meta
+        fix = f"the sidecar was edited or belongs to another engine; rebuild: {rebuild_command(self.path, meta)}"
+        want = {t["name"]: list(t["shape"]) for t in meta["inputs"]}
+        if sorted(want) != sorted(self._inputs):
+            raise UserError(
+                f"lists inputs {sorted(want)}, the engine has {self._inputs}", where=_side(self, "inputs"), fix=fix
+            )
+        for i, t in enumerate(meta["inputs"]):
+            shape = [int(d) for d in self.engine.get_tensor_shape(t["name"])]
+            if shape != list(t["shape"]):
+                raise UserError(
+                    f"says {t['shape']}, the engine's is {shape}", where=_side(self, f"inputs[{i}].shape"), fix=fix
+                )
+            if -1 in shape and t["name"] == "images":
+                lo, opt, hi = (int(s[0]) for s in self.engine.get_tensor_profile_shape(t["name"], 0))
+                if [lo, opt, hi] != list(meta["build_config"]["batch"]):
+                    raise UserError(
+                        f"says {meta['build_config']['batch']}, the engine's profile is {[lo, opt, hi]}",
+                        where=_side(self, "build_config.batch"),
+                        fix=fix,
+                    )
 
     def _dtype(self, name: str) -> np.dtype:
         return np.dtype(self.trt.module.nptype(self.engine.get_tensor_dtype(name)))
