@@ -318,10 +318,10 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(export_dir, tmp_path):
     assert p.poll() is None, p.stderr.read().decode()[-2000:]
     p.send_signal(signal.SIGINT)
     try:
-        p.wait(timeout=60)
+        p.wait(timeout=120)  # it finishes the batch in the model (seconds; more on a loaded CI machine)
     except subprocess.TimeoutExpired:
         p.kill()
-        pytest.fail("infer did not stop within 60 s of Ctrl-C")
+        pytest.fail("infer did not stop within 120 s of Ctrl-C")
     assert p.returncode != 0
     summary = json.loads((out / "summary.json").read_text())
     done = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]

@@ -78,16 +78,28 @@ def failure_record(path: PathLike, error: Union[str, BaseException]) -> Dict[str
     return {"image": str(path), "error": str(error)}
 
 
-def infer_summary(images: int, failures: Sequence[Dict[str, Any]], detections: int, backend: str) -> Dict[str, Any]:
-    """``summary.json`` of an ``infer`` run: images found, written, failures (in input order), detections,
-    backend."""
-    return {
+def infer_summary(
+    images: int,
+    failures: Sequence[Dict[str, Any]],
+    detections: int,
+    backend: str,
+    seconds: Optional[float] = None,
+) -> Dict[str, Any]:
+    """``summary.json`` of a complete ``infer`` run, with the keys the local streaming run writes
+    (:class:`~rcnn_deploy.runtime.writers.InferWriter`): images found and processed, written, failures (in input
+    order), detections, backend, complete, and the run's seconds and img/s when given."""
+    summary: Dict[str, Any] = {
         "images": images,
+        "processed": images,
         "written": images - len(failures),
         "failures": list(failures),
         "detections": detections,
         "backend": backend,
+        "complete": True,
     }
+    if seconds is not None:
+        summary.update(seconds=round(seconds, 3), images_per_s=round(images / seconds, 2) if seconds > 0 else None)
+    return summary
 
 
 def write_run_outputs(output: PathLike, results: Sequence[Dict[str, Any]], summary: Dict[str, Any]) -> None:

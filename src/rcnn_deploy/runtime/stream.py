@@ -368,8 +368,8 @@ def run_stream(
         stats.finished = time.perf_counter()
         for f in list(decode_q) + [f for f, _ in submitted] + [f for f, _ in fetching] + list(post):
             f.cancel()
-        model_thread.shutdown(wait=True)
-        pool.shutdown(wait=True)
+        model_thread.shutdown(wait=True, cancel_futures=True)  # waits for the batch in the model, if any
+        pool.shutdown(wait=True, cancel_futures=True)
         if procs is not None:
             procs.shutdown(wait=True, cancel_futures=True)
         if slots is not None:

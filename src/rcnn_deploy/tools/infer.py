@@ -134,6 +134,8 @@ def infer_command(
             gpus_per_worker=gpus_per_worker,
             resume=resume,
         )
+    import contextlib
+
     from rich.console import Console
     from rich.markup import escape
 
@@ -171,15 +173,18 @@ def infer_command(
         video_out = VideoWriter(save_video, video_fps(Path(source)) / stride)
     stopped: Optional[str] = None
     try:
-        for r in det.stream(
+        results = det.stream(
             items, batch=batch, workers=threads, keep_images=visualize or video, per_image=writer.per_image, stats=stats
-        ):
-            if not r.ok:
-                progress_print(progress, console, f"[yellow]skipped[/yellow] {escape(str(r.error))}")
-            elif video_out is not None and r.extra and r.extra.get("frame") is not None:
-                video_out.write(r.extra["frame"])
-            writer.add(r)
-            progress.update(r.ok)
+        )
+        # closing(): on Ctrl-C or an error the runner's threads stop here, before the final files are written
+        with contextlib.closing(results):
+            for r in results:
+                if not r.ok:
+                    progress_print(progress, console, f"[yellow]skipped[/yellow] {escape(str(r.error))}")
+                elif video_out is not None and r.extra and r.extra.get("frame") is not None:
+                    video_out.write(r.extra["frame"])
+                writer.add(r)
+                progress.update(r.ok)
     except KeyboardInterrupt:
         stopped = "interrupted (Ctrl-C)"
         raise
