@@ -54,6 +54,24 @@ def render() -> str:
             f"| {p.name} | {d['script']} | {m.get('gpu')}, {m.get('cpus')} CPUs | {commit} | {d['model']} | "
             f"{d['images']} | {d['images_per_s']} | {q['p50']:.0f} / {q['p90']:.0f} / {q['p99']:.0f} |"
         )
+    lines += [
+        "",
+        "`benchmarks/e2e_host.py` (python3 + torch on the GPU machine): the streaming runner's host stages with the",
+        "model replaced by replayed real outputs (a host-capacity figure, not end to end), threads only vs worker",
+        "processes, and the runner with the PyTorch deploy model (fp32 eager, CUDA). Seconds include starting the",
+        "worker processes.",
+        "",
+        "| file | machine | commit | row | processes | batch | images | detections / image | img/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p, d in _load("e2e_host_*.json"):
+        m = d["machine"]
+        commit = d.get("commit_note", d.get("commit"))
+        for r in d["rows"]:
+            lines.append(
+                f"| {p.name} | {m.get('gpu')}, {m.get('cpus')} CPUs | {commit} | {r['what']} | {r['processes']} | "
+                f"{r['batch']} | {r['images']} | {r['detections_per_image']} | {r['images_per_s']} |"
+            )
     mem = ROOT / "benchmarks" / "results" / "memory_cpu.json"
     if mem.is_file():
         d = json.loads(mem.read_text())

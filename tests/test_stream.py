@@ -308,7 +308,12 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(export_dir, tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "rcnn_deploy.cli", "infer", str(export_dir / "export"), str(images), "-o", str(out)]
-    p = subprocess.Popen(cmd + ["--no-visualize"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # SIGINT back to Python's default in the child: a test run started in the background (CI, `cmd &`) inherits
+    # SIGINT ignored, and Python then keeps ignoring it
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    p = subprocess.Popen(
+        cmd + ["--no-visualize"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=restore
+    )
     deadline = time.time() + 240
     while time.time() < deadline and p.poll() is None:
         lines = (out / "results.jsonl").read_text().splitlines() if (out / "results.jsonl").exists() else []
