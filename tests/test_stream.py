@@ -311,22 +311,22 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(export_dir, tmp_path):
     # SIGINT back to Python's default in the child: a test run started in the background (CI, `cmd &`) inherits
     # SIGINT ignored, and Python then keeps ignoring it
     restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-    p = subprocess.Popen(
-        cmd + ["--no-visualize"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=restore
-    )
+    log = open(tmp_path / "infer.log", "w")  # noqa: SIM115 - a file, not a pipe: an unread pipe can fill and block
+    p = subprocess.Popen(cmd + ["--no-visualize"], env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=restore)
     deadline = time.time() + 240
     while time.time() < deadline and p.poll() is None:
         lines = (out / "results.jsonl").read_text().splitlines() if (out / "results.jsonl").exists() else []
         if len(lines) >= 2:
             break
         time.sleep(0.2)
-    assert p.poll() is None, p.stderr.read().decode()[-2000:]
+    assert p.poll() is None, (tmp_path / "infer.log").read_text()[-2000:]
     p.send_signal(signal.SIGINT)
     try:
         p.wait(timeout=120)  # it finishes the batch in the model (seconds; more on a loaded CI machine)
     except subprocess.TimeoutExpired:
         p.kill()
         pytest.fail("infer did not stop within 120 s of Ctrl-C")
+    log.close()
     assert p.returncode != 0
     summary = json.loads((out / "summary.json").read_text())
     done = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
