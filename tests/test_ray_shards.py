@@ -165,8 +165,10 @@ def test_image_outputs_write_what_the_local_infer_writes(tmp_path):
     fail = failure_record("bad.png", ValueError("cannot read image bad.png"))
     assert infer_summary(3, [fail], 5, "torch") == {
         "images": 3,
+        "processed": 3,
         "written": 2,
         "failures": [{"image": "bad.png", "error": "cannot read image bad.png"}],
         "detections": 5,
         "backend": "torch",
+        "complete": True,
     }
