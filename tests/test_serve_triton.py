@@ -29,6 +29,7 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("pycocotools")
+pytest.importorskip("tritonclient", reason="the [serve] extra (tritonclient) is not installed")
 
 from rcnn_deploy.errors import UserError  # noqa: E402
 from rcnn_deploy.serve import contract as C  # noqa: E402
