@@ -78,9 +78,12 @@ class Detector:
 
             model = checkpoint_model_name(p)  # rcnn-deploy checkpoints name their model
         if model is None:
-            raise ValueError(
-                f"{path} is not an export directory (no contract.json); for a checkpoint pass model=, e.g. "
-                "--model torchvision-maskrcnn"
+            what = "does not exist" if not p.exists() else "is not an export directory (no contract.json)"
+            raise UserError(
+                what,
+                where=path,
+                fix="pass an export directory, an engine, or a checkpoint with its model name "
+                "(CLI: --model torchvision-maskrcnn; Python: model='torchvision-maskrcnn')",
             )
         if backend not in (None, "torch"):
             raise ValueError(f"backend {backend!r} needs an export directory; a checkpoint runs with 'torch'")

@@ -96,7 +96,7 @@ def train_command(
 
     Examples:
 
-      rcnn-deploy data synth data/train -n 8000 --height 384 --width 384 --seed 1
+      rcnn-deploy data synth -o data/train -n 8000 --height 384 --width 384 --seed 1
 
       rcnn-deploy train --images data/train/images --annotations data/train/annotations.json -o shapes.pt
 
