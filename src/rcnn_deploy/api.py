@@ -297,7 +297,8 @@ class Detector:
                 for i, p in enumerate(prepared)
             ]
         out: List[Detections] = []
-        for r in self.stream(items, workers=min(len(items), self.workers or 4) or 1):
+        # threads only: a call is often small, and callers (a server's model instance) should not get processes
+        for r in self.stream(items, workers=min(len(items), self.workers or 4) or 1, processes=0):
             if r.error is not None:
                 raise UserError(r.error)
             assert r.detections is not None
