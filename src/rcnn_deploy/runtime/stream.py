@@ -149,12 +149,6 @@ def _worker_init(
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     shm = shared_memory.SharedMemory(name=shm_name)
-    try:  # the parent owns the segment: without this, each worker's exit "cleans up" (unlinks) it too (< 3.13)
-        from multiprocessing import resource_tracker
-
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    except (ImportError, AttributeError, KeyError):  # pragma: no cover
-        pass
     _WORKER.update(prepare=prepare, postprocess=postprocess, per_image=per_image, shm=shm)
     _WORKER["slots"] = np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf)
 
