@@ -29,7 +29,9 @@ def _flat(text: str) -> str:
 
 
 def _invoke(args: List[str]) -> Any:
-    return CliRunner().invoke(app, args)
+    # a wide console: rich wraps at the width, and a wrap inside a long temp path would split it (COLUMNS is
+    # what rich reads when it is not on a terminal)
+    return CliRunner().invoke(app, args, env={"COLUMNS": "1000"})
 
 
 def _assert_user_error(res: Any, option: str, *texts: str) -> None:
