@@ -344,3 +344,45 @@ def test_find_images_reads_list_files(tmp_path):
     (tmp_path / "empty.txt").write_text("# nothing\n\n")
     with pytest.raises(UserError, match="names no images"):
         find_images(tmp_path / "empty.txt")
+
+
+# ------------------------------------------------------------------------------------------- resize methods
+@pytest.mark.parametrize("src_hw, dst_hw", [((1080, 1920), (756, 1344)), ((37, 53), (90, 130)), ((64, 64), (32, 32))])
+def test_torchvision_resize_matches_interpolate(src_hw, dst_hw):
+    """The "torchvision" letterbox resize is F.interpolate(bilinear, align_corners=False, no antialias) as in
+    GeneralizedRCNNTransform: numpy reference within rounding, OpenCV within one grey level."""
+    torch = pytest.importorskip("torch")
+    from rcnn_deploy.runtime import _opencv
+    from rcnn_deploy.runtime.preprocess import bilinear_resize_numpy, resize_rgb
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (*src_hw, 3), dtype=np.uint8)
+    t = torch.from_numpy(img).permute(2, 0, 1)[None].float()
+    ref = torch.nn.functional.interpolate(t, size=dst_hw, mode="bilinear", align_corners=False)
+    ref = ref[0].permute(1, 2, 0).numpy()
+    ours = bilinear_resize_numpy(img, dst_hw).astype(np.float32)
+    assert np.abs(ours - ref).max() <= 0.6  # rounding, and PyTorch computing sample positions in float32
+    if _opencv.opencv() is not None:
+        fast = resize_rgb(img, dst_hw, "torchvision").astype(np.float32)
+        assert fast.shape == ref.shape and np.abs(fast - ref).max() <= 1.1
+
+
+def test_resize_without_opencv_uses_the_reference(monkeypatch):
+    from rcnn_deploy.runtime import preprocess
+    from rcnn_deploy.runtime.preprocess import bilinear_resize_numpy, resize_rgb
+
+    img = np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    monkeypatch.setattr(preprocess, "opencv", lambda: None)
+    assert np.array_equal(resize_rgb(img, (20, 30), "torchvision"), bilinear_resize_numpy(img, (20, 30)))
+    with pytest.raises(ValueError, match="unknown resize"):
+        resize_rgb(img, (20, 30), "nearest")
+
+
+def test_detectron2_resize_is_pillows_bilinear():
+    from PIL import Image
+
+    from rcnn_deploy.runtime.preprocess import resize_rgb
+
+    img = np.random.default_rng(3).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    ref = np.asarray(Image.fromarray(img).resize((40, 30), Image.BILINEAR))
+    assert np.array_equal(resize_rgb(img, (30, 40), "detectron2"), ref)

@@ -372,3 +372,23 @@ def test_folder_with_a_decompression_bomb_and_a_1x5000_image(export_dir, tmp_pat
         [*(p.stem for p in folder.iterdir() if p.stem != "bomb")]
     )
     json.loads((out / "results.json").read_text())
+
+
+def test_opencv_mask_paste_equals_the_numpy_reference(monkeypatch):
+    """The OpenCV resize in the torchvision paste samples exactly like the separable numpy matmuls."""
+    from rcnn_deploy.runtime import _opencv, masks
+
+    if _opencv.opencv() is None:
+        pytest.skip("OpenCV is not installed: only the numpy path exists")
+    rng = np.random.default_rng(5)
+    probs = rng.random((60, 28, 28)).astype(np.float32)
+    xy = rng.uniform(-50, 600, (60, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0.5, 400, (60, 2))], 1).astype(np.float32)
+    fast = [masks._paste_region(probs[i], boxes[i], (480, 640), "torchvision") for i in range(60)]
+    monkeypatch.setattr(masks, "opencv", lambda: None)
+    ref = [masks._paste_region(probs[i], boxes[i], (480, 640), "torchvision") for i in range(60)]
+    for f, r in zip(fast, ref):
+        assert (f is None) == (r is None)
+        if f is not None:
+            assert f[:4] == r[:4]
+            np.testing.assert_allclose(f[4], r[4], atol=2e-6)

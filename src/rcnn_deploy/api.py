@@ -219,7 +219,7 @@ class Detector:
         return self.host_stages()._decode(path)
 
     def _model_input(self, rgb: np.ndarray) -> Tuple[np.ndarray, Letterbox]:
-        return letterbox(rgb, self.input_hw, self.fill, dtype=self.input_dtype)  # uint8 graphs: bytes
+        return letterbox(rgb, self.input_hw, self.fill, dtype=self.input_dtype, resize=self.spec.resize)
 
     def prepare(self, item: Item, keep_image: bool = False) -> Prepared:
         """Decode + letterbox one stream item; a failure is recorded on the result, never raised."""
@@ -334,7 +334,7 @@ class HostStages:
     def prepare(self, item: Item) -> Prepared:
         try:
             rgb = item.load(self._decode)
-            a, lb = letterbox(rgb, self.input_hw, self.fill, dtype=self.input_dtype)  # type: ignore[arg-type]
+            a, lb = letterbox(rgb, self.input_hw, self.fill, dtype=self.input_dtype, resize=self.spec.resize)
         except MemoryError:
             return Prepared(item, error=f"{item.name}: out of memory while decoding")
         except ValueError as e:  # UserError included

@@ -182,6 +182,10 @@ class ModelSpec:
     box_min_size: float = 1e-2  # torchvision removes tiny boxes; Detectron2 does not (0 = off)
     mask_threshold: float = 0.5
     mask_paste: str = "torchvision"  # how masks are pasted into the image: "torchvision" | "detectron2"
+    # how the letterbox resizes images, as each framework's own preprocessing does: "torchvision" (bilinear,
+    # align_corners=False, no antialiasing: F.interpolate in GeneralizedRCNNTransform) | "detectron2" (Pillow's
+    # antialiased BILINEAR: ResizeShortestEdge)
+    resize: str = "torchvision"
     # backbone
     fpn_channels: int = 256
     representation_size: int = 1024
@@ -209,7 +213,13 @@ class ModelSpec:
         if unknown:
             raise ValueError(f"unknown ModelSpec fields {unknown}; was this written by a newer rcnn-deploy?")
         kw = {k: _tuplify(v) for k, v in d.items()}
+        kw.setdefault("resize", default_resize(kw.get("flavour", "torchvision")))
         return cls(**kw)
+
+
+def default_resize(flavour: str) -> str:
+    """The letterbox resize of a flavour (specs written before ``resize`` existed name none)."""
+    return "detectron2" if flavour == "detectron2" else "torchvision"
 
 
 def _tuplify(v: Any) -> Any:
@@ -258,6 +268,7 @@ def _detectron2_spec(
         mask_sampling_ratio=0,
         level_eps=2.220446049250313e-16,  # sys.float_info.epsilon, as poolers.assign_boxes_to_levels
         level_eps_inside_log=True,
+        resize="detectron2",
         box_min_size=0.0,
         mask_paste="detectron2",
     )

@@ -25,7 +25,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from .config import FLAVOURS, MODEL_NAMES, ModelSpec
+from .config import FLAVOURS, MODEL_NAMES, ModelSpec, default_resize
 from .errors import UserError
 
 CONTRACT_FILE = "contract.json"
@@ -419,6 +419,9 @@ class _Validator:
         kw: Dict[str, Any] = {}
         for name, f in specs.items():
             fp = f"{path}.{name}"
+            if name == "resize" and name not in x and isinstance(x.get("flavour"), str):
+                kw[name] = default_resize(x["flavour"])  # contracts written before the field existed
+                continue
             if name not in x:
                 if f.default is MISSING and f.default_factory is MISSING:
                     self.fail(fp, "missing")
@@ -616,7 +619,12 @@ _NON_NEGATIVE = (
     "level_eps",
     "box_scale_clamp",
 )
-_CHOICES = {"flavour": FLAVOURS, "channel_order": ("RGB", "BGR"), "mask_paste": ("torchvision", "detectron2")}
+_CHOICES = {
+    "flavour": FLAVOURS,
+    "channel_order": ("RGB", "BGR"),
+    "mask_paste": ("torchvision", "detectron2"),
+    "resize": ("torchvision", "detectron2"),
+}
 
 
 def _range_check(name: str, value: Any, path: str, v: _Validator) -> None:

@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Uni
 import numpy as np
 
 from ..errors import UserError
+from ._opencv import MAX_SIDE, opencv
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 LIST_SUFFIXES = (".txt", ".lst")  # a text file listing image paths, one a line
@@ -467,14 +468,15 @@ def letterbox(
     fill_rgb: Sequence[float],
     orig_hw: Optional[Tuple[int, int]] = None,
     dtype: Any = np.float32,
+    resize: str = "torchvision",
 ) -> Tuple[np.ndarray, Letterbox]:
     """``[H, W, 3]`` uint8 RGB -> ``[3, IH, IW]`` RGB 0-255 in ``dtype`` and its :class:`Letterbox`.
 
     ``orig_hw``: the full image's size when ``image`` was decoded smaller (:attr:`DecodedImage.orig_hw`); the
     letterbox is then the full image's, so its boxes map back to the full image. ``dtype``: float32 (the
-    default) or uint8 for a graph that takes bytes (written directly, the fill rounded to whole values)."""
-    from PIL import Image
-
+    default) or uint8 for a graph that takes bytes (written directly, the fill rounded to whole values).
+    ``resize``: the model's resampling (:attr:`ModelSpec.resize <rcnn_deploy.config.ModelSpec>`), see
+    :func:`resize_rgb`."""
     _check_rgb(image)
     h, w = image.shape[:2]
     oh, ow = (h, w) if orig_hw is None else (int(orig_hw[0]), int(orig_hw[1]))
@@ -482,8 +484,7 @@ def letterbox(
     box = Letterbox(oh, ow, min(ih / oh, iw / ow))
     rh, rw = box.resized_hw
     rh, rw = min(rh, ih), min(rw, iw)
-    # Pillow returns a copy for a resize to the same size, so an image already at size skips it exactly
-    resized = image if (rh, rw) == (h, w) else np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))
+    resized = image if (rh, rw) == (h, w) else resize_rgb(image, (rh, rw), resize)
     dtype = np.dtype(dtype)
     out = np.empty((3, ih, iw), dtype=dtype)  # written channel-first directly: no transposed copy
     fill = np.asarray(fill_rgb, dtype=np.float64).reshape(3, 1, 1)
@@ -493,6 +494,49 @@ def letterbox(
         out[:, :rh, rw:] = np.rint(fill) if dtype == np.uint8 else fill
     out[:, :rh, :rw] = resized.transpose(2, 0, 1)
     return out, box
+
+
+RESIZE_METHODS = ("torchvision", "detectron2")
+
+
+def resize_rgb(image: np.ndarray, size_hw: Tuple[int, int], method: str = "torchvision") -> np.ndarray:
+    """Resize ``[H, W, 3]`` uint8 to ``size_hw`` as each framework's preprocessing does.
+
+    * ``"torchvision"``: bilinear with ``align_corners=False`` and no antialiasing (``F.interpolate`` in
+      ``GeneralizedRCNNTransform``), by OpenCV's ``INTER_LINEAR`` (the same sampling, 11-bit fixed-point weights:
+      within 1 grey level of the exact value, about 3 ms for 1920x1080 -> 1344x756), or numpy when OpenCV is
+      not installed;
+    * ``"detectron2"``: Pillow's antialiased ``BILINEAR`` (``ResizeShortestEdge``), about 8x slower.
+    """
+    rh, rw = int(size_hw[0]), int(size_hw[1])
+    if method == "detectron2":
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))
+    if method != "torchvision":
+        raise ValueError(f"unknown resize method {method!r}; use one of {', '.join(RESIZE_METHODS)}")
+    cv2 = opencv()
+    if cv2 is not None and max(rh, rw, *image.shape[:2]) < MAX_SIDE:
+        return cv2.resize(image, (rw, rh), interpolation=cv2.INTER_LINEAR)
+    return bilinear_resize_numpy(image, (rh, rw))
+
+
+def bilinear_resize_numpy(image: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
+    """The reference of the ``"torchvision"`` resize: PyTorch's bilinear ``align_corners=False`` sampling
+    (source = (dst + 0.5) * in / out - 0.5, clamped at 0; the next sample clamped at the last) in float32,
+    rounded to uint8. Separable: rows, then columns."""
+
+    def taps(n_out: int, n_in: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        return i0, np.minimum(i0 + 1, n_in - 1), (src - i0).astype(np.float32)
+
+    y0, y1, wy = taps(int(size_hw[0]), image.shape[0])
+    x0, x1, wx = taps(int(size_hw[1]), image.shape[1])
+    img = image.astype(np.float32)
+    rows = img[y0] * (1.0 - wy)[:, None, None] + img[y1] * wy[:, None, None]
+    out = rows[:, x0] * (1.0 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def _check_rgb(image: Any) -> None:
@@ -521,6 +565,7 @@ def iter_batches(
     *,
     max_pixels: Optional[int] = DEFAULT_MAX_PIXELS,
     draft: bool = False,
+    resize: str = "torchvision",
 ) -> Iterator[Tuple[np.ndarray, List[Letterbox], List[Path], List[Tuple[Path, str]]]]:
     """Yield ``(images [b, 3, H, W], letterboxes, paths, failures)``; unreadable images are reported in
     ``failures`` and skipped, never stopping the batch. ``draft``: let large JPEGs decode at reduced size
@@ -532,7 +577,7 @@ def iter_batches(
     for p in paths:
         try:
             d = read_image(p, max_pixels=max_pixels, target_hw=input_hw if draft else None)
-            arr, lb = letterbox(d.rgb, input_hw, fill_rgb, orig_hw=d.orig_hw)
+            arr, lb = letterbox(d.rgb, input_hw, fill_rgb, orig_hw=d.orig_hw, resize=resize)
         except ValueError as e:
             failed.append((p, str(e)))
             continue

@@ -230,7 +230,7 @@ def _calibration_array(contract, directory: Path, limit: int, tmp: Path, console
     spec = contract.spec
     fill = rgb_fill(spec.pixel_mean, spec.channel_order)
     arrays = []
-    for images, _, _, failed in iter_batches(paths, contract.input_hw, fill, batch=8):
+    for images, _, _, failed in iter_batches(paths, contract.input_hw, fill, batch=8, resize=contract.spec.resize):
         for p, why in failed:
             console.print(f"[yellow]skipped[/yellow] {p}: {why}")
         if len(images):
