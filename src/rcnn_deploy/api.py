@@ -45,6 +45,7 @@ class Detector:
         self.fill = rgb_fill(spec.pixel_mean, spec.channel_order)
         self.engine: Optional[object] = None  # the TensorRTBackend of a fused engine; SplitPieces of split ones
         self.module: Optional[object] = None  # the torch module when running the PyTorch deploy model
+        self.cuda_model: Optional[Any] = None  # the CudaGraphModel of the PyTorch backend on a GPU
         self.input_dtype = np.dtype(np.float32)  # what the graph takes: float32 (0-255 RGB) or uint8
         self.max_pixels: Optional[int] = None  # decode limit for image files (None: the loader's default)
         self.workers: Optional[int] = None  # decode / postprocess threads of stream() (None: by CPU count)
@@ -61,10 +62,14 @@ class Detector:
         backend: Optional[str] = None,
         batch: int = 1,
         device: str = "cpu",
+        precision: str = "fp32",
+        cuda_graph: bool = True,
         **spec_overrides: object,
     ) -> Detector:
         """``path``: an export directory / a file in one (uses its contract.json), or a checkpoint (``.pth``,
-        ``.pkl``, a torchvision enum name) with ``model=`` and ``input_hw=`` for the PyTorch backend."""
+        ``.pkl``, a torchvision enum name) with ``model=`` and ``input_hw=`` for the PyTorch backend.
+        ``device="cuda"``, ``precision`` (fp32 / fp16 / bf16) and ``cuda_graph``: the PyTorch backend on a GPU
+        (:class:`rcnn_deploy.backends.torch_cuda.CudaGraphModel`)."""
         p = Path(path)
         if p.suffix.lower() in ENGINE_SUFFIXES and backend in (None, "tensorrt"):
             return cls.from_engine(p)
@@ -87,7 +92,7 @@ class Detector:
             )
         if backend not in (None, "torch"):
             raise ValueError(f"backend {backend!r} needs an export directory; a checkpoint runs with 'torch'")
-        return cls.from_torch(model, str(path), input_hw, batch, device, **spec_overrides)
+        return cls.from_torch(model, str(path), input_hw, batch, device, precision, cuda_graph, **spec_overrides)
 
     @classmethod
     def from_torch(
@@ -97,27 +102,53 @@ class Detector:
         input_hw: Optional[Tuple[int, int]] = None,
         batch: int = 1,
         device: str = "cpu",
+        precision: str = "fp32",
+        cuda_graph: bool = True,
         **spec_overrides: object,
     ) -> Detector:
         """The PyTorch deploy model. ``input_hw`` defaults to the size an rcnn-deploy checkpoint was trained
         at, else 800 x 800."""
         from .models.build import build_model
 
-        return cls.from_module(build_model(model, weights, **spec_overrides), input_hw, batch, device)
+        net = build_model(model, weights, **spec_overrides)
+        return cls.from_module(net, input_hw, batch, device, precision, cuda_graph)
 
     @classmethod
     def from_module(
-        cls, net: Any, input_hw: Optional[Tuple[int, int]] = None, batch: int = 1, device: str = "cpu"
+        cls,
+        net: Any,
+        input_hw: Optional[Tuple[int, int]] = None,
+        batch: int = 1,
+        device: str = "cpu",
+        precision: str = "fp32",
+        cuda_graph: bool = True,
     ) -> Detector:
         """A deploy-form model already in memory (``DeployRCNN``), run on ``device``. ``input_hw`` defaults to
-        the size its checkpoint recorded, else 800 x 800."""
+        the size its checkpoint recorded, else 800 x 800. On a CUDA device the model is a
+        :class:`~rcnn_deploy.backends.torch_cuda.CudaGraphModel` (``precision``, ``cuda_graph``) taking uint8
+        images; on the CPU it runs eagerly in fp32."""
         import torch
 
+        from .backends.torch_cuda import PRECISIONS, CudaGraphModel
         from .config import InputSize
 
-        net = net.to(device).eval()
+        if precision not in PRECISIONS:
+            raise UserError(f"unknown precision {precision!r}", where="--precision", fix=f"use {', '.join(PRECISIONS)}")
         input_hw = tuple(input_hw or getattr(net, "checkpoint_input_hw", None) or (800, 800))  # type: ignore[assignment]
         InputSize(*input_hw)
+        if str(device).startswith("cuda"):
+            gpu = CudaGraphModel(net, device, precision, cuda_graph)
+            det = cls(net.spec, input_hw, gpu.run_numpy, "torch", batch)
+            det.input_dtype = np.dtype(np.uint8)  # a quarter of float32's upload; the graph casts on the GPU
+            det.module, det.cuda_model = gpu.net, gpu
+            return det
+        if precision != "fp32":
+            raise UserError(
+                f"precision {precision} needs a CUDA device; the CPU runs the PyTorch model in fp32",
+                where="--precision",
+                fix="pass --device cuda, or drop --precision",
+            )
+        net = net.to(device).eval()
 
         def run(images: np.ndarray) -> Dict[str, np.ndarray]:
             with torch.no_grad():

@@ -22,6 +22,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import Tensor
 
+from . import sync_free
 from .roi_align import PoolerParams
 
 
@@ -53,6 +54,9 @@ def _fixpoint_eager(suppress: Tensor, valid: Tensor) -> Tensor:
 def fixpoint_keep(suppress: Tensor, valid: Tensor) -> Tensor:
     if torch.onnx.is_in_onnx_export():
         return FixpointNode.apply(suppress, valid, int(valid.shape[-1]) + 1)  # static bound: every candidate
+    state = sync_free.active()
+    if state is not None:
+        return sync_free.fixpoint_rounds(suppress, valid, state)
     return _fixpoint_eager(suppress, valid)
 
 

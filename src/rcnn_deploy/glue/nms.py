@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import export_hooks
+from . import export_hooks, sync_free
 
 
 def nms_padded(
@@ -63,6 +63,12 @@ def nms_padded(
         return export_hooks.NMSNode.apply(
             boxes, scores, valid, float(iou_threshold), int(max_out), float(score_threshold), shape
         )
+    if sync_free.active() is not None:  # static shapes, no host sync (a CUDA graph captures it)
+        if group_blocks is not None and len(group_blocks) > 1:
+            return _nms_blocked(boxes, scores, valid, iou_threshold, max_out, score_threshold, group_blocks)
+        from .formulations import TOPK_LIMIT, nms_fixpoint
+
+        return nms_fixpoint(boxes, scores, valid, iou_threshold, max_out, TOPK_LIMIT, group_blocks is not None)
     return _nms_eager(boxes, scores, valid, iou_threshold, max_out)
 
 

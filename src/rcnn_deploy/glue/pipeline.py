@@ -40,6 +40,20 @@ def split_levels(x: Tensor, spec: ModelSpec, image_hw: Tuple[int, int]) -> List[
     return list(torch.split(x, counts, dim=1))
 
 
+_LABEL_IDS: Dict[Tuple[Tuple[int, ...], str], Tensor] = {}
+
+
+def _label_ids(ids: Tuple[int, ...], device: torch.device) -> Tensor:
+    """The label of each model class as a tensor, made once per device: a host-to-device copy cannot be part
+    of a CUDA graph capture, so the capture finds it made by the warm-up runs. Traced exports get a constant."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return torch.tensor(ids, dtype=torch.int32, device=device)
+    key = (tuple(ids), str(device))
+    if key not in _LABEL_IDS:
+        _LABEL_IDS[key] = torch.tensor(ids, dtype=torch.int32, device=device)
+    return _LABEL_IDS[key]
+
+
 def two_stage(
     net: NetworkPieces, images: Tensor, spec: ModelSpec, anchors: List[Tensor] | None = None
 ) -> Dict[str, Tensor]:
@@ -63,7 +77,7 @@ def two_stage(
     )
     k = boxes.shape[1]
     slot_valid = torch.arange(k, device=boxes.device).view(1, -1) < count.view(-1, 1)
-    label_ids = torch.tensor(spec.label_ids, dtype=torch.int32, device=boxes.device)
+    label_ids = _label_ids(spec.label_ids, boxes.device)
     labels = torch.where(slot_valid, label_ids[classes], torch.full_like(classes, -1, dtype=torch.int32))
     out: Dict[str, Tensor] = OrderedDict(
         num_detections=count.view(-1, 1).to(torch.int32),

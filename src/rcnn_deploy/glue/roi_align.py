@@ -13,7 +13,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import export_hooks
+from . import export_hooks, sync_free
 from .boxes import box_area
 
 
@@ -65,6 +65,8 @@ def multiscale_roi_align(features: Sequence[Tensor], boxes: Tensor, p: PoolerPar
             return roi_align_gather(feats, boxes, levels, p)
         # levels are traced as ordinary ops; a lowering that assigns levels itself (a plugin) ignores them
         return export_hooks.RoIAlignNode.apply(boxes, levels, p, *feats)
+    if sync_free.active() is not None:
+        return sync_free.roi_align_all_levels(feats, boxes, p)
     return _roi_align_eager(feats, boxes, p)
 
 

@@ -78,7 +78,31 @@ class DeployRCNN(nn.Module):
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
         self._anchor_cache: Dict[Tuple, List[Tensor]] = {}
+        # the layers' dtype (float32 unless set_precision); the glue between them always runs in float32
+        self.compute_dtype = torch.float32
+        self.channels_last = False
         self.eval()
+
+    def set_precision(self, dtype: torch.dtype, channels_last: bool = False) -> DeployRCNN:
+        """Run the layers (backbone, FPN, RPN head, box and mask heads) in ``dtype`` (float16 / bfloat16 weights
+        and activations) and optionally channels_last; normalisation, anchors, box decoding, NMS and ROIAlign stay
+        float32, the rule the TensorRT fp16 builds follow. Every piece's outputs are cast back to float32."""
+        self.compute_dtype = dtype
+        self.channels_last = channels_last
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        for part in (self.backbone, self.rpn, self.roi_heads):
+            part.to(dtype=dtype, memory_format=fmt)  # type: ignore[call-overload]
+        return self
+
+    def _to_compute(self, x: Tensor) -> Tensor:
+        if self.compute_dtype != torch.float32:
+            x = x.to(self.compute_dtype)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _to_glue(self, x: Tensor) -> Tensor:
+        return x.float() if self.compute_dtype != torch.float32 else x
 
     # ------------------------------------------------------------------------------------- network pieces
     def normalize(self, images: Tensor) -> Tensor:
@@ -93,22 +117,25 @@ class DeployRCNN(nn.Module):
         """Backbone + FPN + RPN head: FPN maps P2-P5 (``[B, 256, H/s, W/s]``, the ones ROIAlign pools),
         objectness ``[B, N]`` and deltas ``[B, N, 4]`` of all levels P2-P6, each in (H, W, A) order."""
         _check_input(images)
-        feats = list(self.backbone(self.normalize(images)).values())
+        feats = list(self.backbone(self._to_compute(self.normalize(images))).values())
         objectness, deltas = [], []
         for o, d in zip(*self.rpn.head(feats)):
+            o, d = self._to_glue(o), self._to_glue(d)
             b, a, h, w = o.shape
             objectness.append(o.permute(0, 2, 3, 1).reshape(b, h * w * a))
             deltas.append(d.view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, h * w * a, 4))
         n_pooled = self.spec.roi_levels[1] - self.spec.roi_levels[0] + 1
-        return feats[:n_pooled], torch.cat(objectness, dim=1), torch.cat(deltas, dim=1)
+        pooled = [self._to_glue(f) for f in feats[:n_pooled]]
+        return pooled, torch.cat(objectness, dim=1), torch.cat(deltas, dim=1)
 
     def box_head(self, box_features: Tensor) -> Tuple[Tensor, Tensor]:
         """``[R, 256, 7, 7]`` -> class_logits ``[R, C]``, box_regression ``[R, 4C]``."""
-        return self.roi_heads.box_predictor(self.roi_heads.box_head(box_features))
+        logits, reg = self.roi_heads.box_predictor(self.roi_heads.box_head(self._to_compute(box_features)))
+        return self._to_glue(logits), self._to_glue(reg)
 
     def mask_head(self, mask_features: Tensor, classes: Tensor) -> Tensor:
         """``[R, 256, 14, 14]`` and model classes ``[R]`` -> class-selected probabilities ``[R, 28, 28]``."""
-        logits = self.roi_heads.mask_predictor(self.roi_heads.mask_head(mask_features))
+        logits = self._to_glue(self.roi_heads.mask_predictor(self.roi_heads.mask_head(self._to_compute(mask_features))))
         return select_masks(logits.unsqueeze(0), classes.unsqueeze(0))[0]
 
     # ---------------------------------------------------------------------------------------------- forward

@@ -27,6 +27,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optiona
 import numpy as np
 
 from ..errors import UserError
+from ._opencv import opencv
 from .detections import Detections
 from .sources import Item
 
@@ -148,6 +149,9 @@ def _worker_init(
     from multiprocessing import shared_memory
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    cv2 = opencv()
+    if cv2 is not None:
+        cv2.setNumThreads(1)  # one worker, one core: OpenCV's own pool would oversubscribe them
     shm = shared_memory.SharedMemory(name=shm_name)
     _WORKER.update(prepare=prepare, postprocess=postprocess, per_image=per_image, shm=shm)
     _WORKER["slots"] = np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf)
@@ -186,6 +190,10 @@ class _SingleThreadedBlas:
             self.limiter = threadpool_limits(1, user_api="blas")
         except ImportError:  # pragma: no cover - optional
             pass
+        self.cv2 = opencv()
+        self.cv2_threads = self.cv2.getNumThreads() if self.cv2 is not None else 0
+        if self.cv2 is not None:
+            self.cv2.setNumThreads(1)  # the same for OpenCV's resize in worker threads
 
     def restore(self) -> None:
         for k, v in self.saved.items():
@@ -195,6 +203,8 @@ class _SingleThreadedBlas:
                 os.environ[k] = v
         if self.limiter is not None:
             self.limiter.restore_original_limits()
+        if self.cv2 is not None:
+            self.cv2.setNumThreads(self.cv2_threads)
 
 
 class _Slots:

@@ -1,0 +1,244 @@
+"""PyTorch on the GPU without TensorRT (issue "PyTorch on the GPU"): the deploy model in fp32 / fp16 / bf16 with one
+CUDA graph per batch size, timed alone and end to end through ``Detector.stream``, with parity and mAP checks.
+
+    python3 benchmarks/e2e_torch_cuda.py --checkpoint checkpoints/shapes_maskrcnn_r50fpn.pt --size 1344 \
+        --images DIR_OF_1920x1080_JPEGS --val SYNTH_VAL_DIR --out e2e_torch_cuda.json
+
+Rows (one per model, precision and batch):
+  gpu_compute_ms   the model alone on a uint8 batch already on the GPU (CUDA-graph replay, or eager with
+                   --no-cuda-graph rows), median of 100 after warm-up, CUDA events
+  stream           ``Detector.stream`` over the folder (decode + letterbox in worker processes, uint8 upload,
+                   graph replay, postprocessing with masks as COCO RLE from box regions, results.jsonl/TSV written):
+                   img/s over the whole folder, second of two passes
+  latency_ms       batch 1: ``Detector([path])`` per image (decode .. RLE), p50/p90/p99
+Parity (``--val``, a synthetic COCO folder at the checkpoint's own size): bbox/segm mAP of the eager fp32 deploy
+model and of each graph precision, and the fp32 graph's detections matched against eager's.
+Faster R-CNN rows: the checkpoint's box branch as a Faster R-CNN (its mask head dropped), same images.
+Writes the JSON atomically after every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+
+def commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def gpu_compute(det: Any, batch: int, images: np.ndarray, iterations: int = 100) -> Dict[str, Any]:
+    import torch
+
+    model = det.cuda_model
+    x = torch.from_numpy(np.ascontiguousarray(images[:batch])).cuda()
+    for _ in range(5):
+        model(x)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iterations):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        model(x)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    med = float(np.median(times))
+    return {
+        "gpu_compute_ms": round(med, 3),
+        "gpu_compute_p99_ms": round(float(np.percentile(times, 99)), 3),
+        "gpu_images_per_s": round(batch * 1000.0 / med, 1),
+        "nms_fallbacks": model.fallbacks,
+        "replays": model.replays,
+    }
+
+
+def stream_pass(det: Any, paths: List[str], batch: int, processes: int, out_dir: str) -> Dict[str, Any]:
+    from rcnn_deploy.runtime.stream import StreamStats
+    from rcnn_deploy.runtime.writers import InferWriter
+
+    writer = InferWriter(out_dir, det.spec, backend=det.backend, visualize=False, total=len(paths))
+    stats = StreamStats()
+    n_ok = n_det = 0
+    for r in det.stream(paths, batch=batch, per_image=writer.per_image, stats=stats, processes=processes):
+        writer.add(r)
+        n_ok += r.ok
+        n_det += len(r.detections) if r.ok else 0
+    summary = writer.close(stats)
+    return {
+        "images": len(paths),
+        "ok": n_ok,
+        "detections": n_det,
+        "seconds": round(stats.seconds, 3),
+        "images_per_s": round(len(paths) / stats.seconds, 1),
+        "failures": len(summary["failures"]),
+        "processes": processes,
+    }
+
+
+def latency(det: Any, paths: List[str], n: int) -> Dict[str, Any]:
+    from rcnn_deploy.runtime.coco import detections_to_coco
+    from rcnn_deploy.runtime.stream import percentiles
+
+    walls = []
+    for p in paths[:n]:
+        t0 = time.perf_counter()
+        d = det([p])[0]
+        detections_to_coco(d, 1, det.spec.category_ids, det.spec.label_ids)
+        walls.append((time.perf_counter() - t0) * 1e3)
+    return dict(percentiles(walls[3:], (50, 90, 99)), images=len(walls) - 3)
+
+
+def faster_rcnn_from(checkpoint: str) -> Any:
+    """The checkpoint's backbone, RPN and box head as a Faster R-CNN (same classes; the mask head dropped)."""
+    import torch
+
+    from rcnn_deploy.models.build import build_model
+
+    mask = build_model("torchvision-maskrcnn", checkpoint)
+    net = build_model("torchvision-fasterrcnn", None, class_names=list(mask.spec.class_names))
+    state = {k: v for k, v in mask.state_dict().items() if "mask_head" not in k and "mask_predictor" not in k}
+    net.load_state_dict(state, strict=True)
+    net.checkpoint_input_hw = getattr(mask, "checkpoint_input_hw", None)
+    net.spec = net.spec.replace(category_ids=mask.spec.category_ids, label_ids=mask.spec.label_ids)
+    return net.to(torch.float32)
+
+
+def main() -> None:
+    import torch
+
+    from rcnn_deploy._io import atomic_write_json
+    from rcnn_deploy.api import Detector
+    from rcnn_deploy.runtime.preprocess import find_images
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--size", type=int, default=1344)
+    ap.add_argument("--images", required=True)
+    ap.add_argument("--val", default=None, help="synthetic COCO folder (images/, annotations.json) for mAP")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--precisions", default="fp32,fp16,bf16")
+    ap.add_argument("--stream-precisions", default="fp16")
+    ap.add_argument("--processes", type=int, default=max((os.cpu_count() or 2) - 2, 1))
+    ap.add_argument("--latency-images", type=int, default=100)
+    ap.add_argument("--skip-faster", action="store_true")
+    a = ap.parse_args()
+    paths = [str(p) for p in find_images(a.images)]
+    hw = (a.size, a.size)
+    doc: Dict[str, Any] = {
+        "script": "benchmarks/e2e_torch_cuda.py",
+        "machine": {
+            "host": socket.gethostname(),
+            "gpu": torch.cuda.get_device_name(0),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "commit": commit(),
+        "images": {"folder": a.images, "count": len(paths)},
+        "size": a.size,
+        "rows": [],
+        "parity": {},
+    }
+
+    def save() -> None:
+        atomic_write_json(a.out, doc)
+
+    probe = Detector.load(a.checkpoint, input_hw=hw)  # host stages only, to letterbox real images
+    probe.input_dtype = np.dtype(np.uint8)
+    batch_images = probe.preprocess(paths[:8])[0]
+    del probe
+
+    def rows_for(label: str, make: Any, precisions: List[str], stream_precisions: List[str]) -> None:
+        for precision in precisions:
+            for batch in (1, 8):
+                t0 = time.perf_counter()
+                det = make(precision, batch, True)
+                row: Dict[str, Any] = {"model": label, "precision": precision, "batch": batch, "cuda_graph": True}
+                row.update(gpu_compute(det, batch, batch_images))
+                row["capture_s"] = round(time.perf_counter() - t0, 1)
+                if precision in stream_precisions:
+                    with tempfile.TemporaryDirectory() as tmp:
+                        stream_pass(det, paths, batch, a.processes, os.path.join(tmp, "warm"))
+                        row["stream"] = stream_pass(det, paths, batch, a.processes, os.path.join(tmp, "run"))
+                    if batch == 1:
+                        row["latency_ms"] = latency(det, paths, a.latency_images)
+                doc["rows"].append(row)
+                save()
+                print(row, flush=True)
+                del det
+                torch.cuda.empty_cache()
+        for batch in (1, 8):  # the eager deploy model (no graph, torchvision's NMS), fp32: the reference
+            det = make("fp32", batch, False)
+            row = {"model": label, "precision": "fp32", "batch": batch, "cuda_graph": False}
+            row.update(gpu_compute(det, batch, batch_images, iterations=30))
+            doc["rows"].append(row)
+            save()
+            print(row, flush=True)
+
+    def mask_rcnn(precision: str, batch: int, graph: bool) -> Any:
+        return Detector.load(a.checkpoint, input_hw=hw, batch=batch, device="cuda", precision=precision, cuda_graph=graph)
+
+    precisions = a.precisions.split(",")
+    rows_for("mask_rcnn", mask_rcnn, precisions, a.stream_precisions.split(","))
+    if not a.skip_faster:
+
+        def faster(precision: str, batch: int, graph: bool) -> Any:
+            return Detector.from_module(faster_rcnn_from(a.checkpoint), hw, batch, "cuda", precision, graph)
+
+        rows_for("faster_rcnn", faster, ["fp16"], ["fp16"])
+
+    if a.val:
+        parity_rows(a, doc, save)
+
+
+def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
+    """mAP on the synthetic validation set at the checkpoint's size, and graph-vs-eager detections."""
+    from rcnn_deploy.api import Detector
+    from rcnn_deploy.runtime.coco import evaluate_detector
+    from rcnn_deploy.runtime.parity import compare_detections
+    from rcnn_deploy.runtime.preprocess import find_images
+
+    ann = os.path.join(a.val, "annotations.json")
+    images = os.path.join(a.val, "images")
+    par: Dict[str, Any] = {"val": a.val}
+    variants = [("eager_fp32", "fp32", False)] + [(f"graph_{p}", p, True) for p in a.precisions.split(",")]
+    for name, precision, graph in variants:
+        det = Detector.load(a.checkpoint, batch=8, device="cuda", precision=precision, cuda_graph=graph)
+        r = evaluate_detector(det, ann, images)
+        par[name] = {
+            "bbox_AP": round(r["metrics"]["bbox"]["AP"], 4),
+            "segm_AP": round(r["metrics"].get("segm", {}).get("AP", float("nan")), 4),
+            "images": r["images"],
+            "nms_fallbacks": det.cuda_model.fallbacks if graph else None,
+        }
+        print(name, par[name], flush=True)
+        doc["parity"] = par
+        save()
+    paths = [str(p) for p in find_images(images)][:64]
+    eager = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp32", cuda_graph=False)
+    graph = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp32", cuda_graph=True)
+    rep = compare_detections(eager(paths), graph(paths))
+    par["graph_fp32_vs_eager_fp32"] = {k: v for k, v in rep.to_dict().items() if k != "unmatched"}
+    par["graph_fp32_vs_eager_fp32"]["unmatched"] = len(rep.unmatched)
+    doc["parity"] = par
+    save()
+    print(par["graph_fp32_vs_eager_fp32"], flush=True)
+
+
+if __name__ == "__main__":
+    main()

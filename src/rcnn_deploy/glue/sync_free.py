@@ -1,0 +1,94 @@
+"""A forward with no host synchronisation, so a CUDA graph can capture it (``torch.cuda.graph``).
+
+The eager glue asks the host for data-dependent sizes twice: torchvision's NMS (``batched_nms`` after a
+``nonzero`` over the valid candidates) and the per-level ROIAlign (``nonzero`` per FPN level). Inside
+:func:`sync_free` both take static-shape formulations instead:
+
+* NMS: the exact greedy fixpoint of :func:`rcnn_deploy.glue.formulations.nms_fixpoint` (the one the fused
+  ``tensor`` export traces), RPN levels side by side (:func:`rcnn_deploy.glue.nms._nms_blocked`), but with a
+  fixed number of rounds instead of "until nothing changes". One more round is computed and compared on the
+  GPU; :attr:`SyncFree.converged` holds that flag (a 0-dim bool tensor, every NMS of the forward ANDed), read by
+  the caller after the graph ran. A forward whose flag is False is not exact and must be re-run without the
+  round limit (:class:`rcnn_deploy.backends.torch_cuda.CudaGraphModel` does that).
+* ROIAlign: torchvision's ``roi_align`` kernel over every box on every pooled level, each box taking the
+  level it is assigned to (``torch.where``): the same kernel and numbers as the eager path, about L times the
+  pooling work and no ``nonzero`` (adaptive sampling, Detectron2's ROIAlignV2, included).
+
+Outside the context nothing changes. The context is per thread (a ContextVar).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor
+
+_ACTIVE: ContextVar[Optional[SyncFree]] = ContextVar("rcnn_deploy_sync_free", default=None)
+
+
+class SyncFree:
+    """The state of one sync-free forward: the NMS round limit and the convergence flag."""
+
+    def __init__(self, rounds: Optional[int]) -> None:
+        if rounds is not None and rounds < 1:
+            raise ValueError(f"NMS rounds must be >= 1, got {rounds}")
+        self.rounds = rounds  # None: iterate until converged (exact, syncs: the fallback)
+        self.converged: Optional[Tensor] = None
+
+    def note(self, converged: Tensor) -> None:
+        self.converged = converged if self.converged is None else self.converged & converged
+
+
+@contextlib.contextmanager
+def sync_free(rounds: Optional[int] = 24) -> Iterator[SyncFree]:
+    """Run the glue without host synchronisation (see the module docstring); ``rounds=None`` keeps the same
+    formulations but iterates each NMS to convergence (exact, with syncs)."""
+    state = SyncFree(rounds)
+    token = _ACTIVE.set(state)
+    try:
+        yield state
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active() -> Optional[SyncFree]:
+    return _ACTIVE.get()
+
+
+def fixpoint_rounds(suppress: Tensor, valid: Tensor, state: SyncFree) -> Tensor:
+    """``keep = valid & not (S @ keep)`` for ``state.rounds`` rounds from ``keep = valid``; notes whether one
+    more round would change it (then the result is not yet greedy NMS's)."""
+    if state.rounds is None:
+        from .formulations import _fixpoint_eager
+
+        return _fixpoint_eager(suppress, valid)
+
+    def step(keep: Tensor) -> Tensor:
+        return valid * (torch.matmul(suppress, keep.unsqueeze(-1)).squeeze(-1) < 0.5).to(valid.dtype)
+
+    keep = valid
+    for _ in range(state.rounds):
+        keep = step(keep)
+    state.note((step(keep) == keep).all())
+    return keep
+
+
+def roi_align_all_levels(features, boxes: Tensor, p) -> Tensor:  # type: ignore[no-untyped-def]
+    """Multi-level ROIAlign without ``nonzero``: see the module docstring. ``[B, K, C, S, S]``."""
+    from torchvision.ops import roi_align
+
+    from .roi_align import assign_levels
+
+    b, k = boxes.shape[:2]
+    c, s = features[0].shape[1], p.output_size
+    batch_idx = torch.arange(b, device=boxes.device, dtype=boxes.dtype).view(b, 1, 1).expand(b, k, 1)
+    rois = torch.cat((batch_idx, boxes), dim=2).reshape(b * k, 5)
+    levels = assign_levels(boxes, p).reshape(b * k, 1, 1, 1)
+    out = torch.zeros((b * k, c, s, s), dtype=features[0].dtype, device=boxes.device)
+    for lvl, (feat, stride) in enumerate(zip(features, p.strides)):
+        pooled = roi_align(feat, rois, s, 1.0 / stride, p.sampling_ratio, p.aligned)
+        out = torch.where(levels == lvl, pooled.to(out.dtype), out)
+    return out.view(b, k, c, s, s)

@@ -1,0 +1,107 @@
+"""The PyTorch GPU backend's pieces that run on the CPU: the sync-free forward (what a CUDA graph captures) and
+the layer precision switch. The CUDA paths themselves run in benchmarks/e2e_torch_cuda.py on the GPU machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_maskrcnn_r50fpn.pt"
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    from rcnn_deploy.data.synth import generate_synthetic_coco
+    from rcnn_deploy.models.build import build_model
+    from rcnn_deploy.runtime.preprocess import letterbox, load_rgb, rgb_fill
+
+    out = tmp_path_factory.mktemp("sync_free")
+    generate_synthetic_coco(out, num_images=2, height=256, width=256, seed=3)
+    net = build_model("torchvision-maskrcnn", str(CKPT))
+    fill = rgb_fill(net.spec.pixel_mean, net.spec.channel_order)
+    imgs = [letterbox(load_rgb(p), (256, 256), fill)[0] for p in sorted((out / "images").iterdir())]
+    return net, torch.from_numpy(np.stack(imgs))
+
+
+def _run(net, x, rounds="eager"):
+    from rcnn_deploy.glue.sync_free import sync_free
+
+    with torch.no_grad():
+        if rounds == "eager":
+            return net(x), None
+        with sync_free(rounds) as state:
+            return net(x), state.converged
+
+
+def test_sync_free_forward_equals_the_eager_forward(shapes):
+    net, x = shapes
+    ref, _ = _run(net, x)
+    assert int(ref["num_detections"].sum()) > 0
+    out, converged = _run(net, x, rounds=24)
+    assert converged is not None and bool(converged)
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k], rtol=0, atol=1e-5, msg=k)
+    exact, flag = _run(net, x, rounds=None)  # the fallback: same formulations, iterated to convergence
+    assert flag is None
+    for k in ref:
+        torch.testing.assert_close(exact[k], ref[k], rtol=0, atol=1e-5, msg=k)
+
+
+def test_too_few_nms_rounds_are_flagged(shapes):
+    """One round of the fixpoint is not greedy NMS on a real image: the flag must say so (the GPU model then
+    re-runs the batch without the limit)."""
+    net, x = shapes
+    _, converged = _run(net, x, rounds=1)
+    assert converged is not None and not bool(converged)
+
+
+def test_sync_free_forward_has_no_data_dependent_host_calls(shapes, monkeypatch):
+    """Inside sync_free the forward never calls nonzero or torchvision's NMS (both sync with the host on CUDA)."""
+    import torchvision
+
+    net, x = shapes
+
+    def forbidden(*a, **k):
+        raise AssertionError("host-synchronising op called in the sync-free forward")
+
+    monkeypatch.setattr(torch, "nonzero", forbidden)
+    monkeypatch.setattr(torchvision.ops, "batched_nms", forbidden)
+    monkeypatch.setattr(torch.Tensor, "item", forbidden)
+    out, converged = _run(net, x, rounds=24)
+    assert bool(converged) and out["boxes"].shape == (2, 100, 4)
+
+
+def test_bf16_layers_keep_float32_outputs_and_detections(shapes):
+    """set_precision runs the layers in bfloat16 (CPU here; fp16/bf16 mAP is measured on the GPU) and the
+    glue in float32: same output dtypes, and the confident detections survive."""
+    from rcnn_deploy.models.build import build_model
+    from rcnn_deploy.runtime.detections import Detections
+    from rcnn_deploy.runtime.parity import compare_detections
+
+    net, x = shapes
+    ref, _ = _run(net, x)
+    low = build_model("torchvision-maskrcnn", str(CKPT)).set_precision(torch.bfloat16, channels_last=True)
+    assert next(low.backbone.parameters()).dtype == torch.bfloat16 and low.pixel_mean.dtype == torch.float32
+    out, _ = _run(low, x)
+    assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in ref.items()}
+    refs = [d.above(0.5) for d in Detections.from_padded({k: v.numpy() for k, v in ref.items()})]
+    cands = [d.above(0.5) for d in Detections.from_padded({k: v.numpy() for k, v in out.items()})]
+    rep = compare_detections(refs, cands, pasted_masks=False)
+    assert rep.reference_detections > 0 and rep.recall >= 0.9 and rep.min_box_iou >= 0.8
+
+
+def test_precision_needs_cuda_and_a_known_name():
+    from rcnn_deploy.api import Detector
+    from rcnn_deploy.backends.torch_cuda import CudaGraphModel
+    from rcnn_deploy.errors import UserError
+
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        Detector.load(str(CKPT), precision="fp16")
+    with pytest.raises(UserError, match="unknown precision"):
+        Detector.load(str(CKPT), precision="fp8")
+    with pytest.raises(ValueError, match="CUDA device"):
+        CudaGraphModel(object(), device="cpu")
