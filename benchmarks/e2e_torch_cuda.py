@@ -191,7 +191,9 @@ def main() -> None:
             print(row, flush=True)
 
     def mask_rcnn(precision: str, batch: int, graph: bool) -> Any:
-        return Detector.load(a.checkpoint, input_hw=hw, batch=batch, device="cuda", precision=precision, cuda_graph=graph)
+        return Detector.load(
+            a.checkpoint, input_hw=hw, batch=batch, device="cuda", precision=precision, cuda_graph=graph
+        )
 
     precisions = a.precisions.split(",")
     rows_for("mask_rcnn", mask_rcnn, precisions, a.stream_precisions.split(","))
