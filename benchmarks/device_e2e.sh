@@ -4,7 +4,9 @@
 #
 #   bash benchmarks/device_e2e.sh prep   # wheels, 256 synthetic 1920x1080 JPEGs, uint8 fused exports (1344, b1 and b8)
 #   bash benchmarks/device_e2e.sh build  # fp16 engines of both exports, in parallel (float32-input exports if uint8 fails)
-#   bash benchmarks/device_e2e.sh bench  # e2e_trt.py (py39 + TensorRT 8.6) and e2e_torchvision.py (python3 + torch)
+#   bash benchmarks/device_e2e.sh bench  # e2e_trt.py (py39 + TensorRT 8.6), one process per engine
+#   bash benchmarks/device_e2e.sh torch  # e2e_torch_cuda.py (PyTorch on the GPU, no TensorRT) and the torchvision
+#                                        # baseline e2e_torchvision.py (python3 + torch); needs only prep's data
 #
 # Carry .whl (cp312: pycocotools, onnx_graphsurgeon) and .devcarry (py39/: pycocotools for CPython 3.9).
 # Results land in $OUT: e2e_trt.json, e2e_torchvision.json, logs.
@@ -49,7 +51,16 @@ prep)
     python3 -m rcnn_deploy.cli data synth -o "$W/data" -n "$N" --height 1080 --width 1920 --image-format jpg \
       --min-objects 4 --max-objects 12 -j "$(nproc)" >"$W/synth.log" 2>&1 || { tail -5 "$W/synth.log"; exit 1; }
   fi
-  echo "images: $(ls "$W/data/images" | wc -l) in $(( $(date +%s) - t0 )) s"
+  if [ ! -f "$W/val/annotations.json" ]; then  # the checkpoint's validation split (recipes/train_shapes.sh)
+    python3 -m rcnn_deploy.cli data synth -o "$W/val" -n 500 --height 384 --width 384 --seed 2 -j "$(nproc)" \
+      >"$W/synth_val.log" 2>&1 || { tail -5 "$W/synth_val.log"; exit 1; }
+  fi
+  if [ ! -f "$W/val_jpg/annotations.json" ]; then  # the same split as JPEGs (GPU decode parity)
+    python3 -m rcnn_deploy.cli data synth -o "$W/val_jpg" -n 500 --height 384 --width 384 --seed 2 \
+      --image-format jpg -j "$(nproc)" >"$W/synth_val_jpg.log" 2>&1 || { tail -5 "$W/synth_val_jpg.log"; exit 1; }
+  fi
+  echo "images: $(ls "$W/data/images" | wc -l), val: $(ls "$W/val/images" | wc -l) in $(( $(date +%s) - t0 )) s"
+  [ "${2:-}" = "data" ] && exit 0
   export_one 1 uint8 &
   export_one 8 uint8 &
   wait
@@ -75,13 +86,24 @@ bench)
     done
   done
   source /tmp/trt86/env.sh
-  PYTHONPATH=$PWD/src:$PWD/.devcarry/py39 py39 benchmarks/e2e_trt.py "${engines[@]}" --images "$W/data/images" \
-    --out "$OUT/e2e_trt.json" 2>&1 | tail -20
+  # one process per engine (run 13's batch-1 engine segfaulted after the batch-8 engine in the same process)
+  for ((i = 1; i < ${#engines[@]}; i += 2)); do
+    e=${engines[$i]}
+    b=$(basename "$(dirname "$e")")
+    PYTHONPATH=$PWD/src:$PWD/.devcarry/py39 py39 benchmarks/e2e_trt.py --engine "$e" --images "$W/data/images" \
+      --processes "${E2E_PROCESSES:-14}" --out "$OUT/e2e_trt_$b.json" 2>&1 | tail -8
+    echo "exit status $b: ${PIPESTATUS[0]}"
+  done
+  ;;
+torch)
+  wheels
+  python3 benchmarks/e2e_torch_cuda.py --checkpoint "$CKPT" --size "$SIZE" --images "$W/data/images" --val "$W/val" \
+    --processes "${E2E_PROCESSES:-14}" --out "$OUT/e2e_torch_cuda.json" 2>&1 | tail -30
   python3 benchmarks/e2e_torchvision.py --checkpoint "$CKPT" --size "$SIZE" --images "$W/data/images" \
     --out "$OUT/e2e_torchvision.json" 2>&1 | tail -5
   ;;
 *)
-  echo "usage: $0 prep|build|bench" >&2
+  echo "usage: $0 prep [data]|build|bench|torch" >&2
   exit 2
   ;;
 esac

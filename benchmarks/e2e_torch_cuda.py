@@ -177,6 +177,14 @@ def main() -> None:
                         row["stream"] = stream_pass(det, paths, batch, a.processes, os.path.join(tmp, "run"))
                     if batch == 1:
                         row["latency_ms"] = latency(det, paths, a.latency_images)
+                    del det
+                    torch.cuda.empty_cache()
+                    det = make(precision, batch, True, True)  # JPEGs decoded + letterboxed on the GPU, threads
+                    with tempfile.TemporaryDirectory() as tmp:
+                        stream_pass(det, paths, batch, 0, os.path.join(tmp, "warm"))
+                        row["stream_gpu_decode"] = stream_pass(det, paths, batch, 0, os.path.join(tmp, "run"))
+                    if batch == 1:
+                        row["latency_gpu_decode_ms"] = latency(det, paths, a.latency_images)
                 doc["rows"].append(row)
                 save()
                 print(row, flush=True)
@@ -190,17 +198,24 @@ def main() -> None:
             save()
             print(row, flush=True)
 
-    def mask_rcnn(precision: str, batch: int, graph: bool) -> Any:
+    def mask_rcnn(precision: str, batch: int, graph: bool, gpu_decode: bool = False) -> Any:
         return Detector.load(
-            a.checkpoint, input_hw=hw, batch=batch, device="cuda", precision=precision, cuda_graph=graph
+            a.checkpoint,
+            input_hw=hw,
+            batch=batch,
+            device="cuda",
+            precision=precision,
+            cuda_graph=graph,
+            gpu_decode=gpu_decode,
         )
 
     precisions = a.precisions.split(",")
     rows_for("mask_rcnn", mask_rcnn, precisions, a.stream_precisions.split(","))
     if not a.skip_faster:
 
-        def faster(precision: str, batch: int, graph: bool) -> Any:
-            return Detector.from_module(faster_rcnn_from(a.checkpoint), hw, batch, "cuda", precision, graph)
+        def faster(precision: str, batch: int, graph: bool, gpu_decode: bool = False) -> Any:
+            net = faster_rcnn_from(a.checkpoint)
+            return Detector.from_module(net, hw, batch, "cuda", precision, graph, gpu_decode)
 
         rows_for("faster_rcnn", faster, ["fp16"], ["fp16"])
 
@@ -229,6 +244,26 @@ def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
             "nms_fallbacks": det.cuda_model.fallbacks if graph else None,
         }
         print(name, par[name], flush=True)
+        doc["parity"] = par
+        save()
+    jpg = a.val.rstrip("/") + "_jpg"
+    if os.path.isdir(jpg):  # GPU decode + letterbox against the host path, on JPEGs
+        jann, jimages = os.path.join(jpg, "annotations.json"), os.path.join(jpg, "images")
+        for name, gd in (("host_decode_fp16", False), ("gpu_decode_fp16", True)):
+            det = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp16", gpu_decode=gd)
+            r = evaluate_detector(det, jann, jimages)
+            par[name] = {
+                "bbox_AP": round(r["metrics"]["bbox"]["AP"], 4),
+                "segm_AP": round(r["metrics"].get("segm", {}).get("AP", float("nan")), 4),
+                "images": r["images"],
+            }
+            print(name, par[name], flush=True)
+        jpaths = [str(p) for p in find_images(jimages)][:200]
+        host = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp16")
+        gpu = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp16", gpu_decode=True)
+        rep = compare_detections(host(jpaths), gpu(jpaths))
+        par["gpu_decode_vs_host_decode_fp16"] = {k: v for k, v in rep.to_dict().items() if k != "unmatched"}
+        par["gpu_decode_vs_host_decode_fp16"]["unmatched"] = len(rep.unmatched)
         doc["parity"] = par
         save()
     paths = [str(p) for p in find_images(images)][:64]

@@ -53,11 +53,14 @@ def gpu_name():
         return None
 
 
-def stream_pass(det, paths, batch, workers, out_dir):
+def stream_pass(det, paths, batch, workers, out_dir, processes=None):
     writer = InferWriter(out_dir, det.spec, backend=det.backend, visualize=False, total=len(paths))
     stats = StreamStats()
     n_ok = n_det = 0
-    for r in det.stream([str(p) for p in paths], batch=batch, workers=workers, per_image=writer.per_image, stats=stats):
+    files = [str(p) for p in paths]
+    per_image = writer.per_image
+    stream = det.stream(files, batch=batch, workers=workers, per_image=per_image, stats=stats, processes=processes)
+    for r in stream:
         writer.add(r)
         n_ok += r.ok
         n_det += len(r.detections) if r.ok else 0
@@ -70,6 +73,7 @@ def stream_pass(det, paths, batch, workers, out_dir):
         "images_per_s": round(len(paths) / stats.seconds, 1),
         "batches": stats.batches,
         "failures": len(summary["failures"]),
+        "processes": processes,
     }
 
 
@@ -79,7 +83,7 @@ def stage_costs(det, paths, n=16):
         t0 = time.perf_counter()
         rgb = load_rgb(p)
         t1 = time.perf_counter()
-        a, lb = letterbox(rgb, det.input_hw, det.fill)
+        a, lb = letterbox(rgb, det.input_hw, det.fill, dtype=det.input_dtype, resize=det.spec.resize)
         t2 = time.perf_counter()
         dec.append((t1 - t0) * 1e3)
         lbx.append((t2 - t1) * 1e3)
@@ -109,6 +113,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--latency-images", type=int, default=100)
+    ap.add_argument("--processes", type=int, default=None, help="worker processes (default: the runner's)")
     a = ap.parse_args()
     paths = find_images(a.images)
     doc = {
@@ -135,8 +140,8 @@ def main():
         row["gpu_images_per_s"] = round(hi * 1000.0 / row["gpu_compute_ms"], 1)
         det = Detector.from_engine(engine)  # fresh contexts after time_gpu's capture
         with tempfile.TemporaryDirectory() as tmp:
-            stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "warm"))
-            row["stream"] = stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "run"))
+            stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "warm"), a.processes)
+            row["stream"] = stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "run"), a.processes)
         if hi == 1:
             walls = []
             for p in paths[: a.latency_images]:

@@ -105,3 +105,78 @@ def test_precision_needs_cuda_and_a_known_name():
         Detector.load(str(CKPT), precision="fp8")
     with pytest.raises(ValueError, match="CUDA device"):
         CudaGraphModel(object(), device="cpu")
+
+
+# ------------------------------------------------------------------------------ GPU decode + letterbox, on CPU
+def _jpeg(path, hw, mode="RGB", exif_orientation=None):
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    img = Image.fromarray(rng.integers(0, 256, (*hw, 3), dtype=np.uint8)).convert(mode)
+    kw = {}
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kw["exif"] = exif.tobytes()
+    img.save(path, quality=90, **kw)
+    return path
+
+
+def test_probe_gpu_jpeg_takes_only_what_nvjpeg_decodes_like_the_host(tmp_path):
+    from PIL import Image
+
+    from rcnn_deploy.errors import UserError
+    from rcnn_deploy.runtime.preprocess import probe_gpu_jpeg
+
+    data, hw = probe_gpu_jpeg(_jpeg(tmp_path / "a.jpg", (40, 60)))
+    assert hw == (40, 60) and data[:2] == b"\xff\xd8"
+    assert probe_gpu_jpeg(_jpeg(tmp_path / "g.jpg", (40, 60), mode="L")) is None  # grey: the host converts
+    assert probe_gpu_jpeg(_jpeg(tmp_path / "r.jpg", (40, 60), exif_orientation=6)) is None  # rotated
+    Image.new("RGB", (8, 8)).save(tmp_path / "p.png")
+    assert probe_gpu_jpeg(tmp_path / "p.png") is None
+    with pytest.raises(UserError, match="above the limit"):
+        probe_gpu_jpeg(tmp_path / "a.jpg", max_pixels=100)
+    with pytest.raises(UserError, match="does not exist"):
+        probe_gpu_jpeg(tmp_path / "missing.jpg")
+
+
+def test_gpu_letterbox_matches_the_host_letterbox_and_isolates_bad_bytes(tmp_path):
+    """GpuLetterbox runs on any torch device; on the CPU torchvision decodes with libjpeg like Pillow, so the
+    only difference left is the resize arithmetic (float vs OpenCV's fixed point): at most a grey level."""
+    pytest.importorskip("torchvision")
+    from rcnn_deploy.backends.torch_cuda import GpuLetterbox
+    from rcnn_deploy.runtime.preprocess import letterbox, load_rgb, probe_gpu_jpeg
+
+    fill = (124.0, 116.0, 104.0)
+    gl = GpuLetterbox((96, 128), fill, "torchvision", "cpu", None)
+    a = _jpeg(tmp_path / "a.jpg", (150, 110))
+    _jpeg(tmp_path / "b.jpg", (60, 300))
+    host_arr, _ = letterbox(load_rgb(tmp_path / "b.jpg"), (96, 128), fill, dtype=np.uint8)
+    bad = np.frombuffer(probe_gpu_jpeg(a)[0][:200] + b"\x00" * 50, dtype=np.uint8)
+    items = [np.frombuffer(probe_gpu_jpeg(a)[0], np.uint8), bad, host_arr]
+    out, errors = gl(items, batch=4)
+    assert out.shape == (4, 3, 96, 128) and str(out.dtype) == "torch.uint8"
+    assert errors[0] is None and errors[2] is None and "cannot read image" in errors[1]
+    ref, _ = letterbox(load_rgb(a), (96, 128), fill, dtype=np.uint8)
+    diff = np.abs(out[0].numpy().astype(int) - ref.astype(int))
+    assert diff.max() <= 1
+    assert np.array_equal(out[2].numpy(), host_arr)
+    assert (out[1].numpy() == np.array([124, 116, 104], np.uint8).reshape(3, 1, 1)).all()  # failed slot: fill
+    assert (out[3].numpy() == np.array([124, 116, 104], np.uint8).reshape(3, 1, 1)).all()  # padding slot
+
+
+def test_host_stages_send_jpeg_bytes_when_decoding_on_the_gpu(tmp_path):
+    from rcnn_deploy import get_spec
+    from rcnn_deploy.api import HostStages
+    from rcnn_deploy.runtime.sources import Item
+
+    stages = HostStages(get_spec("torchvision-maskrcnn"), (96, 128), (0, 0, 0), "|u1", None, False)
+    stages.gpu_decode = True
+    jpg = _jpeg(tmp_path / "a.jpg", (150, 110))
+    p = stages.prepare(Item(0, str(jpg), path=jpg))
+    assert p.error is None and p.array.ndim == 1 and (p.letterbox.orig_h, p.letterbox.orig_w) == (150, 110)
+    grey = _jpeg(tmp_path / "g.jpg", (50, 50), mode="L")
+    q = stages.prepare(Item(1, str(grey), path=grey))
+    assert q.error is None and q.array.shape == (3, 96, 128)  # decoded on the host, uploaded letterboxed
+    r = stages.prepare(Item(2, "missing", path=tmp_path / "missing.jpg"))
+    assert r.error is not None and "does not exist" in r.error

@@ -22,7 +22,7 @@ from .config import ModelSpec
 from .errors import UserError
 from .runtime.detections import Detections
 from .runtime.masks import PastedMasks
-from .runtime.preprocess import Letterbox, letterbox, load_rgb, rgb_fill
+from .runtime.preprocess import Letterbox, letterbox, load_rgb, probe_gpu_jpeg, rgb_fill
 from .runtime.sources import Item, SourceLike, open_source
 from .runtime.stream import (
     BatchModel,
@@ -50,6 +50,7 @@ class Detector:
         self.max_pixels: Optional[int] = None  # decode limit for image files (None: the loader's default)
         self.workers: Optional[int] = None  # decode / postprocess threads of stream() (None: by CPU count)
         self.batch_model: Optional[BatchModel] = None  # an asynchronous model for stream() (set by backends)
+        self.gpu_decode = False  # JPEG files go to the model as bytes (decoded on the GPU): threads only
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -64,12 +65,13 @@ class Detector:
         device: str = "cpu",
         precision: str = "fp32",
         cuda_graph: bool = True,
+        gpu_decode: bool = False,
         **spec_overrides: object,
     ) -> Detector:
         """``path``: an export directory / a file in one (uses its contract.json), or a checkpoint (``.pth``,
         ``.pkl``, a torchvision enum name) with ``model=`` and ``input_hw=`` for the PyTorch backend.
-        ``device="cuda"``, ``precision`` (fp32 / fp16 / bf16) and ``cuda_graph``: the PyTorch backend on a GPU
-        (:class:`rcnn_deploy.backends.torch_cuda.CudaGraphModel`)."""
+        ``device="cuda"``, ``precision`` (fp32 / fp16 / bf16), ``cuda_graph`` and ``gpu_decode`` (JPEGs decoded and
+        letterboxed on the GPU): the PyTorch backend on a GPU (:class:`rcnn_deploy.backends.torch_cuda`)."""
         p = Path(path)
         if p.suffix.lower() in ENGINE_SUFFIXES and backend in (None, "tensorrt"):
             return cls.from_engine(p)
@@ -92,7 +94,9 @@ class Detector:
             )
         if backend not in (None, "torch"):
             raise ValueError(f"backend {backend!r} needs an export directory; a checkpoint runs with 'torch'")
-        return cls.from_torch(model, str(path), input_hw, batch, device, precision, cuda_graph, **spec_overrides)
+        return cls.from_torch(
+            model, str(path), input_hw, batch, device, precision, cuda_graph, gpu_decode, **spec_overrides
+        )
 
     @classmethod
     def from_torch(
@@ -104,6 +108,7 @@ class Detector:
         device: str = "cpu",
         precision: str = "fp32",
         cuda_graph: bool = True,
+        gpu_decode: bool = False,
         **spec_overrides: object,
     ) -> Detector:
         """The PyTorch deploy model. ``input_hw`` defaults to the size an rcnn-deploy checkpoint was trained
@@ -111,7 +116,7 @@ class Detector:
         from .models.build import build_model
 
         net = build_model(model, weights, **spec_overrides)
-        return cls.from_module(net, input_hw, batch, device, precision, cuda_graph)
+        return cls.from_module(net, input_hw, batch, device, precision, cuda_graph, gpu_decode)
 
     @classmethod
     def from_module(
@@ -122,14 +127,16 @@ class Detector:
         device: str = "cpu",
         precision: str = "fp32",
         cuda_graph: bool = True,
+        gpu_decode: bool = False,
     ) -> Detector:
         """A deploy-form model already in memory (``DeployRCNN``), run on ``device``. ``input_hw`` defaults to
         the size its checkpoint recorded, else 800 x 800. On a CUDA device the model is a
         :class:`~rcnn_deploy.backends.torch_cuda.CudaGraphModel` (``precision``, ``cuda_graph``) taking uint8
-        images; on the CPU it runs eagerly in fp32."""
+        images (``gpu_decode``: JPEG files decoded and letterboxed on the GPU, :class:`GpuLetterbox
+        <rcnn_deploy.backends.torch_cuda.GpuLetterbox>`); on the CPU it runs eagerly in fp32."""
         import torch
 
-        from .backends.torch_cuda import PRECISIONS, CudaGraphModel
+        from .backends.torch_cuda import PRECISIONS, CudaGraphModel, GpuBatchModel, GpuLetterbox
         from .config import InputSize
 
         if precision not in PRECISIONS:
@@ -138,10 +145,17 @@ class Detector:
         InputSize(*input_hw)
         if str(device).startswith("cuda"):
             gpu = CudaGraphModel(net, device, precision, cuda_graph)
-            det = cls(net.spec, input_hw, gpu.run_numpy, "torch", batch)
+            # every call padded to `batch`: one captured graph, whatever the last batch of a folder holds
+            det = cls(net.spec, input_hw, _fixed_batch(gpu.run_numpy, batch, batch), "torch", batch)
             det.input_dtype = np.dtype(np.uint8)  # a quarter of float32's upload; the graph casts on the GPU
             det.module, det.cuda_model = gpu.net, gpu
+            if gpu_decode:
+                lb = GpuLetterbox(input_hw, det.fill, net.spec.resize, device, det.max_pixels)
+                det.batch_model = GpuBatchModel(gpu, lb, batch)  # type: ignore[assignment]
+                det.gpu_decode = True
             return det
+        if gpu_decode:
+            raise UserError("GPU decoding needs a CUDA device", where="--gpu-decode", fix="pass --device cuda")
         if precision != "fp32":
             raise UserError(
                 f"precision {precision} needs a CUDA device; the CPU runs the PyTorch model in fp32",
@@ -244,7 +258,9 @@ class Detector:
     def host_stages(self, keep_images: bool = False) -> HostStages:
         """The host-side stages (decode + letterbox, outputs -> detections) as a picklable object, so the
         streaming runner can run them in worker processes."""
-        return HostStages(self.spec, self.input_hw, self.fill, self.input_dtype.str, self.max_pixels, keep_images)
+        stages = HostStages(self.spec, self.input_hw, self.fill, self.input_dtype.str, self.max_pixels, keep_images)
+        stages.gpu_decode = self.gpu_decode
+        return stages
 
     def _decode(self, path: Path) -> np.ndarray:
         return self.host_stages()._decode(path)
@@ -295,6 +311,8 @@ class Detector:
         model = self.batch_model or BatchModel(self._run, 1, max(self.batch, 1))
         stages = self.host_stages(keep_images)
         procs = default_processes() if processes is None else processes
+        if self.gpu_decode:
+            procs = 0  # the model takes encoded bytes, not fixed-size shared-memory slots
         return run_stream(
             items,  # type: ignore[arg-type]
             stages.prepare,
@@ -362,7 +380,19 @@ class HostStages:
             return load_rgb(path)
         return load_rgb(path, max_pixels=self.max_pixels)
 
+    gpu_decode = False
+
     def prepare(self, item: Item) -> Prepared:
+        if self.gpu_decode and item.path is not None and item.array is None and not self.keep_images:
+            try:
+                probed = probe_gpu_jpeg(item.path, self.max_pixels)
+            except ValueError as e:
+                return Prepared(item, error=str(e))
+            if probed is not None and (item.expect_hw is None or tuple(item.expect_hw) == probed[1]):
+                data, (h, w) = probed
+                ih, iw = self.input_hw
+                encoded = np.frombuffer(bytearray(data), dtype=np.uint8)  # writable: torch.from_numpy takes it
+                return Prepared(item, encoded, Letterbox(h, w, min(ih / h, iw / w)))
         try:
             rgb = item.load(self._decode)
             a, lb = letterbox(rgb, self.input_hw, self.fill, dtype=self.input_dtype, resize=self.spec.resize)
@@ -373,6 +403,11 @@ class HostStages:
         return Prepared(item, a, lb, rgb if self.keep_images else None)
 
     def detections_for(self, lb: Letterbox, outputs: Dict[str, np.ndarray], name: str = "") -> Detections:
+        if "errors" in outputs:  # a GPU-decoded batch: this image may have failed there
+            outputs = dict(outputs)
+            error = outputs.pop("errors")[0]
+            if error is not None:
+                raise UserError(str(error))
         d = Detections.from_padded(outputs)[0]
         check_finite(d, name)
         d.boxes = lb.boxes_to_original(d.boxes)

@@ -15,7 +15,9 @@ box decoding, NMS, ROIAlign) in float32 (:meth:`rcnn_deploy.models.rcnn.DeployRC
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
+
+import numpy as np
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -56,7 +58,7 @@ class CudaGraphModel:
         if precision != "fp32" or channels_last:
             self.net.set_precision(torch_dtype(precision), channels_last=channels_last)
         self.cuda_graph, self.nms_rounds = cuda_graph, nms_rounds
-        self.stream = torch.cuda.Stream(self.device)
+        torch.backends.cudnn.benchmark = True  # static shapes: the fastest convolution per layer, chosen once
         self._graphs: Dict[tuple, _Captured] = {}
         self.fallbacks = 0  # batches re-run because an NMS had not converged within nms_rounds
         self.replays = 0
@@ -120,3 +122,103 @@ class CudaGraphModel:
         x = torch.from_numpy(images).to(self.device, non_blocking=False)
         out = self(x)
         return {k: v.cpu().numpy() for k, v in out.items()}
+
+
+class GpuLetterbox:
+    """JPEG bytes decoded on the GPU (nvJPEG through ``torchvision.io.decode_jpeg``, a batch per call) and
+    letterboxed there into a ``[B, 3, H, W]`` uint8 buffer: the same geometry and resampling as the host
+    :func:`~rcnn_deploy.runtime.preprocess.letterbox` (``"torchvision"``: ``F.interpolate`` bilinear, no
+    antialiasing; ``"detectron2"``: its antialiased mode, which follows Pillow's filter), in float32, rounded.
+    Items that are already letterboxed host arrays ``[3, H, W]`` (formats nvJPEG does not take) are uploaded.
+    A JPEG nvJPEG refuses is decoded on the host instead; one the host cannot decode either gets its error
+    message in the returned list and leaves its slot as fill."""
+
+    def __init__(self, input_hw: Any, fill_rgb: Any, resize: str, device: Any, max_pixels: Optional[int]) -> None:
+        import torch
+
+        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        self.fill = torch.tensor([round(float(v)) for v in fill_rgb], dtype=torch.uint8).view(3, 1, 1)
+        self.resize, self.device, self.max_pixels = resize, torch.device(device), max_pixels
+        self.fill = self.fill.to(self.device)
+        self._buffers: Dict[int, Any] = {}
+
+    def __call__(self, items: Any, batch: int) -> Any:
+        """``items``: per image, encoded JPEG bytes (1-D uint8) or a letterboxed ``[3, H, W]`` uint8 array ->
+        (``[batch, 3, H, W]`` uint8 on the GPU, per-item error or None)."""
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        out = self._buffers.get(batch)
+        if out is None:
+            out = self._buffers[batch] = torch.empty((batch, 3, *self.input_hw), dtype=torch.uint8, device=self.device)
+        out.copy_(self.fill.expand(batch, 3, *self.input_hw))
+        errors: List[Optional[str]] = [None] * len(items)
+        encoded = [i for i, a in enumerate(items) if a.ndim == 1]
+        decoded: Dict[int, Any] = {}
+        if encoded:
+            datas = [torch.from_numpy(np.asarray(items[i])) for i in encoded]
+            try:
+                decoded = dict(zip(encoded, decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device)))
+            except RuntimeError:  # one bad file fails the batch call: decode one by one to find it
+                for i, d in zip(encoded, datas):
+                    try:
+                        decoded[i] = decode_jpeg(d, mode=ImageReadMode.RGB, device=self.device)
+                    except RuntimeError:
+                        decoded[i] = None
+        for i, a in enumerate(items):
+            if a.ndim == 3:
+                out[i].copy_(torch.from_numpy(np.ascontiguousarray(a)), non_blocking=False)
+            elif decoded.get(i) is not None:
+                self._letterbox_into(out[i], decoded[i])
+            else:
+                errors[i] = self._host_fallback(out[i], a)
+        return out, errors
+
+    def _letterbox_into(self, dst: Any, img: Any) -> None:
+        import torch.nn.functional as F
+
+        from ..runtime.preprocess import Letterbox
+
+        h, w = int(img.shape[1]), int(img.shape[2])
+        ih, iw = self.input_hw
+        rh, rw = Letterbox(h, w, min(ih / h, iw / w)).resized_hw
+        rh, rw = min(rh, ih), min(rw, iw)
+        if (rh, rw) == (h, w):
+            dst[:, :rh, :rw] = img
+            return
+        antialias = self.resize == "detectron2"
+        r = F.interpolate(img[None].float(), size=(rh, rw), mode="bilinear", align_corners=False, antialias=antialias)
+        dst[:, :rh, :rw] = r[0].round_().clamp_(0, 255).to(dst.dtype)
+
+    def _host_fallback(self, dst: Any, data: np.ndarray) -> Optional[str]:
+        import torch
+
+        from ..runtime.preprocess import letterbox, load_rgb
+
+        try:
+            rgb = load_rgb(data.tobytes(), max_pixels=self.max_pixels)
+            arr, _ = letterbox(rgb, self.input_hw, self.fill.view(3).tolist(), dtype=np.uint8, resize=self.resize)
+        except ValueError as e:  # UserError included
+            return str(e)
+        dst.copy_(torch.from_numpy(arr))
+        return None
+
+
+class GpuBatchModel:
+    """The runner's model (``submit(items) -> wait()``) for :class:`CudaGraphModel` with GPU decode: items are
+    JPEG bytes or letterboxed arrays (see :class:`GpuLetterbox`); outputs come back as host arrays, plus an
+    ``errors`` column (None, or why that image failed)."""
+
+    def __init__(self, model: CudaGraphModel, letterbox: GpuLetterbox, batch: int) -> None:
+        self.model, self.letterbox, self.lo, self.hi = model, letterbox, 1, batch
+
+    def submit(self, items: List[np.ndarray]) -> Any:
+        x, errors = self.letterbox(items, self.hi)
+        out = self.model(x)
+        n = len(items)
+        host = {k: v[:n].cpu().numpy() for k, v in out.items()}
+        host["errors"] = np.array(errors, dtype=object)
+        return lambda: host
+
+    def close(self) -> None:
+        pass

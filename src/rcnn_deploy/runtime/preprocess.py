@@ -267,6 +267,38 @@ def _decode(
     return DecodedImage(rgb, (oh, ow), where, fmt)
 
 
+def probe_gpu_jpeg(
+    path: Union[str, Path], max_pixels: Optional[int] = DEFAULT_MAX_PIXELS
+) -> Optional[Tuple[bytes, Tuple[int, int]]]:
+    """The file's bytes and (height, width) when a GPU JPEG decoder (nvJPEG) decodes it to the image
+    :func:`load_rgb` gives (up to the decoders' IDCT and chroma upsampling rounding): a JPEG whose header
+    parses, within ``max_pixels``, 3-channel colour (Pillow mode RGB) and no EXIF rotation. None otherwise
+    (decode it on the host); a missing file or a header beyond the limit raises the UserError :func:`load_rgb`
+    would."""
+    where = str(path)
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise UserError("cannot read image: the file does not exist", where=where, fix="check the path") from None
+    except OSError:
+        return None  # load_rgb tells the reason
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    _raise_pillow_limit(max_pixels)
+    try:
+        with io.BytesIO(data) as fp:
+            im = _open(fp, where, where, max_pixels)
+            _check_size(*im.size, where, max_pixels)
+            if im.format != "JPEG" or im.mode != "RGB" or _orientation(im) != 1:
+                return None
+            w, h = im.size
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - anything odd: the host decoder decides, with its own message
+        return None
+    return data, (int(h), int(w))
+
+
 def _openers() -> List[Tuple[str, Callable[..., Any], Optional[Callable[[bytes], Any]]]]:
     """Pillow's opener and signature test of each format in DECODE_FORMATS (importing its plugin registers it)."""
     global _OPENERS
