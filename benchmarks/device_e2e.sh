@@ -97,10 +97,10 @@ bench)
   ;;
 torch)
   wheels
-  python3 benchmarks/e2e_torch_cuda.py --checkpoint "$CKPT" --size "$SIZE" --images "$W/data/images" --val "$W/val" \
-    --processes "${E2E_PROCESSES:-14}" --out "$OUT/e2e_torch_cuda.json" 2>&1 | tail -30
   python3 benchmarks/e2e_torchvision.py --checkpoint "$CKPT" --size "$SIZE" --images "$W/data/images" \
-    --out "$OUT/e2e_torchvision.json" 2>&1 | tail -5
+    --out "$OUT/e2e_torchvision.json" 2>&1 | tee "$OUT/e2e_torchvision.log" | tail -5
+  python3 benchmarks/e2e_torch_cuda.py --checkpoint "$CKPT" --size "$SIZE" --images "$W/data/images" --val "$W/val" \
+    --processes "${E2E_PROCESSES:-14}" --out "$OUT/e2e_torch_cuda.json" 2>&1 | tee "$OUT/e2e_torch_cuda.log" | tail -30
   ;;
 *)
   echo "usage: $0 prep [data]|build|bench|torch" >&2

@@ -132,11 +132,16 @@ def main() -> None:
     ap.add_argument("--val", default=None, help="synthetic COCO folder (images/, annotations.json) for mAP")
     ap.add_argument("--out", required=True)
     ap.add_argument("--precisions", default="fp32,fp16,bf16")
-    ap.add_argument("--stream-precisions", default="fp16")
+    ap.add_argument("--stream-images", type=int, default=256)
+    ap.add_argument("--val-images", type=int, default=200)
     ap.add_argument("--processes", type=int, default=max((os.cpu_count() or 2) - 2, 1))
-    ap.add_argument("--latency-images", type=int, default=100)
+    ap.add_argument("--latency-images", type=int, default=60)
     ap.add_argument("--skip-faster", action="store_true")
     a = ap.parse_args()
+    import faulthandler
+
+    stacks = open(os.path.splitext(a.out)[0] + ".stacks.txt", "w")  # noqa: SIM115 - open for the whole run
+    faulthandler.dump_traceback_later(90, repeat=True, file=stacks)  # where a slow or stuck phase is
     paths = [str(p) for p in find_images(a.images)]
     hw = (a.size, a.size)
     doc: Dict[str, Any] = {
@@ -163,40 +168,28 @@ def main() -> None:
     batch_images = probe.preprocess(paths[:8])[0]
     del probe
 
-    def rows_for(label: str, make: Any, precisions: List[str], stream_precisions: List[str]) -> None:
-        for precision in precisions:
-            for batch in (1, 8):
-                t0 = time.perf_counter()
-                det = make(precision, batch, True)
-                row: Dict[str, Any] = {"model": label, "precision": precision, "batch": batch, "cuda_graph": True}
-                row.update(gpu_compute(det, batch, batch_images))
-                row["capture_s"] = round(time.perf_counter() - t0, 1)
-                if precision in stream_precisions:
-                    with tempfile.TemporaryDirectory() as tmp:
-                        stream_pass(det, paths, batch, a.processes, os.path.join(tmp, "warm"))
-                        row["stream"] = stream_pass(det, paths, batch, a.processes, os.path.join(tmp, "run"))
-                    if batch == 1:
-                        row["latency_ms"] = latency(det, paths, a.latency_images)
-                    del det
-                    torch.cuda.empty_cache()
-                    det = make(precision, batch, True, True)  # JPEGs decoded + letterboxed on the GPU, threads
-                    with tempfile.TemporaryDirectory() as tmp:
-                        stream_pass(det, paths, batch, 0, os.path.join(tmp, "warm"))
-                        row["stream_gpu_decode"] = stream_pass(det, paths, batch, 0, os.path.join(tmp, "run"))
-                    if batch == 1:
-                        row["latency_gpu_decode_ms"] = latency(det, paths, a.latency_images)
-                doc["rows"].append(row)
-                save()
-                print(row, flush=True)
-                del det
-                torch.cuda.empty_cache()
-        for batch in (1, 8):  # the eager deploy model (no graph, torchvision's NMS), fp32: the reference
-            det = make("fp32", batch, False)
-            row = {"model": label, "precision": "fp32", "batch": batch, "cuda_graph": False}
-            row.update(gpu_compute(det, batch, batch_images, iterations=30))
-            doc["rows"].append(row)
-            save()
-            print(row, flush=True)
+    def compute_row(label: str, make: Any, precision: str, batch: int, graph: bool = True) -> Any:
+        t0 = time.perf_counter()
+        det = make(precision, batch, graph)
+        row: Dict[str, Any] = {"model": label, "precision": precision, "batch": batch, "cuda_graph": graph}
+        row.update(gpu_compute(det, batch, batch_images, iterations=100 if graph else 20))
+        row["nms_rounds"] = det.cuda_model.nms_rounds
+        row["load_capture_time_s"] = round(time.perf_counter() - t0, 1)
+        doc["rows"].append(row)
+        save()
+        print(row, flush=True)
+        return det, row
+
+    def stream_rows(det: Any, row: Dict[str, Any], key: str, batch: int, processes: int) -> None:
+        files = paths[: a.stream_images]
+        with tempfile.TemporaryDirectory() as tmp:
+            stream_pass(det, files, batch, processes, os.path.join(tmp, "warm"))
+            row[key] = stream_pass(det, files, batch, processes, os.path.join(tmp, "run"))
+        row[key]["nms_fallbacks_total"] = det.cuda_model.fallbacks
+        if batch == 1:
+            row[key.replace("stream", "latency") + "_ms"] = latency(det, paths, a.latency_images)
+        save()
+        print(key, row[key], flush=True)
 
     def mask_rcnn(precision: str, batch: int, graph: bool, gpu_decode: bool = False) -> Any:
         return Detector.load(
@@ -209,18 +202,36 @@ def main() -> None:
             gpu_decode=gpu_decode,
         )
 
-    precisions = a.precisions.split(",")
-    rows_for("mask_rcnn", mask_rcnn, precisions, a.stream_precisions.split(","))
+    # 1. fp16 (the default GPU precision): model alone, then end to end (host decode in processes; GPU decode)
+    for batch in (8, 1):
+        det, row = compute_row("mask_rcnn", mask_rcnn, "fp16", batch)
+        stream_rows(det, row, "stream", batch, a.processes)
+        del det
+        gdet = mask_rcnn("fp16", batch, True, True)
+        stream_rows(gdet, row, "stream_gpu_decode", batch, 0)
+        del gdet
+        torch.cuda.empty_cache()
+    # 2. accuracy: mAP per precision on the validation split, graph vs eager, GPU vs host decode
+    if a.val:
+        parity_rows(a, doc, save)
+    # 3. the other precisions and the eager reference, model alone
+    for precision in [p for p in a.precisions.split(",") if p != "fp16"]:
+        for batch in (8, 1):
+            compute_row("mask_rcnn", mask_rcnn, precision, batch)
+            torch.cuda.empty_cache()
+    for batch in (8, 1):
+        compute_row("mask_rcnn", mask_rcnn, "fp32", batch, graph=False)
+    # 4. Faster R-CNN (the checkpoint's box branch), fp16
     if not a.skip_faster:
 
         def faster(precision: str, batch: int, graph: bool, gpu_decode: bool = False) -> Any:
             net = faster_rcnn_from(a.checkpoint)
             return Detector.from_module(net, hw, batch, "cuda", precision, graph, gpu_decode)
 
-        rows_for("faster_rcnn", faster, ["fp16"], ["fp16"])
-
-    if a.val:
-        parity_rows(a, doc, save)
+        for batch in (8, 1):
+            det, row = compute_row("faster_rcnn", faster, "fp16", batch)
+            stream_rows(det, row, "stream", batch, a.processes)
+            del det
 
 
 def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
@@ -233,10 +244,11 @@ def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
     ann = os.path.join(a.val, "annotations.json")
     images = os.path.join(a.val, "images")
     par: Dict[str, Any] = {"val": a.val}
-    variants = [("eager_fp32", "fp32", False)] + [(f"graph_{p}", p, True) for p in a.precisions.split(",")]
+    variants = [("graph_fp16", "fp16", True), ("graph_fp32", "fp32", True), ("eager_fp32", "fp32", False)]
+    variants += [(f"graph_{p}", p, True) for p in a.precisions.split(",") if p not in ("fp16", "fp32")]
     for name, precision, graph in variants:
         det = Detector.load(a.checkpoint, batch=8, device="cuda", precision=precision, cuda_graph=graph)
-        r = evaluate_detector(det, ann, images)
+        r = evaluate_detector(det, ann, images, max_images=a.val_images)
         par[name] = {
             "bbox_AP": round(r["metrics"]["bbox"]["AP"], 4),
             "segm_AP": round(r["metrics"].get("segm", {}).get("AP", float("nan")), 4),
@@ -251,14 +263,14 @@ def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
         jann, jimages = os.path.join(jpg, "annotations.json"), os.path.join(jpg, "images")
         for name, gd in (("host_decode_fp16", False), ("gpu_decode_fp16", True)):
             det = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp16", gpu_decode=gd)
-            r = evaluate_detector(det, jann, jimages)
+            r = evaluate_detector(det, jann, jimages, max_images=a.val_images)
             par[name] = {
                 "bbox_AP": round(r["metrics"]["bbox"]["AP"], 4),
                 "segm_AP": round(r["metrics"].get("segm", {}).get("AP", float("nan")), 4),
                 "images": r["images"],
             }
             print(name, par[name], flush=True)
-        jpaths = [str(p) for p in find_images(jimages)][:200]
+        jpaths = [str(p) for p in find_images(jimages)][: a.val_images]
         host = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp16")
         gpu = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp16", gpu_decode=True)
         rep = compare_detections(host(jpaths), gpu(jpaths))
@@ -266,7 +278,7 @@ def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
         par["gpu_decode_vs_host_decode_fp16"]["unmatched"] = len(rep.unmatched)
         doc["parity"] = par
         save()
-    paths = [str(p) for p in find_images(images)][:64]
+    paths = [str(p) for p in find_images(images)][: a.val_images]
     eager = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp32", cuda_graph=False)
     graph = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp32", cuda_graph=True)
     rep = compare_detections(eager(paths), graph(paths))

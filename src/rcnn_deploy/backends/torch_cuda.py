@@ -6,8 +6,9 @@ outputs of :data:`rcnn_deploy.glue.pipeline.OUTPUT_NAMES` on the GPU. With ``cud
 inside :func:`rcnn_deploy.glue.sync_free.sync_free` (no host synchronisation: static-shape NMS with a fixed
 number of rounds, ROIAlign without ``nonzero``), is captured once per batch size after two warm-up runs, and
 replayed. Every replay also computes whether each NMS had converged within its rounds; a batch where one had
-not (rare: a suppression chain longer than ``nms_rounds``) is re-run without the round limit, so the outputs
-are always greedy NMS's, never an approximation.
+not (a suppression chain longer than ``nms_rounds``) is re-run without the round limit, so the outputs are
+always greedy NMS's, never an approximation, and the graphs are captured again with twice the rounds (up to
+``max_nms_rounds``) for the batches that follow.
 
 Precision follows the rule of the TensorRT fp16 builds: the layers in fp16 / bf16, the glue (normalisation,
 box decoding, NMS, ROIAlign) in float32 (:meth:`rcnn_deploy.models.rcnn.DeployRCNN.set_precision`).
@@ -46,7 +47,8 @@ class CudaGraphModel:
         precision: str = "fp16",
         cuda_graph: bool = True,
         channels_last: bool = True,
-        nms_rounds: int = 24,
+        nms_rounds: int = 32,
+        max_nms_rounds: int = 512,
     ) -> None:
         import torch
 
@@ -57,7 +59,7 @@ class CudaGraphModel:
         self.net = net.to(self.device).eval()
         if precision != "fp32" or channels_last:
             self.net.set_precision(torch_dtype(precision), channels_last=channels_last)
-        self.cuda_graph, self.nms_rounds = cuda_graph, nms_rounds
+        self.cuda_graph, self.nms_rounds, self.max_nms_rounds = cuda_graph, nms_rounds, max_nms_rounds
         torch.backends.cudnn.benchmark = True  # static shapes: the fastest convolution per layer, chosen once
         self._graphs: Dict[tuple, _Captured] = {}
         self.fallbacks = 0  # batches re-run because an NMS had not converged within nms_rounds
@@ -110,8 +112,13 @@ class CudaGraphModel:
         cap.graph.replay()
         self.replays += 1
         if not bool(cap.converged):  # a host sync, once per batch, after the work is queued
+            # exact without the round limit for this batch; the next call captures twice the rounds (the
+            # suppression chains of these images are longer than the limit)
             self.fallbacks += 1
             out, _ = self._forward(cap.static_in, None)
+            if self.nms_rounds < self.max_nms_rounds:
+                self.nms_rounds = min(2 * self.nms_rounds, self.max_nms_rounds)
+                self._graphs.clear()
             return out
         return cap.static_out
 

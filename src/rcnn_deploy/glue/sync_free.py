@@ -66,6 +66,12 @@ def fixpoint_rounds(suppress: Tensor, valid: Tensor, state: SyncFree) -> Tensor:
 
         return _fixpoint_eager(suppress, valid)
 
+    out_dtype = valid.dtype
+    if suppress.is_cuda:
+        # 0/1 entries and non-negative sums: "any kept j suppresses i" survives fp16 rounding exactly (a sum
+        # of ones is never rounded to below 0.5), and half the bytes per round
+        suppress, valid = suppress.half(), valid.half()
+
     def step(keep: Tensor) -> Tensor:
         return valid * (torch.matmul(suppress, keep.unsqueeze(-1)).squeeze(-1) < 0.5).to(valid.dtype)
 
@@ -73,7 +79,7 @@ def fixpoint_rounds(suppress: Tensor, valid: Tensor, state: SyncFree) -> Tensor:
     for _ in range(state.rounds):
         keep = step(keep)
     state.note((step(keep) == keep).all())
-    return keep
+    return keep.to(out_dtype)
 
 
 def roi_align_all_levels(features, boxes: Tensor, p) -> Tensor:  # type: ignore[no-untyped-def]
