@@ -591,6 +591,45 @@ def history(run: Run) -> List[str]:
     return out
 
 
+def parity_history(res: Path, meta: Dict[str, Any]) -> List[str]:
+    """Session 1's parity check with random weights (trt86_verify.json, trt86_latency.json), if committed."""
+    verify, latency = res / "trt86_verify.json", res / "trt86_latency.json"
+    if not verify.is_file():
+        return []
+    m = meta.get(verify.name, {})
+    out = [
+        f"### Parity of every graph variant with random weights (session {m.get('session', '?')})",
+        "",
+        f"`{verify.name}`, `{latency.name}`: GPU {m.get('gpu', 'not recorded')}; commit"
+        f" {m.get('commit') or 'not recorded'}. {m.get('note', '')}. The weights are random, so these rows test"
+        " agreement, not accuracy (the accuracy tables above judge precision by mAP on trained weights).",
+        "",
+        "| input | graph | TensorRT 8.6 precision | detections matched | min box IoU | max score diff | min mask IoU |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in json.loads(verify.read_text()):
+        if "error" in r:
+            out.append(f"| {r['size']}² | {r['variant']} | {r['precision']} | error: {str(r['error'])[:100]} ||||")
+            continue
+        out.append(
+            f"| {r['size']}² | {r['variant']} | {r['precision']} | {r['matched']}/{r['reference_detections']} "
+            f"| {r['min_box_iou']:.4f} | {r['max_score_diff']:.1e} | {r['min_mask_iou']:.4f} |"
+        )
+    if latency.is_file():
+        out += [
+            "",
+            "| input | graph | precision | batch | GPU compute median (ms) | p99 (ms) | img/s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in json.loads(latency.read_text()):
+            what = "whole model" if r["graph"] == "fused" else "backbone+FPN+RPN head only"
+            out.append(
+                f"| {r['size']}² | {r['variant']}, {what} | {r['precision']} | {r['batch']} | {r['median_ms']:.2f} "
+                f"| {r['p99_ms']:.2f} | {r['batch'] * 1000 / r['median_ms']:.0f} |"
+            )
+    return out + [""]
+
+
 def render_results(res: Path) -> str:
     """docs/results.md from the committed files of ``res`` (benchmarks/results)."""
     runs = load_runs(res)
@@ -696,6 +735,8 @@ def render_results(res: Path) -> str:
     ]
     for run in runs:
         out += history(run)
+    meta_file = res / "runs.json"
+    out += parity_history(res, json.loads(meta_file.read_text()) if meta_file.is_file() else {})
     return "\n".join(out).rstrip("\n") + "\n"
 
 
