@@ -194,6 +194,7 @@ def test_bench_help_lists_options_and_examples() -> None:
         (["--device", "tpu"], "use cpu, cuda or cuda:N"),
         (["--baseline", "torchvision"], "pass --weights"),
         (["--backend", "tflite"], "use onnxruntime or tensorrt"),
+        (["--backend", "torch"], "--backend torch runs a checkpoint"),
     ],
 )
 def test_bench_rejects_bad_options_before_loading(tmp_path: Path, args: List[str], message: str) -> None:

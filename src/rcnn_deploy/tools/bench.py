@@ -444,6 +444,11 @@ def _check_options(
     if histogram and output is None:
         raise UserError("--histogram writes latency_hist.png into --output DIR: pass -o DIR as well")
     kind = _path_kind(model_path)
+    if backend == "torch" and kind != "checkpoint":
+        raise UserError(
+            f"--backend torch runs a checkpoint (with --model), not the {kind} {model_path}; an export runs with "
+            "onnxruntime (the default) or tensorrt"
+        )
     if backend == "tensorrt" and kind == "checkpoint":
         raise UserError(f"--backend tensorrt needs an export directory with built engines, not {model_path}")
     if kind != "checkpoint" and not Path(model_path).exists():
