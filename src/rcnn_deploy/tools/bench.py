@@ -65,13 +65,14 @@ def _load_target(
     input_hw: Optional[Tuple[int, int]],
     device: str,
     backend: Optional[str] = None,
+    cuda_graph: bool = True,
 ) -> _Target:
     """``Detector.load`` with bench's options, described for the timers and the report."""
     from ..api import Detector
 
     path = Path(model_path)
     contract = None
-    if kind == "export":  # its contract.json: the message for a directory without one, and the graph's facts
+    if kind == "export" or backend == "onnxruntime":  # contract.json: the message when missing, the graph's facts
         from ..contract import Contract
 
         contract = Contract.load(path if path.is_dir() else path.parent)
@@ -79,13 +80,18 @@ def _load_target(
             raise UserError(
                 "a fused export runs as its engine file (bench FILE.engine)", where=f"--backend tensorrt on {path}"
             )
-    det = Detector.load(model_path, model=model, input_hw=input_hw, backend=backend, device=device)
+    det = Detector.load(
+        model_path, model=model, input_hw=input_hw, backend=backend, device=device, cuda_graph=cuda_graph
+    )
     return _describe(det, device, contract)
 
 
 def _describe(det: Any, device: str, contract: Any) -> _Target:
     """The timers' handles and the report's facts of a loaded Detector."""
-    if det.module is not None:  # the PyTorch deploy model
+    if det.cuda_model is not None:  # the PyTorch deploy model on a GPU: its CudaGraphModel (own CUDA graphs)
+        info = {"model": det.spec.name, "precision": det.cuda_model.precision}
+        return _Target(det, "checkpoint", device, net=det.cuda_model, info=info)
+    if det.module is not None:  # the PyTorch deploy model on the CPU
         return _Target(det, "checkpoint", device, net=det.module, info={"model": det.spec.name})
     if det.backend == "onnxruntime":
         ort = sys.modules.get("onnxruntime")  # OnnxRuntimeBackend takes the CUDA provider whenever it is there
@@ -125,7 +131,7 @@ def _baseline_model(target: _Target, weights: Optional[str], device: str) -> Any
             "have no torchvision eager counterpart); drop --baseline"
         )
     if target.net is not None and weights is None:
-        sd = target.net.state_dict()
+        sd = target.detector.module.state_dict()
     else:
         if weights is None:
             raise UserError(
@@ -206,11 +212,12 @@ def _time_model_only(
             samples = target.engine.time_gpu({"images": array}, iterations, warmup, False)
         step(iterations + warmup)
         return samples, "cuda-graph" if cuda_graph else "cuda-events", note
-    if target.net is not None and target.device.startswith("cuda"):
+    if target.net is not None and target.device.startswith("cuda"):  # a CudaGraphModel: it captures by itself
         import torch
 
         x = torch.from_numpy(array).to(target.device)
-        return time_torch_cuda(lambda: target.net(x), iterations, warmup, cuda_graph, lambda: step(1))
+        samples, _, note = time_torch_cuda(lambda: target.net(x), iterations, warmup, False, lambda: step(1))
+        return samples, "cuda-graph" if target.net.cuda_graph else "cuda-events", note
     det = target.detector
     samples = time_callable(
         lambda: det.run_padded(array), iterations, warmup, cuda_sync(target.device), lambda: step(1)
@@ -379,7 +386,7 @@ def bench_command(
         with console.status(f"loading {model_path}"):
             from .infer import input_hw
 
-            target = _load_target(model_path, kind, model, input_hw(height, width), device, backend)
+            target = _load_target(model_path, kind, model, input_hw(height, width), device, backend, cuda_graph)
     except (ValueError, FileNotFoundError) as e:  # UserError is a ValueError
         fail(str(e))
     except Exception as e:  # BackendUnavailable, TensorRT/ORT load errors: say what failed where
