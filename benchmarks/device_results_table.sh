@@ -62,7 +62,8 @@ start)
     (cd "$seed" && find . -name '*.cache' -exec cp --parents {} "$W/" \;) && rm -rf "$seed"
     echo "seeded from .trtcache/timing_caches.tgz: $(cd "$W" && ls */*.cache */*/*.cache 2>/dev/null | tr '\n' ' ')"
   fi
-  setsid nohup python3 -u benchmarks/results_table.py --work "$W" --out "$W/out" \
+  # TensorRT 8.6 lives in this machine's CPython 3.9 bundle; results_table.py runs its tools with $PY39
+  PY39="${PY39:-source /tmp/trt86/env.sh && py39}" setsid nohup python3 -u benchmarks/results_table.py --work "$W" --out "$W/out" \
     --deadline-min "${2:?MINUTES}" --build-deadline-min "${3:?BUILD_MINUTES}" "${@:4}" \
     >"$W/driver.log" 2>&1 </dev/null &
   echo $! >"$W/driver.pid"

@@ -57,33 +57,6 @@ def emulate_fp16(net, groups) -> list:
     return hooks
 
 
-def roi_align_fp16():
-    """The pipeline's multiscale ROIAlign with its ROI coordinates rounded to fp16, as a ROIAlign plugin run in
-    fp16 sees them (steps of 0.25 px at 256-511 px, 1 px at 1024-2047)."""
-    from rcnn_deploy.glue import roi_align
-
-    inner = roi_align.multiscale_roi_align
-
-    def wrapped(features, boxes, params):
-        return inner(features, boxes.half().float(), params)
-
-    return inner, wrapped
-
-
-def nms_fp16():
-    """The pipeline's NMS with its boxes and scores rounded to fp16, as an NMS plugin (EfficientNMS_TRT) that
-    TensorRT runs in fp16 sees them, and the kept boxes and scores it returns in fp16."""
-    from rcnn_deploy.glue import nms
-
-    inner = nms.nms_padded
-
-    def wrapped(boxes, scores, valid, *args, **kwargs):
-        b, s, g, n = inner(boxes.half().float(), scores.half().float(), valid, *args, **kwargs)
-        return b.half().float(), s.half().float(), g, n
-
-    return inner, wrapped
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=Path("/tmp/fp16_sensitivity"))
@@ -113,20 +86,18 @@ def main() -> None:
         variants += [(f"fp16 but {g} fp32", tuple(x for x in GROUPS if x != g), None) for g in GROUPS]
     rows = json.loads(a.out.read_text())["rows"] if a.out.is_file() else []
     done = {r["variant"] for r in rows}
-    from rcnn_deploy.glue import pipeline, stages
+    from rcnn_deploy.glue.emulate import fp16_glue
 
     for name, groups, roi in variants:
         if name in done:
             continue
         net = build_model("torchvision-maskrcnn", str(CKPT)).eval()
         emulate_fp16(net, groups)
-        original, wrapped = roi_align_fp16()
-        pipeline.multiscale_roi_align = wrapped if roi == "boxes" else original
-        nms_original, nms_wrapped = nms_fp16()
-        stages.nms_padded = nms_wrapped if roi == "nms" else nms_original
         det = Detector.from_module(net, (a.size, a.size), batch=4)
         t0 = time.time()
-        res = evaluate_detector(det, val / "annotations.json", val / "images", max_images=a.images)
+        # ROIAlign's boxes / both NMS (RPN and detections) fp16-rounded, as fp16 plugins see them
+        with fp16_glue(nms=roi == "nms", roi_boxes=roi == "boxes"):
+            res = evaluate_detector(det, val / "annotations.json", val / "images", max_images=a.images)
         row = {
             "variant": name,
             "fp16_groups": list(groups),

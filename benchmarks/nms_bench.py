@@ -29,54 +29,50 @@ from results_table import CKPT, MODEL, TOOL, py39_cmd  # noqa: E402
 
 
 def capture_rpn_nms(net, images):
-    """The arguments of the deploy model's first ``nms_padded`` call (the RPN's) for ``images``."""
+    """The deploy model's RPN NMS call for ``images`` (``glue.stages.RpnNms``: candidates, scores, parameters)."""
     import torch
 
-    from rcnn_deploy.glue import stages
+    from rcnn_deploy.glue.pipeline import split_levels
+    from rcnn_deploy.glue.stages import rpn_nms_inputs, spec_anchors
 
-    seen = []
-    real = stages.nms_padded
-
-    def record(*args, **kwargs):
-        if not seen:
-            seen.append((args, kwargs))
-        return real(*args, **kwargs)
-
-    stages.nms_padded = record
-    try:
-        with torch.no_grad():
-            net(torch.from_numpy(images).to(next(net.parameters()).device))
-    finally:
-        stages.nms_padded = real
-    return seen[0]
+    hw = (int(images.shape[-2]), int(images.shape[-1]))
+    with torch.no_grad():
+        x = torch.from_numpy(images).to(next(net.parameters()).device)
+        _, objectness, deltas = net.features(x)
+        anchors = spec_anchors(net.spec, hw, x.device)
+        return rpn_nms_inputs(
+            split_levels(objectness, net.spec, hw), split_levels(deltas, net.spec, hw), anchors, hw, net.spec
+        )
 
 
 def rpn_case(net, images) -> tuple:
     """The RPN NMS call for ``images``: its arguments, the eager result (torchvision's batched NMS over the
     levels) and the graph inputs as numpy."""
-    from rcnn_deploy.glue.nms import _nms_eager
+    from rcnn_deploy.glue.nms import nms_eager
 
-    args, kwargs = capture_rpn_nms(net, images)
-    boxes, scores, valid, iou, max_out, _ = args
-    out = _nms_eager(boxes, scores, valid, iou, max_out)
+    call = capture_rpn_nms(net, images)
+    out = nms_eager(call.boxes, call.scores, call.valid, call.iou_threshold, call.max_out)
     ref = {"boxes": out[0].cpu().numpy(), "count": out[3].cpu().numpy()}
-    feed = {"boxes": boxes.cpu().numpy(), "scores": scores.cpu().numpy(), "valid_f": valid.float().cpu().numpy()}
-    return args, kwargs, ref, feed
+    feed = {
+        "boxes": call.boxes.cpu().numpy(),
+        "scores": call.scores.cpu().numpy(),
+        "valid_f": call.valid.float().cpu().numpy(),
+    }
+    return call, ref, feed
 
 
-def export_nms(path: Path, args, kwargs, blocked: bool, image_hw, lowering: str = "plugin") -> None:
+def export_nms(path: Path, call, blocked: bool, image_hw, lowering: str = "plugin") -> None:
     """The RPN's NMS alone as an ONNX graph: ``blocked`` = per level (as exported models run it now), else one
     set over all levels (as they ran it before: one EfficientNMS, or one fixpoint over all candidates)."""
     from torch import nn
 
+    from rcnn_deploy.export import export_module
     from rcnn_deploy.export.lowering import make_lowering
-    from rcnn_deploy.export.onnx_export import _onnx_bytes, _write_graph
-    from rcnn_deploy.glue import export_hooks
     from rcnn_deploy.glue.formulations import nms_fixpoint
     from rcnn_deploy.glue.nms import nms_padded
 
-    boxes, scores, valid, iou, max_out, score_thr = args
-    blocks = kwargs["group_blocks"] if blocked else None
+    iou, max_out, score_thr = call.iou_threshold, call.max_out, call.score_threshold
+    blocks = call.group_blocks if blocked else None
     low = make_lowering(lowering, tuple(image_hw))
 
     class RpnNMS(nn.Module):
@@ -88,12 +84,9 @@ def export_nms(path: Path, args, kwargs, blocked: bool, image_hw, lowering: str 
                 b, s, _, c = nms_padded(boxes, scores, valid, iou, max_out, score_thr, group_blocks=blocks)
             return b, s, c
 
-    feed = (boxes.cpu(), scores.cpu(), valid.float().cpu())
-    custom = {low.custom_domain: 1} if low.custom_domain else {}
-    with export_hooks.lowering(low):
-        names = (["boxes", "scores", "valid_f"], ["proposals", "proposal_scores", "count"])
-        data = _onnx_bytes(RpnNMS(), feed, *names, {}, 17, custom)
-    _write_graph(data, path, "nms")
+    feed = (call.boxes.cpu(), call.scores.cpu(), call.valid.float().cpu())
+    names = (["boxes", "scores", "valid_f"], ["proposals", "proposal_scores", "count"])
+    export_module(RpnNMS(), feed, path, *names, lowering=low, opset=17)
 
 
 def onnxruntime_tensor_rows(net, a, images_for) -> list:
@@ -103,11 +96,10 @@ def onnxruntime_tensor_rows(net, a, images_for) -> list:
 
     rows = []
     for size in a.sizes:
-        args, kwargs, ref, feed = rpn_case(net, images_for(size)[:1])
-        scores = args[1]
+        call, ref, feed = rpn_case(net, images_for(size)[:1])
         for layout in ("one_set", "per_level"):
             path = a.work / f"nms_tensor_{size}_{layout}.onnx"
-            export_nms(path, args, kwargs, layout == "per_level", (size, size), "tensor")
+            export_nms(path, call, layout == "per_level", (size, size), "tensor")
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 2
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -120,8 +112,8 @@ def onnxruntime_tensor_rows(net, a, images_for) -> list:
                 "size": size,
                 "batch": 1,
                 "layout": layout,
-                "candidates": int(scores.shape[1]),
-                "blocks": list(kwargs["group_blocks"]),
+                "candidates": int(call.scores.shape[1]),
+                "blocks": list(call.group_blocks),
                 "backend": "onnxruntime cpu (2 threads), tensor lowering",
                 "median_ms": float(np.median(times)),
                 "vs_eager": agreement(ref, {"boxes": out[0], "count": out[2].reshape(-1)}),
@@ -183,13 +175,12 @@ def main() -> None:
     for size in a.sizes:
         imgs = images_for(size)
         for b in a.batches:
-            args, kwargs, ref, feed = rpn_case(net, imgs[:b])
-            scores = args[1]
+            call, ref, feed = rpn_case(net, imgs[:b])
             inp = a.work / f"in_{size}_b{b}.npz"
             np.savez(inp, **feed)
             for layout in ("one_set", "per_level"):
                 onnx_path = a.work / f"nms_{size}_b{b}_{layout}.onnx"
-                export_nms(onnx_path, args, kwargs, layout == "per_level", (size, size))
+                export_nms(onnx_path, call, layout == "per_level", (size, size))
                 eng = a.work / f"nms_{size}_b{b}_{layout}.engine"
                 jobs.append(
                     {
@@ -209,8 +200,8 @@ def main() -> None:
                         "engine": eng,
                         "input": inp,
                         "ref": ref,
-                        "candidates": int(scores.shape[1]),
-                        "blocks": list(kwargs["group_blocks"]),
+                        "candidates": int(call.scores.shape[1]),
+                        "blocks": list(call.group_blocks),
                     }
                 )
     jp = a.work / "jobs.json"

@@ -77,38 +77,12 @@ def variants(size: int, batch: int) -> dict:
     }
 
 
-# Build lanes run in parallel (the stubbed TensorRT 8.6 spends most of a build compiling JIT kernels on the
-# CPU); engines in one lane are built in order, so a later int8 build reuses the earlier one's calibration
-# cache (fused b1 and b8 graphs of one size share tensor names, hence one cache). Engine labels may carry
-# build flags after the precision (LABEL_FLAGS: -noglue, -nojit, -oN).
-# Measured on the H200 (session 4, results_table_run3/4.json): a fused fp16 engine took 548-572 s with four
-# lanes side by side and 261 s alone; fused int8 engines were still building after 892 s with four lanes.
-# Measured on the H200 (session 5, results_table_run6/7.json), five lanes: every fp32/fp16 engine built, no int8
-# one. A fused graph calibrating itself is slow (had not got past calibration after 178 s at 256², built alone);
-# the 1344 fused b1 int8 -o2 build failed after 14 min with TensorRT's internal error "Assertion engine failed"
-# (refitUtils.cpp::buildRefitEngine; the only report of it found says it came with too little GPU memory; three
-# other builds shared the GPU then). So fused int8 now applies the split backbone's calibration cache by layer
-# name (job calib_graph; -selfcal: the old way), and the default lanes are three, for what is missing:
-#   int8 at 1344: the split backbone calibrates, the fused b1 and b8 builds reuse its cache (b8 at -o2, to build
-#   in time) | int8 at 384 and the 384 split fp16 engines (the mAP rows of the split int8 and fp16 graphs on the
-#   H200), and last the 384 backbone int8 once more at -o2: the seed's second build, which reuses the cache (a
-#   run seeded from .trtcache/ shows that already in its first backbone int8 builds) | the 1344 split heads fp16
-#   (the split int8 row's heads), then the fused fp16 engines again, 1344 b1 and 384 b8: the glue rule now pins
-#   the NMS plugins to fp32 too (mAP drop and latency with it; 50 images at 1344).
-# Run 8 (session 6, three lanes): the split backbone int8 engines built, 554 s at 1344 and 601 s at 384, of which
-# calibration was 73-79 s and int8 tactic selection ~8 min. Their calibration and timing caches come back in
-# timing_caches.tgz; device_results_table.sh seeds a run with them (.trtcache/), so with the seed these lanes'
-# backbone int8 builds reuse the calibration cache and most timings, and the fused builds start much sooner.
-# Run 9 (session 7, seeded, three lanes): both backbones built int8 from run 8's calibration caches in 65 s (no
-# calibration), the fused int8 engines 1344 b1 (781 s) and 384 b8 (851 s) from them, the fused fp16 ones again
-# (480 s / 411 s). What the tables still lack, in these lanes: the 1344 fused b8 int8 engine, alone in its lane
-# (its b1 build took 13 min) | the 384 fused b1 engines (batch-1 and end-to-end latency of the 384 fused rows):
-# int8 (~13 min) | fp16 (~7 min), fp32, then the 1344 fused b8 fp32. The calibration caches come from
-# .trtcache/; without one, a fused int8 build builds its size's split backbone int8 first.
-# Run 10 (session 8) built those: 1344 fused b8 int8 748 s, 384 fused b1 int8 942 s, fp16 662 s, fp32 ~100 s each;
-# runs 11-12 the split engines for the GPU-resident path check. Still missing, in these lanes: the fused int8 mAP
-# rows with 261 ranges (run 9's had 260) at 384 b8 | and 1344 b1 | the 384 split engines of every precision, so
-# the pipeline stage times all three split rows' stages (the fp32 backbone's device path was never timed).
+# Build lanes run in parallel; engines in one lane are built in order, so a later int8 build reuses the earlier
+# one's calibration cache (fused b1 and b8 graphs of one size share tensor names, hence one cache). Engine labels
+# may carry build flags after the precision (LABEL_FLAGS: -noglue, -nojit, -oN). Fused int8 engines apply the
+# split backbone's calibration cache by layer name (job calib_graph; -selfcal: calibrate the fused graph itself).
+# What each past run built, and how long it took, is in benchmarks/results/runs.json and the history section
+# of docs/results.md, not here.
 DEFAULT_LANES = (
     "{small}/fused_b{b}/fused_int8",
     "{big}/fused_b1/fused_int8",
@@ -116,7 +90,6 @@ DEFAULT_LANES = (
     "{small}/split/backbone_fp16,{small}/split/box_head_fp16,{small}/split/mask_head_fp16,{small}/split/backbone_int8",
 )
 BIG_CALIB_IMAGES = 16  # calibration images at --big: 16 x 1344² float32 are 347 MB (the config records it)
-# Seven lanes at once slowed each build about ten-fold on the H100 (session 3: tactic timing shares one GPU).
 
 
 def lane_engines(a) -> list:
@@ -133,8 +106,10 @@ def _dev() -> str:
 
 
 def py39_cmd(*args) -> list:
-    """The TensorRT interpreter (PY39 overrides it for dry runs, e.g. PY39=python RCNN_TRT=tensorrt_rtx)."""
-    py = os.environ.get("PY39", "source /tmp/trt86/env.sh && py39")
+    """A command line for the TensorRT tools: the interpreter that has TensorRT is ``$PY39`` (a shell snippet,
+    e.g. ``PY39='source /tmp/trt86/env.sh && py39'`` on a machine whose TensorRT 8.6 lives in a CPython 3.9
+    bundle, as benchmarks/device_results_table.sh sets it), else this Python."""
+    py = os.environ.get("PY39") or sys.executable
     return ["bash", "-c", py + " " + " ".join(str(a) for a in args)]
 
 
@@ -442,11 +417,24 @@ class EngineBackend:
         return self.worker(self.engine, feed)
 
 
+def _padded(run, batch: int):
+    """``run`` for a static-batch engine: a short batch padded with copies of its last image, the padding's
+    outputs dropped."""
+
+    def call(images):
+        k = len(images)
+        if k < batch:
+            images = np.concatenate([images, np.repeat(images[-1:], batch - k, axis=0)])
+        return {name: v[:k] for name, v in run(images).items()}
+
+    return call
+
+
 def _recording_detector(spec, size: int, run, backend: str, batch: int, fixed: bool):
-    from rcnn_deploy.api import Detector, _fixed_batch
+    from rcnn_deploy.api import Detector
 
     calls = []
-    inner = _fixed_batch(run, batch, batch) if fixed else run  # static-batch engines: pad the last batch
+    inner = _padded(run, batch) if fixed else run  # static-batch engines: pad the last batch
 
     def rec(images):
         out = inner(images)
@@ -824,7 +812,7 @@ def pipeline(a) -> dict:
 
 def _cuda_time(fn, iterations: int = 30, warmup: int = 5) -> dict:
     """CUDA-event latency of ``fn`` (the same timer ``rcnn-deploy bench`` uses, no CUDA graph)."""
-    from rcnn_deploy.tools.bench import time_torch_cuda
+    from rcnn_deploy.runtime.timing import time_torch_cuda
 
     ts, _, _ = time_torch_cuda(fn, iterations, warmup, cuda_graph=False)
     return {

@@ -6,7 +6,7 @@ Stages (each fits one device call; state lives in --work, which survives while t
     python3 benchmarks/trt86_verify.py build  --work /tmp/rd --sizes 1344 --precisions fp32
     python3 benchmarks/trt86_verify.py run    --work /tmp/rd --sizes 1344 800 --out $OUT
 
-torch runs under the machine's python3; TensorRT under py39 (benchmarks/trt_tool.py), called as a
+torch runs under the machine's python3; TensorRT under $PY39 (benchmarks/trt_tool.py; see py39()), called as a
 subprocess. Split engines are chained by the same glue the deploy model uses (glue.pipeline.two_stage) on
 the GPU, exchanging tensors with the TensorRT worker through .npz files (slow, but exact: this script checks
 agreement, it does not time the split pipeline).
@@ -38,7 +38,10 @@ ROLES = ("backbone", "box_head", "mask_head")
 
 
 def py39(*args: str) -> subprocess.CompletedProcess:
-    cmd = "source /tmp/trt86/env.sh && py39 " + " ".join(str(a) for a in args)
+    """Run a TensorRT tool with the interpreter that has TensorRT: ``$PY39`` (a shell snippet, e.g.
+    ``PY39='source /tmp/trt86/env.sh && py39'`` where TensorRT 8.6 lives in a CPython 3.9 bundle), else this
+    Python."""
+    cmd = (os.environ.get("PY39") or sys.executable) + " " + " ".join(str(a) for a in args)
     return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True)
 
 

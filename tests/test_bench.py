@@ -92,14 +92,48 @@ def test_time_callable_warms_up_syncs_and_reports_each_call() -> None:
         time_callable(lambda: None, iterations=1, warmup=-1)
 
 
-def test_parse_batches() -> None:
-    from rcnn_deploy.tools.bench import BenchError, parse_batches
+def test_bench_batches_use_the_shared_parser() -> None:
+    from rcnn_deploy.errors import UserError
+    from rcnn_deploy.tools.args import parse_int_list
 
-    assert parse_batches("1,8, 16,8") == [1, 8, 16]
-    assert parse_batches("4") == [4]
+    assert parse_int_list("1,8, 16,8") == [1, 8, 16]
+    assert parse_int_list("4") == [4]
     for bad in ("", "0", "1,x", "-2", ","):
-        with pytest.raises(BenchError):
-            parse_batches(bad)
+        with pytest.raises(UserError, match="--batch"):
+            parse_int_list(bad)
+
+
+def test_speedup_line_says_slower_when_the_ratio_is_below_one() -> None:
+    from rcnn_deploy.reports.bench import speedup_line
+
+    fast = speedup_line({"batch": 8, "speedup_model": 1.52, "speedup_end_to_end": 1.1})
+    assert fast == (
+        "batch 8: 1.52x faster than torchvision eager (model-only), end-to-end 1.10x faster than torchvision eager"
+    )
+    slow = speedup_line({"batch": 1, "speedup_model": 0.8, "speedup_end_to_end": 0.5})
+    assert "faster" not in slow
+    assert slow.startswith("batch 1: slower than torchvision eager (0.80x of its speed) (model-only)")
+    assert slow.endswith("end-to-end slower than torchvision eager (0.50x of its speed)")
+    mixed = speedup_line({"batch": 2, "speedup_model": 2.0, "speedup_end_to_end": 0.9})
+    assert "2.00x faster than" in mixed and "end-to-end slower than torchvision eager (0.90x" in mixed
+    assert speedup_line({"batch": 1, "speedup_model": 1.0}) == "batch 1: as fast as torchvision eager (model-only)"
+
+
+def test_synthetic_bench_images_are_the_synthetic_datasets_pixels(tmp_path: Path) -> None:
+    """One generator: the bench's images are the images of ``generate_synthetic_coco`` (no annotations)."""
+    pytest.importorskip("pycocotools")
+    from PIL import Image
+
+    from rcnn_deploy.data.synth import generate_synthetic_coco, write_synthetic_images
+
+    paths = write_synthetic_images(tmp_path / "bench", 2, 64, 96, seed=3, image_format="png")
+    generate_synthetic_coco(tmp_path / "coco", 2, height=64, width=96, seed=3)
+    assert [p.name for p in paths] == ["000000.png", "000001.png"]
+    for p in paths:
+        with Image.open(p) as a, Image.open(tmp_path / "coco" / "images" / p.name) as b:
+            assert a.size == (96, 64) and np.array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="image_format"):
+        write_synthetic_images(tmp_path / "x", 1, 64, 64, image_format="gif")
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -160,6 +194,7 @@ def test_bench_help_lists_options_and_examples() -> None:
         (["--device", "tpu"], "use cpu, cuda or cuda:N"),
         (["--baseline", "torchvision"], "pass --weights"),
         (["--backend", "tflite"], "use onnxruntime or tensorrt"),
+        (["--backend", "torch"], "--backend torch runs a checkpoint"),
     ],
 )
 def test_bench_rejects_bad_options_before_loading(tmp_path: Path, args: List[str], message: str) -> None:
@@ -231,7 +266,11 @@ def test_bench_export_end_to_end_and_torchvision_baseline(setup) -> None:  # typ
 
     with Image.open(out / "latency_hist.png") as im:
         assert im.format == "PNG" and im.width > 0 and im.height > 0
-    assert "faster than torchvision eager" in _flat(res.output)
+    from rcnn_deploy.reports.bench import speedup_line
+
+    for d in doc["speedup"]:  # the console says what the number says: "slower than" below 1, never "faster"
+        assert speedup_line(d) in _flat(res.output)
+        assert ("faster than" in speedup_line(d)) == (d["speedup_model"] > 1)
 
 
 def test_bench_checkpoint_runs_the_torch_backend(setup) -> None:  # type: ignore[no-untyped-def]

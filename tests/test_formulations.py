@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 from rcnn_deploy import get_spec  # noqa: E402
 from rcnn_deploy.glue import assign_levels, pooler_params  # noqa: E402
 from rcnn_deploy.glue.formulations import nms_fixpoint, roi_align_gather  # noqa: E402
-from rcnn_deploy.glue.nms import _nms_blocked, _nms_eager  # noqa: E402
+from rcnn_deploy.glue.nms import _nms_blocked, nms_eager  # noqa: E402
 from rcnn_deploy.glue.roi_align import _roi_align_eager  # noqa: E402
 
 
@@ -55,7 +55,7 @@ def test_nms_fixpoint_equals_greedy_nms_per_class(seed):
     boxes = base.expand(b, n, c, 4) + torch.randn(b, n, c, 4, generator=g)  # class-specific boxes
     scores = torch.rand(b, n, c, generator=g)
     valid = scores > 0.3
-    ref = _nms_eager(boxes, scores, valid, 0.5, 100)
+    ref = nms_eager(boxes, scores, valid, 0.5, 100)
     got = nms_fixpoint(boxes, scores, valid, 0.5, 100, max_candidates=10000)
     for r, q in zip(ref, got):
         torch.testing.assert_close(q, r, rtol=0, atol=0)
@@ -69,7 +69,7 @@ def test_nms_fixpoint_exclusive_groups_like_rpn_levels(seed):
     onehot = torch.nn.functional.one_hot(torch.randint(0, levels, (n,), generator=g), levels).bool().unsqueeze(0)
     scores = torch.rand(b, n, 1, generator=g) * onehot
     valid = (scores > 0.1) & onehot
-    ref = _nms_eager(boxes, scores, valid, 0.7, 150)
+    ref = nms_eager(boxes, scores, valid, 0.7, 150)
     got = nms_fixpoint(boxes, scores, valid, 0.7, 150, exclusive_groups=True)
     for r, q in zip(ref, got):
         torch.testing.assert_close(q, r, rtol=0, atol=0)
@@ -87,7 +87,7 @@ def test_nms_blocked_equals_one_nms_over_all_groups(blocks, max_out):
     scores = torch.rand(b, n, 1, generator=g) * onehot
     valid = (scores > 0.05) & onehot
     valid[2] = False  # an image without a single candidate
-    ref = _nms_eager(boxes, scores, valid, 0.7, max_out)
+    ref = nms_eager(boxes, scores, valid, 0.7, max_out)
     got = _nms_blocked(boxes, scores, valid, 0.7, max_out, 0.0, blocks)
     assert int(ref[3][0]) > 0 and int(ref[3][2]) == 0
     for r, q in zip(ref, got):
@@ -103,7 +103,7 @@ def test_nms_fixpoint_long_suppression_chain():
     boxes = torch.stack([x, torch.zeros(n), x + 10.0, torch.full((n,), 10.0)], -1).view(1, n, 1, 4)
     scores = torch.linspace(1.0, 0.5, n).view(1, n, 1)
     valid = torch.ones(1, n, 1, dtype=torch.bool)
-    ref = _nms_eager(boxes, scores, valid, 0.4, n)
+    ref = nms_eager(boxes, scores, valid, 0.4, n)
     got = nms_fixpoint(boxes, scores, valid, 0.4, n)
     assert int(ref[3]) == int(got[3]) and 1 < int(ref[3]) < n
     torch.testing.assert_close(got[0], ref[0], rtol=0, atol=0)

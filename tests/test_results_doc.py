@@ -1,110 +1,158 @@
-"""docs/results.md and the README's results table are regenerated from the committed GPU results, never
-edited by hand: re-rendering them from benchmarks/results/results_table_run*.json changes nothing."""
+"""docs/results.md and the README's results tables are regenerated from the committed GPU runs, never edited by
+hand: re-rendering them from benchmarks/results/ with the package renderer (rcnn_deploy.reports.results, the one
+benchmarks/update_results.py calls) changes nothing. And every row is one run's measurement, named by its run,
+GPU and commit: a later failure never hides a measurement, and sums / differences never mix runs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import re
 from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from rcnn_deploy.reports.results import (
+    README_BLOCKS,
+    RUN_COLUMN,
+    readme_blocks,
+    render_results,
+    replace_blocks,
+    run_number,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
 
 
-def _update_results():
-    spec = importlib.util.spec_from_file_location("update_results", ROOT / "benchmarks" / "update_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _table_rows(block: str) -> List[List[str]]:
+    """The data rows of the markdown table(s) in ``block`` as lists of cells (header and rule skipped)."""
+    rows = []
+    for line in block.splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return [r for r in rows if r[-1] != RUN_COLUMN]
 
 
-def test_results_doc_is_the_rendering_of_the_committed_json():
-    mod = _update_results()
-    res = ROOT / "benchmarks" / "results"
-    assert sorted(res.glob("results_table_run*.json")), "no committed results"
-    text = mod.rendered(res)
+def test_results_doc_and_readme_are_the_rendering_of_the_committed_json() -> None:
+    text = render_results(RESULTS)
     assert (ROOT / "docs" / "results.md").read_text() == text
     readme = (ROOT / "README.md").read_text()
-    for name, block in mod.readme_blocks(text).items():
+    blocks = readme_blocks(text)
+    assert set(blocks) == set(README_BLOCKS)
+    for name, block in blocks.items():
         assert f"<!-- {name}:begin -->\n{block}\n<!-- {name}:end -->" in readme, name
+    assert replace_blocks(readme, blocks) == readme
 
 
-def test_merge_keeps_measurements_and_converts_roi_batches():
-    mod = _update_results()
-    a = {
-        "rows": [{"backend": "tensorrt", "graph": "split", "precision": "int8", "error": "x was not built"}],
-        "latency": [
-            {"size": 384, "variant": "split", "engine": "box_head_fp16.engine", "batch": 8000, "median_ms": 1.0}
-        ],
+def test_every_readme_row_is_one_run_on_a_named_gpu_and_commit() -> None:
+    meta = json.loads((RESULTS / "runs.json").read_text())
+    runs = {run_number(name): m for name, m in meta.items()}
+    gpus = {
+        run_number(p.name): json.loads(p.read_text())["info"]["gpu"] for p in RESULTS.glob("results_table_run*.json")
     }
-    b = {
-        "rows": [{"backend": "TensorRT 8.6", "graph": "split", "precision": "int8", "bbox_mAP": 0.7, "images": 9}],
-        "latency": [],
-    }
-    a, b = mod.annotate(a, "results_table_run1.json", {}), mod.annotate(b, "results_table_run2.json", {})
-    m = mod.merge([a, b])
-    assert m["rows"] == b["rows"]  # a measurement replaces a failure (the error row's backend name normalised)
-    assert m["latency"][0]["batch"] == 8  # 1000 ROIs per image for the box head
-    assert mod.merge([b, a])["rows"] == b["rows"]  # ... and a later failure does not replace it
+    readme = (ROOT / "README.md").read_text()
+    for name in README_BLOCKS:
+        block = readme.split(f"<!-- {name}:begin -->")[1].split(f"<!-- {name}:end -->")[0]
+        rows = _table_rows(block)
+        assert rows, name
+        for row in rows:
+            m = re.fullmatch(r"(\d+) · (.+) · (\w+)", row[-1])  # one run number, never "9, 10"
+            assert m, row
+            n = int(m.group(1))
+            assert m.group(2) == gpus[n].replace("NVIDIA ", "") and m.group(3) == runs[n]["commit"], row
 
 
-def test_fused_rows_of_another_rpn_nms_layout_stay_apart_and_deltas_use_the_same_images():
-    mod = _update_results()
-    ref = {"backend": "pytorch", "graph": "eager", "precision": "fp32", "size": 1344, "images": 50, "bbox_mAP": 0.5}
-    old = {"backend": "tensorrt", "graph": "fused_b1", "precision": "fp16", "size": 1344, "images": 50, "bbox_mAP": 0.4}
-    ref30 = dict(ref, images=30, bbox_mAP=0.6)
-    new = dict(old, images=30, bbox_mAP=0.55)
-    m = mod.merge(
-        [
-            mod.annotate({"rows": [ref, old]}, "results_table_run3.json", {"rpn_nms": "one set"}),
-            mod.annotate({"rows": [ref30, new]}, "results_table_run4.json", {"rpn_nms": "per level"}),
-        ]
+# ------------------------------------------------------------------------------------- the rules, on toy runs
+
+
+def _write(res: Path, runs: Dict[int, Dict[str, Any]], commits: Optional[Dict[int, str]] = None) -> Path:
+    res.mkdir(parents=True, exist_ok=True)
+    meta = {}
+    for n, state in runs.items():
+        state = {"info": {"gpu": f"NVIDIA GPU{n}"}, "config": {"size": 384, "big": 1344, "batch": 8}, **state}
+        (res / f"results_table_run{n}.json").write_text(json.dumps(state))
+        meta[f"results_table_run{n}.json"] = {"session": n, "commit": (commits or {}).get(n, f"c{n}"), "note": ""}
+    (res / "runs.json").write_text(json.dumps(meta))
+    return res
+
+
+def _block(res: Path, name: str) -> List[List[str]]:
+    return _table_rows(readme_blocks(render_results(res))[name])
+
+
+REF = {"backend": "pytorch", "graph": "eager", "precision": "fp32", "size": 384, "images": 9, "bbox_mAP": 0.5}
+ROW = {"backend": "tensorrt", "graph": "split", "precision": "fp16", "size": 384, "images": 9, "bbox_mAP": 0.4}
+
+
+def test_latest_measurement_wins_and_a_later_failure_does_not_hide_it(tmp_path: Path) -> None:
+    failed = dict(ROW, error="x was not built")
+    del failed["bbox_mAP"]
+    res = _write(
+        tmp_path,
+        {
+            9: {"rows": [REF, ROW]},
+            10: {"rows": [REF, dict(ROW, bbox_mAP=0.45)]},  # run 10 after run 9 (not a name sort)
+            11: {"rows": [failed]},
+        },
     )
-    fused = sorted((r["rpn_nms"], round(r["d_bbox"], 6)) for r in m["rows"] if r["graph"] == "fused_b1")
-    assert fused == [("one set", -0.1), ("per level", -0.05)]
-    assert len([r for r in m["rows"] if r["graph"] == "eager"]) == 2  # both references, on their images
+    rows = {r[0]: r for r in _block(res, "results-accuracy")}
+    assert rows["TensorRT 8.6"][4] == "0.4500" and rows["TensorRT 8.6"][-1] == "10 · GPU10 · c10"
+    assert rows["TensorRT 8.6"][6] == "-0.0500"
+    text = render_results(res)
+    assert "### Run 11" in text and "not measured: device time ran out before this row" in text  # history keeps it
 
 
-def test_runs_sort_by_number_and_end_to_end_adds_the_same_runs_host_stages():
-    mod = _update_results()
-    fused = {"backend": "tensorrt", "graph": "fused_b8", "precision": "fp16", "size": 384, "images": 9, "bbox_mAP": 0.7}
-
-    def host(pre, post):
-        return [
-            {"size": 384, "variant": "host", "engine": "preprocess", "batch": 1, "median_ms": pre},
-            {"size": 384, "variant": "host", "engine": "postprocess", "batch": 1, "median_ms": post},
-        ]
-
-    engine = {"size": 384, "variant": "fused_b1", "engine": "fused_fp16.engine", "batch": 1, "median_ms": 2.0}
-    run9 = {"rows": [fused], "latency": host(9.0, 5.0)}
-    run10 = {"rows": [], "latency": host(7.0, 4.0) + [dict(engine, infer_wall_median_ms=3.0)]}
-    names = ["results_table_run10.json", "results_table_run9.json"]  # as a name sort lists them
-    assert [mod._run_number(n) for n in sorted(names, key=mod._run_number)] == [9, 10]
-    run11 = {"rows": [], "latency": host(20.0, 20.0)}  # a later run that timed the host stages, not the engine
-    states = [mod.annotate(run9, names[1], {}), mod.annotate(run10, names[0], {})]
-    state = mod.merge(states + [mod.annotate(run11, "results_table_run11.json", {})])
-    row = next(line for line in mod.render(state).splitlines() if line.startswith("| TensorRT 8.6 | fused_b8"))
-    # GPU compute 2.00 from run 10; end-to-end = run 10's host stages (7 + 4) + its wall time (3), not run 11's
-    assert "| 2.00 | 14.00 |" in row and row.endswith("| 9, 10 |"), row
+def test_delta_is_against_the_same_runs_reference_only(tmp_path: Path) -> None:
+    res = _write(tmp_path, {3: {"rows": [REF]}, 4: {"rows": [dict(ROW, bbox_mAP=0.45)]}})  # run 4: no reference
+    rows = {r[0]: r for r in _block(res, "results-accuracy")}
+    assert rows["TensorRT 8.6"][-1] == "4 · GPU4 · c4" and rows["TensorRT 8.6"][6] == "—"  # not 0.45 - run 3's 0.5
+    assert rows["PyTorch (deploy model)"][-1] == "3 · GPU3 · c3"
 
 
-def test_split_end_to_end_sums_the_gpu_resident_stages(tmp_path):
-    mod = _update_results()
-    split = {"backend": "tensorrt", "graph": "split", "precision": "fp16", "size": 384, "images": 9, "bbox_mAP": 0.7}
-    host = [
-        {"size": 384, "variant": "host", "engine": n, "batch": 1, "median_ms": ms}
-        for n, ms in (("preprocess", 5.0), ("postprocess", 3.0))
-    ]
-    engines = [
-        {"size": 384, "engine": f"{r}_fp16.engine", "role": r, "batch": 1, "same_outputs": True, "output_mbytes": 1.0,
-         "host_io_wall_ms": 10.0, "device_io_wall_ms": ms}
-        for r, ms in (("backbone", 1.0), ("box_head", 0.25), ("mask_head", 0.5))
-    ]  # fmt: skip
-    (tmp_path / "device_io_run12.json").write_text(json.dumps({"results": engines}))
-    glue = [{"size": 384, "batch": 1, "glue_median_ms": 2.25}]
-    (tmp_path / "split_glue_run12.json").write_text(json.dumps({"results": glue}))
-    io = mod.load_split_io(tmp_path)
-    state = mod.merge([mod.annotate({"rows": [split], "latency": host}, "results_table_run11.json", {})])
-    text = mod.render(state, split_io=io)
-    row = next(line for line in text.splitlines() if line.startswith("| TensorRT 8.6 | split | fp16"))
-    assert "| 12.00¹ |" in row and row.endswith("| 11, 12 |"), row  # 5 + (1 + 0.25 + 0.5 + 2.25) + 3
-    assert "| 384 | fp16 | 1 | 2.25 | 32.25 | 4.00 | 250 | 12 |" in text  # host path: 3 x 10 + 2.25
+def _lat(variant: str, engine: str, batch: int, ms: float, **kw: Any) -> Dict[str, Any]:
+    return {"size": 384, "variant": variant, "engine": engine, "batch": batch, "median_ms": ms, **kw}
+
+
+def _host(pre: float, post: float) -> List[Dict[str, Any]]:
+    return [_lat("host", "preprocess", 1, pre), _lat("host", "postprocess", 1, post)]
+
+
+def test_end_to_end_adds_only_the_same_runs_host_stages(tmp_path: Path) -> None:
+    engine = _lat("fused_b1", "fused_fp16.engine", 1, 2.0, infer_wall_median_ms=3.0)
+    res = _write(tmp_path / "a", {9: {"latency": _host(9.0, 5.0)}, 10: {"latency": [engine]}})
+    (row,) = _block(res, "results-latency")
+    assert row[4] == "2.00" and row[6] == "—" and row[-1] == "10 · GPU10 · c10"  # run 9's host stages not borrowed
+    res = _write(tmp_path / "b", {9: {"latency": _host(9.0, 5.0)}, 10: {"latency": [engine] + _host(7.0, 4.0)}})
+    (row,) = _block(res, "results-latency")
+    assert row[6] == "14.00"  # 7 + 3 + 4, all run 10's
+
+
+def test_split_engines_are_summed_only_within_one_run(tmp_path: Path) -> None:
+    parts = [_lat("split", f"{r}_fp16.engine", 1, ms) for r, ms in (("backbone", 1.0), ("box_head", 0.25))]
+    mask = _lat("split", "mask_head_fp16.engine", 1, 0.5)
+    res = _write(tmp_path / "a", {5: {"latency": parts}, 6: {"latency": [mask]}})
+    assert _block(res, "results-latency") == []  # three engines from two runs: no row
+    res = _write(tmp_path / "b", {5: {"latency": parts}, 6: {"latency": [mask]}, 7: {"latency": parts + [mask]}})
+    (row,) = _block(res, "results-latency")
+    assert row[1].startswith("split, 3 engines summed") and row[4] == "1.75" and row[-1] == "7 · GPU7 · c7"
+
+
+def test_old_rpn_nms_layout_and_missing_commits_are_said_so(tmp_path: Path) -> None:
+    old = dict(ROW, graph="fused_b8", bbox_mAP=0.3)
+    res = _write(tmp_path, {1: {"rows": [REF, old]}}, commits={1: ""})
+    meta = json.loads((res / "runs.json").read_text())
+    meta["results_table_run1.json"].update(commit=None, rpn_nms="one set")
+    (res / "runs.json").write_text(json.dumps(meta))
+    rows = _block(res, "results-accuracy")
+    assert [r[0] for r in rows] == ["PyTorch (deploy model)"]  # the one-set fused row is history only
+    assert rows[0][-1] == "1 · GPU1 · commit not recorded"
+    assert "fused_b8, RPN NMS one set" in render_results(res).split("## History")[1]
+
+
+def test_replace_blocks_refuses_a_readme_without_the_markers() -> None:
+    assert replace_blocks("a <!-- x:begin -->\nold\n<!-- x:end --> b", {"x": "new"}) == (
+        "a <!-- x:begin -->\nnew\n<!-- x:end --> b"
+    )
+    with pytest.raises(ValueError, match="x:begin"):
+        replace_blocks("no markers", {"x": "new"})

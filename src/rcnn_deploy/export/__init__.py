@@ -8,6 +8,6 @@
 Every export writes the ONNX file(s) and ``contract.json`` (:class:`rcnn_deploy.contract.Contract`).
 """
 
-from .onnx_export import export_onnx
+from .onnx_export import export_module, export_onnx
 
-__all__ = ["export_onnx"]
+__all__ = ["export_module", "export_onnx"]

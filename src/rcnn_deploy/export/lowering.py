@@ -10,7 +10,7 @@
                    domain ``trt.plugins`` so ``onnx.checker`` accepts the graph; TensorRT finds plugins by op type.
 
 Each method receives the TorchScript graph context ``g`` and returns values with exactly the eager outputs'
-meaning (``glue.nms._nms_eager`` / ``glue.roi_align._roi_align_eager``).
+meaning (``glue.nms.nms_eager`` / ``glue.roi_align._roi_align_eager``).
 """
 
 from __future__ import annotations

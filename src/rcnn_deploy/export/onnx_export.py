@@ -8,7 +8,7 @@ import json
 import shutil
 import warnings
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -152,6 +152,33 @@ def _write_graph(exported: Tuple[bytes, dict], path: Path, role: str, first: boo
         sha256=hashlib.sha256(blob).hexdigest(),
         size=len(blob),
     )
+
+
+def export_module(
+    module: nn.Module,
+    args: Sequence[Tensor],
+    path: Union[str, Path],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    lowering: Any = "onnx",
+    image_hw: Optional[Tuple[int, int]] = None,
+    dynamic_axes: Optional[dict] = None,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """One ONNX graph of any torch module that calls the glue (``nms_padded``, ``multiscale_roi_align``): the glue
+    lowered by ``lowering`` (an ``--nms`` name, "onnx", "tensor" or "plugin" (which needs ``image_hw``), or a
+    lowering object from :func:`~rcnn_deploy.export.lowering.make_lowering`), the graph cleaned like
+    :func:`export_onnx`'s and written atomically (no contract.json). For benchmarks and tests of a glue op alone,
+    e.g. the RPN's NMS as TensorRT builds it."""
+    from .._io import atomic_write
+
+    low = make_lowering(lowering, tuple(image_hw or (0, 0))) if isinstance(lowering, str) else lowering
+    custom = {low.custom_domain: 1} if low.custom_domain else {}
+    with export_hooks.lowering(low):
+        data = _onnx_bytes(
+            module, tuple(args), list(input_names), list(output_names), dynamic_axes or {}, opset, custom
+        )
+    return atomic_write(Path(path), lambda tmp: _write_graph(data, tmp, "graph", False))
 
 
 def check_finite(model: nn.Module, where: str = "the model's weights") -> None:

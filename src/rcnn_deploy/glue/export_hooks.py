@@ -40,9 +40,9 @@ def active() -> Any:
 class NMSNode(torch.autograd.Function):
     @staticmethod
     def forward(ctx, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):  # type: ignore[override]
-        from .nms import _nms_eager
+        from .nms import nms_eager
 
-        return _nms_eager(boxes, scores, valid, iou_threshold, max_out)
+        return nms_eager(boxes, scores, valid, iou_threshold, max_out)
 
     @staticmethod
     def symbolic(g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):  # type: ignore[no-untyped-def]

@@ -69,7 +69,12 @@ def nms_padded(
         from .formulations import TOPK_LIMIT, nms_fixpoint
 
         return nms_fixpoint(boxes, scores, valid, iou_threshold, max_out, TOPK_LIMIT, group_blocks is not None)
-    return _nms_eager(boxes, scores, valid, iou_threshold, max_out)
+    from .emulate import rounds, to_fp16
+
+    if rounds("nms"):  # an fp16 NMS plugin, emulated (glue.emulate.fp16_glue)
+        b, s, g, n = nms_eager(to_fp16(boxes), to_fp16(scores), valid, iou_threshold, max_out)
+        return to_fp16(b), to_fp16(s), g, n
+    return nms_eager(boxes, scores, valid, iou_threshold, max_out)
 
 
 def _nms_blocked(
@@ -135,9 +140,11 @@ def _nms_blocked(
     return out_boxes, out_scores, out_groups, count
 
 
-def _nms_eager(
+def nms_eager(
     boxes: Tensor, scores: Tensor, valid: Tensor, iou_threshold: float, max_out: int
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`nms_padded`'s reference semantics: ``torchvision.ops.batched_nms`` per image over the valid
+    candidates, the groups as its classes (the RPN's FPN levels, the detector's classes)."""
     from torchvision.ops import batched_nms
 
     b, n, g = scores.shape

@@ -67,6 +67,10 @@ def multiscale_roi_align(features: Sequence[Tensor], boxes: Tensor, p: PoolerPar
         return export_hooks.RoIAlignNode.apply(boxes, levels, p, *feats)
     if sync_free.active() is not None:
         return sync_free.roi_align_all_levels(feats, boxes, p)
+    from .emulate import rounds, to_fp16
+
+    if rounds("roi_boxes"):  # an fp16 ROIAlign plugin's view of the boxes, emulated (glue.emulate.fp16_glue)
+        boxes = to_fp16(boxes)
     return _roi_align_eager(feats, boxes, p)
 
 

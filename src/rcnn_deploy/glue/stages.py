@@ -1,6 +1,7 @@
 """The selection stages of a two-stage detector, batched with static shapes, parameterised by a ModelSpec.
 
 ``spec_anchors``      anchors of every level for an input size
+``rpn_nms_inputs``    RPN outputs      -> the RPN's NMS call (:class:`RpnNms`: candidates, scores, parameters)
 ``select_proposals``  RPN outputs      -> top ``rpn_post_nms_top_n`` proposals per image (padded + valid mask)
 ``pooler_params``     the box / mask head's multi-level ROIAlign
 ``select_detections`` box-head outputs -> top ``detections_per_img`` detections per image (padded + count)
@@ -9,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -44,25 +45,40 @@ def spec_anchors(spec: ModelSpec, image_hw: Tuple[int, int], device: torch.devic
     )
 
 
-def select_proposals(
+class RpnNms(NamedTuple):
+    """The RPN's NMS call: every level's top candidates, scored and valid only in their own level's group."""
+
+    boxes: Tensor  # [B, N, 1, 4], shared by the groups
+    scores: Tensor  # [B, N, levels] (sigmoid), zero outside a candidate's level
+    valid: Tensor  # [B, N, levels] bool
+    iou_threshold: float
+    max_out: int  # rpn_post_nms_top_n
+    score_threshold: float
+    group_blocks: List[int]  # candidates per level, in order
+
+    def run(self) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:func:`nms_padded` on these arguments (what :func:`select_proposals` does)."""
+        return nms_padded(
+            self.boxes,
+            self.scores,
+            self.valid,
+            self.iou_threshold,
+            self.max_out,
+            self.score_threshold,
+            group_blocks=self.group_blocks,
+        )
+
+
+def rpn_nms_inputs(
     objectness: Sequence[Tensor],
     deltas: Sequence[Tensor],
     anchors: Sequence[Tensor],
     image_hw: Tuple[int, int],
     spec: ModelSpec,
-) -> Tuple[Tensor, Tensor, Tensor]:
-    """RPN post-processing, as torchvision ``RegionProposalNetwork.filter_proposals`` and Detectron2
-    ``find_top_rpn_proposals``: per-level top-k on the logits, decode, clip, drop small / non-finite boxes,
-    NMS per level, keep the best ``rpn_post_nms_top_n`` over all levels.
-
-    Args:
-        objectness: per level ``[B, N_l]`` logits in (H, W, A) order.
-        deltas: per level ``[B, N_l, 4]``.
-        anchors: per level ``[N_l, 4]``.
-
-    Returns:
-        ``proposals [B, P, 4]``, ``scores [B, P]`` (sigmoid), ``valid [B, P]`` bool; P = rpn_post_nms_top_n.
-    """
+) -> RpnNms:
+    """RPN post-processing up to its NMS, as torchvision ``RegionProposalNetwork.filter_proposals`` and
+    Detectron2 ``find_top_rpn_proposals``: per-level top-k on the logits, decode, clip, drop small / non-finite
+    boxes. Arguments as :func:`select_proposals`."""
     boxes_l: List[Tensor] = []
     logits_l: List[Tensor] = []
     onehot_l: List[Tensor] = []
@@ -87,16 +103,38 @@ def select_proposals(
     )
     # group = FPN level: scores/valid laid out [B, N, levels] with each candidate in its level's column
     level_mask = torch.cat(onehot_l, dim=0).unsqueeze(0)
-    props, prop_scores, _, count = nms_padded(
+    return RpnNms(
         boxes.unsqueeze(2),
         scores.unsqueeze(2) * level_mask,
         valid.unsqueeze(2) & level_mask,
         spec.rpn_nms_thresh,
         spec.rpn_post_nms_top_n,
         spec.rpn_score_thresh,
-        group_blocks=[int(x.shape[1]) for x in logits_l],
+        [int(x.shape[1]) for x in logits_l],
     )
-    slot_valid = torch.arange(props.shape[1], device=boxes.device).view(1, -1) < count.view(-1, 1)
+
+
+def select_proposals(
+    objectness: Sequence[Tensor],
+    deltas: Sequence[Tensor],
+    anchors: Sequence[Tensor],
+    image_hw: Tuple[int, int],
+    spec: ModelSpec,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """RPN post-processing, as torchvision ``RegionProposalNetwork.filter_proposals`` and Detectron2
+    ``find_top_rpn_proposals``: :func:`rpn_nms_inputs`, then NMS per level, keep the best
+    ``rpn_post_nms_top_n`` over all levels.
+
+    Args:
+        objectness: per level ``[B, N_l]`` logits in (H, W, A) order.
+        deltas: per level ``[B, N_l, 4]``.
+        anchors: per level ``[N_l, 4]``.
+
+    Returns:
+        ``proposals [B, P, 4]``, ``scores [B, P]`` (sigmoid), ``valid [B, P]`` bool; P = rpn_post_nms_top_n.
+    """
+    props, prop_scores, _, count = rpn_nms_inputs(objectness, deltas, anchors, image_hw, spec).run()
+    slot_valid = torch.arange(props.shape[1], device=props.device).view(1, -1) < count.view(-1, 1)
     return props, prop_scores, slot_valid
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import typer
 
@@ -12,21 +12,6 @@ from . import args
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")  # backends.tensorrt.builder.PRECISIONS (its package imports numpy)
 TRT_MODULES = ("tensorrt", "tensorrt_rtx")
-
-
-def parse_profile(text: str) -> Tuple[int, int, int]:
-    """``"8"`` -> (8, 8, 8); ``"1:8"`` -> (1, 8, 8); ``"1:4:8"`` -> (1, 4, 8)."""
-    try:
-        parts = [int(p) for p in text.split(":")]
-    except ValueError:
-        raise typer.BadParameter(f"expected N, MIN:MAX or MIN:OPT:MAX, got {text!r}") from None
-    if len(parts) == 1:
-        parts = parts * 3
-    elif len(parts) == 2:
-        parts = [parts[0], parts[1], parts[1]]
-    if len(parts) != 3 or not 1 <= parts[0] <= parts[1] <= parts[2]:
-        raise typer.BadParameter(f"batch profile must satisfy 1 <= MIN <= OPT <= MAX, got {text!r}")
-    return parts[0], parts[1], parts[2]
 
 
 def build_command(
@@ -134,7 +119,7 @@ def build_command(
             f"--calib-graph applies a calibration cache with builder int8 flags (TensorRT 8.6/10); {runtime.name} "
             f"{runtime.version} is strongly typed: int8 there is a Q/DQ graph (--calib-input, --calib-cache)"
         )
-    lo, opt, hi = parse_profile(batch)
+    lo, opt, hi = args.parse_batch_range(batch, "--batch", opt=True)
     if not (contract.batch[0] <= lo and hi <= contract.batch[1]):
         fail(f"batch profile {lo}:{opt}:{hi} is outside the exported range {contract.batch[0]}:{contract.batch[1]}")
     cfg = BuildConfig(
