@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from typing import List
 
 import pytest
 
@@ -12,10 +13,30 @@ HAVE_TORCH = importlib.util.find_spec("torch") is not None
 collect_ignore = [] if HAVE_TORCH else ["test_detectron2_components.py"]
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
+def pytest_report_header(config: pytest.Config) -> List[str]:
+    lines = []
     if collect_ignore:
-        return f"torch is not installed: not collected: {', '.join(collect_ignore)}"
-    return None
+        lines.append(f"torch is not installed: not collected: {', '.join(collect_ignore)}")
+    if _fast_tier(config):
+        lines.append(
+            "fast tier: tests marked `full` are deselected (run them with -m full; everything: -m 'full or not full')"
+        )
+    return lines
+
+
+def _fast_tier(config: pytest.Config) -> bool:
+    """A plain run (no -m, no test named by node id) is the fast tier."""
+    named = any("::" in str(a) for a in config.args)
+    return not config.getoption("markexpr") and not named
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    if not _fast_tier(config):
+        return
+    full = [it for it in items if it.get_closest_marker("full") is not None]
+    if full:
+        items[:] = [it for it in items if it.get_closest_marker("full") is None]
+        config.hook.pytest_deselected(items=full)
 
 
 @pytest.fixture(scope="session")
