@@ -54,6 +54,7 @@ def test_mask_rcnn_matches_torchvision(tv_mask_model, hw):
     assert_parity(compare_detections(ref_dets, singles), expect_masks=True)
 
 
+@pytest.mark.full
 def test_faster_rcnn_matches_torchvision(tv_faster_model):
     model, sd = tv_faster_model
     ref = torchvision_reference(model.spec, sd, (320, 320))
