@@ -111,9 +111,9 @@ def pick_library(library: str = "auto") -> str:
         raise ValueError(f"library must be one of {', '.join(LIBRARIES)}, got {library!r}")
     if library != "auto":
         return library
-    import importlib.util
+    from ._opencv import opencv
 
-    return "opencv" if importlib.util.find_spec("cv2") is not None else "pillow"
+    return "opencv" if opencv() is not None else "pillow"
 
 
 def render(
