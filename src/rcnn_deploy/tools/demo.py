@@ -109,9 +109,8 @@ class _Steps:
     def __init__(self, console: Any, total: int) -> None:
         self.console, self.total, self.n = console, total, 0
         self.seconds: Dict[str, float] = {}
-        self.cpu_seconds: Dict[
-            str, float
-        ] = {}  # this process's CPU time: next to the wall time, it shows a busy machine
+        # this process's CPU time: next to the wall time, it shows a busy machine
+        self.cpu_seconds: Dict[str, float] = {}
         self.started, self.cpu_started = time.perf_counter(), time.process_time()
 
     @contextmanager
@@ -123,17 +122,17 @@ class _Steps:
             with self.console.status(head):
                 yield
         else:
-            self.console.print(f"{head} ...", highlight=False, soft_wrap=True)
+            self.console.print(f"{head} ...", highlight=False, markup=False, soft_wrap=True)
             yield
         self.seconds[key] = round(time.perf_counter() - t0, 2)
         self.cpu_seconds[key] = round(time.process_time() - c0, 2)
         done = f"{head}: {self.seconds[key]:.1f} s (CPU {self.cpu_seconds[key]:.1f} s)"
-        self.console.print(done, highlight=False, soft_wrap=True)
+        self.console.print(done, highlight=False, markup=False, soft_wrap=True)
 
     def note(self, text: str) -> None:
         """A line under the current step (only when not on a terminal: there the spinner shows the step)."""
         if not self.console.is_terminal:
-            self.console.print(f"      {text}", highlight=False, soft_wrap=True)
+            self.console.print(f"      {text}", highlight=False, markup=False, soft_wrap=True)
 
 
 def run_demo(
@@ -173,7 +172,7 @@ def run_demo(
     if size is not None:
         hw = (size, size)
     what = f"model {model} from {weights}, input {hw[0]}x{hw[1]}, backend {chosen}"
-    console.print(escape(what), highlight=False, soft_wrap=True)
+    console.print(what, highlight=False, markup=False, soft_wrap=True)
 
     data = output / "data"
     with steps("data", f"generating {num_images} synthetic images ({hw[0]}x{hw[1]})"):
