@@ -130,6 +130,7 @@ def test_train_reports_bad_input_clearly(tmp_path):
     assert r.exit_code == 2 and "does not exist" in " ".join(r.output.split())
 
 
+@pytest.mark.full
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="project checkpoint not in this checkout")
 def test_project_checkpoint_is_small_and_detects_shapes(tmp_path):
     """The committed checkpoint (recipes/train_shapes.sh) finds the shapes of unseen validation images."""
