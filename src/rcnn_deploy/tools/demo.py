@@ -29,7 +29,7 @@ DEFAULT_CHECKPOINT = Path(
 )
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 SHOW_SCORE = 0.5  # detections drawn in the PNGs and listed in the TSVs
-SHOW_IMAGES = 4  # images that get a PNG + TSV
+SHOW_IMAGES = 3  # images that get a PNG + TSV
 DEFAULT_ITERATIONS = 3
 
 
@@ -82,7 +82,7 @@ def demo_command(
     """Generate data, export, build, infer, evaluate and benchmark: one command, one summary table.
 
     The table goes to stdout; progress goes to stderr. Everything lands in -o: data/, export/, infer/ (a PNG
-    and a TSV for the first 4 images), results.json (COCO results of every image) and summary.json.
+    and a TSV for the first 3 images), results.json (COCO results of every image) and summary.json.
 
     Examples:
 
