@@ -212,6 +212,7 @@ def test_bench_checkpoint_without_model_and_missing_export_say_how_to_fix(tmp_pa
     assert res.exit_code == 2 and "rcnn-deploy export" in _flat(res.output)
 
 
+@pytest.mark.full
 def test_bench_tensorrt_backend_wants_a_split_export(setup) -> None:  # type: ignore[no-untyped-def]
     root, ckpt = setup
     runner, app = _cli()
@@ -221,6 +222,7 @@ def test_bench_tensorrt_backend_wants_a_split_export(setup) -> None:  # type: ig
     assert res.exit_code == 2 and "needs an export directory" in _flat(res.output), res.output
 
 
+@pytest.mark.full
 def test_bench_export_end_to_end_and_torchvision_baseline(setup) -> None:  # type: ignore[no-untyped-def]
     root, ckpt = setup
     out = root / "bench"
@@ -273,6 +275,7 @@ def test_bench_export_end_to_end_and_torchvision_baseline(setup) -> None:  # typ
         assert ("faster than" in speedup_line(d)) == (d["speedup_model"] > 1)
 
 
+@pytest.mark.full
 def test_bench_checkpoint_runs_the_torch_backend(setup) -> None:  # type: ignore[no-untyped-def]
     root, ckpt = setup
     out = root / "bench_torch"

@@ -18,6 +18,7 @@ def test_pick_backend_validates_names():
         pick_backend("tensorflow")
 
 
+@pytest.mark.full
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="project checkpoint not in this checkout")
 def test_demo_runs_end_to_end_with_real_detections(tmp_path):
     from typer.testing import CliRunner

@@ -804,6 +804,7 @@ def test_normalize_matches_detectron2_preprocess(model: DeployRCNN, images: Tens
 
 
 # ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.full
 def test_end_to_end_smoke(model: DeployRCNN, images: Tensor, outputs: dict) -> None:
     k = D2.detections_per_img
     assert list(outputs) == ["num_detections", "boxes", "scores", "classes", "masks"]
@@ -830,6 +831,7 @@ def test_end_to_end_smoke(model: DeployRCNN, images: Tensor, outputs: dict) -> N
                 torch.testing.assert_close(single[name][0], outputs[name][i], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.full
 def test_end_to_end_matches_detectron2_reference(model: DeployRCNN, images: Tensor, outputs: dict) -> None:
     want = ref_detectron2_inference(model, images)
     for i, ref in enumerate(want):

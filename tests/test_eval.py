@@ -377,6 +377,7 @@ def _check_metrics(metrics: Dict[str, Dict[str, float]]) -> None:
         assert all(v == -1.0 or 0.0 <= v <= 1.0 for v in values.values())
 
 
+@pytest.mark.full
 def test_eval_command_onnxruntime_writes_the_metrics_json(models):
     root, _ = models
     out = root / "map_ort.json"
@@ -402,6 +403,7 @@ def test_eval_command_onnxruntime_writes_the_metrics_json(models):
     _check_metrics(summary["metrics"])
 
 
+@pytest.mark.full
 def test_eval_command_torch_checkpoint_skips_a_broken_image(models, tmp_path):
     root, ckpt = models
     data = tmp_path / "data"
@@ -419,6 +421,7 @@ def test_eval_command_torch_checkpoint_skips_a_broken_image(models, tmp_path):
     _check_metrics(summary["metrics"])
 
 
+@pytest.mark.full
 def test_eval_command_errors_say_what_to_do(models, tmp_path):
     root, _ = models
     runner = CliRunner()
@@ -437,6 +440,7 @@ def test_eval_command_errors_say_what_to_do(models, tmp_path):
     assert res.exit_code == 0 and "Examples" in res.output
 
 
+@pytest.mark.full
 def test_compare_reference_map_is_one_for_the_same_model_and_gates_a_perturbed_one(models, tv_mask_model, tmp_path):
     root, ckpt = models
     runner = CliRunner()

@@ -63,6 +63,7 @@ def fused_dir(tv_mask_model, tmp_path_factory):
     return d
 
 
+@pytest.mark.full
 def test_split_contract_and_hygiene(split_dir):
     c = Contract.load(split_dir)
     assert c.graph == "split" and c.nms is None and c.batch == (1, 4) and c.input_hw == HW
@@ -82,12 +83,14 @@ def test_split_contract_and_hygiene(split_dir):
         assert produced <= consumed, f"dead outputs in {g.file}: {sorted(produced - consumed)[:5]}"
 
 
+@pytest.mark.full
 def test_split_onnxruntime_matches_pytorch(split_dir, images, reference):
     c = Contract.load(split_dir)
     out = run_split(onnxruntime_split(c, split_dir, ["CPUExecutionProvider"]), images.numpy())
     check(reference, out, masks=True)
 
 
+@pytest.mark.full
 def test_fused_onnxruntime_matches_pytorch_and_dynamic_batch(fused_dir, images, reference):
     from rcnn_deploy.backends.onnxruntime import OnnxRuntimeBackend
 
@@ -109,6 +112,7 @@ def test_fused_onnxruntime_matches_pytorch_and_dynamic_batch(fused_dir, images, 
             np.testing.assert_allclose(single[k][0], batch[k][i], rtol=0, atol=1e-4, err_msg=k)
 
 
+@pytest.mark.full
 def test_export_is_deterministic(tv_mask_model, tmp_path):
     model, _ = tv_mask_model
     digests = []
@@ -120,6 +124,7 @@ def test_export_is_deterministic(tv_mask_model, tmp_path):
     assert digests[0] == digests[1]
 
 
+@pytest.mark.full
 def test_plugin_graph_attributes(tv_mask_model, tmp_path):
     model, _ = tv_mask_model
     with pytest.raises(ValueError, match="fixed batch"):  # PyramidROIAlign_TRT is not a dynamic-shape plugin
@@ -168,6 +173,7 @@ def tensor_dir(tv_mask_model, tmp_path_factory):
     return d
 
 
+@pytest.mark.full
 def test_fused_tensor_variant_matches_pytorch(tensor_dir, images, reference):
     """No NonMaxSuppression and no RoiAlign op; the fixpoint Loop gives the exact greedy NMS."""
     from rcnn_deploy.backends.onnxruntime import OnnxRuntimeBackend
@@ -185,6 +191,7 @@ def test_fused_tensor_variant_matches_pytorch(tensor_dir, images, reference):
     np.testing.assert_allclose(single["boxes"][0], out["boxes"][1], rtol=0, atol=1e-4)
 
 
+@pytest.mark.full
 def test_fp16_rule_keeps_glue_in_fp32(split_dir, tensor_dir):
     from rcnn_deploy.export.precision import is_network_node, to_fp16
 
@@ -200,6 +207,7 @@ def test_fp16_rule_keeps_glue_in_fp32(split_dir, tensor_dir):
     onnx.checker.check_model(m)
 
 
+@pytest.mark.full
 def test_predictor_rule_picks_each_heads_last_layer(tensor_dir):
     """The optional fp32-predictor rule (TensorRT 8.6/10 builder) names exactly the heads' last layers of the
     exported graph: per FPN level the RPN's objectness and box-delta convolutions, the box predictor's two
@@ -224,6 +232,7 @@ def test_predictor_rule_picks_each_heads_last_layer(tensor_dir):
     assert not [n for n in weighted if "backbone" in n.name and in_predictor_scope(n.name)]
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("graph", ["split", "fused"])
 def test_detectron2_flavour_exports_match_pytorch(graph, tmp_path):
     """BGR flip, ROIAlignV2 (aligned, adaptive sampling) and the D2 thresholds survive export to ONNX Runtime.
@@ -290,6 +299,7 @@ class PointerBackend:
         self.calls += 1
 
 
+@pytest.mark.full
 def test_split_device_io_path_gives_the_host_paths_outputs(split_dir, images):
     """The zero-copy path of the split runtime (engines writing into torch tensors, TensorRT's infer_device)
     gives exactly the host path's outputs: names, shapes, dtype casts and output allocation are right."""
@@ -311,6 +321,7 @@ def test_split_device_io_path_gives_the_host_paths_outputs(split_dir, images):
         run_split(SplitPieces(c, *pieces, device_io=True), images.numpy())
 
 
+@pytest.mark.full
 def test_split_engines_missing_say_how_to_build_them(split_dir):
     from rcnn_deploy.api import Detector
 
@@ -332,6 +343,7 @@ def _copy(src, dst):  # type: ignore[no-untyped-def]
     return dst
 
 
+@pytest.mark.full
 def test_contract_records_each_graphs_size_and_sha256(split_dir):
     c = Contract.load(split_dir)
     assert c.format_version == 2
@@ -341,6 +353,7 @@ def test_contract_records_each_graphs_size_and_sha256(split_dir):
     assert not [p for p in split_dir.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+@pytest.mark.full
 def test_damaged_contract_fields_are_named(split_dir, tmp_path):
     import json
 
@@ -377,6 +390,7 @@ def test_damaged_contract_fields_are_named(split_dir, tmp_path):
         Contract.load(tmp_path)
 
 
+@pytest.mark.full
 def test_runtime_refuses_a_changed_or_unreadable_graph(fused_dir, tmp_path):
     from rcnn_deploy.backends.onnxruntime import OnnxRuntimeBackend
     from rcnn_deploy.errors import UserError
@@ -401,6 +415,7 @@ def test_runtime_refuses_a_changed_or_unreadable_graph(fused_dir, tmp_path):
         OnnxRuntimeBackend(bare, ["CPUExecutionProvider"])
 
 
+@pytest.mark.full
 def test_export_refuses_non_finite_weights_before_writing(tv_mask_model, tmp_path):
     import copy
 

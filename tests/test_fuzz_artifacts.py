@@ -57,6 +57,8 @@ from rcnn_deploy._io import atomic_write_text  # noqa: E402
 from rcnn_deploy.cli import app  # noqa: E402
 from rcnn_deploy.contract import Contract, verify_graph_file  # noqa: E402
 
+pytestmark = pytest.mark.full  # the slow tier (see pyproject's pytest config)
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability" / "artifacts.md"
 HW = 64

@@ -66,6 +66,7 @@ def networks(tv_mask_model, tmp_path_factory):
     return rtx, out
 
 
+@pytest.mark.full
 def test_backbone_ranges_map_onto_the_fused_graph(networks):
     rtx, ((_, _, src_net), (_, _, dst_net)) = networks
     src, dst = layer_table(rtx, src_net), layer_table(rtx, dst_net)
@@ -92,6 +93,7 @@ def test_backbone_ranges_map_onto_the_fused_graph(networks):
 REAL_CACHE = Path(__file__).parent / "data" / "trt86_backbone_calib_384.cache"
 
 
+@pytest.mark.full
 def test_tensorrt86_cache_of_the_backbone_maps_onto_the_fused_graph(networks):
     """The calibration cache TensorRT 8.6 wrote on the H200 (results_table_run8.json: the checkpoint's split
     backbone at 384², 64 images): its tensor names are those of this project's split export, and every
@@ -113,6 +115,7 @@ def test_tensorrt86_cache_of_the_backbone_maps_onto_the_fused_graph(networks):
     assert len(mapped) == 261
 
 
+@pytest.mark.full
 def test_scope_prefix_refuses_another_model(networks):
     rtx, ((_, _, src_net), _) = networks
     src = layer_table(rtx, src_net)
@@ -157,6 +160,7 @@ def test_apply_ranges_sets_float_tensors_only():
     assert a.range == (-2.0, 2.0) and b.range is None and c.range is None
 
 
+@pytest.mark.full
 def test_build_cli_calib_graph_errors(tv_mask_model, tmp_path):
     """--calib-graph is the builder-flag int8 of TensorRT 8.6/10: a strongly typed builder refuses it (before
     anything is written)."""

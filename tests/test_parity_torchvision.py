@@ -39,6 +39,7 @@ def assert_parity(rep, expect_masks: bool) -> None:
         assert rep.min_mask_iou is not None and rep.min_mask_iou > 0.99
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("hw", [(320, 320), (288, 352)])  # 288x352: P6 grid is not size/64
 def test_mask_rcnn_matches_torchvision(tv_mask_model, hw):
     model, sd = tv_mask_model
@@ -53,6 +54,7 @@ def test_mask_rcnn_matches_torchvision(tv_mask_model, hw):
     assert_parity(compare_detections(ref_dets, singles), expect_masks=True)
 
 
+@pytest.mark.full
 def test_faster_rcnn_matches_torchvision(tv_faster_model):
     model, sd = tv_faster_model
     ref = torchvision_reference(model.spec, sd, (320, 320))

@@ -25,7 +25,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from rcnn_deploy.cli import app  # noqa: E402
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.full]
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "shapes_maskrcnn_r50fpn.pt"

@@ -176,6 +176,7 @@ def _configs(repo: Path) -> Dict[str, object]:
     return {p.parent.name: validate_config(p.read_text(), p) for p in sorted(repo.glob("*/config.pbtxt"))}
 
 
+@pytest.mark.full
 def test_python_repository_config_parses_and_bundles_code_and_model(work, tmp_path):
     root, _ = work
     repo = tmp_path / "repo"
@@ -207,6 +208,7 @@ def test_python_repository_config_parses_and_bundles_code_and_model(work, tmp_pa
         write_python_repo(root / "export", tmp_path / "r2", RepoOptions(max_batch=0))
 
 
+@pytest.mark.full
 def test_tensorrt_repository_configs_parse_and_the_ensemble_is_wired(work, tmp_path):
     root, _ = work
     engine = _fake_engine(root / "export", tmp_path / "built")
@@ -247,6 +249,7 @@ def test_tensorrt_repository_configs_parse_and_the_ensemble_is_wired(work, tmp_p
         write_tensorrt_repo(root / "export" / "contract.json", tmp_path / "r4", RepoOptions())
 
 
+@pytest.mark.full
 def test_host_stages_are_the_detectors_pre_and_post_processing(work, reference):
     """The tensorrt flavour's Python models compute exactly what Detector does around the model."""
     from rcnn_deploy.serve.stages import host_stages
@@ -300,6 +303,7 @@ def test_cli_defaults_match_the_library():
     assert tools.DEFAULT_MAX_PIXELS == C.DEFAULT_MAX_PIXELS
 
 
+@pytest.mark.full
 def test_triton_repo_command(work, tmp_path):
     from typer.testing import CliRunner
 
@@ -330,6 +334,7 @@ def test_serve_without_a_tritonserver_says_how_to_install_one(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ a real tritonserver
+@pytest.mark.full
 @needs_server
 def test_http_and_grpc_return_the_detectors_detections(served, reference, work):
     det, refs = reference
@@ -367,6 +372,7 @@ def _metric(server: TritonServer, name: str) -> float:
     return total
 
 
+@pytest.mark.full
 @needs_server
 def test_dynamic_batching_forms_batches_under_concurrent_requests(served, work):
     http = _http(served)
@@ -401,6 +407,7 @@ def test_dynamic_batching_forms_batches_under_concurrent_requests(served, work):
     assert infers == 8 and execs < 8
 
 
+@pytest.mark.full
 @needs_server
 def test_bounded_load_on_loopback_has_no_errors(served, reference, work):
     """8 concurrent clients x LOAD_REQUESTS requests each, to 127.0.0.1 only; every answer checked."""
@@ -459,6 +466,7 @@ def _png_bomb(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+@pytest.mark.full
 @needs_server
 def test_bad_requests_get_an_error_naming_the_problem_and_the_server_keeps_serving(served, reference, work):
     import tritonclient.http as tc
@@ -508,6 +516,7 @@ def test_bad_requests_get_an_error_naming_the_problem_and_the_server_keeps_servi
         http.close()
 
 
+@pytest.mark.full
 @needs_server
 def test_python_flavour_serves_a_pytorch_checkpoint(work, tmp_path):
     """Any backend Detector.load takes: here the checkpoint itself, run by torch inside the Python backend."""
@@ -553,6 +562,7 @@ class TritonPythonModel:  # test stand-in for the tensorrt_plan model: the same 
 """
 
 
+@pytest.mark.full
 @needs_server
 def test_tensorrt_flavour_ensemble_runs_with_onnxruntime_standing_in_for_tensorrt(work, reference, tmp_path):
     """The tensorrt flavour's ensemble, pre- and post-processing models on a real Triton. The bundled server
@@ -594,6 +604,7 @@ def test_tensorrt_flavour_ensemble_runs_with_onnxruntime_standing_in_for_tensorr
 
 
 # ------------------------------------------------------------------------------------ rcnn-deploy serve
+@pytest.mark.full
 @needs_server
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_serve_command_runs_tritonserver_and_stops_cleanly_on_a_signal(work, sig):

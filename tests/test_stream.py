@@ -197,6 +197,7 @@ def export_dir(tv_mask_model, tmp_path_factory):
     return root
 
 
+@pytest.mark.full
 def test_stream_matches_sequential_path(export_dir):
     """Streamed detections == the sequential path (letterbox, one model call per batch, dense paste)."""
     from rcnn_deploy.api import Detector
@@ -221,6 +222,7 @@ def test_stream_matches_sequential_path(export_dir):
             assert np.array_equal(got.masks, dense)
 
 
+@pytest.mark.full
 def test_stream_in_worker_processes_matches_threads(export_dir):
     from rcnn_deploy.api import Detector
 
@@ -234,6 +236,7 @@ def test_stream_in_worker_processes_matches_threads(export_dir):
         assert np.array_equal(a.detections.masks, b.detections.masks)
 
 
+@pytest.mark.full
 def test_infer_command_streams_and_isolates_bad_images(export_dir, tmp_path):
     from typer.testing import CliRunner
 
@@ -260,6 +263,7 @@ def test_infer_command_streams_and_isolates_bad_images(export_dir, tmp_path):
     assert len(list(out.glob("*.tsv"))) == 6 and len(list(out.glob("*.png"))) == 6
 
 
+@pytest.mark.full
 def test_video_source_every_nth_frame_and_annotated_video(export_dir, tmp_path):
     cv2 = pytest.importorskip("cv2")
     from typer.testing import CliRunner
@@ -292,6 +296,7 @@ def test_video_source_every_nth_frame_and_annotated_video(export_dir, tmp_path):
     assert sorted(p.name for p in out.glob("*.tsv")) == ["clip_000000.tsv", "clip_000002.tsv", "clip_000004.tsv"]
 
 
+@pytest.mark.full
 def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(export_dir, tmp_path):
     """SIGINT mid-run: the process exits promptly, results.jsonl has the finished images, and summary.json /
     results.json are written with complete=false and the reason."""
@@ -335,6 +340,7 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_done(export_dir, tmp_path):
     assert len(json.loads((out / "results.json").read_text())) == sum(x.get("detections", 0) for x in done)
 
 
+@pytest.mark.full
 def test_folder_with_a_decompression_bomb_and_a_1x5000_image(export_dir, tmp_path):
     """The reliability case: good images beside a decompression bomb (a small PNG declaring 20000x20000) and a
     1x5000 image. Every good image gets its outputs (the thin one too: it decodes, and its boxes map back

@@ -37,6 +37,7 @@ def _run(net, x, rounds="eager"):
             return net(x), state.converged
 
 
+@pytest.mark.full
 def test_sync_free_forward_equals_the_eager_forward(shapes):
     net, x = shapes
     ref, _ = _run(net, x)
@@ -51,6 +52,7 @@ def test_sync_free_forward_equals_the_eager_forward(shapes):
         torch.testing.assert_close(exact[k], ref[k], rtol=0, atol=1e-5, msg=k)
 
 
+@pytest.mark.full
 def test_too_few_nms_rounds_are_flagged(shapes):
     """One round of the fixpoint is not greedy NMS on a real image: the flag must say so (the GPU model then
     re-runs the batch without the limit)."""
@@ -59,6 +61,7 @@ def test_too_few_nms_rounds_are_flagged(shapes):
     assert converged is not None and not bool(converged)
 
 
+@pytest.mark.full
 def test_sync_free_forward_has_no_data_dependent_host_calls(shapes, monkeypatch):
     """Inside sync_free the forward never calls nonzero or torchvision's NMS (both sync with the host on CUDA)."""
     import torchvision
@@ -75,6 +78,7 @@ def test_sync_free_forward_has_no_data_dependent_host_calls(shapes, monkeypatch)
     assert bool(converged) and out["boxes"].shape == (2, 100, 4)
 
 
+@pytest.mark.full
 def test_bf16_layers_keep_float32_outputs_and_detections(shapes):
     """set_precision runs the layers in bfloat16 (CPU here; fp16/bf16 mAP is measured on the GPU) and the
     glue in float32: same output dtypes, and the confident detections survive."""

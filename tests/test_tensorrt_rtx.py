@@ -22,7 +22,7 @@ from rcnn_deploy.contract import Contract  # noqa: E402
 from rcnn_deploy.export import export_onnx  # noqa: E402
 from rcnn_deploy.export.precision import to_fp16  # noqa: E402
 
-pytestmark = pytest.mark.rtx
+pytestmark = [pytest.mark.rtx, pytest.mark.full]
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ from rcnn_deploy.cli import app  # noqa: E402
 from rcnn_deploy.data.synth import generate_synthetic_coco  # noqa: E402
 from rcnn_deploy.export import export_onnx  # noqa: E402
 
+pytestmark = pytest.mark.full  # the slow tier (see pyproject's pytest config)
+
 
 @pytest.fixture(scope="module")
 def setup(tv_mask_model, tmp_path_factory):

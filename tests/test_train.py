@@ -70,6 +70,7 @@ def tiny_run(tmp_path_factory):
     return d, ck
 
 
+@pytest.mark.full
 def test_train_smoke_loss_decreases_and_checkpoint_reloads_and_exports(tiny_run):
     from rcnn_deploy.export import export_onnx
     from rcnn_deploy.models.build import build_model
@@ -90,6 +91,7 @@ def test_train_smoke_loss_decreases_and_checkpoint_reloads_and_exports(tiny_run)
     assert state["iteration"] == 6
 
 
+@pytest.mark.full
 def test_train_resumes_and_fine_tunes(tiny_run):
     from typer.testing import CliRunner
 
@@ -128,6 +130,7 @@ def test_train_reports_bad_input_clearly(tmp_path):
     assert r.exit_code == 2 and "does not exist" in " ".join(r.output.split())
 
 
+@pytest.mark.full
 @pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="project checkpoint not in this checkout")
 def test_project_checkpoint_is_small_and_detects_shapes(tmp_path):
     """The committed checkpoint (recipes/train_shapes.sh) finds the shapes of unseen validation images."""

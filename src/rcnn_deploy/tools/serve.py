@@ -36,7 +36,10 @@ def triton_repo_command(
         2000, "--max-queue-delay-us", help="Dynamic batching: how long a request may wait for others."
     ),
     backend: Optional[str] = typer.Option(
-        None, "--backend", help="python flavour: Detector.load's backend (torch|onnxruntime|tensorrt)."
+        None,
+        "--backend",
+        help="python flavour: torch, onnxruntime or tensorrt, as infer's --backend (default: onnxruntime for an "
+        "export, tensorrt for an engine, torch for a checkpoint).",
     ),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name for a checkpoint that lacks it."),
     height: Optional[int] = typer.Option(None, help="Checkpoints: input height (default: the one it records)."),
@@ -82,7 +85,8 @@ def triton_repo_command(
 
 def serve_command(
     model_path: str = typer.Argument(
-        ..., help="Export directory (contract.json), a built engine, or a checkpoint: what Detector.load takes."
+        ...,
+        help="Export directory (contract.json), a built engine, or a checkpoint: what infer takes as its model path.",
     ),
     http_port: int = typer.Option(8000, "--http-port"),
     grpc_port: int = typer.Option(8001, "--grpc-port"),
@@ -92,7 +96,12 @@ def serve_command(
     max_queue_delay_us: int = typer.Option(2000, "--max-queue-delay-us"),
     address: str = typer.Option("0.0.0.0", "--address", help="Address the three endpoints listen on."),
     name: str = typer.Option("rcnn_detector", "--name", help="The model name clients call."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Detector.load's backend."),
+    backend: Optional[str] = typer.Option(
+        None,
+        "--backend",
+        help="torch, onnxruntime or tensorrt, as infer's --backend (default: onnxruntime for an export, tensorrt "
+        "for an engine, torch for a checkpoint).",
+    ),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name for a checkpoint that lacks it."),
     height: Optional[int] = typer.Option(None, help="Checkpoints: input height."),
     width: Optional[int] = typer.Option(None, help="Checkpoints: input width."),
