@@ -184,3 +184,27 @@ def test_host_stages_send_jpeg_bytes_when_decoding_on_the_gpu(tmp_path):
     assert q.error is None and q.array.shape == (3, 96, 128)  # decoded on the host, uploaded letterboxed
     r = stages.prepare(Item(2, "missing", path=tmp_path / "missing.jpg"))
     assert r.error is not None and "does not exist" in r.error
+
+
+def test_gpu_options_need_a_gpu_and_a_checkpoint(tmp_path):
+    """--precision / --gpu-decode without --device cuda, or on an export, are refused with what to do."""
+    from typer.testing import CliRunner
+
+    from rcnn_deploy.api import Detector
+    from rcnn_deploy.cli import app
+    from rcnn_deploy.errors import UserError
+
+    (tmp_path / "img.png").write_bytes(b"")
+    runner = CliRunner()
+    for extra, said in ((["--precision", "fp16"], "--precision fp16 needs a GPU"), (["--gpu-decode"], "--gpu-decode")):
+        r = runner.invoke(app, ["infer", str(CKPT), str(tmp_path), "-o", str(tmp_path / "o"), *extra])
+        assert r.exit_code == 2 and said in r.output and "--device cuda" in r.output, r.output
+    r = runner.invoke(app, ["eval", str(CKPT), "--annotations", str(tmp_path / "a.json"), "--precision", "bf16"])
+    assert r.exit_code == 2
+    r = runner.invoke(app, ["infer", str(CKPT), str(tmp_path), "-o", str(tmp_path / "o"), "--precision", "fp8"])
+    assert r.exit_code == 2 and "fp8" in r.output
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "contract.json").write_text("{}")
+    with pytest.raises(UserError, match="options of the PyTorch backend"):
+        Detector.load(export, device="cuda", precision="fp16")

@@ -73,6 +73,17 @@ class Detector:
         ``device="cuda"``, ``precision`` (fp32 / fp16 / bf16), ``cuda_graph`` and ``gpu_decode`` (JPEGs decoded and
         letterboxed on the GPU): the PyTorch backend on a GPU (:class:`rcnn_deploy.backends.torch_cuda`)."""
         p = Path(path)
+        directory = p if p.is_dir() else p.parent
+        if (precision != "fp32" or gpu_decode) and (
+            p.suffix.lower() in ENGINE_SUFFIXES or (directory / "contract.json").is_file()
+        ):
+            raise UserError(
+                "precision and GPU decoding are options of the PyTorch backend; an export or engine runs at the "
+                "precision it was built with",
+                where=path,
+                fix="pass the checkpoint instead (CLI: --device cuda --precision fp16), or drop --precision and "
+                "--gpu-decode",
+            )
         if p.suffix.lower() in ENGINE_SUFFIXES and backend in (None, "tensorrt"):
             return cls.from_engine(p)
         directory = p if p.is_dir() else p.parent

@@ -158,6 +158,25 @@ def device(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str])
     return value
 
 
+# The PyTorch backend on a GPU (infer, eval, compare, bench): one help text per option, shared by the commands
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEVICE_HELP = "PyTorch checkpoints: cpu, cuda or cuda:N (exports and engines pick their own device)."
+PRECISION_HELP = (
+    "PyTorch on a GPU: the layers in fp32, fp16 or bf16 (the glue stays fp32, as in the TensorRT fp16 builds)."
+)
+CUDA_GRAPH_HELP = "PyTorch on a GPU: capture one CUDA graph per batch size and replay it (sync-free NMS)."
+GPU_DECODE_HELP = "PyTorch on a GPU: decode JPEGs and letterbox them on the GPU (nvJPEG); other formats on the host."
+
+
+def torch_gpu(device: str, precision: str, cuda_graph: bool, gpu_decode: bool) -> dict:
+    """The options above as ``Detector.load`` keywords; a GPU-only option without ``--device cuda`` is an error."""
+    if not device.startswith("cuda"):
+        for name, on in (("--precision " + precision, precision != "fp32"), ("--gpu-decode", gpu_decode)):
+            if on:
+                raise UserError(f"{name} needs a GPU", where=name.split()[0], fix="add --device cuda")
+    return {"device": device, "precision": precision, "cuda_graph": cuda_graph, "gpu_decode": gpu_decode}
+
+
 def device_or_auto(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
     """``auto`` or a torch device."""
     if _skip(ctx, value) or value == "auto":

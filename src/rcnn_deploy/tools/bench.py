@@ -66,6 +66,7 @@ def _load_target(
     device: str,
     backend: Optional[str] = None,
     cuda_graph: bool = True,
+    precision: str = "fp32",
 ) -> _Target:
     """``Detector.load`` with bench's options, described for the timers and the report."""
     from ..api import Detector
@@ -81,7 +82,13 @@ def _load_target(
                 "a fused export runs as its engine file (bench FILE.engine)", where=f"--backend tensorrt on {path}"
             )
     det = Detector.load(
-        model_path, model=model, input_hw=input_hw, backend=backend, device=device, cuda_graph=cuda_graph
+        model_path,
+        model=model,
+        input_hw=input_hw,
+        backend=backend,
+        device=device,
+        cuda_graph=cuda_graph,
+        precision=precision,
     )
     return _describe(det, device, contract)
 
@@ -315,6 +322,7 @@ def bench_command(
     device: str = typer.Option(
         "cpu", callback=args.device, help="cpu or cuda[:N] for PyTorch models (checkpoint and baseline)."
     ),
+    precision: str = typer.Option("fp32", callback=args.choice(args.PRECISIONS, "precision"), help=args.PRECISION_HELP),
     images: Optional[str] = typer.Option(
         None,
         "--images",
@@ -386,7 +394,9 @@ def bench_command(
         with console.status(f"loading {model_path}"):
             from .infer import input_hw
 
-            target = _load_target(model_path, kind, model, input_hw(height, width), device, backend, cuda_graph)
+            args.torch_gpu(device, precision, cuda_graph, False)
+            hw = input_hw(height, width)
+            target = _load_target(model_path, kind, model, hw, device, backend, cuda_graph, precision)
     except (ValueError, FileNotFoundError) as e:  # UserError is a ValueError
         fail(str(e))
     except Exception as e:  # BackendUnavailable, TensorRT/ORT load errors: say what failed where
@@ -429,6 +439,7 @@ def bench_command(
         "iterations": iterations,
         "warmup": warmup,
         "cuda_graph": cuda_graph,
+        "precision": precision,
         "end_to_end": end_to_end,
         "baseline": baseline,
         "images": image_info,

@@ -49,6 +49,10 @@ def eval_command(
         help="torch, onnxruntime or tensorrt (default: from MODEL_PATH; an engine file runs tensorrt; tensorrt on"
         " a split export runs its three engines: each graph's ONNX file name with .engine).",
     ),
+    device: str = typer.Option("cpu", callback=args.device, help=args.DEVICE_HELP),
+    precision: str = typer.Option("fp32", callback=args.choice(args.PRECISIONS, "precision"), help=args.PRECISION_HELP),
+    cuda_graph: bool = typer.Option(True, help=args.CUDA_GRAPH_HELP),
+    gpu_decode: bool = typer.Option(False, help=args.GPU_DECODE_HELP),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", callback=args.output_file, help="Write the metrics as JSON to this file."
     ),
@@ -140,7 +144,8 @@ def eval_command(
                 f"images folder {images_dir}{how} not found; pass --images DIR, the folder the annotations' "
                 "file_name entries are relative to"
             )
-        det = _detector(model_path, model, height, width, batch, backend)
+        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode)
+        det = _detector(model_path, model, height, width, batch, backend, gpu)
         args.validate_ground_truth(gt, det.spec, annotations)
     except (ValueError, FileNotFoundError, ImportError) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}")

@@ -24,10 +24,12 @@ def _detector(  # type: ignore[no-untyped-def]
     width: Optional[int],
     batch: int,
     backend: Optional[str],
+    gpu: Optional[dict] = None,
 ):
     from .. import api
 
-    return api.Detector.load(model_path, model=model, input_hw=input_hw(height, width), batch=batch, backend=backend)
+    hw = input_hw(height, width)
+    return api.Detector.load(model_path, model=model, input_hw=hw, batch=batch, backend=backend, **(gpu or {}))
 
 
 def infer_command(
@@ -64,6 +66,10 @@ def infer_command(
         help="torch, onnxruntime or tensorrt (default: from MODEL_PATH; an engine file runs tensorrt; tensorrt on"
         " a split export runs its three engines: each graph's ONNX file name with .engine).",
     ),
+    device: str = typer.Option("cpu", callback=args.device, help=args.DEVICE_HELP),
+    precision: str = typer.Option("fp32", callback=args.choice(args.PRECISIONS, "precision"), help=args.PRECISION_HELP),
+    cuda_graph: bool = typer.Option(True, help=args.CUDA_GRAPH_HELP),
+    gpu_decode: bool = typer.Option(False, help=args.GPU_DECODE_HELP),
     threads: Optional[int] = typer.Option(
         None, "--threads", min=1, help="Decode / postprocess threads (default: one per CPU core, at most 16)."
     ),
@@ -145,7 +151,8 @@ def infer_command(
 
     console = Console(stderr=True)
     try:
-        det = _detector(model_path, model, height, width, batch, backend)
+        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode)
+        det = _detector(model_path, model, height, width, batch, backend, gpu)
         total = count(source)
         items = open_source(source, stride=stride)
     except (ValueError, FileNotFoundError) as e:
@@ -258,6 +265,10 @@ def compare_command(
         help="The candidate's backend: torch, onnxruntime or tensorrt (default: from CANDIDATE; tensorrt on a split"
         " export runs its three engines).",
     ),
+    device: str = typer.Option("cpu", callback=args.device, help=args.DEVICE_HELP + " The candidate's."),
+    precision: str = typer.Option("fp32", callback=args.choice(args.PRECISIONS, "precision"), help=args.PRECISION_HELP),
+    cuda_graph: bool = typer.Option(True, help=args.CUDA_GRAPH_HELP),
+    gpu_decode: bool = typer.Option(False, help=args.GPU_DECODE_HELP),
 ) -> None:
     """Parity report between two backends; exits 1 when a threshold is missed (usable as a CI gate).
 
@@ -284,7 +295,8 @@ def compare_command(
 
     console = Console(stderr=True)
     try:
-        cand = _detector(candidate, model, height, width, 1, backend)
+        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode)
+        cand = _detector(candidate, model, height, width, 1, backend, gpu)
         if reference is None:
             if weights is None:
                 raise ValueError("pass --weights (for the PyTorch reference) or --reference")
