@@ -495,7 +495,9 @@ class _Validator:
                         f"is {list(c.batch)}, but the graph has {why} batch {shape[0]!r} ({gp}.inputs[0].shape)",
                     )
                 else:
-                    self.io(gp + ".inputs", g.inputs, [("images", [b, 3, H, W], "float32")], "input_hw and batch")
+                    # float32 (RGB 0-255, the seed's contract) or uint8 (export --input-dtype uint8)
+                    dtype = g.inputs[0].dtype if g.inputs and g.inputs[0].dtype in ("float32", "uint8") else "float32"
+                    self.io(gp + ".inputs", g.inputs, [("images", [b, 3, H, W], dtype)], "input_hw and batch")
             if g.role == "fused":
                 K = s.detections_per_img
                 want = [
