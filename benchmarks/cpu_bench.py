@@ -103,12 +103,11 @@ def prepare(size: int, work: Path, n_calib: int, n_eval: int, log: Callable[[str
         "fp32": d / "cpu_fp32",
         "int8": d / "cpu_int8",
     }
+    size_args = ["--height", str(size), "--width", str(size)]
     steps = [
-        ("calib", ["data", "synth", "-o", str(paths["calib"]), "-n", str(n_calib), "--height", str(size)]),
-        ("val", ["data", "synth", "-o", str(paths["val"]), "-n", str(n_eval), "--height", str(size)]),
+        ("calib", ["data", "synth", "-o", str(paths["calib"]), "-n", str(n_calib), *size_args, "--seed", "1"]),
+        ("val", ["data", "synth", "-o", str(paths["val"]), "-n", str(n_eval), *size_args, "--seed", "2"]),
     ]
-    steps[0][1] += ["--width", str(size), "--seed", "1"]
-    steps[1][1] += ["--width", str(size), "--seed", "2"]
     for key, args in steps:
         if not (paths[key] / "annotations.json").is_file():
             log(f"{size}: synthetic {key} images")

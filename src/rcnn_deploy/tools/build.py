@@ -104,7 +104,12 @@ def build_command(
     ),
     verbose: bool = typer.Option(False, help="TensorRT verbose log."),
 ) -> None:
-    """Build a TensorRT engine.
+    """Build a TensorRT engine, or (--target onnxruntime) a CPU build for ONNX Runtime.
+
+    --target onnxruntime takes the fused --nms onnx graph of an export and writes an export directory (-o DIR)
+    whose graph pools each ROI once and runs the mask head on the detections only (the same outputs, about
+    half the work); --precision int8 quantises its network layers (ONNX Runtime static Q/DQ, per-channel int8
+    weights, calibrated on --calib-input, default 64 images); the glue stays fp32. See docs/cpu.md.
 
     TensorRT 8.6/10 take fp16/int8 as builder flags (int8 calibrates on --calib-input with the model's own
     preprocessing, or reuses --calib-cache, or applies the cache of another graph of the model by layer
