@@ -94,8 +94,9 @@ def load() -> List[float]:
 
 
 def prepare(size: int, work: Path, n_calib: int, n_eval: int, log: Callable[[str], None]) -> Dict[str, Path]:
-    """Data, export and the two CPU builds for one input size (reused when already in ``work``)."""
-    d = work / str(size)
+    """Data, export and the two CPU builds for one input size (reused when already in ``work`` with the same
+    image counts)."""
+    d = work / f"{size}_calib{n_calib}_val{n_eval}"
     paths = {
         "calib": d / "calib",
         "val": d / "val",
@@ -250,6 +251,18 @@ def render(result: Dict[str, Any]) -> str:
             f"| {r['size']}² | {r['engine']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['img_per_s']:.2f} |"
             f" {r['speedup_vs_torchvision']:.2f} |"
         )
+    diffs = {
+        r["size"]: r["fp32_build_max_abs_diff_vs_export"]
+        for r in result["timings"]
+        if r.get("fp32_build_max_abs_diff_vs_export") is not None
+    }
+    if diffs:
+        lines += [
+            "",
+            "The fp32 CPU build against the export, same inputs, largest absolute difference over every output: "
+            + ", ".join(f"{d:g} at {s}²" for s, d in diffs.items())
+            + ".",
+        ]
     a = result.get("accuracy")
     if a:
         lines += [
@@ -318,7 +331,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         result["timings"] += timings(size, paths, a.threads, cfg["iterations"][size])
         if size == 384:
             log("384: rcnn-deploy eval of the fp32 and int8 builds")
-            result["accuracy"] = accuracy(paths, a.work / "384")
+            result["accuracy"] = accuracy(paths, paths["val"].parent)
     result["load_after"] = load()
     result["wall_seconds"] = round(time.time() - t0, 1)
     for r in result["timings"]:

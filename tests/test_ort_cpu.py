@@ -173,3 +173,25 @@ def test_session_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RCNN_DEPLOY_ORT_THREADS", "two")
     with pytest.raises(UserError, match="RCNN_DEPLOY_ORT_THREADS"):
         session_options(ort)
+
+
+def test_faster_rcnn_cpu_graph_gives_the_exports_outputs(tv_faster_model, tmp_path: Path) -> None:
+    """No mask head: only the box ROIAlign is rewritten; outputs equal the export's (batch of 2, random weights
+    with confident scores)."""
+    from rcnn_deploy.contract import Contract
+    from rcnn_deploy.export import export_onnx
+    from rcnn_deploy.export.ort_cpu import build_cpu_export
+
+    model, sd = tv_faster_model
+    model.load_state_dict(sd)
+    c = export_onnx(model, tmp_path / "export", height=SIZE, width=SIZE, batch=2, graph="fused", nms="onnx")
+    built = build_cpu_export(tmp_path / "export" / c.graphs[0].file, tmp_path / "cpu", "fp32")
+    rewrite = built.notes["cpu"]["rewrite"]
+    assert rewrite["roi_align_pools"] == 1 and rewrite["mask_head_on_valid_only"] is False
+    ref = _session(tmp_path / "export" / c.graphs[0].file)
+    cpu = _session(tmp_path / "cpu" / Contract.load(tmp_path / "cpu").graphs[0].file)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 3, SIZE, SIZE)).astype(np.float32)
+    a, b = ref.run(None, {"images": x}), cpu.run(None, {"images": x})
+    assert int(a[0].sum()) > 0
+    for o, u, v in zip(ref.get_outputs(), a, b):
+        np.testing.assert_allclose(v, u, rtol=0, atol=1e-5, err_msg=o.name)

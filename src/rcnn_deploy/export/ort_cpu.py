@@ -134,7 +134,7 @@ def _find_pools(graph: Any) -> List[_Pool]:
     return pools
 
 
-def _pool_nodes(helper: Any, name: _GraphNames, pool: _Pool, rows: Optional[str], c: int, out: str) -> List[Any]:
+def _pool_nodes(helper: Any, name: _GraphNames, pool: _Pool, rows: Optional[str], out: str) -> List[Any]:
     """Nodes that compute ``out = [n, C, S, S]``: each row pooled once, from its own level. ``rows``: an
     int64 [n] index of the pool's rows to compute (None: all of them)."""
     nodes: List[Any] = []
@@ -298,7 +298,7 @@ def _toposort(graph: Any) -> None:
     graph.node.extend(ordered)
 
 
-def cpu_graph(model: Any, detections_per_img: int, fpn_channels: int, masks: bool) -> Tuple[Any, Dict[str, Any]]:
+def cpu_graph(model: Any, detections_per_img: int, masks: bool) -> Tuple[Any, Dict[str, Any]]:
     """Rewrite a fused ``--nms onnx`` graph (``onnx.ModelProto``, changed in place and returned) for the CPU:
     level-assigned ROIAlign, mask head on the valid detections only. Returns the model and a short report.
     Raises ValueError when the graph is not the ``onnx`` lowering's."""
@@ -330,15 +330,14 @@ def cpu_graph(model: Any, detections_per_img: int, fpn_channels: int, masks: boo
         if pool is mask_pool:  # its old nodes become unused (the mask head reads the new rows) and are pruned
             continue
         dead += pool.dead  # the new nodes write the same output tensor: the old producers must go
-        new_nodes += _pool_nodes(helper, name, pool, None, fpn_channels, pool.output)
+        new_nodes += _pool_nodes(helper, name, pool, None, pool.output)
     if mask_pool is not None:
         # valid slots: slot index < num_detections, per image, flattened in (B, K) order like the pool's rows
         k = detections_per_img
-        n64, slots, valid, flat, nz, rows, pooled = (
+        n64, slots, flat, nz, rows, pooled = (
             name("num_detections_i64"),
             name("slot_valid"),
             name("slot_valid_flat"),
-            name("flat"),
             name("valid_nonzero"),
             name("valid_rows"),
             name("mask_features_valid"),
@@ -350,8 +349,7 @@ def cpu_graph(model: Any, detections_per_img: int, fpn_channels: int, masks: boo
             helper.make_node("NonZero", [flat], [nz]),
             helper.make_node("Reshape", [nz, name.const("minus1")], [rows]),
         ]
-        del valid
-        new_nodes += _pool_nodes(helper, name, mask_pool, rows, fpn_channels, pooled)
+        new_nodes += _pool_nodes(helper, name, mask_pool, rows, pooled)
         # the mask head reads the valid rows; its logits go back into the padded rows
         mask_conv.input[0] = pooled
         logits_valid = name("mask_logits_valid")
@@ -671,7 +669,7 @@ def build_cpu_export(
     model = onnx.load_model_from_string(data)
     del data
     try:
-        model, report = cpu_graph(model, spec.detections_per_img, spec.fpn_channels, spec.masks)
+        model, report = cpu_graph(model, spec.detections_per_img, spec.masks)
     except ValueError as e:
         raise UserError(f"not a graph this build can rewrite ({e})", where=src, fix=_REEXPORT_FUSED) from None
     log(
