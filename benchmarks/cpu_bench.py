@@ -243,6 +243,8 @@ def render(result: Dict[str, Any]) -> str:
         f" after {result['load_after']} (1/5/15 min; > {m['physical_cores']} means other work shared the cores,"
         " so the numbers are pessimistic and noisier). Every row: " + run + ".",
         "",
+        *summary(result),
+        "",
         "| size | engine | median ms | min ms | img/s | × torchvision eager |",
         "|---|---|---|---|---|---|",
     ]
@@ -280,6 +282,27 @@ def render(result: Dict[str, Any]) -> str:
         lines.append(f"| drop | {a['drop']['bbox']:.4f} | | {a['drop']['segm']:.4f} | |")
     lines.append(END)
     return "\n".join(lines)
+
+
+def summary(result: Dict[str, Any]) -> List[str]:
+    """The targets (≥ 2x torchvision eager at every size, int8 mAP drop ≤ 0.01), met or not, from the numbers."""
+    out = []
+    for size in sorted({r["size"] for r in result["timings"]}):
+        rows = {r["engine"]: r for r in result["timings"] if r["size"] == size}
+        parts = []
+        for prec in ("fp32", "int8"):
+            x = rows[f"ORT {prec} (CPU build)"]["speedup_vs_torchvision"]
+            e2e = rows[f"ORT {prec} (CPU build), end-to-end"]["speedup_vs_torchvision"]
+            parts.append(f"{prec} {x:.2f}x (end-to-end {e2e:.2f}x, {'meets' if x >= 2 else 'misses'} ≥ 2x)")
+        out.append(f"- {size}²: " + "; ".join(parts) + ".")
+    a = result.get("accuracy")
+    if a:
+        worst = max(a["drop"].values())
+        out.append(
+            f"- int8 mAP drop: bbox {a['drop']['bbox']:+.4f}, segm {a['drop']['segm']:+.4f} "
+            f"({'meets' if worst <= 0.01 else 'misses'} ≤ 0.01; a negative drop is calibration noise, not a gain)."
+        )
+    return ["Against the targets (model-only speed-up over torchvision eager, median latency):", "", *out]
 
 
 def write_doc(result: Dict[str, Any]) -> None:
