@@ -5,6 +5,9 @@ bbox/segm mAP of the fp32 and int8 CPU builds; writes JSON into benchmarks/resul
     python benchmarks/cpu_bench.py --quick      # 384² only, fewer images and iterations (a smoke run)
     python benchmarks/cpu_bench.py --render     # only re-render docs/cpu.md from the JSON
 
+Data, exports and builds go to ``--work`` (default runs/cpu_bench) and are reused by the next run with the same
+image counts; ``--fresh`` rebuilds them (do that after changing the code).
+
 Everything comes from the project's checkpoint (checkpoints/shapes_maskrcnn_r50fpn.pt) and the synthetic set:
 per size, ``rcnn-deploy data synth`` writes calibration images (seed 1, the training seed) and evaluation images
 (seed 2, the validation seed), ``rcnn-deploy export --graph fused --nms onnx`` exports the graph, and
@@ -322,6 +325,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     ap.add_argument("-o", "--output", type=Path, default=None, help="JSON file (default benchmarks/results/cpu/)")
     ap.add_argument("--render", action="store_true", help="only re-render docs/cpu.md from the JSON")
     ap.add_argument("--no-doc", action="store_true", help="do not update docs/cpu.md")
+    ap.add_argument("--fresh", action="store_true", help="delete --work first (rebuild data, exports and builds)")
     a = ap.parse_args(argv)
     mode = "quick" if a.quick else "full"
     out = a.output or RESULTS / f"cpu_bench_{mode}.json"
@@ -330,6 +334,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"rendered {DOC} from {out}")
         return
     cfg = MODES[mode]
+    if a.fresh and a.work.is_dir():
+        import shutil
+
+        shutil.rmtree(a.work)
     t0 = time.time()
 
     def log(msg: str) -> None:
