@@ -4,10 +4,19 @@ A graph listed in a contract.json beside it is read once, checked against the si
 recorded, and the session is created from those very bytes; its inputs and outputs are then compared with
 the contract's. A changed, truncated or unreadable graph is a :class:`~rcnn_deploy.errors.UserError` naming
 the file, never a protobuf traceback or a run on damaged weights.
+
+Session settings for the CPU (measured in docs/cpu.md): all graph optimisations (ORT_ENABLE_ALL: constant
+folding, Conv/BN/activation fusion, and on AVX2/AVX512 CPUs the NCHWc blocked layout for convolutions),
+sequential execution (the graph is one chain of heavy ops: parallel node execution only adds a second thread
+pool competing for the same cores), one intra-op thread per *physical* core this process may run on (its CPU
+affinity, so a container limited to 2 CPUs does not get a pool sized for the host; hyper-threads share a core's
+vector units and slow the GEMMs down), and the memory arena on (the CPU graph's data-dependent shapes make
+memory patterns inapplicable, so those are left to ONNX Runtime).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -43,6 +52,41 @@ def _load_errors(ort: Any) -> tuple:
     return found or (RuntimeError,)
 
 
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (its affinity), at least 1. Logical CPUs that are
+    hyper-thread siblings of one core count once (Linux sysfs topology; elsewhere every logical CPU counts)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for c in cpus:
+        topo = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
+        try:
+            cores.add((topo / "physical_package_id").read_text().strip() + ":" + (topo / "core_id").read_text().strip())
+        except OSError:
+            cores.add(f"cpu{c}")
+    return max(1, len(cores))
+
+
+def session_options(ort: Any, threads: int = 0) -> Any:
+    """The CPU session settings described in the module docstring; ``threads``: intra-op threads (0: one per
+    physical core, or ``RCNN_DEPLOY_ORT_THREADS``)."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    env = os.environ.get("RCNN_DEPLOY_ORT_THREADS", "").strip()
+    if not threads and env:
+        if not env.isdigit() or int(env) < 1:
+            raise UserError(f"must be a whole number >= 1, got {env!r}", where="RCNN_DEPLOY_ORT_THREADS")
+        threads = int(env)
+    opts.intra_op_num_threads = threads or physical_cores()
+    opts.inter_op_num_threads = 1
+    opts.enable_cpu_mem_arena = True
+    return opts
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -50,10 +94,7 @@ class OnnxRuntimeBackend(Backend):
         from ..contract import verified_graph_bytes
 
         ort = _ort()
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts = session_options(ort, threads)
         available = ort.get_available_providers()
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]

@@ -1,4 +1,6 @@
-"""``rcnn-deploy build``: ONNX graph -> TensorRT / TensorRT-RTX engine (+ sidecar JSON)."""
+"""``rcnn-deploy build``: ONNX graph -> TensorRT / TensorRT-RTX engine (+ sidecar JSON), or, with
+``--target onnxruntime``, the fused graph rewritten for ONNX Runtime on the CPU (fp32 or int8 Q/DQ) as an export
+directory of its own (:mod:`rcnn_deploy.export.ort_cpu`)."""
 
 from __future__ import annotations
 
@@ -12,16 +14,26 @@ from . import args
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")  # backends.tensorrt.builder.PRECISIONS (its package imports numpy)
 TRT_MODULES = ("tensorrt", "tensorrt_rtx")
+TARGETS = ("tensorrt", "onnxruntime")
+CALIB_METHODS = ("minmax", "percentile", "entropy")  # export.ort_cpu.CALIBRATION_METHODS (it imports numpy)
+ORT_CALIB_IMAGES = 64  # --calib-images default for --target onnxruntime (2-core CPUs calibrate ~1 image/s)
 
 
 def build_command(
+    ctx: typer.Context,
     onnx_path: Path = typer.Argument(..., help="ONNX file written by 'rcnn-deploy export' (contract.json beside it)."),
     output: Path = typer.Option(
         ...,
         "--output",
         "-o",
-        callback=args.output_file,
-        help="Engine file to write (a .json sidecar is written too).",
+        help="Engine file to write (a .json sidecar is written too); with --target onnxruntime, a directory.",
+    ),
+    target: str = typer.Option(
+        "tensorrt",
+        callback=args.choice(TARGETS, "target"),
+        help="tensorrt: an engine file. onnxruntime: the fused --nms onnx graph rewritten for the CPU (each ROI"
+        " pooled once, mask head on the detections only), fp32 or int8 (Q/DQ, calibrated on --calib-input), as an"
+        " export directory that infer/eval/bench load like any export.",
     ),
     precision: str = typer.Option(
         "fp16", callback=args.choice(PRECISIONS, "precision"), help="fp32, fp16, int8 or best."
@@ -42,7 +54,14 @@ def build_command(
         help="INT8: calibration cache, reused if it exists (strongly typed TensorRT: the quantized Q/DQ ONNX).",
     ),
     calib_images: int = typer.Option(
-        500, callback=args.positive_int, help="INT8: number of calibration images to use (>= 1)."
+        500,
+        callback=args.positive_int,
+        help=f"INT8: number of calibration images to use (>= 1; --target onnxruntime: default {ORT_CALIB_IMAGES}).",
+    ),
+    calib_method: str = typer.Option(
+        "minmax",
+        callback=args.choice(CALIB_METHODS, "calibration method"),
+        help="INT8 with --target onnxruntime: activation ranges by minmax, percentile or entropy.",
     ),
     calib_batch: int = typer.Option(1, callback=args.positive_int, help="INT8: calibration batch size (>= 1)."),
     calib_graph: Optional[Path] = typer.Option(
@@ -70,7 +89,12 @@ def build_command(
     ),
     verbose: bool = typer.Option(False, help="TensorRT verbose log."),
 ) -> None:
-    """Build a TensorRT engine.
+    """Build a TensorRT engine, or (--target onnxruntime) a CPU build for ONNX Runtime.
+
+    --target onnxruntime takes the fused --nms onnx graph of an export and writes an export directory (-o DIR)
+    whose graph pools each ROI once and runs the mask head on the detections only (the same outputs, about
+    half the work); --precision int8 quantises its network layers (ONNX Runtime static Q/DQ, per-channel int8
+    weights, calibrated on --calib-input, default 64 images); the glue stays fp32. See docs/cpu.md.
 
     TensorRT 8.6/10 take fp16/int8 as builder flags (int8 calibrates on --calib-input with the model's own
     preprocessing, or reuses --calib-cache, or applies the cache of another graph of the model by layer
@@ -91,7 +115,16 @@ def build_command(
 
       rcnn-deploy build fused/model_fused_plugin.onnx -o fused_int8.engine --precision int8
       --calib-graph split/torchvision-maskrcnn_backbone.onnx --calib-cache backbone.cache
+
+      rcnn-deploy build fused/torchvision-maskrcnn_fused_onnx.onnx --target onnxruntime -o cpu_int8
+      --precision int8 --calib-input data/train/images     (then: rcnn-deploy infer cpu_int8 images/ -o out)
     """
+    if target == "onnxruntime":
+        _onnxruntime_build(
+            ctx, onnx_path, output, precision, calib_input, calib_images, calib_method, calib_cache, calib_graph
+        )
+        return
+    args.check_output_file(output)
     from rich.console import Console
     from rich.markup import escape
 
@@ -175,6 +208,50 @@ def build_command(
         except (RuntimeError, ValueError) as e:
             fail(str(e))
     console.print(f"[green]engine[/green] {output} ({side['build_seconds']:.1f} s, {runtime.name} {runtime.version})")
+
+
+def _onnxruntime_build(  # type: ignore[no-untyped-def]
+    ctx, onnx_path, output, precision, calib_input, calib_images, calib_method, calib_cache, calib_graph
+) -> None:
+    """``--target onnxruntime``: the CPU build of a fused --nms onnx export (UserErrors print as one line)."""
+    from click.core import ParameterSource
+    from rich.console import Console
+    from rich.markup import escape
+
+    from ..errors import UserError
+    from ..export.ort_cpu import build_cpu_export
+
+    console = Console(stderr=True)
+    for name, value in (("--calib-cache", calib_cache), ("--calib-graph", calib_graph)):
+        if value is not None:
+            raise UserError(
+                "is a TensorRT option", where=name, fix="--target onnxruntime writes the quantized graph into -o"
+            )
+    args.check_output_dir(output)
+    if ctx.get_parameter_source("calib_images") == ParameterSource.DEFAULT:
+        calib_images = ORT_CALIB_IMAGES
+    if precision == "fp16":
+        raise UserError(
+            "ONNX Runtime's CPU kernels gain nothing from fp16",
+            where="--precision",
+            fix="use --precision fp32, or int8 with --calib-input DIR",
+        )
+    precision = "int8" if precision == "best" else precision
+    with console.status(f"building {onnx_path.name} for ONNX Runtime on the CPU ({precision})"):
+        c = build_cpu_export(
+            onnx_path,
+            output,
+            precision,
+            calib_input,
+            calib_images,
+            calib_method,
+            log=lambda m: console.print(escape(m)),
+        )
+    note = c.notes["cpu"]
+    console.print(
+        f"[green]CPU build[/green] {output}/{c.graphs[0].file} ({precision}, {note['build_seconds']:.1f} s); "
+        f"run it with: rcnn-deploy infer {output} IMAGES -o OUT"
+    )
 
 
 def _explicit_int8(onnx_path, contract, calib_input, calib_cache, limit, tmp: Path, console, fail) -> Path:  # type: ignore[no-untyped-def]
