@@ -130,7 +130,9 @@ def eval_command(
     )
 
     from .._io import atomic_write_json
-    from ..runtime.coco import evaluate_detector, load_ground_truth, pick_library
+    from ..evaluation.coco import pick_library
+    from ..evaluation.dataset import evaluate_detector
+    from ..evaluation.ground_truth import load_ground_truth
     from .infer import _detector
 
     console = Console(stderr=True)

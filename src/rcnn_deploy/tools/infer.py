@@ -289,8 +289,9 @@ def compare_command(
     from rich.table import Table
 
     from .._io import atomic_write_json
-    from ..runtime.coco import pick_library, reference_map
-    from ..runtime.parity import compare_detections
+    from ..evaluation.coco import pick_library
+    from ..evaluation.parity import compare_detections
+    from ..evaluation.reference import reference_map
     from ..runtime.preprocess import find_images
 
     console = Console(stderr=True)
