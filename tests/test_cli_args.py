@@ -440,7 +440,7 @@ def shapes(tmp_path: Path) -> Path:
 
 
 def _patch_detector(monkeypatch, spec: Any) -> List[_NoModel]:  # type: ignore[no-untyped-def]
-    import rcnn_deploy.tools.infer as infer
+    import rcnn_deploy.tools.detector as detector
 
     made: List[_NoModel] = []
 
@@ -448,7 +448,7 @@ def _patch_detector(monkeypatch, spec: Any) -> List[_NoModel]:  # type: ignore[n
         made.append(_NoModel(spec))
         return made[-1]
 
-    monkeypatch.setattr(infer, "_detector", load)
+    monkeypatch.setattr(detector, "load_detector", load)
     return made
 
 
