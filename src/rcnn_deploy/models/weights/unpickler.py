@@ -20,6 +20,8 @@ _ALLOWED_KINDS = "biufc"  # numpy dtype kinds a weight file may hold (no objects
 
 
 class RefusedGlobal(pickle.UnpicklingError):
+    """The file references a global that is not allowed; ``qualified`` names it (``module.name``)."""
+
     def __init__(self, module: str, name: str) -> None:
         module = {"__builtin__": "builtins", "copy_reg": "copyreg"}.get(module, module)
         super().__init__(f"{module}.{name}")
