@@ -19,7 +19,7 @@ from rcnn_deploy import get_spec
 from rcnn_deploy._io import atomic_write_bytes, atomic_write_json
 from rcnn_deploy.cli import app
 from rcnn_deploy.errors import UserError
-from rcnn_deploy.runtime.coco import check_ground_truth, load_ground_truth, validate_ground_truth
+from rcnn_deploy.evaluation.ground_truth import check_ground_truth, load_ground_truth, validate_ground_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
@@ -393,7 +393,7 @@ def test_partial_overlap_other_names_and_missing_masks_warn() -> None:
 
 
 def test_pycocotools_fields_are_checked_before_the_run() -> None:
-    from rcnn_deploy.runtime.coco import check_library_fields
+    from rcnn_deploy.evaluation.coco import check_library_fields
 
     gt = _gt([{"id": 1, "name": "a"}])  # no iscrowd
     check_library_fields(gt, "faster-coco-eval", "gt.json")
@@ -440,7 +440,7 @@ def shapes(tmp_path: Path) -> Path:
 
 
 def _patch_detector(monkeypatch, spec: Any) -> List[_NoModel]:  # type: ignore[no-untyped-def]
-    import rcnn_deploy.tools.infer as infer
+    import rcnn_deploy.tools.detector as detector
 
     made: List[_NoModel] = []
 
@@ -448,7 +448,7 @@ def _patch_detector(monkeypatch, spec: Any) -> List[_NoModel]:  # type: ignore[n
         made.append(_NoModel(spec))
         return made[-1]
 
-    monkeypatch.setattr(infer, "_detector", load)
+    monkeypatch.setattr(detector, "load_detector", load)
     return made
 
 

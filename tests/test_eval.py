@@ -18,13 +18,9 @@ pytest.importorskip("faster_coco_eval")
 from pycocotools import mask as mask_util  # noqa: E402
 
 from rcnn_deploy.data.synth import generate_synthetic_coco  # noqa: E402
-from rcnn_deploy.runtime.coco import (  # noqa: E402
-    METRIC_NAMES,
-    evaluate_coco,
-    evaluate_detector,
-    reference_ground_truth,
-    reference_map,
-)
+from rcnn_deploy.evaluation.coco import METRIC_NAMES, evaluate_coco  # noqa: E402
+from rcnn_deploy.evaluation.dataset import evaluate_detector  # noqa: E402
+from rcnn_deploy.evaluation.reference import reference_ground_truth, reference_map  # noqa: E402
 from rcnn_deploy.runtime.detections import Detections  # noqa: E402
 
 LIBRARIES = ("faster-coco-eval", "pycocotools")

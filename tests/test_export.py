@@ -13,11 +13,12 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from rcnn_deploy.contract import Contract  # noqa: E402
+from rcnn_deploy.evaluation.parity import compare_detections  # noqa: E402
 from rcnn_deploy.export import export_onnx  # noqa: E402
+from rcnn_deploy.glue.split import onnxruntime_split, run_split  # noqa: E402
 from rcnn_deploy.models.testing import calibration_images  # noqa: E402
 from rcnn_deploy.runtime.detections import Detections  # noqa: E402
-from rcnn_deploy.runtime.parity import compare_detections  # noqa: E402
-from rcnn_deploy.runtime.split import fused_outputs, onnxruntime_split, run_split  # noqa: E402
+from rcnn_deploy.runtime.split import fused_outputs  # noqa: E402
 
 HW = (320, 320)
 # Tolerances for ONNX Runtime vs PyTorch (both fp32 on the CPU; convolution kernels differ in summation order):
@@ -303,7 +304,7 @@ class PointerBackend:
 def test_split_device_io_path_gives_the_host_paths_outputs(split_dir, images):
     """The zero-copy path of the split runtime (engines writing into torch tensors, TensorRT's infer_device)
     gives exactly the host path's outputs: names, shapes, dtype casts and output allocation are right."""
-    from rcnn_deploy.runtime.split import SplitPieces
+    from rcnn_deploy.glue.split import SplitPieces
 
     c = Contract.load(split_dir)
     host = run_split(onnxruntime_split(c, split_dir, ["CPUExecutionProvider"]), images.numpy())

@@ -11,11 +11,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from rcnn_deploy.evaluation.parity import compare_detections  # noqa: E402
 from rcnn_deploy.models.reference import run_torchvision_reference, torchvision_reference  # noqa: E402
 from rcnn_deploy.models.testing import calibration_images  # noqa: E402
 from rcnn_deploy.runtime.detections import Detections  # noqa: E402
 from rcnn_deploy.runtime.masks import paste_mask, paste_masks  # noqa: E402
-from rcnn_deploy.runtime.parity import compare_detections  # noqa: E402
 
 
 def deploy_detections(model, images) -> list:

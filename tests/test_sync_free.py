@@ -82,9 +82,9 @@ def test_sync_free_forward_has_no_data_dependent_host_calls(shapes, monkeypatch)
 def test_bf16_layers_keep_float32_outputs_and_detections(shapes):
     """set_precision runs the layers in bfloat16 (CPU here; fp16/bf16 mAP is measured on the GPU) and the
     glue in float32: same output dtypes, and the confident detections survive."""
+    from rcnn_deploy.evaluation.parity import compare_detections
     from rcnn_deploy.models.build import build_model
     from rcnn_deploy.runtime.detections import Detections
-    from rcnn_deploy.runtime.parity import compare_detections
 
     net, x = shapes
     ref, _ = _run(net, x)

@@ -64,7 +64,7 @@ def test_detector_api_onnxruntime_matches_torch_checkpoint(setup):
     ort_det = Detector.load(root / "export")
     torch_det = Detector.load(ckpt, model="torchvision-maskrcnn", input_hw=(256, 256))
     a, b = ort_det(images), torch_det(images)
-    from rcnn_deploy.runtime.parity import compare_detections
+    from rcnn_deploy.evaluation.parity import compare_detections
 
     rep = compare_detections(b, a)
     assert rep.reference_detections > 0 and rep.recall == 1.0 and rep.min_mask_iou > 0.95

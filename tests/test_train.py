@@ -136,7 +136,7 @@ def test_project_checkpoint_is_small_and_detects_shapes(tmp_path):
     """The committed checkpoint (recipes/train_shapes.sh) finds the shapes of unseen validation images."""
     from rcnn_deploy.api import Detector
     from rcnn_deploy.data.synth import generate_synthetic_coco
-    from rcnn_deploy.runtime.coco import evaluate_detector
+    from rcnn_deploy.evaluation.dataset import evaluate_detector
 
     assert DEFAULT_CHECKPOINT.stat().st_size <= 60 * 2**20
     ann = generate_synthetic_coco(tmp_path / "val", 8, 384, 384, seed=2)

@@ -16,6 +16,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 
 from rcnn_deploy.models import weights as W  # noqa: E402
+from rcnn_deploy.models.weights import convert, loaders, unpickler  # noqa: E402
+from rcnn_deploy.models.weights import names as N  # noqa: E402
 
 NUM_CLASSES = 5  # including background
 MASK_PREFIXES = ("roi_heads.mask_head.", "roi_heads.mask_predictor.")
@@ -65,9 +67,9 @@ def faster_shapes() -> Dict[str, tuple]:
 def mask_sd_zero_bg(mask_sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Float-only Mask R-CNN state dict whose background box/mask rows are zero (exactly D2-representable)."""
     sd = {k: v.clone() for k, v in _float_only(mask_sd).items()}
-    for key in (W._BOX_W, W._BOX_B):
+    for key in (N.BOX_W, N.BOX_B):
         sd[key][:4] = 0
-    for key in (W._MASK_W, W._MASK_B):
+    for key in (N.MASK_W, N.MASK_B):
         sd[key][:1] = 0
     return sd
 
@@ -104,6 +106,32 @@ def test_real_torchvision_keys_all_map_to_detectron2(mask_sd: Dict[str, torch.Te
     assert d2["roi_heads.box_predictor.bbox_pred.weight"].shape == (4 * (NUM_CLASSES - 1), 1024)
     assert d2["roi_heads.mask_head.predictor.weight"].shape == (NUM_CLASSES - 1, 256, 1, 1)
     assert len(d2) == len(_float_only(mask_sd))
+
+
+@pytest.mark.parametrize("flavour", ["mask", "faster"])
+def test_name_table_round_trip_is_the_identity(flavour: str) -> None:
+    """Every parameter of a full torchvision Mask / Faster R-CNN state dict has a Detectron2 name (no two the
+    same), which maps back to it; and the whole state dict converts to Detectron2's layout and back unchanged
+    (the background rows torchvision never uses zeroed first, as Detectron2 has none)."""
+    from torchvision.models import detection
+
+    build = detection.maskrcnn_resnet50_fpn if flavour == "mask" else detection.fasterrcnn_resnet50_fpn
+    sd = _float_only(_random_like(build(weights=None, weights_backbone=None, num_classes=NUM_CLASSES).state_dict(), 1))
+    d2_names = {k: N.torchvision_to_detectron2_name(k) for k in sd}
+    assert all(v is not None for v in d2_names.values()), [k for k, v in d2_names.items() if v is None]
+    assert len(set(d2_names.values())) == len(sd)
+    assert {k: N.detectron2_to_torchvision_name(v) for k, v in d2_names.items()} == {k: k for k in sd}
+    assert all(v.startswith((*N.D2_PREFIXES, "roi_heads.")) for v in d2_names.values())
+    assert any(v.startswith("roi_heads.mask_head.") for v in d2_names.values()) == (flavour == "mask")
+
+    for key, rows in ((N.BOX_W, 4), (N.BOX_B, 4), (N.MASK_W, 1), (N.MASK_B, 1)):
+        if key in sd:
+            sd[key][:rows] = 0
+    d2 = W.torchvision_to_detectron2(sd)
+    assert sorted(d2) == sorted(d2_names.values())
+    back, dropped, meta = convert.detectron2_to_torchvision(d2, Path("rt.pkl"), masks=flavour == "mask")
+    assert dropped == [] and meta == {}
+    _assert_same(back, sd)
 
 
 @pytest.mark.parametrize("wrap", ["bare", "model", "state_dict", "module", "legacy"])
@@ -239,7 +267,7 @@ def test_detectron2_pkl_round_trip_is_exact(d2_pkl: Path, mask_sd_zero_bg: Dict[
 
 def test_detectron2_class_reordering_is_a_permutation(tmp_path: Path, d2_pkl: Path) -> None:
     with open(d2_pkl, "rb") as f:
-        raw = W._RestrictedUnpickler(f, encoding="latin1").load()["model"]
+        raw = unpickler.RestrictedUnpickler(f, encoding="latin1").load()["model"]
     rng = np.random.default_rng(1)
     k = NUM_CLASSES - 1
     d2 = dict(raw)
@@ -252,16 +280,16 @@ def test_detectron2_class_reordering_is_a_permutation(tmp_path: Path, d2_pkl: Pa
     perm = [k] + list(range(k))  # torchvision row i  <-  Detectron2 row perm[i]
     w_d2 = torch.from_numpy(d2["roi_heads.box_predictor.cls_score.weight"])
     b_d2 = torch.from_numpy(d2["roi_heads.box_predictor.cls_score.bias"])
-    assert torch.equal(sd[W._CLS_W], w_d2[perm]) and torch.equal(sd[W._CLS_B], b_d2[perm])
+    assert torch.equal(sd[N.CLS_W], w_d2[perm]) and torch.equal(sd[N.CLS_B], b_d2[perm])
     x = torch.randn(7, 1024, generator=torch.Generator().manual_seed(2))
-    p_tv = torch.softmax(x @ sd[W._CLS_W].T + sd[W._CLS_B], dim=1)
+    p_tv = torch.softmax(x @ sd[N.CLS_W].T + sd[N.CLS_B], dim=1)
     p_d2 = torch.softmax(x @ w_d2.T + b_d2, dim=1)
     torch.testing.assert_close(p_tv, p_d2[:, perm])
     # Box deltas / mask logits: background rows are zero, class c of torchvision == class c-1 of Detectron2.
     box = torch.from_numpy(d2["roi_heads.box_predictor.bbox_pred.weight"])
-    assert torch.equal(sd[W._BOX_W][:4], torch.zeros(4, 1024)) and torch.equal(sd[W._BOX_W][4:], box)
+    assert torch.equal(sd[N.BOX_W][:4], torch.zeros(4, 1024)) and torch.equal(sd[N.BOX_W][4:], box)
     mask = torch.from_numpy(d2["roi_heads.mask_head.predictor.weight"])
-    assert not sd[W._MASK_W][0].any() and torch.equal(sd[W._MASK_W][1:], mask)
+    assert not sd[N.MASK_W][0].any() and torch.equal(sd[N.MASK_W][1:], mask)
 
 
 class _Py2Pickler(pickle._Pickler):  # type: ignore[misc]
@@ -462,8 +490,8 @@ def test_check_state_dict_hints(mask_sd: Dict[str, torch.Tensor], faster_shapes:
     mask_expected = {k: tuple(v.shape) for k, v in mask_sd.items()}
     # num_classes differs: only predictor shapes disagree.
     other = dict(mask_expected)
-    for key in W._PREDICTOR_KEYS:
-        n = 3 if key in (W._CLS_W, W._CLS_B, W._MASK_W, W._MASK_B) else 12
+    for key in N.PREDICTOR_KEYS:
+        n = 3 if key in (N.CLS_W, N.CLS_B, N.MASK_W, N.MASK_B) else 12
         other[key] = (n, *other[key][1:])
     with pytest.raises(W.WeightsError, match="num_classes differs .*checkpoint 5, model 3"):
         W.check_state_dict(_float_only(mask_sd), other, "x")
@@ -583,13 +611,13 @@ def test_numpy_array_state_is_checked_before_numpy_uses_it(tmp_path: Path) -> No
     good = pickle.dumps({"model": {"a": np.arange(6, dtype=np.float32).reshape(2, 3)}}, protocol=2)
     p = tmp_path / "ok.pkl"
     p.write_bytes(good)
-    arr = W._restricted_pickle_load(p)["model"]["a"]
+    arr = loaders._restricted_pickle_load(p)["model"]["a"]
     assert np.array_equal(np.asarray(arr), np.arange(6, dtype=np.float32).reshape(2, 3))
     bad = good.replace(b"K\x02K\x03\x86", b"K\x20K\x03\x86")  # shape (32, 3) for 6 values
     assert bad != good
     p.write_bytes(bad)
     with pytest.raises(W.WeightsError, match="declares 384 bytes of data but holds 24"):
-        W._restricted_pickle_load(p)
+        loaders._restricted_pickle_load(p)
 
 
 def test_zip_pth_with_overwritten_tensor_bytes_is_refused(tmp_path: Path) -> None:

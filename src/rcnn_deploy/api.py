@@ -228,7 +228,7 @@ class Detector:
         each graph's ONNX file with ``.engine``) with the torch glue on ``device`` between them. On CUDA the
         engines read and write torch's CUDA tensors directly (no host copies between the stages)."""
         from .contract import Contract
-        from .runtime.split import run_split, tensorrt_split
+        from .glue.split import run_split, tensorrt_split
 
         directory = Path(directory)
         c = Contract.load(directory)
@@ -256,7 +256,7 @@ class Detector:
             be = OnnxRuntimeBackend(directory / c.graph_for("fused").file)
             run: Runner = lambda images: fused_outputs(be(images=images))  # noqa: E731
         else:
-            from .runtime.split import onnxruntime_split, run_split
+            from .glue.split import onnxruntime_split, run_split
 
             pieces = onnxruntime_split(c, directory)
             run = lambda images: run_split(pieces, images)  # noqa: E731

@@ -3,9 +3,10 @@
 Everything that is *not* a convolution or a linear layer lives here: anchors, box coding, proposal selection
 (top-k, NMS), level assignment and multi-level ROIAlign, the final per-class NMS and mask selection. The
 deploy-form model (``rcnn_deploy.models.rcnn``) calls these functions, the fused ONNX export traces them (NMS
-and ROIAlign become single nodes lowered per target, see ``export_hooks``), and the split-graph runtime calls
-them between engines. All functions are batched with static shapes: padded outputs plus a validity mask or
-count, never a Python branch on tensor values.
+and ROIAlign become single nodes lowered per target, see ``export_hooks``), and the split-graph pipeline
+(``split``: three inference backends as the network pieces of ``pipeline.two_stage``) calls them between
+engines. All functions are batched with static shapes: padded outputs plus a validity mask or count, never a
+Python branch on tensor values.
 """
 
 from .anchors import cell_anchors, grid_anchors

@@ -149,7 +149,7 @@ def run_ray_eval(
     from rich.markup import escape
 
     from .._io import atomic_write_json
-    from ..runtime.coco import load_ground_truth
+    from ..evaluation.ground_truth import load_ground_truth
     from ..tools.evaluate import _default_images_dir, metrics_table
     from .ray_infer import eval_on_ray
 

@@ -950,8 +950,9 @@ def eval_on_ray(
 ) -> Tuple[Dict[str, Any], RunReport]:
     """``rcnn-deploy eval --ray``: run the annotations' images on Ray (shards, resume and ``run.json`` in
     ``work_dir``, the merged COCO results in ``work_dir/results.json``) and score the merged results. Returns
-    ``(out, report)`` with ``out`` as :func:`~rcnn_deploy.runtime.coco.evaluate_detector` returns it."""
-    from ..runtime.coco import IOU_TYPES, evaluate_coco, load_ground_truth, pick_library
+    ``(out, report)`` with ``out`` as :func:`~rcnn_deploy.evaluation.dataset.evaluate_detector` returns it."""
+    from ..evaluation.coco import IOU_TYPES, evaluate_coco, pick_library
+    from ..evaluation.ground_truth import load_ground_truth
 
     if batch < 1:
         raise UserError(f"--batch {batch}: need at least 1", fix="pass --batch 1 or more")

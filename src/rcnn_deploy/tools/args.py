@@ -377,9 +377,9 @@ def warn(message: str) -> None:
 
 
 def validate_ground_truth(gt: Any, spec: Any, path: Any = None) -> List[str]:
-    """``rcnn_deploy.runtime.coco.validate_ground_truth`` with its warnings printed as ``warning:`` lines:
+    """``rcnn_deploy.evaluation.ground_truth.validate_ground_truth`` with its warnings printed as ``warning:`` lines:
     raises UserError when the model's categories share none with the annotations, warns when they share only
     some or their names differ. Call it once the model is loaded, before running it."""
-    from ..runtime.coco import validate_ground_truth as check
+    from ..evaluation.ground_truth import validate_ground_truth as check
 
     return check(gt, spec, path, warn=warn)

@@ -130,8 +130,10 @@ def eval_command(
     )
 
     from .._io import atomic_write_json
-    from ..runtime.coco import evaluate_detector, load_ground_truth, pick_library
-    from .infer import _detector
+    from ..evaluation.coco import pick_library
+    from ..evaluation.dataset import evaluate_detector
+    from ..evaluation.ground_truth import load_ground_truth
+    from .detector import load_detector
 
     console = Console(stderr=True)
     try:
@@ -145,7 +147,7 @@ def eval_command(
                 "file_name entries are relative to"
             )
         gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode)
-        det = _detector(model_path, model, height, width, batch, backend, gpu)
+        det = load_detector(model_path, model, height, width, batch, backend, gpu)
         args.validate_ground_truth(gt, det.spec, annotations)
     except (ValueError, FileNotFoundError, ImportError) as e:
         console.print(f"[red]error:[/red] {escape(str(e))}")

@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional
 
 import typer
 
-from . import args
-
-
-def input_hw(height: Optional[int], width: Optional[int]) -> Optional[Tuple[int, int]]:
-    """``--height/--width`` as an input size; one of them alone means a square; neither means the default."""
-    if height is None and width is None:
-        return None
-    return (height or width, width or height)  # type: ignore[return-value]
-
-
-def _detector(  # type: ignore[no-untyped-def]
-    model_path: str,
-    model: Optional[str],
-    height: Optional[int],
-    width: Optional[int],
-    batch: int,
-    backend: Optional[str],
-    gpu: Optional[dict] = None,
-):
-    from .. import api
-
-    hw = input_hw(height, width)
-    return api.Detector.load(model_path, model=model, input_hw=hw, batch=batch, backend=backend, **(gpu or {}))
+from . import args, detector
+from .detector import input_hw  # noqa: F401  (rcnn_deploy.tools.infer.input_hw: bench and serve import it)
 
 
 def infer_command(
@@ -152,7 +131,7 @@ def infer_command(
     console = Console(stderr=True)
     try:
         gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode)
-        det = _detector(model_path, model, height, width, batch, backend, gpu)
+        det = detector.load_detector(model_path, model, height, width, batch, backend, gpu)
         total = count(source)
         items = open_source(source, stride=stride)
     except (ValueError, FileNotFoundError) as e:
@@ -289,14 +268,15 @@ def compare_command(
     from rich.table import Table
 
     from .._io import atomic_write_json
-    from ..runtime.coco import pick_library, reference_map
-    from ..runtime.parity import compare_detections
+    from ..evaluation.coco import pick_library
+    from ..evaluation.parity import compare_detections
+    from ..evaluation.reference import reference_map
     from ..runtime.preprocess import find_images
 
     console = Console(stderr=True)
     try:
         gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode)
-        cand = _detector(candidate, model, height, width, 1, backend, gpu)
+        cand = detector.load_detector(candidate, model, height, width, 1, backend, gpu)
         if reference is None:
             if weights is None:
                 raise ValueError("pass --weights (for the PyTorch reference) or --reference")
@@ -304,7 +284,7 @@ def compare_command(
 
             ref = Detector.from_torch(model or cand.spec.name, weights, cand.input_hw)
         else:
-            ref = _detector(reference, model, height, width, 1, None)
+            ref = detector.load_detector(reference, model, height, width, 1, None)
         paths = find_images(images)
         pick_library("auto")  # the mAP check needs faster-coco-eval or pycocotools: fail before running models
     except (ValueError, FileNotFoundError, ImportError) as e:

@@ -323,7 +323,7 @@ def _load_init(net: torch.nn.Module, cfg: TrainConfig) -> None:
 def validate(net, cfg: TrainConfig, device: torch.device) -> Dict[str, Dict[str, float]]:  # type: ignore[no-untyped-def]
     """COCO mAP of a deploy-form model (``DeployRCNN``) on the validation split."""
     from ..api import Detector
-    from ..runtime.coco import evaluate_detector
+    from ..evaluation.dataset import evaluate_detector
 
     assert cfg.val_annotations is not None
     det = Detector.from_module(net, cfg.input_hw, batch=8, device=str(device))
