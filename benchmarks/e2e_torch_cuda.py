@@ -245,8 +245,8 @@ def main() -> None:
 def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
     """mAP on the synthetic validation set at the checkpoint's size, and graph-vs-eager detections."""
     from rcnn_deploy.api import Detector
-    from rcnn_deploy.runtime.coco import evaluate_detector
-    from rcnn_deploy.runtime.parity import compare_detections
+    from rcnn_deploy.evaluation.dataset import evaluate_detector
+    from rcnn_deploy.evaluation.parity import compare_detections
     from rcnn_deploy.runtime.preprocess import find_images
 
     ann = os.path.join(a.val, "annotations.json")

@@ -125,7 +125,7 @@ def onnxruntime_tensor_rows(net, a, images_for) -> list:
 
 def agreement(ref, got) -> dict:
     """Proposals of ``got`` that equal (IoU > 0.99) a reference proposal of the same image, over the reference's."""
-    from rcnn_deploy.runtime.parity import box_iou
+    from rcnn_deploy.evaluation.parity import box_iou
 
     out = {"reference": 0, "matched": 0, "count_ref": [], "count_got": []}
     for i in range(ref["boxes"].shape[0]):

@@ -450,9 +450,9 @@ def _concat(calls) -> dict:
 
 
 def score(a, det, calls, ref_outputs=None, max_images=None) -> dict:
-    from rcnn_deploy.runtime.coco import evaluate_detector
+    from rcnn_deploy.evaluation.dataset import evaluate_detector
     from rcnn_deploy.runtime.detections import Detections
-    from rcnn_deploy.runtime.parity import compare_detections
+    from rcnn_deploy.evaluation.parity import compare_detections
 
     t0 = time.time()
     res = evaluate_detector(

@@ -151,7 +151,8 @@ def run_demo(
     from ..api import Detector
     from ..data.synth import generate_synthetic_coco
     from ..models.build import build_model
-    from ..runtime.coco import evaluate_detector, validate_ground_truth
+    from ..evaluation.dataset import evaluate_detector
+    from ..evaluation.ground_truth import validate_ground_truth
     from ..runtime.preprocess import load_rgb
     from ..runtime.timing import LatencyStats, time_callable
     from ..runtime.visualize import draw, write_tsv
