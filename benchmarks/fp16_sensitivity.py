@@ -71,8 +71,8 @@ def main() -> None:
 
     from rcnn_deploy.api import Detector
     from rcnn_deploy.data.synth import generate_synthetic_coco
-    from rcnn_deploy.models.build import build_model
     from rcnn_deploy.evaluation.dataset import evaluate_detector
+    from rcnn_deploy.models.build import build_model
 
     torch.set_num_threads(os.cpu_count() or 2)
     val = a.work / "val"

@@ -451,8 +451,8 @@ def _concat(calls) -> dict:
 
 def score(a, det, calls, ref_outputs=None, max_images=None) -> dict:
     from rcnn_deploy.evaluation.dataset import evaluate_detector
-    from rcnn_deploy.runtime.detections import Detections
     from rcnn_deploy.evaluation.parity import compare_detections
+    from rcnn_deploy.runtime.detections import Detections
 
     t0 = time.time()
     res = evaluate_detector(

@@ -145,9 +145,9 @@ def stage_run(work: Path, sizes, precisions, variants, out_dir: Path, engine_cls
     import torch
 
     from rcnn_deploy.contract import Contract
+    from rcnn_deploy.evaluation.parity import compare_detections
     from rcnn_deploy.glue.pipeline import two_stage
     from rcnn_deploy.runtime.detections import Detections
-    from rcnn_deploy.evaluation.parity import compare_detections
     from rcnn_deploy.runtime.split import SplitPieces, fused_outputs
 
     engine_cls = engine_cls or SubprocessTRT

@@ -150,9 +150,9 @@ def run_demo(
     from .._io import atomic_write_json
     from ..api import Detector
     from ..data.synth import generate_synthetic_coco
-    from ..models.build import build_model
     from ..evaluation.dataset import evaluate_detector
     from ..evaluation.ground_truth import validate_ground_truth
+    from ..models.build import build_model
     from ..runtime.preprocess import load_rgb
     from ..runtime.timing import LatencyStats, time_callable
     from ..runtime.visualize import draw, write_tsv
