@@ -87,6 +87,9 @@ def stream_pass(det: Any, paths: List[str], batch: int, processes: int, out_dir:
         "images_per_s": round(len(paths) / stats.seconds, 1),
         "failures": len(summary["failures"]),
         "processes": processes,
+        "model_submit_s": round(stats.model_submit_s, 3),
+        "model_wait_s": round(stats.model_wait_s, 3),
+        "model_starved_s": round(stats.starved_s, 3),
     }
 
 

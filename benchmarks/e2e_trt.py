@@ -74,6 +74,9 @@ def stream_pass(det, paths, batch, workers, out_dir, processes=None):
         "batches": stats.batches,
         "failures": len(summary["failures"]),
         "processes": processes,
+        "model_submit_s": round(stats.model_submit_s, 3),
+        "model_wait_s": round(stats.model_wait_s, 3),
+        "model_starved_s": round(stats.starved_s, 3),
     }
 
 

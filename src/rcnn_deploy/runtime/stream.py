@@ -96,6 +96,11 @@ class StreamStats:
     batches: int = 0
     started: float = field(default_factory=time.perf_counter)
     finished: Optional[float] = None
+    # where the time went: seconds the model thread spent in ``submit`` (for a synchronous model: the whole
+    # model call), in waiting for outputs, and seconds the loop had no batch to give the model (input starved)
+    model_submit_s: float = 0.0
+    model_wait_s: float = 0.0
+    starved_s: float = 0.0
 
     @property
     def seconds(self) -> float:
@@ -291,6 +296,19 @@ def run_stream(
             return pool.submit(_finish, postprocess, per_image, p, outs, error)
         return procs.submit(_worker_finish, p, outs, error)
 
+    def timed_submit(images: List[np.ndarray]) -> Callable[[], Outputs]:
+        t0 = time.perf_counter()
+        wait_outputs = model.submit(images)
+        stats.model_submit_s += time.perf_counter() - t0
+
+        def timed_wait() -> Outputs:
+            t1 = time.perf_counter()
+            out = wait_outputs()
+            stats.model_wait_s += time.perf_counter() - t1
+            return out
+
+        return timed_wait
+
     def model_input(p: Prepared) -> np.ndarray:
         return p.array if p.slot is None else slots.array[p.slot]  # type: ignore[union-attr,return-value]
 
@@ -365,7 +383,7 @@ def run_stream(
             last = exhausted and not decode_q
             if forming and (len(forming) == batch or last) and len(submitted) + len(fetching) < depth:
                 group, forming = forming, []
-                submitted.append((model_thread.submit(model.submit, [model_input(p) for p in group]), group))
+                submitted.append((model_thread.submit(timed_submit, [model_input(p) for p in group]), group))
                 progressed = True
             if last and not forming and not submitted and not fetching and not post and not ready and not order:
                 break
@@ -373,7 +391,11 @@ def run_stream(
                 pending = [f for f, _ in submitted] + [f for f, _ in fetching] + list(post)
                 pending += [decode_q[0]] if decode_q else []
                 if pending:
+                    idle_model = not submitted and not fetching
+                    t0 = time.perf_counter()
                     wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                    if idle_model:
+                        stats.starved_s += time.perf_counter() - t0
     finally:
         stats.finished = time.perf_counter()
         for f in list(decode_q) + [f for f, _ in submitted] + [f for f, _ in fetching] + list(post):

@@ -119,5 +119,10 @@ class InferWriter:
             summary["stopped"] = stopped
         if stats is not None:
             summary.update(seconds=round(stats.seconds, 3), images_per_s=round(stats.images_per_s, 2))
+            summary["time_s"] = {
+                "model_submit": round(stats.model_submit_s, 3),
+                "model_wait": round(stats.model_wait_s, 3),
+                "model_starved": round(stats.starved_s, 3),
+            }
         atomic_write_json(self.output / "summary.json", summary)
         return summary
