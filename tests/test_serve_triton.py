@@ -396,9 +396,16 @@ def test_dynamic_batching_forms_batches_under_concurrent_requests(served, work):
     for t in threads:
         t.join(timeout=600)
     assert not errors, errors
-    after = _batch_stats(http)
+    # the statistics API counts an execution a moment after its responses went out: poll until all 8 requests
+    # are counted (or the deadline passes and the assertion below says what was seen)
+    deadline = time.monotonic() + 30
+    while True:
+        after = _batch_stats(http)
+        grown = {b: after.get(b, 0) - before.get(b, 0) for b in after if after.get(b, 0) > before.get(b, 0)}
+        if sum(b * n for b, n in grown.items()) >= 8 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     http.close()
-    grown = {b: after.get(b, 0) - before.get(b, 0) for b in after if after.get(b, 0) > before.get(b, 0)}
     print(f"batch sizes executed (size: executions): {grown}")
     assert sum(b * n for b, n in grown.items()) == 8
     assert max(grown) > 1, grown  # the statistics API saw a batch of more than one request
@@ -636,9 +643,15 @@ def test_serve_command_runs_tritonserver_and_stops_cleanly_on_a_signal(work, sig
         (d,) = _infer(c, [images[0]])
         assert len(d) > 0
         c.close()
-        with urllib.request.urlopen(f"http://127.0.0.1:{ports[2]}/metrics", timeout=10) as r:
-            metrics = r.read().decode()
-        assert f'nv_inference_request_success{{model="{MODEL}",version="1"}} 1' in metrics
+        want = f'nv_inference_request_success{{model="{MODEL}",version="1"}} 1'
+        deadline = time.monotonic() + 30  # Prometheus metrics are refreshed every 2 s (Triton's default)
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports[2]}/metrics", timeout=10) as r:
+                metrics = r.read().decode()
+            if want in metrics or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert want in metrics
         proc.send_signal(sig)
         code = proc.wait(timeout=120)
     finally:
