@@ -152,7 +152,7 @@ class Detector:
 
         if precision not in PRECISIONS:
             raise UserError(f"unknown precision {precision!r}", where="--precision", fix=f"use {', '.join(PRECISIONS)}")
-        input_hw = tuple(input_hw or getattr(net, "checkpoint_input_hw", None) or (800, 800))  # type: ignore[assignment]
+        input_hw = tuple(input_hw or getattr(net, "checkpoint_input_hw", None) or (800, 800))
         InputSize(*input_hw)
         if str(device).startswith("cuda"):
             gpu = CudaGraphModel(net, device, precision, cuda_graph)

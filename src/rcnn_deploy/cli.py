@@ -25,7 +25,7 @@ class _Commands(TyperGroup):
     """Every command runs inside this: a :class:`UserError` becomes one ``error:`` line on stderr and exit
     status 2 (``--debug`` or ``RCNN_DEPLOY_DEBUG=1`` shows its traceback too); other exceptions keep theirs."""
 
-    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UserError as e:

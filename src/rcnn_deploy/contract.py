@@ -219,7 +219,7 @@ class _Validator:
         raise UserError(what, where=f"{self.where}: {path}" if path else self.where, fix=fix)
 
     # ---- typed getters
-    def get(self, d: Dict[str, Any], key: str, path: str, check: Callable[[Any, str], Any], required: bool = True):  # type: ignore[no-untyped-def]
+    def get(self, d: Dict[str, Any], key: str, path: str, check: Callable[[Any, str], Any], required: bool = True):
         sub = f"{path}.{key}" if path else key
         if key not in d:
             return self.fail(sub, "missing") if required else None

@@ -27,16 +27,16 @@ PLUGIN_DOMAIN = "trt.plugins"
 _INVALID_SCORE = -1.0e9
 
 
-def _const(g, value, dtype=None):  # type: ignore[no-untyped-def]
+def _const(g, value, dtype=None):
     return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
 
 
-def _set_type(v, dtype, sizes) -> None:  # type: ignore[no-untyped-def]
+def _set_type(v, dtype, sizes) -> None:
     """Give a custom node's output its dtype and shape (torch cannot infer them for plugins)."""
     v.setType(v.type().with_dtype(dtype).with_sizes(sizes))
 
 
-def _sizes(v) -> List:  # type: ignore[no-untyped-def]
+def _sizes(v) -> List:
     sizes = sh._get_tensor_sizes(v)
     if sizes is None:
         raise RuntimeError("exporter lost a tensor's rank; export with a fixed input height and width")
@@ -47,7 +47,7 @@ class OnnxLowering:
     name = "onnx"
     custom_domain = None  # standard ops only
 
-    def nms(self, g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):  # type: ignore[no-untyped-def]
+    def nms(self, g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):
         del score_threshold  # already folded into ``valid``
         n, groups = shape
         ng = n * groups
@@ -106,7 +106,7 @@ class OnnxLowering:
             out_groups = g.op("Pad", out_groups, _const(g, [0, 0, 0, pad], i64))
         return out_boxes, out_scores, out_groups, count
 
-    def roi_align(self, g, boxes, levels, p: PoolerParams, features: Sequence):  # type: ignore[no-untyped-def]
+    def roi_align(self, g, boxes, levels, p: PoolerParams, features: Sequence):
         i64 = torch.int64
         rois = g.op("Reshape", boxes, _const(g, [-1, 4], i64))
         b = g.op("Slice", g.op("Shape", boxes), _const(g, [0], i64), _const(g, [1], i64))
@@ -151,7 +151,7 @@ class PluginLowering:
     def __init__(self, image_hw: tuple) -> None:
         self.image_hw = image_hw
 
-    def nms(self, g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):  # type: ignore[no-untyped-def]
+    def nms(self, g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):
         del shape
         i64 = torch.int64
         masked = g.op("Where", valid, scores, _const(g, -1.0))
@@ -178,7 +178,7 @@ class PluginLowering:
         groups = g.op("Cast", det_classes, to_i=7)  # padded slots hold class 0, like ours
         return det_boxes, det_scores, groups, count
 
-    def roi_align(self, g, boxes, levels, p: PoolerParams, features: Sequence):  # type: ignore[no-untyped-def]
+    def roi_align(self, g, boxes, levels, p: PoolerParams, features: Sequence):
         del levels  # the plugin assigns levels itself
         pooled = g.op(
             f"{PLUGIN_DOMAIN}::PyramidROIAlign_TRT",
@@ -212,7 +212,7 @@ class TensorLowering:
         self.max_candidates = max_candidates
 
 
-def make_lowering(nms: str, image_hw: tuple):  # type: ignore[no-untyped-def]
+def make_lowering(nms: str, image_hw: tuple):
     """The lowering for an export's ``--nms`` value."""
     if nms == "plugin":
         return PluginLowering(image_hw)

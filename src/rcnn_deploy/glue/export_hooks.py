@@ -39,23 +39,23 @@ def active() -> Any:
 
 class NMSNode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):  # type: ignore[override]
+    def forward(ctx, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):
         from .nms import nms_eager
 
         return nms_eager(boxes, scores, valid, iou_threshold, max_out)
 
     @staticmethod
-    def symbolic(g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):  # type: ignore[no-untyped-def]
+    def symbolic(g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):
         return active().nms(g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape)
 
 
 class RoIAlignNode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, boxes, levels, params, *features):  # type: ignore[override]
+    def forward(ctx, boxes, levels, params, *features):
         from .roi_align import _roi_align_eager
 
         return _roi_align_eager(features, boxes, params)
 
     @staticmethod
-    def symbolic(g, boxes, levels, params, *features):  # type: ignore[no-untyped-def]
+    def symbolic(g, boxes, levels, params, *features):
         return active().roi_align(g, boxes, levels, params, list(features))

@@ -30,11 +30,11 @@ class FixpointNode(torch.autograd.Function):
     """``keep = fixpoint(S, valid)``; exported as a placeholder that ``export.surgery`` turns into a Loop."""
 
     @staticmethod
-    def forward(ctx, suppress: Tensor, valid: Tensor, max_iterations: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, suppress: Tensor, valid: Tensor, max_iterations: int) -> Tensor:
         return _fixpoint_eager(suppress, valid)
 
     @staticmethod
-    def symbolic(g, suppress, valid, max_iterations):  # type: ignore[no-untyped-def]
+    def symbolic(g, suppress, valid, max_iterations):
         keep = g.op("rcnn_deploy::FixpointKeep", suppress, valid, max_iterations_i=max_iterations)
         keep.setType(valid.type())
         return keep

@@ -82,7 +82,7 @@ def fixpoint_rounds(suppress: Tensor, valid: Tensor, state: SyncFree) -> Tensor:
     return keep.to(out_dtype)
 
 
-def roi_align_all_levels(features, boxes: Tensor, p) -> Tensor:  # type: ignore[no-untyped-def]
+def roi_align_all_levels(features, boxes: Tensor, p) -> Tensor:
     """Multi-level ROIAlign without ``nonzero``: see the module docstring. ``[B, K, C, S, S]``."""
     from torchvision.ops import roi_align
 

@@ -580,10 +580,10 @@ class _ShardWorker(RayDetector):
                 output,
                 self.detector.spec,
                 visualize=visualize,
-                score_threshold=score_threshold,  # type: ignore[arg-type]
+                score_threshold=score_threshold,
             )
 
-    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:  # type: ignore[override]
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
         from ..runtime.sinks import coco_entries
 
         n = len(batch["index"])

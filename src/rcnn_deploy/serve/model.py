@@ -25,7 +25,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 
 class TritonPythonModel:
-    def initialize(self, args):  # type: ignore[no-untyped-def]
+    def initialize(self, args):
         from rcnn_deploy.api import Detector
         from rcnn_deploy.serve import contract as C
 
@@ -51,7 +51,7 @@ class TritonPythonModel:
             f"{self.detector.input_hw[0]}x{self.detector.input_hw[1]}, batch {self.detector.batch}"
         )
 
-    def execute(self, requests):  # type: ignore[no-untyped-def]
+    def execute(self, requests):
         C = self.C
         responses = [None] * len(requests)
         images, owners = [], []
@@ -86,11 +86,11 @@ class TritonPythonModel:
                 )
         return responses
 
-    def finalize(self):  # type: ignore[no-untyped-def]
+    def finalize(self):
         self.detector = None
 
 
-def _error(message: str, invalid_argument: bool = False):  # type: ignore[no-untyped-def]
+def _error(message: str, invalid_argument: bool = False):
     """An error response; a bad input is INVALID_ARG (HTTP 400) where the backend has error codes."""
     code = getattr(pb_utils.TritonError, "INVALID_ARG", None) if invalid_argument else None
     error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)

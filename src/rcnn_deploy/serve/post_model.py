@@ -21,7 +21,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 
 class TritonPythonModel:
-    def initialize(self, args):  # type: ignore[no-untyped-def]
+    def initialize(self, args):
         from rcnn_deploy.contract import Contract
         from rcnn_deploy.serve import contract as C
         from rcnn_deploy.serve.stages import host_stages
@@ -33,7 +33,7 @@ class TritonPythonModel:
         spec = self.stages.spec
         self.names = C.class_name_lookup(spec.class_names, spec.label_ids)
 
-    def execute(self, requests):  # type: ignore[no-untyped-def]
+    def execute(self, requests):
         C = self.C
         responses = []
         for request in requests:

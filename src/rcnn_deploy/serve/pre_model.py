@@ -22,7 +22,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 
 class TritonPythonModel:
-    def initialize(self, args):  # type: ignore[no-untyped-def]
+    def initialize(self, args):
         from rcnn_deploy.serve import contract as C
         from rcnn_deploy.serve.stages import host_stages
 
@@ -33,7 +33,7 @@ class TritonPythonModel:
         self.max_pixels = int(params.get("max_pixels") or C.DEFAULT_MAX_PIXELS)
         self.image_tensor = params.get("image_tensor") or "images"
 
-    def execute(self, requests):  # type: ignore[no-untyped-def]
+    def execute(self, requests):
         C = self.C
         responses = []
         for request in requests:

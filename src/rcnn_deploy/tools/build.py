@@ -210,7 +210,7 @@ def build_command(
     console.print(f"[green]engine[/green] {output} ({side['build_seconds']:.1f} s, {runtime.name} {runtime.version})")
 
 
-def _onnxruntime_build(  # type: ignore[no-untyped-def]
+def _onnxruntime_build(
     ctx, onnx_path, output, precision, calib_input, calib_images, calib_method, calib_cache, calib_graph
 ) -> None:
     """``--target onnxruntime``: the CPU build of a fused --nms onnx export (UserErrors print as one line)."""
@@ -254,7 +254,7 @@ def _onnxruntime_build(  # type: ignore[no-untyped-def]
     )
 
 
-def _explicit_int8(onnx_path, contract, calib_input, calib_cache, limit, tmp: Path, console, fail) -> Path:  # type: ignore[no-untyped-def]
+def _explicit_int8(onnx_path, contract, calib_input, calib_cache, limit, tmp: Path, console, fail) -> Path:
     """Strongly typed builders: the Q/DQ graph (nvidia-modelopt), calibrated on --calib-input. --calib-cache
     names the quantized ONNX here: written by the first build, reused (no calibration) by the next."""
     import numpy as np
@@ -283,7 +283,7 @@ def _explicit_int8(onnx_path, contract, calib_input, calib_cache, limit, tmp: Pa
     return out
 
 
-def _calibration_array(contract, directory: Path, limit: int, tmp: Path, console) -> str:  # type: ignore[no-untyped-def]
+def _calibration_array(contract, directory: Path, limit: int, tmp: Path, console) -> str:
     import numpy as np
 
     from ..runtime.preprocess import find_images, iter_batches, rgb_fill

@@ -209,7 +209,7 @@ def eval_command(
         )
 
 
-def metrics_table(metrics: Dict[str, Dict[str, float]], title: str):  # type: ignore[no-untyped-def]
+def metrics_table(metrics: Dict[str, Dict[str, float]], title: str):
     """A rich table: one row per IoU type, columns AP .. APl (``n/a`` for COCO's -1, "undefined")."""
     from rich.table import Table
 

@@ -191,7 +191,7 @@ def infer_command(
         raise typer.Exit(1)
 
 
-def progress_print(progress, console, text: str) -> None:  # type: ignore[no-untyped-def]
+def progress_print(progress, console, text: str) -> None:
     """A message that does not break the progress bar."""
     bar = getattr(progress, "_bar", None)
     (bar.console if bar is not None else console).print(text)

@@ -11,7 +11,7 @@ import typer
 DEFAULT_MAX_PIXELS = 40_000_000  # rcnn_deploy.serve.contract.DEFAULT_MAX_PIXELS (not imported: numpy stays unloaded)
 
 
-def _input_hw(height: Optional[int], width: Optional[int]):  # type: ignore[no-untyped-def]
+def _input_hw(height: Optional[int], width: Optional[int]):
     from .infer import input_hw
 
     return input_hw(height, width)

@@ -295,7 +295,7 @@ def _fmt_metrics(val: Dict[str, Dict[str, float]]) -> str:
     return ", ".join(f"{t} AP {m['AP']:.4f} AP50 {m['AP50']:.4f}" for t, m in val.items() if isinstance(m, dict))
 
 
-def _save_state(path: Path, net, opt, iteration: int, epoch: int, train_s: float, wall_s: float, history, cfg) -> None:  # type: ignore[no-untyped-def]
+def _save_state(path: Path, net, opt, iteration: int, epoch: int, train_s: float, wall_s: float, history, cfg) -> None:
     st = {
         "wall_seconds": wall_s,
         "model": net.state_dict(),
@@ -320,7 +320,7 @@ def _load_init(net: torch.nn.Module, cfg: TrainConfig) -> None:
     net.load_state_dict(take, strict=False)
 
 
-def validate(net, cfg: TrainConfig, device: torch.device) -> Dict[str, Dict[str, float]]:  # type: ignore[no-untyped-def]
+def validate(net, cfg: TrainConfig, device: torch.device) -> Dict[str, Dict[str, float]]:
     """COCO mAP of a deploy-form model (``DeployRCNN``) on the validation split."""
     from ..api import Detector
     from ..evaluation.dataset import evaluate_detector
@@ -331,7 +331,7 @@ def validate(net, cfg: TrainConfig, device: torch.device) -> Dict[str, Dict[str,
     return evaluate_detector(det, cfg.val_annotations, images_dir, max_images=cfg.val_max_images)["metrics"]
 
 
-def _deploy_model(state_dict: Dict[str, torch.Tensor], spec):  # type: ignore[no-untyped-def]
+def _deploy_model(state_dict: Dict[str, torch.Tensor], spec):
     """The deploy-form model with the training weights (BatchNorm statistics read as frozen BN)."""
     from ..models.rcnn import DeployRCNN
 

@@ -19,7 +19,7 @@ def make_calibrator(trt: TRT, images_npy: str, cache_path: str, batch: int = 1) 
     mod = trt.module
     cuda = __import__("polygraphy.cuda", fromlist=["cuda"])
 
-    class EntropyCalibrator(mod.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+    class EntropyCalibrator(mod.IInt8EntropyCalibrator2):  # type: ignore[name-defined]
         def __init__(self) -> None:
             super().__init__()
             self.cache_path = cache_path

@@ -17,7 +17,7 @@ from .builder import read_sidecar
 from .compat import TRT, device_compute_capability, load_trt
 
 
-def _cuda():  # type: ignore[no-untyped-def]
+def _cuda():
     try:
         from polygraphy import cuda
     except ImportError as e:  # pragma: no cover
@@ -301,7 +301,7 @@ class TensorRTBackend(Backend):
         if not self.context.execute_async_v3(int(stream)):
             raise RuntimeError(f"TensorRT execution of {self.path.name} failed")
 
-    def _buffer(self, name: str, shape: Tuple[int, ...], dtype: np.dtype):  # type: ignore[no-untyped-def]
+    def _buffer(self, name: str, shape: Tuple[int, ...], dtype: np.dtype):
         buf = self._buffers.get(name)
         nbytes = int(np.prod(shape)) * dtype.itemsize
         if buf is None or buf.nbytes < nbytes:
@@ -373,7 +373,7 @@ class TensorRTBackend(Backend):
         ``iterations`` profiled launches, like ``trtexec --dumpProfile --separateProfileRun``."""
         mod = self.trt.module
 
-        class _Times(mod.IProfiler):  # type: ignore[misc,name-defined]
+        class _Times(mod.IProfiler):  # type: ignore[name-defined]
             def __init__(self) -> None:
                 mod.IProfiler.__init__(self)
                 self.ms: Dict[str, float] = {}
