@@ -476,9 +476,11 @@ class _Validator:
             )
             return
         if c.graph == "fused":
-            m = re.fullmatch(r".*_fused_(onnx|plugin|tensor)\.onnx", c.graphs[0].file)
-            if m and m.group(1) != c.nms:
-                self.fail("nms", f"is {c.nms!r} but the graph {c.graphs[0].file} was exported with --nms {m.group(1)}")
+            named = re.fullmatch(r".*_fused_(onnx|plugin|tensor)\.onnx", c.graphs[0].file)
+            if named and named.group(1) != c.nms:
+                self.fail(
+                    "nms", f"is {c.nms!r} but the graph {c.graphs[0].file} was exported with --nms {named.group(1)}"
+                )
                 return
         b = c.batch[0] if c.batch[0] == c.batch[1] else "batch"
         H, W = c.input_hw

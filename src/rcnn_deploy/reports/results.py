@@ -65,9 +65,10 @@ class Run:
     def host(self, size: int) -> Optional[Tuple[float, float]]:
         """This run's host stages at ``size`` (decode + letterbox, unpad + mask paste), medians in ms."""
         got = {r["engine"]: r.get("median_ms") for r in self.latency if r["variant"] == "host" and r["size"] == size}
-        if got.get("preprocess") is None or got.get("postprocess") is None:
+        pre, post = got.get("preprocess"), got.get("postprocess")
+        if pre is None or post is None:
             return None
-        return got["preprocess"], got["postprocess"]
+        return pre, post
 
 
 def short_gpu(name: str) -> str:
@@ -111,7 +112,8 @@ def make_run(state: Dict[str, Any], name: str, meta: Dict[str, Any]) -> Run:
             r["size"] = r.get("size") or size
             r["rpn_nms"] = layout if _fused(r) else None
             if part == "rows":
-                r["backend"] = NAMES.get(r.get("backend"), r.get("backend"))
+                b = r.get("backend")
+                r["backend"] = NAMES.get(b, b) if isinstance(b, str) else b
             if part == "latency":
                 r["batch"] = _batch(r)
             getattr(run, part).append(r)

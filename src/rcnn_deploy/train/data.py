@@ -123,7 +123,7 @@ class CocoInstances(torch.utils.data.Dataset):
         if (rh, rw) != (h, w):
             from PIL import Image
 
-            m = np.asarray(Image.fromarray(m * 255).resize((rw, rh), Image.BILINEAR)) >= 128
+            m = np.asarray(Image.fromarray(m * 255).resize((rw, rh), Image.Resampling.BILINEAR)) >= 128
         out = np.zeros(self.input_hw, dtype=np.uint8)
         out[:rh, :rw] = m[:rh, :rw]
         return out

@@ -42,7 +42,8 @@ def rebuild_command(engine: Path, meta: Dict[str, Any]) -> str:
     found = _contract_graph(engine, meta)
     if found is not None:
         onnx = engine.parent / found[2].file
-    cfg = meta.get("build_config") if isinstance(meta.get("build_config"), dict) else {}
+    given = meta.get("build_config")
+    cfg: Dict[str, Any] = given if isinstance(given, dict) else {}
     b = cfg.get("batch") if isinstance(cfg.get("batch"), list) and len(cfg["batch"]) == 3 else None
     cmd = f"rcnn-deploy build {onnx} -o {engine}"
     if meta.get("precision"):
