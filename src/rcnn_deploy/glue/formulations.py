@@ -17,7 +17,7 @@ gathers from the FPN levels concatenated into one table, each ROI reading only i
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor
@@ -181,11 +181,11 @@ def roi_align_gather(features: Sequence[Tensor], boxes: Tensor, levels: Tensor, 
     batch = torch.arange(b, device=dev).view(b, 1).expand(b, k).reshape(-1)
     base = (starts[lv] + batch * per_image).view(-1, 1, 1)
     row_w = w.view(-1, 1, 1)
-    out = 0
+    acc: Union[int, Tensor] = 0
     for yi, wy in ((y0, wy0), (y1, wy1)):
         for xi, wx in ((x0, wx0), (x1, wx1)):
             idx = base + yi.unsqueeze(2) * row_w + xi.unsqueeze(1)  # [R, S*r, S*r]
             weight = wy.unsqueeze(2) * wx.unsqueeze(1)
-            out = out + table[idx.reshape(-1)].view(-1, s * r, s * r, c) * weight.unsqueeze(-1)
-    out = out.view(-1, s, r, s, r, c).mean(dim=(2, 4))  # average the r x r samples of each bin
+            acc = acc + table[idx.reshape(-1)].view(-1, s * r, s * r, c) * weight.unsqueeze(-1)
+    out = cast(Tensor, acc).view(-1, s, r, s, r, c).mean(dim=(2, 4))  # average the r x r samples of each bin
     return out.permute(0, 3, 1, 2).reshape(b, k, c, s, s)
