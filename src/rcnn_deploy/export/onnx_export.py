@@ -98,7 +98,7 @@ def _onnx_bytes(
         torch.onnx.export(
             module,
             args,
-            buf,
+            buf,  # type: ignore[arg-type]  # annotated as a path; the TorchScript exporter writes file objects too
             dynamo=False,
             opset_version=opset,
             input_names=input_names,
