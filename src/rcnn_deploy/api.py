@@ -14,7 +14,7 @@ image exactly as the model's framework does it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Callable, Dict, Generator, Iterable, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -314,7 +314,7 @@ class Detector:
         stats: Optional[StreamStats] = None,
         stride: int = 1,
         processes: Optional[int] = None,
-    ) -> Iterator[StreamResult]:
+    ) -> Generator[StreamResult, None, None]:
         """Detect in every image of ``source`` (a file, folder, glob, list file, video, array or a list of
         them), overlapping decode, model and postprocessing; yields a
         :class:`~rcnn_deploy.runtime.stream.StreamResult` per image in input order. A failed image has

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Protocol, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Generator, Iterable, List, Optional, Protocol, Set, Tuple
 
 import numpy as np
 
@@ -252,7 +252,7 @@ def run_stream(
     processes: int = 0,
     input_shape: Optional[Tuple[int, ...]] = None,
     input_dtype: Any = np.float32,
-) -> Iterator[StreamResult]:
+) -> Generator[StreamResult, None, None]:
     """Run ``model`` over ``items``; yield one :class:`StreamResult` per item, in input order.
 
     ``batch``: images per model call (clamped to the model's range; the last batch may be short and is
