@@ -576,6 +576,7 @@ class _ShardWorker(RayDetector):
         if mode == "infer":
             from ..runtime.sinks import ImageOutputs
 
+            assert output is not None  # infer writes each image's files (the plan gives its folder)
             self.outputs = ImageOutputs(
                 output,
                 self.detector.spec,
@@ -765,8 +766,14 @@ def _run_plan(
     ctx.enable_progress_bars = progress is None  # ours when the caller shows one, else Ray's
     t0 = time.perf_counter()
     try:
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map_batches(_decode_shards, batch_size=1, fn_kwargs={"mode": plan.mode}, num_cpus=DECODE_CPUS)
+        ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+        # ray types a map_batches function as one-argument; fn_kwargs passes _decode_shards's `mode`
+        ds = ds.map_batches(
+            _decode_shards,  # type: ignore[arg-type]
+            batch_size=1,
+            fn_kwargs={"mode": plan.mode},
+            num_cpus=DECODE_CPUS,
+        )
         remote: Dict[str, Any] = {"num_cpus": ACTOR_CPUS}
         if gpus_per_worker > 0:
             remote["num_gpus"] = gpus_per_worker

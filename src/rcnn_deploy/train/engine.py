@@ -102,7 +102,8 @@ def build_torchvision_model(model: str, num_classes: int, input_hw: Tuple[int, i
 
 
 def _param_groups(net: torch.nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: List[torch.nn.Parameter] = []
+    no_decay: List[torch.nn.Parameter] = []
     for name, p in net.named_parameters():
         if not p.requires_grad:
             continue
@@ -149,6 +150,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         _load_init(net, cfg)
     net.to(device)
     groups = _param_groups(net, cfg.weight_decay)
+    opt: torch.optim.Optimizer
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     else:
@@ -314,6 +316,7 @@ def _load_init(net: torch.nn.Module, cfg: TrainConfig) -> None:
     layers of a different class count are left at their fresh initialisation)."""
     from ..models.weights import load_checkpoint
 
+    assert cfg.init is not None  # called only when it is set
     loaded = load_checkpoint(cfg.init, "auto", masks=cfg.model == "torchvision-maskrcnn")
     own = net.state_dict()
     take = {k: v for k, v in loaded.state_dict.items() if k in own and own[k].shape == v.shape}

@@ -391,7 +391,15 @@ def read_sidecar(engine_path: Union[str, Path]) -> Dict[str, Any]:
 
     if not isinstance(meta, dict):
         raise UserError("the sidecar must be a JSON object", where=p, fix=rebuild)
-    required: Tuple[str, ...] = ("sidecar_version", "engine", "engine_size", "engine_sha256", "onnx", "onnx_sha256", "trt")
+    required: Tuple[str, ...] = (
+        "sidecar_version",
+        "engine",
+        "engine_size",
+        "engine_sha256",
+        "onnx",
+        "onnx_sha256",
+        "trt",
+    )
     required += ("trt_version", "precision", "build_config", "inputs", "outputs")
     for key in required:
         if key not in meta:
