@@ -22,7 +22,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 ROLES = ("backbone", "box_head", "mask_head")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -216,11 +216,12 @@ def split_pipeline(run: Run, size: int, prec: str, batch: int) -> Optional[Dict[
     glue = [r for r in run.glue if r.get("backend") != "onnxruntime-cpu" and (r["size"], r["batch"]) == (size, batch)]
     if not all(parts) or not glue:
         return None
+    found = cast(List[Dict[str, Any]], parts)  # all found (checked above)
     g = glue[-1]["glue_median_ms"]
     return {
         "glue_ms": g,
-        "device_ms": sum(p["device_io_wall_ms"] for p in parts) + g,  # type: ignore[index]
-        "host_ms": sum(p["host_io_wall_ms"] for p in parts) + g,  # type: ignore[index]
+        "device_ms": sum(p["device_io_wall_ms"] for p in found) + g,
+        "host_ms": sum(p["host_io_wall_ms"] for p in found) + g,
     }
 
 

@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -480,8 +480,8 @@ class RayDetector:
 
         if device is None:
             device = "cuda" if _gpu_assigned() else "cpu"
-        hw = tuple(input_hw) if input_hw is not None else None
-        self.detector = Detector.load(model_path, model=model, input_hw=hw, backend=backend, batch=batch, device=device)  # type: ignore[arg-type]
+        hw = cast(Tuple[int, int], tuple(input_hw)) if input_hw is not None else None
+        self.detector = Detector.load(model_path, model=model, input_hw=hw, backend=backend, batch=batch, device=device)
         if mask_threshold is not None:
             self.detector.spec = self.detector.spec.replace(mask_threshold=mask_threshold)
         self.score_threshold = score_threshold
