@@ -219,7 +219,9 @@ class _Validator:
         raise UserError(what, where=f"{self.where}: {path}" if path else self.where, fix=fix)
 
     # ---- typed getters
-    def get(self, d: Dict[str, Any], key: str, path: str, check: Callable[[Any, str], Any], required: bool = True):
+    def get(
+        self, d: Dict[str, Any], key: str, path: str, check: Callable[[Any, str], Any], required: bool = True
+    ) -> Any:
         sub = f"{path}.{key}" if path else key
         if key not in d:
             return self.fail(sub, "missing") if required else None

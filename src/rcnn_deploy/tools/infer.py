@@ -11,7 +11,10 @@ from . import args, detector
 from .detector import input_hw  # noqa: F401  (rcnn_deploy.tools.infer.input_hw: bench and serve import it)
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from ..runtime.detections import Detections
+    from ..runtime.stream import Progress
 
 
 def infer_command(
@@ -194,7 +197,7 @@ def infer_command(
         raise typer.Exit(1)
 
 
-def progress_print(progress, console, text: str) -> None:
+def progress_print(progress: Progress, console: Console, text: str) -> None:
     """A message that does not break the progress bar."""
     bar = getattr(progress, "_bar", None)
     (bar.console if bar is not None else console).print(text)

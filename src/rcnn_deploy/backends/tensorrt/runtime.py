@@ -17,7 +17,7 @@ from .builder import read_sidecar
 from .compat import TRT, device_compute_capability, load_trt
 
 
-def _cuda():
+def _cuda() -> Any:
     try:
         from polygraphy import cuda
     except ImportError as e:  # pragma: no cover
@@ -302,7 +302,7 @@ class TensorRTBackend(Backend):
         if not self.context.execute_async_v3(int(stream)):
             raise RuntimeError(f"TensorRT execution of {self.path.name} failed")
 
-    def _buffer(self, name: str, shape: Tuple[int, ...], dtype: np.dtype):
+    def _buffer(self, name: str, shape: Tuple[int, ...], dtype: np.dtype) -> Any:
         buf = self._buffers.get(name)
         nbytes = int(np.prod(shape)) * dtype.itemsize
         if buf is None or buf.nbytes < nbytes:
