@@ -25,7 +25,9 @@ class _Commands(TyperGroup):
     """Every command runs inside this: a :class:`UserError` becomes one ``error:`` line on stderr and exit
     status 2 (``--debug`` or ``RCNN_DEPLOY_DEBUG=1`` shows its traceback too); other exceptions keep theirs."""
 
-    def invoke(self, ctx: typer.Context) -> Any:
+    # ctx: the click.Context of the click typer runs on (recent typers vendor their own copy, older ones use
+    # the click package), hence Any
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except UserError as e:
