@@ -17,7 +17,7 @@ gathers from the FPN levels concatenated into one table, each ROI reading only i
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple, Union, cast
+from typing import Any, Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor
@@ -30,11 +30,11 @@ class FixpointNode(torch.autograd.Function):
     """``keep = fixpoint(S, valid)``; exported as a placeholder that ``export.surgery`` turns into a Loop."""
 
     @staticmethod
-    def forward(ctx, suppress: Tensor, valid: Tensor, max_iterations: int) -> Tensor:
+    def forward(ctx: Any, suppress: Tensor, valid: Tensor, max_iterations: int) -> Tensor:
         return _fixpoint_eager(suppress, valid)
 
     @staticmethod
-    def symbolic(g, suppress, valid, max_iterations):
+    def symbolic(g: Any, suppress: Any, valid: Any, max_iterations: int) -> Any:  # TorchScript graph values
         keep = g.op("rcnn_deploy::FixpointKeep", suppress, valid, max_iterations_i=max_iterations)
         keep.setType(valid.type())
         return keep
