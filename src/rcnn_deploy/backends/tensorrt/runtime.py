@@ -374,7 +374,9 @@ class TensorRTBackend(Backend):
         ``iterations`` profiled launches, like ``trtexec --dumpProfile --separateProfileRun``."""
         mod = self.trt.module
 
-        class _Times(mod.IProfiler):  # type: ignore[name-defined]
+        base: Any = mod.IProfiler  # a class of the TensorRT module loaded at run time
+
+        class _Times(base):
             def __init__(self) -> None:
                 mod.IProfiler.__init__(self)
                 self.ms: Dict[str, float] = {}
