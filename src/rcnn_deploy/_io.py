@@ -33,7 +33,7 @@ def _create_temp(directory: Path, name: str) -> Path:
     raise FileExistsError(f"could not create a temporary file for {name} in {directory}")
 
 
-def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: PathLike, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)`` then move the result onto ``path`` in one rename.
 
     The temporary file lives in the destination directory so the final ``os.replace`` is atomic. It is

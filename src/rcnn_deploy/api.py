@@ -14,7 +14,7 @@ image exactly as the model's framework does it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Generator, Iterable, List, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from .runtime.stream import (
     Prepared,
     StreamResult,
     StreamStats,
+    SubmitModel,
     check_finite,
     default_processes,
     run_stream,
@@ -41,15 +42,16 @@ Runner = Callable[[np.ndarray], Dict[str, np.ndarray]]
 
 class Detector:
     def __init__(self, spec: ModelSpec, input_hw: Tuple[int, int], run: Runner, backend: str, batch: int = 1):
-        self.spec, self.input_hw, self._run, self.backend, self.batch = spec, tuple(input_hw), run, backend, batch
+        self.spec, self._run, self.backend, self.batch = spec, run, backend, batch
+        self.input_hw = cast(Tuple[int, int], tuple(input_hw))
         self.fill = rgb_fill(spec.pixel_mean, spec.channel_order)
         self.engine: Optional[object] = None  # the TensorRTBackend of a fused engine; SplitPieces of split ones
         self.module: Optional[object] = None  # the torch module when running the PyTorch deploy model
         self.cuda_model: Optional[Any] = None  # the CudaGraphModel of the PyTorch backend on a GPU
-        self.input_dtype = np.dtype(np.float32)  # what the graph takes: float32 (0-255 RGB) or uint8
+        self.input_dtype: np.dtype = np.dtype(np.float32)  # what the graph takes: float32 (0-255 RGB) or uint8
         self.max_pixels: Optional[int] = None  # decode limit for image files (None: the loader's default)
         self.workers: Optional[int] = None  # decode / postprocess threads of stream() (None: by CPU count)
-        self.batch_model: Optional[BatchModel] = None  # an asynchronous model for stream() (set by backends)
+        self.batch_model: Optional[SubmitModel] = None  # an asynchronous model for stream() (set by backends)
         self.gpu_decode = False  # JPEG files go to the model as bytes (decoded on the GPU): threads only
 
     # ------------------------------------------------------------------------------------------- loading
@@ -66,7 +68,7 @@ class Detector:
         precision: str = "fp32",
         cuda_graph: bool = True,
         gpu_decode: bool = False,
-        **spec_overrides: object,
+        **spec_overrides: Any,
     ) -> Detector:
         """``path``: an export directory / a file in one (uses its contract.json), or a checkpoint (``.pth``,
         ``.pkl``, a torchvision enum name) with ``model=`` and ``input_hw=`` for the PyTorch backend.
@@ -120,7 +122,7 @@ class Detector:
         precision: str = "fp32",
         cuda_graph: bool = True,
         gpu_decode: bool = False,
-        **spec_overrides: object,
+        **spec_overrides: Any,
     ) -> Detector:
         """The PyTorch deploy model. ``input_hw`` defaults to the size an rcnn-deploy checkpoint was trained
         at, else 800 x 800."""
@@ -152,7 +154,7 @@ class Detector:
 
         if precision not in PRECISIONS:
             raise UserError(f"unknown precision {precision!r}", where="--precision", fix=f"use {', '.join(PRECISIONS)}")
-        input_hw = tuple(input_hw or getattr(net, "checkpoint_input_hw", None) or (800, 800))  # type: ignore[assignment]
+        input_hw = tuple(input_hw or getattr(net, "checkpoint_input_hw", None) or (800, 800))
         InputSize(*input_hw)
         if str(device).startswith("cuda"):
             gpu = CudaGraphModel(net, device, precision, cuda_graph)
@@ -162,7 +164,7 @@ class Detector:
             det.module, det.cuda_model = gpu.net, gpu
             if gpu_decode:
                 lb = GpuLetterbox(input_hw, det.fill, net.spec.resize, device, det.max_pixels)
-                det.batch_model = GpuBatchModel(gpu, lb, batch)  # type: ignore[assignment]
+                det.batch_model = GpuBatchModel(gpu, lb, batch)
                 det.gpu_decode = True
             return det
         if gpu_decode:
@@ -227,6 +229,7 @@ class Detector:
         """The split export in ``directory`` run as three TensorRT engines (``engines``: role -> file; default
         each graph's ONNX file with ``.engine``) with the torch glue on ``device`` between them. On CUDA the
         engines read and write torch's CUDA tensors directly (no host copies between the stages)."""
+        from .backends.tensorrt.runtime import TensorRTBackend
         from .contract import Contract
         from .glue.split import run_split, tensorrt_split
 
@@ -235,7 +238,8 @@ class Detector:
         if c.graph != "split":
             raise ValueError(f"{directory} holds a fused export; run its engine with Detector.from_engine(FILE)")
         pieces = tensorrt_split(c, directory, engines)
-        prof = pieces.backbone.meta.get("build_config", {}).get("batch") or list(c.batch)  # type: ignore[attr-defined]
+        backbone = cast(TensorRTBackend, pieces.backbone)  # tensorrt_split's pieces are TensorRT engines
+        prof = backbone.meta.get("build_config", {}).get("batch") or list(c.batch)
         lo, hi = int(prof[0]), int(prof[-1])
         run: Runner = lambda images: run_split(pieces, images, device)  # noqa: E731
         det = cls(c.spec, c.input_hw, _fixed_batch(run, lo, hi), "tensorrt", lo)
@@ -301,7 +305,7 @@ class Detector:
 
     def stream(
         self,
-        source: SourceLike,
+        source: Union[SourceLike, Iterable[Item]],
         *,
         batch: Optional[int] = None,
         workers: Optional[int] = None,
@@ -310,7 +314,7 @@ class Detector:
         stats: Optional[StreamStats] = None,
         stride: int = 1,
         processes: Optional[int] = None,
-    ) -> Iterator[StreamResult]:
+    ) -> Generator[StreamResult, None, None]:
         """Detect in every image of ``source`` (a file, folder, glob, list file, video, array or a list of
         them), overlapping decode, model and postprocessing; yields a
         :class:`~rcnn_deploy.runtime.stream.StreamResult` per image in input order. A failed image has
@@ -318,14 +322,17 @@ class Detector:
         ``per_image(result)`` runs in a worker per finished image (e.g. write its files). ``processes``: decode
         and postprocess in that many worker processes (default: half the cores on machines with 8 or more,
         else threads only); ``per_image`` must then be picklable."""
-        items = source if _is_items(source) else open_source(source, stride=stride)
+        if _is_items(source):
+            items = cast(Iterable[Item], source)
+        else:
+            items = open_source(cast(SourceLike, source), stride=stride)
         model = self.batch_model or BatchModel(self._run, 1, max(self.batch, 1))
         stages = self.host_stages(keep_images)
         procs = default_processes() if processes is None else processes
         if self.gpu_decode:
             procs = 0  # the model takes encoded bytes, not fixed-size shared-memory slots
         return run_stream(
-            items,  # type: ignore[arg-type]
+            items,
             stages.prepare,
             model,
             stages.postprocess,
@@ -347,11 +354,14 @@ class Detector:
         ]
         if len(items) <= max(self.batch, 1):  # one model call: no threads (the lowest latency for one image)
             prepared = [self.prepare(it) for it in items]
+            arrays: List[np.ndarray] = []
             for p in prepared:
                 if p.error is not None:
                     raise UserError(p.error)
+                assert p.array is not None  # prepared without an error
+                arrays.append(p.array)
             model = self.batch_model or BatchModel(self._run, 1, max(self.batch, 1))
-            outs = model.submit([p.array for p in prepared])()  # type: ignore[misc]
+            outs = model.submit(arrays)()
             return [
                 self.detections_for(p.letterbox, {k: v[i : i + 1] for k, v in outs.items()}, p.item.name)
                 for i, p in enumerate(prepared)
@@ -383,7 +393,8 @@ class HostStages:
         max_pixels: Optional[int],
         keep_images: bool,
     ) -> None:
-        self.spec, self.input_hw, self.fill = spec, tuple(input_hw), tuple(fill)
+        self.spec, self.fill = spec, tuple(fill)
+        self.input_hw = cast(Tuple[int, int], tuple(input_hw))
         self.input_dtype, self.max_pixels, self.keep_images = np.dtype(input_dtype), max_pixels, keep_images
 
     def _decode(self, path: Path) -> np.ndarray:
@@ -423,6 +434,7 @@ class HostStages:
         check_finite(d, name)
         d.boxes = lb.boxes_to_original(d.boxes)
         if d.has_masks:
+            assert d.masks is not None
             d.masks = PastedMasks(
                 d.masks, d.boxes, (lb.orig_h, lb.orig_w), self.spec.mask_paste, self.spec.mask_threshold
             )

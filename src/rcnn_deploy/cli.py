@@ -4,7 +4,7 @@ only assembles them, so ``rcnn-deploy --help`` stays fast (no torch import)."""
 from __future__ import annotations
 
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -25,7 +25,9 @@ class _Commands(TyperGroup):
     """Every command runs inside this: a :class:`UserError` becomes one ``error:`` line on stderr and exit
     status 2 (``--debug`` or ``RCNN_DEPLOY_DEBUG=1`` shows its traceback too); other exceptions keep theirs."""
 
-    def invoke(self, ctx):  # type: ignore[no-untyped-def]
+    # ctx: the click.Context of the click typer runs on (recent typers vendor their own copy, older ones use
+    # the click package), hence Any
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except UserError as e:

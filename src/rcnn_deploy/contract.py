@@ -219,7 +219,9 @@ class _Validator:
         raise UserError(what, where=f"{self.where}: {path}" if path else self.where, fix=fix)
 
     # ---- typed getters
-    def get(self, d: Dict[str, Any], key: str, path: str, check: Callable[[Any, str], Any], required: bool = True):  # type: ignore[no-untyped-def]
+    def get(
+        self, d: Dict[str, Any], key: str, path: str, check: Callable[[Any, str], Any], required: bool = True
+    ) -> Any:
         sub = f"{path}.{key}" if path else key
         if key not in d:
             return self.fail(sub, "missing") if required else None
@@ -476,9 +478,11 @@ class _Validator:
             )
             return
         if c.graph == "fused":
-            m = re.fullmatch(r".*_fused_(onnx|plugin|tensor)\.onnx", c.graphs[0].file)
-            if m and m.group(1) != c.nms:
-                self.fail("nms", f"is {c.nms!r} but the graph {c.graphs[0].file} was exported with --nms {m.group(1)}")
+            named = re.fullmatch(r".*_fused_(onnx|plugin|tensor)\.onnx", c.graphs[0].file)
+            if named and named.group(1) != c.nms:
+                self.fail(
+                    "nms", f"is {c.nms!r} but the graph {c.graphs[0].file} was exported with --nms {named.group(1)}"
+                )
                 return
         b = c.batch[0] if c.batch[0] == c.batch[1] else "batch"
         H, W = c.input_hw

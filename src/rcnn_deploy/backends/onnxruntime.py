@@ -36,7 +36,7 @@ _ORT_TYPES = {
 }
 
 
-def _ort():  # type: ignore[no-untyped-def]
+def _ort() -> Any:
     try:
         import onnxruntime
     except ImportError as e:  # pragma: no cover - depends on the environment

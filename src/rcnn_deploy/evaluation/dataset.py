@@ -87,7 +87,8 @@ def evaluate_detector(
     for done, r in enumerate(stream, start=1):
         if r.ok:
             results.extend(r.extra)
-            ran.append(int(r.item.image_id))  # type: ignore[arg-type]
+            assert r.item.image_id is not None  # every item above has its COCO id
+            ran.append(int(r.item.image_id))
         else:
             name = r.item.path.name if r.item.path is not None else ""
             skipped.append({"image_id": r.item.image_id, "file_name": name, "error": str(r.error)})

@@ -7,7 +7,7 @@ comes from one definition.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -57,7 +57,7 @@ class ParityReport:
     def recall(self) -> float:
         return self.matched / max(self.reference_detections, 1)
 
-    def to_dict(self) -> Dict[str, object]:
+    def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
         d["recall"] = self.recall
         return d

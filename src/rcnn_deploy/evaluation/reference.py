@@ -56,7 +56,11 @@ def _pasted(d: Detections) -> bool:
 
 
 def _mask_area(d: Detections, k: int) -> float:
-    return float(d.pasted.area(k)) if d.pasted is not None else float(d.masks[k].sum())  # type: ignore[index]
+    pasted = d.pasted
+    if pasted is not None:
+        return float(pasted.area(k))
+    assert d.masks is not None  # called for detections with masks
+    return float(d.masks[k].sum())
 
 
 def _reference_gt(

@@ -15,7 +15,7 @@ meaning (``glue.nms.nms_eager`` / ``glue.roi_align._roi_align_eager``).
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.onnx import symbolic_helper as sh
@@ -26,17 +26,22 @@ from .surgery import PLACEHOLDER_DOMAIN
 PLUGIN_DOMAIN = "trt.plugins"
 _INVALID_SCORE = -1.0e9
 
+# The TorchScript exporter's graph context and the values of its graph (torch.onnx's GraphContext, whose private
+# module moves between torch releases, and torch._C.Value): typed loosely.
+GraphContext = Any
+Value = Any
 
-def _const(g, value, dtype=None):  # type: ignore[no-untyped-def]
+
+def _const(g: GraphContext, value: Any, dtype: Optional[torch.dtype] = None) -> Value:
     return g.op("Constant", value_t=torch.tensor(value, dtype=dtype))
 
 
-def _set_type(v, dtype, sizes) -> None:  # type: ignore[no-untyped-def]
+def _set_type(v: Value, dtype: torch.dtype, sizes: Sequence[Optional[int]]) -> None:
     """Give a custom node's output its dtype and shape (torch cannot infer them for plugins)."""
     v.setType(v.type().with_dtype(dtype).with_sizes(sizes))
 
 
-def _sizes(v) -> List:  # type: ignore[no-untyped-def]
+def _sizes(v: Value) -> List[Optional[int]]:
     sizes = sh._get_tensor_sizes(v)
     if sizes is None:
         raise RuntimeError("exporter lost a tensor's rank; export with a fixed input height and width")
@@ -47,7 +52,17 @@ class OnnxLowering:
     name = "onnx"
     custom_domain = None  # standard ops only
 
-    def nms(self, g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):  # type: ignore[no-untyped-def]
+    def nms(
+        self,
+        g: GraphContext,
+        boxes: Value,
+        scores: Value,
+        valid: Value,
+        iou_threshold: float,
+        max_out: int,
+        score_threshold: float,
+        shape: Tuple[int, int],
+    ) -> Tuple[Value, Value, Value, Value]:
         del score_threshold  # already folded into ``valid``
         n, groups = shape
         ng = n * groups
@@ -106,7 +121,9 @@ class OnnxLowering:
             out_groups = g.op("Pad", out_groups, _const(g, [0, 0, 0, pad], i64))
         return out_boxes, out_scores, out_groups, count
 
-    def roi_align(self, g, boxes, levels, p: PoolerParams, features: Sequence):  # type: ignore[no-untyped-def]
+    def roi_align(
+        self, g: GraphContext, boxes: Value, levels: Value, p: PoolerParams, features: Sequence[Value]
+    ) -> Value:
         i64 = torch.int64
         rois = g.op("Reshape", boxes, _const(g, [-1, 4], i64))
         b = g.op("Slice", g.op("Shape", boxes), _const(g, [0], i64), _const(g, [1], i64))
@@ -151,7 +168,17 @@ class PluginLowering:
     def __init__(self, image_hw: tuple) -> None:
         self.image_hw = image_hw
 
-    def nms(self, g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):  # type: ignore[no-untyped-def]
+    def nms(
+        self,
+        g: GraphContext,
+        boxes: Value,
+        scores: Value,
+        valid: Value,
+        iou_threshold: float,
+        max_out: int,
+        score_threshold: float,
+        shape: Tuple[int, int],
+    ) -> Tuple[Value, Value, Value, Value]:
         del shape
         i64 = torch.int64
         masked = g.op("Where", valid, scores, _const(g, -1.0))
@@ -178,7 +205,9 @@ class PluginLowering:
         groups = g.op("Cast", det_classes, to_i=7)  # padded slots hold class 0, like ours
         return det_boxes, det_scores, groups, count
 
-    def roi_align(self, g, boxes, levels, p: PoolerParams, features: Sequence):  # type: ignore[no-untyped-def]
+    def roi_align(
+        self, g: GraphContext, boxes: Value, levels: Value, p: PoolerParams, features: Sequence[Value]
+    ) -> Value:
         del levels  # the plugin assigns levels itself
         pooled = g.op(
             f"{PLUGIN_DOMAIN}::PyramidROIAlign_TRT",
@@ -212,7 +241,7 @@ class TensorLowering:
         self.max_candidates = max_candidates
 
 
-def make_lowering(nms: str, image_hw: tuple):  # type: ignore[no-untyped-def]
+def make_lowering(nms: str, image_hw: tuple) -> Union[OnnxLowering, PluginLowering, TensorLowering]:
     """The lowering for an export's ``--nms`` value."""
     if nms == "plugin":
         return PluginLowering(image_hw)

@@ -32,7 +32,7 @@ class _Backbone(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, images: Tensor):  # type: ignore[no-untyped-def]
+    def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
         feats, objectness, deltas = self.net.features(images.float())  # a uint8 input is cast inside the graph
         return (*feats, objectness, deltas)
 
@@ -42,7 +42,7 @@ class _BoxHead(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, box_features: Tensor):  # type: ignore[no-untyped-def]
+    def forward(self, box_features: Tensor) -> Tuple[Tensor, Tensor]:
         return self.net.box_head(box_features)
 
 
@@ -51,7 +51,7 @@ class _MaskHead(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, mask_features: Tensor, classes: Tensor):  # type: ignore[no-untyped-def]
+    def forward(self, mask_features: Tensor, classes: Tensor) -> Tensor:
         return self.net.mask_head(mask_features, classes)
 
 
@@ -60,7 +60,7 @@ class _Fused(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, images: Tensor):  # type: ignore[no-untyped-def]
+    def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
         return tuple(self.net(images.float()).values())  # a uint8 input is cast inside the graph
 
 
@@ -98,7 +98,7 @@ def _onnx_bytes(
         torch.onnx.export(
             module,
             args,
-            buf,
+            buf,  # type: ignore[arg-type]  # annotated as a path; the TorchScript exporter writes file objects too
             dynamo=False,
             opset_version=opset,
             input_names=input_names,
@@ -118,7 +118,7 @@ def _onnx_bytes(
     return buf.getvalue(), dims
 
 
-def _tensor_specs(values) -> List[TensorSpec]:  # type: ignore[no-untyped-def]
+def _tensor_specs(values: Any) -> List[TensorSpec]:  # an ONNX graph's inputs or outputs (ValueInfoProto)
     from onnx import helper
 
     out = []

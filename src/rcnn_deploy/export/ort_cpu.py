@@ -332,6 +332,7 @@ def cpu_graph(model: Any, detections_per_img: int, masks: bool) -> Tuple[Any, Di
         dead += pool.dead  # the new nodes write the same output tensor: the old producers must go
         new_nodes += _pool_nodes(helper, name, pool, None, pool.output)
     if mask_pool is not None:
+        assert mask_conv is not None and mask_logits is not None  # found above, with the mask pool
         # valid slots: slot index < num_detections, per image, flattened in (B, K) order like the pool's rows
         k = detections_per_img
         n64, slots, flat, nz, rows, pooled = (
@@ -383,6 +384,7 @@ def cpu_graph(model: Any, detections_per_img: int, masks: bool) -> Tuple[Any, Di
     # shapes inferred by the exporter for rewritten tensors are stale (rows are data-dependent now)
     stale = {o for n in new_nodes for o in n.output}
     if mask_pool is not None:
+        assert mask_conv is not None and mask_logits is not None
         stale |= _downstream(graph, mask_conv.output[0], stop=mask_logits.output[0])
     keep_vi = [v for v in graph.value_info if v.name not in stale]
     del graph.value_info[:]
@@ -665,7 +667,8 @@ def build_cpu_export(
     if precision == "int8":  # a bad folder fails before the rewrite
         if calib_method not in CALIBRATION_METHODS:
             raise UserError(f"must be one of {', '.join(CALIBRATION_METHODS)}", where="--calib-method")
-        images = calibration_images(contract, calib_input, calib_images, log)  # type: ignore[arg-type]
+        assert calib_input is not None  # refused above when missing
+        images = calibration_images(contract, calib_input, calib_images, log)
     model = onnx.load_model_from_string(data)
     del data
     try:
@@ -688,13 +691,14 @@ def build_cpu_export(
         if precision == "fp32":
             blob = model.SerializeToString()
         else:
+            assert images is not None  # int8: loaded above
             log(f"calibrating int8 on {len(images)} images from {calib_input} ({calib_method})")
             with tempfile.TemporaryDirectory(dir=staged) as tmp:
                 fp32 = Path(tmp) / "fp32.onnx"
                 onnx.save(model, str(fp32))
                 del model
                 q = Path(tmp) / "int8.onnx"
-                notes["quantization"] = quantize_cpu(fp32, q, images, calib_method)  # type: ignore[arg-type]
+                notes["quantization"] = quantize_cpu(fp32, q, images, calib_method)
                 notes["quantization"]["calibration_source"] = str(calib_input)
                 blob = q.read_bytes()
         import hashlib

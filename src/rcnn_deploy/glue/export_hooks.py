@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from contextvars import ContextVar
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Tuple
 
 import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .roi_align import PoolerParams
 
 _LOWERING: ContextVar[Optional[Any]] = ContextVar("rcnn_deploy_lowering", default=None)
 
@@ -39,23 +43,41 @@ def active() -> Any:
 
 class NMSNode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):  # type: ignore[override]
+    def forward(
+        ctx: Any,
+        boxes: Tensor,
+        scores: Tensor,
+        valid: Tensor,
+        iou_threshold: float,
+        max_out: int,
+        score_threshold: float,
+        shape: Tuple[int, int],
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         from .nms import nms_eager
 
         return nms_eager(boxes, scores, valid, iou_threshold, max_out)
 
     @staticmethod
-    def symbolic(g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape):  # type: ignore[no-untyped-def]
+    def symbolic(  # g: the TorchScript graph context, the tensors its values (see export.lowering)
+        g: Any,
+        boxes: Any,
+        scores: Any,
+        valid: Any,
+        iou_threshold: float,
+        max_out: int,
+        score_threshold: float,
+        shape: Tuple[int, int],
+    ) -> Any:
         return active().nms(g, boxes, scores, valid, iou_threshold, max_out, score_threshold, shape)
 
 
 class RoIAlignNode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, boxes, levels, params, *features):  # type: ignore[override]
+    def forward(ctx: Any, boxes: Tensor, levels: Tensor, params: PoolerParams, *features: Tensor) -> Tensor:
         from .roi_align import _roi_align_eager
 
         return _roi_align_eager(features, boxes, params)
 
     @staticmethod
-    def symbolic(g, boxes, levels, params, *features):  # type: ignore[no-untyped-def]
+    def symbolic(g: Any, boxes: Any, levels: Any, params: PoolerParams, *features: Any) -> Any:
         return active().roi_align(g, boxes, levels, params, list(features))

@@ -17,7 +17,7 @@ gathers from the FPN levels concatenated into one table, each ROI reading only i
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Any, Sequence, Tuple, Union, cast
 
 import torch
 from torch import Tensor
@@ -30,11 +30,11 @@ class FixpointNode(torch.autograd.Function):
     """``keep = fixpoint(S, valid)``; exported as a placeholder that ``export.surgery`` turns into a Loop."""
 
     @staticmethod
-    def forward(ctx, suppress: Tensor, valid: Tensor, max_iterations: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, suppress: Tensor, valid: Tensor, max_iterations: int) -> Tensor:
         return _fixpoint_eager(suppress, valid)
 
     @staticmethod
-    def symbolic(g, suppress, valid, max_iterations):  # type: ignore[no-untyped-def]
+    def symbolic(g: Any, suppress: Any, valid: Any, max_iterations: int) -> Any:  # TorchScript graph values
         keep = g.op("rcnn_deploy::FixpointKeep", suppress, valid, max_iterations_i=max_iterations)
         keep.setType(valid.type())
         return keep
@@ -181,11 +181,11 @@ def roi_align_gather(features: Sequence[Tensor], boxes: Tensor, levels: Tensor, 
     batch = torch.arange(b, device=dev).view(b, 1).expand(b, k).reshape(-1)
     base = (starts[lv] + batch * per_image).view(-1, 1, 1)
     row_w = w.view(-1, 1, 1)
-    out = 0
+    acc: Union[int, Tensor] = 0
     for yi, wy in ((y0, wy0), (y1, wy1)):
         for xi, wx in ((x0, wx0), (x1, wx1)):
             idx = base + yi.unsqueeze(2) * row_w + xi.unsqueeze(1)  # [R, S*r, S*r]
             weight = wy.unsqueeze(2) * wx.unsqueeze(1)
-            out = out + table[idx.reshape(-1)].view(-1, s * r, s * r, c) * weight.unsqueeze(-1)
-    out = out.view(-1, s, r, s, r, c).mean(dim=(2, 4))  # average the r x r samples of each bin
+            acc = acc + table[idx.reshape(-1)].view(-1, s * r, s * r, c) * weight.unsqueeze(-1)
+    out = cast(Tensor, acc).view(-1, s, r, s, r, c).mean(dim=(2, 4))  # average the r x r samples of each bin
     return out.permute(0, 3, 1, 2).reshape(b, k, c, s, s)

@@ -13,7 +13,7 @@ feature maps never leave the GPU. Other backends (ONNX Runtime) take and return 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from ..contract import Contract
 from .pipeline import two_stage
 
 
-def _torch_dtype(dtype: np.dtype):  # type: ignore[no-untyped-def]
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     table = {
         np.dtype(np.float32): torch.float32,
         np.dtype(np.float16): torch.float16,
@@ -89,7 +89,7 @@ class SplitPieces:
         self.feature_names = [f"p{i}" for i in range(spec.roi_levels[0], spec.roi_levels[1] + 1)]
 
     @staticmethod
-    def _np(t):  # type: ignore[no-untyped-def]
+    def _np(t: torch.Tensor) -> np.ndarray:
         return np.ascontiguousarray(t.detach().cpu().numpy())
 
     def _call(self, be: Backend, **feed: Any) -> Dict[str, Any]:
@@ -103,16 +103,16 @@ class SplitPieces:
         out = be(**{n: self._np(t) for n, t in feed.items()})
         return {n: torch.from_numpy(v).to(dev) for n, v in out.items()}
 
-    def features(self, images):  # type: ignore[no-untyped-def]
+    def features(self, images: torch.Tensor) -> Tuple[List[torch.Tensor], torch.Tensor, torch.Tensor]:
         out = self._call(self.backbone, images=images)
         feats = [out[n].float() for n in self.feature_names]
         return feats, out["rpn_objectness"].float(), out["rpn_deltas"].float()
 
-    def box_head(self, box_features):  # type: ignore[no-untyped-def]
+    def box_head(self, box_features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         out = self._call(self.box, box_features=box_features)
         return out["class_logits"].float(), out["box_regression"].float()
 
-    def mask_head(self, mask_features, classes):  # type: ignore[no-untyped-def]
+    def mask_head(self, mask_features: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         if self.mask is None:
             raise RuntimeError("this contract has no mask head graph")
         out = self._call(self.mask, mask_features=mask_features, classes=classes.to(torch.int64))
@@ -129,11 +129,16 @@ def run_split(pieces: SplitPieces, images: np.ndarray, device: str = "cpu") -> D
     return {k: v.cpu().numpy() for k, v in out.items()}
 
 
-def onnxruntime_split(contract: Contract, directory, providers=None) -> SplitPieces:  # type: ignore[no-untyped-def]
+def onnxruntime_split(
+    contract: Contract, directory: Union[str, Path], providers: Optional[Sequence[str]] = None
+) -> SplitPieces:
     from ..backends.onnxruntime import OnnxRuntimeBackend
 
     d = Path(directory)
-    mk = lambda role: OnnxRuntimeBackend(d / contract.graph_for(role).file, providers)  # noqa: E731
+
+    def mk(role: str) -> OnnxRuntimeBackend:
+        return OnnxRuntimeBackend(d / contract.graph_for(role).file, providers)
+
     mask = mk("mask_head") if contract.spec.masks else None
     return SplitPieces(contract, mk("backbone"), mk("box_head"), mask)
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import ModelSpec
-from .anchors import grid_anchors
+from .anchors import StrideLike, grid_anchors
 from .boxes import clip_boxes, decode_boxes, min_size_mask
 from .nms import gather_rows, nms_padded
 from .roi_align import PoolerParams
@@ -37,7 +37,7 @@ def spec_anchors(spec: ModelSpec, image_hw: Tuple[int, int], device: torch.devic
     """
     sizes = level_sizes(spec, image_hw)
     if spec.flavour == "torchvision":
-        strides = [(image_hw[0] // h, image_hw[1] // w) for h, w in sizes]
+        strides: List[StrideLike] = [(image_hw[0] // h, image_hw[1] // w) for h, w in sizes]
     else:
         strides = list(spec.anchor_strides)
     return grid_anchors(

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import contextlib
 from contextvars import ContextVar
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .roi_align import PoolerParams
 
 _ACTIVE: ContextVar[Optional[SyncFree]] = ContextVar("rcnn_deploy_sync_free", default=None)
 
@@ -82,7 +85,7 @@ def fixpoint_rounds(suppress: Tensor, valid: Tensor, state: SyncFree) -> Tensor:
     return keep.to(out_dtype)
 
 
-def roi_align_all_levels(features, boxes: Tensor, p) -> Tensor:  # type: ignore[no-untyped-def]
+def roi_align_all_levels(features: Sequence[Tensor], boxes: Tensor, p: PoolerParams) -> Tensor:
     """Multi-level ROIAlign without ``nonzero``: see the module docstring. ``[B, K, C, S, S]``."""
     from torchvision.ops import roi_align
 

@@ -18,7 +18,7 @@ lives in :mod:`rcnn_deploy.glue`.
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -52,8 +52,20 @@ def build_backbone(spec: ModelSpec) -> nn.Module:
 class _Namespace(nn.Module):
     """A plain container so parameter names match torchvision's (``rpn.head...``, ``roi_heads...``)."""
 
+    if TYPE_CHECKING:  # its attributes are the submodules set on it (nn.Module.__getattr__ finds them)
+
+        def __getattr__(self, name: str) -> nn.Module: ...
+
 
 class DeployRCNN(nn.Module):
+    pixel_mean: Tensor  # buffers, registered in __init__
+    pixel_std: Tensor
+    # set by models.build.build_model (absent on a model built directly): the checkpoint's training input size
+    # (None when it does not say), its metadata and where it was loaded from
+    checkpoint_input_hw: Optional[Tuple[int, int]]
+    checkpoint_meta: Dict[str, Any]
+    checkpoint_source: str
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead

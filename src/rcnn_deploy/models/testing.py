@@ -19,10 +19,13 @@ The parity tests, the export tests and the device scripts all use this recipe.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .rcnn import DeployRCNN
 
 
 def calibration_images(batch: int, height: int, width: int, seed: int = 0) -> Tensor:
@@ -37,7 +40,7 @@ def calibration_images(batch: int, height: int, width: int, seed: int = 0) -> Te
 
 @torch.no_grad()
 def confident_state_dict(
-    model: nn.Module,
+    model: DeployRCNN,
     seed: int = 0,
     calib: Optional[Tensor] = None,
     rpn_std: float = 0.1,

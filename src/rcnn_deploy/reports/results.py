@@ -22,7 +22,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 ROLES = ("backbone", "box_head", "mask_head")
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -65,9 +65,10 @@ class Run:
     def host(self, size: int) -> Optional[Tuple[float, float]]:
         """This run's host stages at ``size`` (decode + letterbox, unpad + mask paste), medians in ms."""
         got = {r["engine"]: r.get("median_ms") for r in self.latency if r["variant"] == "host" and r["size"] == size}
-        if got.get("preprocess") is None or got.get("postprocess") is None:
+        pre, post = got.get("preprocess"), got.get("postprocess")
+        if pre is None or post is None:
             return None
-        return got["preprocess"], got["postprocess"]
+        return pre, post
 
 
 def short_gpu(name: str) -> str:
@@ -111,7 +112,8 @@ def make_run(state: Dict[str, Any], name: str, meta: Dict[str, Any]) -> Run:
             r["size"] = r.get("size") or size
             r["rpn_nms"] = layout if _fused(r) else None
             if part == "rows":
-                r["backend"] = NAMES.get(r.get("backend"), r.get("backend"))
+                b = r.get("backend")
+                r["backend"] = NAMES.get(b, b) if isinstance(b, str) else b
             if part == "latency":
                 r["batch"] = _batch(r)
             getattr(run, part).append(r)
@@ -214,11 +216,12 @@ def split_pipeline(run: Run, size: int, prec: str, batch: int) -> Optional[Dict[
     glue = [r for r in run.glue if r.get("backend") != "onnxruntime-cpu" and (r["size"], r["batch"]) == (size, batch)]
     if not all(parts) or not glue:
         return None
+    found = cast(List[Dict[str, Any]], parts)  # all found (checked above)
     g = glue[-1]["glue_median_ms"]
     return {
         "glue_ms": g,
-        "device_ms": sum(p["device_io_wall_ms"] for p in parts) + g,  # type: ignore[index]
-        "host_ms": sum(p["host_io_wall_ms"] for p in parts) + g,  # type: ignore[index]
+        "device_ms": sum(p["device_io_wall_ms"] for p in found) + g,
+        "host_ms": sum(p["host_io_wall_ms"] for p in found) + g,
     }
 
 

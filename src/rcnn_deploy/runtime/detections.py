@@ -23,6 +23,8 @@ class Detections:
     """
 
     __slots__ = ("boxes", "scores", "classes", "_masks", "_dense")
+    _masks: Optional[Any]
+    _dense: Optional[np.ndarray]
 
     def __init__(self, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, masks: Optional[Any] = None) -> None:
         self.boxes, self.scores, self.classes = boxes, scores, classes

@@ -202,8 +202,8 @@ def read_image(
         raise UserError(f"target size must be two positive integers (height, width), got {target_hw}")
     if isinstance(source, (bytes, bytearray, memoryview)):
         where = name or REQUEST_BYTES
-        with io.BytesIO(source) as fp:
-            return _decode(fp, "", where, max_pixels, target_hw)
+        with io.BytesIO(source) as buf:
+            return _decode(buf, "", where, max_pixels, target_hw)
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"load_rgb takes a path or encoded image bytes, not {type(source).__name__}")
     path = Path(source)
@@ -288,7 +288,7 @@ def probe_gpu_jpeg(
     try:
         with io.BytesIO(data) as fp:
             im = _open(fp, where, where, max_pixels)
-            _check_size(*im.size, where, max_pixels)
+            _check_size(im.size[0], im.size[1], where, max_pixels)
             if im.format != "JPEG" or im.mode != "RGB" or _orientation(im) != 1:
                 return None
             w, h = im.size
@@ -467,6 +467,8 @@ def _to_rgb(im: Any, where: str) -> np.ndarray:
 
 def _gray_to_uint8(a: np.ndarray) -> np.ndarray:
     """16/32-bit integer or float grey levels -> uint8 (see the module docstring for the rules)."""
+    lo: float
+    hi: float
     if a.dtype.kind in "iu":
         lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
         if lo >= 0 and hi <= 65535:  # a 16-bit image (Pillow stores some in 32-bit mode "I")
@@ -544,7 +546,7 @@ def resize_rgb(image: np.ndarray, size_hw: Tuple[int, int], method: str = "torch
     if method == "detectron2":
         from PIL import Image
 
-        return np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))
+        return np.asarray(Image.fromarray(image).resize((rw, rh), Image.Resampling.BILINEAR))
     if method != "torchvision":
         raise ValueError(f"unknown resize method {method!r}; use one of {', '.join(RESIZE_METHODS)}")
     cv2 = opencv()

@@ -200,7 +200,7 @@ class VideoWriter:
         if self._writer is None:
             h, w = rgb.shape[:2]
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter.fourcc(*"mp4v"), self.fps, (w, h))
         self._writer.write(np.ascontiguousarray(rgb[:, :, ::-1]))
         self.frames += 1
 

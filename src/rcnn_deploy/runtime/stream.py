@@ -22,7 +22,7 @@ import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Generator, Iterable, List, Optional, Protocol, Set, Tuple
 
 import numpy as np
 
@@ -32,6 +32,18 @@ from .detections import Detections
 from .sources import Item
 
 Outputs = Dict[str, np.ndarray]
+
+
+class SubmitModel(Protocol):
+    """The runner's model interface: :class:`BatchModel` and its subclasses, and the GPU-decode model of
+    ``backends.torch_cuda`` (a batch of encoded images rather than arrays)."""
+
+    lo: int
+    hi: int
+
+    def submit(self, images: List[np.ndarray]) -> Callable[[], Outputs]: ...
+
+    def close(self) -> None: ...
 
 
 class BatchModel:
@@ -233,7 +245,7 @@ class _Slots:
 def run_stream(
     items: Iterable[Item],
     prepare: Callable[[Item], Prepared],
-    model: BatchModel,
+    model: SubmitModel,
     postprocess: Callable[[Prepared, Outputs], Detections],
     *,
     batch: int = 1,
@@ -245,7 +257,7 @@ def run_stream(
     processes: int = 0,
     input_shape: Optional[Tuple[int, ...]] = None,
     input_dtype: Any = np.float32,
-) -> Iterator[StreamResult]:
+) -> Generator[StreamResult, None, None]:
     """Run ``model`` over ``items``; yield one :class:`StreamResult` per item, in input order.
 
     ``batch``: images per model call (clamped to the model's range; the last batch may be short and is
@@ -310,7 +322,11 @@ def run_stream(
         return timed_wait
 
     def model_input(p: Prepared) -> np.ndarray:
-        return p.array if p.slot is None else slots.array[p.slot]  # type: ignore[union-attr,return-value]
+        if p.slot is None:
+            assert p.array is not None  # prepared without an error
+            return p.array
+        assert slots is not None  # a slot comes from the worker processes' shared memory
+        return slots.array[p.slot]
 
     def release(group: List[Prepared]) -> None:
         for p in group:

@@ -145,8 +145,8 @@ def first_line(e: BaseException) -> str:
 def root_cause(e: BaseException) -> BaseException:
     """The first error of a chain: a failed capture reports 'a previous error during capture', not the op."""
     seen = {id(e)}
-    while (e.__cause__ or e.__context__) is not None and id(e.__cause__ or e.__context__) not in seen:
-        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    while (prev := e.__cause__ or e.__context__) is not None and id(prev) not in seen:
+        e = prev
         seen.add(id(e))
     return e
 

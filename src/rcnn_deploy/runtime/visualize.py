@@ -38,7 +38,7 @@ Rect = Tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
 class Label(NamedTuple):
     """One placed label: which detection, its text, where its filled background goes, and its colours."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # the field shadows tuple.index (mypy's NamedTuple limitation)
     text: str
     rect: Rect
     background: Tuple[int, int, int]
@@ -223,7 +223,7 @@ def place_labels(
         c = np.asarray(cands, dtype=np.int64)[:, None, :]
         t = taken[None, :, :]
         hit = (c[..., 0] < t[..., 2]) & (t[..., 0] < c[..., 2]) & (c[..., 1] < t[..., 3]) & (t[..., 1] < c[..., 3])
-        return ~hit.any(axis=1)
+        return np.logical_not(hit.any(axis=1))
 
     for i in order if order is not None else range(len(sizes)):
         lw, lh = sizes[i]

@@ -14,7 +14,9 @@ _MAX_SKIP_LINES = 10
 def _input_hw(height: Optional[int], width: Optional[int]) -> Optional[Tuple[int, int]]:
     if height is None and width is None:
         return None
-    return (height or width, width or height)  # type: ignore[return-value]
+    h, w = height or width, width or height
+    assert h is not None and w is not None  # one of them is given
+    return (h, w)
 
 
 def _require_ray(ray: bool) -> None:

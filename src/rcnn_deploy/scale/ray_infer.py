@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 
@@ -480,8 +480,8 @@ class RayDetector:
 
         if device is None:
             device = "cuda" if _gpu_assigned() else "cpu"
-        hw = tuple(input_hw) if input_hw is not None else None
-        self.detector = Detector.load(model_path, model=model, input_hw=hw, backend=backend, batch=batch, device=device)  # type: ignore[arg-type]
+        hw = cast(Tuple[int, int], tuple(input_hw)) if input_hw is not None else None
+        self.detector = Detector.load(model_path, model=model, input_hw=hw, backend=backend, batch=batch, device=device)
         if mask_threshold is not None:
             self.detector.spec = self.detector.spec.replace(mask_threshold=mask_threshold)
         self.score_threshold = score_threshold
@@ -576,14 +576,15 @@ class _ShardWorker(RayDetector):
         if mode == "infer":
             from ..runtime.sinks import ImageOutputs
 
+            assert output is not None  # infer writes each image's files (the plan gives its folder)
             self.outputs = ImageOutputs(
                 output,
                 self.detector.spec,
                 visualize=visualize,
-                score_threshold=score_threshold,  # type: ignore[arg-type]
+                score_threshold=score_threshold,
             )
 
-    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:  # type: ignore[override]
+    def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
         from ..runtime.sinks import coco_entries
 
         n = len(batch["index"])
@@ -765,8 +766,14 @@ def _run_plan(
     ctx.enable_progress_bars = progress is None  # ours when the caller shows one, else Ray's
     t0 = time.perf_counter()
     try:
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map_batches(_decode_shards, batch_size=1, fn_kwargs={"mode": plan.mode}, num_cpus=DECODE_CPUS)
+        ds: ray.data.Dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+        # ray types a map_batches function as one-argument; fn_kwargs passes _decode_shards's `mode`
+        ds = ds.map_batches(
+            _decode_shards,  # type: ignore[arg-type]
+            batch_size=1,
+            fn_kwargs={"mode": plan.mode},
+            num_cpus=DECODE_CPUS,
+        )
         remote: Dict[str, Any] = {"num_cpus": ACTOR_CPUS}
         if gpus_per_worker > 0:
             remote["num_gpus"] = gpus_per_worker

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.isdir(os.path.join(_HERE, "rcnn_deploy")):  # the copy triton-repo bundled wins over any installed one
@@ -23,9 +24,14 @@ if os.path.isdir(os.path.join(_HERE, "rcnn_deploy")):  # the copy triton-repo bu
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from rcnn_deploy.api import Detector
+
 
 class TritonPythonModel:
-    def initialize(self, args):  # type: ignore[no-untyped-def]
+    def initialize(self, args: Dict[str, Any]) -> None:
         from rcnn_deploy.api import Detector
         from rcnn_deploy.serve import contract as C
 
@@ -37,10 +43,14 @@ class TritonPythonModel:
         device = params.get("device") or "cpu"
         if device.startswith("cuda") and args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
-        kwargs = {"backend": params.get("backend") or None, "model": params.get("model") or None, "device": device}
+        kwargs: Dict[str, Any] = {
+            "backend": params.get("backend") or None,
+            "model": params.get("model") or None,
+            "device": device,
+        }
         if params.get("input_hw"):
             kwargs["input_hw"] = tuple(int(v) for v in params["input_hw"].split(","))
-        self.detector = Detector.load(path, **kwargs)
+        self.detector: Optional[Detector] = Detector.load(path, **kwargs)
         self.detector.batch = max(int(config.get("max_batch_size") or 1), 1)
         self.max_pixels = int(params.get("max_pixels") or C.DEFAULT_MAX_PIXELS)
         spec = self.detector.spec
@@ -51,10 +61,12 @@ class TritonPythonModel:
             f"{self.detector.input_hw[0]}x{self.detector.input_hw[1]}, batch {self.detector.batch}"
         )
 
-    def execute(self, requests):  # type: ignore[no-untyped-def]
+    def execute(self, requests: List[Any]) -> List[Any]:  # pb_utils requests and responses
         C = self.C
-        responses = [None] * len(requests)
-        images, owners = [], []
+        assert self.detector is not None  # set by initialize, until finalize
+        responses: List[Any] = [None] * len(requests)
+        images: List[np.ndarray] = []
+        owners: List[Tuple[int, int]] = []
         for r, request in enumerate(requests):
             try:
                 tensor = pb_utils.get_input_tensor_by_name(request, C.INPUT)
@@ -86,11 +98,11 @@ class TritonPythonModel:
                 )
         return responses
 
-    def finalize(self):  # type: ignore[no-untyped-def]
+    def finalize(self) -> None:
         self.detector = None
 
 
-def _error(message: str, invalid_argument: bool = False):  # type: ignore[no-untyped-def]
+def _error(message: str, invalid_argument: bool = False) -> Any:  # a pb_utils.InferenceResponse
     """An error response; a bad input is INVALID_ARG (HTTP 400) where the backend has error codes."""
     code = getattr(pb_utils.TritonError, "INVALID_ARG", None) if invalid_argument else None
     error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)

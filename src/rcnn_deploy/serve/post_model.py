@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any, Dict, List
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.isdir(os.path.join(_HERE, "rcnn_deploy")):
@@ -21,7 +22,7 @@ import triton_python_backend_utils as pb_utils  # noqa: E402
 
 
 class TritonPythonModel:
-    def initialize(self, args):  # type: ignore[no-untyped-def]
+    def initialize(self, args: Dict[str, Any]) -> None:
         from rcnn_deploy.contract import Contract
         from rcnn_deploy.serve import contract as C
         from rcnn_deploy.serve.stages import host_stages
@@ -33,9 +34,9 @@ class TritonPythonModel:
         spec = self.stages.spec
         self.names = C.class_name_lookup(spec.class_names, spec.label_ids)
 
-    def execute(self, requests):  # type: ignore[no-untyped-def]
+    def execute(self, requests: List[Any]) -> List[Any]:  # pb_utils requests and responses
         C = self.C
-        responses = []
+        responses: List[Any] = []
         for request in requests:
             try:
                 raw = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.raw}

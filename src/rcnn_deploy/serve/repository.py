@@ -178,7 +178,7 @@ def _instances(count: int, kind: str) -> str:
 def _contract_io() -> Tuple[List[Tuple[str, str, List[int]]], List[Tuple[str, str, List[int]]]]:
     ins = [(C.INPUT, "TYPE_STRING", [1])]
     outs = [(n, *C.OUTPUT_TYPES[n]) for n in C.OUTPUTS]
-    return ins, outs  # type: ignore[return-value]
+    return ins, outs
 
 
 def python_model_config(opts: RepoOptions, params: Dict[str, str]) -> str:

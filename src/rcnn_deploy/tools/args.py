@@ -47,9 +47,10 @@ def fail(param: Optional[typer.CallbackParam], what: str, fix: Optional[str] = N
     raise UserError(what, where=option_name(param), fix=fix)
 
 
-def _skip(ctx: Optional[typer.Context], value: Any) -> bool:
-    """Nothing to check: the option was left out, or click is only completing the command line."""
-    return value is None or bool(getattr(ctx, "resilient_parsing", False))
+def _completing(ctx: Optional[typer.Context]) -> bool:
+    """Click is only completing the command line: nothing to check. Every callback below also lets ``None``
+    (the option left out) pass: ``value is None or _completing(ctx)``."""
+    return bool(getattr(ctx, "resilient_parsing", False))
 
 
 def _or(names: Sequence[str]) -> str:
@@ -60,7 +61,7 @@ def _or(names: Sequence[str]) -> str:
 # ------------------------------------------------------------------------------------------------- numbers
 def probability(ctx: typer.Context, param: typer.CallbackParam, value: Optional[float]) -> Optional[float]:
     """A threshold in [0, 1] (scores, IoUs, recalls, mAPs); NaN and infinities are refused."""
-    if _skip(ctx, value):
+    if value is None or _completing(ctx):
         return value
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         fail(param, f"must be a number between 0 and 1, got {value}")
@@ -71,7 +72,7 @@ def int_at_least(minimum: int, hint: str = "") -> Callback:
     """An integer >= ``minimum``; ``hint`` is added to the message."""
 
     def check(ctx: typer.Context, param: typer.CallbackParam, value: Optional[int]) -> Optional[int]:
-        if _skip(ctx, value):
+        if value is None or _completing(ctx):
             return value
         if value < minimum:
             fail(param, f"must be an integer >= {minimum}, got {value}", hint or None)
@@ -84,7 +85,7 @@ def int_between(lo: int, hi: int, hint: str = "") -> Callback:
     """An integer in ``[lo, hi]``."""
 
     def check(ctx: typer.Context, param: typer.CallbackParam, value: Optional[int]) -> Optional[int]:
-        if _skip(ctx, value):
+        if value is None or _completing(ctx):
             return value
         if not lo <= value <= hi:
             fail(param, f"must be an integer from {lo} to {hi}, got {value}", hint or None)
@@ -99,7 +100,7 @@ non_negative_int = int_at_least(0)
 
 def positive_float(ctx: typer.Context, param: typer.CallbackParam, value: Optional[float]) -> Optional[float]:
     """A finite number > 0 (learning rate, workspace, minutes)."""
-    if _skip(ctx, value):
+    if value is None or _completing(ctx):
         return value
     if not math.isfinite(value) or value <= 0:
         fail(param, f"must be a number > 0, got {value}")
@@ -108,7 +109,7 @@ def positive_float(ctx: typer.Context, param: typer.CallbackParam, value: Option
 
 def non_negative_float(ctx: typer.Context, param: typer.CallbackParam, value: Optional[float]) -> Optional[float]:
     """A finite number >= 0."""
-    if _skip(ctx, value):
+    if value is None or _completing(ctx):
         return value
     if not math.isfinite(value) or value < 0:
         fail(param, f"must be a number >= 0, got {value}")
@@ -117,7 +118,7 @@ def non_negative_float(ctx: typer.Context, param: typer.CallbackParam, value: Op
 
 def input_size(ctx: typer.Context, param: typer.CallbackParam, value: Optional[int]) -> Optional[int]:
     """A model input height / width: a positive multiple of 32, the rule of ``config.InputSize``."""
-    if _skip(ctx, value):
+    if value is None or _completing(ctx):
         return value
     if value <= 0 or value % SIZE_MULTIPLE:
         near = max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
@@ -136,7 +137,7 @@ def choice(names: Sequence[str], what: str = "value", hint: Optional[str] = None
     hint = hint or f"choose {_or(names)}"
 
     def check(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
-        if _skip(ctx, value):
+        if value is None or _completing(ctx):
             return value
         if value not in names:
             fail(param, f"{value!r} is not a known {what}; {hint}")
@@ -151,7 +152,7 @@ model_name = choice(MODEL_NAMES, "model")
 
 def device(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
     """A torch device: cpu, cuda or cuda:N."""
-    if _skip(ctx, value):
+    if value is None or _completing(ctx):
         return value
     if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
         fail(param, f"{value!r} is not a device; use cpu, cuda or cuda:N")
@@ -179,7 +180,7 @@ def torch_gpu(device: str, precision: str, cuda_graph: bool, gpu_decode: bool) -
 
 def device_or_auto(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
     """``auto`` or a torch device."""
-    if _skip(ctx, value) or value == "auto":
+    if value is None or _completing(ctx) or value == "auto":
         return value
     if not re.fullmatch(r"cpu|cuda(:\d+)?", value):
         fail(param, f"{value!r} is not a device; use auto, cpu, cuda or cuda:N")
@@ -209,7 +210,7 @@ def parse_int_list(text: str, where: str = "--batch") -> List[int]:
 def positive_int_list(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
     """A comma-separated list of positive integers such as ``1,8,16`` (kept as text; parse it with
     :func:`parse_int_list`)."""
-    if _skip(ctx, value):
+    if value is None or _completing(ctx):
         return value
     parse_int_list(value, option_name(param))
     return value
@@ -238,14 +239,14 @@ def parse_batch_range(text: str, where: str = "--batch", opt: bool = False) -> T
 
 def batch_range(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
     """A batch size N or a dynamic range MIN:MAX (kept as text)."""
-    if not _skip(ctx, value):
+    if value is not None and not _completing(ctx):
         parse_batch_range(value, option_name(param))
     return value
 
 
 def batch_profile(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
     """A TensorRT batch profile N, MIN:MAX or MIN:OPT:MAX (kept as text)."""
-    if not _skip(ctx, value):
+    if value is not None and not _completing(ctx):
         parse_batch_range(value, option_name(param), opt=True)
     return value
 
@@ -299,7 +300,7 @@ def ensure_output_dir(path: Path, where: str = "--output") -> Path:
 
 def output_dir(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
     """``-o DIR``: refused at once when it names a file or cannot be created (see :func:`check_output_dir`)."""
-    if not _skip(ctx, value):
+    if value is not None and not _completing(ctx):
         check_output_dir(Path(value), option_name(param))
     return value
 
@@ -322,14 +323,14 @@ def check_output_file(path: Path, where: str = "--output") -> Path:
 
 def output_file(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
     """``-o FILE``: refused at once when it names a directory or its folder cannot be written."""
-    if not _skip(ctx, value):
+    if value is not None and not _completing(ctx):
         check_output_file(Path(value), option_name(param))
     return value
 
 
 def input_file(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
     """An existing regular file."""
-    if _skip(ctx, value):
+    if value is None or _completing(ctx):
         return value
     p = Path(value)
     if not p.exists():
@@ -341,7 +342,7 @@ def input_file(ctx: typer.Context, param: typer.CallbackParam, value: Optional[P
 
 def input_dir(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
     """An existing directory."""
-    if _skip(ctx, value):
+    if value is None or _completing(ctx):
         return value
     p = Path(value)
     if not p.exists():
@@ -353,7 +354,7 @@ def input_dir(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Pa
 
 def json_file(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
     """An existing file that is not obviously binary (the full JSON parse comes with the command's loader)."""
-    if _skip(ctx, value):
+    if value is None or _completing(ctx):
         return value
     input_file(ctx, param, value)
     try:

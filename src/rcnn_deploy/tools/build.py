@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, NoReturn, Optional
 
 import typer
 
 from . import args
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..contract import Contract
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")  # backends.tensorrt.builder.PRECISIONS (its package imports numpy)
 TRT_MODULES = ("tensorrt", "tensorrt_rtx")
@@ -135,7 +140,7 @@ def build_command(
 
     console = Console(stderr=True)
 
-    def fail(msg: str) -> None:
+    def fail(msg: str) -> NoReturn:
         console.print(f"[red]error:[/red] {escape(msg)}")
         raise typer.Exit(2)
 
@@ -210,8 +215,16 @@ def build_command(
     console.print(f"[green]engine[/green] {output} ({side['build_seconds']:.1f} s, {runtime.name} {runtime.version})")
 
 
-def _onnxruntime_build(  # type: ignore[no-untyped-def]
-    ctx, onnx_path, output, precision, calib_input, calib_images, calib_method, calib_cache, calib_graph
+def _onnxruntime_build(
+    ctx: typer.Context,
+    onnx_path: Path,
+    output: Path,
+    precision: str,
+    calib_input: Optional[Path],
+    calib_images: int,
+    calib_method: str,
+    calib_cache: Optional[Path],
+    calib_graph: Optional[Path],
 ) -> None:
     """``--target onnxruntime``: the CPU build of a fused --nms onnx export (UserErrors print as one line)."""
     from click.core import ParameterSource
@@ -254,7 +267,16 @@ def _onnxruntime_build(  # type: ignore[no-untyped-def]
     )
 
 
-def _explicit_int8(onnx_path, contract, calib_input, calib_cache, limit, tmp: Path, console, fail) -> Path:  # type: ignore[no-untyped-def]
+def _explicit_int8(
+    onnx_path: Path,
+    contract: Contract,
+    calib_input: Optional[Path],
+    calib_cache: Optional[Path],
+    limit: int,
+    tmp: Path,
+    console: Console,
+    fail: Callable[[str], NoReturn],
+) -> Path:
     """Strongly typed builders: the Q/DQ graph (nvidia-modelopt), calibrated on --calib-input. --calib-cache
     names the quantized ONNX here: written by the first build, reused (no calibration) by the next."""
     import numpy as np
@@ -283,7 +305,7 @@ def _explicit_int8(onnx_path, contract, calib_input, calib_cache, limit, tmp: Pa
     return out
 
 
-def _calibration_array(contract, directory: Path, limit: int, tmp: Path, console) -> str:  # type: ignore[no-untyped-def]
+def _calibration_array(contract: Contract, directory: Path, limit: int, tmp: Path, console: Console) -> str:
     import numpy as np
 
     from ..runtime.preprocess import find_images, iter_batches, rgb_fill

@@ -16,7 +16,9 @@ def input_hw(height: Optional[int], width: Optional[int]) -> Optional[Tuple[int,
     """``--height/--width`` as an input size; one of them alone means a square; neither means the default."""
     if height is None and width is None:
         return None
-    return (height or width, width or height)  # type: ignore[return-value]
+    h, w = height or width, width or height
+    assert h is not None and w is not None  # one of them is given
+    return (h, w)
 
 
 def load_detector(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import typer
 
 from . import args
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 #: Columns of the printed table (all 12 numbers go to the JSON file).
 TABLE_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -209,7 +212,7 @@ def eval_command(
         )
 
 
-def metrics_table(metrics: Dict[str, Dict[str, float]], title: str):  # type: ignore[no-untyped-def]
+def metrics_table(metrics: Dict[str, Dict[str, float]], title: str) -> Table:
     """A rich table: one row per IoU type, columns AP .. APl (``n/a`` for COCO's -1, "undefined")."""
     from rich.table import Table
 

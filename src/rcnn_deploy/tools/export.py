@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import typer
 
@@ -103,7 +103,7 @@ def export_command(
         max_detections,
     )
     parse_batch(batch)  # a bad --batch is named before the model is built
-    overrides = {}
+    overrides: Dict[str, Any] = {}
     if first_nms_score_threshold is not None:
         overrides["rpn_score_thresh"] = first_nms_score_threshold
     if second_nms_score_threshold is not None:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import typer
 
 from . import args, detector
 from .detector import input_hw  # noqa: F401  (rcnn_deploy.tools.infer.input_hw: bench and serve import it)
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..runtime.detections import Detections
+    from ..runtime.stream import Progress
 
 
 def infer_command(
@@ -191,7 +197,7 @@ def infer_command(
         raise typer.Exit(1)
 
 
-def progress_print(progress, console, text: str) -> None:  # type: ignore[no-untyped-def]
+def progress_print(progress: Progress, console: Console, text: str) -> None:
     """A message that does not break the progress bar."""
     bar = getattr(progress, "_bar", None)
     (bar.console if bar is not None else console).print(text)
@@ -292,7 +298,10 @@ def compare_command(
         raise typer.Exit(2) from None
     from ..runtime.stream import Progress
 
-    refs, cands, used, skipped = [], [], [], []
+    refs: List[Detections] = []
+    cands: List[Detections] = []
+    used: List[str] = []
+    skipped: List[Dict[str, Any]] = []
     progress = Progress("compare", len(paths), stream=console.file)
     # both models stream over the same images in lockstep (each keeps input order)
     for r, c in zip(ref.stream([str(p) for p in paths]), cand.stream([str(p) for p in paths])):
@@ -302,6 +311,7 @@ def compare_command(
             skipped.append({"image": r.name, "error": error})
             progress_print(progress, console, f"[yellow]skipped[/yellow] {escape(str(error))}")
             continue
+        assert r.detections is not None and c.detections is not None  # ok results carry their detections
         refs.append(r.detections)
         cands.append(c.detections)
         used.append(r.name)

@@ -4,14 +4,14 @@ tritonserver on one, in the foreground)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 import typer
 
 DEFAULT_MAX_PIXELS = 40_000_000  # rcnn_deploy.serve.contract.DEFAULT_MAX_PIXELS (not imported: numpy stays unloaded)
 
 
-def _input_hw(height: Optional[int], width: Optional[int]):  # type: ignore[no-untyped-def]
+def _input_hw(height: Optional[int], width: Optional[int]) -> Optional[Tuple[int, int]]:
     from .infer import input_hw
 
     return input_hw(height, width)

@@ -10,7 +10,7 @@ degenerate annotations are dropped. Category ids are mapped to contiguous labels
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import torch
@@ -60,7 +60,7 @@ class CocoInstances(torch.utils.data.Dataset):
         image_ids: Optional[Sequence[int]] = None,
     ) -> None:
         self.images_dir = Path(images_dir)
-        self.input_hw = tuple(input_hw)
+        self.input_hw = cast(Tuple[int, int], tuple(input_hw))
         self.fill = tuple(float(v) for v in fill_rgb)
         self.masks, self.hflip, self.vflip = masks, hflip, vflip
         _, cat_ids = coco_label_map(coco)
@@ -123,7 +123,7 @@ class CocoInstances(torch.utils.data.Dataset):
         if (rh, rw) != (h, w):
             from PIL import Image
 
-            m = np.asarray(Image.fromarray(m * 255).resize((rw, rh), Image.BILINEAR)) >= 128
+            m = np.asarray(Image.fromarray(m * 255).resize((rw, rh), Image.Resampling.BILINEAR)) >= 128
         out = np.zeros(self.input_hw, dtype=np.uint8)
         out[:rh, :rw] = m[:rh, :rw]
         return out
@@ -133,7 +133,8 @@ def seed_worker(worker_id: int) -> None:
     """Give each DataLoader worker its own flip stream (derived from torch's per-worker seed)."""
     info = torch.utils.data.get_worker_info()
     if info is not None:
-        info.dataset.rng = np.random.default_rng(info.seed % (2**32))
+        dataset = cast(CocoInstances, info.dataset)  # the training DataLoader's (train.engine)
+        dataset.rng = np.random.default_rng(info.seed % (2**32))
 
 
 def collate(batch: List[Tuple[torch.Tensor, Dict[str, torch.Tensor]]]) -> Tuple[List[torch.Tensor], List[Dict]]:

@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -28,6 +28,10 @@ from .._io import atomic_write, atomic_write_json, atomic_write_text
 from ..config import get_spec
 from ..runtime.preprocess import rgb_fill
 from .data import CocoInstances, coco_label_map, collate, seed_worker
+
+if TYPE_CHECKING:
+    from ..config import ModelSpec
+    from ..models.rcnn import DeployRCNN
 
 TRAINABLE_MODELS = ("torchvision-maskrcnn", "torchvision-fasterrcnn")
 OPTIMIZERS = ("sgd", "adamw")
@@ -102,7 +106,8 @@ def build_torchvision_model(model: str, num_classes: int, input_hw: Tuple[int, i
 
 
 def _param_groups(net: torch.nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: List[torch.nn.Parameter] = []
+    no_decay: List[torch.nn.Parameter] = []
     for name, p in net.named_parameters():
         if not p.requires_grad:
             continue
@@ -149,6 +154,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
         _load_init(net, cfg)
     net.to(device)
     groups = _param_groups(net, cfg.weight_decay)
+    opt: torch.optim.Optimizer
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     else:
@@ -295,7 +301,17 @@ def _fmt_metrics(val: Dict[str, Dict[str, float]]) -> str:
     return ", ".join(f"{t} AP {m['AP']:.4f} AP50 {m['AP50']:.4f}" for t, m in val.items() if isinstance(m, dict))
 
 
-def _save_state(path: Path, net, opt, iteration: int, epoch: int, train_s: float, wall_s: float, history, cfg) -> None:  # type: ignore[no-untyped-def]
+def _save_state(
+    path: Path,
+    net: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    iteration: int,
+    epoch: int,
+    train_s: float,
+    wall_s: float,
+    history: List[Dict[str, Any]],
+    cfg: TrainConfig,
+) -> None:
     st = {
         "wall_seconds": wall_s,
         "model": net.state_dict(),
@@ -314,13 +330,14 @@ def _load_init(net: torch.nn.Module, cfg: TrainConfig) -> None:
     layers of a different class count are left at their fresh initialisation)."""
     from ..models.weights import load_checkpoint
 
+    assert cfg.init is not None  # called only when it is set
     loaded = load_checkpoint(cfg.init, "auto", masks=cfg.model == "torchvision-maskrcnn")
     own = net.state_dict()
     take = {k: v for k, v in loaded.state_dict.items() if k in own and own[k].shape == v.shape}
     net.load_state_dict(take, strict=False)
 
 
-def validate(net, cfg: TrainConfig, device: torch.device) -> Dict[str, Dict[str, float]]:  # type: ignore[no-untyped-def]
+def validate(net: DeployRCNN, cfg: TrainConfig, device: torch.device) -> Dict[str, Dict[str, float]]:
     """COCO mAP of a deploy-form model (``DeployRCNN``) on the validation split."""
     from ..api import Detector
     from ..evaluation.dataset import evaluate_detector
@@ -331,7 +348,7 @@ def validate(net, cfg: TrainConfig, device: torch.device) -> Dict[str, Dict[str,
     return evaluate_detector(det, cfg.val_annotations, images_dir, max_images=cfg.val_max_images)["metrics"]
 
 
-def _deploy_model(state_dict: Dict[str, torch.Tensor], spec):  # type: ignore[no-untyped-def]
+def _deploy_model(state_dict: Dict[str, torch.Tensor], spec: ModelSpec) -> DeployRCNN:
     """The deploy-form model with the training weights (BatchNorm statistics read as frozen BN)."""
     from ..models.rcnn import DeployRCNN
 

@@ -48,7 +48,8 @@ def _profile_shape(dims: List[int], cfg: BuildConfig, name: str) -> Optional[Tup
     if all(d >= 0 for d in dims):
         return None
     rng = cfg.rois if name in ("box_features", "mask_features", "classes") else cfg.batch
-    return tuple([r if d < 0 else d for d in dims] for r in rng)  # type: ignore[return-value]
+    lo, opt, hi = ([r if d < 0 else d for d in dims] for r in rng)
+    return lo, opt, hi
 
 
 def build_engine(
@@ -390,7 +391,15 @@ def read_sidecar(engine_path: Union[str, Path]) -> Dict[str, Any]:
 
     if not isinstance(meta, dict):
         raise UserError("the sidecar must be a JSON object", where=p, fix=rebuild)
-    required = ("sidecar_version", "engine", "engine_size", "engine_sha256", "onnx", "onnx_sha256", "trt")
+    required: Tuple[str, ...] = (
+        "sidecar_version",
+        "engine",
+        "engine_size",
+        "engine_sha256",
+        "onnx",
+        "onnx_sha256",
+        "trt",
+    )
     required += ("trt_version", "precision", "build_config", "inputs", "outputs")
     for key in required:
         if key not in meta:

@@ -19,7 +19,9 @@ def make_calibrator(trt: TRT, images_npy: str, cache_path: str, batch: int = 1) 
     mod = trt.module
     cuda = __import__("polygraphy.cuda", fromlist=["cuda"])
 
-    class EntropyCalibrator(mod.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+    base: Any = mod.IInt8EntropyCalibrator2  # a class of the TensorRT module loaded at run time
+
+    class EntropyCalibrator(base):
         def __init__(self) -> None:
             super().__init__()
             self.cache_path = cache_path

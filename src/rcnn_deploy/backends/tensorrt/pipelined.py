@@ -30,8 +30,9 @@ class _Pinned:
         status = lib.cudaHostAlloc(ctypes.byref(self.ptr), ctypes.c_size_t(max(self.nbytes, 1)), 0)
         if status != 0:
             raise RuntimeError(f"CUDA error {status} in cudaHostAlloc({self.nbytes} bytes)")
+        assert self.ptr.value is not None  # cudaHostAlloc succeeded
         raw = (ctypes.c_uint8 * max(self.nbytes, 1)).from_address(self.ptr.value)
-        self.array = np.frombuffer(raw, dtype=np.uint8)[: self.nbytes].view(dtype).reshape(shape)
+        self.array = np.frombuffer(memoryview(raw), dtype=np.uint8)[: self.nbytes].view(dtype).reshape(shape)
 
     def free(self) -> None:
         if self.ptr:
@@ -146,7 +147,7 @@ class TensorRTBatchModel(BatchModel):
 
         return result
 
-    def _copy(self, dst: int, src: int, nbytes: int, kind: int, stream: int) -> None:
+    def _copy(self, dst: Optional[int], src: Optional[int], nbytes: int, kind: int, stream: int) -> None:
         status = self.lib.cudaMemcpyAsync(
             ctypes.c_void_p(dst), ctypes.c_void_p(src), ctypes.c_size_t(nbytes), kind, ctypes.c_void_p(stream)
         )

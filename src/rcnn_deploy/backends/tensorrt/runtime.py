@@ -17,7 +17,7 @@ from .builder import read_sidecar
 from .compat import TRT, device_compute_capability, load_trt
 
 
-def _cuda():  # type: ignore[no-untyped-def]
+def _cuda() -> Any:
     try:
         from polygraphy import cuda
     except ImportError as e:  # pragma: no cover
@@ -42,7 +42,8 @@ def rebuild_command(engine: Path, meta: Dict[str, Any]) -> str:
     found = _contract_graph(engine, meta)
     if found is not None:
         onnx = engine.parent / found[2].file
-    cfg = meta.get("build_config") if isinstance(meta.get("build_config"), dict) else {}
+    given = meta.get("build_config")
+    cfg: Dict[str, Any] = given if isinstance(given, dict) else {}
     b = cfg.get("batch") if isinstance(cfg.get("batch"), list) and len(cfg["batch"]) == 3 else None
     cmd = f"rcnn-deploy build {onnx} -o {engine}"
     if meta.get("precision"):
@@ -301,7 +302,7 @@ class TensorRTBackend(Backend):
         if not self.context.execute_async_v3(int(stream)):
             raise RuntimeError(f"TensorRT execution of {self.path.name} failed")
 
-    def _buffer(self, name: str, shape: Tuple[int, ...], dtype: np.dtype):  # type: ignore[no-untyped-def]
+    def _buffer(self, name: str, shape: Tuple[int, ...], dtype: np.dtype) -> Any:
         buf = self._buffers.get(name)
         nbytes = int(np.prod(shape)) * dtype.itemsize
         if buf is None or buf.nbytes < nbytes:
@@ -373,7 +374,9 @@ class TensorRTBackend(Backend):
         ``iterations`` profiled launches, like ``trtexec --dumpProfile --separateProfileRun``."""
         mod = self.trt.module
 
-        class _Times(mod.IProfiler):  # type: ignore[misc,name-defined]
+        base: Any = mod.IProfiler  # a class of the TensorRT module loaded at run time
+
+        class _Times(base):
             def __init__(self) -> None:
                 mod.IProfiler.__init__(self)
                 self.ms: Dict[str, float] = {}

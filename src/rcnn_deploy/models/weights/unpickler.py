@@ -53,7 +53,8 @@ class _CheckedArray(np.ndarray):
         need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
         if need != len(raw):
             raise pickle.UnpicklingError(f"numpy array declares {need} bytes of data but holds {len(raw)}")
-        super().__setstate__((1, shape, dtype, bool(fortran), raw))
+        # numpy's stub wants np.bool and bytes; ndarray.__setstate__ takes a Python bool and a bytearray too
+        super().__setstate__((1, shape, dtype, bool(fortran), raw))  # type: ignore[arg-type]
 
 
 def _clean_dtype(d: Any) -> np.dtype:
