@@ -182,7 +182,7 @@ def test_torchvision_flavour_refuses_detectron2_names(d2_pkl: Path, tmp_path: Pa
         W.load_checkpoint(d2_pkl, "torchvision", masks=True)
     path = tmp_path / "d2.pth"
     torch.save({"model": {"backbone.bottom_up.stem.conv1.weight": torch.zeros(1)}}, path)
-    with pytest.raises(W.WeightsError, match="'detectron2' flavour"):
+    with pytest.raises(W.WeightsError, match="use -m detectron2-maskrcnn"):
         W.load_checkpoint(path, "torchvision", masks=True)
 
 

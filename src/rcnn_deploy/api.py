@@ -106,7 +106,11 @@ class Detector:
                 "(CLI: --model torchvision-maskrcnn; Python: model='torchvision-maskrcnn')",
             )
         if backend not in (None, "torch"):
-            raise ValueError(f"backend {backend!r} needs an export directory; a checkpoint runs with 'torch'")
+            raise UserError(
+                f"backend {backend} needs an export directory; a checkpoint runs on the PyTorch backend",
+                where=path,
+                fix="use --backend torch (or leave --backend out), or export it first with rcnn-deploy export",
+            )
         return cls.from_torch(
             model, str(path), input_hw, batch, device, precision, cuda_graph, gpu_decode, **spec_overrides
         )
@@ -236,7 +240,11 @@ class Detector:
         directory = Path(directory)
         c = Contract.load(directory)
         if c.graph != "split":
-            raise ValueError(f"{directory} holds a fused export; run its engine with Detector.from_engine(FILE)")
+            raise UserError(
+                "holds a fused export: its TensorRT engine is one file",
+                where=directory,
+                fix="pass the .engine file as the model path (Python: Detector.from_engine(FILE))",
+            )
         pieces = tensorrt_split(c, directory, engines)
         backbone = cast(TensorRTBackend, pieces.backbone)  # tensorrt_split's pieces are TensorRT engines
         prof = backbone.meta.get("build_config", {}).get("batch") or list(c.batch)

@@ -29,7 +29,7 @@ def list_section(lines: List[str], title: str, items: Sequence[str]) -> None:
 def no_mask_error(path: Any) -> WeightsError:
     return WeightsError(
         f"{path}: the checkpoint has no mask head (roi_heads.mask_*): is this a Faster R-CNN checkpoint "
-        "loaded as Mask R-CNN? Build the Faster R-CNN model (masks=False) or use Mask R-CNN weights."
+        "loaded as Mask R-CNN? Use -m torchvision-fasterrcnn (or detectron2-fasterrcnn), or Mask R-CNN weights."
     )
 
 

@@ -203,20 +203,22 @@ def check_state_dict(state_dict: Mapping[str, Any], expected: Mapping[str, Seque
         mo = exp.get(CLS_W, (None,))[0]
         hints.append(
             f"num_classes differs (checkpoint {ck}, model {mo}, both counting background): "
-            "pass the right --num-classes / class names."
+            "pass the checkpoint's class names (Python: build_model(..., class_names=[...]); an rcnn-deploy "
+            "checkpoint from `rcnn-deploy train` records them)."
         )
     if missing and all(k.startswith(MASK_PREFIXES) for k in missing):
         hints.append(
-            "is this a Faster R-CNN checkpoint loaded as Mask R-CNN? Build the Faster R-CNN model or use "
-            "Mask R-CNN weights."
+            "is this a Faster R-CNN checkpoint loaded as Mask R-CNN? Use -m torchvision-fasterrcnn (or "
+            "detectron2-fasterrcnn), or Mask R-CNN weights."
         )
     if unexpected and all(k.startswith(MASK_PREFIXES) for k in unexpected):
         hints.append(
-            "this is a Mask R-CNN checkpoint but the model has no mask head: load it with masks=False "
-            "(the mask head is then dropped) or build the Mask R-CNN model."
+            "this is a Mask R-CNN checkpoint but the model has no mask head: use -m torchvision-maskrcnn "
+            "(or detectron2-maskrcnn) for the masks; -m *-fasterrcnn loads it without them (Python: masks=False, "
+            "the mask head is dropped)."
         )
     if any(k.startswith(D2_PREFIXES) for k in unexpected):
-        hints.append("the checkpoint uses Detectron2 names: load it with the 'detectron2' flavour.")
+        hints.append("the checkpoint uses Detectron2 names: use -m detectron2-maskrcnn or detectron2-fasterrcnn.")
     if not hints:
         hints.append(
             "check that this is a Faster/Mask R-CNN ResNet-50-FPN (v1) checkpoint and that the flavour "
@@ -236,7 +238,7 @@ def _load_torchvision_file(path: Path, *, masks: bool) -> LoadedWeights:
         truncated_zip(path)
         raise WeightsError(
             f"{path}: not a torch.save file (no zip or legacy torch header); if it is a Detectron2 .pkl, "
-            "load it with the 'detectron2' flavour."
+            "use -m detectron2-maskrcnn (or detectron2-fasterrcnn)."
         )
     obj = _torch_load(path)
     if is_rcnn_deploy_checkpoint(obj):
@@ -260,8 +262,8 @@ def _load_torchvision_file(path: Path, *, masks: bool) -> LoadedWeights:
 def _finish_torchvision(sd: Mapping[str, Any], path: Path, *, masks: bool, source: str) -> LoadedWeights:
     if any(k.startswith(D2_PREFIXES) for k in sd):
         raise WeightsError(
-            f"{path}: the key names are Detectron2's (e.g. backbone.bottom_up.*): load it with the "
-            "'detectron2' flavour."
+            f"{path}: the key names are Detectron2's (e.g. backbone.bottom_up.*): use -m detectron2-maskrcnn "
+            "(or detectron2-fasterrcnn)."
         )
     out: Dict[str, torch.Tensor] = {}
     dropped: List[str] = []
