@@ -89,6 +89,9 @@ class CudaGraphModel:
             for _ in range(2):  # warm-up: cuDNN / cuBLAS choices, lazy allocations, cached constants
                 self._forward(static_in, self.nms_rounds)
         torch.cuda.current_stream(self.device).wait_stream(side)
+        # nothing of anyone's may still run when the capture starts (nvJPEG decodes on streams of its own; the
+        # GPU-decode detector crashed in its first capture on the H200, run 16 — this is the unverified remedy)
+        torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out, converged = self._forward(static_in, self.nms_rounds)
