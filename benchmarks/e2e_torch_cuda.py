@@ -68,29 +68,10 @@ def gpu_compute(det: Any, batch: int, images: np.ndarray, iterations: int = 100)
 
 
 def stream_pass(det: Any, paths: List[str], batch: int, processes: int, out_dir: str) -> Dict[str, Any]:
-    from rcnn_deploy.runtime.stream import StreamStats
-    from rcnn_deploy.runtime.writers import InferWriter
+    """One pass of ``Detector.stream`` writing like ``infer`` (no PNG): the TensorRT benchmark's, shared."""
+    from e2e_trt import stream_pass as trt_stream_pass  # this folder; torch-free, for the py39 TensorRT side
 
-    writer = InferWriter(out_dir, det.spec, backend=det.backend, visualize=False, total=len(paths))
-    stats = StreamStats()
-    n_ok = n_det = 0
-    for r in det.stream(paths, batch=batch, per_image=writer.per_image, stats=stats, processes=processes):
-        writer.add(r)
-        n_ok += r.ok
-        n_det += len(r.detections) if r.ok else 0
-    summary = writer.close(stats)
-    return {
-        "images": len(paths),
-        "ok": n_ok,
-        "detections": n_det,
-        "seconds": round(stats.seconds, 3),
-        "images_per_s": round(len(paths) / stats.seconds, 1),
-        "failures": len(summary["failures"]),
-        "processes": processes,
-        "model_submit_s": round(stats.model_submit_s, 3),
-        "model_wait_s": round(stats.model_wait_s, 3),
-        "model_starved_s": round(stats.starved_s, 3),
-    }
+    return trt_stream_pass(det, paths, batch, None, out_dir, processes)
 
 
 def latency(det: Any, paths: List[str], n: int) -> Dict[str, Any]:

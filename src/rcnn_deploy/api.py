@@ -420,9 +420,8 @@ class HostStages:
                 return Prepared(item, error=str(e))
             if probed is not None and (item.expect_hw is None or tuple(item.expect_hw) == probed[1]):
                 data, (h, w) = probed
-                ih, iw = self.input_hw
                 encoded = np.frombuffer(bytearray(data), dtype=np.uint8)  # writable: torch.from_numpy takes it
-                return Prepared(item, encoded, Letterbox(h, w, min(ih / h, iw / w)))
+                return Prepared(item, encoded, Letterbox.fit(h, w, self.input_hw))
         try:
             rgb = item.load(self._decode)
             a, lb = letterbox(rgb, self.input_hw, self.fill, dtype=self.input_dtype, resize=self.spec.resize)

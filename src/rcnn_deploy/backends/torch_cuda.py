@@ -190,9 +190,7 @@ class GpuLetterbox:
         from ..runtime.preprocess import Letterbox
 
         h, w = int(img.shape[1]), int(img.shape[2])
-        ih, iw = self.input_hw
-        rh, rw = Letterbox(h, w, min(ih / h, iw / w)).resized_hw
-        rh, rw = min(rh, ih), min(rw, iw)
+        rh, rw = Letterbox.fit(h, w, self.input_hw).size_in(self.input_hw)
         if (rh, rw) == (h, w):
             dst[:, :rh, :rw] = img
             return

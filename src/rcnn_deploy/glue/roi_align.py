@@ -66,7 +66,7 @@ def multiscale_roi_align(features: Sequence[Tensor], boxes: Tensor, p: PoolerPar
         # levels are traced as ordinary ops; a lowering that assigns levels itself (a plugin) ignores them
         return export_hooks.RoIAlignNode.apply(boxes, levels, p, *feats)
     if sync_free.active() is not None:
-        return sync_free.roi_align_all_levels(feats, boxes, p)
+        return _roi_align_eager(feats, boxes, p, static=True)
     from .emulate import rounds, to_fp16
 
     if rounds("roi_boxes"):  # an fp16 ROIAlign plugin's view of the boxes, emulated (glue.emulate.fp16_glue)
@@ -74,7 +74,10 @@ def multiscale_roi_align(features: Sequence[Tensor], boxes: Tensor, p: PoolerPar
     return _roi_align_eager(feats, boxes, p)
 
 
-def _roi_align_eager(features: Sequence[Tensor], boxes: Tensor, p: PoolerParams) -> Tensor:
+def _roi_align_eager(features: Sequence[Tensor], boxes: Tensor, p: PoolerParams, static: bool = False) -> Tensor:
+    """torchvision's ``roi_align`` kernel per level, each box pooled from its own level. ``static``: without
+    ``nonzero`` (a CUDA graph can capture it): every box is pooled on every level and its own level kept with
+    ``torch.where``, the same numbers for about L times the pooling work."""
     from torchvision.ops import roi_align
 
     b, k = boxes.shape[:2]
@@ -85,6 +88,10 @@ def _roi_align_eager(features: Sequence[Tensor], boxes: Tensor, p: PoolerParams)
     levels = assign_levels(boxes, p).reshape(b * k)
     out = torch.zeros((b * k, c, s, s), dtype=features[0].dtype, device=boxes.device)
     for lvl, (feat, stride) in enumerate(zip(features, p.strides)):
+        if static:
+            pooled = roi_align(feat, rois, s, 1.0 / stride, p.sampling_ratio, p.aligned)
+            out = torch.where((levels == lvl).view(-1, 1, 1, 1), pooled.to(out.dtype), out)
+            continue
         idx = torch.nonzero(levels == lvl, as_tuple=False).squeeze(1)
         pooled = roi_align(feat, rois[idx], s, 1.0 / stride, p.sampling_ratio, p.aligned)
         out[idx] = pooled.to(out.dtype)

@@ -11,8 +11,9 @@ The eager glue asks the host for data-dependent sizes twice: torchvision's NMS (
   the caller after the graph ran. A forward whose flag is False is not exact and must be re-run without the
   round limit (:class:`rcnn_deploy.backends.torch_cuda.CudaGraphModel` does that).
 * ROIAlign: torchvision's ``roi_align`` kernel over every box on every pooled level, each box taking the
-  level it is assigned to (``torch.where``): the same kernel and numbers as the eager path, about L times the
-  pooling work and no ``nonzero`` (adaptive sampling, Detectron2's ROIAlignV2, included).
+  level it is assigned to (``torch.where``; ``glue.roi_align._roi_align_eager`` with ``static``): the same
+  kernel and numbers as the eager path, about L times the pooling work and no ``nonzero`` (adaptive sampling,
+  Detectron2's ROIAlignV2, included).
 
 Outside the context nothing changes. The context is per thread (a ContextVar).
 """
@@ -21,13 +22,10 @@ from __future__ import annotations
 
 import contextlib
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from .roi_align import PoolerParams
 
 _ACTIVE: ContextVar[Optional[SyncFree]] = ContextVar("rcnn_deploy_sync_free", default=None)
 
@@ -83,21 +81,3 @@ def fixpoint_rounds(suppress: Tensor, valid: Tensor, state: SyncFree) -> Tensor:
         keep = step(keep)
     state.note((step(keep) == keep).all())
     return keep.to(out_dtype)
-
-
-def roi_align_all_levels(features: Sequence[Tensor], boxes: Tensor, p: PoolerParams) -> Tensor:
-    """Multi-level ROIAlign without ``nonzero``: see the module docstring. ``[B, K, C, S, S]``."""
-    from torchvision.ops import roi_align
-
-    from .roi_align import assign_levels
-
-    b, k = boxes.shape[:2]
-    c, s = features[0].shape[1], p.output_size
-    batch_idx = torch.arange(b, device=boxes.device, dtype=boxes.dtype).view(b, 1, 1).expand(b, k, 1)
-    rois = torch.cat((batch_idx, boxes), dim=2).reshape(b * k, 5)
-    levels = assign_levels(boxes, p).reshape(b * k, 1, 1, 1)
-    out = torch.zeros((b * k, c, s, s), dtype=features[0].dtype, device=boxes.device)
-    for lvl, (feat, stride) in enumerate(zip(features, p.strides)):
-        pooled = roi_align(feat, rois, s, 1.0 / stride, p.sampling_ratio, p.aligned)
-        out = torch.where(levels == lvl, pooled.to(out.dtype), out)
-    return out.view(b, k, c, s, s)

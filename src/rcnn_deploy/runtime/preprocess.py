@@ -69,6 +69,17 @@ class Letterbox:
         if self.orig_h < 1 or self.orig_w < 1 or not (self.scale > 0 and np.isfinite(self.scale)):
             raise ValueError(f"invalid letterbox {self.orig_h}x{self.orig_w} (HxW) at scale {self.scale}")
 
+    @classmethod
+    def fit(cls, orig_h: int, orig_w: int, input_hw: Tuple[int, int]) -> Letterbox:
+        """The letterbox of an ``orig_h x orig_w`` image into ``input_hw``: the largest scale that fits."""
+        ih, iw = int(input_hw[0]), int(input_hw[1])
+        return cls(int(orig_h), int(orig_w), min(ih / orig_h, iw / orig_w))
+
+    def size_in(self, input_hw: Tuple[int, int]) -> Tuple[int, int]:
+        """:attr:`resized_hw` within ``input_hw`` (rounding never makes the image overflow the input)."""
+        rh, rw = self.resized_hw
+        return min(rh, int(input_hw[0])), min(rw, int(input_hw[1]))
+
     @property
     def resized_hw(self) -> Tuple[int, int]:
         """The image's size inside the input; at least one pixel a side (a 1 x 5000 image into 320 x 320 is
@@ -434,9 +445,7 @@ def _orientation(im: Any) -> int:
 def _draft(im: Any, orig_hw: Tuple[int, int], transposed: bool, target_hw: Tuple[int, int]) -> None:
     """Ask libjpeg to decode at 1/2, 1/4 or 1/8 scale when the letterbox needs at most half the size."""
     oh, ow = orig_hw
-    th, tw = int(target_hw[0]), int(target_hw[1])
-    rh, rw = Letterbox(oh, ow, min(th / oh, tw / ow)).resized_hw
-    rh, rw = min(rh, th), min(rw, tw)
+    rh, rw = Letterbox.fit(oh, ow, target_hw).size_in(target_hw)
     need_w, need_h = (rh, rw) if transposed else (rw, rh)  # in the stored (unrotated) image
     w, h = im.size
     if min(w // need_w, h // need_h) >= 2:
@@ -515,9 +524,8 @@ def letterbox(
     h, w = image.shape[:2]
     oh, ow = (h, w) if orig_hw is None else (int(orig_hw[0]), int(orig_hw[1]))
     ih, iw = input_hw
-    box = Letterbox(oh, ow, min(ih / oh, iw / ow))
-    rh, rw = box.resized_hw
-    rh, rw = min(rh, ih), min(rw, iw)
+    box = Letterbox.fit(oh, ow, input_hw)
+    rh, rw = box.size_in(input_hw)
     resized = image if (rh, rw) == (h, w) else resize_rgb(image, (rh, rw), resize)
     dtype = np.dtype(dtype)
     out = np.empty((3, ih, iw), dtype=dtype)  # written channel-first directly: no transposed copy

@@ -22,9 +22,8 @@ class HostStages(Detector):
         ``(height, width)`` -> detections in original pixels with pasted masks."""
         from ..runtime.split import fused_outputs
 
-        ih, iw = self.input_hw
         boxes: Sequence[Letterbox] = [
-            Letterbox(int(h), int(w), min(ih / int(h), iw / int(w))) for h, w in np.asarray(original_hw).reshape(-1, 2)
+            Letterbox.fit(int(h), int(w), self.input_hw) for h, w in np.asarray(original_hw).reshape(-1, 2)
         ]
         return self.postprocess(fused_outputs(dict(raw)), boxes)
 
