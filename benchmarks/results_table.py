@@ -533,8 +533,9 @@ def accuracy(a) -> list:
 
     from rcnn_deploy.api import Detector
     from rcnn_deploy.contract import Contract
+    from rcnn_deploy.glue.split import SplitPieces, onnxruntime_split
     from rcnn_deploy.models.build import build_model
-    from rcnn_deploy.runtime.split import SplitPieces, fused_outputs, onnxruntime_split
+    from rcnn_deploy.runtime.split import fused_outputs
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -563,7 +564,7 @@ def accuracy(a) -> list:
             return {**row, **r}
         ref = dict(np.load(ref_file))
         if backend == "onnxruntime":
-            from rcnn_deploy.runtime.split import run_split
+            from rcnn_deploy.glue.split import run_split
 
             pieces = onnxruntime_split(Contract.load(d), d)
             det, calls = _recording_detector(

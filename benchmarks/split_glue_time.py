@@ -116,7 +116,7 @@ def main() -> None:
             rows.append(row)
     for d in a.onnxruntime:  # the ONNX Runtime (CPU) row: engines and glue on the CPU, host wall per call
         from rcnn_deploy.contract import Contract
-        from rcnn_deploy.runtime.split import onnxruntime_split, run_split
+        from rcnn_deploy.glue.split import onnxruntime_split, run_split
 
         c = Contract.load(d)
         pieces = onnxruntime_split(c, d, ["CPUExecutionProvider"])

@@ -147,8 +147,9 @@ def stage_run(work: Path, sizes, precisions, variants, out_dir: Path, engine_cls
     from rcnn_deploy.contract import Contract
     from rcnn_deploy.evaluation.parity import compare_detections
     from rcnn_deploy.glue.pipeline import two_stage
+    from rcnn_deploy.glue.split import SplitPieces
     from rcnn_deploy.runtime.detections import Detections
-    from rcnn_deploy.runtime.split import SplitPieces, fused_outputs
+    from rcnn_deploy.runtime.split import fused_outputs
 
     engine_cls = engine_cls or SubprocessTRT
     dev = "cuda" if torch.cuda.is_available() else "cpu"

@@ -142,3 +142,32 @@ def test_unknown_library_is_refused() -> None:
     img, det = _scene(64, 64)
     with pytest.raises(ValueError, match="library must be one of"):
         render(img, det, SPEC.class_names, SPEC.label_ids, library="matplotlib")
+
+
+def test_infer_writers_draw_only_detections_above_the_draw_threshold(tmp_path, monkeypatch) -> None:
+    """``infer --draw-threshold`` (default 0.5): the PNG shows the confident detections, the TSV and the COCO results
+    keep every one. Both writers: the local runner's (InferWriter) and the Ray runner's (ImageOutputs)."""
+    import rcnn_deploy.runtime.sinks as sinks
+    import rcnn_deploy.runtime.writers as writers
+    from rcnn_deploy.runtime.sources import Item
+    from rcnn_deploy.runtime.stream import StreamResult
+    from rcnn_deploy.runtime.visualize import DRAW_THRESHOLD
+
+    img, det = _scene(64, 96)
+    det.scores = np.array([0.98, 0.9, 0.5, 0.45, 0.05], np.float32)
+    drawn = []
+    for module in (sinks, writers):
+        monkeypatch.setattr(module, "draw", lambda image, d, *a, **k: drawn.append(d.scores.tolist()))
+    assert DRAW_THRESHOLD == 0.5
+    for threshold, want in ((None, [0.98, 0.9, 0.5]), (0.9, [0.98, 0.9]), (0.0, det.scores.tolist())):
+        kw = {} if threshold is None else {"draw_threshold": threshold}
+        drawn.clear()
+        out = sinks.ImageOutputs(tmp_path / "ray", SPEC, **kw)
+        entries = out.write(1, tmp_path / "a.png", img, det)
+        w = writers.InferWriter(tmp_path / "local", SPEC, backend="test", **kw)
+        extra = w.per_image(StreamResult(Item(0, "a.png", tmp_path / "a.png"), detections=det, image=img))
+        w.jsonl.close()
+        assert drawn == [pytest.approx(want)] * 2
+        assert len(entries) == len(extra["coco"]) == len(det)  # the results keep all five
+        for tsv in (tmp_path / "ray" / "a.tsv", tmp_path / "local" / "a.tsv"):
+            assert len(tsv.read_text().splitlines()) == 1 + len(det)

@@ -5,35 +5,16 @@ coordinates, pasted masks) into COCO results entries; :class:`CocoEntries` is th
 per-image function that does it for each image as it is processed.
 
 Scoring those results (COCO mAP, ground-truth checks, a detector over a dataset, one backend against another)
-is :mod:`rcnn_deploy.evaluation`; its names that used to live here still resolve from here, lazily (importing
-this module imports nothing of it), for callers written before the move.
+is :mod:`rcnn_deploy.evaluation`.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from .detections import Detections
-
-#: Names that moved to :mod:`rcnn_deploy.evaluation`, by module.
-_MOVED = {
-    "METRIC_NAMES": "rcnn_deploy.evaluation.coco",
-    "IOU_TYPES": "rcnn_deploy.evaluation.coco",
-    "check_library_fields": "rcnn_deploy.evaluation.coco",
-    "evaluate_coco": "rcnn_deploy.evaluation.coco",
-    "pick_library": "rcnn_deploy.evaluation.coco",
-    "GT_LISTS": "rcnn_deploy.evaluation.ground_truth",
-    "load_ground_truth": "rcnn_deploy.evaluation.ground_truth",
-    "check_ground_truth": "rcnn_deploy.evaluation.ground_truth",
-    "validate_ground_truth": "rcnn_deploy.evaluation.ground_truth",
-    "check_categories": "rcnn_deploy.evaluation.ground_truth",
-    "evaluate_detector": "rcnn_deploy.evaluation.dataset",
-    "reference_ground_truth": "rcnn_deploy.evaluation.reference",
-    "reference_map": "rcnn_deploy.evaluation.reference",
-}
 
 
 def detections_to_coco(
@@ -77,11 +58,3 @@ class CocoEntries:
     def __call__(self, r: Any) -> List[Dict[str, Any]]:
         image_id = r.item.image_id if r.item.image_id is not None else r.index + 1
         return detections_to_coco(r.detections, image_id, self.spec.category_ids, self.spec.label_ids)
-
-
-def __getattr__(name: str) -> Any:
-    """The names that moved to :mod:`rcnn_deploy.evaluation` (see ``_MOVED``), imported on first use."""
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)

@@ -29,7 +29,7 @@ import numpy as np
 from .._io import atomic_write_json
 from ..config import ModelSpec
 from .detections import Detections
-from .visualize import draw, write_tsv
+from .visualize import DRAW_THRESHOLD, draw, write_tsv
 
 PathLike = Union[str, Path]
 
@@ -46,7 +46,8 @@ def coco_entries(det: Detections, spec: ModelSpec, image_id: int, file_name: Opt
 class ImageOutputs:
     """Writes one image's ``STEM.tsv`` and ``STEM.png`` into ``output`` and returns its COCO results entries.
 
-    ``score_threshold`` (``infer --nms-threshold``) drops detections below it before anything is written."""
+    ``score_threshold`` (``infer --nms-threshold``) drops detections below it before anything is written; the PNG
+    draws those scoring at least ``draw_threshold`` (``infer --draw-threshold``)."""
 
     def __init__(
         self,
@@ -55,11 +56,12 @@ class ImageOutputs:
         *,
         visualize: bool = True,
         score_threshold: Optional[float] = None,
+        draw_threshold: float = DRAW_THRESHOLD,
     ) -> None:
         self.output = Path(output)
         self.spec = spec
         self.visualize = visualize
-        self.score_threshold = score_threshold
+        self.score_threshold, self.draw_threshold = score_threshold, draw_threshold
         self.output.mkdir(parents=True, exist_ok=True)
 
     def write(self, image_id: int, path: PathLike, rgb: np.ndarray, det: Detections) -> List[dict]:
@@ -69,7 +71,8 @@ class ImageOutputs:
         spec = self.spec
         write_tsv(self.output / f"{path.stem}.tsv", det, spec.class_names, spec.label_ids)
         if self.visualize:
-            draw(rgb, det, spec.class_names, spec.label_ids, self.output / f"{path.stem}.png")
+            drawn = det.above(self.draw_threshold)
+            draw(rgb, drawn, spec.class_names, spec.label_ids, self.output / f"{path.stem}.png")
         return coco_entries(det, spec, image_id, path.name)
 
 

@@ -29,6 +29,9 @@ from .detections import Detections
 TSV_HEADER = "class\tlabel\tscore\tx1\ty1\tx2\ty2"
 LIBRARIES = ("auto", "opencv", "pillow")
 MASK_ALPHA = 0.5  # mask tint opacity
+#: ``infer``'s default ``--draw-threshold``: the PNGs show detections scoring at least this (the TSV and COCO
+#: results keep every detection the model returns)
+DRAW_THRESHOLD = 0.5
 _GOLDEN = 0.618033988749895
 _CV_FONT_PX = 22.0  # cv2.FONT_HERSHEY_SIMPLEX's text height (ascent + baseline) at fontScale 1
 

@@ -17,7 +17,7 @@ from .._io import atomic_write_json
 from ..config import ModelSpec
 from .coco import detections_to_coco
 from .stream import StreamResult, StreamStats
-from .visualize import draw, render, write_tsv
+from .visualize import DRAW_THRESHOLD, draw, render, write_tsv
 
 
 def output_stem(r: StreamResult) -> str:
@@ -42,12 +42,13 @@ class InferWriter:
         backend: str,
         visualize: bool = True,
         score_threshold: Optional[float] = None,
+        draw_threshold: float = DRAW_THRESHOLD,
         render_frames: bool = False,
         total: Optional[int] = None,
     ) -> None:
         self.output, self.spec, self.backend = Path(output), spec, backend
         self.visualize, self.score_threshold, self.render_frames = visualize, score_threshold, render_frames
-        self.total = total
+        self.total, self.draw_threshold = total, draw_threshold
         self.output.mkdir(parents=True, exist_ok=True)
         self.jsonl = open(self.output / "results.jsonl", "w", encoding="utf-8")  # noqa: SIM115 (closed in close)
         self.coco: List[Dict[str, Any]] = []
@@ -79,10 +80,11 @@ class InferWriter:
         ]
         stem = output_stem(r)
         write_tsv(self.output / f"{stem}.tsv", d, self.spec.class_names, self.spec.label_ids)
+        drawn = d.above(self.draw_threshold)  # the picture shows the confident detections; the files keep all
         if r.image is not None and self.render_frames:
-            extra["frame"] = render(r.image, d, self.spec.class_names, self.spec.label_ids)
+            extra["frame"] = render(r.image, drawn, self.spec.class_names, self.spec.label_ids)
         elif r.image is not None and self.visualize:
-            draw(r.image, d, self.spec.class_names, self.spec.label_ids, self.output / f"{stem}.png")
+            draw(r.image, drawn, self.spec.class_names, self.spec.label_ids, self.output / f"{stem}.png")
         return extra
 
     def add(self, r: StreamResult) -> None:

@@ -46,6 +46,7 @@ import numpy as np
 
 from .._io import atomic_write_json, atomic_write_text
 from ..errors import UserError
+from ..runtime.visualize import DRAW_THRESHOLD
 
 PathLike = Union[str, Path]
 #: ``progress(done, total, per_worker_counts)``, called on the driver as results arrive.
@@ -568,6 +569,7 @@ class _ShardWorker(RayDetector):
         output: Optional[str],
         visualize: bool,
         score_threshold: Optional[float],
+        draw_threshold: float = DRAW_THRESHOLD,
         **load: Any,
     ) -> None:
         super().__init__(model_path, **load)
@@ -582,6 +584,7 @@ class _ShardWorker(RayDetector):
                 self.detector.spec,
                 visualize=visualize,
                 score_threshold=score_threshold,
+                draw_threshold=draw_threshold,
             )
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
@@ -741,6 +744,7 @@ def _run_plan(
     output: Optional[str],
     visualize: bool,
     score_threshold: Optional[float],
+    draw_threshold: float,
     workers: int,
     gpus_per_worker: float,
     batch: int,
@@ -781,7 +785,12 @@ def _run_plan(
             _ShardWorker,
             fn_constructor_args=(model_path,),
             fn_constructor_kwargs=dict(
-                load, mode=plan.mode, output=output, visualize=visualize, score_threshold=score_threshold
+                load,
+                mode=plan.mode,
+                output=output,
+                visualize=visualize,
+                score_threshold=score_threshold,
+                draw_threshold=draw_threshold,
             ),
             batch_size=batch,
             compute=ray.data.ActorPoolStrategy(size=workers),
@@ -879,6 +888,7 @@ def infer_on_ray(
     score_threshold: Optional[float] = None,
     mask_threshold: Optional[float] = None,
     visualize: bool = True,
+    draw_threshold: float = DRAW_THRESHOLD,
     workers: Optional[int] = None,
     gpus_per_worker: Optional[float] = None,
     address: Optional[str] = None,
@@ -904,6 +914,7 @@ def infer_on_ray(
         "score_threshold": score_threshold,
         "mask_threshold": mask_threshold,
         "visualize": visualize,
+        "draw_threshold": draw_threshold,
     }
     with ray_session(address, local_num_cpus(workers)) as where:
         n, g, res = resolve_workers(workers, gpus_per_worker)
@@ -919,6 +930,7 @@ def infer_on_ray(
             output=str(out),
             visualize=visualize,
             score_threshold=score_threshold,
+            draw_threshold=draw_threshold,
             workers=n,
             gpus_per_worker=g,
             batch=batch,
@@ -1003,6 +1015,7 @@ def eval_on_ray(
             output=None,
             visualize=False,
             score_threshold=None,
+            draw_threshold=DRAW_THRESHOLD,
             workers=n,
             gpus_per_worker=g,
             batch=batch,

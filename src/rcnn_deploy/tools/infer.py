@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import typer
 
+from ..runtime.visualize import DRAW_THRESHOLD
 from . import args, detector
 from .detector import input_hw  # noqa: F401  (rcnn_deploy.tools.infer.input_hw: bench and serve import it)
 
@@ -45,6 +46,12 @@ def infer_command(
         None, callback=args.probability, help="Mask probability threshold in [0, 1] (default 0.5)."
     ),
     visualize: bool = typer.Option(True, help="Write a PNG per image."),
+    draw_threshold: float = typer.Option(
+        DRAW_THRESHOLD,
+        callback=args.probability,
+        help="The PNGs (and --save-video frames) draw detections with score >= this, in [0, 1]; the TSV and COCO"
+        " results keep every detection.",
+    ),
     backend: Optional[str] = typer.Option(
         None,
         callback=args.backend,
@@ -119,6 +126,7 @@ def infer_command(
             nms_threshold=nms_threshold,
             mask_threshold=mask_threshold,
             visualize=visualize,
+            draw_threshold=draw_threshold,
             backend=backend,
             ray_address=ray_address,
             workers=workers,
@@ -153,6 +161,7 @@ def infer_command(
         backend=det.backend,
         visualize=visualize,
         score_threshold=nms_threshold,
+        draw_threshold=draw_threshold,
         render_frames=video,
         total=total,
     )
