@@ -53,6 +53,21 @@ def test_sync_free_forward_equals_the_eager_forward(shapes):
 
 
 @pytest.mark.full
+def test_faster_rcnn_sync_free_forward_equals_the_eager_forward(shapes):
+    """Faster R-CNN (the project's checkpoint without its mask head) through the same sync-free forward."""
+    from rcnn_deploy.models.build import build_model
+
+    _, x = shapes
+    net = build_model("torchvision-fasterrcnn", str(CKPT))
+    ref, _ = _run(net, x)
+    assert int(ref["num_detections"].sum()) > 0 and "masks" not in ref
+    out, converged = _run(net, x, rounds=24)
+    assert bool(converged) and set(out) == set(ref)
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k], rtol=0, atol=1e-5, msg=k)
+
+
+@pytest.mark.full
 def test_too_few_nms_rounds_are_flagged(shapes):
     """One round of the fixpoint is not greedy NMS on a real image: the flag must say so (the GPU model then
     re-runs the batch without the limit)."""
