@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-from typing import List
+import shutil
+import sys
+from pathlib import Path
+from typing import Iterator, List
 
 import pytest
 
@@ -37,6 +40,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
     if full:
         items[:] = [it for it in items if it.get_closest_marker("full") is None]
         config.hook.pytest_deselected(items=full)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_scratch_is_removed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The folders a module's fixtures make with ``tmp_path_factory.mktemp`` (exports, checkpoints, datasets: one
+    R50-FPN export is 170 MB) are removed when the module ends, so the suite's disk use is one module's at a time
+    (CI ran out of disk with every module's kept to the end). A test's own ``tmp_path`` is pytest's: removed when
+    the test passes, kept when it fails (``tmp_path_retention_policy = "failed"`` in pyproject.toml)."""
+    made: List[Path] = []
+    original = tmp_path_factory.mktemp
+
+    def mktemp(basename: str, numbered: bool = True) -> Path:
+        path = original(basename, numbered)
+        if sys._getframe(1).f_code.co_name != "_mk_tmp":  # not a test's tmp_path (pytest's retention policy)
+            made.append(path)
+        return path
+
+    tmp_path_factory.mktemp = mktemp  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del tmp_path_factory.mktemp  # the class's method again
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
