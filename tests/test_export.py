@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from rcnn_deploy import get_spec  # noqa: E402
 from rcnn_deploy.contract import Contract  # noqa: E402
 from rcnn_deploy.evaluation.parity import compare_detections  # noqa: E402
 from rcnn_deploy.export import export_onnx  # noqa: E402
@@ -27,9 +28,18 @@ TOL = dict(min_box_iou=0.995, max_score_diff=1e-3, min_mask_iou=0.98)
 
 
 def check(ref: dict, cand: dict, masks: bool) -> None:
-    rep = compare_detections(Detections.from_padded(ref), Detections.from_padded(cand), pasted_masks=False)
+    """Every detection matched, except one whose NMS decision sits on the IoU threshold (0.5 +- 1e-3; the two
+    backends' fp32 summation orders decide it differently) and the one it displaces from the 100-detection cap."""
+    spec = get_spec("torchvision-maskrcnn")
+    refs, cands = Detections.from_padded(ref), Detections.from_padded(cand)
+    rep = compare_detections(
+        refs, cands, pasted_masks=False, nms_iou=spec.box_nms_thresh, max_detections=spec.detections_per_img
+    )
     assert rep.reference_detections > 20
-    assert rep.matched == rep.reference_detections == rep.candidate_detections, rep.unmatched[:5]
+    assert not rep.unmatched, rep.unmatched[:5]
+    assert rep.matched + rep.explained_count("ref") == rep.reference_detections
+    assert rep.matched + rep.explained_count("cand") == rep.candidate_detections
+    assert sum(e[3] == "nms tie" for e in rep.explained) <= len(refs), rep.explained  # at most one per image
     assert rep.min_box_iou > TOL["min_box_iou"]
     assert rep.max_score_diff < TOL["max_score_diff"]
     if masks:
@@ -239,7 +249,6 @@ def test_detectron2_flavour_exports_match_pytorch(graph, tmp_path):
     """BGR flip, ROIAlignV2 (aligned, adaptive sampling) and the D2 thresholds survive export to ONNX Runtime.
     D2 keeps sub-pixel boxes (no min-size filter), whose IoU is sensitive to 1e-3 px, so boxes are compared
     by coordinates here: max |diff| < 0.05 px."""
-    from rcnn_deploy import get_spec
     from rcnn_deploy.backends.onnxruntime import OnnxRuntimeBackend
     from rcnn_deploy.models.rcnn import DeployRCNN
     from rcnn_deploy.models.testing import confident_state_dict

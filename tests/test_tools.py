@@ -66,8 +66,10 @@ def test_detector_api_onnxruntime_matches_torch_checkpoint(setup):
     a, b = ort_det(images), torch_det(images)
     from rcnn_deploy.evaluation.parity import compare_detections
 
-    rep = compare_detections(b, a)
-    assert rep.reference_detections > 0 and rep.recall == 1.0 and rep.min_mask_iou > 0.95
+    spec = torch_det.spec
+    rep = compare_detections(b, a, nms_iou=spec.box_nms_thresh, max_detections=spec.detections_per_img)
+    assert rep.reference_detections > 0 and rep.recall_with_ties == 1.0 and not rep.unmatched, rep.explained
+    assert rep.min_mask_iou > 0.95
     assert a[0].masks.shape[1:] == (256, 256) and a[0].masks.dtype == bool
     synth = ort_det([root / "data" / "images" / "000000.png"])[0]
     assert synth.masks.shape[1:] == (200, 300)  # pasted into the original image
@@ -86,7 +88,8 @@ def test_compare_passes_then_fails_on_a_perturbed_model(setup, tv_mask_model):
     ]
     res = runner.invoke(app, args + ["--report", str(root / "parity.json")])
     assert res.exit_code == 0, res.output
-    assert json.loads((root / "parity.json").read_text())["report"]["recall"] == 1.0
+    parity = json.loads((root / "parity.json").read_text())["report"]
+    assert parity["recall_with_ties"] == 1.0 and not parity["unmatched"], parity["explained"]
     model, sd = tv_mask_model
     bad = {k: v.clone() for k, v in sd.items()}
     bad["roi_heads.box_predictor.cls_score.bias"] += torch.linspace(

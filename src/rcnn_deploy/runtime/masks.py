@@ -195,6 +195,10 @@ class PastedMasks:
         y0, y1, x0, x1, prob = r
         return y0, y1, x0, x1, _threshold(prob, self.method, self.threshold)
 
+    def binary(self, i: int) -> np.ndarray:
+        """Mask ``i``'s ``M x M`` probabilities thresholded as the paste thresholds them (box coordinates)."""
+        return _threshold(self.probs[i], self.method, self.threshold)
+
     def dense(self, i: int) -> np.ndarray:
         out = np.zeros(self.image_hw, dtype=bool)
         r = self.region(i)
