@@ -32,7 +32,9 @@ from .runtime.stream import (
     SubmitModel,
     check_finite,
     default_processes,
+    non_finite_error,
     run_stream,
+    submit_batch,
 )
 
 ImageLike = Union[str, Path, np.ndarray]
@@ -68,23 +70,25 @@ class Detector:
         precision: str = "fp32",
         cuda_graph: bool = True,
         gpu_decode: bool = False,
+        gpu_post: bool = False,
         **spec_overrides: Any,
     ) -> Detector:
         """``path``: an export directory / a file in one (uses its contract.json), or a checkpoint (``.pth``,
         ``.pkl``, a torchvision enum name) with ``model=`` and ``input_hw=`` for the PyTorch backend.
-        ``device="cuda"``, ``precision`` (fp32 / fp16 / bf16), ``cuda_graph`` and ``gpu_decode`` (JPEGs decoded and
-        letterboxed on the GPU): the PyTorch backend on a GPU (:class:`rcnn_deploy.backends.torch_cuda`)."""
+        ``device="cuda"``, ``precision`` (fp32 / fp16 / bf16), ``cuda_graph``, ``gpu_decode`` (JPEGs decoded and
+        letterboxed on the GPU) and ``gpu_post`` (boxes mapped back, masks pasted and RLE-encoded on the GPU):
+        the PyTorch backend on a GPU (:class:`rcnn_deploy.backends.torch_cuda`)."""
         p = Path(path)
         directory = p if p.is_dir() else p.parent
-        if (precision != "fp32" or gpu_decode) and (
+        if (precision != "fp32" or gpu_decode or gpu_post) and (
             p.suffix.lower() in ENGINE_SUFFIXES or (directory / "contract.json").is_file()
         ):
             raise UserError(
-                "precision and GPU decoding are options of the PyTorch backend; an export or engine runs at the "
-                "precision it was built with",
+                "precision, GPU decoding and GPU post-processing are options of the PyTorch backend; an export or "
+                "engine runs at the precision it was built with",
                 where=path,
                 fix="pass the checkpoint instead (CLI: --device cuda --precision fp16), or drop --precision and "
-                "--gpu-decode",
+                "--gpu-decode (Python: gpu_post=False)",
             )
         if p.suffix.lower() in ENGINE_SUFFIXES and backend in (None, "tensorrt"):
             return cls.from_engine(p)
@@ -112,7 +116,7 @@ class Detector:
                 fix="use --backend torch (or leave --backend out), or export it first with rcnn-deploy export",
             )
         return cls.from_torch(
-            model, str(path), input_hw, batch, device, precision, cuda_graph, gpu_decode, **spec_overrides
+            model, str(path), input_hw, batch, device, precision, cuda_graph, gpu_decode, gpu_post, **spec_overrides
         )
 
     @classmethod
@@ -126,6 +130,7 @@ class Detector:
         precision: str = "fp32",
         cuda_graph: bool = True,
         gpu_decode: bool = False,
+        gpu_post: bool = False,
         **spec_overrides: Any,
     ) -> Detector:
         """The PyTorch deploy model. ``input_hw`` defaults to the size an rcnn-deploy checkpoint was trained
@@ -133,7 +138,7 @@ class Detector:
         from .models.build import build_model
 
         net = build_model(model, weights, **spec_overrides)
-        return cls.from_module(net, input_hw, batch, device, precision, cuda_graph, gpu_decode)
+        return cls.from_module(net, input_hw, batch, device, precision, cuda_graph, gpu_decode, gpu_post)
 
     @classmethod
     def from_module(
@@ -145,12 +150,15 @@ class Detector:
         precision: str = "fp32",
         cuda_graph: bool = True,
         gpu_decode: bool = False,
+        gpu_post: bool = False,
     ) -> Detector:
         """A deploy-form model already in memory (``DeployRCNN``), run on ``device``. ``input_hw`` defaults to
         the size its checkpoint recorded, else 800 x 800. On a CUDA device the model is a
         :class:`~rcnn_deploy.backends.torch_cuda.CudaGraphModel` (``precision``, ``cuda_graph``) taking uint8
         images (``gpu_decode``: JPEG files decoded and letterboxed on the GPU, :class:`GpuLetterbox
-        <rcnn_deploy.backends.torch_cuda.GpuLetterbox>`); on the CPU it runs eagerly in fp32."""
+        <rcnn_deploy.backends.torch_cuda.GpuLetterbox>`; ``gpu_post``: boxes mapped back to the original image,
+        masks pasted, thresholded and RLE-encoded on the GPU, :mod:`rcnn_deploy.glue.gpu_post`, so only compact
+        results come back to the host); on the CPU it runs eagerly in fp32 (and ``gpu_post`` is refused)."""
         import torch
 
         from .backends.torch_cuda import PRECISIONS, CudaGraphModel, GpuBatchModel, GpuLetterbox
@@ -166,13 +174,21 @@ class Detector:
             det = cls(net.spec, input_hw, _fixed_batch(gpu.run_numpy, batch, batch), "torch", batch)
             det.input_dtype = np.dtype(np.uint8)  # a quarter of float32's upload; the graph casts on the GPU
             det.module, det.cuda_model = gpu.net, gpu
-            if gpu_decode:
+            if gpu_decode or gpu_post:
+                from .glue.gpu_post import GpuPost
+
+                # with gpu_post alone the items are host-letterboxed arrays, which GpuLetterbox uploads
                 lb = GpuLetterbox(input_hw, det.fill, net.spec.resize, device, det.max_pixels)
-                det.batch_model = GpuBatchModel(gpu, lb, batch)
-                det.gpu_decode = True
+                post = GpuPost(net.spec.mask_paste, net.spec.mask_threshold) if gpu_post else None
+                det.batch_model = GpuBatchModel(gpu, lb, batch, post)
+                det.gpu_decode = gpu_decode
             return det
         if gpu_decode:
             raise UserError("GPU decoding needs a CUDA device", where="--gpu-decode", fix="pass --device cuda")
+        if gpu_post:
+            raise UserError(
+                "post-processing on the GPU needs a CUDA device", where="gpu_post", fix="pass device='cuda'"
+            )
         if precision != "fp32":
             raise UserError(
                 f"precision {precision} needs a CUDA device; the CPU runs the PyTorch model in fp32",
@@ -369,7 +385,7 @@ class Detector:
                 assert p.array is not None  # prepared without an error
                 arrays.append(p.array)
             model = self.batch_model or BatchModel(self._run, 1, max(self.batch, 1))
-            outs = model.submit(arrays)()
+            outs = submit_batch(model, arrays, [p.letterbox for p in prepared])()
             return [
                 self.detections_for(p.letterbox, {k: v[i : i + 1] for k, v in outs.items()}, p.item.name)
                 for i, p in enumerate(prepared)
@@ -432,11 +448,19 @@ class HostStages:
         return Prepared(item, a, lb, rgb if self.keep_images else None)
 
     def detections_for(self, lb: Letterbox, outputs: Dict[str, np.ndarray], name: str = "") -> Detections:
+        """One image's outputs (batch of 1) -> its detections: padded model outputs (boxes mapped back to the
+        original image here, masks pasted lazily, :class:`PastedMasks`), or the compact results of the GPU
+        post-processing (``detections`` and ``finite``: :func:`rcnn_deploy.glue.gpu_post.postprocess_batch`,
+        already in original pixels, masks as :class:`~rcnn_deploy.runtime.masks.RleMasks`)."""
         if "errors" in outputs:  # a GPU-decoded batch: this image may have failed there
             outputs = dict(outputs)
             error = outputs.pop("errors")[0]
             if error is not None:
                 raise UserError(str(error))
+        if "detections" in outputs:  # post-processed on the device
+            if not bool(outputs["finite"][0]):
+                raise non_finite_error(name)
+            return cast(Detections, outputs["detections"][0])
         d = Detections.from_padded(outputs)[0]
         check_finite(d, name)
         d.boxes = lb.boxes_to_original(d.boxes)

@@ -213,18 +213,32 @@ class GpuLetterbox:
 
 
 class GpuBatchModel:
-    """The runner's model (``submit(items) -> wait()``) for :class:`CudaGraphModel` with GPU decode: items are
-    JPEG bytes or letterboxed arrays (see :class:`GpuLetterbox`); outputs come back as host arrays, plus an
-    ``errors`` column (None, or why that image failed)."""
+    """The runner's model (``submit(items) -> wait()``) for :class:`CudaGraphModel`: items are JPEG bytes or
+    letterboxed uint8 arrays (see :class:`GpuLetterbox`); outputs come back as host arrays, plus an ``errors``
+    column (None, or why that image failed).
 
-    def __init__(self, model: CudaGraphModel, letterbox: GpuLetterbox, batch: int) -> None:
+    ``post`` (a :class:`rcnn_deploy.glue.gpu_post.GpuPost`): post-process each batch on the device instead, so
+    only compact results come back (``detections``: each image's detections in original pixels with RLE masks,
+    ``finite``; :meth:`rcnn_deploy.api.HostStages.detections_for` takes them); ``submit`` then needs each
+    image's letterbox (``takes_letterboxes``: the runner passes them). ``model`` is any callable from a
+    ``[B, 3, H, W]`` uint8 batch on the device to the padded outputs there (the tests run the eager model on the
+    CPU)."""
+
+    def __init__(self, model: Any, letterbox: GpuLetterbox, batch: int, post: Any = None) -> None:
         self.model, self.letterbox, self.lo, self.hi = model, letterbox, 1, batch
+        self.post = post
+        self.takes_letterboxes = post is not None
 
-    def submit(self, items: List[np.ndarray]) -> Any:
+    def submit(self, items: List[np.ndarray], letterboxes: Optional[List[Any]] = None) -> Any:
         x, errors = self.letterbox(items, self.hi)
         out = self.model(x)
         n = len(items)
-        host = {k: v[:n].cpu().numpy() for k, v in out.items()}
+        if self.post is not None:
+            if letterboxes is None or len(letterboxes) != n:
+                raise ValueError("GpuBatchModel with post-processing on the device needs each image's letterbox")
+            host = self.post({k: v[:n] for k, v in out.items()}, letterboxes)
+        else:
+            host = {k: v[:n].cpu().numpy() for k, v in out.items()}
         host["errors"] = np.array(errors, dtype=object)
         return lambda: host
 

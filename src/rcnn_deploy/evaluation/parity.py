@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..runtime.detections import Detections
+from ..runtime.masks import PastedMasks
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -162,7 +163,7 @@ def compare_detections(
             box_diffs.append(float(np.abs(r.boxes[i] - c.boxes[j]).max()))
             score_diffs.append(abs(float(r.scores[i]) - float(c.scores[j])))
             pr, pc = r.pasted, c.pasted
-            if pr is not None and pc is not None and pr.probs.shape[1:] == pc.probs.shape[1:]:
+            if isinstance(pr, PastedMasks) and isinstance(pc, PastedMasks) and pr.probs.shape[1:] == pc.probs.shape[1:]:
                 # lazily pasted on both sides: compare the models' own M x M masks. Pasting is the same host code
                 # for both, and it truncates the grown box to whole pixels, so a box edge 1e-4 px either side of an
                 # integer shifts the whole pasted mask by a pixel (mask IoU 0.82 for an 8-pixel-tall box, seen)

@@ -6,7 +6,7 @@ from typing import Any, List, Mapping, Optional
 
 import numpy as np
 
-from .masks import PastedMasks
+from .masks import LazyMasks
 
 
 class Detections:
@@ -16,10 +16,11 @@ class Detections:
     labels as the model reports them, and optionally ``masks``: ``[N, M, M]`` float32 probabilities in box
     coordinates (before pasting) or ``[N, H, W]`` bool pasted into the image.
 
-    The runtime gives pasted masks lazily: it stores a :class:`~rcnn_deploy.runtime.masks.PastedMasks`
-    (``M x M`` probabilities + boxes), available as :attr:`pasted`, and ``masks`` pastes the dense
-    ``[N, H, W]`` bool array only when read (then keeps it). Writers that can work per box region (COCO RLE,
-    drawing) use :attr:`pasted` and never make an image-sized array.
+    The runtime gives pasted masks lazily: it stores a :class:`~rcnn_deploy.runtime.masks.LazyMasks` (a
+    :class:`~rcnn_deploy.runtime.masks.PastedMasks`: ``M x M`` probabilities + boxes, or, from the GPU
+    post-processing, a :class:`~rcnn_deploy.runtime.masks.RleMasks`: runs), available as :attr:`pasted`, and
+    ``masks`` makes the dense ``[N, H, W]`` bool array only when read (then keeps it). Writers that can work per
+    box region (COCO RLE, drawing) use :attr:`pasted` and never make an image-sized array.
     """
 
     __slots__ = ("boxes", "scores", "classes", "_masks", "_dense")
@@ -32,7 +33,7 @@ class Detections:
 
     @property
     def masks(self) -> Optional[np.ndarray]:
-        if isinstance(self._masks, PastedMasks):
+        if isinstance(self._masks, LazyMasks):
             if self._dense is None:
                 self._dense = np.asarray(self._masks)
             return self._dense
@@ -43,9 +44,9 @@ class Detections:
         self._masks, self._dense = value, None
 
     @property
-    def pasted(self) -> Optional[PastedMasks]:
+    def pasted(self) -> Optional[LazyMasks]:
         """The lazily pasted masks (None when the masks are a plain array or absent)."""
-        return self._masks if isinstance(self._masks, PastedMasks) else None
+        return self._masks if isinstance(self._masks, LazyMasks) else None
 
     @property
     def has_masks(self) -> bool:

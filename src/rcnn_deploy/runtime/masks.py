@@ -7,6 +7,9 @@
   ``grid_sample(align_corners=False)`` and zero padding, in continuous box coordinates; ``>= threshold``.
 
 Both resamplings are separable, so each mask is pasted as ``Wy @ mask @ Wx.T`` over the box's pixels only.
+
+:class:`PastedMasks` pastes lazily from the probabilities; :class:`RleMasks` holds masks as runs computed elsewhere
+(the GPU post-processing, :mod:`rcnn_deploy.glue.gpu_post`); both have the interface of :class:`LazyMasks`.
 """
 
 from __future__ import annotations
@@ -126,14 +129,14 @@ def _threshold(prob: np.ndarray, method: str, threshold: float) -> np.ndarray:
     return prob >= threshold if method == "detectron2" else prob > threshold
 
 
-def rle_counts(crop: np.ndarray, y0: int, x0: int, image_hw: Tuple[int, int]) -> List[int]:
-    """COCO's uncompressed RLE counts (column-major runs, starting with a run of 0s) of an ``[H, W]`` bool mask
-    that is 0 everywhere except the ``crop`` placed at ``(y0, x0)``, computed from the crop alone."""
-    h_img, w_img = image_hw
+def rle_runs(crop: np.ndarray, y0: int, x0: int, image_hw: Tuple[int, int]) -> np.ndarray:
+    """The runs of 1s of an ``[H, W]`` bool mask that is 0 everywhere except the ``crop`` placed at ``(y0, x0)``,
+    in COCO's column-major pixel order: ``[R, 2]`` int64 ``(start, end)`` positions (``end`` exclusive), sorted,
+    each run maximal. Computed from the crop alone."""
+    h_img = int(image_hw[0])
     ch, cw = crop.shape
-    total = h_img * w_img
     if crop.size == 0 or not crop.any():
-        return [total]
+        return np.zeros((0, 2), dtype=np.int64)
     # each crop column, then a 0: every run of 1s starts and ends inside its own column's segment
     cols = np.zeros((cw, ch + 1), dtype=np.int8)
     cols[:, :ch] = crop.T
@@ -151,16 +154,101 @@ def rle_counts(crop: np.ndarray, y0: int, x0: int, image_hw: Tuple[int, int]) ->
         keep = ~split
         starts = np.concatenate([starts[:1], starts[1:][keep]])
         ends = np.concatenate([ends[:-1][keep], ends[-1:]])
-    bounds = np.empty(2 * starts.size + 2, dtype=np.int64)
+    return np.stack([starts, ends], axis=1).astype(np.int64, copy=False)
+
+
+def counts_from_runs(runs: np.ndarray, total: int) -> List[int]:
+    """COCO's uncompressed RLE counts (alternating runs of 0s and 1s, starting with 0s) of an image of ``total``
+    pixels from its sorted, maximal runs of 1s (``[R, 2]`` column-major ``(start, end)``, :func:`rle_runs`)."""
+    if runs.shape[0] == 0:
+        return [int(total)]
+    bounds = np.empty(2 * runs.shape[0] + 2, dtype=np.int64)
     bounds[0], bounds[-1] = 0, total
-    bounds[1:-1:2], bounds[2:-1:2] = starts, ends
+    bounds[1:-1] = runs.reshape(-1)
     counts = np.diff(bounds).tolist()
     if counts[-1] == 0:  # a mask ending in 1s has no closing run of 0s (as pycocotools writes it)
         counts.pop()
     return counts
 
 
-class PastedMasks:
+def rle_counts(crop: np.ndarray, y0: int, x0: int, image_hw: Tuple[int, int]) -> List[int]:
+    """COCO's uncompressed RLE counts (column-major runs, starting with a run of 0s) of an ``[H, W]`` bool mask
+    that is 0 everywhere except the ``crop`` placed at ``(y0, x0)``, computed from the crop alone."""
+    return counts_from_runs(rle_runs(crop, y0, x0, image_hw), int(image_hw[0]) * int(image_hw[1]))
+
+
+def _compress(counts: List[int], image_hw: Tuple[int, int]) -> Dict[str, Any]:
+    """Uncompressed counts -> ``{"size": [H, W], "counts": str}`` (pycocotools' compressed form)."""
+    from pycocotools import mask as mask_util
+
+    h, w = image_hw
+    rle = mask_util.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+    return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+
+
+class LazyMasks:
+    """``N`` bool masks in an ``(H, W)`` image that behave like the ``[N, H, W]`` array :func:`paste_masks`
+    returns (``shape``, ``ndim``, ``dtype``, ``len``, ``m[i]`` -> one ``[H, W]`` mask, ``m[keep]`` -> a subset,
+    ``np.asarray(m)`` -> the dense array) without holding it: :meth:`region` gives one mask's box-region crop,
+    :meth:`rle` its COCO RLE and :meth:`area` its pixel count, so no image-sized array is made unless asked for.
+
+    :class:`PastedMasks` pastes them on the host from ``M x M`` probabilities; :class:`RleMasks` holds them as
+    runs that were computed elsewhere (the GPU post-processing of ``rcnn_deploy.glue.gpu_post``)."""
+
+    ndim = 3
+    dtype = np.dtype(bool)
+    image_hw: Tuple[int, int]
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return (len(self), *self.image_hw)
+
+    def region(self, i: int) -> Optional[Tuple[int, int, int, int, np.ndarray]]:
+        """``(y0, y1, x0, x1, bool crop)`` of mask ``i``'s box region (0 everywhere else), or None if empty."""
+        raise NotImplementedError
+
+    def rle(self, i: int) -> Dict[str, Any]:
+        """Mask ``i`` as COCO RLE (``{"size": [H, W], "counts": str}``, pycocotools' compressed form)."""
+        raise NotImplementedError
+
+    def area(self, i: int) -> int:
+        raise NotImplementedError
+
+    def subset(self, key: Any) -> LazyMasks:
+        """The masks ``key`` selects (an index array, a bool mask or a slice), as the same kind of object."""
+        raise NotImplementedError
+
+    def dense(self, i: int) -> np.ndarray:
+        out = np.zeros(self.image_hw, dtype=bool)
+        r = self.region(i)
+        if r is not None:
+            y0, y1, x0, x1, crop = r
+            out[y0:y1, x0:x1] = crop
+        return out
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, (int, np.integer)):
+            return self.dense(int(key))
+        return self.subset(key)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self.dense(i)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = np.zeros(self.shape, dtype=bool)
+        for i in range(len(self)):
+            r = self.region(i)
+            if r is not None:
+                y0, y1, x0, x1, crop = r
+                out[i, y0:y1, x0:x1] = crop
+        return out if dtype is None else out.astype(dtype)
+
+
+class PastedMasks(LazyMasks):
     """``N`` masks in an ``(H, W)`` image, pasted on demand from their ``[N, M, M]`` probabilities and boxes.
 
     Behaves like the ``[N, H, W]`` bool array :func:`paste_masks` returns (``shape``, ``ndim``, ``dtype``,
@@ -169,9 +257,6 @@ class PastedMasks:
     :meth:`rle` its COCO RLE computed from that crop, so no image-sized array is made unless asked for.
     """
 
-    ndim = 3
-    dtype = np.dtype(bool)
-
     def __init__(
         self, probs: np.ndarray, boxes: np.ndarray, image_hw: Tuple[int, int], method: str, threshold: float
     ) -> None:
@@ -179,10 +264,6 @@ class PastedMasks:
         self.boxes = np.asarray(boxes, dtype=np.float32)
         self.image_hw = (int(image_hw[0]), int(image_hw[1]))
         self.method, self.threshold = method, float(threshold)
-
-    @property
-    def shape(self) -> Tuple[int, int, int]:
-        return (int(self.probs.shape[0]), *self.image_hw)
 
     def __len__(self) -> int:
         return int(self.probs.shape[0])
@@ -199,36 +280,18 @@ class PastedMasks:
         """Mask ``i``'s ``M x M`` probabilities thresholded as the paste thresholds them (box coordinates)."""
         return _threshold(self.probs[i], self.method, self.threshold)
 
-    def dense(self, i: int) -> np.ndarray:
-        out = np.zeros(self.image_hw, dtype=bool)
-        r = self.region(i)
-        if r is not None:
-            y0, y1, x0, x1, crop = r
-            out[y0:y1, x0:x1] = crop
-        return out
-
     def rle(self, i: int) -> Dict[str, Any]:
         """Mask ``i`` as COCO RLE (``{"size": [H, W], "counts": str}``, pycocotools' compressed form)."""
-        from pycocotools import mask as mask_util
-
         r = self.region(i)
         counts = [self.image_hw[0] * self.image_hw[1]] if r is None else rle_counts(r[4], r[0], r[2], self.image_hw)
-        h, w = self.image_hw
-        rle = mask_util.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-        return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+        return _compress(counts, self.image_hw)
 
     def area(self, i: int) -> int:
         r = self.region(i)
         return 0 if r is None else int(r[4].sum())
 
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, (int, np.integer)):
-            return self.dense(int(key))
+    def subset(self, key: Any) -> PastedMasks:
         return PastedMasks(self.probs[key], self.boxes[key], self.image_hw, self.method, self.threshold)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        for i in range(len(self)):
-            yield self.dense(i)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = paste_masks(self.probs, self.boxes, self.image_hw, self.method, self.threshold)
@@ -236,3 +299,93 @@ class PastedMasks:
 
     def __repr__(self) -> str:
         return f"PastedMasks(n={len(self)}, image_hw={self.image_hw}, method={self.method!r})"
+
+
+class RleMasks(LazyMasks):
+    """``N`` masks in an ``(H, W)`` image held as their runs of 1s: what the GPU post-processing
+    (:func:`rcnn_deploy.glue.gpu_post.paste_runs`) brings back instead of ``M x M`` probabilities. The same
+    interface as :class:`PastedMasks` (see :class:`LazyMasks`); COCO RLE counts are differences of the run
+    positions, and a region or dense mask is filled from the runs.
+
+    ``runs [R, 2]`` int: ``(start, end)`` (end exclusive) in COCO's column-major pixel order (``x * H + y``),
+    sorted and maximal within each mask; ``offsets [N + 1]``: mask ``i``'s runs are
+    ``runs[offsets[i]:offsets[i + 1]]``; ``regions [N, 4]`` int ``(y0, y1, x0, x1)``: the box region each mask
+    was pasted into (every run lies inside it; empty when ``y1 <= y0`` or ``x1 <= x0``).
+    """
+
+    def __init__(self, runs: np.ndarray, offsets: np.ndarray, regions: np.ndarray, image_hw: Tuple[int, int]) -> None:
+        self.runs = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
+        self.offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+        self.regions = np.asarray(regions, dtype=np.int64).reshape(-1, 4)
+        self.image_hw = (int(image_hw[0]), int(image_hw[1]))
+        n = self.regions.shape[0]
+        if self.offsets.shape[0] != n + 1 or self.offsets[0] != 0 or self.offsets[-1] != self.runs.shape[0]:
+            raise ValueError(
+                f"RleMasks: offsets {self.offsets.shape[0]} for {n} masks and {self.runs.shape[0]} runs; "
+                "want N + 1 offsets from 0 to the number of runs"
+            )
+
+    @classmethod
+    def from_masks(cls, masks: LazyMasks) -> RleMasks:
+        """The runs of other lazy masks (e.g. :class:`PastedMasks`), computed from their box regions."""
+        regions = np.zeros((len(masks), 4), dtype=np.int64)
+        runs: List[np.ndarray] = []
+        for i in range(len(masks)):
+            r = masks.region(i)
+            if r is None:
+                runs.append(np.zeros((0, 2), dtype=np.int64))
+                continue
+            regions[i] = r[:4]
+            runs.append(rle_runs(r[4], r[0], r[2], masks.image_hw))
+        offsets = np.concatenate([[0], np.cumsum([len(r) for r in runs], dtype=np.int64)])
+        flat = np.concatenate(runs) if runs else np.zeros((0, 2), dtype=np.int64)
+        return cls(flat, offsets, regions, masks.image_hw)
+
+    def __len__(self) -> int:
+        return int(self.regions.shape[0])
+
+    def runs_of(self, i: int) -> np.ndarray:
+        return self.runs[self.offsets[i] : self.offsets[i + 1]]
+
+    def counts(self, i: int) -> List[int]:
+        """Mask ``i``'s uncompressed COCO RLE counts."""
+        return counts_from_runs(self.runs_of(i), self.image_hw[0] * self.image_hw[1])
+
+    def rle(self, i: int) -> Dict[str, Any]:
+        """Mask ``i`` as COCO RLE (``{"size": [H, W], "counts": str}``, pycocotools' compressed form)."""
+        return _compress(self.counts(i), self.image_hw)
+
+    def area(self, i: int) -> int:
+        r = self.runs_of(i)
+        return int((r[:, 1] - r[:, 0]).sum())
+
+    def region(self, i: int) -> Optional[Tuple[int, int, int, int, np.ndarray]]:
+        """``(y0, y1, x0, x1, bool crop)`` of mask ``i``'s box region (0 everywhere else), or None if empty."""
+        y0, y1, x0, x1 = (int(v) for v in self.regions[i])
+        rh, rw = y1 - y0, x1 - x0
+        if rh <= 0 or rw <= 0:
+            return None
+        runs = self.runs_of(i)
+        h_img = self.image_hw[0]
+        # a run's start in the crop's own column-major order; its end is start + length (a run crosses a column
+        # only when the region spans the image's full height, and then this order is the image's, shifted)
+        col, row = np.divmod(runs[:, 0], h_img)
+        start = (col - x0) * rh + (row - y0)
+        end = start + (runs[:, 1] - runs[:, 0])
+        step = np.zeros(rh * rw + 1, dtype=np.int8)
+        step[start] += 1  # starts are distinct, and so are ends (one may fall where another run starts)
+        step[end] -= 1
+        crop = np.cumsum(step[:-1], dtype=np.int8).astype(bool).reshape(rw, rh).T
+        return y0, y1, x0, x1, crop
+
+    def subset(self, key: Any) -> RleMasks:
+        idx = np.arange(len(self))[key]
+        lengths = self.offsets[idx + 1] - self.offsets[idx]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        # every selected mask's run indices, in selection order
+        first = np.repeat(self.offsets[idx] - offsets[:-1], lengths)
+        take = np.arange(int(offsets[-1]), dtype=np.int64) + first
+        return RleMasks(self.runs[take], offsets, self.regions[idx], self.image_hw)
+
+    def __repr__(self) -> str:
+        return f"RleMasks(n={len(self)}, image_hw={self.image_hw}, runs={self.runs.shape[0]})"

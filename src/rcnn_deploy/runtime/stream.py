@@ -35,8 +35,10 @@ Outputs = Dict[str, np.ndarray]
 
 
 class SubmitModel(Protocol):
-    """The runner's model interface: :class:`BatchModel` and its subclasses, and the GPU-decode model of
-    ``backends.torch_cuda`` (a batch of encoded images rather than arrays)."""
+    """The runner's model interface: :class:`BatchModel` and its subclasses, and the GPU model of
+    ``backends.torch_cuda`` (a batch of encoded images rather than arrays, and, when it post-processes on the
+    device, each image's letterbox too: a model with ``takes_letterboxes`` true is called
+    ``submit(images, letterboxes)``, see :func:`submit_batch`)."""
 
     lo: int
     hi: int
@@ -44,6 +46,14 @@ class SubmitModel(Protocol):
     def submit(self, images: List[np.ndarray]) -> Callable[[], Outputs]: ...
 
     def close(self) -> None: ...
+
+
+def submit_batch(model: Any, images: List[np.ndarray], letterboxes: List[Any]) -> Callable[[], Outputs]:
+    """``model.submit(images)``, with the images' letterboxes for a model that takes them (``takes_letterboxes``:
+    it maps boxes and pastes masks itself, ``backends.torch_cuda.GpuBatchModel`` with ``post``)."""
+    if getattr(model, "takes_letterboxes", False):
+        return model.submit(images, letterboxes)
+    return model.submit(images)
 
 
 class BatchModel:
@@ -77,7 +87,7 @@ class Prepared:
 @dataclass
 class StreamResult:
     """One image's outcome: ``detections`` in original-image coordinates (masks as
-    :class:`~rcnn_deploy.runtime.masks.PastedMasks`), or ``error`` when it failed; ``image`` is the decoded
+    :class:`~rcnn_deploy.runtime.masks.LazyMasks`), or ``error`` when it failed; ``image`` is the decoded
     RGB when the run keeps images; ``extra`` is what the caller's per-image function returned."""
 
     item: Item
@@ -308,9 +318,9 @@ def run_stream(
             return pool.submit(_finish, postprocess, per_image, p, outs, error)
         return procs.submit(_worker_finish, p, outs, error)
 
-    def timed_submit(images: List[np.ndarray]) -> Callable[[], Outputs]:
+    def timed_submit(images: List[np.ndarray], letterboxes: List[Any]) -> Callable[[], Outputs]:
         t0 = time.perf_counter()
-        wait_outputs = model.submit(images)
+        wait_outputs = submit_batch(model, images, letterboxes)
         stats.model_submit_s += time.perf_counter() - t0
 
         def timed_wait() -> Outputs:
@@ -399,7 +409,8 @@ def run_stream(
             last = exhausted and not decode_q
             if forming and (len(forming) == batch or last) and len(submitted) + len(fetching) < depth:
                 group, forming = forming, []
-                submitted.append((model_thread.submit(timed_submit, [model_input(p) for p in group]), group))
+                inputs = [model_input(p) for p in group]
+                submitted.append((model_thread.submit(timed_submit, inputs, [p.letterbox for p in group]), group))
                 progressed = True
             if last and not forming and not submitted and not fetching and not post and not ready and not order:
                 break
@@ -428,11 +439,16 @@ def run_stream(
 def check_finite(d: Detections, name: str) -> None:
     """Non-finite boxes or scores mean the model (or its weights) produced garbage for this image."""
     if not (np.isfinite(d.boxes).all() and np.isfinite(d.scores).all()):
-        raise UserError(
-            "the model returned non-finite boxes or scores for this image",
-            where=name,
-            fix="check the weights (rcnn-deploy export refuses non-finite ones) and the engine's precision",
-        )
+        raise non_finite_error(name)
+
+
+def non_finite_error(name: str) -> UserError:
+    """What :func:`check_finite` raises (also for a check made on the device, ``glue.gpu_post``)."""
+    return UserError(
+        "the model returned non-finite boxes or scores for this image",
+        where=name,
+        fix="check the weights (rcnn-deploy export refuses non-finite ones) and the engine's precision",
+    )
 
 
 class Progress:

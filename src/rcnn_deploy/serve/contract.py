@@ -71,9 +71,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, where: str =
 def mask_rles(masks: Any) -> List[str]:
     """An image's masks -> N COCO RLE JSON strings (``{"size": [H, W], "counts": "..."}``): from each mask's box
     region when they are lazily pasted (``Detections.pasted``), else from ``[N, H, W]`` bool masks."""
-    from ..runtime.masks import PastedMasks
+    from ..runtime.masks import LazyMasks
 
-    if isinstance(masks, PastedMasks):
+    if isinstance(masks, LazyMasks):
         return [json.dumps(masks.rle(i), separators=(",", ":")) for i in range(len(masks))]
     if masks is None or masks.ndim != 3 or not len(masks):
         return []

@@ -1,0 +1,327 @@
+"""Post-processing on the model's device: boxes back to original pixels, masks pasted, thresholded and
+run-length encoded there, so only compact results cross to the host (boxes, scores, classes, the box region of
+each mask and its runs of 1s), not the ``[B, 100, M, M]`` mask probabilities.
+
+It computes what the host does (:meth:`rcnn_deploy.api.HostStages.detections_for` with
+:class:`~rcnn_deploy.runtime.masks.PastedMasks`): the same box arithmetic in float32
+(:meth:`~rcnn_deploy.runtime.preprocess.Letterbox.boxes_to_original`), the same box regions and sampling
+positions (``runtime.masks._paste_region``, in float64 like the reference; float32 on MPS), and the threshold
+rule of each paste method (torchvision ``>``, Detectron2 ``>=``). The bilinear sums themselves run in float32, so a
+pixel whose probability is within about 1e-6 of the threshold may fall on the other side of it than on the host.
+
+How it is batched (:func:`paste_runs`): every detection of the batch at once (all images), each mask resampled
+separably over its box region only: the mask gets a zero border (``K = M + 2``: torchvision's padding and
+Detectron2's zero padding alike; one more zero column takes the second tap of the last index), the x pass gathers
+two of its columns per region column (``[W, K + 1]``), the y pass is a batched matmul with a ``[K + 1, H + 1]``
+matrix of two taps per region row, so ``bmm`` gives each region
+column-major (COCO's order) with one extra slot after each column that never holds a 1. Regions are grouped by
+size and padded to their group's largest height and width (:func:`_chunks`: at most ``max_elements`` padded
+pixels a group, and filled at least ``min_fill``); padding rows and columns get NaN weights, so they are never
+above a threshold. A ``diff`` and ``nonzero`` over a group's thresholded bits give the run starts and ends (a
+run never crosses a column's extra slot); only their image positions (``x * H + y``) go to the host, where COCO
+counts are their differences (:class:`~rcnn_deploy.runtime.masks.RleMasks`). A run that ends at the bottom of one
+column and goes on at the top of the next (a region of the image's full height) is merged on the device.
+
+The matmul runs in float32 when torch's float32 matmul precision is "highest" (its default), else in float64: a
+TF32 or bf16 pass would move pixels within about 1e-3 of the threshold across it.
+
+Why padded matmuls: measured on the CPU (this project's 2-core machine, one thread, 100 detections on
+1920 x 1080, ``benchmarks/results/gpu_post_cpu.json``) they took 51-102 ms per image (two box-size distributions,
+both paste methods) against 63-234 ms for a layout without padding (every region's pixels in one ragged array, a
+two-tap gather per pixel: about 17 passes over the pixels where the padded layout makes 5 over its padded
+pixels). A per-detection ``F.interpolate`` loop took 30-65 ms on the CPU (torchvision method) but costs about ten
+kernel launches per detection on a GPU. ``benchmarks/gpu_post_bench.py`` runs all three on any device, for the
+comparison on a GPU. On the CPU the host's numpy / OpenCV paste (24-72 ms) is faster than any of them: this path
+is for a GPU, where it takes the paste off the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..runtime.detections import Detections
+from ..runtime.masks import RleMasks
+
+METHODS = ("torchvision", "detectron2")
+#: Padded region pixels per batched paste of :func:`paste_runs` (about 7 bytes of device memory each, 11 in float64).
+DEFAULT_MAX_ELEMENTS = 1 << 24
+#: The least fraction of a batched paste's padded pixels its regions fill (:func:`_chunks`), by device type. On
+#: the CPU padding costs its pixels' time: at 0.5, 21-40 groups padded 1.5-1.8x took 51-102 ms in the benchmark's
+#: four cases, at 0.2, 2-3 groups padded 2.8-4.5x took 74-182 ms (benchmarks/results/gpu_post_cpu*.json). On a GPU
+#: each group costs about 30 kernel launches and a synchronisation (nonzero) while padding costs little: 0.2 there,
+#: a guess, not yet measured on a GPU.
+MIN_FILL = {"cpu": 0.5}
+DEFAULT_MIN_FILL = 0.2
+
+
+@dataclass
+class PastedRuns:
+    """What :func:`paste_runs` returns, on the host: ``regions [N, 4]`` int64 ``(y0, y1, x0, x1)`` of each mask's
+    box region (empty when ``y1 <= y0`` or ``x1 <= x0``), ``runs [R, 2]`` int64 ``(start, end)`` column-major
+    image positions of the runs of 1s, and ``offsets [N + 1]``: mask ``i``'s runs are
+    ``runs[offsets[i]:offsets[i + 1]]``."""
+
+    regions: np.ndarray
+    runs: np.ndarray
+    offsets: np.ndarray
+
+    def masks(self, start: int, stop: int, image_hw: Tuple[int, int]) -> RleMasks:
+        """Masks ``start:stop`` (all in one image of ``image_hw``) as :class:`RleMasks`."""
+        a, b = int(self.offsets[start]), int(self.offsets[stop])
+        return RleMasks(self.runs[a:b], self.offsets[start : stop + 1] - a, self.regions[start:stop], image_hw)
+
+
+def _geometry(boxes: Tensor, hw: Tensor, m: int, method: str, cdtype: Any) -> Tuple[Tensor, Tuple[Any, Any]]:
+    """Box regions ``[N, 4]`` int64 ``(y0, y1, x0, x1)`` clipped to the image, and per axis (y, x) what the
+    sampling positions need: torchvision's expanded integer box start and resize length, Detectron2's box ends."""
+    if method == "torchvision":
+        # torchvision's expand_boxes in float32, then truncation toward zero (as _paste_region)
+        scale = torch.tensor((m + 2) / m, dtype=torch.float32, device=boxes.device)
+        cx = (boxes[:, 0] + boxes[:, 2]) * 0.5
+        cy = (boxes[:, 1] + boxes[:, 3]) * 0.5
+        half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
+        half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
+        ex0, ey0 = (cx - half_w).long(), (cy - half_h).long()
+        ex1, ey1 = (cx + half_w).long(), (cy + half_h).long()
+        w = (ex1 - ex0 + 1).clamp(min=1)
+        h = (ey1 - ey0 + 1).clamp(min=1)
+        x0, x1 = ex0.clamp(min=0), torch.minimum(ex1 + 1, hw[:, 1])
+        y0, y1 = ey0.clamp(min=0), torch.minimum(ey1 + 1, hw[:, 0])
+        axes: Tuple[Any, Any] = ((ey0, h), (ex0, w))
+    else:
+        x0 = (torch.floor(boxes[:, 0]) - 1).long().clamp(min=0)
+        y0 = (torch.floor(boxes[:, 1]) - 1).long().clamp(min=0)
+        x1 = torch.minimum((torch.ceil(boxes[:, 2]) + 1).long(), hw[:, 1])
+        y1 = torch.minimum((torch.ceil(boxes[:, 3]) + 1).long(), hw[:, 0])
+        b = boxes.to(cdtype)
+        axes = ((b[:, 1], b[:, 3]), (b[:, 0], b[:, 2]))
+    return torch.stack([y0, y1, x0, x1], 1), axes
+
+
+def _taps(pix: Tensor, a: Tensor, b: Tensor, method: str, m: int, cdtype: Any) -> Tuple[Tensor, Tensor, Tensor]:
+    """The two taps of image pixels ``pix`` along one axis: ``(i, w0, w1)``, weight ``w0`` on index ``i`` and ``w1``
+    on ``i + 1`` of the mask with a zero border (``K = M + 2``) and one more zero after it (index ``K``);
+    ``a``, ``b``: that axis's parameters from :func:`_geometry`, per pixel."""
+    k = m + 2
+    if method == "torchvision":
+        # bilinear, align_corners=False, from k to b samples; pix - a: the position in the resized box. Where
+        # the source index clamps at k - 1 (torchvision reads the border twice) index k reads the same 0.
+        scale = torch.full_like(b, k, dtype=cdtype) / b.to(cdtype)  # a true division, as n_in / n_out
+        src = (((pix - a).to(cdtype) + 0.5) * scale - 0.5).clamp(min=0)
+        i = torch.floor(src).long().clamp(max=k - 1)
+        w1 = src - i.to(cdtype)
+        w0 = 1 - w1
+    else:
+        # grid_sample(align_corners=False) at pixel centres in box [a, b] over m cells, zero padding: cells f and
+        # f + 1 are border indices f + 1 and f + 2; both outside the mask (and its zero border): weights 0
+        src = (pix.to(cdtype) + 0.5 - a) / (b - a).clamp(min=1e-12) * m - 0.5
+        f = torch.floor(src)
+        w1 = src - f
+        w0 = 1 - w1
+        i = f.long() + 1
+        out = (i < 0) | (i > k - 1)
+        i = i.masked_fill(out, 0)
+        w0, w1 = w0.masked_fill(out, 0), w1.masked_fill(out, 0)
+    return i, w0.float(), w1.float()
+
+
+def _chunks(rh: np.ndarray, rw: np.ndarray, max_elements: int, min_fill: float) -> List[np.ndarray]:
+    """Groups of the non-empty regions, each padded to its largest height + 1 and width: by size (the longer side),
+    a new group when the padded elements would pass ``max_elements`` or the regions would fill less than
+    ``min_fill`` of them (a region larger than ``max_elements`` is a group of its own)."""
+    live = np.flatnonzero((rh > 0) & (rw > 0))
+    order = live[np.argsort(np.maximum(rh[live], rw[live]), kind="stable")]
+    out: List[np.ndarray] = []
+    start, big_h, big_w, filled = 0, 0, 0, 0
+    for pos, i in enumerate(order):
+        h, w = int(rh[i]), int(rw[i])
+        nh, nw = max(big_h, h), max(big_w, w)
+        padded = (pos - start + 1) * (nh + 1) * nw
+        if pos > start and (padded > max_elements or filled + h * w < min_fill * padded):
+            out.append(order[start:pos])
+            start, nh, nw, filled = pos, h, w, 0
+        big_h, big_w, filled = nh, nw, filled + h * w
+    if start < len(order):
+        out.append(order[start:])
+    return out
+
+
+@torch.no_grad()
+def paste_runs(
+    probs: Tensor,
+    boxes: Tensor,
+    image_hw: Union[Tuple[int, int], Sequence[Tuple[int, int]], np.ndarray, Tensor],
+    method: str = "torchvision",
+    threshold: float = 0.5,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    min_fill: Optional[float] = None,
+) -> PastedRuns:
+    """Paste ``probs [N, M, M]`` (mask probabilities in box coordinates) for ``boxes [N, 4]`` (original image
+    pixels) into images of ``image_hw`` (one ``(H, W)`` or one per mask), threshold them and run-length encode
+    them, on ``probs``' device; returns the host :class:`PastedRuns`. Equals ``PastedMasks(probs, boxes, hw,
+    method, threshold)`` up to pixels within about 1e-6 of the threshold (see the module docstring).
+    ``max_elements``, ``min_fill``: how regions are grouped into padded batches (:func:`_chunks`; ``min_fill``
+    defaults by device type, :data:`MIN_FILL`)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown mask paste method {method!r}; use 'torchvision' or 'detectron2'")
+    dev = probs.device
+    n, m = int(probs.shape[0]), int(probs.shape[-1])
+    k = m + 2
+    cdtype = torch.float32 if dev.type == "mps" else torch.float64
+    # float32 matmuls exactly as written: never TF32 / bf16 passes, which would move pixels across the threshold
+    mdtype = torch.float32 if torch.get_float32_matmul_precision() == "highest" else cdtype
+    hw_h = (image_hw.cpu().numpy() if isinstance(image_hw, Tensor) else np.asarray(image_hw)).astype(np.int64)
+    hw_h = np.broadcast_to(hw_h.reshape(-1, 2), (n, 2)).copy()
+    hw = torch.as_tensor(hw_h, device=dev)
+    boxes = boxes.to(dev, torch.float32).reshape(n, 4)
+    regions, (ax_y, ax_x) = _geometry(boxes, hw, m, method, cdtype)
+    regions_h = regions.cpu().numpy()  # the work's shape
+    rh = np.maximum(regions_h[:, 1] - regions_h[:, 0], 0)
+    rw = np.maximum(regions_h[:, 3] - regions_h[:, 2], 0)
+    # the mask with a zero border (torchvision's padding, Detectron2's zero padding) and one more zero column
+    # (the second tap of the last index); by_col row det * (k + 1) + kx: the mask's column kx over its rows
+    padded = torch.zeros((n, k + 1, k + 1), dtype=mdtype, device=dev)
+    padded[:, 1 : m + 1, 1 : m + 1] = probs.to(mdtype)
+    by_col = padded.transpose(1, 2).reshape(n * (k + 1), k + 1)
+    y0, x0, h_img = regions[:, 0], regions[:, 2], hw[:, 0]
+    rh_d, rw_d = (regions[:, 1] - regions[:, 0]).clamp(min=0), (regions[:, 3] - regions[:, 2]).clamp(min=0)
+    fill = MIN_FILL.get(dev.type, DEFAULT_MIN_FILL) if min_fill is None else min_fill
+    groups = _chunks(rh, rw, max_elements, fill)
+    order = torch.as_tensor(np.concatenate(groups) if groups else np.zeros(0, np.int64), device=dev)
+
+    found_pos: List[Tensor] = []  # run starts and ends: image position, mask, start or end
+    found_det: List[Tensor] = []
+    found_up: List[Tensor] = []
+    start = 0
+    for group in groups:
+        g = len(group)
+        idx = order[start : start + g]
+        start += g
+        big_h, big_w = int(rh[group].max()), int(rw[group].max())
+        rows = torch.arange(big_h + 1, device=dev)  # each column's rows, then one slot that is never 1
+        cols = torch.arange(big_w, device=dev)
+        # y taps as a dense [g, k + 1, rows] matrix; x taps applied by gathering the mask's columns. A padding
+        # row or column (and each column's extra slot) gets NaN weights: never above (or at) a threshold.
+        yi, yw0, yw1 = _taps(y0[idx, None] + rows, ax_y[0][idx, None], ax_y[1][idx, None], method, m, cdtype)
+        yw0 = yw0.to(mdtype).masked_fill(rows >= rh_d[idx, None], float("nan"))
+        wy = torch.zeros((g, k + 1, big_h + 1), dtype=mdtype, device=dev)
+        wy.scatter_add_(1, yi[:, None, :], yw0[:, None, :])
+        wy.scatter_add_(1, (yi + 1)[:, None, :], yw1.to(mdtype)[:, None, :])
+        xi, xw0, xw1 = _taps(x0[idx, None] + cols, ax_x[0][idx, None], ax_x[1][idx, None], method, m, cdtype)
+        xw0 = xw0.to(mdtype).masked_fill(cols >= rw_d[idx, None], float("nan"))
+        at = (idx[:, None] * (k + 1) + xi).reshape(-1)
+        ax = by_col.index_select(0, at).view(g, big_w, k + 1) * xw0[..., None]
+        ax += by_col.index_select(0, at + 1).view(g, big_w, k + 1) * xw1.to(mdtype)[..., None]
+        prob = torch.bmm(ax, wy)  # [g, width, height + 1]: each region column-major, COCO's order
+        bits = (prob >= threshold) if method == "detectron2" else (prob > threshold)
+        # one flat diff over the group: the slot before each region's first pixel is the previous region's
+        # last (never 1), or the start
+        flat = bits.view(-1).view(torch.int8)
+        step = torch.empty_like(flat)
+        step[:1] = flat[:1]
+        torch.sub(flat[1:], flat[:-1], out=step[1:])  # +1: a run starts here, -1: the pixel after a run
+        f = torch.nonzero(step).squeeze(1)
+        per_region = big_w * (big_h + 1)
+        d_loc, f_in = f // per_region, f % per_region
+        col, row = f_in // (big_h + 1), f_in % (big_h + 1)
+        det = idx[d_loc]
+        found_pos.append((x0[det] + col) * h_img[det] + y0[det] + row)
+        found_det.append(det)
+        found_up.append(step[f] > 0)
+    if not found_pos:
+        return PastedRuns(regions_h, np.zeros((0, 2), np.int64), np.zeros(n + 1, np.int64))
+    pos, det_t, up = torch.cat(found_pos), torch.cat(found_det), torch.cat(found_up)
+    # a run ending at the bottom of a column that goes on at the top of the next is one run (full-height region);
+    # each mask's transitions are consecutive and in order (masks come in size order)
+    if pos.shape[0] > 1:
+        joint = (~up[:-1]) & up[1:] & (det_t[:-1] == det_t[1:]) & (pos[:-1] == pos[1:])
+        drop = torch.zeros_like(up)
+        drop[:-1] |= joint
+        drop[1:] |= joint
+        pos, det_t = pos[~drop], det_t[~drop]
+    runs, run_det = pos.view(-1, 2), det_t[0::2]
+    by_mask = torch.sort(run_det, stable=True).indices
+    big = int((hw_h[:, 0] * hw_h[:, 1]).max()) >= 2**31
+    runs_h = runs[by_mask].to(torch.int64 if big else torch.int32).cpu().numpy().astype(np.int64)
+    per_mask = torch.bincount(run_det, minlength=n).cpu().numpy()
+    return PastedRuns(regions_h, runs_h, np.concatenate([[0], np.cumsum(per_mask)]).astype(np.int64))
+
+
+@torch.no_grad()
+def postprocess_batch(
+    outputs: Mapping[str, Tensor],
+    letterboxes: Sequence[Any],
+    method: str = "torchvision",
+    threshold: float = 0.5,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> Dict[str, np.ndarray]:
+    """One batch's padded outputs (:data:`rcnn_deploy.glue.pipeline.OUTPUT_NAMES`, on their device, batch ``B``)
+    and each image's :class:`~rcnn_deploy.runtime.preprocess.Letterbox` -> host results: ``detections``, an
+    object array of ``B`` :class:`~rcnn_deploy.runtime.detections.Detections` in original pixels (masks as
+    :class:`~rcnn_deploy.runtime.masks.RleMasks`), and ``finite`` ``[B]`` bool: False where the model returned
+    non-finite boxes or scores (that image's masks are not pasted; ``HostStages.detections_for`` fails it)."""
+    boxes = outputs["boxes"].float()
+    scores = outputs["scores"].float()
+    b, d = int(scores.shape[0]), int(scores.shape[1])
+    if len(letterboxes) != b:
+        raise ValueError(f"{len(letterboxes)} letterboxes for a batch of {b}")
+    dev = boxes.device
+    # Letterbox.boxes_to_original, in float32 with the same ratios
+    ratio = np.array(
+        [[lb.orig_w / lb.resized_hw[1], lb.orig_h / lb.resized_hw[0]] * 2 for lb in letterboxes], np.float32
+    )
+    limit = np.array([[lb.orig_w, lb.orig_h] * 2 for lb in letterboxes], np.float32)
+    num = outputs["num_detections"].reshape(-1).to(dev)
+    valid = torch.arange(d, device=dev)[None, :] < num[:, None]
+    finite = ((torch.isfinite(boxes).all(-1) & torch.isfinite(scores)) | ~valid).all(1)
+    orig = (boxes * torch.as_tensor(ratio, device=dev)[:, None, :]).clamp(min=0)
+    orig = torch.minimum(orig, torch.as_tensor(limit, device=dev)[:, None, :])
+    num_h = num.cpu().numpy().astype(np.int64)
+    finite_h = finite.cpu().numpy()
+    boxes_h = orig.cpu().numpy()
+    scores_h = scores.cpu().numpy()
+    classes_h = outputs["classes"].cpu().numpy()
+
+    pasted = None
+    first = np.zeros(b + 1, np.int64)  # image i's masks are pasted[first[i]:first[i + 1]]
+    masks = outputs.get("masks")
+    if masks is not None:
+        counts = np.where(finite_h, num_h, 0)
+        first[1:] = np.cumsum(counts)
+        index = np.concatenate([i * d + np.arange(c) for i, c in enumerate(counts)]).astype(np.int64)
+        hw = np.repeat(np.array([[lb.orig_h, lb.orig_w] for lb in letterboxes], np.int64).reshape(-1, 2), counts, 0)
+        sel = torch.as_tensor(index, device=dev)
+        probs = masks.reshape(b * d, *masks.shape[2:])[sel]
+        pasted = paste_runs(probs, orig.reshape(b * d, 4)[sel], hw, method, threshold, max_elements)
+    dets = np.empty(b, dtype=object)
+    for i, lb in enumerate(letterboxes):
+        n = int(num_h[i])
+        rle = None
+        if pasted is not None and finite_h[i]:
+            rle = pasted.masks(int(first[i]), int(first[i + 1]), (lb.orig_h, lb.orig_w))
+        dets[i] = Detections(
+            boxes_h[i, :n].astype(np.float32),
+            scores_h[i, :n].astype(np.float32),
+            classes_h[i, :n].astype(np.int32),
+            rle,
+        )
+    return {"detections": dets, "finite": finite_h.astype(bool)}
+
+
+class GpuPost:
+    """:func:`postprocess_batch` with a model's paste method and threshold (``ModelSpec.mask_paste`` /
+    ``mask_threshold``): what :class:`~rcnn_deploy.backends.torch_cuda.GpuBatchModel` calls with each batch's
+    outputs on the device."""
+
+    def __init__(self, method: str = "torchvision", threshold: float = 0.5, max_elements: int = DEFAULT_MAX_ELEMENTS):
+        if method not in METHODS:
+            raise ValueError(f"unknown mask paste method {method!r}; use 'torchvision' or 'detectron2'")
+        self.method, self.threshold, self.max_elements = method, float(threshold), int(max_elements)
+
+    def __call__(self, outputs: Mapping[str, Tensor], letterboxes: Sequence[Any]) -> Dict[str, np.ndarray]:
+        return postprocess_batch(outputs, letterboxes, self.method, self.threshold, self.max_elements)

@@ -1,0 +1,375 @@
+"""Post-processing on the model's device (rcnn_deploy.glue.gpu_post) against the host's (runtime.masks): the
+same box regions, the same pasted masks as COCO RLE, and RleMasks with the interface of PastedMasks. Written
+device-agnostic in torch; these tests run it on the CPU (the GPU runs are benchmarks/gpu_post_bench.py).
+
+The one tolerance: the host resamples a mask in float64 (or OpenCV's float32 resize) and the device in float32,
+so a pixel whose pasted probability is within 1e-5 of the threshold may land on the other side of it (the
+differences are about 1e-7). Every other pixel must be equal, and such pixels are rare: the tests also require
+that they are few."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+mask_util = pytest.importorskip("pycocotools.mask")
+
+from rcnn_deploy.glue.gpu_post import paste_runs, postprocess_batch  # noqa: E402
+from rcnn_deploy.runtime.detections import Detections  # noqa: E402
+from rcnn_deploy.runtime.masks import PastedMasks, RleMasks, paste_mask  # noqa: E402
+from rcnn_deploy.runtime.preprocess import Letterbox  # noqa: E402
+
+CKPT = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_maskrcnn_r50fpn.pt"
+NEAR = 1e-5  # see the module docstring
+METHODS = ("torchvision", "detectron2")
+
+
+def _boxes(rng: np.random.Generator, n: int, h: int, w: int) -> np.ndarray:
+    """Random boxes plus the hard cases: crossing and touching each border, tiny, empty, full height, the whole
+    image, outside the image."""
+    xy = rng.uniform(-0.2, 1.0, (n, 2)) * [w, h]
+    wh = np.exp(rng.uniform(np.log(0.3), np.log(1.2 * max(h, w)), (n, 2)))
+    boxes = np.concatenate([xy, xy + wh], 1)
+    special = [
+        [-7.5, 3.2, 20.3, 40.9],  # crosses the left border
+        [w - 15.2, h - 9.7, w + 12.0, h + 3.3],  # crosses the right and bottom borders
+        [0.0, 0.0, 17.0, 23.0],  # touches the top-left corner exactly
+        [w - 31.0, 5.0, float(w), float(h)],  # touches the right border and bottom exactly, full height below 5
+        [10.2, 11.7, 10.6, 12.1],  # tiny (under a pixel)
+        [30.0, 20.0, 30.0, 45.0],  # empty width
+        [12.0, 33.0, 40.0, 33.0],  # empty height
+        [5.3, 0.0, 60.7, float(h)],  # full height: runs go on across column ends
+        [0.0, 0.0, float(w), float(h)],  # the whole image
+        [-40.0, -30.0, -20.0, -5.0],  # outside the image
+        [w + 3.0, h + 2.0, w + 30.0, h + 20.0],  # outside, beyond the far corner
+    ]
+    return np.concatenate([boxes, np.array(special)]).astype(np.float32)
+
+
+def _probs(rng: np.random.Generator, n: int, m: int = 28) -> np.ndarray:
+    """Mask-head-like probabilities: a blob, mostly near 0 or 1, noisy in between; some all 1 (so full-height
+    boxes give runs across columns) and some all 0."""
+    yy, xx = np.mgrid[0:m, 0:m] / (m - 1) - 0.5
+    r = rng.uniform(0.15, 0.5, (n, 1, 1))
+    logits = 10 * (r - np.sqrt(yy**2 + xx**2)[None]) + rng.normal(0, 1.5, (n, m, m))
+    probs = 1 / (1 + np.exp(-logits))
+    probs[::5] = 1.0
+    probs[3::7] = 0.0
+    return probs.astype(np.float32)
+
+
+def _check_against_host(got: RleMasks, probs, boxes, hw, method, threshold=0.5, near=NEAR) -> int:
+    """Each mask of ``got`` against PastedMasks: the same region and, decoded from its COCO RLE string, the same
+    pixels except those within ``near`` of the threshold. Returns how many pixels differed."""
+    ref = PastedMasks(probs, boxes, hw, method, threshold)
+    assert len(got) == len(ref) and got.shape == ref.shape
+    differing = 0
+    for i in range(len(ref)):
+        r, g = ref.region(i), got.region(i)
+        assert (r is None) == (g is None), (i, boxes[i], r and r[:4], g and g[:4])
+        if r is not None:
+            assert tuple(r[:4]) == tuple(g[:4]), (i, boxes[i])
+        rle = got.rle(i)
+        assert rle["size"] == list(hw)
+        decoded = mask_util.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}).astype(bool)
+        want = ref.dense(i)
+        diff = decoded != want
+        if diff.any():
+            prob = paste_mask(probs[i], boxes[i], hw, method)
+            assert np.abs(prob[diff] - threshold).max() < near, (i, boxes[i], int(diff.sum()))
+            differing += int(diff.sum())
+        else:
+            assert rle == ref.rle(i)  # the same pixels: the same string
+        assert got.area(i) == int(decoded.sum())
+    return differing
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_paste_runs_equals_the_host_paste(method):
+    rng = np.random.default_rng(7)
+    pixels = differing = 0
+    for h, w in [(64, 64), (100, 320), (320, 90), (257, 193)]:
+        boxes = _boxes(rng, 14, h, w)
+        probs = _probs(rng, len(boxes))
+        # the default grouping, and every mask in a group of its own (padding to the largest in a group is
+        # never seen in a result, and neither is the order masks are worked on in)
+        for kwargs in ({}, {"max_elements": 1}, {"min_fill": 0.0}):
+            out = paste_runs(torch.from_numpy(probs), torch.from_numpy(boxes), (h, w), method, 0.5, **kwargs)
+            got = out.masks(0, len(boxes), (h, w))
+            differing += _check_against_host(got, probs, boxes, (h, w), method)
+            sides = np.maximum(out.regions[:, [1, 3]] - out.regions[:, [0, 2]], 0)
+            pixels += int(sides.prod(1).sum())
+    assert pixels > 100_000
+    assert differing <= pixels * 1e-4  # near-threshold pixels only, and rare
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_paste_runs_takes_masks_of_images_of_different_sizes_at_once(method):
+    """One call for a whole batch: each mask in its own image size (positions are column-major in that image)."""
+    rng = np.random.default_rng(3)
+    sizes = [(80, 200), (240, 64), (131, 131)]
+    boxes = [_boxes(rng, 5, h, w) for h, w in sizes]
+    probs = [_probs(rng, len(b)) for b in boxes]
+    hw = np.concatenate([np.repeat([s], len(b), 0) for s, b in zip(sizes, boxes)])
+    out = paste_runs(torch.from_numpy(np.concatenate(probs)), torch.from_numpy(np.concatenate(boxes)), hw, method)
+    start = 0
+    for s, b, p in zip(sizes, boxes, probs):
+        got = out.masks(start, start + len(b), s)
+        _check_against_host(got, p, b, s, method)
+        start += len(b)
+
+
+def test_threshold_rules_hold_exactly_and_padding_never_counts():
+    """All-zero probabilities at threshold 0: Detectron2 keeps ``>=`` (its whole region is 1), torchvision ``>``
+    (nothing). Exactly, no tolerance: every value is an exact 0. The padding around smaller regions in a group
+    and each column's extra slot must not count as ``>= 0``."""
+    h, w = 90, 120
+    boxes = np.array([[10, 5, 30, 80], [0, 0, 120, 90], [50.5, 40.2, 52.1, 41.0], [100, 10, 140, 30]], np.float32)
+    probs = np.zeros((len(boxes), 28, 28), np.float32)
+    for method in METHODS:
+        out = paste_runs(torch.from_numpy(probs), torch.from_numpy(boxes), (h, w), method, 0.0, min_fill=0.0)
+        got = out.masks(0, len(boxes), (h, w))
+        ref = PastedMasks(probs, boxes, (h, w), method, 0.0)
+        for i in range(len(boxes)):
+            assert np.array_equal(got.dense(i), ref.dense(i)), (method, i)
+            assert got.rle(i) == ref.rle(i)
+        if method == "detectron2":
+            assert got.area(1) == h * w  # the whole image: one run through every column
+            assert got.runs_of(1).tolist() == [[0, h * w]]
+        else:
+            assert all(got.area(i) == 0 for i in range(len(boxes)))
+
+
+def test_paste_runs_refuses_an_unknown_method():
+    with pytest.raises(ValueError, match="unknown mask paste method"):
+        paste_runs(torch.zeros((1, 28, 28)), torch.zeros((1, 4)), (10, 10), "bilinear")
+
+
+# ------------------------------------------------------------------------ RleMasks: PastedMasks' interface
+def _pair(method="torchvision"):
+    rng = np.random.default_rng(11)
+    h, w = 150, 210
+    boxes = _boxes(rng, 6, h, w)
+    probs = _probs(rng, len(boxes))
+    ref = PastedMasks(probs, boxes, (h, w), method, 0.5)
+    return ref, RleMasks.from_masks(ref)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rle_masks_behave_like_pasted_masks(method):
+    ref, got = _pair(method)
+    n, h, w = ref.shape
+    assert (len(got), got.shape, got.ndim, got.dtype) == (n, (n, h, w), 3, np.dtype(bool))
+    dense = np.asarray(ref)
+    assert np.array_equal(np.asarray(got), dense) and np.asarray(got, dtype=np.uint8).dtype == np.uint8
+    assert [m.tolist() for m in got] == [m.tolist() for m in dense]
+    for i in range(n):
+        r, g = ref.region(i), got.region(i)
+        assert (r is None) == (g is None)
+        if r is not None:
+            assert tuple(r[:4]) == tuple(g[:4]) and np.array_equal(r[4], g[4]) and g[4].dtype == bool
+        assert got.rle(i) == ref.rle(i) and got.area(i) == ref.area(i)
+        assert np.array_equal(got[i], dense[i]) and np.array_equal(got[np.int64(i)], dense[i])
+    keep = np.array([True, False, True, True] + [False] * (n - 5) + [True])
+    for key in (keep, np.array([n - 1, 0, 3]), slice(1, None, 2), [2]):
+        sub = got[key]
+        assert isinstance(sub, RleMasks) and np.array_equal(np.asarray(sub), dense[key])
+        assert [sub.rle(i) for i in range(len(sub))] == [ref[key].rle(i) for i in range(len(sub))]
+    empty = got[np.zeros(n, bool)]
+    assert empty.shape == (0, h, w) and np.asarray(empty).shape == (0, h, w)
+    back = pickle.loads(pickle.dumps(got))  # worker processes get them pickled
+    assert np.array_equal(np.asarray(back), dense)
+
+
+def test_rle_masks_refuse_inconsistent_offsets():
+    with pytest.raises(ValueError, match="offsets"):
+        RleMasks(np.zeros((2, 2)), np.array([0, 1]), np.zeros((2, 4)), (10, 10))
+
+
+def test_writers_visualisation_and_serving_read_rle_masks_like_pasted_masks():
+    from rcnn_deploy.evaluation.reference import reference_map
+    from rcnn_deploy.runtime.coco import detections_to_coco
+    from rcnn_deploy.runtime.visualize import render
+    from rcnn_deploy.serve.contract import mask_rles
+
+    ref, got = _pair()
+    n, h, w = ref.shape
+    boxes, scores = ref.boxes, np.linspace(0.9, 0.3, n).astype(np.float32)
+    classes = np.arange(n, dtype=np.int32) % 3 + 1
+    a, b = Detections(boxes, scores, classes, ref), Detections(boxes, scores, classes, got)
+    assert b.pasted is got and b.masks.shape == (n, h, w) and np.array_equal(b.masks, a.masks)
+    assert repr(b) == repr(a) == f"Detections(n={n}, masks=lazy)"
+    assert detections_to_coco(a, 1, [0, 1, 2, 3], [0, 1, 2, 3]) == detections_to_coco(b, 1, [0, 1, 2, 3], [0, 1, 2, 3])
+    kept_a, kept_b = a.above(0.5), b.above(0.5)
+    assert isinstance(kept_b.pasted, RleMasks) and np.array_equal(kept_b.masks, kept_a.masks)
+    image = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    names = ["bg", "a", "b", "c"]
+    assert np.array_equal(render(image, b, names, [0, 1, 2, 3]), render(image, a, names, [0, 1, 2, 3]))
+    assert mask_rles(got) == mask_rles(ref)
+    # (not 1.0: some of these masks are empty, which COCO scores 0 even against themselves)
+    assert reference_map([a], [b]) == reference_map([a], [a]) == reference_map([b], [b])
+
+
+# -------------------------------------------------------------------------- a batch, and the wired path
+def _outputs(rng, b=3, d=9, m=28, num=None):
+    """Padded model outputs of ``b`` images in an input of 128 x 160, some slots past num_detections."""
+    boxes = np.sort(rng.uniform(-5, 170, (b, d, 2, 2)), axis=2).transpose(0, 1, 3, 2).reshape(b, d, 4)
+    return {
+        "num_detections": np.array([d, 4, 0] if num is None else num, np.int64)[:b],
+        "boxes": boxes.astype(np.float32),
+        "scores": np.sort(rng.random((b, d)).astype(np.float32))[:, ::-1].copy(),
+        "classes": rng.integers(1, 4, (b, d)).astype(np.int64),
+        "masks": _probs(rng, b * d, m).reshape(b, d, m, m),
+    }
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_postprocess_batch_equals_host_stages(method):
+    from rcnn_deploy import get_spec
+    from rcnn_deploy.api import HostStages
+
+    rng = np.random.default_rng(5)
+    out = _outputs(rng)
+    lbs = [Letterbox.fit(300, 200, (128, 160)), Letterbox.fit(64, 320, (128, 160)), Letterbox.fit(128, 160, (128, 160))]
+    spec = get_spec("torchvision-maskrcnn").replace(mask_paste=method)
+    stages = HostStages(spec, (128, 160), (0, 0, 0), "|u1", None, False)
+    compact = postprocess_batch({k: torch.from_numpy(v) for k, v in out.items()}, lbs, method, 0.5)
+    assert set(compact) == {"detections", "finite"} and compact["finite"].tolist() == [True] * 3
+    for i, lb in enumerate(lbs):
+        want = stages.detections_for(lb, {k: v[i : i + 1] for k, v in out.items()})
+        got = stages.detections_for(lb, {k: v[i : i + 1] for k, v in compact.items()})
+        assert len(got) == len(want) == out["num_detections"][i]
+        assert np.array_equal(got.boxes, want.boxes) and got.boxes.dtype == np.float32  # bit for bit
+        assert np.array_equal(got.scores, want.scores) and np.array_equal(got.classes, want.classes)
+        assert got.classes.dtype == want.classes.dtype
+        assert isinstance(got.pasted, RleMasks) and got.pasted.image_hw == (lb.orig_h, lb.orig_w)
+        _check_against_host(got.pasted, want.pasted.probs, want.pasted.boxes, want.pasted.image_hw, method)
+
+
+def test_a_non_finite_image_fails_alone():
+    from rcnn_deploy import get_spec
+    from rcnn_deploy.api import HostStages
+    from rcnn_deploy.errors import UserError
+
+    out = _outputs(np.random.default_rng(1))
+    out["boxes"][0, 2, 1] = np.nan
+    out["scores"][1, 7] = np.inf  # past image 1's num_detections (4): padding, not looked at
+    lbs = [Letterbox.fit(128, 160, (128, 160))] * 3
+    compact = postprocess_batch({k: torch.from_numpy(v) for k, v in out.items()}, lbs)
+    assert compact["finite"].tolist() == [False, True, True]
+    stages = HostStages(get_spec("torchvision-maskrcnn"), (128, 160), (0, 0, 0), "|u1", None, False)
+    with pytest.raises(UserError, match="non-finite"):
+        stages.detections_for(lbs[0], {k: v[:1] for k, v in compact.items()}, "a.jpg")
+    with pytest.raises(UserError, match="non-finite"):  # the host path says the same
+        stages.detections_for(lbs[0], {k: v[:1] for k, v in out.items()}, "a.jpg")
+    assert len(stages.detections_for(lbs[1], {k: v[1:2] for k, v in compact.items()})) == 4
+
+
+def _detect_both_ways(model, spec, input_hw, images, batch):
+    """``images`` through Detector -> runner -> GpuBatchModel(model) on device "cpu" -> HostStages, once with
+    the outputs copied to the host and post-processed there, once post-processed by GpuPost."""
+    from rcnn_deploy.api import Detector
+    from rcnn_deploy.backends.torch_cuda import GpuBatchModel, GpuLetterbox
+    from rcnn_deploy.glue.gpu_post import GpuPost
+
+    results = []
+    for post in (None, GpuPost(spec.mask_paste, spec.mask_threshold)):
+        det = Detector(spec, input_hw, lambda a: {}, "torch", batch)
+        det.input_dtype = np.dtype(np.uint8)  # what the CUDA path feeds: uint8, cast on the device
+        lb = GpuLetterbox(input_hw, det.fill, spec.resize, "cpu", None)
+        det.batch_model = GpuBatchModel(model, lb, batch, post)
+        dets = det(images)
+        assert all(isinstance(d.pasted, PastedMasks if post is None else RleMasks) for d in dets)
+        results.append(dets)
+    return results
+
+
+def _same_coco(host, device, spec):
+    from rcnn_deploy.runtime.coco import detections_to_coco
+
+    assert len(host) == len(device)
+    for i, (a, b) in enumerate(zip(host, device)):
+        ca = detections_to_coco(a, i + 1, spec.category_ids, spec.label_ids)
+        cb = detections_to_coco(b, i + 1, spec.category_ids, spec.label_ids)
+        assert [{k: v for k, v in e.items() if k != "segmentation"} for e in ca] == [
+            {k: v for k, v in e.items() if k != "segmentation"} for e in cb
+        ]
+        p = a.pasted
+        _check_against_host(b.pasted, p.probs, p.boxes, p.image_hw, p.method, p.threshold)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_wired_path_passes_letterboxes_and_returns_host_detections(method):
+    """The wiring with a stand-in for the network (padded outputs made up from each batch's pixels; the real
+    network: the next test): five images of five sizes in batches of two through the streaming runner."""
+    from rcnn_deploy import get_spec
+
+    spec = get_spec("torchvision-maskrcnn").replace(mask_paste=method)
+    rng = np.random.default_rng(2)
+    images = [
+        rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        for h, w in [(60, 90), (128, 160), (300, 120), (77, 77), (90, 400)]
+    ]
+    calls = []
+
+    def model(x):
+        calls.append(int(x.shape[0]))
+        r = np.random.default_rng(int(x.double().sum()))
+        out = _outputs(r, b=int(x.shape[0]), num=r.integers(0, 10, int(x.shape[0])))
+        return {k: torch.from_numpy(v) for k, v in out.items()}
+
+    host, device = _detect_both_ways(model, spec, (128, 160), images, batch=2)
+    assert calls == [2, 2, 2] * 2  # the last batch (one image) padded to the batch
+    assert sum(len(d) for d in host) > 10
+    _same_coco(host, device, spec)
+
+
+@pytest.fixture(scope="module")
+def shapes_net():
+    from rcnn_deploy.models.build import build_model
+
+    return build_model("torchvision-maskrcnn", str(CKPT)).eval()
+
+
+def test_gpu_post_needs_a_cuda_device_and_a_checkpoint(tmp_path):
+    from rcnn_deploy.api import Detector
+    from rcnn_deploy.errors import UserError
+
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        Detector.from_module(object(), (128, 128), gpu_post=True)  # refused before the model is looked at
+    (tmp_path / "model.engine").write_bytes(b"")
+    with pytest.raises(UserError, match="options of the PyTorch backend"):
+        Detector.load(tmp_path / "model.engine", gpu_post=True)
+
+
+@pytest.mark.full  # four model calls of the R50 Mask R-CNN on the CPU: about 15 s on 2 cores
+def test_the_wired_gpu_path_on_the_cpu_equals_the_host_path(shapes_net, tmp_path):
+    """Detector -> runner -> GpuBatchModel (the deploy model, then GpuPost, on device "cpu") -> HostStages: the
+    same COCO results as the same model's outputs post-processed on the host. Three images in batches of two
+    (the runner passes each batch's letterboxes), of three sizes."""
+    pytest.importorskip("torchvision")
+    from rcnn_deploy.data.synth import generate_synthetic_coco
+    from rcnn_deploy.runtime.preprocess import load_rgb
+
+    net = shapes_net
+    images = []
+    for i, (h, w) in enumerate([(192, 256), (250, 170), (120, 120)]):
+        generate_synthetic_coco(tmp_path / str(i), num_images=1, height=h, width=w, seed=20 + i)
+        images += [load_rgb(p) for p in sorted((tmp_path / str(i) / "images").iterdir())]
+    seen = {}
+
+    def model(x):  # the same batch gets the same outputs (computed once: both passes post-process them)
+        key = x.numpy().tobytes()
+        if key not in seen:
+            with torch.no_grad():
+                seen[key] = net(x.float())
+        return seen[key]
+
+    host, device = _detect_both_ways(model, net.spec, (192, 192), images, batch=2)
+    assert len(seen) == 2  # two batches, each run once
+    assert sum(len(d) for d in host) >= 6  # the shapes model finds the shapes
+    _same_coco(host, device, net.spec)
