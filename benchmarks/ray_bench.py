@@ -166,6 +166,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2, help="images per model call (default 2)")
     p.add_argument("--configs", help="Ray runs, comma-separated WORKERSxGPUS (default 1x0,2x0; with a GPU 1x1)")
     p.add_argument("--work", help="working folder to keep (default: a temporary one, removed)")
+    p.add_argument(
+        "--device",
+        help="the local run's --device (e.g. cuda for a checkpoint on the PyTorch GPU backend; Ray's actors take "
+        "cuda when Ray gives them a GPU)",
+    )
     a = p.parse_args()
 
     gpus = _gpus()
@@ -177,9 +182,12 @@ def main() -> None:
         n = len([f for f in images.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp")])
         model, backend = prepare_model(a, work)
         extra = ["--batch", str(a.batch)] + (["--backend", backend] if backend else [])
+        if str(model).endswith((".pt", ".pth", ".pkl")):  # a checkpoint runs at --size
+            extra += ["--height", str(a.size), "--width", str(a.size)]
+        local_extra = ["--device", a.device] if a.device else []
         load = [os.getloadavg()[0]]
         local = work / "local"
-        wall = _run(_cli("infer", model, str(images), "-o", str(local), *extra), work / "local.log")
+        wall = _run(_cli("infer", model, str(images), "-o", str(local), *extra, *local_extra), work / "local.log")
         rows: List[Dict[str, Any]] = [{"run": "local", "wall_s": round(wall, 2), "img_per_s": round(n / wall, 3)}]
         print(f"local: {n} images in {wall:.1f} s = {n / wall:.3f} img/s", flush=True)
         for cfg in configs.split(","):
@@ -227,6 +235,7 @@ def main() -> None:
             if a.model
             else f"{CKPT.name} exported at {a.size} (fused, {'tensor' if a.engine else 'onnx'} NMS)",
             "backend": backend or "from the model path",
+            "local_device": a.device,
             "engine": bool(a.engine),
             "images": n,
             "image_size": None if a.image_dir else [a.size, a.size],
