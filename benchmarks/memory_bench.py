@@ -1,7 +1,10 @@
 """Peak host memory (RSS) of ``rcnn-deploy infer`` on one large photo with 100 detections (issue "End-to-end
 runtime": at most 1 GiB for a 6000x4000 image at any input size up to 1344^2).
 
-    python benchmarks/memory_bench.py --out benchmarks/results/memory_cpu.json [--size 384] [--photo-hw 4000 6000]
+    python benchmarks/memory_bench.py [--size 384] [--photo-hw 4000 6000] [--out FILE]
+
+writes benchmarks/results/memory_cpu_<size>.json unless --out says otherwise (docs/e2e.md renders every
+memory_cpu_*.json: ``python benchmarks/e2e_report.py``).
 
 Exports the project's checkpoint (fused graph, ONNX Runtime) with the detection score threshold at 0 so the
 model returns its full 100 detections, writes one synthetic photo as a JPEG, then runs each case in a fresh
@@ -11,7 +14,10 @@ process and reads its peak RSS (``ru_maxrss`` of the child):
   dense-masks       the Python API reading ``Detections.masks`` (the full [N, H, W] bool array, made on demand):
                     what every run paid before masks became lazy
   model-only        the backend loaded and run once on a 64x64 image: the model's own share, subtracted in
-                    ``above_model_mib``
+                    ``above_model_mib`` (each row's peak minus the model-only row's: the pipeline's share)
+
+The commit recorded is the HEAD of the repository the script lives in, with ``dirty`` true when tracked files
+differ from it.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ def child_peak(cmd: list) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="result file (default: benchmarks/results/memory_cpu_<size>.json)")
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--photo-hw", type=int, nargs=2, default=(4000, 6000))
     a = ap.parse_args()
@@ -85,12 +91,15 @@ def main() -> None:
         rows["dense-masks"] = child_peak([sys.executable, "-c", DENSE, t / "export", photo])
         rows["model-only"] = child_peak([sys.executable, "-c", MODEL_ONLY, t / "export"])
         results = json.loads((t / "out1" / "results.json").read_text())
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
     base = rows["model-only"]["peak_rss_mib"]
     doc = {
         "script": "benchmarks/memory_bench.py",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "commit": commit,
+        "dirty": bool(dirty.stdout.strip()),
         "photo_hw": [h, w],
         "input_hw": [a.size, a.size],
         "detections": len(results),
@@ -99,7 +108,8 @@ def main() -> None:
         "above_model_mib": {k: round(v["peak_rss_mib"] - base, 1) for k, v in rows.items()},
         "exit_codes": {k: v["rc"] for k, v in rows.items()},
     }
-    Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")
+    out = Path(a.out) if a.out else ROOT / "benchmarks" / "results" / f"memory_cpu_{a.size}.json"
+    out.write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps(doc, indent=1))
 
 

@@ -426,6 +426,40 @@ def test_runtime_refuses_a_changed_or_unreadable_graph(fused_dir, tmp_path):
 
 
 @pytest.mark.full
+def test_runtime_loads_the_checked_file_and_refuses_one_changed_meanwhile(fused_dir, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from rcnn_deploy.backends.onnxruntime import OnnxRuntimeBackend
+    from rcnn_deploy.errors import UserError
+
+    d = _copy(fused_dir, tmp_path / "x")
+    path = d / Contract.load(d).graph_for("fused").file
+    real = ort.InferenceSession
+    sources = []
+
+    def session(source, *args, **kwargs):
+        sources.append(source)
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    be = OnnxRuntimeBackend(path, ["CPUExecutionProvider"])
+    # ONNX Runtime reads the file itself: a session made from bytes keeps them as long as it lives (177 MB)
+    assert sources == [str(path)]
+    assert be.session.get_session_options().enable_cpu_mem_arena is False
+
+    def rewritten_meanwhile(source, *args, **kwargs):
+        s = real(source, *args, **kwargs)
+        data = path.read_bytes()
+        path.unlink()  # a new file (the hard link to the fixture's graph stays untouched), the same bytes
+        path.write_bytes(data)
+        return s
+
+    monkeypatch.setattr(ort, "InferenceSession", rewritten_meanwhile)
+    with pytest.raises(UserError, match=rf"{path}: the graph file changed while it was being checked and loaded"):
+        OnnxRuntimeBackend(path, ["CPUExecutionProvider"])
+
+
+@pytest.mark.full
 def test_export_refuses_non_finite_weights_before_writing(tv_mask_model, tmp_path):
     import copy
 

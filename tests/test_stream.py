@@ -264,6 +264,41 @@ def test_infer_command_streams_and_isolates_bad_images(export_dir, tmp_path):
 
 
 @pytest.mark.full
+def test_pngs_drawn_on_the_file_decoded_again_equal_those_on_kept_pixels(export_dir, tmp_path):
+    """infer keeps no pixels through the model: the writer decodes the file again for the PNG (and draws on that
+    copy in place); the pictures are the ones drawn on the kept pixels, and a caller's array is never drawn on."""
+    from PIL import Image
+
+    from rcnn_deploy.api import Detector
+    from rcnn_deploy.runtime.preprocess import load_rgb
+    from rcnn_deploy.runtime.sources import Item
+    from rcnn_deploy.runtime.writers import InferWriter
+
+    det = Detector.load(export_dir / "export", batch=2)
+    images = export_dir / "images"
+    pngs = {}
+    for keep in (True, False):
+        w = InferWriter(tmp_path / str(keep), det.spec, backend=det.backend)
+        rs = list(det.stream(images, batch=2, keep_images=keep, per_image=w.per_image))
+        assert all(r.ok and (r.image is not None) == keep for r in rs)
+        if keep:  # the kept pixels are still the photo (drawn on a copy)
+            assert all(np.array_equal(r.image, load_rgb(r.item.path)) for r in rs)
+        w.close()
+        pngs[keep] = {p.name: np.asarray(Image.open(p)) for p in sorted((tmp_path / str(keep)).glob("*.png"))}
+    assert len(pngs[True]) == 6 and pngs[True].keys() == pngs[False].keys()
+    for name, kept in pngs[True].items():
+        assert np.array_equal(kept, pngs[False][name]), name
+        assert not np.array_equal(kept, load_rgb(images / name)), "detections are drawn"
+    arr = load_rgb(sorted(images.iterdir())[0])
+    before = arr.copy()
+    w = InferWriter(tmp_path / "array", det.spec, backend=det.backend)
+    (r,) = det.stream([Item(0, "array[0]", array=arr)], per_image=w.per_image)
+    w.close()
+    assert r.ok and (tmp_path / "array" / "array_0.png").is_file()
+    assert np.array_equal(arr, before), "a caller's array is not drawn on"
+
+
+@pytest.mark.full
 def test_video_source_every_nth_frame_and_annotated_video(export_dir, tmp_path):
     cv2 = pytest.importorskip("cv2")
     from typer.testing import CliRunner

@@ -767,11 +767,14 @@ def verified_graph_bytes(path: Union[str, Path]) -> Tuple[bytes, Optional[Tuple[
 
 
 def verify_graph_file(path: Union[str, Path]) -> Optional[Tuple[Contract, int, GraphSpec]]:
-    """Like :func:`verified_graph_bytes` without keeping the bytes (the TensorRT parser reads the file itself)."""
+    """Like :func:`verified_graph_bytes` without keeping the bytes (the TensorRT parser and ONNX Runtime read
+    the file themselves; the checksum is computed in chunks, so no copy of the graph is held)."""
     p = Path(path)
     entry = listed_graph(p)
     if not p.is_file():
-        raise UserError("graph file not found", where=p, fix="re-export, or restore the file")
+        named = f" (named by {entry[0].path}: graphs[{entry[1]}].file)" if entry else ""
+        what = "is not a file" if p.exists() else "not found"
+        raise UserError(f"graph file {what}{named}", where=p, fix="re-export, or restore the file")
     if entry is not None:
         size = p.stat().st_size
         _check_digest(*entry, p, size, None)

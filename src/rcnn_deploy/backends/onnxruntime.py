@@ -1,24 +1,32 @@
 """ONNX Runtime backend (CPU, or CUDA when onnxruntime-gpu is installed).
 
-A graph listed in a contract.json beside it is read once, checked against the size and sha256 the export
-recorded, and the session is created from those very bytes; its inputs and outputs are then compared with
-the contract's. A changed, truncated or unreadable graph is a :class:`~rcnn_deploy.errors.UserError` naming
-the file, never a protobuf traceback or a run on damaged weights.
+A graph listed in a contract.json beside it is checked against the size and sha256 the export recorded (read
+in chunks), then ONNX Runtime loads the file itself, and the file must be the same one afterwards (device,
+inode, size and modification time as before the check); its inputs and outputs are then compared with the
+contract's. A changed, truncated or unreadable graph is a :class:`~rcnn_deploy.errors.UserError` naming the
+file, never a protobuf traceback or a run on damaged weights. (A session made from the bytes instead keeps
+them: ONNX Runtime's ``InferenceSession`` holds the bytes it was given for as long as it lives, a second copy
+of every weight, 177 MB for the project's Mask R-CNN.)
 
 Session settings for the CPU (measured in docs/cpu.md): all graph optimisations (ORT_ENABLE_ALL: constant
 folding, Conv/BN/activation fusion, and on AVX2/AVX512 CPUs the NCHWc blocked layout for convolutions),
 sequential execution (the graph is one chain of heavy ops: parallel node execution only adds a second thread
 pool competing for the same cores), one intra-op thread per *physical* core this process may run on (its CPU
 affinity, so a container limited to 2 CPUs does not get a pool sized for the host; hyper-threads share a core's
-vector units and slow the GEMMs down), and the memory arena on (the CPU graph's data-dependent shapes make
-memory patterns inapplicable, so those are left to ONNX Runtime).
+vector units and slow the GEMMs down), and the CPU memory arena off: the arena grows in power-of-two chunks it
+never gives back, so a process kept the high-water mark of one run's tensors, rounded up (with it on, the peak
+RSS of one 1344² run was about 400 MiB higher, for about 4 % less CPU time at 1344² and 10 % at 384²: docs/cpu.md,
+``benchmarks/results/memory_cpu_*.json``). Without
+the arena every tensor goes through malloc, which :func:`~rcnn_deploy.runtime._malloc.fixed_mmap_threshold`
+tells to return large freed blocks to the operating system at once. (The CPU graph's data-dependent shapes make
+memory patterns inapplicable, so those are left to ONNX Runtime.)
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -83,7 +91,7 @@ def session_options(ort: Any, threads: int = 0) -> Any:
         threads = int(env)
     opts.intra_op_num_threads = threads or physical_cores()
     opts.inter_op_num_threads = 1
-    opts.enable_cpu_mem_arena = True
+    opts.enable_cpu_mem_arena = False
     return opts
 
 
@@ -91,18 +99,20 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: Union[str, Path], providers: Optional[Sequence[str]] = None, threads: int = 0) -> None:
-        from ..contract import verified_graph_bytes
+        from ..contract import verify_graph_file
+        from ..runtime._malloc import fixed_mmap_threshold
 
         ort = _ort()
+        fixed_mmap_threshold()  # before the session allocates anything
         opts = session_options(ort, threads)
         available = ort.get_available_providers()
         if providers is None:
             providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.path = Path(path)
-        data, entry = verified_graph_bytes(self.path)  # refuses a graph its contract does not describe
-        source: Union[bytes, str] = data if entry is not None else str(self.path)  # own graphs: external data
+        before = _identity(self.path)
+        entry = verify_graph_file(self.path)  # refuses a graph its contract does not describe
         try:
-            self.session = ort.InferenceSession(source, sess_options=opts, providers=list(providers))
+            self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=list(providers))
         except _load_errors(ort) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             fix = (
@@ -114,7 +124,12 @@ class OnnxRuntimeBackend(Backend):
             raise UserError(
                 f"ONNX Runtime cannot load this graph ({type(e).__name__}: {first[:300]})", where=self.path, fix=fix
             ) from None
-        del data, source
+        if entry is not None and _identity(self.path) != before:
+            raise UserError(
+                "the graph file changed while it was being checked and loaded",
+                where=self.path,
+                fix="load it again once nothing writes to it",
+            )
         self._inputs = [i.name for i in self.session.get_inputs()]
         self._outputs = [o.name for o in self.session.get_outputs()]
         if entry is not None:
@@ -124,6 +139,15 @@ class OnnxRuntimeBackend(Backend):
     def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         outs = self.session.run(self._outputs, {k: feed[k] for k in self._inputs})
         return dict(zip(self._outputs, outs))
+
+
+def _identity(path: Path) -> Optional[Tuple[int, int, int, int]]:
+    """What changes when a file is rewritten or replaced: device, inode, size, modification time (ns)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _check_io(session: Any, graph: Any, where: str) -> None:

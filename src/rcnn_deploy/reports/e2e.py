@@ -97,18 +97,29 @@ def render(root: Path) -> str:
                 f"| {p.name} | {m.get('gpu')}, {m.get('cpus')} CPUs | {_commit(d)} | {r['what']} | {r['processes']} | "
                 f"{r['batch']} | {r['images']} | {r['detections_per_image']} | {r['images_per_s']} |"
             )
-    mem = root / "benchmarks" / "results" / "memory_cpu.json"
-    if mem.is_file():
-        d = json.loads(mem.read_text())
+    mems = _load(root / "benchmarks" / "results", "memory_cpu_*.json")
+    if mems:
         lines += [
             "",
-            f"Peak host memory (`benchmarks/memory_bench.py`, {d['machine']['platform']}, commit {d['commit']}): one "
-            f"{d['photo_hw'][1]}×{d['photo_hw'][0]} JPEG, {d['detections']} detections, ONNX Runtime at "
-            f"{d['input_hw'][0]}²:",
+            "## Peak host memory (`benchmarks/memory_bench.py`)",
             "",
-            "| case | peak RSS MiB | above the model-only process MiB |",
-            "|---|---|---|",
+            "`rcnn-deploy infer` on one synthetic 6000×4000 JPEG with 100 detections (the export's score threshold at",
+            "0), ONNX Runtime on the CPU, each case in a fresh process (its `ru_maxrss`): `infer` writes TSV, COCO RLE",
+            "and the PNG; `infer-no-png` the same without the PNG; `dense-masks` reads the Python API's dense",
+            "`[N, H, W]` bool masks; `model-only` loads the backend and runs one 64×64 image. Above the model-only",
+            "process: the row's peak minus the model-only row's (the pipeline's own share).",
+            "",
+            "| file | machine | commit | photo | input | case | peak RSS MiB | above the model-only process MiB |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for k, v in d["peak_rss_mib"].items():
-            lines.append(f"| {k} | {v} | {d.get('above_model_mib', {}).get(k, '')} |")
+        for p, d in mems:
+            m = d["machine"]
+            commit = _commit(d) + (" (uncommitted changes)" if d.get("dirty") else "")
+            photo = f"{d['photo_hw'][1]}×{d['photo_hw'][0]}, {d['detections']} detections"
+            size = f"{d['input_hw'][0]}×{d['input_hw'][1]}"
+            for k, v in d["peak_rss_mib"].items():
+                lines.append(
+                    f"| {p.name} | {m['platform']}, {m['cpus']} CPUs | {commit} | {photo} | {size} | {k} | {v} | "
+                    f"{d.get('above_model_mib', {}).get(k, '')} |"
+                )
     return "\n".join(lines) + "\n"

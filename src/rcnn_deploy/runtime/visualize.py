@@ -24,6 +24,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .._io import atomic_write, atomic_write_text
+from ._opencv import MAX_SIDE, opencv
 from .detections import Detections
 
 TSV_HEADER = "class\tlabel\tscore\tx1\ty1\tx2\ty2"
@@ -78,11 +79,13 @@ def draw(
     label_ids: Sequence[int],
     path: Union[str, Path],
     library: str = "auto",
+    inplace: bool = False,
 ) -> None:
-    """Boxes, class names, scores and coloured masks over the ``[H, W, 3]`` uint8 RGB image; saved as PNG."""
+    """Boxes, class names, scores and coloured masks over the ``[H, W, 3]`` uint8 RGB image; saved as PNG.
+    ``inplace``: draw on ``image`` itself (see :func:`render`)."""
     from PIL import Image
 
-    im = Image.fromarray(render(image, det, names, label_ids, library=library))
+    im = Image.fromarray(render(image, det, names, label_ids, library=library, inplace=inplace))
     atomic_write(path, lambda p: im.save(p, format="PNG"))
 
 
@@ -114,19 +117,26 @@ def pick_library(library: str = "auto") -> str:
         raise ValueError(f"library must be one of {', '.join(LIBRARIES)}, got {library!r}")
     if library != "auto":
         return library
-    from ._opencv import opencv
-
     return "opencv" if opencv() is not None else "pillow"
 
 
 def render(
-    image: np.ndarray, det: Detections, names: Sequence[str], label_ids: Sequence[int], library: str = "auto"
+    image: np.ndarray,
+    det: Detections,
+    names: Sequence[str],
+    label_ids: Sequence[int],
+    library: str = "auto",
+    inplace: bool = False,
 ) -> np.ndarray:
     """The picture :func:`draw` saves, as an ``[H, W, 3]`` uint8 RGB array (video frames use it).
 
-    ``library``: ``auto`` (OpenCV when importable, else Pillow), ``opencv`` or ``pillow``."""
+    ``library``: ``auto`` (OpenCV when importable, else Pillow), ``opencv`` or ``pillow``. ``inplace``: draw on
+    ``image`` itself and return it, when it is a writable C-contiguous uint8 array (else on a copy): for a
+    caller that no longer needs the photo, one image-sized array less."""
     lib = pick_library(library)
-    canvas = np.array(image, dtype=np.uint8, copy=True, order="C")  # the one image-sized array
+    drawable = image.dtype == np.uint8 and image.flags.c_contiguous and image.flags.writeable
+    # the one image-sized array: the image itself, or its copy
+    canvas = image if inplace and drawable else np.array(image, dtype=np.uint8, copy=True, order="C")
     h, w = canvas.shape[:2]
     st = style_for((h, w))
     colours = instance_colours(len(det))
@@ -137,49 +147,88 @@ def render(
     return _draw_pillow(canvas, det, texts, colours, st)
 
 
-def _mask_regions(det: Detections, image_hw: Tuple[int, int]) -> List[Optional[Tuple[int, int, int, int, np.ndarray]]]:
-    """``(y0, y1, x0, x1, bool crop)`` per detection, or None (no mask, or an empty one)."""
+def _mask_region(det: Detections, i: int, image_hw: Tuple[int, int]) -> Optional[Tuple[int, int, int, int, np.ndarray]]:
+    """``(y0, y1, x0, x1, bool crop)`` of detection ``i``'s mask, or None (no mask, or an empty one)."""
     pasted = det.pasted
     if pasted is not None and pasted.image_hw == image_hw:
-        return [pasted.region(i) for i in range(len(det))]  # box regions only: no image-sized array per mask
+        return pasted.region(i)  # its box region only: no image-sized array per mask
     masks = det.masks
     if masks is None or masks.ndim != 3 or masks.shape[1:] != image_hw:
-        return [None] * len(det)
-    out: List[Optional[Tuple[int, int, int, int, np.ndarray]]] = []
-    for m in masks:
-        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-        if rows.size == 0:
-            out.append(None)
-            continue
-        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        out.append((y0, y1, x0, x1, m[y0:y1, x0:x1]))
-    return out
+        return None
+    m = masks[i]
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if rows.size == 0:
+        return None
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    return y0, y1, x0, x1, m[y0:y1, x0:x1]
 
 
 def _tint_masks(canvas: np.ndarray, det: Detections, colours: List[Tuple[int, int, int]], st: Style, lib: str) -> None:
-    """Blend each mask with its colour (least confident first, so the most confident is on top), then outline it."""
-    regions = _mask_regions(det, canvas.shape[:2])
+    """Blend each mask with its colour (least confident first, so the most confident is on top), then outline it.
+
+    One mask's crop at a time (a photo's 100 box-region crops together are hundreds of MB): its tint is blended
+    and its outline kept (OpenCV's contour points, or the Pillow path's edge pixel coordinates); the outlines
+    are drawn after all the tints."""
+    n = len(det)
+    hw = (int(canvas.shape[0]), int(canvas.shape[1]))
     a = round(MASK_ALPHA * 256)
-    for i in reversed(range(len(det))):
-        r = regions[i]
+    outlines: List[Any] = [None] * n
+    for i in reversed(range(n)):
+        r = _mask_region(det, i, hw)
         if r is None or not r[4].any():
             continue
         y0, y1, x0, x1, crop = r
-        view = canvas[y0:y1, x0:x1]
-        col = np.array(colours[i], dtype=np.uint16)
-        view[crop] = ((view[crop].astype(np.uint16) * (256 - a) + col * a + 128) >> 8).astype(np.uint8)
-    for i in reversed(range(len(det))):
-        r = regions[i]
-        if r is None or not r[4].any():
-            continue
-        y0, y1, x0, x1, crop = r
+        _blend(canvas[y0:y1, x0:x1], crop, colours[i], a)
         if lib == "opencv":
             import cv2
 
             contours, _ = cv2.findContours(crop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-            cv2.drawContours(canvas, contours, -1, colours[i], st.line, cv2.LINE_AA, offset=(x0, y0))
+            outlines[i] = (y0, x0, contours)
         else:
-            canvas[y0:y1, x0:x1][_edge(crop, st.line)] = colours[i]
+            ys, xs = np.nonzero(_edge(crop, st.line))
+            outlines[i] = (y0, x0, (ys, xs))
+    for i in reversed(range(n)):
+        if outlines[i] is None:
+            continue
+        y0, x0, shape = outlines[i]
+        if lib == "opencv":
+            import cv2
+
+            cv2.drawContours(canvas, shape, -1, colours[i], st.line, cv2.LINE_AA, offset=(x0, y0))
+        else:
+            ys, xs = shape
+            canvas[ys + y0, xs + x0] = colours[i]
+
+
+def _blend(view: np.ndarray, crop: np.ndarray, colour: Tuple[int, int, int], a: int) -> None:
+    """``view[crop] = (view * (256 - a) + colour * a + 128) >> 8`` per channel, in place, without gathering the
+    mask's pixels (a boolean gather and scatter of a 6000x4000 photo's 100 masks took 6 s; this, 0.7 s): over
+    the bounding box of the mask's pixels, the blend as a 256-entry table per channel, then
+    ``view ^= (view ^ blended) & (0 or 255)`` per pixel. OpenCV when installed, else numpy."""
+    rows = np.flatnonzero(crop.any(axis=1))
+    if rows.size == 0:
+        return
+    cols = np.flatnonzero(crop.any(axis=0))
+    r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    view, crop = view[r0:r1, c0:c1], crop[r0:r1, c0:c1]
+    col = np.asarray(colour, dtype=np.uint16)
+    lut = ((np.arange(256, dtype=np.uint16)[:, None] * (256 - a) + col * a + 128) >> 8).astype(np.uint8)  # [256, 3]
+    select = np.negative(crop.view(np.uint8))  # 255 where the mask is set, else 0
+    cv2 = opencv()
+    if cv2 is not None and max(view.shape[:2]) < MAX_SIDE:
+        diff = cv2.LUT(view, lut.reshape(256, 1, 3))
+        cv2.bitwise_xor(diff, view, dst=diff)
+        cv2.bitwise_and(diff, cv2.merge([select, select, select]), dst=diff)
+        out = cv2.bitwise_xor(view, diff, dst=view)
+        if out is not view:  # OpenCV wrote a new array instead of the view (it does not for these ROIs)
+            view[...] = out
+        return
+    diff = np.empty_like(view)
+    for c in range(3):
+        diff[..., c] = lut[:, c][view[..., c]]
+    np.bitwise_xor(diff, view, out=diff)
+    np.bitwise_and(diff, select[..., None], out=diff)
+    np.bitwise_xor(view, diff, out=view)
 
 
 def _edge(mask: np.ndarray, width: int) -> np.ndarray:

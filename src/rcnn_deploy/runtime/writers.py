@@ -1,7 +1,9 @@
 """What ``infer`` writes for a stream of results, and how it never loses them (numpy + Pillow).
 
 Per image (in the runner's worker threads): ``NAME.tsv`` (class, label, score, box in original pixels) and
-``NAME.png`` (the visualisation). In input order (the caller's thread): one line per image appended and flushed
+``NAME.png`` (the visualisation, drawn on the image decoded again from its file when the run did not keep the
+pixels: ``infer`` does not, so a photo is not held through the model while others decode; the second decode is
+drawn on in place). In input order (the caller's thread): one line per image appended and flushed
 to ``results.jsonl`` as it finishes, so whatever was done is on disk even if the run is killed; at the end,
 also after Ctrl-C or an error, ``results.json`` (COCO results) and ``summary.json`` (counts, failures, how far
 the run got, img/s) are written atomically.
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
 
 from .._io import atomic_write_json
 from ..config import ModelSpec
 from .coco import detections_to_coco
+from .preprocess import load_rgb
 from .stream import StreamResult, StreamStats
 from .visualize import DRAW_THRESHOLD, draw, render, write_tsv
 
@@ -45,8 +50,12 @@ class InferWriter:
         draw_threshold: float = DRAW_THRESHOLD,
         render_frames: bool = False,
         total: Optional[int] = None,
+        max_pixels: Optional[int] = None,
     ) -> None:
+        """``max_pixels``: the pixel limit an image file is decoded again with for its PNG (None: the default,
+        as the detector's ``max_pixels``)."""
         self.output, self.spec, self.backend = Path(output), spec, backend
+        self.max_pixels = max_pixels
         self.visualize, self.score_threshold, self.render_frames = visualize, score_threshold, render_frames
         self.total, self.draw_threshold = total, draw_threshold
         self.output.mkdir(parents=True, exist_ok=True)
@@ -81,11 +90,30 @@ class InferWriter:
         stem = output_stem(r)
         write_tsv(self.output / f"{stem}.tsv", d, self.spec.class_names, self.spec.label_ids)
         drawn = d.above(self.draw_threshold)  # the picture shows the confident detections; the files keep all
-        if r.image is not None and self.render_frames:
-            extra["frame"] = render(r.image, drawn, self.spec.class_names, self.spec.label_ids)
-        elif r.image is not None and self.visualize:
-            draw(r.image, drawn, self.spec.class_names, self.spec.label_ids, self.output / f"{stem}.png")
+        if self.render_frames or self.visualize:
+            image, ours = self._picture(r)
+            if image is not None and self.render_frames:
+                extra["frame"] = render(image, drawn, self.spec.class_names, self.spec.label_ids)
+            elif image is not None and self.visualize:
+                # a photo decoded from its file is not needed past this point: drawn on in place
+                png = self.output / f"{stem}.png"
+                draw(image, drawn, self.spec.class_names, self.spec.label_ids, png, inplace=ours)
         return extra
+
+    def _picture(self, r: StreamResult) -> Tuple[Optional[np.ndarray], bool]:
+        """The image to draw on and whether it may be drawn on in place (only a decode of its own): the pixels
+        the run kept (the caller may still read ``r.image``), else the item's own array (a video frame, a
+        caller's array), else its file decoded again."""
+        item = r.item
+        if r.image is not None:
+            return r.image, False
+        if item.array is not None:
+            return item.array, False
+        if item.path is None:
+            return None, False
+        if self.max_pixels is None:
+            return load_rgb(item.path), True
+        return load_rgb(item.path, max_pixels=self.max_pixels), True
 
     def add(self, r: StreamResult) -> None:
         """In input order: record the image and append its line to results.jsonl (flushed)."""
