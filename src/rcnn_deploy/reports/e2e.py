@@ -97,7 +97,7 @@ def render(root: Path) -> str:
                 f"| {p.name} | {m.get('gpu')}, {m.get('cpus')} CPUs | {_commit(d)} | {r['what']} | {r['processes']} | "
                 f"{r['batch']} | {r['images']} | {r['detections_per_image']} | {r['images_per_s']} |"
             )
-    mems = _load(root / "benchmarks" / "results", "memory_cpu_*.json")
+    mems = sorted(_load(root / "benchmarks" / "results", "memory_cpu_*.json"), key=lambda pd: tuple(pd[1]["input_hw"]))
     if mems:
         lines += [
             "",
