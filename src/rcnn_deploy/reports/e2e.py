@@ -122,4 +122,28 @@ def render(root: Path) -> str:
                     f"| {p.name} | {m['platform']}, {m['cpus']} CPUs | {commit} | {photo} | {size} | {k} | {v} | "
                     f"{d.get('above_model_mib', {}).get(k, '')} |"
                 )
+    streams = _load(root / "benchmarks" / "results" / "cpu", "cpu_stream_*.json")
+    if streams:
+        lines += [
+            "",
+            "## Streamed against sequential on the CPU (`benchmarks/cpu_stream.py`)",
+            "",
+            "The same work per image on both paths (decode a 1920×1080 JPEG, letterbox, the model at batch 1, boxes",
+            "back to the image, masks as COCO RLE, a TSV; a PNG too where the row says so): `sequential` one image",
+            "after another on one thread, `streamed` through `Detector.stream`. Best of two alternating passes each;",
+            "results checked equal.",
+            "",
+            "| file | machine | commit | model | input | images | PNG | load before passes | sequential img/s |"
+            " streamed img/s | streamed / sequential | same results |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for p, d in streams:
+            m, best = d["machine"], d["best"]
+            lines.append(
+                f"| {p.name} | {m['platform']}, {m['cpus']} CPUs | {_commit(d)} | ONNX Runtime, {d['model']} | "
+                f"{d['input_hw'][0]}² | {d['images']} | {'yes' if d['visualize'] else 'no'} | "
+                f"{', '.join(str(x) for x in d['load_average_before_each_pass'])} | "
+                f"{best['sequential']['images_per_s']} | {best['streamed']['images_per_s']} | {d['speedup']} | "
+                f"{d['same_results']} |"
+            )
     return "\n".join(lines) + "\n"
