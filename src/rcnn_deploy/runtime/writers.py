@@ -89,8 +89,8 @@ class InferWriter:
         ]
         stem = output_stem(r)
         write_tsv(self.output / f"{stem}.tsv", d, self.spec.class_names, self.spec.label_ids)
-        drawn = d.above(self.draw_threshold)  # the picture shows the confident detections; the files keep all
         if self.render_frames or self.visualize:
+            drawn = d.above(self.draw_threshold)  # the picture shows the confident detections; the files keep all
             image, ours = self._picture(r)
             if image is not None and self.render_frames:
                 extra["frame"] = render(image, drawn, self.spec.class_names, self.spec.label_ids)
@@ -102,18 +102,19 @@ class InferWriter:
 
     def _picture(self, r: StreamResult) -> Tuple[Optional[np.ndarray], bool]:
         """The image to draw on and whether it may be drawn on in place (only a decode of its own): the pixels
-        the run kept (the caller may still read ``r.image``), else the item's own array (a video frame, a
-        caller's array), else its file decoded again."""
+        the run kept (the caller may still read ``r.image``), else the item's own pixels (a video frame, a
+        caller's array: :meth:`Item.load`), else its file decoded again."""
         item = r.item
         if r.image is not None:
             return r.image, False
-        if item.array is not None:
-            return item.array, False
-        if item.path is None:
+        if item.array is None and item.path is None:
             return None, False
+        return item.load(self._decode), item.array is None
+
+    def _decode(self, path: Path) -> np.ndarray:
         if self.max_pixels is None:
-            return load_rgb(item.path), True
-        return load_rgb(item.path, max_pixels=self.max_pixels), True
+            return load_rgb(path)
+        return load_rgb(path, max_pixels=self.max_pixels)
 
     def add(self, r: StreamResult) -> None:
         """In input order: record the image and append its line to results.jsonl (flushed)."""
