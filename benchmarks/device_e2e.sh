@@ -19,11 +19,7 @@ mkdir -p "$W" "$OUT"
 export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 CKPT=checkpoints/shapes_maskrcnn_r50fpn.pt
 
-wheels() {
-  if [ ! -d /tmp/site ] && ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  fi
-}
+source "$(dirname "$0")/device_common.sh"
 
 export_one() {  # $1 = batch, $2 = input dtype
   local d="$W/b$1_$2"
@@ -45,7 +41,7 @@ JSON
 
 case "${1:-}" in
 prep)
-  wheels
+  site_wheels
   t0=$(date +%s)
   if [ ! -f "$W/data/annotations.json" ]; then
     python3 -m rcnn_deploy.cli data synth -o "$W/data" -n "$N" --height 1080 --width 1920 --image-format jpg \
@@ -77,7 +73,7 @@ build)
   grep -h "@@" "$W"/build_*.log | cut -c1-400
   ;;
 bench)
-  wheels
+  site_wheels
   engines=()
   for b in 8 1; do
     for dt in uint8 float32; do
@@ -96,7 +92,7 @@ bench)
   done
   ;;
 torch)
-  wheels
+  site_wheels
   python3 benchmarks/e2e_torchvision.py --checkpoint "$CKPT" --size "$SIZE" --images "$W/data/images" \
     --out "$OUT/e2e_torchvision.json" 2>&1 | tee "$OUT/e2e_torchvision.log" | tail -5
   python3 benchmarks/e2e_torch_cuda.py --checkpoint "$CKPT" --size "$SIZE" --images "$W/data/images" --val "$W/val" \

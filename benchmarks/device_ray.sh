@@ -12,17 +12,13 @@
 # RAY_IMAGES synthetic images (default 256): a local `rcnn-deploy infer --device cuda` against
 # `rcnn-deploy infer --ray --workers 1 --gpus-per-worker 1` (the actor takes cuda because Ray gave it the GPU).
 set -uo pipefail
+source "$(dirname "$0")/device_common.sh"
 RAY_VERSION=${RAY_VERSION:-2.60.0}
 case "${1:-}" in
   prep)
     rm -rf .raywhl && mkdir -p .raywhl/dl .raywhl/c0 .raywhl/c1
-    dl() {
-      python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d .raywhl/dl "$@"
-    }
     # ray itself and what its requirements add to the device image's packages (KINDS.md lists those)
-    dl "ray==$RAY_VERSION" jsonschema jsonschema-specifications referencing rpds-py || exit 1
+    download_cp312 .raywhl/dl "ray==$RAY_VERSION" jsonschema jsonschema-specifications referencing rpds-py || exit 1
     ray=$(ls .raywhl/dl/ray-*.whl)
     split -b 50m -d "$ray" ".raywhl/part."
     mv .raywhl/part.00 .raywhl/c0/ && mv .raywhl/part.* .raywhl/c1/
@@ -38,15 +34,12 @@ case "${1:-}" in
       wheel=/tmp/raywhl/$(cat /tmp/raywhl/RAY_WHEEL)
       cat /tmp/raywhl/part.* >"$wheel"
       [ "$(sha256sum "$wheel" | cut -d' ' -f1)" = "$(cat /tmp/raywhl/RAY_SHA256)" ] || { echo "ray wheel damaged"; exit 1; }
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-ray \
-        /tmp/raywhl/*.whl || exit 1
+      install_wheels /tmp/site-ray /tmp/raywhl/*.whl || exit 1
       PYTHONPATH=/tmp/site-ray python3 -c "import ray, ray.data; print('ray', ray.__version__)"
     fi
     ;;
   bench)
-    if [ ! -d /tmp/site ] && ls .whl/*.whl >/dev/null 2>&1; then
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-    fi
+    site_wheels
     export PYTHONPATH=$PWD/src:/tmp/site-ray:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
     OUT=${OUT:-/tmp/ray_out}
     mkdir -p "$OUT"

@@ -15,6 +15,7 @@
 # $OUT gets results_table.json (a snapshot while the run goes on), driver.log, logs.tgz (every build's whole
 # TensorRT log, build records, accuracy rows) and timing_caches.tgz (carry it as .trtcache/ to seed the next run).
 set -uo pipefail
+source "$(dirname "$0")/device_common.sh"
 W=${WORK:-/tmp/rt}
 OUT=${OUT:-$W/out}
 mkdir -p "$W" "$OUT"
@@ -50,7 +51,7 @@ wheels)
   ;;
 start)
   if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    install_wheels /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
   if running; then echo "already running (pid $(cat "$W/driver.pid"))"; exit 0; fi

@@ -13,41 +13,31 @@
 # input size the checkpoint records, over SERVE_IMAGES synthetic 1080x1920 JPEGs. The server is found through
 # RCNN_DEPLOY_TRITONSERVER and its stub's numpy<2 through RCNN_DEPLOY_TRITON_STUB_SITE (src/rcnn_deploy/serve/server.py).
 set -uo pipefail
+source "$(dirname "$0")/device_common.sh"
 T=/tmp/triton
 export RCNN_DEPLOY_TRITONSERVER=$T/pytriton/tritonserver/bin/tritonserver RCNN_DEPLOY_TRITON_STUB_SITE=$T/stub-site
 case "${1:-}" in
   prep)
     rm -rf .servewhl && mkdir -p .servewhl/c0 .servewhl/c1
-    dl() {  # $1 = folder, then requirements
-      local d=$1
-      shift
-      python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
-        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$d" "$@"
-    }
-    dl .servewhl/c0 "nvidia-pytriton==0.7.0" || exit 1
+    download_cp312 .servewhl/c0 "nvidia-pytriton==0.7.0" || exit 1
     mkdir -p .servewhl/c1/stub .servewhl/c1/client
-    dl .servewhl/c1/stub "numpy<2" || exit 1
-    dl .servewhl/c1/client tritonclient geventhttpclient gevent greenlet zope.event zope.interface brotli \
+    download_cp312 .servewhl/c1/stub "numpy<2" || exit 1
+    download_cp312 .servewhl/c1/client tritonclient geventhttpclient gevent greenlet zope.event zope.interface brotli \
       python-rapidjson || exit 1
     du -sh .servewhl/c0 .servewhl/c1
     ;;
   take)
     if [ "$2" = 0 ]; then
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $T .servewhl/c0/*.whl || exit 1
+      install_wheels $T .servewhl/c0/*.whl || exit 1
       ls -la "$RCNN_DEPLOY_TRITONSERVER"
     else
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $T/stub-site \
-        .servewhl/c1/stub/*.whl || exit 1
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-serve \
-        .servewhl/c1/client/*.whl || exit 1
+      install_wheels $T/stub-site .servewhl/c1/stub/*.whl || exit 1
+      install_wheels /tmp/site-serve .servewhl/c1/client/*.whl || exit 1
       PYTHONPATH=/tmp/site-serve python3 -c "import tritonclient.http; print('tritonclient ok')"
     fi
     ;;
   bench)
-    if [ ! -d /tmp/site ] && ls .whl/*.whl >/dev/null 2>&1; then
-      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-    fi
+    site_wheels
     export PYTHONPATH=$PWD/src:/tmp/site-serve:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
     OUT=${OUT:-/tmp/serve_out}
     mkdir -p "$OUT"
