@@ -61,7 +61,7 @@ prep)
   export_one 8 uint8 &
   wait
   ls -la "$W"/b*_uint8/ 2>&1 | head -20
-  tail -3 "$W"/export_*.log
+  tail -n 3 "$W"/export_*.log
   ;;
 build)
   t0=$(date +%s)

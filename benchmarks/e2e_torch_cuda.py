@@ -27,11 +27,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from typing import Any, Dict, List
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+
+PHASES = ("stream", "parity", "precisions", "faster", "gpu_decode")
 
 
 def commit() -> str:
@@ -65,6 +69,15 @@ def gpu_compute(det: Any, batch: int, images: np.ndarray, iterations: int = 100)
         "nms_fallbacks": model.fallbacks,
         "replays": model.replays,
     }
+
+
+def precapture(det: Any, batch: int) -> None:
+    """Capture ``det``'s CUDA graph for ``batch`` uint8 images here, on the calling (main) thread, rather than in
+    the runner's model thread at the first batch (run 16's GPU-decode detector crashed capturing there)."""
+    import torch
+
+    det.cuda_model(torch.zeros((batch, 3, *det.input_hw), dtype=torch.uint8, device=det.cuda_model.device))
+    torch.cuda.synchronize()
 
 
 def stream_pass(det: Any, paths: List[str], batch: int, processes: int, out_dir: str) -> Dict[str, Any]:
@@ -123,7 +136,19 @@ def main() -> None:
     ap.add_argument("--skip-faster", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fp16 only: the model alone and streamed (host decode)")
     ap.add_argument("--nms-rounds", type=int, default=32, help="NMS fixpoint rounds captured first")
+    ap.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (each can run in a process of its own: a crash in one "
+        "then loses only its rows)",
+    )
     a = ap.parse_args()
+    phases = [p for p in a.phases.split(",") if p]
+    unknown = sorted(set(phases) - set(PHASES))
+    if unknown:
+        ap.error(f"unknown phase(s) {', '.join(unknown)}; choose from {', '.join(PHASES)}")
+    if a.quick:
+        phases = ["stream"]
     import faulthandler
 
     stacks = open(os.path.splitext(a.out)[0] + ".stacks.txt", "w")  # noqa: SIM115 - open for the whole run
@@ -190,31 +215,26 @@ def main() -> None:
         det.cuda_model.nms_rounds = a.nms_rounds  # before the first call captures
         return det
 
-    # 1. fp16 (the default GPU precision): model alone, then end to end (host decode in processes; GPU decode)
-    for batch in (8, 1):
-        det, row = compute_row("mask_rcnn", mask_rcnn, "fp16", batch)
-        stream_rows(det, row, "stream", batch, a.processes)
-        del det
-        if a.quick:
-            continue
-        gdet = mask_rcnn("fp16", batch, True, True)
-        stream_rows(gdet, row, "stream_gpu_decode", batch, 0)
-        del gdet
-        torch.cuda.empty_cache()
-    if a.quick:
-        return
+    # 1. fp16 (the default GPU precision): the model alone, then end to end with host decode in processes
+    if "stream" in phases:
+        for batch in (8, 1):
+            det, row = compute_row("mask_rcnn", mask_rcnn, "fp16", batch)
+            stream_rows(det, row, "stream", batch, a.processes)
+            del det
+            torch.cuda.empty_cache()
     # 2. accuracy: mAP per precision on the validation split, graph vs eager, GPU vs host decode
-    if a.val:
+    if "parity" in phases and a.val:
         parity_rows(a, doc, save)
     # 3. the other precisions and the eager reference, model alone
-    for precision in [p for p in a.precisions.split(",") if p != "fp16"]:
+    if "precisions" in phases:
+        for precision in [p for p in a.precisions.split(",") if p != "fp16"]:
+            for batch in (8, 1):
+                compute_row("mask_rcnn", mask_rcnn, precision, batch)
+                torch.cuda.empty_cache()
         for batch in (8, 1):
-            compute_row("mask_rcnn", mask_rcnn, precision, batch)
-            torch.cuda.empty_cache()
-    for batch in (8, 1):
-        compute_row("mask_rcnn", mask_rcnn, "fp32", batch, graph=False)
+            compute_row("mask_rcnn", mask_rcnn, "fp32", batch, graph=False)
     # 4. Faster R-CNN (the checkpoint's box branch), fp16
-    if not a.skip_faster:
+    if "faster" in phases and not a.skip_faster:
 
         def faster(precision: str, batch: int, graph: bool, gpu_decode: bool = False) -> Any:
             net = faster_rcnn_from(a.checkpoint)
@@ -224,6 +244,14 @@ def main() -> None:
             det, row = compute_row("faster_rcnn", faster, "fp16", batch)
             stream_rows(det, row, "stream", batch, a.processes)
             del det
+    # 5. fp16 end to end with JPEGs decoded on the GPU (nvJPEG): its graph is captured here, on the main thread,
+    #    before the stream (run 16's process crashed capturing it in the runner's model thread)
+    if "gpu_decode" in phases:
+        for batch in (8, 1):
+            det, row = compute_row("mask_rcnn_gpu_decode", partial(mask_rcnn, gpu_decode=True), "fp16", batch)
+            stream_rows(det, row, "stream_gpu_decode", batch, 0)
+            del det
+            torch.cuda.empty_cache()
 
 
 def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
@@ -250,11 +278,22 @@ def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
         print(name, par[name], flush=True)
         doc["parity"] = par
         save()
+    paths = [str(p) for p in find_images(images)][: a.val_images]
+    eager = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp32", cuda_graph=False)
+    graph = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp32", cuda_graph=True)
+    rep = compare_detections(eager(paths), graph(paths))
+    par["graph_fp32_vs_eager_fp32"] = {k: v for k, v in rep.to_dict().items() if k != "unmatched"}
+    par["graph_fp32_vs_eager_fp32"]["unmatched"] = len(rep.unmatched)
+    doc["parity"] = par
+    save()
+    print(par["graph_fp32_vs_eager_fp32"], flush=True)
     jpg = a.val.rstrip("/") + "_jpg"
+    # last: the GPU-decode detector's first capture crashed the process in run 16
     if os.path.isdir(jpg):  # GPU decode + letterbox against the host path, on JPEGs
         jann, jimages = os.path.join(jpg, "annotations.json"), os.path.join(jpg, "images")
         for name, gd in (("host_decode_fp16", False), ("gpu_decode_fp16", True)):
             det = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp16", gpu_decode=gd)
+            precapture(det, 8)
             r = evaluate_detector(det, jann, jimages, max_images=a.val_images)
             par[name] = {
                 "bbox_AP": round(r["metrics"]["bbox"]["AP"], 4),
@@ -265,20 +304,12 @@ def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
         jpaths = [str(p) for p in find_images(jimages)][: a.val_images]
         host = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp16")
         gpu = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp16", gpu_decode=True)
+        precapture(gpu, 8)
         rep = compare_detections(host(jpaths), gpu(jpaths))
         par["gpu_decode_vs_host_decode_fp16"] = {k: v for k, v in rep.to_dict().items() if k != "unmatched"}
         par["gpu_decode_vs_host_decode_fp16"]["unmatched"] = len(rep.unmatched)
         doc["parity"] = par
         save()
-    paths = [str(p) for p in find_images(images)][: a.val_images]
-    eager = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp32", cuda_graph=False)
-    graph = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp32", cuda_graph=True)
-    rep = compare_detections(eager(paths), graph(paths))
-    par["graph_fp32_vs_eager_fp32"] = {k: v for k, v in rep.to_dict().items() if k != "unmatched"}
-    par["graph_fp32_vs_eager_fp32"]["unmatched"] = len(rep.unmatched)
-    doc["parity"] = par
-    save()
-    print(par["graph_fp32_vs_eager_fp32"], flush=True)
 
 
 if __name__ == "__main__":
