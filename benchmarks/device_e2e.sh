@@ -7,8 +7,11 @@
 #   bash benchmarks/device_e2e.sh bench  # e2e_trt.py (py39 + TensorRT 8.6), one process per engine
 #   bash benchmarks/device_e2e.sh torch  # e2e_torch_cuda.py (PyTorch on the GPU, no TensorRT) and the torchvision
 #                                        # baseline e2e_torchvision.py (python3 + torch); needs only prep's data
+#   bash benchmarks/device_e2e.sh take_cv  # carry [".cvcarry"]: OpenCV for CPython 3.9 into /tmp/py39cv (bench)
 #
-# Carry .whl (cp312: pycocotools, onnx_graphsurgeon) and .devcarry (py39/: pycocotools for CPython 3.9).
+# Carry .whl (cp312: pycocotools, onnx_graphsurgeon; `device_results_table.sh wheels`) and .devcarry (py39/:
+# pycocotools and Pillow for CPython 3.9; `source benchmarks/device_common.sh && py39_wheels` makes both it and
+# .cvcarry).
 # Results land in $OUT: e2e_trt.json, e2e_torchvision.json, logs.
 set -uo pipefail
 W=${WORK:-/tmp/e2e}
@@ -86,7 +89,7 @@ bench)
   for ((i = 1; i < ${#engines[@]}; i += 2)); do
     e=${engines[$i]}
     b=$(basename "$(dirname "$e")")
-    PYTHONPATH=$PWD/src:$PWD/.devcarry/py39 py39 benchmarks/e2e_trt.py --engine "$e" --images "$W/data/images" \
+    PYTHONPATH=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv py39 benchmarks/e2e_trt.py --engine "$e" --images "$W/data/images" \
       --processes "${E2E_PROCESSES:-14}" --out "$OUT/e2e_trt_$b.json" 2>&1 | tail -8
     echo "exit status $b: ${PIPESTATUS[0]}"
   done
@@ -98,8 +101,12 @@ torch)
   python3 benchmarks/e2e_torch_cuda.py --checkpoint "$CKPT" --size "$SIZE" --images "$W/data/images" --val "$W/val" \
     --processes "${E2E_PROCESSES:-14}" --out "$OUT/e2e_torch_cuda.json" 2>&1 | tee "$OUT/e2e_torch_cuda.log" | tail -30
   ;;
+take_cv)
+  mkdir -p /tmp/py39cv && python3 -m zipfile -e .cvcarry/opencv_python_headless-*.whl /tmp/py39cv/ || exit 1
+  ls /tmp/py39cv
+  ;;
 *)
-  echo "usage: $0 prep [data]|build|bench|torch" >&2
+  echo "usage: $0 prep [data]|build|bench|torch|take_cv" >&2
   exit 2
   ;;
 esac

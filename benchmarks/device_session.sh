@@ -32,7 +32,9 @@ start)
   rm -rf $S/repo/.trt86 $S/repo/.raywhl $S/repo/.servewhl
   cd $S/repo && git rev-parse --short HEAD >$S/out/commit.txt 2>/dev/null
   git -C $S/repo status --short >>$S/out/commit.txt 2>/dev/null
-  setsid nohup bash benchmarks/device_session.sh chain >$S/logs/chain.log 2>&1 </dev/null &
+  shift
+  if [ $# -gt 0 ]; then set -- steps "$@"; else set -- chain; fi  # start STEP...: only these steps
+  setsid nohup bash benchmarks/device_session.sh "$@" >$S/logs/chain.log 2>&1 </dev/null &
   echo $! >$S/chain.pid
   echo "chain started (pid $!) from $(cat $S/out/commit.txt | head -1); nproc $(nproc)"
   nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
@@ -51,13 +53,32 @@ poll)
     ls -la "$OUT"
   fi
   ;;
-chain)
+chain | resume)
+  # resume STEP...: stop the running chain (its whole process group) and run just these steps, in the background
+  if [ "$1" = resume ]; then
+    shift
+    [ -f $S/chain.pid ] && kill -- -"$(cat $S/chain.pid)" 2>/dev/null && sleep 1
+    pkill -f tritonserver 2>/dev/null
+    rm -f $S/DONE
+    cp -r .devcarry/. $S/repo/.devcarry/ 2>/dev/null  # what this call carried (py39 wheels added since start)
+    cp benchmarks/device_session.sh $S/repo/benchmarks/
+    cd $S/repo && setsid nohup bash benchmarks/device_session.sh steps "$@" >>$S/logs/chain.log 2>&1 </dev/null &
+    echo $! >$S/chain.pid
+    echo "resumed (pid $!): $*"
+    exit 0
+  fi
+  exec bash "$0" steps prep torchvision torch_stream wait_trt torch_parity_bg build trt ray serve torch_more gpu_post \
+    torch_gpudecode
+  ;;
+steps)
+  shift
   cd $S/repo || exit 1
   export OUT=$S/out WORK=/tmp/e2e PYTHONUNBUFFERED=1
   source benchmarks/device_common.sh
   site_wheels
   export PYTHONPATH=$PWD/src:/tmp/site
   E=/tmp/e2e
+  CK=checkpoints/shapes_maskrcnn_r50fpn.pt
   step() {  # step NAME COMMAND...: run, log, record the exit status and the seconds
     local name=$1 t0 rc
     shift
@@ -68,33 +89,41 @@ chain)
     echo "$(date +%T) $name: exit $rc in $(( $(date +%s) - t0 )) s" >>$S/steps.txt
     return $rc
   }
-  step prep bash benchmarks/device_e2e.sh prep
-  step torchvision python3 benchmarks/e2e_torchvision.py --checkpoint checkpoints/shapes_maskrcnn_r50fpn.pt \
-    --size 1344 --images $E/data/images --out $OUT/e2e_torchvision.json
-  step torch_stream python3 benchmarks/e2e_torch_cuda.py --checkpoint checkpoints/shapes_maskrcnn_r50fpn.pt \
-    --size 1344 --images $E/data/images --phases stream --nms-rounds 96 --out $OUT/e2e_torch_cuda.json
-  for _ in $(seq 120); do [ -f /tmp/trt86/env.sh ] && break; sleep 5; done  # the chunk calls' setup.sh
-  step torch_parity python3 benchmarks/e2e_torch_cuda.py --checkpoint checkpoints/shapes_maskrcnn_r50fpn.pt \
-    --size 1344 --images $E/data/images --val $E/val --phases parity --nms-rounds 96 \
-    --out $OUT/e2e_torch_cuda_parity.json &
-  parity=$!
-  step build bash benchmarks/device_e2e.sh build
-  cp $E/build_*.log $S/logs/ 2>/dev/null
-  wait $parity
-  step trt bash benchmarks/device_e2e.sh bench
-  if [ -d /tmp/site-ray ]; then step ray bash benchmarks/device_ray.sh bench; fi
-  if [ -d /tmp/triton/pytriton ]; then step serve bash benchmarks/device_serve.sh bench; fi
-  step torch_more python3 benchmarks/e2e_torch_cuda.py --checkpoint checkpoints/shapes_maskrcnn_r50fpn.pt \
-    --size 1344 --images $E/data/images --phases precisions,faster --nms-rounds 96 \
-    --out $OUT/e2e_torch_cuda_more.json
-  step gpu_post python3 benchmarks/gpu_post_bench.py --device cuda --threads 1 --out $OUT/gpu_post_cuda.json
-  step torch_gpudecode python3 benchmarks/e2e_torch_cuda.py --checkpoint checkpoints/shapes_maskrcnn_r50fpn.pt \
-    --size 1344 --images $E/data/images --phases gpu_decode --nms-rounds 96 \
-    --out $OUT/e2e_torch_cuda_gpudecode.json
+  torch_e2e() {  # torch_e2e OUT_NAME PHASES [ARGS...]
+    local name=$1 phases=$2
+    shift 2
+    python3 benchmarks/e2e_torch_cuda.py --checkpoint $CK --size 1344 --images $E/data/images --phases "$phases" \
+      --nms-rounds 96 --out "$OUT/$name.json" "$@"
+  }
+  parity=
+  for s in "$@"; do
+    case $s in
+    prep) step prep bash benchmarks/device_e2e.sh prep ;;
+    torchvision)
+      step torchvision python3 benchmarks/e2e_torchvision.py --checkpoint $CK --size 1344 --images $E/data/images \
+        --out $OUT/e2e_torchvision.json ;;
+    torch_stream) step torch_stream torch_e2e e2e_torch_cuda stream ;;
+    wait_trt) for _ in $(seq 120); do [ -f /tmp/trt86/env.sh ] && break; sleep 5; done ;;  # the chunk calls' setup
+    torch_parity_bg)  # mAP only: the build's GPU load beside it does not matter
+      step torch_parity torch_e2e e2e_torch_cuda_parity parity --val $E/val &
+      parity=$! ;;
+    build)
+      step build bash benchmarks/device_e2e.sh build
+      cp $E/build_*.log $S/logs/ 2>/dev/null
+      [ -n "$parity" ] && wait "$parity" ;;
+    trt) step trt bash benchmarks/device_e2e.sh bench ;;
+    ray) [ -d /tmp/site-ray ] && step ray bash benchmarks/device_ray.sh bench ;;
+    serve) [ -d /tmp/triton/pytriton ] && step serve bash benchmarks/device_serve.sh bench ;;
+    torch_more) step torch_more torch_e2e e2e_torch_cuda_more precisions,faster ;;
+    gpu_post) step gpu_post python3 benchmarks/gpu_post_bench.py --device cuda --threads 1 --out $OUT/gpu_post_cuda.json ;;
+    torch_gpudecode) step torch_gpudecode torch_e2e e2e_torch_cuda_gpudecode gpu_decode ;;
+    *) echo "unknown step $s" >>$S/steps.txt ;;
+    esac
+  done
   touch $S/DONE
   ;;
 *)
-  echo "usage: bash benchmarks/device_session.sh start | poll [SECONDS] | chain" >&2
+  echo "usage: bash benchmarks/device_session.sh start | poll [SECONDS] | resume STEP... | chain" >&2
   exit 2
   ;;
 esac

@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from rcnn_deploy._io import atomic_write_json  # noqa: E402
 from rcnn_deploy.api import Detector  # noqa: E402
+from rcnn_deploy.runtime._opencv import opencv  # noqa: E402
 from rcnn_deploy.runtime.preprocess import find_images, letterbox, load_rgb  # noqa: E402
 from rcnn_deploy.runtime.stream import StreamStats, percentiles  # noqa: E402
 from rcnn_deploy.runtime.writers import InferWriter  # noqa: E402
@@ -126,6 +127,8 @@ def main():
             "gpu": gpu_name(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            # the host stages' resize and mask paste use OpenCV when this process has it, numpy otherwise
+            "opencv": getattr(opencv(), "__version__", None),
         },
         "commit": commit(),
         "images": {"folder": a.images, "count": len(paths), "size": list(load_rgb(paths[0]).shape[:2])},

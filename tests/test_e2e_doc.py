@@ -40,3 +40,77 @@ def test_every_memory_result_file_renders_its_rows(tmp_path):
             cells = [c.strip() for c in line.strip("|").split("|")]
             assert cells[4:] == [f"{size}×{size}", case, str(v + size), str(v - 4.5)], cells
             assert cells[2] == f"c{size}" + (" (uncommitted changes)" if size == 1344 else ""), cells
+
+
+def test_targets_compare_the_latest_session_with_its_own_torchvision_baseline(tmp_path):
+    results = tmp_path / "benchmarks" / "results" / "e2e"
+    results.mkdir(parents=True)
+    machine = {"gpu": "GPU", "cpus": 16, "python": "3.9", "torch": "2"}
+
+    def write(name, doc):
+        (results / name).write_text(json.dumps({"script": "s", "machine": machine, "commit": "c", **doc}))
+
+    stream = {"images_per_s": 320.0, "processes": 14, "detections": 5, "model_starved_s": 0.1, "seconds": 1.0}
+    write(
+        "e2e_trt_run98_b8.json",
+        {
+            "engines": [
+                {
+                    "engine": "e",
+                    "batch": 8,
+                    "trt": "t",
+                    "input_dtype": "uint8",
+                    "gpu_compute_ms": 1.0,
+                    "gpu_images_per_s": 8000,
+                    "stream": dict(stream, images_per_s=1.0),
+                }
+            ]
+        },
+    )  # an older session: not in the targets
+    write(
+        "e2e_trt_run99b_b8.json",
+        {
+            "engines": [
+                {
+                    "engine": "e",
+                    "batch": 8,
+                    "trt": "t",
+                    "input_dtype": "uint8",
+                    "gpu_compute_ms": 20.0,
+                    "gpu_images_per_s": 400,
+                    "stream": stream,
+                }
+            ]
+        },
+    )
+    write(
+        "e2e_trt_run99b_b1.json",
+        {
+            "engines": [
+                {
+                    "engine": "e",
+                    "batch": 1,
+                    "trt": "t",
+                    "input_dtype": "uint8",
+                    "gpu_compute_ms": 5.0,
+                    "gpu_images_per_s": 200,
+                    "stream": stream,
+                    "latency_ms": {"p50": 12.5, "p99": 20.0},
+                }
+            ]
+        },
+    )
+    write(
+        "e2e_torchvision_run98.json",
+        {"model": "tv", "images": 64, "images_per_s": 100.0, "latency_ms": {"p50": 1, "p90": 2, "p99": 3}},
+    )
+    write(
+        "e2e_torchvision_run99a.json",
+        {"model": "tv", "images": 64, "images_per_s": 20.0, "latency_ms": {"p50": 1, "p90": 2, "p99": 3}},
+    )
+    text = render(tmp_path)
+    targets = text.split("## Targets (issues 17 and 19), session run99")[1]
+    assert "| TensorRT fp16 b8 end to end ≥ 300 img/s | 320 img/s | yes | e2e_trt_run99b_b8.json |" in targets
+    assert "| TensorRT end to end ≥ 15× torchvision | 16 × | yes |" in targets  # 320 / 20, not / 100 (run98)
+    assert "| TensorRT b1 end-to-end latency ≤ 12 ms median | 12.5 ms | no |" in targets
+    assert "run98" not in targets.split("##")[0].split("| target |")[1]

@@ -333,6 +333,27 @@ def test_serve_without_a_tritonserver_says_how_to_install_one(tmp_path):
     assert "not an executable tritonserver" in p.stderr and "nvidia-pytriton" in "".join(p.stderr.split())
 
 
+@needs_server
+def test_the_stub_environment_imports_what_pythonpath_gives_the_serving_process(tmp_path, monkeypatch):
+    """The backend stub runs isolated from PYTHONPATH; packages the serving process finds through it (``pip install
+    --target`` folders, as on the GPU machine) must reach the served model too."""
+    from rcnn_deploy.serve.server import find_tritonserver, prepare_bundle
+
+    extra = tmp_path / "extra site"
+    extra.mkdir()
+    (extra / "only_on_pythonpath.py").write_text("VALUE = 17\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(extra), str(tmp_path / "missing"), str(extra)]))
+    setup = prepare_bundle(find_tritonserver(), tmp_path / "work")
+    env = {k: v for k, v in setup["env"].items() if k != "PYTHONPATH"}  # what the stub sees: no PYTHONPATH
+    python = tmp_path / "work" / "pyenv" / "bin" / "python"
+    code = "import only_on_pythonpath, numpy; print(only_on_pythonpath.VALUE, numpy.__version__)"
+    p = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split()[0] == "17"
+    pth = next((tmp_path / "work" / "pyenv").rglob("_rcnn_deploy_triton.pth")).read_text()
+    assert pth.count(str(extra)) == 1 and str(tmp_path / "missing") not in pth
+
+
 # ------------------------------------------------------------------------------------ a real tritonserver
 @pytest.mark.full
 @needs_server

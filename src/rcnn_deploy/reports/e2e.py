@@ -16,6 +16,23 @@ def _commit(d: Any) -> str:
     return str(d.get("commit_note", d.get("commit")))
 
 
+def _opencv(machine: Any) -> str:
+    if "opencv" not in machine:
+        return "not recorded"
+    return str(machine["opencv"]) if machine["opencv"] else "no (numpy fallbacks)"
+
+
+def _starved(stream: Any) -> str:
+    """How long the model waited for decoded input, against the stream's whole time (host-bound when close)."""
+    if not stream or "model_starved_s" not in stream:
+        return "—"
+    return f"{stream['model_starved_s']:.2f} / {stream['seconds']:.2f}"
+
+
+def _latency(q: Any) -> str:
+    return f"{q['p50']:.1f} / {q['p99']:.1f}" if q else "—"
+
+
 def render(root: Path) -> str:
     """The whole docs/e2e.md for the repository at ``root``."""
     results = root / "benchmarks" / "results" / "e2e"
@@ -28,9 +45,10 @@ def render(root: Path) -> str:
         "",
         "## TensorRT 8.6 (`benchmarks/e2e_trt.py`, CPython 3.9, no torch)",
         "",
-        "| file | script | machine | commit | engine | batch | GPU compute ms | GPU img/s | streamed img/s |"
-        " detections | host stages ms (decode / letterbox / postprocess+RLE) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| file | script | machine | commit | OpenCV in the process | engine | batch | GPU compute ms | GPU img/s |"
+        " streamed img/s | model starved s / stream s | batch-1 latency p50 / p99 ms | detections |"
+        " host stages ms (decode / letterbox / postprocess+RLE) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p, d in _load(results, "e2e_trt_*.json"):
         m = d["machine"]
@@ -38,10 +56,10 @@ def render(root: Path) -> str:
             s, st = e.get("stream", {}), e.get("stages", {})
             lines.append(
                 f"| {p.name} | {d['script']} | {m.get('gpu')}, {m.get('cpus')} CPUs, Python {m.get('python')} | "
-                f"{_commit(d)} | {e['trt']} fp16, {e['input_dtype']} input | {e['batch']} | "
-                f"{e['gpu_compute_ms']:.2f} | {e['gpu_images_per_s']} | {s.get('images_per_s')} | "
-                f"{s.get('detections')} | {st.get('decode_ms', 0):.1f} / {st.get('letterbox_ms', 0):.1f} / "
-                f"{st.get('postprocess_rle_ms', 0):.1f} |"
+                f"{_commit(d)} | {_opencv(m)} | {e['trt']} fp16, {e['input_dtype']} input | {e['batch']} | "
+                f"{e['gpu_compute_ms']:.2f} | {e['gpu_images_per_s']} | {s.get('images_per_s')} | {_starved(s)} | "
+                f"{_latency(e.get('latency_ms'))} | {s.get('detections')} | {st.get('decode_ms', 0):.1f} / "
+                f"{st.get('letterbox_ms', 0):.1f} / {st.get('postprocess_rle_ms', 0):.1f} |"
             )
     lines += [
         "",
@@ -52,19 +70,21 @@ def render(root: Path) -> str:
         "median); streamed = `Detector.stream` with decode + letterbox + postprocessing in worker processes.",
         "",
         "| file | machine | commit | model | precision | batch | nms rounds | GPU compute ms | GPU img/s |"
-        " streamed img/s (processes) | NMS fallbacks in the stream |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " streamed img/s (processes) | model starved s / stream s | batch-1 latency p50 / p99 ms |"
+        " NMS fallbacks in the stream |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p, d in _load(results, "e2e_torch_cuda_*.json"):
         m = d["machine"]
         for r in d["rows"]:
-            s = r.get("stream", {})
+            s = r.get("stream", r.get("stream_gpu_decode", {}))
             streamed = f"{s['images_per_s']} ({s['processes']})" if s else "not run"
+            lat = r.get("latency_ms", r.get("latency_gpu_decode_ms"))
             lines.append(
                 f"| {p.name} | {m.get('gpu')}, {m.get('cpus')} CPUs, torch {m.get('torch')} | {_commit(d)} | "
                 f"{r['model']} | {r['precision']}{'' if r['cuda_graph'] else ', eager'} | {r['batch']} | "
                 f"{r.get('nms_rounds', 'adaptive')} | {r['gpu_compute_ms']:.2f} | {r['gpu_images_per_s']} | "
-                f"{streamed} | {s.get('nms_fallbacks_total', '')} |"
+                f"{streamed} | {_starved(s)} | {_latency(lat)} | {s.get('nms_fallbacks_total', '')} |"
             )
     lines += [
         "",
@@ -79,6 +99,8 @@ def render(root: Path) -> str:
             f"| {p.name} | {d['script']} | {m.get('gpu')}, {m.get('cpus')} CPUs | {_commit(d)} | {d['model']} | "
             f"{d['images']} | {d['images_per_s']} | {q['p50']:.0f} / {q['p90']:.0f} / {q['p99']:.0f} |"
         )
+    lines += _parity_section(results) + _targets_section(results) + _gpu_post_section(results)
+    lines += _serve_section(results)
     lines += [
         "",
         "## Host stages alone (`benchmarks/e2e_host.py`)",
@@ -147,3 +169,192 @@ def render(root: Path) -> str:
                 f"{d['same_results']} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _ap(entry: Any) -> str:
+    return f"{entry['bbox_AP']:.4f} / {entry['segm_AP']:.4f}" if entry else "—"
+
+
+def _parity_section(results: Path) -> List[str]:
+    """``e2e_torch_cuda.py --phases parity``: mAP per precision and decode path, and graph-vs-eager detections."""
+    files = [(p, d) for p, d in _load(results, "e2e_torch_cuda_*.json") if d.get("parity")]
+    if not files:
+        return []
+    lines = [
+        "",
+        "## PyTorch on the GPU: accuracy and parity (`benchmarks/e2e_torch_cuda.py --phases parity`)",
+        "",
+        "The synthetic validation split at the checkpoint's 384² (the first `images`), COCO mAP@[.5:.95] bbox / segm;",
+        "Δ against the CUDA-graph fp32 row of the same file. The decode rows run on the same split saved as JPEGs",
+        "(host: Pillow/OpenCV on the CPU; GPU: nvJPEG through torchvision's `decode_jpeg`), so they differ from the",
+        "PNG rows by the JPEG compression too.",
+        "",
+        "| file | commit | row | images | bbox / segm mAP | Δ bbox / Δ segm vs graph fp32 | NMS fallbacks |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p, d in files:
+        par = d["parity"]
+        ref = par.get("graph_fp32")
+        for name in ("eager_fp32", "graph_fp32", "graph_fp16", "graph_bf16", "host_decode_fp16", "gpu_decode_fp16"):
+            e = par.get(name)
+            if not e:
+                continue
+            delta = "—"
+            if ref and not name.endswith("decode_fp16") and name != "graph_fp32":
+                delta = f"{e['bbox_AP'] - ref['bbox_AP']:+.4f} / {e['segm_AP'] - ref['segm_AP']:+.4f}"
+            if name == "gpu_decode_fp16" and par.get("host_decode_fp16"):
+                h = par["host_decode_fp16"]
+                delta = f"{e['bbox_AP'] - h['bbox_AP']:+.4f} / {e['segm_AP'] - h['segm_AP']:+.4f} (vs host decode)"
+            fb = e.get("nms_fallbacks")
+            lines.append(
+                f"| {p.name} | {_commit(d)} | {name} | {e['images']} | {_ap(e)} | {delta} | "
+                f"{'—' if fb is None else fb} |"
+            )
+    lines += [
+        "",
+        "Detections matched between two paths (same class, box IoU ≥ 0.5; `rcnn_deploy.evaluation.parity`):",
+        "",
+        "| file | comparison | reference / candidate detections | matched | recall | min box IoU | max score Δ |"
+        " mean / min mask IoU | unmatched |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p, d in files:
+        for name in ("graph_fp32_vs_eager_fp32", "gpu_decode_vs_host_decode_fp16"):
+            r = d["parity"].get(name)
+            if not r:
+                continue
+            lines.append(
+                f"| {p.name} | {name} | {r['reference_detections']} / {r['candidate_detections']} | {r['matched']} | "
+                f"{r['recall']:.4f} | {r['min_box_iou']:.3f} | {r['max_score_diff']:.3f} | "
+                f"{r['mean_mask_iou']:.4f} / {r['min_mask_iou']:.3f} | {r['unmatched']} |"
+            )
+    return lines
+
+
+def _run_of(path: Path) -> str:
+    """``e2e_trt_run17b_b8.json`` -> ``run17``: the session a result file belongs to (its machines' letters dropped)."""
+    for part in path.stem.split("_"):
+        if part.startswith("run") and len(part) > 3:
+            return part[:3] + "".join(c for c in part[3:] if c.isdigit())
+    return ""
+
+
+def _targets_section(results: Path) -> List[str]:
+    """The issues' end-to-end targets against the latest session that measured them (1344², 1920×1080 JPEGs)."""
+    trt = _load(results, "e2e_trt_*.json")
+    torch = [(p, d) for p, d in _load(results, "e2e_torch_cuda_*.json") if d.get("rows")]
+    tv = _load(results, "e2e_torchvision_*.json")
+    if not (trt or torch) or not tv:
+        return []
+    run = max((_run_of(p) for p, _ in trt + torch), key=lambda r: int(r[3:] or 0))
+    tv_run = [(p, d) for p, d in tv if _run_of(p) == run]
+    if not tv_run:
+        return []
+    tv_p, tv_d = tv_run[-1]
+    base = float(tv_d["images_per_s"])
+    lines = [
+        "",
+        f"## Targets (issues 17 and 19), session {run}",
+        "",
+        f"Baseline: torchvision's eager model end to end, {base} img/s ({tv_p.name}). *Met* compares the measured",
+        "figure with the issue's target; × torchvision divides streamed img/s by that baseline (same 256 images:",
+        "`data synth` with the same seed on each machine of the session).",
+        "",
+        "| target | measured | met | file |",
+        "|---|---|---|---|",
+    ]
+
+    def row(what: str, value: float, unit: str, ok: bool, p: Path) -> None:
+        lines.append(f"| {what} | {value:g} {unit} | {'yes' if ok else 'no'} | {p.name} |")
+
+    for p, d in trt:
+        if _run_of(p) != run:
+            continue
+        for e in d["engines"]:
+            s = e.get("stream") or {}
+            if e["batch"] == 8 and s:
+                row("TensorRT fp16 b8 end to end ≥ 300 img/s", s["images_per_s"], "img/s", s["images_per_s"] >= 300, p)
+                x = round(s["images_per_s"] / base, 1)
+                row("TensorRT end to end ≥ 15× torchvision", x, "×", x >= 15, p)
+            if e["batch"] == 1 and e.get("latency_ms"):
+                q = round(e["latency_ms"]["p50"], 1)
+                row("TensorRT b1 end-to-end latency ≤ 12 ms median", q, "ms", q <= 12, p)
+    for p, d in torch:
+        if _run_of(p) != run:
+            continue
+        for r in d["rows"]:
+            if r["model"] != "mask_rcnn" or r["precision"] != "fp16" or not r["cuda_graph"]:
+                continue
+            s = r.get("stream") or {}
+            if r["batch"] == 1:
+                row("PyTorch fp16 b1 GPU compute ≤ 8 ms", r["gpu_compute_ms"], "ms", r["gpu_compute_ms"] <= 8, p)
+                if r.get("latency_ms"):
+                    q = round(r["latency_ms"]["p50"], 1)
+                    row("PyTorch b1 end-to-end latency ≤ 12 ms median", q, "ms", q <= 12, p)
+            if r["batch"] == 8 and s:
+                row("PyTorch b8 end to end ≥ 250 img/s", s["images_per_s"], "img/s", s["images_per_s"] >= 250, p)
+                x = round(s["images_per_s"] / base, 1)
+                row("PyTorch end to end ≥ 10× torchvision", x, "×", x >= 10, p)
+    return lines
+
+
+def _gpu_post_section(results: Path) -> List[str]:
+    files = _load(results, "gpu_post_cuda_*.json")
+    if not files:
+        return []
+    lines = [
+        "",
+        "## Mask paste + COCO RLE on the GPU (`benchmarks/gpu_post_bench.py --device cuda`)",
+        "",
+        "One 1920×1080 image with 100 detections (random boxes, random 28×28 probabilities), ms per image",
+        "(median of the repeats): the host path (numpy/OpenCV, one thread) against `glue.gpu_post.paste_runs` on",
+        "the GPU (runs copied back; `+ RLE` adds pycocotools' string compression on the host). *Mismatched*: masks",
+        "whose RLE differs from the host's.",
+        "",
+        "| file | boxes | paste | host counts | host RLE | GPU counts | GPU + RLE | ragged gather (GPU) | mismatched |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p, d in files:
+        for c in d["cases"]:
+
+            def ms(k: str, c: Any = c) -> str:
+                return f"{c[k]['median_ms']:.1f}" if k in c else "—"
+
+            lines.append(
+                f"| {p.name} | {c['sizes']} | {c['method']} | {ms('host_counts')} | {ms('host_rle')} | "
+                f"{ms('device_counts')} | {ms('device_rle')} | {ms('ragged_gather')} | {c['mismatched_masks']} |"
+            )
+    return lines
+
+
+def _serve_section(results: Path) -> List[str]:
+    files = _load(results, "serve_bench_gpu_*.json")
+    if not files:
+        return []
+    lines = [
+        "",
+        "## Serving on the GPU (`benchmarks/serve_bench.py`, Triton 2.51 Python backend)",
+        "",
+        "`rcnn-deploy serve` on the GPU machine, HTTP clients on the same host sending 1920×1080 JPEGs; served",
+        "img/s and latency per concurrency, the batch sizes Triton formed, and the same `Detector` in the client's",
+        "process for comparison.",
+        "",
+        "| file | commit | model | concurrency | requests | errors | img/s | p50 / p99 ms | batches formed |"
+        " in-process img/s (b1 / b8) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p, d in files:
+        ip = d.get("in_process", {})
+        local = (
+            f"{ip.get('batch1', {}).get('throughput_img_s', '—')} / {ip.get('batch8', {}).get('throughput_img_s', '—')}"
+        )
+        for r in d["served"].values():
+            lat = f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f}" if "p50_ms" in r else "—"
+            batches = ", ".join(f"{k}×{v}" for k, v in r.get("server_batches", {}).items())
+            lines.append(
+                f"| {p.name} | {_commit(d)} | {d.get('note', '')} | {r['concurrency']} | {r['requests']} | "
+                f"{r['errors']} | {r['throughput_img_s']} | {lat} | {batches} | {local} |"
+            )
+        if d.get("outcome"):
+            lines.append(f"| {p.name} | outcome: {d['outcome']} ||||||||| ")
+    return lines

@@ -13,7 +13,8 @@ Where the binary comes from, in this order:
 The wheel's server (a "bundle") needs three things the NGC containers set up themselves, done here in a
 throwaway folder per run: a backend folder with the Python backend and the backend stub built for this
 interpreter's version; a Python environment for the stub (a venv without pip whose ``.pth`` adds this
-environment's site-packages — the stub runs isolated, so PYTHONPATH does not reach it); and
+process's PYTHONPATH folders and this environment's site-packages — the stub runs isolated, so PYTHONPATH
+itself does not reach it); and
 ``LD_LIBRARY_PATH`` with the wheel's libraries and this interpreter's ``libpython``. That stub (Triton 2.51,
 built with a pybind11 that predates numpy 2) reads every tensor wrong under numpy 2 (strides of 0), so when
 this environment has numpy >= 2 the stub's environment puts a ``numpy<2`` first: ``<sys.prefix>/triton/
@@ -150,6 +151,16 @@ def stub_site() -> Optional[Path]:
     return p
 
 
+def python_path_dirs() -> List[str]:
+    """The existing folders of this process's ``PYTHONPATH``, absolute, in order, without repeats."""
+    out: List[str] = []
+    for d in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        d = os.path.abspath(d) if d else ""
+        if d and os.path.isdir(d) and d not in out:
+            out.append(d)
+    return out
+
+
 def prepare_bundle(install: TritonInstall, workdir: Path) -> Dict[str, Any]:
     """Set up ``workdir`` for running the wheel's server with this interpreter: returns the extra command-line
     arguments and environment."""
@@ -167,8 +178,10 @@ def prepare_bundle(install: TritonInstall, workdir: Path) -> Dict[str, Any]:
     shutil.copytree(install.bundle / "backends", backends, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(stub, backends / "python" / "triton_python_backend_stub")
 
-    # A Python environment for the stub: a venv (no pip) whose .pth puts numpy<2 (when needed) and then
-    # this environment's site-packages (with their own .pth files) on the stub's sys.path.
+    # A Python environment for the stub: a venv (no pip) whose .pth puts numpy<2 (when needed), then this
+    # process's PYTHONPATH folders, then this environment's site-packages (with their own .pth files) on the
+    # stub's sys.path: what `rcnn-deploy serve` can import, the served model can import (packages installed with
+    # `pip install --target` and found through PYTHONPATH failed inside the server on the GPU machine, run 17).
     import site
     import venv
 
@@ -178,6 +191,8 @@ def prepare_bundle(install: TritonInstall, workdir: Path) -> Dict[str, Any]:
     numpy_dir = stub_site()
     if numpy_dir is not None:
         lines.append(str(numpy_dir))
+    for d in python_path_dirs():
+        lines.append(f"import site; site.addsitedir({d!r})")
     dirs = [*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])]
     for d in dirs:
         if os.path.isdir(d):
