@@ -1,27 +1,37 @@
 #!/usr/bin/env bash
 # One GPU session's measurements as a background chain on the device machine, so that the calls which only
 # carry files (TensorRT 8.6 chunks, Ray and Triton wheels) overlap with the work instead of waiting for it.
-# A machine goes back 30 s after a call: make the calls back to back (`poll` with a sleep keeps it warm).
+# A machine goes back 30 s after a call: make the calls back to back (`poll` with a sleep keeps it warm) and do
+# no local work between them (run 17 lost its first machine, with the data, engines and wheels on it, to a
+# 40-second pause between two polls).
 #
-#   device: bash benchmarks/device_session.sh start        # carry [".whl", ".devcarry"]; checkpoint in the tree
+#   here:   bash benchmarks/device_results_table.sh wheels; source benchmarks/device_common.sh; py39_wheels
+#           ../shared/tools/trt86/prepare.sh .trt86; bash benchmarks/device_ray.sh prep; bash benchmarks/device_serve.sh prep
+#   device: bash benchmarks/device_session.sh start [STEP...]  # carry [".whl", ".devcarry"]; checkpoint in the tree
 #   device: mkdir -p /tmp/trt86/in && cp .trt86/cK/part.* /tmp/trt86/in/   # carry [".trt86/cK"], K = 0..N
 #           ... && bash .trt86/cN/setup.sh                                 # the last chunk's call
+#   device: bash benchmarks/device_e2e.sh take_cv           # carry [".cvcarry"]: OpenCV for the TensorRT process
 #   device: bash benchmarks/device_ray.sh take 0|1           # carry [".raywhl/cK"] (optional: the Ray step)
 #   device: bash benchmarks/device_serve.sh take 0|1         # carry [".servewhl/cK"] (optional: the serving step)
 #   device: bash benchmarks/device_session.sh poll [SECONDS] # waits up to SECONDS for the chain, prints its
 #                                                            # progress, returns what it wrote as $OUT/session.tgz
 #
 # `start` copies the repository (with the checkpoint) to /tmp/sess/repo and runs the chain from there, so the
-# calls that carry chunks without the checkpoint do not disturb it. The chain, one step after another (each
-# step's log in /tmp/sess/logs, results in /tmp/sess/out; a failed step is recorded and the chain goes on):
-#   prep        device_e2e.sh prep: 256 synthetic 1920x1080 JPEGs, the 384^2 validation split, uint8 fused exports
-#   torch       e2e_torchvision.py (the baseline) and e2e_torch_cuda.py --phases stream (fp16, batch 8 and 1)
-#   build       device_e2e.sh build (fp16 engines at batch 8 and 1, once TensorRT 8.6 is set up), with
-#               e2e_torch_cuda.py --phases parity beside it (mAP only: the build's GPU load does not matter)
-#   trt         device_e2e.sh bench (e2e_trt.py in CPython 3.9 + TensorRT 8.6)
-#   ray, serve  device_ray.sh bench, device_serve.sh bench (each only when its wheels were installed)
-#   more        e2e_torch_cuda.py --phases precisions,faster; gpu_post_bench.py --device cuda
-#   gpudecode   e2e_torch_cuda.py --phases gpu_decode (last: its first capture crashed the process in run 16)
+# calls that carry chunks and wheels (58 MiB each: move the 43 MB checkpoint out of the tree for them) do not
+# disturb it. The steps, in this order unless `start`/`resume` names others (each step's log in /tmp/sess/logs,
+# results in /tmp/sess/out; a failed step is recorded and the chain goes on):
+#   prep             device_e2e.sh prep: 256 synthetic 1920x1080 JPEGs, the 384^2 validation split (PNG and
+#                    JPEG), uint8 fused exports at 1344 (batch 8 and 1)
+#   torchvision      e2e_torchvision.py, the baseline
+#   torch_stream     e2e_torch_cuda.py --phases stream (fp16 CUDA graphs, batch 8 and 1, streamed, b1 latency)
+#   wait_trt         waits for the chunk calls' setup.sh (/tmp/trt86/env.sh)
+#   torch_parity_bg  e2e_torch_cuda.py --phases parity, in the background beside the build (mAP only)
+#   build            device_e2e.sh build: fp16 engines at batch 8 and 1 (about 6.5 min together on the H200)
+#   trt              device_e2e.sh bench: e2e_trt.py in CPython 3.9 + TensorRT 8.6 (OpenCV after take_cv)
+#   ray, serve       device_ray.sh bench, device_serve.sh bench (each only when its wheels were installed)
+#   torch_more       e2e_torch_cuda.py --phases precisions,faster
+#   gpu_post         gpu_post_bench.py --device cuda
+#   torch_gpudecode  e2e_torch_cuda.py --phases gpu_decode (last: its first capture crashed the process in run 16)
 set -uo pipefail
 S=/tmp/sess
 case "${1:-}" in
@@ -29,7 +39,7 @@ start)
   if [ -f $S/chain.pid ] && kill -0 "$(cat $S/chain.pid)" 2>/dev/null; then echo "chain already running"; exit 0; fi
   [ -f checkpoints/shapes_maskrcnn_r50fpn.pt ] || { echo "start needs the checkpoint in the tree"; exit 1; }
   mkdir -p $S/logs $S/out && rm -rf $S/repo && cp -aL . $S/repo 2>/dev/null
-  rm -rf $S/repo/.trt86 $S/repo/.raywhl $S/repo/.servewhl
+  rm -rf $S/repo/.trt86 $S/repo/.raywhl $S/repo/.servewhl $S/repo/.cvcarry
   cd $S/repo && git rev-parse --short HEAD >$S/out/commit.txt 2>/dev/null
   git -C $S/repo status --short >>$S/out/commit.txt 2>/dev/null
   shift
