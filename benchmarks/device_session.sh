@@ -31,6 +31,7 @@
 #   ray, serve       device_ray.sh bench, device_serve.sh bench (each only when its wheels were installed)
 #   torch_more       e2e_torch_cuda.py --phases precisions,faster
 #   gpu_post         gpu_post_bench.py --device cuda
+#   torch_gpupost    e2e_torch_cuda.py --phases gpu_post (masks pasted and RLE-encoded on the GPU, end to end)
 #   torch_gpudecode  e2e_torch_cuda.py --phases gpu_decode (last: its first capture crashed the process in run 16)
 set -uo pipefail
 S=/tmp/sess
@@ -78,7 +79,7 @@ chain | resume)
     exit 0
   fi
   exec bash "$0" steps prep torchvision torch_stream wait_trt torch_parity_bg build trt ray serve torch_more gpu_post \
-    torch_gpudecode
+    torch_gpupost torch_gpudecode
   ;;
 steps)
   shift
@@ -126,6 +127,7 @@ steps)
     serve) [ -d /tmp/triton/pytriton ] && step serve bash benchmarks/device_serve.sh bench ;;
     torch_more) step torch_more torch_e2e e2e_torch_cuda_more precisions,faster ;;
     gpu_post) step gpu_post python3 benchmarks/gpu_post_bench.py --device cuda --threads 1 --out $OUT/gpu_post_cuda.json ;;
+    torch_gpupost) step torch_gpupost torch_e2e e2e_torch_cuda_gpupost gpu_post ;;
     torch_gpudecode) step torch_gpudecode torch_e2e e2e_torch_cuda_gpudecode gpu_decode ;;
     *) echo "unknown step $s" >>$S/steps.txt ;;
     esac

@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 
-PHASES = ("stream", "parity", "precisions", "faster", "gpu_decode")
+PHASES = ("stream", "parity", "precisions", "faster", "gpu_decode", "gpu_post")
 
 
 def commit() -> str:
@@ -202,7 +202,7 @@ def main() -> None:
         save()
         print(key, row[key], flush=True)
 
-    def mask_rcnn(precision: str, batch: int, graph: bool, gpu_decode: bool = False) -> Any:
+    def mask_rcnn(precision: str, batch: int, graph: bool, gpu_decode: bool = False, gpu_post: bool = False) -> Any:
         det = Detector.load(
             a.checkpoint,
             input_hw=hw,
@@ -211,6 +211,7 @@ def main() -> None:
             precision=precision,
             cuda_graph=graph,
             gpu_decode=gpu_decode,
+            gpu_post=gpu_post,
         )
         det.cuda_model.nms_rounds = a.nms_rounds  # before the first call captures
         return det
@@ -252,6 +253,16 @@ def main() -> None:
             stream_rows(det, row, "stream_gpu_decode", batch, 0)
             del det
             torch.cuda.empty_cache()
+    # 6. fp16 with the masks pasted and run-length encoded on the GPU (glue.gpu_post), host decode in processes and
+    #    then GPU decode too: only boxes, scores, classes and RLE runs come back to the host
+    if "gpu_post" in phases:
+        for label, gd, procs in (("mask_rcnn_gpu_post", False, a.processes), ("mask_rcnn_gpu_decode_post", True, 0)):
+            for batch in (8, 1):
+                make = partial(mask_rcnn, gpu_decode=gd, gpu_post=True)
+                det, row = compute_row(label, make, "fp16", batch)
+                stream_rows(det, row, "stream", batch, procs)
+                del det
+                torch.cuda.empty_cache()
 
 
 def decode_diff(paths: List[str]) -> Dict[str, Any]:

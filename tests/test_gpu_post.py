@@ -373,3 +373,22 @@ def test_the_wired_gpu_path_on_the_cpu_equals_the_host_path(shapes_net, tmp_path
     assert len(seen) == 2  # two batches, each run once
     assert sum(len(d) for d in host) >= 6  # the shapes model finds the shapes
     _same_coco(host, device, net.spec)
+
+
+def test_a_mask_threshold_set_after_loading_reaches_the_gpu_post_processing():
+    """``infer --mask-threshold`` sets it after the detector is built; with --gpu-post the threshold lives in the
+    GpuPost the batch model holds, which must follow (the host path reads ``spec.mask_threshold``)."""
+    from rcnn_deploy import get_spec
+    from rcnn_deploy.api import Detector
+    from rcnn_deploy.backends.torch_cuda import GpuBatchModel, GpuLetterbox
+    from rcnn_deploy.glue.gpu_post import GpuPost
+
+    spec = get_spec("torchvision-maskrcnn")
+    det = Detector(spec, (64, 64), lambda a: {}, "torch", 2)
+    post = GpuPost(spec.mask_paste, spec.mask_threshold)
+    det.batch_model = GpuBatchModel(lambda x: {}, GpuLetterbox((64, 64), det.fill, spec.resize, "cpu", None), 2, post)
+    det.set_mask_threshold(0.8)
+    assert det.spec.mask_threshold == 0.8 and post.threshold == 0.8
+    host = Detector(spec, (64, 64), lambda a: {}, "torch", 2)
+    host.set_mask_threshold(0.3)  # no GPU post-processing: the spec alone
+    assert host.spec.mask_threshold == 0.3

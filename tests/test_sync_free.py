@@ -202,7 +202,8 @@ def test_host_stages_send_jpeg_bytes_when_decoding_on_the_gpu(tmp_path):
 
 
 def test_gpu_options_need_a_gpu_and_a_checkpoint(tmp_path):
-    """--precision / --gpu-decode without --device cuda, or on an export, are refused with what to do."""
+    """--precision / --gpu-decode / --gpu-post without --device cuda, or on an export, are refused with what to
+    do."""
     from typer.testing import CliRunner
 
     from rcnn_deploy.api import Detector
@@ -211,9 +212,16 @@ def test_gpu_options_need_a_gpu_and_a_checkpoint(tmp_path):
 
     (tmp_path / "img.png").write_bytes(b"")
     runner = CliRunner()
-    for extra, said in ((["--precision", "fp16"], "--precision fp16 needs a GPU"), (["--gpu-decode"], "--gpu-decode")):
+    for extra, said in (
+        (["--precision", "fp16"], "--precision fp16 needs a GPU"),
+        (["--gpu-decode"], "--gpu-decode needs a GPU"),
+        (["--gpu-post"], "--gpu-post needs a GPU"),
+    ):
         r = runner.invoke(app, ["infer", str(CKPT), str(tmp_path), "-o", str(tmp_path / "o"), *extra])
         assert r.exit_code == 2 and said in r.output and "--device cuda" in r.output, r.output
+    (tmp_path / "a.json").write_text("{}")  # exists (the option's own check); the GPU options are checked first
+    r = runner.invoke(app, ["eval", str(CKPT), "--annotations", str(tmp_path / "a.json"), "--gpu-post"])
+    assert r.exit_code == 2 and "--gpu-post needs a GPU" in r.output, r.output
     r = runner.invoke(app, ["eval", str(CKPT), "--annotations", str(tmp_path / "a.json"), "--precision", "bf16"])
     assert r.exit_code == 2
     r = runner.invoke(app, ["infer", str(CKPT), str(tmp_path), "-o", str(tmp_path / "o"), "--precision", "fp8"])

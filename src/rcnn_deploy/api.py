@@ -294,6 +294,14 @@ class Detector:
         return det
 
     # --------------------------------------------------------------------------------------------- running
+    def set_mask_threshold(self, threshold: float) -> None:
+        """Binarise masks at ``threshold`` from now on: in the host post-processing (``spec.mask_threshold``) and,
+        when masks are post-processed on the GPU (``gpu_post``), there too."""
+        self.spec = self.spec.replace(mask_threshold=float(threshold))
+        post = getattr(self.batch_model, "post", None)
+        if post is not None:
+            post.threshold = float(threshold)
+
     def host_stages(self, keep_images: bool = False) -> HostStages:
         """The host-side stages (decode + letterbox, outputs -> detections) as a picklable object, so the
         streaming runner can run them in worker processes."""

@@ -167,15 +167,29 @@ PRECISION_HELP = (
 )
 CUDA_GRAPH_HELP = "PyTorch on a GPU: capture one CUDA graph per batch size and replay it (sync-free NMS)."
 GPU_DECODE_HELP = "PyTorch on a GPU: decode JPEGs and letterbox them on the GPU (nvJPEG); other formats on the host."
+GPU_POST_HELP = (
+    "PyTorch on a GPU: map boxes back, paste and threshold masks and run-length encode them on the GPU; only boxes,"
+    " scores, classes and RLE runs come back to the host."
+)
 
 
-def torch_gpu(device: str, precision: str, cuda_graph: bool, gpu_decode: bool) -> dict:
+def torch_gpu(device: str, precision: str, cuda_graph: bool, gpu_decode: bool, gpu_post: bool = False) -> dict:
     """The options above as ``Detector.load`` keywords; a GPU-only option without ``--device cuda`` is an error."""
     if not device.startswith("cuda"):
-        for name, on in (("--precision " + precision, precision != "fp32"), ("--gpu-decode", gpu_decode)):
+        for name, on in (
+            ("--precision " + precision, precision != "fp32"),
+            ("--gpu-decode", gpu_decode),
+            ("--gpu-post", gpu_post),
+        ):
             if on:
                 raise UserError(f"{name} needs a GPU", where=name.split()[0], fix="add --device cuda")
-    return {"device": device, "precision": precision, "cuda_graph": cuda_graph, "gpu_decode": gpu_decode}
+    return {
+        "device": device,
+        "precision": precision,
+        "cuda_graph": cuda_graph,
+        "gpu_decode": gpu_decode,
+        "gpu_post": gpu_post,
+    }
 
 
 def device_or_auto(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:

@@ -56,6 +56,7 @@ def eval_command(
     precision: str = typer.Option("fp32", callback=args.choice(args.PRECISIONS, "precision"), help=args.PRECISION_HELP),
     cuda_graph: bool = typer.Option(True, help=args.CUDA_GRAPH_HELP),
     gpu_decode: bool = typer.Option(False, help=args.GPU_DECODE_HELP),
+    gpu_post: bool = typer.Option(False, help=args.GPU_POST_HELP),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", callback=args.output_file, help="Write the metrics as JSON to this file."
     ),
@@ -140,6 +141,7 @@ def eval_command(
 
     console = Console(stderr=True)
     try:
+        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode, gpu_post)  # options first: no file read
         lib = pick_library(library)
         gt = load_ground_truth(annotations)
         images_dir = images if images is not None else _default_images_dir(annotations, gt)
@@ -149,7 +151,6 @@ def eval_command(
                 f"images folder {images_dir}{how} not found; pass --images DIR, the folder the annotations' "
                 "file_name entries are relative to"
             )
-        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode)
         det = load_detector(model_path, model, height, width, batch, backend, gpu)
         args.validate_ground_truth(gt, det.spec, annotations)
     except (ValueError, FileNotFoundError, ImportError) as e:

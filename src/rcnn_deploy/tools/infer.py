@@ -62,6 +62,7 @@ def infer_command(
     precision: str = typer.Option("fp32", callback=args.choice(args.PRECISIONS, "precision"), help=args.PRECISION_HELP),
     cuda_graph: bool = typer.Option(True, help=args.CUDA_GRAPH_HELP),
     gpu_decode: bool = typer.Option(False, help=args.GPU_DECODE_HELP),
+    gpu_post: bool = typer.Option(False, help=args.GPU_POST_HELP),
     threads: Optional[int] = typer.Option(
         None, "--threads", min=1, help="Decode / postprocess threads (default: one per CPU core, at most 16)."
     ),
@@ -144,7 +145,7 @@ def infer_command(
 
     console = Console(stderr=True)
     try:
-        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode)
+        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode, gpu_post)
         det = detector.load_detector(model_path, model, height, width, batch, backend, gpu)
         total = count(source)
         items = open_source(source, stride=stride)
@@ -152,7 +153,7 @@ def infer_command(
         console.print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
     if mask_threshold is not None:
-        det.spec = det.spec.replace(mask_threshold=mask_threshold)
+        det.set_mask_threshold(mask_threshold)
     det.max_pixels = max_pixels
     video = save_video is not None and is_video(source)
     writer = InferWriter(
@@ -268,6 +269,7 @@ def compare_command(
     precision: str = typer.Option("fp32", callback=args.choice(args.PRECISIONS, "precision"), help=args.PRECISION_HELP),
     cuda_graph: bool = typer.Option(True, help=args.CUDA_GRAPH_HELP),
     gpu_decode: bool = typer.Option(False, help=args.GPU_DECODE_HELP),
+    gpu_post: bool = typer.Option(False, help=args.GPU_POST_HELP),
 ) -> None:
     """Parity report between two backends; exits 1 when a threshold is missed (usable as a CI gate).
 
@@ -295,7 +297,7 @@ def compare_command(
 
     console = Console(stderr=True)
     try:
-        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode)
+        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode, gpu_post)
         cand = detector.load_detector(candidate, model, height, width, 1, backend, gpu)
         if reference is None:
             if weights is None:
