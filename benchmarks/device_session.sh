@@ -24,6 +24,7 @@
 #                    JPEG), uint8 fused exports at 1344 (batch 8 and 1)
 #   torchvision      e2e_torchvision.py, the baseline
 #   torch_stream     e2e_torch_cuda.py --phases stream (fp16 CUDA graphs, batch 8 and 1, streamed, b1 latency)
+#   torch_profile    e2e_torch_cuda.py --phases profile (torch.profiler by pipeline stage, fp16, batch 1 and 8)
 #   wait_trt         waits for the chunk calls' setup.sh (/tmp/trt86/env.sh)
 #   torch_parity_bg  e2e_torch_cuda.py --phases parity, in the background beside the build (mAP only)
 #   build            device_e2e.sh build: fp16 engines at batch 8 and 1 (about 6.5 min together on the H200)
@@ -78,7 +79,7 @@ chain | resume)
     echo "resumed (pid $!): $*"
     exit 0
   fi
-  exec bash "$0" steps prep torchvision torch_stream wait_trt torch_parity_bg build trt ray serve torch_more gpu_post \
+  exec bash "$0" steps prep torchvision torch_stream torch_profile wait_trt torch_parity_bg build trt ray serve torch_more gpu_post \
     torch_gpupost torch_gpudecode
   ;;
 steps)
@@ -127,6 +128,7 @@ steps)
     serve) [ -d /tmp/triton/pytriton ] && step serve bash benchmarks/device_serve.sh bench ;;
     torch_more) step torch_more torch_e2e e2e_torch_cuda_more precisions,faster ;;
     gpu_post) step gpu_post python3 benchmarks/gpu_post_bench.py --device cuda --threads 1 --out $OUT/gpu_post_cuda.json ;;
+    torch_profile) step torch_profile torch_e2e e2e_torch_cuda_profile profile ;;
     torch_gpupost) step torch_gpupost torch_e2e e2e_torch_cuda_gpupost gpu_post ;;
     torch_gpudecode) step torch_gpudecode torch_e2e e2e_torch_cuda_gpudecode gpu_decode ;;
     *) echo "unknown step $s" >>$S/steps.txt ;;

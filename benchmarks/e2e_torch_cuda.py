@@ -20,6 +20,8 @@ Writes the JSON atomically after every row.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import platform
 import socket
@@ -28,14 +30,14 @@ import sys
 import tempfile
 import time
 from functools import partial
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 
-PHASES = ("stream", "parity", "precisions", "faster", "gpu_decode", "gpu_post")
+PHASES = ("stream", "parity", "precisions", "faster", "gpu_decode", "gpu_post", "profile")
 
 
 def commit() -> str:
@@ -68,6 +70,94 @@ def gpu_compute(det: Any, batch: int, images: np.ndarray, iterations: int = 100)
         "gpu_images_per_s": round(batch * 1000.0 / med, 1),
         "nms_fallbacks": model.fallbacks,
         "replays": model.replays,
+    }
+
+
+PIPELINE_STAGES = ("select_proposals", "multiscale_roi_align", "select_detections")  # glue.pipeline's
+NETWORK_STAGES = ("features", "box_head", "mask_head")  # DeployRCNN's methods two_stage calls
+
+
+@contextlib.contextmanager
+def stage_scopes(net: Any) -> Iterator[None]:
+    """Each stage ``two_stage`` calls inside a ``record_function("stage: NAME")`` range (the pipeline's functions
+    and the network's methods wrapped for the duration; nothing of the package is changed)."""
+    from torch.profiler import record_function
+
+    from rcnn_deploy.glue import pipeline
+
+    def scoped(fn: Any, name: str) -> Any:
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            with record_function("stage: " + name):
+                return fn(*args, **kwargs)
+
+        return inner
+
+    saved = {n: getattr(pipeline, n) for n in PIPELINE_STAGES}
+    for n, fn in saved.items():
+        setattr(pipeline, n, scoped(fn, n))
+    for n in NETWORK_STAGES:
+        setattr(net, n, scoped(getattr(net, n), n))  # instance attributes shadow the methods
+    try:
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(pipeline, n, fn)
+        for n in NETWORK_STAGES:
+            delattr(net, n)
+
+
+def profile_forward(net: Any, x: Any, rounds: int, iterations: int = 3) -> Dict[str, Any]:
+    """Where the sync-free forward's time goes: ``torch.profiler`` over ``iterations`` eager runs of the very
+    kernels the CUDA graph replays (the graph itself hides them): each stage's time (inclusive, from its
+    ``stage_scopes`` range), the top ops by their own time, and the number of kernels per forward. On the CPU
+    (a dry run) the CPU time stands in for device time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from rcnn_deploy.glue.sync_free import sync_free
+
+    cuda = x.is_cuda
+
+    def forward() -> None:
+        with torch.no_grad(), sync_free(rounds):
+            net(x.float() if x.dtype == torch.uint8 else x)
+
+    forward()
+    if cuda:
+        torch.cuda.synchronize()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with stage_scopes(net), profile(activities=activities) as prof:
+        for _ in range(iterations):
+            forward()
+        if cuda:
+            torch.cuda.synchronize()
+
+    def us(e: Any, own: bool) -> float:
+        if cuda:
+            name = "self_device_time_total" if own else "device_time_total"
+            return float(getattr(e, name, getattr(e, name.replace("device", "cuda"), 0.0)))
+        return float(e.self_cpu_time_total if own else e.cpu_time_total)
+
+    events = prof.key_averages()
+    stages = {e.key[len("stage: ") :]: us(e, own=False) for e in events if e.key.startswith("stage: ")}
+    ops = sorted(
+        ((us(e, own=True), e.key, int(e.count)) for e in events if not e.key.startswith("stage: ")), reverse=True
+    )
+    total = sum(t for t, _, _ in ops)
+    kernels = sum(1 for e in prof.events() if cuda and str(getattr(e, "device_type", "")).endswith("CUDA"))
+
+    def ms(v: float) -> float:
+        return round(v / 1e3 / iterations, 3)
+
+    return {
+        "device": "cuda" if cuda else "cpu",
+        "batch": int(x.shape[0]),
+        "nms_rounds": rounds,
+        "iterations": iterations,
+        "ms_per_forward": ms(total),
+        "kernels_per_forward": kernels // iterations if cuda else None,
+        "stages_ms": {k: ms(v) for k, v in sorted(stages.items(), key=lambda kv: -kv[1])},
+        "top_ops": [{"op": k, "calls_per_forward": c // iterations, "ms_per_forward": ms(t)} for t, k, c in ops[:30]],
     }
 
 
@@ -253,7 +343,18 @@ def main() -> None:
             stream_rows(det, row, "stream_gpu_decode", batch, 0)
             del det
             torch.cuda.empty_cache()
-    # 6. fp16 with the masks pasted and run-length encoded on the GPU (glue.gpu_post), host decode in processes and
+    # 6. where the graph's time goes: the same kernels run eagerly under torch.profiler, fp16, batch 1 and 8
+    if "profile" in phases:
+        doc["profile"] = []
+        for batch in (1, 8):
+            det = mask_rcnn("fp16", batch, True)
+            x = torch.from_numpy(np.ascontiguousarray(batch_images[:batch])).cuda()
+            doc["profile"].append(profile_forward(det.cuda_model.net, x, det.cuda_model.nms_rounds))
+            save()
+            print("profile", json.dumps(doc["profile"][-1])[:2000], flush=True)
+            del det
+            torch.cuda.empty_cache()
+    # 7. fp16 with the masks pasted and run-length encoded on the GPU (glue.gpu_post), host decode in processes and
     #    then GPU decode too: only boxes, scores, classes and RLE runs come back to the host
     if "gpu_post" in phases:
         for label, gd, procs in (("mask_rcnn_gpu_post", False, a.processes), ("mask_rcnn_gpu_decode_post", True, 0)):
