@@ -114,3 +114,25 @@ def test_targets_compare_the_latest_session_with_its_own_torchvision_baseline(tm
     assert "| TensorRT end to end ≥ 15× torchvision | 16 × | yes |" in targets  # 320 / 20, not / 100 (run98)
     assert "| TensorRT b1 end-to-end latency ≤ 12 ms median | 12.5 ms | no |" in targets
     assert "run98" not in targets.split("##")[0].split("| target |")[1]
+
+
+def test_the_decoders_pixel_comparison_renders_when_a_parity_run_measured_it(tmp_path):
+    results = tmp_path / "benchmarks" / "results" / "e2e"
+    results.mkdir(parents=True)
+    stats = {"max": 40, "mean": 0.9, "over_2": 0.05, "over_16": 0.001}
+    doc = {
+        "machine": {"gpu": "GPU", "cpus": 16, "torch": "2"},
+        "commit": "c",
+        "rows": [],
+        "parity": {
+            "decode_pixels_nvjpeg_vs_host": {
+                "images": 20,
+                "source_subsampling": 2,
+                "as_saved": stats,
+                "reencoded_444": dict(stats, max=1, mean=0.01),
+            }
+        },
+    }
+    (results / "e2e_torch_cuda_parity_run99.json").write_text(json.dumps(doc))
+    text = render(tmp_path)
+    assert "| e2e_torch_cuda_parity_run99.json | 20 | 2 | 40 / 0.9 / 0.05 / 0.001 | 1 / 0.01 / 0.05 / 0.001 |" in text

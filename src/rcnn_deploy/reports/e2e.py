@@ -228,6 +228,27 @@ def _parity_section(results: Path) -> List[str]:
                 f"{r['recall']:.4f} | {r['min_box_iou']:.3f} | {r['max_score_diff']:.3f} | "
                 f"{r['mean_mask_iou']:.4f} / {r['min_mask_iou']:.3f} | {r['unmatched']} |"
             )
+    pixels = [
+        (p, d["parity"]["decode_pixels_nvjpeg_vs_host"])
+        for p, d in files
+        if "decode_pixels_nvjpeg_vs_host" in d["parity"]
+    ]
+    if pixels:
+        lines += [
+            "",
+            "nvJPEG against the host decoder, pixel by pixel (|difference| in grey levels over every channel of the",
+            "first `images` JPEGs, as saved and re-encoded without chroma subsampling):",
+            "",
+            "| file | images | source subsampling (0: 4:4:4, 2: 4:2:0) | as saved: max / mean / > 2 / > 16 |"
+            " 4:4:4: max / mean / > 2 / > 16 |",
+            "|---|---|---|---|---|",
+        ]
+        for p, q in pixels:
+            a, b = q["as_saved"], q["reencoded_444"]
+            lines.append(
+                f"| {p.name} | {q['images']} | {q['source_subsampling']} | {a['max']} / {a['mean']} / {a['over_2']} / "
+                f"{a['over_16']} | {b['max']} / {b['mean']} / {b['over_2']} / {b['over_16']} |"
+            )
     return lines
 
 
