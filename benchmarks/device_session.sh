@@ -5,8 +5,7 @@
 # no local work between them (run 17 lost its first machine, with the data, engines and wheels on it, to a
 # 40-second pause between two polls).
 #
-#   here:   bash benchmarks/device_results_table.sh wheels; source benchmarks/device_common.sh; py39_wheels
-#           ../shared/tools/trt86/prepare.sh .trt86; bash benchmarks/device_ray.sh prep; bash benchmarks/device_serve.sh prep
+#   here:   bash benchmarks/device_prep_here.sh                # every carry below, made before the first call
 #   device: bash benchmarks/device_session.sh start [STEP...]  # carry [".whl", ".devcarry"]; checkpoint in the tree
 #   device: mkdir -p /tmp/trt86/in && cp .trt86/cK/part.* /tmp/trt86/in/   # carry [".trt86/cK"], K = 0..N
 #           ... && bash .trt86/cN/setup.sh                                 # the last chunk's call
