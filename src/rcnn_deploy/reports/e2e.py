@@ -223,8 +223,10 @@ def _parity_section(results: Path) -> List[str]:
             r = d["parity"].get(name)
             if not r:
                 continue
+            tf32 = d["parity"].get(name + "_tf32")
+            label = name + ("" if tf32 is None else f" (TF32 {'on' if tf32 else 'off'})")
             lines.append(
-                f"| {p.name} | {name} | {r['reference_detections']} / {r['candidate_detections']} | {r['matched']} | "
+                f"| {p.name} | {label} | {r['reference_detections']} / {r['candidate_detections']} | {r['matched']} | "
                 f"{r['recall']:.4f} | {r['min_box_iou']:.3f} | {r['max_score_diff']:.3f} | "
                 f"{r['mean_mask_iou']:.4f} / {r['min_mask_iou']:.3f} | {r['unmatched']} |"
             )
