@@ -386,3 +386,68 @@ def test_detectron2_resize_is_pillows_bilinear():
     img = np.random.default_rng(3).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     ref = np.asarray(Image.fromarray(img).resize((40, 30), Image.BILINEAR))
     assert np.array_equal(resize_rgb(img, (30, 40), "detectron2"), ref)
+
+
+def _jpeg(img: np.ndarray, **save) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", **save)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "save",
+    [
+        {"quality": 90},  # 4:2:0
+        {"quality": 95, "subsampling": 0},  # 4:4:4
+        {"quality": 75, "subsampling": 1},  # 4:2:2
+        {"quality": 85, "progressive": True},
+        {"quality": 20, "optimize": True},
+    ],
+    ids=["420", "444", "422", "progressive", "q20-optimized"],
+)
+def test_jpegs_decode_to_the_same_pixels_with_and_without_opencv(monkeypatch, save):
+    """The fast path (OpenCV's libjpeg-turbo) and Pillow's give the same pixels, odd sizes included."""
+    from rcnn_deploy.runtime import preprocess
+
+    rng = np.random.default_rng(7)
+    for h, w in ((67, 121), (128, 96), (1, 33)):
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        img[h // 3 :, : w // 2] = (200, 30, 90)  # flat colour and sharp chroma edges beside noise
+        data = _jpeg(img, **save)
+        with Image.open(io.BytesIO(data)) as im:  # the fast path takes this file
+            assert preprocess._opencv_jpeg(io.BytesIO(data), im, "JPEG", (w, h)) is not None
+        fast = read_image(data)
+        monkeypatch.setattr(preprocess, "opencv", lambda: None)
+        slow = read_image(data)
+        monkeypatch.undo()
+        assert fast.rgb.shape == (h, w, 3) and fast.rgb.dtype == np.uint8
+        assert np.array_equal(fast.rgb, slow.rgb), (h, w, save)
+        assert fast.orig_hw == slow.orig_hw == (h, w) and fast.format == slow.format == "JPEG"
+
+
+def test_jpegs_that_opencv_would_read_differently_go_to_pillow(monkeypatch):
+    """Truncated files (OpenCV pads them with grey), EXIF-rotated and grey JPEGs are Pillow's: the same errors and
+    pixels as without OpenCV."""
+    from rcnn_deploy.runtime import preprocess
+
+    calls = []
+    real = preprocess.opencv
+
+    def spy():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(preprocess, "opencv", spy)
+    img = np.random.default_rng(3).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    data = _jpeg(img, quality=90)
+    with pytest.raises(UserError, match="damaged or truncated"):
+        read_image(data[: len(data) // 2])
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=90, exif=exif)
+    rotated = read_image(buf.getvalue())
+    assert rotated.rgb.shape == (60, 40, 3)
+    grey = read_image(_jpeg(img[:, :, 0], quality=90))
+    assert grey.rgb.shape == (40, 60, 3) and np.array_equal(grey.rgb[..., 0], grey.rgb[..., 2])
+    assert calls == [1]  # only the truncated colour file got as far as asking for OpenCV (and was refused by EOI)
