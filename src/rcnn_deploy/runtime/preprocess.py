@@ -253,9 +253,6 @@ def _decode(
             if orientation >= 5:
                 oh, ow = w, h
             _draft(im, (oh, ow), orientation >= 5, target_hw)
-        rgb = _opencv_jpeg(fp, im, fmt, size)
-        if rgb is not None:
-            return DecodedImage(rgb, (h, w), where, fmt)
         im.load()
         if orientation is None:
             orientation = _orientation(im)
@@ -434,28 +431,6 @@ def _raise_pillow_limit(max_pixels: Optional[int]) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and (max_pixels is None or max_pixels > 2 * limit):
         Image.MAX_IMAGE_PIXELS = None if max_pixels is None else int(max_pixels)
-
-
-def _opencv_jpeg(fp: Any, im: Any, fmt: str, size: Tuple[int, int]) -> Optional[np.ndarray]:
-    """The common JPEG (3-channel colour, no EXIF rotation, decoded at full size, ending in its EOI marker)
-    decoded by OpenCV: the same libjpeg-turbo decode as Pillow's (the same pixels; ``tests/test_preprocess.py``
-    checks several kinds of JPEG) in about half the time. None for anything else, which Pillow decodes: other
-    formats and colour modes, rotated or draft-scaled pictures, and files that do not end in EOI (libjpeg in
-    OpenCV pads a truncated file with grey where Pillow reports it damaged), or when OpenCV is not installed or
-    refuses the data."""
-    if fmt != "JPEG" or im.mode != "RGB" or im.size != size or _orientation(im) != 1:
-        return None
-    cv2 = opencv()
-    if cv2 is None:
-        return None
-    fp.seek(0)
-    data = np.frombuffer(fp.read(), dtype=np.uint8)
-    if data.size < 4 or data[-2] != 0xFF or data[-1] != 0xD9:
-        return None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if bgr is None or bgr.shape != (size[1], size[0], 3):
-        return None
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _orientation(im: Any) -> int:
