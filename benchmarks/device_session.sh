@@ -39,8 +39,9 @@ case "${1:-}" in
 start)
   if [ -f $S/chain.pid ] && kill -0 "$(cat $S/chain.pid)" 2>/dev/null; then echo "chain already running"; exit 0; fi
   [ -f checkpoints/shapes_maskrcnn_r50fpn.pt ] || { echo "start needs the checkpoint in the tree"; exit 1; }
-  mkdir -p $S/logs $S/out && rm -rf $S/repo && cp -aL . $S/repo 2>/dev/null
-  rm -rf $S/repo/.trt86 $S/repo/.raywhl $S/repo/.servewhl $S/repo/.cvcarry
+  mkdir -p $S/logs $S/out $S/repo && rm -rf "${S:?}"/repo/* "${S:?}"/repo/.[!.]*
+  tar -ch --exclude=./.venv --exclude=./.trt86 --exclude=./.raywhl --exclude=./.servewhl --exclude=./.cvcarry . |
+    tar -x -C $S/repo
   cd $S/repo && git rev-parse --short HEAD >$S/out/commit.txt 2>/dev/null
   git -C $S/repo status --short >>$S/out/commit.txt 2>/dev/null
   shift
