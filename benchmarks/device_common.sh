@@ -14,6 +14,15 @@ site_wheels() {
   fi
 }
 
+# bench_env EXTRA_SITE DEFAULT_OUT: a device bench phase's environment: the carried wheels, PYTHONPATH with src/,
+# EXTRA_SITE (what a `take` phase installed) and /tmp/site, unbuffered Python, and $OUT (DEFAULT_OUT if unset) made
+bench_env() {
+  site_wheels
+  export PYTHONPATH=$PWD/src:$1:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+  OUT=${OUT:-$2}
+  mkdir -p "$OUT"
+}
+
 # download_cp312 DIR REQUIREMENT...: (here) wheels for the device's CPython 3.12 into DIR, without dependencies
 download_cp312() {
   local dir=$1

@@ -39,10 +39,7 @@ case "${1:-}" in
     fi
     ;;
   bench)
-    site_wheels
-    export PYTHONPATH=$PWD/src:/tmp/site-ray:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-    OUT=${OUT:-/tmp/ray_out}
-    mkdir -p "$OUT"
+    bench_env /tmp/site-ray /tmp/ray_out
     python3 benchmarks/ray_bench.py --model checkpoints/shapes_maskrcnn_r50fpn.pt --backend torch --device cuda \
       --size "${RAY_SIZE:-800}" --images "${RAY_IMAGES:-256}" --batch "${RAY_BATCH:-4}" --configs 1x1 \
       -o "$OUT/ray_bench_gpu1.json" 2>&1 | tee "$OUT/ray_bench_gpu1.log"

@@ -37,10 +37,7 @@ case "${1:-}" in
     fi
     ;;
   bench)
-    site_wheels
-    export PYTHONPATH=$PWD/src:/tmp/site-serve:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-    OUT=${OUT:-/tmp/serve_out}
-    mkdir -p "$OUT"
+    bench_env /tmp/site-serve /tmp/serve_out
     W=/tmp/serve_work
     if [ ! -d $W/photos/images ]; then
       python3 -m rcnn_deploy.cli data synth -o $W/photos -n "${SERVE_IMAGES:-64}" --height 1080 --width 1920 \
