@@ -8,6 +8,8 @@
 #   device: bash benchmarks/device_serve.sh take 0   # carry [".servewhl/c0"]
 #   device: bash benchmarks/device_serve.sh take 1   # carry [".servewhl/c1"]
 #   device: bash benchmarks/device_serve.sh bench    # carry [".whl"] (pycocotools cp312); writes $OUT/serve_bench_gpu.json
+#   device: bash benchmarks/device_serve.sh bench_trt  # after device_e2e.sh build/bench and take_cv: the fused
+#                                                    # TensorRT 8.6 engine (batch 8) served; $OUT/serve_bench_trt.json
 #
 # bench: benchmarks/serve_bench.py on the shipped checkpoint with the PyTorch GPU backend (--device cuda) at the
 # input size the checkpoint records, over SERVE_IMAGES synthetic 1080x1920 JPEGs. The server is found through
@@ -48,8 +50,34 @@ case "${1:-}" in
       --note "shipped checkpoint, PyTorch GPU backend (--device cuda), its recorded input size" \
       -o "$OUT/serve_bench_gpu.json" 2>&1 | tee "$OUT/serve_bench_gpu.log"
     ;;
+  bench_trt)
+    # The python flavour on the batch-8 fp16 engine that device_e2e.sh built. TensorRT 8.6 exists only in the
+    # trt86 bundle's CPython 3.9, so the server is started from there (python -m rcnn_deploy.serve, through a
+    # wrapper script) and its Python-backend stub is the one for 3.9; that stub links libpython3.9.so, which the
+    # bundle's minimal interpreter lacks: .devcarry/debs carries it (device_common.sh libpython39_deb).
+    bench_env /tmp/site-serve /tmp/serve_out
+    W=/tmp/serve_work E=${WORK:-/tmp/e2e}
+    engine=$(ls "$E"/b8_*/model_fp16.engine 2>/dev/null | head -1)
+    [ -n "$engine" ] || { echo "no batch-8 engine under $E (device_e2e.sh build first)"; exit 1; }
+    [ -f /tmp/trt86/env.sh ] || { echo "trt86 is not set up"; exit 1; }
+    for d in .devcarry/debs/libpython3.9_*.deb; do dpkg -x "$d" /tmp/trt86/py39 || exit 1; done
+    cat >/tmp/trt86/py39serve.sh <<WRAP
+#!/usr/bin/env bash
+source /tmp/trt86/env.sh && PYTHONPATH=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv py39 "\$@"
+WRAP
+    chmod +x /tmp/trt86/py39serve.sh
+    if [ ! -d $W/photos/images ]; then
+      python3 -m rcnn_deploy.cli data synth -o $W/photos -n "${SERVE_IMAGES:-64}" --height 1080 --width 1920 \
+        --image-format jpg --seed 3 >/dev/null || exit 1
+    fi
+    own=$(ls "$OUT"/e2e_trt_b8_*.json 2>/dev/null | head -1)
+    python3 benchmarks/serve_bench.py "$engine" --server-python /tmp/trt86/py39serve.sh ${own:+--engine-own "$own"} \
+      --images $W/photos/images --num-images "${SERVE_IMAGES:-64}" --max-batch 8 --concurrency 1,16 \
+      --note "shipped checkpoint, fused fp16 TensorRT 8.6 engine (batch 8, 1344), served from CPython 3.9" \
+      -o "$OUT/serve_bench_trt.json" 2>&1 | tee "$OUT/serve_bench_trt.log"
+    ;;
   *)
-    echo "usage: bash benchmarks/device_serve.sh prep | take 0|1 | bench" >&2
+    echo "usage: bash benchmarks/device_serve.sh prep | take 0|1 | bench | bench_trt" >&2
     exit 2
     ;;
 esac

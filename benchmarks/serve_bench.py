@@ -11,6 +11,13 @@ count is reached; latency is per request on the client (send to full response), 
 the level's wall time; the server's own statistics give the batch sizes it executed. Then, with the server
 stopped, the same model through ``Detector`` in this process (decode included, as the server does it) at
 batch 1 and at ``--max-batch``. Without ``--images``, synthetic images are generated (``--image-size``).
+
+``--server-python CMD`` serves from another interpreter: the python-flavour repository is written here (as
+``rcnn-deploy serve`` would) and ``CMD -m rcnn_deploy.serve REPO`` runs the server, so the model runs in that
+interpreter's Python-backend stub. This is how a TensorRT 8.6 engine is served on the GPU machine, where TensorRT
+exists only in CPython 3.9 (benchmarks/device_serve.sh bench_trt). The in-process comparison is then skipped
+(this process cannot load the engine); ``--engine-own JSON`` copies the engine's own numbers from an
+``e2e_trt.py`` result of the same session into the output.
 """
 
 from __future__ import annotations
@@ -199,6 +206,17 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="Detector device (torch model / split glue).")
     ap.add_argument("--inprocess-images", type=int, default=16)
     ap.add_argument("--tritonserver", default=None)
+    ap.add_argument(
+        "--server-python",
+        default=None,
+        help="Interpreter (a command) that runs the server: python -m rcnn_deploy.serve REPO.",
+    )
+    ap.add_argument(
+        "--engine-own",
+        type=Path,
+        default=None,
+        help="With --server-python: an e2e_trt.py result whose engine-alone numbers are copied in.",
+    )
     ap.add_argument("--note", default="", help="Free text kept in the JSON (how the model was made, say).")
     ap.add_argument("-o", "--output", type=Path, default=ROOT / "benchmarks" / "results" / "serve_bench.json")
     args = ap.parse_args()
@@ -214,12 +232,26 @@ def main() -> None:
     images = load_images(args.images, args.num_images)
     levels = [int(c) for c in args.concurrency.split(",")]
     ports = [free_port() for _ in range(3)]
-    cmd = [sys.executable, "-m", "rcnn_deploy.cli", "serve", str(args.model_path), "--address", "127.0.0.1"]
+    if args.server_python:  # the repository written here, served by the other interpreter's stub
+        from rcnn_deploy.serve.repository import RepoOptions, write_python_repo
+
+        opts = RepoOptions(
+            max_batch=args.max_batch,
+            instances=args.instances,
+            backend=args.backend,
+            max_queue_delay_us=args.max_queue_delay_us,
+            device=args.device,
+            link=True,
+        )
+        write_python_repo(args.model_path, tmp / "repo", opts)
+        cmd = [*args.server_python.split(), "-m", "rcnn_deploy.serve", str(tmp / "repo"), "--address", "127.0.0.1"]
+    else:
+        cmd = [sys.executable, "-m", "rcnn_deploy.cli", "serve", str(args.model_path), "--address", "127.0.0.1"]
+        cmd += ["--max-batch", str(args.max_batch), "--instances", str(args.instances)]
+        cmd += ["--max-queue-delay-us", str(args.max_queue_delay_us), "--device", args.device]
+        if args.backend:
+            cmd += ["--backend", args.backend]
     cmd += ["--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
-    cmd += ["--max-batch", str(args.max_batch), "--instances", str(args.instances)]
-    cmd += ["--max-queue-delay-us", str(args.max_queue_delay_us), "--device", args.device]
-    if args.backend:
-        cmd += ["--backend", args.backend]
     if args.tritonserver:
         cmd += ["--tritonserver", args.tritonserver]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -228,7 +260,8 @@ def main() -> None:
     served: Dict[str, Any] = {}
     t_start = time.perf_counter()
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # its own process group, signalled as a whole: a --server-python wrapper script passes the signal on
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
         while True:
             if proc.poll() is not None:
@@ -251,14 +284,26 @@ def main() -> None:
             served[f"concurrency{c}"] = r
             print(json.dumps(r), flush=True)
     finally:
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    print("in-process Detector", flush=True)
-    local = in_process(args, images)
+    if args.server_python:
+        local: Dict[str, Any] = {"skipped": f"the model runs in {args.server_python}, not in this process"}
+        if args.engine_own:
+            own = json.loads(args.engine_own.read_text())
+            local["engine_own"] = {
+                "source": str(args.engine_own),
+                "engines": [
+                    {k: row.get(k) for k in ("engine", "batch", "gpu_compute_ms", "gpu_images_per_s")}
+                    for row in own.get("engines", [])
+                ],
+            }
+    else:
+        print("in-process Detector", flush=True)
+        local = in_process(args, images)
     print(json.dumps(local), flush=True)
     result = {
         "benchmark": "serve_bench",
@@ -277,6 +322,7 @@ def main() -> None:
             "instances": args.instances,
             "max_queue_delay_us": args.max_queue_delay_us,
             "protocol": "http",
+            "server_python": args.server_python or sys.executable,
             "ready_after_s": round(ready_s, 2),
             "serve_exit_status": proc.returncode,
         },

@@ -699,3 +699,55 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.split(")")[-1].split()[0] != "Z"  # a zombie awaiting its reaper is not running
+
+
+# ------------------------------------------------------------------------ python -m rcnn_deploy.serve REPO
+def test_serving_module_refuses_a_folder_that_is_no_repository(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "rcnn_deploy.serve", str(tmp_path)], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "not a model repository" in proc.stderr and "rcnn-deploy triton-repo" in proc.stderr
+
+
+@pytest.mark.full
+@needs_server
+def test_serving_module_serves_a_written_repository_from_its_own_interpreter(work, reference, tmp_path):
+    """What serves a TensorRT 8.6 engine from CPython 3.9 on the GPU machine (device_serve.sh bench_trt): the
+    repository written by the CLI's environment, the server started by another process through
+    ``python -m rcnn_deploy.serve`` (here the same interpreter), whose stub runs the model; SIGINT stops it all."""
+    root, images = work
+    repo = tmp_path / "repo"
+    write_python_repo(root / "export", repo, RepoOptions(name=MODEL, max_batch=2, instances=1))
+    ports = [free_port() for _ in range(3)]
+    cmd = [sys.executable, "-m", "rcnn_deploy.serve", str(repo), "--address", "127.0.0.1"]
+    cmd += ["--http-port", str(ports[0]), "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])]
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT / "src")})  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while "ready: http" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"not ready: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        assert f"(Python {sys.version_info[0]}.{sys.version_info[1]} stub)" in log.read_text()
+        children = _children(proc.pid)
+        import tritonclient.http as http
+
+        c = http.InferenceServerClient(f"127.0.0.1:{ports[0]}")
+        (d,) = _infer(c, [images[0]])
+        c.close()
+        det, ref = reference
+        _check_same(d, ref[0], C.class_name_lookup(det.spec.class_names, det.spec.label_ids))
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 0, log.read_text()[-3000:]
+    for pid in children:
+        assert not _alive(pid), (pid, log.read_text()[-3000:])
