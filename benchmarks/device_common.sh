@@ -52,17 +52,18 @@ py39_wheels() {
   du -sh .devcarry .cvcarry
 }
 
-# libpython39_deb: (here) Debian bullseye's libpython3.9 (1.7 MB) into .devcarry/debs: the shared libpython that
-# Triton's Python-backend stub for 3.9 links (the trt86 bundle's interpreter is the static python3.9-minimal).
-# device_serve.sh bench_trt unpacks it into /tmp/trt86/py39 to serve a TensorRT 8.6 engine from CPython 3.9.
+# libpython39_deb: (here) Debian bullseye's libpython3.9 (1.7 MB) into .cvcarry/debs (the .devcarry call is full):
+# the shared libpython that Triton's Python-backend stub for 3.9 links (the trt86 bundle's interpreter is the
+# static python3.9-minimal). device_e2e.sh take_cv copies it to /tmp/py39debs; device_serve.sh bench_trt unpacks it
+# into /tmp/trt86/py39 to serve a TensorRT 8.6 engine from CPython 3.9.
 libpython39_deb() {
   local a
   a=$(mktemp -d)
-  mkdir -p "$a/lists" .devcarry/debs
+  mkdir -p "$a/lists" .cvcarry/debs
   echo "deb http://deb.debian.org/debian bullseye main" >"$a/sources.list"
   local o="-o Dir::Etc::sourcelist=$a/sources.list -o Dir::Etc::sourceparts=- -o Dir::State::Lists=$a/lists"
   # shellcheck disable=SC2086
-  apt-get $o update -q >/dev/null && (cd .devcarry/debs && apt-get $o download -q libpython3.9 >/dev/null 2>&1)
+  apt-get $o update -q >/dev/null && (cd .cvcarry/debs && apt-get $o download -q libpython3.9 >/dev/null 2>&1)
   rm -rf "$a"
-  ls .devcarry/debs/libpython3.9_*.deb
+  ls .cvcarry/debs/libpython3.9_*.deb
 }

@@ -103,6 +103,7 @@ torch)
   ;;
 take_cv)
   mkdir -p /tmp/py39cv && python3 -m zipfile -e .cvcarry/opencv_python_headless-*.whl /tmp/py39cv/ || exit 1
+  mkdir -p /tmp/py39debs && cp .cvcarry/debs/*.deb /tmp/py39debs/ 2>/dev/null  # libpython3.9 (device_serve.sh bench_trt)
   ls /tmp/py39cv
   ;;
 *)

@@ -54,13 +54,14 @@ case "${1:-}" in
     # The python flavour on the batch-8 fp16 engine that device_e2e.sh built. TensorRT 8.6 exists only in the
     # trt86 bundle's CPython 3.9, so the server is started from there (python -m rcnn_deploy.serve, through a
     # wrapper script) and its Python-backend stub is the one for 3.9; that stub links libpython3.9.so, which the
-    # bundle's minimal interpreter lacks: .devcarry/debs carries it (device_common.sh libpython39_deb).
+    # bundle's minimal interpreter lacks: .cvcarry/debs carries it (device_common.sh libpython39_deb; take_cv).
     bench_env /tmp/site-serve /tmp/serve_out
     W=/tmp/serve_work E=${WORK:-/tmp/e2e}
     engine=$(ls "$E"/b8_*/model_fp16.engine 2>/dev/null | head -1)
     [ -n "$engine" ] || { echo "no batch-8 engine under $E (device_e2e.sh build first)"; exit 1; }
     [ -f /tmp/trt86/env.sh ] || { echo "trt86 is not set up"; exit 1; }
-    for d in .devcarry/debs/libpython3.9_*.deb; do dpkg -x "$d" /tmp/trt86/py39 || exit 1; done
+    ls /tmp/py39debs/libpython3.9_*.deb >/dev/null || { echo "no libpython3.9 deb (device_e2e.sh take_cv)"; exit 1; }
+    for d in /tmp/py39debs/libpython3.9_*.deb; do dpkg -x "$d" /tmp/trt86/py39 || exit 1; done
     cat >/tmp/trt86/py39serve.sh <<WRAP
 #!/usr/bin/env bash
 source /tmp/trt86/env.sh && PYTHONPATH=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv py39 "\$@"

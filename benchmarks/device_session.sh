@@ -18,7 +18,8 @@
 # `start` copies the repository (with the checkpoint) to /tmp/sess/repo and runs the chain from there, so the
 # calls that carry chunks and wheels (58 MiB each: move the 43 MB checkpoint out of the tree for them) do not
 # disturb it. The steps, in this order unless `start`/`resume` names others (each step's log in /tmp/sess/logs,
-# results in /tmp/sess/out; a failed step is recorded and the chain goes on):
+# results in /tmp/sess/out; a failed step is recorded and the chain goes on). The default order puts the steps that
+# need only prep's data (torch_gpudecode, torch_profile) where the chain would otherwise wait for the TensorRT chunks:
 #   prep             device_e2e.sh prep: 256 synthetic 1920x1080 JPEGs, the 384^2 validation split (PNG and
 #                    JPEG), uint8 fused exports at 1344 (batch 8 and 1)
 #   torchvision      e2e_torchvision.py, the baseline
@@ -28,11 +29,12 @@
 #   torch_parity_bg  e2e_torch_cuda.py --phases parity, in the background beside the build (mAP only)
 #   build            device_e2e.sh build: fp16 engines at batch 8 and 1 (about 6.5 min together on the H200)
 #   trt              device_e2e.sh bench: e2e_trt.py in CPython 3.9 + TensorRT 8.6 (OpenCV after take_cv)
+#   serve_trt        device_serve.sh bench_trt: the batch-8 engine served by Triton from CPython 3.9
 #   ray, serve       device_ray.sh bench, device_serve.sh bench (each only when its wheels were installed)
 #   torch_more       e2e_torch_cuda.py --phases precisions,faster
 #   gpu_post         gpu_post_bench.py --device cuda
 #   torch_gpupost    e2e_torch_cuda.py --phases gpu_post (masks pasted and RLE-encoded on the GPU, end to end)
-#   torch_gpudecode  e2e_torch_cuda.py --phases gpu_decode (last: its first capture crashed the process in run 16)
+#   torch_gpudecode  e2e_torch_cuda.py --phases gpu_decode (its first capture crashed its process in run 16; the chain goes on)
 set -uo pipefail
 S=/tmp/sess
 case "${1:-}" in
@@ -79,8 +81,8 @@ chain | resume)
     echo "resumed (pid $!): $*"
     exit 0
   fi
-  exec bash "$0" steps prep torchvision torch_stream torch_profile wait_trt torch_parity_bg build trt ray serve torch_more gpu_post \
-    torch_gpupost torch_gpudecode
+  exec bash "$0" steps prep torchvision torch_gpudecode torch_profile wait_trt torch_parity_bg build trt serve_trt ray \
+    torch_stream serve torch_more gpu_post torch_gpupost
   ;;
 steps)
   shift
@@ -120,12 +122,17 @@ steps)
       step torch_parity torch_e2e e2e_torch_cuda_parity parity --val $E/val &
       parity=$! ;;
     build)
+      # a timing cache from an earlier session (the build's own output, carried back in .devcarry) saves most of
+      # the build's tactic timing; this session's cache goes back in $OUT for the next one
+      [ -f .devcarry/timing.cache ] && [ ! -f $E/timing.cache ] && cp .devcarry/timing.cache $E/timing.cache
       step build bash benchmarks/device_e2e.sh build
       cp $E/build_*.log $S/logs/ 2>/dev/null
+      cp $E/timing.cache $OUT/timing.cache 2>/dev/null
       [ -n "$parity" ] && wait "$parity" ;;
     trt) step trt bash benchmarks/device_e2e.sh bench ;;
     ray) [ -d /tmp/site-ray ] && step ray bash benchmarks/device_ray.sh bench ;;
     serve) [ -d /tmp/triton/pytriton ] && step serve bash benchmarks/device_serve.sh bench ;;
+    serve_trt) [ -d /tmp/triton/pytriton ] && step serve_trt bash benchmarks/device_serve.sh bench_trt ;;
     torch_more) step torch_more torch_e2e e2e_torch_cuda_more precisions,faster ;;
     gpu_post) step gpu_post python3 benchmarks/gpu_post_bench.py --device cuda --threads 1 --out $OUT/gpu_post_cuda.json ;;
     torch_profile) step torch_profile torch_e2e e2e_torch_cuda_profile profile ;;
