@@ -100,7 +100,7 @@ def render(root: Path) -> str:
             f"{d['images']} | {d['images_per_s']} | {q['p50']:.0f} / {q['p90']:.0f} / {q['p99']:.0f} |"
         )
     lines += _parity_section(results) + _targets_section(results) + _gpu_post_section(results)
-    lines += _serve_section(results)
+    lines += _serve_section(results) + _ray_section(results)
     lines += [
         "",
         "## Host stages alone (`benchmarks/e2e_host.py`)",
@@ -360,7 +360,9 @@ def _serve_section(results: Path) -> List[str]:
         "",
         "`rcnn-deploy serve` on the GPU machine, HTTP clients on the same host sending 1920×1080 JPEGs; served",
         "img/s and latency per concurrency, the batch sizes Triton formed, and the same `Detector` in the client's",
-        "process for comparison.",
+        "process for comparison. The TensorRT rows serve the fused fp16 engine from CPython 3.9 (`--server-python`:",
+        "`python -m rcnn_deploy.serve`, the 3.9 backend stub); their last column is the engine's own GPU rate from",
+        "`e2e_trt.py` in the same session.",
         "",
         "| file | commit | model | concurrency | requests | errors | img/s | p50 / p99 ms | batches formed |"
         " in-process img/s (b1 / b8) |",
@@ -371,6 +373,12 @@ def _serve_section(results: Path) -> List[str]:
         local = (
             f"{ip.get('batch1', {}).get('throughput_img_s', '—')} / {ip.get('batch8', {}).get('throughput_img_s', '—')}"
         )
+        if "engine_own" in ip:  # served from another interpreter: the engine's own rate from e2e_trt.py instead
+            local = "; ".join(
+                f"engine alone b{e['batch']}: {e['gpu_images_per_s']}" for e in ip["engine_own"].get("engines", [])
+            )
+        elif "skipped" in ip:
+            local = "not run"
         for r in d["served"].values():
             lat = f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f}" if "p50_ms" in r else "—"
             batches = ", ".join(f"{k}×{v}" for k, v in r.get("server_batches", {}).items())
@@ -380,4 +388,40 @@ def _serve_section(results: Path) -> List[str]:
             )
         if d.get("outcome"):
             lines.append(f"| {p.name} | outcome: {d['outcome']} ||||||||| ")
+    return lines
+
+
+def _ray_section(results: Path) -> List[str]:
+    files = _load(results, "ray_bench_gpu*.json")
+    if not files:
+        return []
+    lines = [
+        "",
+        "## Ray on one GPU (`benchmarks/ray_bench.py`)",
+        "",
+        "`rcnn-deploy infer` locally against `rcnn-deploy infer --ray` (one actor given the GPU) on the same",
+        "images and model; whole-command img/s (Python and Ray start-up, model load, merge included), Ray Data",
+        "execution only, and the steady rate after the first result. *Identical*: results.json equal to the local",
+        "run's, and summary.json apart from timings.",
+        "",
+        "| file | commit | model | images | local img/s | Ray config | Ray img/s (command / execution / steady) |"
+        " first result s | per worker | exactly once | identical |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p, d in files:
+        local = next((r for r in d["runs"] if r["run"] == "local"), {})
+        model = f"{d.get('backend')} on {d.get('local_device') or 'cpu'}, {d['image_size'][0]}², batch {d.get('batch')}"
+        recheck = d.get("identical_to_local_rechecked")
+        for r in d["runs"]:
+            if r["run"] == "local":
+                continue
+            same = r.get("identical_to_local")
+            if recheck is not None:
+                same = f"{recheck['value']} (rechecked; recorded {same})"
+            workers = ", ".join(f"{k}: {v}" for k, v in r.get("per_worker", {}).items())
+            lines.append(
+                f"| {p.name} | {_commit(d)} | {model} | {d['images']} | {local.get('img_per_s')} | {r['run']} | "
+                f"{r['img_per_s']} / {r['execution_img_per_s']} / {r['steady_img_per_s']} | {r['first_result_s']} | "
+                f"{workers} | {r['exactly_once']['ok']} | {same} |"
+            )
     return lines
