@@ -433,12 +433,12 @@ def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
         save()
     paths = [str(p) for p in find_images(images)][: a.val_images]
     # fp32 meaning IEEE fp32 on both sides: PyTorch lets cuDNN convolutions use TF32 by default, and run 17's
-    # comparison (TF32 allowed) had a few matched pairs far apart (min box IoU 0.64, score difference 0.09)
-    import torch
+    # comparison (TF32 allowed) had a few matched pairs far apart (min box IoU 0.64, score difference 0.09). Since
+    # session 13 the fp32 model turns TF32 off itself (backends.torch_cuda.ieee_fp32); said here too for clarity.
+    from rcnn_deploy.backends.torch_cuda import ieee_fp32, tf32_allowed
 
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    par["graph_fp32_vs_eager_fp32_tf32"] = False
+    ieee_fp32("fp32")
+    par["graph_fp32_vs_eager_fp32_tf32"] = tf32_allowed()
     eager = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp32", cuda_graph=False)
     graph = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp32", cuda_graph=True)
     spec = eager.spec

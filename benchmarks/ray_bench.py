@@ -154,6 +154,20 @@ def exactly_once(out: Path, n: int) -> Dict[str, Any]:
     return {"ok": ok, "ids_in_shards": len(ids), "ids_more_than_once": sum(c > 1 for c in ids.values())}
 
 
+#: summary.json keys that are timings, different in any two runs
+TIMING_KEYS = ("seconds", "time_s", "images_per_s")
+
+
+def _same_results(a: Path, b: Path) -> bool:
+    """results.json byte-for-byte as JSON, and summary.json apart from its timings (until session 13 the timings
+    were compared too, so ``identical_to_local`` could only be true when they happened to agree)."""
+    if json.loads((a / "results.json").read_text()) != json.loads((b / "results.json").read_text()):
+        return False
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    untimed = [{k: v for k, v in s.items() if k not in TIMING_KEYS} for s in (sa, sb)]
+    return untimed[0] == untimed[1]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--out", required=True, help="JSON file to write")
@@ -196,10 +210,7 @@ def main() -> None:
             cmd = _cli("infer", model, str(images), "-o", str(out), *extra, "--ray", "--workers", w)
             wall = _run(cmd + ["--gpus-per-worker", g], work / f"ray_{w}x{g}.log")
             run = json.loads((out / "shards" / "run.json").read_text())
-            same = all(
-                json.loads((out / f).read_text()) == json.loads((local / f).read_text())
-                for f in ("results.json", "summary.json")
-            )
+            same = _same_results(out, local)
             rows.append(
                 {
                     "run": f"ray {w} workers x {g} GPU",

@@ -231,3 +231,30 @@ def test_gpu_options_need_a_gpu_and_a_checkpoint(tmp_path):
     (export / "contract.json").write_text("{}")
     with pytest.raises(UserError, match="options of the PyTorch backend"):
         Detector.load(export, device="cuda", precision="fp16")
+
+
+def test_fp32_on_cuda_turns_tf32_off_and_other_precisions_leave_it():
+    """--precision fp32 means IEEE fp32 (TF32 moved scores by up to 0.38 on the H200, session 13)."""
+    import torch
+
+    from rcnn_deploy.backends.torch_cuda import ieee_fp32, tf32_allowed
+
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    new_api = conv is not None and hasattr(conv, "fp32_precision")
+    saved = (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) if new_api else None
+    legacy = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) if not new_api else None
+    try:
+        if new_api:
+            conv.fp32_precision = "tf32"
+        else:
+            torch.backends.cudnn.allow_tf32 = True
+        assert tf32_allowed()
+        ieee_fp32("fp16")
+        assert tf32_allowed()
+        ieee_fp32("fp32")
+        assert not tf32_allowed()
+    finally:
+        if saved:
+            conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = saved
+        if legacy:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = legacy

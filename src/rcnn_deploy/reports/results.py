@@ -633,6 +633,20 @@ def parity_history(res: Path, meta: Dict[str, Any]) -> List[str]:
     return out + [""]
 
 
+def end_to_end_sections(res: Path) -> List[str]:
+    """The end-to-end targets, GPU serving and Ray tables of docs/e2e.md (``rcnn_deploy.reports.e2e``, from
+    ``res/e2e``), repeated here so that this page has every GPU result; docs/e2e.md has the details."""
+    from .e2e import _ray_section, _serve_section, _targets_section
+
+    e2e = res / "e2e"
+    parts = _targets_section(e2e) + _serve_section(e2e) + _ray_section(e2e)
+    if not parts:
+        return []
+    head = ["## End to end, serving and Ray (from `benchmarks/results/e2e/`; details in docs/e2e.md)", ""]
+    # one heading level down: these are subsections here
+    return head + [("#" + line if line.startswith("## ") else line) for line in parts[1:]] + [""]
+
+
 def render_results(res: Path) -> str:
     """docs/results.md from the committed files of ``res`` (benchmarks/results)."""
     runs = load_runs(res)
@@ -721,6 +735,7 @@ def render_results(res: Path) -> str:
     if nms:
         out += [*nms, ""]
     out += sensitivity_tables(res)
+    out += end_to_end_sections(res)
     out += [
         "## History",
         "",
