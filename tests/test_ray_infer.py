@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
@@ -110,6 +111,42 @@ def test_ray_infer_equals_a_local_infer(job):
     assert sorted(_manifest_ids(out)) == list(range(1, IMAGES + 1))
     text = " ".join(res.output.split())
     assert "img/s" in text and "exactly once: yes" in text and f"on {WORKERS} workers" in text
+
+
+def test_a_video_split_into_frame_ranges_equals_a_local_infer_of_it(job):
+    """Ten frames (the job's images as an mp4), every second frame, shards of two frames on two actors: the same
+    results.json (entries with frame and time_s), summary and per-frame TSVs as a local ``infer --stride 2``."""
+    cv2 = pytest.importorskip("cv2")
+    from rcnn_deploy.runtime.preprocess import load_rgb
+    from rcnn_deploy.scale.ray_infer import infer_on_ray
+
+    root = job["root"]
+    video = root / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (320, 256))
+    for p in sorted(job["images"].glob("*.png"))[:10]:
+        writer.write(np.ascontiguousarray(load_rgb(p)[:, :, ::-1]))
+    writer.release()
+    local, out = root / "video_local", root / "video_ray"
+    _cli(["infer", str(job["export"]), str(video), "-o", str(local), "--batch", "2", "--stride", "2"])
+    summary, report = infer_on_ray(job["export"], video, out, batch=2, workers=WORKERS, shard_size=2, stride=2)
+    results = json.loads((out / "results.json").read_text())
+    assert results == json.loads((local / "results.json").read_text()) and results
+    assert {(r["image_id"], r["frame"]) for r in results} <= {(i + 1, 2 * i) for i in range(5)}
+    assert all(r["time_s"] == round(r["frame"] / 5.0, 6) and r["file_name"] == "clip.mp4" for r in results)
+    timing = ("seconds", "images_per_s", "time_s")
+    local_summary = json.loads((local / "summary.json").read_text())
+    assert {k: v for k, v in summary.items() if k not in timing} == {
+        k: v for k, v in local_summary.items() if k not in timing
+    }
+    assert summary["images"] == 5 and report.exactly_once and report.shards == 3
+    stems = sorted(p.name for p in local.glob("*.tsv"))
+    assert stems == [f"clip_{2 * i:06d}.tsv" for i in range(5)] and sorted(p.name for p in out.glob("*.tsv")) == stems
+    for name in stems:
+        assert (out / name).read_bytes() == (local / name).read_bytes(), name
+    assert not list(out.glob("*.png")) and sorted(_manifest_ids(out)) == [1, 2, 3, 4, 5]
+    res = CliRunner().invoke(app, ["infer", str(job["export"]), str(video), "-o", str(root / "sv"), "--ray",
+                                   "--save-video", str(root / "sv.mp4")])  # fmt: skip
+    assert res.exit_code == 2 and "--save-video" in " ".join(res.output.split()), res.output
 
 
 def test_a_killed_actor_is_retried_and_every_image_counted_once(job):

@@ -172,3 +172,67 @@ def test_image_outputs_write_what_the_local_infer_writes(tmp_path):
         "backend": "torch",
         "complete": True,
     }
+
+
+# ------------------------------------------------------------------------------------ video frame ranges
+def _clip(path: Path, frames: int = 11, hw=(48, 64)) -> Path:  # type: ignore[no-untyped-def]
+    """A small mp4 whose frames differ (a bar moving right), so a wrong frame is caught."""
+    cv2 = pytest.importorskip("cv2")
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (hw[1], hw[0]))
+    for k in range(frames):
+        f = np.full((*hw, 3), 40, np.uint8)
+        f[:, 4 * k : 4 * k + 6] = (200, 30 + 10 * k, 90)
+        writer.write(f)
+    writer.release()
+    return path
+
+
+def test_a_video_becomes_frame_items_and_shards_decode_the_frames_the_local_reader_decodes(tmp_path):
+    from rcnn_deploy.runtime.sources import open_source
+    from rcnn_deploy.scale.ray_infer import _decode_shards
+
+    video = _clip(tmp_path / "clip.mp4")
+    (tmp_path / "a.png").write_bytes(b"")
+    lst = tmp_path / "inputs.txt"
+    lst.write_text("a.png\nclip.mp4\n")
+    assert list_inputs(video) == [video]
+    items = infer_items(list_inputs(lst), stride=2)
+    local = list(open_source(video, stride=2))  # what a local infer of the video runs
+    assert items[0].frame == -1 and items[0].name == "a.png"
+    frames = items[1:]
+    assert [(it.image_id, it.frame) for it in frames] == [(i + 2, 2 * i) for i in range(6)]
+    assert [it.frame for it in frames] == [it.frame for it in local]
+    assert [round(it.time_s, 6) for it in frames] == [round(float(it.time_s), 6) for it in local]
+    assert frames[3].path == f"{video}#6" and frames[3].name == "clip.mp4" and frames[3].file == str(video.resolve())
+    plan = Plan("infer", frames, 2, {"model_path": "/m"})
+    # shards out of order, a range that starts mid-video after a later one (a seek back), one frame far ahead
+    shards = plan.shards()
+    order = [2, 0, 1]
+    rows = {"shard": np.array(order), "items": np.array([json.dumps([vars(it) for it in shards[k]]) for k in order])}
+    out = _decode_shards(rows, "infer")
+    assert list(out["error"]) == [""] * 6
+    want = {it.frame: it.array for it in local}
+    for k, frame, t, img, path in zip(out["shard"], out["frame"], out["time_s"], out["image"], out["path"]):
+        assert frame in [it.frame for it in shards[int(k)]]
+        np.testing.assert_array_equal(img, want[int(frame)])
+        assert t == pytest.approx(int(frame) / 10.0) and path == str(video.resolve())
+    # a frame past the end is that image's error, not the batch's
+    late = [dict(vars(frames[0]), frame=99, index=9, image_id=10)]
+    bad = _decode_shards({"shard": np.array([0]), "items": np.array([json.dumps(late)])}, "infer")
+    assert "frame 99" in str(bad["error"][0]) and bad["image"][0].shape == (1, 1, 3)
+
+
+def test_frame_outputs_are_named_and_tagged_as_a_local_video_run_names_them(tmp_path):
+    from rcnn_deploy import get_spec
+    from rcnn_deploy.runtime.sinks import ImageOutputs, coco_entries
+
+    pytest.importorskip("pycocotools")
+    spec = get_spec("torchvision-maskrcnn")
+    rgb = np.full((40, 50, 3), 90, np.uint8)
+    masks = np.zeros((1, 40, 50), bool)
+    masks[0, 5:20, 5:30] = True
+    box, score = np.array([[5, 5, 30, 20]], np.float32), np.array([0.9], np.float32)
+    det = Detections(box, score, np.array([1], np.int32), masks)
+    entries = ImageOutputs(tmp_path, spec).write(3, "videos/clip.mp4", rgb, det, frame=12, time_s=1.2000001)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip_000012.tsv"]  # no PNG, as a local video run
+    assert entries == [dict(e, frame=12, time_s=1.2) for e in coco_entries(det, spec, 3, "clip.mp4")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 
 def _load(results: Path, pattern: str) -> List[Tuple[Path, Any]]:
@@ -409,7 +409,7 @@ def _ray_section(results: Path) -> List[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p, d in files:
-        local = next((r for r in d["runs"] if r["run"] == "local"), {})
+        local: Dict[str, Any] = next((r for r in d["runs"] if r["run"] == "local"), {})
         model = f"{d.get('backend')} on {d.get('local_device') or 'cpu'}, {d['image_size'][0]}², batch {d.get('batch')}"
         recheck = d.get("identical_to_local_rechecked")
         for r in d["runs"]:

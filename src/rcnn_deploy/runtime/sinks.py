@@ -64,16 +64,30 @@ class ImageOutputs:
         self.score_threshold, self.draw_threshold = score_threshold, draw_threshold
         self.output.mkdir(parents=True, exist_ok=True)
 
-    def write(self, image_id: int, path: PathLike, rgb: np.ndarray, det: Detections) -> List[dict]:
+    def write(
+        self,
+        image_id: int,
+        path: PathLike,
+        rgb: np.ndarray,
+        det: Detections,
+        frame: Optional[int] = None,
+        time_s: Optional[float] = None,
+    ) -> List[dict]:
+        """``frame``/``time_s``: ``path`` is a video and this is that frame. As in a local ``infer`` of a video,
+        the files are ``STEM_000123.tsv``, no PNG is drawn, and each entry also has ``frame`` and ``time_s``."""
         path = Path(path)
         if self.score_threshold is not None:
             det = det.above(self.score_threshold)
         spec = self.spec
-        write_tsv(self.output / f"{path.stem}.tsv", det, spec.class_names, spec.label_ids)
-        if self.visualize:
+        stem = path.stem if frame is None else f"{path.stem}_{frame:06d}"
+        write_tsv(self.output / f"{stem}.tsv", det, spec.class_names, spec.label_ids)
+        if self.visualize and frame is None:
             drawn = det.above(self.draw_threshold)
-            draw(rgb, drawn, spec.class_names, spec.label_ids, self.output / f"{path.stem}.png")
-        return coco_entries(det, spec, image_id, path.name)
+            draw(rgb, drawn, spec.class_names, spec.label_ids, self.output / f"{stem}.png")
+        entries = coco_entries(det, spec, image_id, path.name)
+        if frame is not None:
+            entries = [dict(e, frame=frame, time_s=round(float(time_s or 0.0), 6)) for e in entries]
+        return entries
 
 
 def failure_record(path: PathLike, error: Union[str, BaseException]) -> Dict[str, str]:

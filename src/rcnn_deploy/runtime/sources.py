@@ -123,15 +123,9 @@ def video_frames(path: Path, stride: int = 1, buffer: int = 8) -> Iterator[Item]
     consumer through a queue of ``buffer`` frames."""
     if not path.is_file():
         raise UserError("video file does not exist", where=path, fix="check the path")
-    try:
-        import cv2
-    except ImportError as e:
-        raise UserError(
-            "reading video needs OpenCV", where=path, fix="pip install 'rcnn-deploy[video]' (opencv-python-headless)"
-        ) from e
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise UserError("cannot open this video (unknown container or codec)", where=path)
+    cap = _open_video(path)
+    import cv2
+
     fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
     q: queue.Queue[Any] = queue.Queue(maxsize=buffer)
     stop = threading.Event()
@@ -184,6 +178,74 @@ def video_frames(path: Path, stride: int = 1, buffer: int = 8) -> Iterator[Item]
             reader.join(timeout=5)
 
     return items()
+
+
+def video_frame_list(path: Path, stride: int = 1) -> List[Tuple[int, float]]:
+    """``(frame index, timestamp s)`` of every ``stride``-th frame of a video, as :func:`video_frames` yields them,
+    without decoding pixels (OpenCV ``grab``; the container's frame count is not trusted). The driver of a Ray
+    run lists a video this way and cuts the list into frame ranges."""
+    if not path.is_file():
+        raise UserError("video file does not exist", where=path, fix="check the path")
+    cap = _open_video(path)
+    import cv2
+
+    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    out: List[Tuple[int, float]] = []
+    try:
+        frame_no = 0
+        while cap.grab():
+            if frame_no % stride == 0:
+                out.append((frame_no, cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0 if fps <= 0 else frame_no / fps))
+            frame_no += 1
+    finally:
+        cap.release()
+    return out
+
+
+class FrameReader:
+    """Random access to one video's frames for a Ray decode task: ``read(frame)`` returns the frame as RGB. Frames
+    asked for in increasing order (a shard's frame range) are read on from the last one; a jump back, or more than
+    ``max_gap`` frames ahead, seeks (``CAP_PROP_POS_FRAMES``) and checks where it landed."""
+
+    def __init__(self, path: Path, max_gap: int = 256) -> None:
+        self.path, self.max_gap = Path(path), max_gap
+        self.cap = _open_video(self.path)
+        self.pos = 0  # the index of the frame the next grab returns
+
+    def read(self, frame: int) -> np.ndarray:
+        import cv2
+
+        if frame < self.pos or frame - self.pos > self.max_gap:
+            self.cap.set(cv2.CAP_PROP_POS_FRAMES, frame)
+            landed = int(self.cap.get(cv2.CAP_PROP_POS_FRAMES))
+            if landed != frame:
+                raise UserError(f"seeking to frame {frame} landed on frame {landed}", where=self.path)
+            self.pos = frame
+        while self.pos < frame:
+            if not self.cap.grab():
+                raise UserError(f"the video ends before frame {frame}", where=self.path)
+            self.pos += 1
+        ok, bgr = self.cap.read()
+        if not ok:
+            raise UserError(f"frame {frame} could not be read", where=self.path)
+        self.pos += 1
+        return np.ascontiguousarray(bgr[:, :, ::-1])
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+def _open_video(path: Path) -> Any:
+    try:
+        import cv2
+    except ImportError as e:
+        raise UserError(
+            "reading video needs OpenCV", where=path, fix="pip install 'rcnn-deploy[video]' (opencv-python-headless)"
+        ) from e
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise UserError("cannot open this video (unknown container or codec)", where=path)
+    return cap
 
 
 class VideoWriter:

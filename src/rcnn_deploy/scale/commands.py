@@ -81,6 +81,7 @@ def run_ray_infer(
     workers: Optional[int],
     gpus_per_worker: Optional[float],
     resume: bool,
+    stride: int = 1,
 ) -> None:
     """``rcnn-deploy infer ... --ray``: the local command's outputs, computed on Ray."""
     import typer
@@ -108,6 +109,7 @@ def run_ray_infer(
             gpus_per_worker=gpus_per_worker,
             address=ray_address,
             resume=resume,
+            stride=stride,
             progress=bar,
         )
     failures = summary["failures"]

@@ -6,7 +6,8 @@ The pipeline (``rcnn-deploy infer/eval --ray``, or :func:`infer_on_ray` / :func:
     one Detector.load per actor, one GPU per actor where the cluster has GPUs) --> driver: shard commit --> merge
 
 * **Plan.** The inputs are listed once on the driver (``find_images`` order, or a list file's order; ``eval``:
-  the annotations' order) and cut into contiguous *shards*. ``shards/plan.json`` records the list, the shard
+  the annotations' order; a video frame by frame, every ``stride``-th, so its shards are frame ranges) and cut
+  into contiguous *shards*. ``shards/plan.json`` records the list, the shard
   size and the settings that change the results, so ``--resume`` can refuse a different job.
 * **Workers.** Actors run :class:`RayDetector` (the public callable class for a user's own Ray pipeline); the
   command's subclass also writes each image's ``NAME.tsv`` / ``NAME.png`` (``rcnn_deploy.runtime.sinks``,
@@ -70,7 +71,7 @@ LOCAL_OBJECT_STORE = 2 * 1024**3
 class WorkItem:
     """One input: ``index`` its 0-based position in the input order, ``path`` as listed (what reports show),
     ``file`` the absolute path workers read, ``name`` its COCO ``file_name``; ``height``/``width`` the size
-    the annotations expect (``eval``; 0 = unchecked)."""
+    the annotations expect (``eval``; 0 = unchecked); ``frame``/``time_s`` for one frame of a video."""
 
     index: int
     image_id: int
@@ -79,6 +80,8 @@ class WorkItem:
     name: str
     height: int = 0
     width: int = 0
+    frame: int = -1  # a video's frame (``file`` is the video, ``path`` is ``VIDEO#FRAME``); -1: an image file
+    time_s: float = 0.0  # that frame's timestamp
 
 
 @dataclass
@@ -122,19 +125,25 @@ class Plan:
                 k for k in set(self.settings) | set(other.settings) if self.settings.get(k) != other.settings.get(k)
             )
             return f"its settings differ ({', '.join(diff)})"
-        mine = [(it.image_id, it.file) for it in self.items]
-        theirs = [(it.image_id, it.file) for it in other.items]
+        mine = [(it.image_id, it.file, it.frame) for it in self.items]
+        theirs = [(it.image_id, it.file, it.frame) for it in other.items]
         if mine != theirs:
             return f"its inputs differ ({len(theirs)} images then, {len(mine)} now)"
         return None
 
 
 def list_inputs(source: PathLike) -> List[Path]:
-    """``infer``'s inputs: an image, a folder, a glob (``find_images``), or a list file (``.txt``/``.lst``/
-    ``.list``: one image path per line, relative to the list's folder; blank lines and ``#`` comments skipped)."""
+    """``infer``'s inputs: an image, a folder, a glob (``find_images``), a video file, or a list file (``.txt``/
+    ``.lst``/``.list``: one image or video path per line, relative to the list's folder; blank lines and ``#``
+    comments skipped)."""
     from ..runtime.preprocess import find_images
+    from ..runtime.sources import is_video
 
     p = Path(source)
+    if is_video(p):
+        if not p.is_file():
+            raise UserError("video file does not exist", where=p, fix="check the path")
+        return [p]
     if p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
         lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
         files = [Path(ln) if Path(ln).is_absolute() else p.parent / ln for ln in lines if ln and not ln.startswith("#")]
@@ -147,12 +156,23 @@ def list_inputs(source: PathLike) -> List[Path]:
         raise UserError(str(e), fix="pass an image, a folder of images, a glob or a list file (.txt)") from None
 
 
-def infer_items(paths: Sequence[Path]) -> List[WorkItem]:
-    """Image ids are the 1-based position in ``paths`` (as the local ``infer``)."""
-    return [
-        WorkItem(index=i, image_id=i + 1, path=str(p), file=str(Path(p).resolve()), name=Path(p).name)
-        for i, p in enumerate(paths)
-    ]
+def infer_items(paths: Sequence[Path], stride: int = 1) -> List[WorkItem]:
+    """Image ids are the 1-based position in the input order (as the local ``infer``). A video contributes every
+    ``stride``-th frame, listed here on the driver (:func:`~rcnn_deploy.runtime.sources.video_frame_list`), so
+    that shards are frame ranges of the video and each frame is one work item: exactly once and ``--resume``
+    hold per frame as per image."""
+    from ..runtime.sources import is_video, video_frame_list
+
+    items: List[WorkItem] = []
+    for p in paths:
+        file, name = str(Path(p).resolve()), Path(p).name
+        if is_video(p):
+            for frame, t in video_frame_list(Path(p), stride):
+                i = len(items)
+                items.append(WorkItem(i, i + 1, f"{p}#{frame}", file, name, frame=frame, time_s=t))
+        else:
+            items.append(WorkItem(index=len(items), image_id=len(items) + 1, path=str(p), file=file, name=name))
+    return items
 
 
 def eval_items(gt: Mapping[str, Any], images_dir: Path, max_images: Optional[int] = None) -> List[WorkItem]:
@@ -528,13 +548,20 @@ def _decode_shards(batch: Dict[str, np.ndarray], mode: str) -> Dict[str, Any]:
     """CPU task: a batch of shard rows (``shard``, ``items``: the shard's work items as JSON) -> one row per image
     with its decoded ``image`` (an unreadable one gets a 1x1 placeholder and its ``error``)."""
     from ..runtime.preprocess import load_rgb
-    from ..runtime.sources import Item
+    from ..runtime.sources import FrameReader, Item
 
-    cols: Dict[str, List[Any]] = {k: [] for k in ("index", "image_id", "shard", "path", "image", "error")}
+    keys = ("index", "image_id", "shard", "path", "image", "error", "frame", "time_s")
+    cols: Dict[str, List[Any]] = {k: [] for k in keys}
+    videos: Dict[str, FrameReader] = {}  # a shard's frames are a range of one video (or of a few): opened once
     for k, items in zip(batch["shard"], batch["items"]):
         for it in json.loads(str(items)):
+            frame = int(it.get("frame", -1))
             try:
-                if mode == "eval":  # the annotations' file and size, checked as the local eval checks them
+                if frame >= 0:
+                    if it["file"] not in videos:
+                        videos[it["file"]] = FrameReader(Path(it["file"]))
+                    rgb = videos[it["file"]].read(frame)
+                elif mode == "eval":  # the annotations' file and size, checked as the local eval checks them
                     hw = (int(it["height"]), int(it["width"])) if it["height"] and it["width"] else None
                     name = it["file"] if it["name"] else f"image id {it['image_id']} (no file_name in the annotations)"
                     item = Item(0, name, path=Path(it["file"]) if it["name"] else None, expect_hw=hw)
@@ -547,10 +574,15 @@ def _decode_shards(batch: Dict[str, np.ndarray], mode: str) -> Dict[str, Any]:
             cols["index"].append(it["index"])
             cols["image_id"].append(it["image_id"])
             cols["shard"].append(int(k))
-            cols["path"].append(it["path"])
+            cols["path"].append(it["file"] if frame >= 0 else it["path"])
             cols["image"].append(rgb)
             cols["error"].append(err)
-    out: Dict[str, Any] = {k: np.array(cols[k], dtype=np.int64) for k in ("index", "image_id", "shard")}
+            cols["frame"].append(frame)
+            cols["time_s"].append(float(it.get("time_s", 0.0)))
+    for reader in videos.values():
+        reader.close()
+    out: Dict[str, Any] = {k: np.array(cols[k], dtype=np.int64) for k in ("index", "image_id", "shard", "frame")}
+    out["time_s"] = np.array(cols["time_s"], dtype=np.float64)
     out["path"] = np.array(cols["path"], dtype=object)
     out["error"] = np.array(cols["error"], dtype=object)
     out["image"] = cols["image"]
@@ -599,7 +631,9 @@ class _ShardWorker(RayDetector):
         for i, d in zip(ok, self.detect([rgbs[i] for i in ok])):
             image_id = int(batch["image_id"][i])
             if self.outputs is not None:
-                entries = self.outputs.write(image_id, str(batch["path"][i]), rgbs[i], d)
+                frame = int(batch["frame"][i]) if "frame" in batch else -1
+                at = (frame, float(batch["time_s"][i])) if frame >= 0 else (None, None)
+                entries = self.outputs.write(image_id, str(batch["path"][i]), rgbs[i], d, *at)
             else:
                 entries = coco_entries(d, self.detector.spec, image_id)
             coco[i] = json_lines(entries)
@@ -894,13 +928,17 @@ def infer_on_ray(
     address: Optional[str] = None,
     resume: bool = False,
     shard_size: Optional[int] = None,
+    stride: int = 1,
     progress: Optional[Progress] = None,
 ) -> Tuple[Dict[str, Any], RunReport]:
     """``rcnn-deploy infer --ray``: the outputs a local ``infer`` writes into ``output`` (per-image TSV / PNG,
     ``results.json``, ``summary.json``), computed on Ray; ``output/shards/`` keeps the shards (``--resume``)
-    and ``run.json`` (the :class:`RunReport`). Returns ``(summary, report)``."""
+    and ``run.json`` (the :class:`RunReport`). Video inputs are split into frame ranges (every ``stride``-th
+    frame; the shards are ranges of one video). Returns ``(summary, report)``."""
     if batch < 1:
         raise UserError(f"--batch {batch}: need at least 1", fix="pass --batch 1 or more")
+    if stride < 1:
+        raise UserError(f"stride must be >= 1, got {stride}", where="--stride")
     paths = list_inputs(source)
     _check_model_path(model_path, model, backend)
     out = Path(output).resolve()
@@ -915,10 +953,11 @@ def infer_on_ray(
         "mask_threshold": mask_threshold,
         "visualize": visualize,
         "draw_threshold": draw_threshold,
+        "stride": stride,
     }
     with ray_session(address, local_num_cpus(workers)) as where:
         n, g, res = resolve_workers(workers, gpus_per_worker)
-        items = infer_items(paths)
+        items = infer_items(paths, stride)
         plan = Plan("infer", items, shard_size or default_shard_size(len(items), n, batch), settings)
         plan, done = store.start(plan, resume)
         run = _run_plan(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import typer
 
+from ..errors import UserError
 from ..runtime.visualize import DRAW_THRESHOLD
 from . import args, detector
 from .detector import input_hw  # noqa: F401  (rcnn_deploy.tools.infer.input_hw: bench and serve import it)
@@ -78,7 +79,8 @@ def infer_command(
         "--ray",
         help="Run on Ray Data (a local instance, or --ray-address): decoding in CPU tasks, the model in an actor"
         " pool, results sharded under OUTPUT/shards and merged into the same files. INPUT may also be a list file"
-        " (.txt, one image path per line). Needs pip install 'rcnn-deploy[ray]'.",
+        " (.txt, one image or video path per line); a video is split into frame ranges (--stride applies)."
+        " Needs pip install 'rcnn-deploy[ray]'.",
     ),
     ray_address: Optional[str] = typer.Option(
         None,
@@ -115,6 +117,13 @@ def infer_command(
     if ray or resume or ray_address or workers is not None or gpus_per_worker is not None:
         from ..scale.commands import run_ray_infer
 
+        if save_video is not None:
+            raise UserError(
+                "--save-video writes one video from frames in order; a --ray run's frames finish out of order on "
+                "several workers",
+                where="--save-video",
+                fix="drop --save-video (the per-frame TSVs and results.json are written), or run without --ray",
+            )
         return run_ray_infer(
             ray=ray,
             model_path=model_path,
@@ -133,6 +142,7 @@ def infer_command(
             workers=workers,
             gpus_per_worker=gpus_per_worker,
             resume=resume,
+            stride=stride,
         )
     import contextlib
 
