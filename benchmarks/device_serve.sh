@@ -72,10 +72,15 @@ WRAP
         --image-format jpg --seed 3 >/dev/null || exit 1
     fi
     own=$(ls "$OUT"/e2e_trt_b8_*.json 2>/dev/null | head -1)
-    python3 benchmarks/serve_bench.py "$engine" --server-python /tmp/trt86/py39serve.sh ${own:+--engine-own "$own"} \
-      --images $W/photos/images --num-images "${SERVE_IMAGES:-64}" --max-batch 8 --concurrency 1,16 \
-      --note "shipped checkpoint, fused fp16 TensorRT 8.6 engine (batch 8, 1344), served from CPython 3.9" \
-      -o "$OUT/serve_bench_trt.json" 2>&1 | tee "$OUT/serve_bench_trt.log"
+    note="shipped checkpoint, fused fp16 TensorRT 8.6 engine (batch 8, 1344), served from CPython 3.9"
+    serve_trt() {  # serve_trt NAME INSTANCES CONCURRENCY
+      python3 benchmarks/serve_bench.py "$engine" --server-python /tmp/trt86/py39serve.sh ${own:+--engine-own "$own"} \
+        --images $W/photos/images --num-images "${SERVE_IMAGES:-64}" --max-batch 8 --instances "$2" --concurrency "$3" \
+        --note "$note, $2 model instance(s)" -o "$OUT/$1.json" 2>&1 | tee "$OUT/$1.log"
+    }
+    serve_trt serve_bench_trt 1 1,16
+    # one instance decodes and post-processes on one host thread (run 18: 23.7 img/s at 16); four share the engine
+    serve_trt serve_bench_trt_i4 4 1,16,32
     ;;
   *)
     echo "usage: bash benchmarks/device_serve.sh prep | take 0|1 | bench | bench_trt" >&2
