@@ -12,7 +12,7 @@ import pytest
 
 from rcnn_deploy.runtime.masks import PastedMasks, paste_masks
 from rcnn_deploy.runtime.sources import Item
-from rcnn_deploy.runtime.stream import BatchModel, Prepared, run_stream
+from rcnn_deploy.runtime.stream import BatchModel, Prepared, ReplicatedModel, run_stream
 
 
 # ------------------------------------------------------------------------------- the runner with a toy model
@@ -69,6 +69,30 @@ def test_the_runner_waits_without_spinning_while_the_model_is_busy():
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     assert len(out) == 20 and wall >= 1.0  # ten batches of 0.1 s
     assert cpu < 0.25 * wall, f"the runner used {cpu:.2f} s of CPU in {wall:.2f} s while the model slept"
+
+
+def test_replicated_model_runs_its_copies_side_by_side_and_keeps_input_order():
+    """Two copies meet at a barrier inside their run (it breaks unless both run at once); results in input order."""
+    meet = threading.Barrier(2, timeout=10)
+    used: list = []
+
+    def copy(k: int):  # type: ignore[no-untyped-def]
+        def run(x: np.ndarray):  # type: ignore[no-untyped-def]
+            used.append(k)
+            if len(used) <= 2:  # the first two batches: one on each copy, at the same time
+                meet.wait()
+            return {"v": x * 2}
+
+        return run
+
+    prepare, _, post = _toy()
+    model = ReplicatedModel([copy(0), copy(1)])
+    assert model.depth == 2
+    items = [Item(i, f"im{i}") for i in range(9)]
+    out = list(run_stream(items, prepare, model, post, batch=2, depth=model.depth, workers=2))
+    model.close()
+    assert [r.index for r in out] == list(range(9)) and [r.detections for r in out] == [2.0 * i for i in range(9)]
+    assert sorted(used[:2]) == [0, 1] and set(used) == {0, 1} and not meet.broken
 
 
 def test_bounded_in_flight_and_lazy_source():
@@ -241,6 +265,23 @@ def test_stream_matches_sequential_path(export_dir):
             np.testing.assert_array_equal(got.scores, ref.scores)
             dense = paste_masks(ref.masks, boxes, rgb.shape[:2], det.spec.mask_paste, det.spec.mask_threshold)
             assert np.array_equal(got.masks, dense)
+
+
+@pytest.mark.full
+def test_onnxruntime_replicas_stream_the_same_detections(export_dir):
+    from rcnn_deploy.api import Detector
+    from rcnn_deploy.errors import UserError
+
+    one = list(Detector.load(export_dir / "export", batch=1).stream(export_dir / "images", batch=1))
+    det = Detector.load(export_dir / "export", batch=1, replicas=2)
+    assert isinstance(det.batch_model, ReplicatedModel) and det.batch_model.depth == 2
+    two = list(det.stream(export_dir / "images", batch=1))
+    assert [r.name for r in two] == [r.name for r in one]
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a.detections.boxes, b.detections.boxes)
+        np.testing.assert_array_equal(a.detections.scores, b.detections.scores)
+    with pytest.raises(UserError, match="replicas"):
+        Detector.load(export_dir / "export" / "missing.engine", replicas=2)
 
 
 @pytest.mark.full

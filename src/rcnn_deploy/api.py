@@ -27,6 +27,7 @@ from .runtime.sources import Item, SourceLike, open_source
 from .runtime.stream import (
     BatchModel,
     Prepared,
+    ReplicatedModel,
     StreamResult,
     StreamStats,
     SubmitModel,
@@ -71,13 +72,15 @@ class Detector:
         cuda_graph: bool = True,
         gpu_decode: bool = False,
         gpu_post: bool = False,
+        replicas: int = 1,
         **spec_overrides: Any,
     ) -> Detector:
         """``path``: an export directory / a file in one (uses its contract.json), or a checkpoint (``.pth``,
         ``.pkl``, a torchvision enum name) with ``model=`` and ``input_hw=`` for the PyTorch backend.
         ``device="cuda"``, ``precision`` (fp32 / fp16 / bf16), ``cuda_graph``, ``gpu_decode`` (JPEGs decoded and
         letterboxed on the GPU) and ``gpu_post`` (boxes mapped back, masks pasted and RLE-encoded on the GPU):
-        the PyTorch backend on a GPU (:class:`rcnn_deploy.backends.torch_cuda`)."""
+        the PyTorch backend on a GPU (:class:`rcnn_deploy.backends.torch_cuda`). ``replicas``: ONNX Runtime on
+        a fused export only, that many sessions sharing the cores, run side by side by :meth:`stream`."""
         p = Path(path)
         directory = p if p.is_dir() else p.parent
         if (precision != "fp32" or gpu_decode or gpu_post) and (
@@ -90,13 +93,20 @@ class Detector:
                 fix="pass the checkpoint instead (CLI: --device cuda --precision fp16), or drop --precision and "
                 "--gpu-decode (Python: gpu_post=False)",
             )
+        onnxruntime_export = (directory / "contract.json").is_file() and backend in (None, "onnxruntime")
+        if replicas != 1 and not (onnxruntime_export and p.suffix.lower() not in ENGINE_SUFFIXES):
+            raise UserError(
+                "replicas are sessions of ONNX Runtime on an export; engines and the PyTorch backend batch instead",
+                where=path,
+                fix="pass an export directory (onnxruntime), or drop --replicas and raise --batch",
+            )
         if p.suffix.lower() in ENGINE_SUFFIXES and backend in (None, "tensorrt"):
             return cls.from_engine(p)
         directory = p if p.is_dir() else p.parent
         if (directory / "contract.json").is_file() and backend == "tensorrt":
             return cls.from_split_engines(directory, device=device if device.startswith("cuda") else "cuda")
         if (directory / "contract.json").is_file() and backend in (None, "onnxruntime"):
-            return cls._from_export(directory, batch)
+            return cls._from_export(directory, batch, replicas)
         if model is None and p.is_file():
             from .models.checkpoint import checkpoint_model_name
 
@@ -271,26 +281,44 @@ class Detector:
         return det
 
     @classmethod
-    def _from_export(cls, directory: Path, batch: int) -> Detector:
+    def _from_export(cls, directory: Path, batch: int, replicas: int = 1) -> Detector:
+        """ONNX Runtime on an export. ``replicas`` > 1 (fused graphs): that many sessions, the physical cores
+        shared out among them as intra-op threads, run batches side by side in :meth:`stream`
+        (:class:`~rcnn_deploy.runtime.stream.ReplicatedModel`); direct calls use the first."""
         from .contract import Contract
 
         c = Contract.load(directory)
+        replicas = int(replicas)
+        if replicas < 1:
+            raise UserError(f"replicas must be >= 1, got {replicas}", where="--replicas")
+        runs: List[Runner] = []
         if c.graph == "fused":
-            from .backends.onnxruntime import OnnxRuntimeBackend
+            from .backends.onnxruntime import OnnxRuntimeBackend, physical_cores
             from .runtime.split import fused_outputs
 
             if c.nms == "plugin":
                 raise ValueError(f"{directory} holds a TensorRT-plugin graph; build it with 'rcnn-deploy build'")
-            be = OnnxRuntimeBackend(directory / c.graph_for("fused").file)
-            run: Runner = lambda images: fused_outputs(be(images=images))  # noqa: E731
+            threads = max(1, physical_cores() // replicas) if replicas > 1 else 0
+            for _ in range(replicas):
+                be = OnnxRuntimeBackend(directory / c.graph_for("fused").file, threads=threads)
+                runs.append(lambda images, be=be: fused_outputs(be(images=images)))
         else:
             from .glue.split import onnxruntime_split, run_split
 
+            if replicas > 1:
+                raise UserError(
+                    "replicas need a fused export (a split graph's glue runs in this process's torch)",
+                    where=directory,
+                    fix="export with --graph fused, or drop --replicas",
+                )
             pieces = onnxruntime_split(c, directory)
-            run = lambda images: run_split(pieces, images)  # noqa: E731
+            runs.append(lambda images: run_split(pieces, images))
         lo, hi = c.batch
-        det = cls(c.spec, c.input_hw, _fixed_batch(run, lo, hi), "onnxruntime", min(max(batch, lo), hi))
+        fixed = [_fixed_batch(r, lo, hi) for r in runs]
+        det = cls(c.spec, c.input_hw, fixed[0], "onnxruntime", min(max(batch, lo), hi))
         det.input_dtype = np.dtype(c.graphs[0].inputs[0].dtype)
+        if replicas > 1:
+            det.batch_model = ReplicatedModel(fixed)  # any batch: each copy pads or splits it (_fixed_batch)
         return det
 
     # --------------------------------------------------------------------------------------------- running
@@ -369,6 +397,7 @@ class Detector:
             model,
             stages.postprocess,
             batch=batch or self.batch,
+            depth=max(2, int(getattr(model, "depth", 2))),  # a ReplicatedModel keeps one batch per copy in flight
             workers=workers or self.workers,
             per_image=per_image,
             stats=stats,

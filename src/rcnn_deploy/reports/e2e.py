@@ -152,19 +152,20 @@ def render(root: Path) -> str:
             "",
             "The same work per image on both paths (decode a 1920×1080 JPEG, letterbox, the model at batch 1, boxes",
             "back to the image, masks as COCO RLE, a TSV; a PNG too where the row says so): `sequential` one image",
-            "after another on one thread, `streamed` through `Detector.stream`. Best of two alternating passes each;",
-            "results checked equal.",
+            "after another on one thread, `streamed` through `Detector.stream` (with *replicas* > 1, that many ONNX",
+            "Runtime sessions sharing the cores run images side by side; the sequential path keeps one session with",
+            "every core). Best of two alternating passes each; results checked equal.",
             "",
-            "| file | machine | commit | model | input | images | PNG | load before passes | sequential img/s |"
-            " streamed img/s | streamed / sequential | same results |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| file | machine | commit | model | input | images | PNG | streamed replicas | load before passes |"
+            " sequential img/s | streamed img/s | streamed / sequential | same results |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p, d in streams:
             m, best = d["machine"], d["best"]
             lines.append(
                 f"| {p.name} | {m['platform']}, {m['cpus']} CPUs | {_commit(d)} | ONNX Runtime, {d['model']} | "
                 f"{d['input_hw'][0]}² | {d['images']} | {'yes' if d['visualize'] else 'no'} | "
-                f"{', '.join(str(x) for x in d['load_average_before_each_pass'])} | "
+                f"{d.get('streamed_replicas', 1)} | {', '.join(str(x) for x in d['load_average_before_each_pass'])} | "
                 f"{best['sequential']['images_per_s']} | {best['streamed']['images_per_s']} | {d['speedup']} | "
                 f"{d['same_results']} |"
             )

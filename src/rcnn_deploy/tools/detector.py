@@ -29,10 +29,14 @@ def load_detector(
     batch: int,
     backend: Optional[str],
     gpu: Optional[Dict[str, Any]] = None,
+    replicas: int = 1,
 ) -> Detector:
     """``Detector.load`` with a command's options (an export directory, an engine, or a checkpoint); ``gpu``:
-    the PyTorch GPU options (``args.torch_gpu``), passed on as keywords."""
+    the PyTorch GPU options (``args.torch_gpu``), passed on as keywords; ``replicas``: ONNX Runtime sessions."""
     from .. import api
 
     hw = input_hw(height, width)
-    return api.Detector.load(model_path, model=model, input_hw=hw, batch=batch, backend=backend, **(gpu or {}))
+    extra: Dict[str, Any] = dict(gpu or {})
+    if replicas != 1:
+        extra["replicas"] = replicas
+    return api.Detector.load(model_path, model=model, input_hw=hw, batch=batch, backend=backend, **extra)

@@ -38,6 +38,12 @@ def infer_command(
         None, callback=args.input_size, help="Input width for checkpoints, a multiple of 32 (default as --height)."
     ),
     batch: int = typer.Option(1, callback=args.positive_int, help="Images per model call (>= 1)."),
+    replicas: int = typer.Option(
+        1,
+        callback=args.positive_int,
+        help="ONNX Runtime on a fused export: this many sessions share the CPU cores and run images side by side"
+        " (throughput; see docs/cpu.md).",
+    ),
     nms_threshold: Optional[float] = typer.Option(
         None,
         callback=args.probability,
@@ -156,7 +162,7 @@ def infer_command(
     console = Console(stderr=True)
     try:
         gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode, gpu_post)
-        det = detector.load_detector(model_path, model, height, width, batch, backend, gpu)
+        det = detector.load_detector(model_path, model, height, width, batch, backend, gpu, replicas)
         total = count(source)
         items = open_source(source, stride=stride)
     except (ValueError, FileNotFoundError) as e:
