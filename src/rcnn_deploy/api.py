@@ -299,9 +299,12 @@ class Detector:
             if c.nms == "plugin":
                 raise ValueError(f"{directory} holds a TensorRT-plugin graph; build it with 'rcnn-deploy build'")
             threads = max(1, physical_cores() // replicas) if replicas > 1 else 0
+
+            def fused_runner(be: OnnxRuntimeBackend) -> Runner:
+                return lambda images: fused_outputs(be(images=images))
+
             for _ in range(replicas):
-                be = OnnxRuntimeBackend(directory / c.graph_for("fused").file, threads=threads)
-                runs.append(lambda images, be=be: fused_outputs(be(images=images)))
+                runs.append(fused_runner(OnnxRuntimeBackend(directory / c.graph_for("fused").file, threads=threads)))
         else:
             from .glue.split import onnxruntime_split, run_split
 
