@@ -90,7 +90,7 @@ bench)
     e=${engines[$i]}
     b=$(basename "$(dirname "$e")")
     PYTHONPATH=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv py39 benchmarks/e2e_trt.py --engine "$e" --images "$W/data/images" \
-      --processes "${E2E_PROCESSES:-14}" --out "$OUT/e2e_trt_$b.json" 2>&1 | tail -8
+      --processes "${E2E_PROCESSES:-14}" --repeat "${E2E_REPEAT:-4}" --out "$OUT/e2e_trt_$b.json" 2>&1 | tail -8
     echo "exit status $b: ${PIPESTATUS[0]}"
   done
   ;;
