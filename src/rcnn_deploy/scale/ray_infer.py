@@ -544,43 +544,50 @@ class RayDetector:
         return out
 
 
-def _decode_shards(batch: Dict[str, np.ndarray], mode: str) -> Dict[str, Any]:
-    """CPU task: a batch of shard rows (``shard``, ``items``: the shard's work items as JSON) -> one row per image
-    with its decoded ``image`` (an unreadable one gets a 1x1 placeholder and its ``error``)."""
+def _decode_item(it: Mapping[str, Any], mode: str, videos: Dict[str, Any]) -> np.ndarray:
+    """One work item's RGB pixels: a video frame (``videos`` keeps each video's open reader), an ``eval`` image
+    checked against the annotations' file and size as the local eval checks it, or an image file."""
     from ..runtime.preprocess import load_rgb
     from ..runtime.sources import FrameReader, Item
 
+    frame = int(it.get("frame", -1))
+    if frame >= 0:
+        if it["file"] not in videos:
+            videos[it["file"]] = FrameReader(Path(it["file"]))
+        return cast(np.ndarray, videos[it["file"]].read(frame))
+    if mode == "eval":
+        hw = (int(it["height"]), int(it["width"])) if it["height"] and it["width"] else None
+        name = it["file"] if it["name"] else f"image id {it['image_id']} (no file_name in the annotations)"
+        return Item(0, name, path=Path(it["file"]) if it["name"] else None, expect_hw=hw).load(load_rgb)
+    return load_rgb(it["file"])
+
+
+def _decode_shards(batch: Dict[str, np.ndarray], mode: str) -> Dict[str, Any]:
+    """CPU task: a batch of shard rows (``shard``, ``items``: the shard's work items as JSON) -> one row per image
+    with its decoded ``image`` (an unreadable one gets a 1x1 placeholder and its ``error``). A shard's video
+    frames are a range of one video (or of a few), each video opened once."""
     keys = ("index", "image_id", "shard", "path", "image", "error", "frame", "time_s")
     cols: Dict[str, List[Any]] = {k: [] for k in keys}
-    videos: Dict[str, FrameReader] = {}  # a shard's frames are a range of one video (or of a few): opened once
-    for k, items in zip(batch["shard"], batch["items"]):
-        for it in json.loads(str(items)):
-            frame = int(it.get("frame", -1))
-            try:
-                if frame >= 0:
-                    if it["file"] not in videos:
-                        videos[it["file"]] = FrameReader(Path(it["file"]))
-                    rgb = videos[it["file"]].read(frame)
-                elif mode == "eval":  # the annotations' file and size, checked as the local eval checks them
-                    hw = (int(it["height"]), int(it["width"])) if it["height"] and it["width"] else None
-                    name = it["file"] if it["name"] else f"image id {it['image_id']} (no file_name in the annotations)"
-                    item = Item(0, name, path=Path(it["file"]) if it["name"] else None, expect_hw=hw)
-                    rgb = item.load(load_rgb)
-                else:
-                    rgb = load_rgb(it["file"])
-                err = ""
-            except ValueError as e:
-                rgb, err = np.zeros((1, 1, 3), np.uint8), str(e)
-            cols["index"].append(it["index"])
-            cols["image_id"].append(it["image_id"])
-            cols["shard"].append(int(k))
-            cols["path"].append(it["file"] if frame >= 0 else it["path"])
-            cols["image"].append(rgb)
-            cols["error"].append(err)
-            cols["frame"].append(frame)
-            cols["time_s"].append(float(it.get("time_s", 0.0)))
-    for reader in videos.values():
-        reader.close()
+    videos: Dict[str, Any] = {}
+    try:
+        for k, items in zip(batch["shard"], batch["items"]):
+            for it in json.loads(str(items)):
+                frame = int(it.get("frame", -1))
+                try:
+                    rgb, err = _decode_item(it, mode, videos), ""
+                except ValueError as e:
+                    rgb, err = np.zeros((1, 1, 3), np.uint8), str(e)
+                cols["index"].append(it["index"])
+                cols["image_id"].append(it["image_id"])
+                cols["shard"].append(int(k))
+                cols["path"].append(it["file"] if frame >= 0 else it["path"])
+                cols["image"].append(rgb)
+                cols["error"].append(err)
+                cols["frame"].append(frame)
+                cols["time_s"].append(float(it.get("time_s", 0.0)))
+    finally:
+        for reader in videos.values():
+            reader.close()
     out: Dict[str, Any] = {k: np.array(cols[k], dtype=np.int64) for k in ("index", "image_id", "shard", "frame")}
     out["time_s"] = np.array(cols["time_s"], dtype=np.float64)
     out["path"] = np.array(cols["path"], dtype=object)
