@@ -102,10 +102,9 @@ class Detector:
             )
         if p.suffix.lower() in ENGINE_SUFFIXES and backend in (None, "tensorrt"):
             return cls.from_engine(p)
-        directory = p if p.is_dir() else p.parent
         if (directory / "contract.json").is_file() and backend == "tensorrt":
             return cls.from_split_engines(directory, device=device if device.startswith("cuda") else "cuda")
-        if (directory / "contract.json").is_file() and backend in (None, "onnxruntime"):
+        if onnxruntime_export:
             return cls._from_export(directory, batch, replicas)
         if model is None and p.is_file():
             from .models.checkpoint import checkpoint_model_name

@@ -106,8 +106,8 @@ def render(root: Path) -> str:
             f"| {p.name} | {d['script']} | {m.get('gpu')}, {m.get('cpus')} CPUs | {_commit(d)} | {d['model']} | "
             f"{d['images']} | {d['images_per_s']} | {q['p50']:.0f} / {q['p90']:.0f} / {q['p99']:.0f} |"
         )
-    lines += _parity_section(results) + _targets_section(results) + _gpu_post_section(results)
-    lines += _serve_section(results) + _ray_section(results)
+    lines += _parity_section(results) + targets_section(results) + _gpu_post_section(results)
+    lines += serve_section(results) + ray_section(results)
     lines += [
         "",
         "## Host stages alone (`benchmarks/e2e_host.py`)",
@@ -270,7 +270,7 @@ def _run_of(path: Path) -> str:
     return ""
 
 
-def _targets_section(results: Path) -> List[str]:
+def targets_section(results: Path) -> List[str]:
     """The issues' end-to-end targets against the latest session that measured them (1344², 1920×1080 JPEGs)."""
     trt = _load(results, "e2e_trt_*.json")
     torch = [(p, d) for p, d in _load(results, "e2e_torch_cuda_*.json") if d.get("rows")]
@@ -358,7 +358,7 @@ def _gpu_post_section(results: Path) -> List[str]:
     return lines
 
 
-def _serve_section(results: Path) -> List[str]:
+def serve_section(results: Path) -> List[str]:
     files = _load(results, "serve_bench_gpu_*.json")
     if not files:
         return []
@@ -399,7 +399,7 @@ def _serve_section(results: Path) -> List[str]:
     return lines
 
 
-def _ray_section(results: Path) -> List[str]:
+def ray_section(results: Path) -> List[str]:
     files = _load(results, "ray_bench_gpu*.json")
     if not files:
         return []

@@ -636,10 +636,10 @@ def parity_history(res: Path, meta: Dict[str, Any]) -> List[str]:
 def end_to_end_sections(res: Path) -> List[str]:
     """The end-to-end targets, GPU serving and Ray tables of docs/e2e.md (``rcnn_deploy.reports.e2e``, from
     ``res/e2e``), repeated here so that this page has every GPU result; docs/e2e.md has the details."""
-    from .e2e import _ray_section, _serve_section, _targets_section
+    from .e2e import ray_section, serve_section, targets_section
 
     e2e = res / "e2e"
-    parts = _targets_section(e2e) + _serve_section(e2e) + _ray_section(e2e)
+    parts = targets_section(e2e) + serve_section(e2e) + ray_section(e2e)
     if not parts:
         return []
     head = ["## End to end, serving and Ray (from `benchmarks/results/e2e/`; details in docs/e2e.md)", ""]

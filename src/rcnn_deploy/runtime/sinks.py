@@ -29,6 +29,7 @@ import numpy as np
 from .._io import atomic_write_json
 from ..config import ModelSpec
 from .detections import Detections
+from .sources import frame_fields, frame_stem
 from .visualize import DRAW_THRESHOLD, draw, write_tsv
 
 PathLike = Union[str, Path]
@@ -79,14 +80,14 @@ class ImageOutputs:
         if self.score_threshold is not None:
             det = det.above(self.score_threshold)
         spec = self.spec
-        stem = path.stem if frame is None else f"{path.stem}_{frame:06d}"
+        stem = path.stem if frame is None else frame_stem(path.stem, frame)
         write_tsv(self.output / f"{stem}.tsv", det, spec.class_names, spec.label_ids)
         if self.visualize and frame is None:
             drawn = det.above(self.draw_threshold)
             draw(rgb, drawn, spec.class_names, spec.label_ids, self.output / f"{stem}.png")
         entries = coco_entries(det, spec, image_id, path.name)
         if frame is not None:
-            entries = [dict(e, frame=frame, time_s=round(float(time_s or 0.0), 6)) for e in entries]
+            entries = [dict(e, **frame_fields(frame, time_s)) for e in entries]
         return entries
 
 

@@ -55,8 +55,18 @@ class Item:
     def meta(self) -> dict:
         d: dict = {"image": self.name}
         if self.frame is not None:
-            d.update(frame=self.frame, time_s=round(float(self.time_s or 0.0), 6))
+            d.update(frame_fields(self.frame, self.time_s))
         return d
+
+
+def frame_fields(frame: int, time_s: Optional[float]) -> dict:
+    """What a video frame's results carry besides the image's: its index and timestamp (s, 6 decimals)."""
+    return {"frame": int(frame), "time_s": round(float(time_s or 0.0), 6)}
+
+
+def frame_stem(video_stem: str, frame: int) -> str:
+    """The file stem of a video frame's outputs: ``STEM_000123`` for frame 123."""
+    return f"{video_stem}_{int(frame):06d}"
 
 
 def _as_rgb(a: Any, name: str) -> np.ndarray:

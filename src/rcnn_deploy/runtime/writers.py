@@ -21,6 +21,7 @@ from .._io import atomic_write_json
 from ..config import ModelSpec
 from .coco import detections_to_coco
 from .preprocess import load_rgb
+from .sources import frame_stem
 from .stream import StreamResult, StreamStats
 from .visualize import DRAW_THRESHOLD, draw, render, write_tsv
 
@@ -29,7 +30,7 @@ def output_stem(r: StreamResult) -> str:
     """File stem for an image's outputs: the image's stem; ``STEM_000123`` for frame 123 of a video."""
     it = r.item
     if it.frame is not None and it.path is not None:
-        return f"{it.path.stem}_{it.frame:06d}"
+        return frame_stem(it.path.stem, it.frame)
     if it.path is not None:
         return it.path.stem
     return it.name.replace("[", "_").replace("]", "").replace("/", "_")
