@@ -8,6 +8,8 @@
 #   bash benchmarks/device_e2e.sh torch  # e2e_torch_cuda.py (PyTorch on the GPU, no TensorRT) and the torchvision
 #                                        # baseline e2e_torchvision.py (python3 + torch); needs only prep's data
 #   bash benchmarks/device_e2e.sh take_cv  # carry [".cvcarry"]: OpenCV for CPython 3.9 into /tmp/py39cv (bench)
+#   bash benchmarks/device_e2e.sh take_nvimg  # carry [".nvimgcarry"]: nvImageCodec + nvJPEG for CPython 3.9 into
+#                                           # /tmp/py39nvimg: bench then adds the GPU-decode rows (--gpu-decode)
 #
 # Carry .whl (cp312: pycocotools, onnx_graphsurgeon; `device_results_table.sh wheels`) and .devcarry (py39/:
 # pycocotools and Pillow for CPython 3.9; `source benchmarks/device_common.sh && py39_wheels` makes both it and
@@ -85,12 +87,19 @@ bench)
     done
   done
   source /tmp/trt86/env.sh
+  gpu=()
+  pp=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv
+  if [ -d /tmp/py39nvimg/nvidia/nvimgcodec ]; then  # take_nvimg ran: also decode + letterbox on the GPU
+    gpu=(--gpu-decode --parity-dir "$W/val_jpg" --parity-images "${E2E_PARITY_IMAGES:-64}")
+    pp=$pp:/tmp/py39nvimg
+    export LD_LIBRARY_PATH=/tmp/py39nvimg/nvidia/nvjpeg/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  fi
   # one process per engine (run 13's batch-1 engine segfaulted after the batch-8 engine in the same process)
   for ((i = 1; i < ${#engines[@]}; i += 2)); do
     e=${engines[$i]}
     b=$(basename "$(dirname "$e")")
-    PYTHONPATH=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv py39 benchmarks/e2e_trt.py --engine "$e" --images "$W/data/images" \
-      --processes "${E2E_PROCESSES:-14}" --repeat "${E2E_REPEAT:-4}" --out "$OUT/e2e_trt_$b.json" 2>&1 | tail -8
+    PYTHONPATH=$pp py39 benchmarks/e2e_trt.py --engine "$e" --images "$W/data/images" "${gpu[@]}" \
+      --processes "${E2E_PROCESSES:-14}" --repeat "${E2E_REPEAT:-4}" --out "$OUT/e2e_trt_$b.json" 2>&1 | tail -12
     echo "exit status $b: ${PIPESTATUS[0]}"
   done
   ;;
@@ -106,8 +115,12 @@ take_cv)
   mkdir -p /tmp/py39debs && cp .cvcarry/debs/*.deb /tmp/py39debs/ 2>/dev/null  # libpython3.9 (device_serve.sh bench_trt)
   ls /tmp/py39cv
   ;;
+take_nvimg)
+  mkdir -p /tmp/py39nvimg && python3 -m zipfile -e .nvimgcarry/nvimgcodec_cp39.zip /tmp/py39nvimg/ || exit 1
+  ls /tmp/py39nvimg/nvidia
+  ;;
 *)
-  echo "usage: $0 prep [data]|build|bench|torch|take_cv" >&2
+  echo "usage: $0 prep [data]|build|bench|torch|take_cv|take_nvimg" >&2
   exit 2
   ;;
 esac

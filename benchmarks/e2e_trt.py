@@ -12,6 +12,12 @@ Per engine (its batch is the engine's optimization profile's largest):
   latency           batch-1 engines: ``Detector([path])`` one image at a time, wall per image (p50/p90/p99)
   stages            single-thread host stage costs per image (decode, letterbox, postprocess) for reference
 
+With ``--gpu-decode`` (nvImageCodec importable): the same stream / latency rows with the JPEGs decoded by nvJPEG
+and letterboxed by the export's letterbox engine on the GPU (``Detector.from_engine(gpu_decode=True)``), and
+``gpu_decode_parity``: its detections against the host-decoded ones (``--parity-images`` of the folder, and of
+``--parity-dir`` when given: ``rcnn_deploy.evaluation.parity.compare_detections``; with annotations there, both
+paths' COCO AP).
+
 Writes the JSON atomically after each engine (a killed run keeps what it measured).
 """
 
@@ -125,6 +131,9 @@ def main():
         help="also time a pass over the folder this many times in a row (row 'stream_repeat'): each stream() call "
         "starts its worker processes, which one 256-image pass does not amortise",
     )
+    ap.add_argument("--gpu-decode", action="store_true", help="also the rows with JPEGs decoded on the GPU")
+    ap.add_argument("--parity-images", type=int, default=64)
+    ap.add_argument("--parity-dir", default=None, help="a COCO-format folder (images/, annotations.json) for parity")
     a = ap.parse_args()
     paths = find_images(a.images)
     doc = {
@@ -160,19 +169,77 @@ def main():
                 row["stream_repeat"] = stream_pass(det, many, hi, a.workers, os.path.join(tmp, "rep"), a.processes)
                 row["stream_repeat"]["repeat"] = a.repeat
         if hi == 1:
-            walls = []
-            for p in paths[: a.latency_images]:
-                t0 = time.perf_counter()
-                d = det([str(p)])[0]
-                from rcnn_deploy.runtime.coco import detections_to_coco
-
-                detections_to_coco(d, 1, det.spec.category_ids, det.spec.label_ids)
-                walls.append((time.perf_counter() - t0) * 1e3)
-            row["latency_ms"] = dict(percentiles(walls[3:], (50, 90, 99)), images=len(walls) - 3)
+            row["latency_ms"], row["latency_detections_ms"] = latency(det, paths[: a.latency_images])
         row["stages"] = stage_costs(det, paths)
         doc["engines"].append(row)
         atomic_write_json(a.out, doc)
         print(json.dumps(row), flush=True)
+        if a.gpu_decode:
+            try:
+                gpu_decode_rows(a, engine, det, paths, row, doc)
+            except Exception as e:  # noqa: BLE001 - recorded: the host rows above stand
+                row["gpu_decode_error"] = f"{type(e).__name__}: {e}"
+            atomic_write_json(a.out, doc)
+            print(json.dumps({k: v for k, v in row.items() if "gpu_decode" in k}), flush=True)
+
+
+def latency(det, paths):
+    """Batch-1 wall per image: to the COCO results with RLE masks, and to the Detections (masks lazy)."""
+    from rcnn_deploy.runtime.coco import detections_to_coco
+
+    walls, to_det = [], []
+    for p in paths:
+        t0 = time.perf_counter()
+        d = det([str(p)])[0]
+        t1 = time.perf_counter()
+        detections_to_coco(d, 1, det.spec.category_ids, det.spec.label_ids)
+        walls.append((time.perf_counter() - t0) * 1e3)
+        to_det.append((t1 - t0) * 1e3)
+    n = len(walls) - 3
+    return dict(percentiles(walls[3:], (50, 90, 99)), images=n), dict(percentiles(to_det[3:], (50, 90, 99)), images=n)
+
+
+def gpu_decode_rows(a, engine, host_det, paths, row, doc):
+    from rcnn_deploy.evaluation.parity import compare_detections
+
+    t0 = time.perf_counter()
+    det = Detector.from_engine(engine, gpu_decode=True)  # builds the letterbox engine on first use
+    row["gpu_decode_setup_s"] = round(time.perf_counter() - t0, 2)
+    doc["machine"]["nvimgcodec"] = det.batch_model.decoder.version
+    hi = det.batch_model.hi
+    with tempfile.TemporaryDirectory() as tmp:
+        stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "warm"), a.processes)
+        row["stream_gpu_decode"] = stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "run"), a.processes)
+        if a.repeat > 1:
+            many = list(paths) * a.repeat
+            rep = stream_pass(det, many, hi, a.workers, os.path.join(tmp, "rep"), a.processes)
+            row["stream_gpu_decode_repeat"] = dict(rep, repeat=a.repeat)
+    if hi == 1:
+        row["latency_gpu_decode_ms"], row["latency_gpu_decode_detections_ms"] = latency(det, paths[: a.latency_images])
+    par = {}
+    sets = [("e2e_images", [str(p) for p in paths[: a.parity_images]])]
+    if a.parity_dir:
+        pimg = os.path.join(a.parity_dir, "images")
+        pfiles = [str(p) for p in find_images(pimg)][: a.parity_images]
+        sets.append((os.path.basename(a.parity_dir.rstrip("/")), pfiles))
+    for name, files in sets:
+        rep = compare_detections(host_det(files), det(files))
+        d = {k: v for k, v in rep.to_dict().items() if k != "unmatched"}
+        d["unmatched"] = len(rep.unmatched)
+        par[name] = d
+        print("gpu decode parity", name, json.dumps(d)[:400], flush=True)
+    ann = os.path.join(a.parity_dir, "annotations.json") if a.parity_dir else None
+    if ann and os.path.isfile(ann):
+        from rcnn_deploy.evaluation.dataset import evaluate_detector
+
+        for label, d in (("host_decode", host_det), ("gpu_decode", det)):
+            r = evaluate_detector(d, ann, os.path.join(a.parity_dir, "images"), max_images=a.parity_images)
+            par[label + "_AP"] = {
+                "bbox_AP": round(r["metrics"]["bbox"]["AP"], 4),
+                "segm_AP": round(r["metrics"].get("segm", {}).get("AP", float("nan")), 4),
+                "images": r["images"],
+            }
+    row["gpu_decode_parity"] = par
 
 
 if __name__ == "__main__":

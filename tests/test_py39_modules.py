@@ -22,6 +22,8 @@ for i, tool in enumerate({tools!r}):
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 import rcnn_deploy.backends.tensorrt.runtime, rcnn_deploy.backends.tensorrt.calibrator, rcnn_deploy.contract
 import rcnn_deploy.backends.tensorrt.pipelined, rcnn_deploy.api, rcnn_deploy.runtime.writers
+import rcnn_deploy.backends.tensorrt.gpu_pre, rcnn_deploy.evaluation.parity
+import rcnn_deploy.evaluation.dataset
 import rcnn_deploy.serve.__main__, rcnn_deploy.serve.server, rcnn_deploy.serve.contract  # served from CPython 3.9
 mods = [m for n, m in sys.modules.items() if n.startswith("rcnn_deploy") and getattr(m, "__file__", None)]
 print(json.dumps(sorted(m.__file__ for m in mods)))

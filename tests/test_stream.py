@@ -171,6 +171,59 @@ def test_worker_processes_share_inputs_through_slots_and_keep_order():
     assert all(r.extra != os.getpid() for r in out)  # per_image ran in the workers
 
 
+def _variable_size_prepare(it: Item) -> Prepared:
+    """Encoded bytes of varying length (as a GPU-decoding model takes them): nothing fits a shared slot."""
+    if it.index == 5:
+        return Prepared(it, error=f"{it.name}: broken")
+    return Prepared(it, np.full((it.index + 1,), it.index, np.uint8), None)
+
+
+def _first_times_two(x):
+    return {"v": np.array([[2.0 * float(a[0])] for a in x])}
+
+
+class _ListModel(BatchModel):
+    def submit(self, images):  # a model taking a list of differently sized arrays (no np.stack)
+        out = self.run(images)
+        return lambda: out
+
+
+def test_worker_processes_postprocess_only_when_prepare_stays_in_threads():
+    import os
+    import threading
+
+    main = threading.main_thread().ident
+    seen = []
+
+    def prepare(it):
+        seen.append((os.getpid(), threading.get_ident() != main))
+        return _variable_size_prepare(it)
+
+    items = [Item(i, f"img{i}") for i in range(13)]
+    out = list(
+        run_stream(
+            items,
+            prepare,  # a closure: it could not be pickled into a worker process
+            _ListModel(_first_times_two, 1, 4),
+            _proc_post_flat,
+            batch=4,
+            workers=2,
+            processes=2,
+            prepare_in_processes=False,
+            per_image=_proc_per_image,
+        )
+    )
+    assert [r.index for r in out] == list(range(13))
+    assert [r.index for r in out if not r.ok] == [5]
+    assert all(r.detections == 2 * r.index for r in out if r.ok)
+    assert {pid for pid, _ in seen} == {os.getpid()} and all(worker for _, worker in seen)
+    assert all(r.extra != os.getpid() for r in out if r.ok)  # postprocessing ran in the workers
+
+
+def _proc_post_flat(p: Prepared, outs) -> float:
+    return float(outs["v"][0, 0])
+
+
 def test_per_image_user_error_fails_that_image_only():
     prepare, model, post = _toy()
 
@@ -240,6 +293,32 @@ def export_dir(tv_mask_model, tmp_path_factory):
         Image.fromarray(arr).save(root / "images" / f"im{i}.png")
     export_onnx(model, root / "export", height=256, width=256, batch="1:2", graph="fused", nms="onnx")
     return root
+
+
+@pytest.mark.full
+def test_fused_export_has_the_letterbox_graph_of_its_model(export_dir, monkeypatch):
+    """export writes letterbox.onnx beside a fused graph (the TensorRT runtime's GPU letterbox); it letterboxes with
+    the model's input size and pixel-mean padding, as the host does; GPU decoding needs an engine, not an export."""
+    from PIL import Image
+
+    from rcnn_deploy.api import Detector
+    from rcnn_deploy.errors import UserError
+    from rcnn_deploy.runtime import preprocess
+
+    ort = pytest.importorskip("onnxruntime")
+    exp = export_dir / "export"
+    sess = ort.InferenceSession(str(exp / "letterbox.onnx"), providers=["CPUExecutionProvider"])
+    det = Detector.load(exp)
+    rgb = np.asarray(Image.open(export_dir / "images" / "im1.png").convert("RGB"))  # 256x336: resized, padded
+    feed = preprocess.letterbox_taps([rgb.shape[:2]], det.input_hw, rgb.shape[:2])
+    feed["raw"] = rgb[None]
+    got = sess.run(["images"], feed)[0][0]
+    monkeypatch.setattr(preprocess, "opencv", lambda: None)  # the numpy resize: the graph's sampling
+    want, _ = preprocess.letterbox(rgb, det.input_hw, det.fill, dtype=det.input_dtype, resize=det.spec.resize)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert np.abs(got.astype(np.float64) - want).max() <= 1.0
+    with pytest.raises(UserError, match="GPU decoding but for a fused TensorRT engine"):
+        Detector.load(exp, gpu_decode=True)
 
 
 @pytest.mark.full

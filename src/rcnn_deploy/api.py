@@ -55,7 +55,8 @@ class Detector:
         self.max_pixels: Optional[int] = None  # decode limit for image files (None: the loader's default)
         self.workers: Optional[int] = None  # decode / postprocess threads of stream() (None: by CPU count)
         self.batch_model: Optional[SubmitModel] = None  # an asynchronous model for stream() (set by backends)
-        self.gpu_decode = False  # JPEG files go to the model as bytes (decoded on the GPU): threads only
+        self.gpu_decode = False  # JPEG files go to the model as bytes (decoded on the GPU)
+        self.gpu_max_hw: Optional[Tuple[int, int]] = None  # the largest JPEG decoded there
 
     # ------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -83,15 +84,16 @@ class Detector:
         a fused export only, that many sessions sharing the cores, run side by side by :meth:`stream`."""
         p = Path(path)
         directory = p if p.is_dir() else p.parent
-        if (precision != "fp32" or gpu_decode or gpu_post) and (
-            p.suffix.lower() in ENGINE_SUFFIXES or (directory / "contract.json").is_file()
+        is_engine = p.suffix.lower() in ENGINE_SUFFIXES
+        if (precision != "fp32" or (gpu_decode and not is_engine) or gpu_post) and (
+            is_engine or (directory / "contract.json").is_file()
         ):
             raise UserError(
-                "precision, GPU decoding and GPU post-processing are options of the PyTorch backend; an export or "
-                "engine runs at the precision it was built with",
+                "precision and GPU post-processing are options of the PyTorch backend, and so is GPU decoding but for "
+                "a fused TensorRT engine; an export or engine runs at the precision it was built with",
                 where=path,
                 fix="pass the checkpoint instead (CLI: --device cuda --precision fp16), or drop --precision and "
-                "--gpu-decode (Python: gpu_post=False)",
+                "--gpu-post (--gpu-decode: pass the .engine file)",
             )
         onnxruntime_export = (directory / "contract.json").is_file() and backend in (None, "onnxruntime")
         if replicas != 1 and not (onnxruntime_export and p.suffix.lower() not in ENGINE_SUFFIXES):
@@ -100,8 +102,8 @@ class Detector:
                 where=path,
                 fix="pass an export directory (onnxruntime), or drop --replicas and raise --batch",
             )
-        if p.suffix.lower() in ENGINE_SUFFIXES and backend in (None, "tensorrt"):
-            return cls.from_engine(p)
+        if is_engine and backend in (None, "tensorrt"):
+            return cls.from_engine(p, gpu_decode=gpu_decode)
         if (directory / "contract.json").is_file() and backend == "tensorrt":
             return cls.from_split_engines(directory, device=device if device.startswith("cuda") else "cuda")
         if onnxruntime_export:
@@ -216,10 +218,12 @@ class Detector:
         return det
 
     @classmethod
-    def from_engine(cls, path: Union[str, Path], pipelined: bool = True) -> Detector:
+    def from_engine(cls, path: Union[str, Path], pipelined: bool = True, gpu_decode: bool = False) -> Detector:
         """A fused TensorRT / TensorRT-RTX engine built by ``rcnn-deploy build`` into its export directory (the
         contract.json beside it gives the model spec). ``detector.engine`` is the TensorRTBackend. ``pipelined``:
-        :meth:`stream` runs it double-buffered (two contexts and streams, pinned host buffers)."""
+        :meth:`stream` runs it double-buffered (two contexts and streams, pinned host buffers). ``gpu_decode``:
+        JPEG files are decoded by nvImageCodec and letterboxed by a small TensorRT engine on the GPU, no torch
+        needed (:mod:`rcnn_deploy.backends.tensorrt.gpu_pre`)."""
         from .backends.tensorrt.runtime import TensorRTBackend
         from .contract import Contract
         from .runtime.split import fused_outputs
@@ -242,7 +246,23 @@ class Detector:
         det = cls(c.spec, c.input_hw, run, "tensorrt", lo)
         det.engine = be
         det.input_dtype = be.tensor_dtype(be.input_names[0])
-        if pipelined:
+        if gpu_decode:
+            from .backends.tensorrt.gpu_pre import LETTERBOX_MAX_HW, TensorRTGpuDecodeModel, ensure_letterbox_engine
+
+            if c.spec.resize != "torchvision":
+                raise UserError(
+                    f"GPU decoding with TensorRT letterboxes with the 'torchvision' resize; this model's is "
+                    f"{c.spec.resize!r} (Pillow's antialiased resize)",
+                    where="--gpu-decode",
+                    fix="run without --gpu-decode",
+                )
+            pre = ensure_letterbox_engine(path.parent, hi, LETTERBOX_MAX_HW, be.trt)
+            det.batch_model = TensorRTGpuDecodeModel(
+                be, lo, hi, pre, det.fill, det.max_pixels, slots=2, rename=fused_outputs
+            )
+            det.gpu_decode = True
+            det.gpu_max_hw = LETTERBOX_MAX_HW
+        elif pipelined:
             from .backends.tensorrt.pipelined import TensorRTBatchModel
 
             det.batch_model = TensorRTBatchModel(be, lo, hi, slots=2, rename=fused_outputs)
@@ -337,6 +357,7 @@ class Detector:
         streaming runner can run them in worker processes."""
         stages = HostStages(self.spec, self.input_hw, self.fill, self.input_dtype.str, self.max_pixels, keep_images)
         stages.gpu_decode = self.gpu_decode
+        stages.gpu_max_hw = self.gpu_max_hw
         return stages
 
     def _decode(self, path: Path) -> np.ndarray:
@@ -391,8 +412,10 @@ class Detector:
         model = self.batch_model or BatchModel(self._run, 1, max(self.batch, 1))
         stages = self.host_stages(keep_images)
         procs = default_processes() if processes is None else processes
-        if self.gpu_decode:
-            procs = 0  # the model takes encoded bytes, not fixed-size shared-memory slots
+        if self.gpu_decode and self.backend != "tensorrt":
+            # torch: threads (its GPU post-processing leaves little host work); TensorRT: the model takes encoded
+            # bytes read in threads here, and the worker processes post-process
+            procs = 0
         return run_stream(
             items,
             stages.prepare,
@@ -406,6 +429,7 @@ class Detector:
             processes=procs,
             input_shape=(3, *self.input_hw),
             input_dtype=self.input_dtype,
+            prepare_in_processes=not self.gpu_decode,
         )
 
     def __call__(self, images: Sequence[ImageLike]) -> List[Detections]:
@@ -466,6 +490,7 @@ class HostStages:
         return load_rgb(path, max_pixels=self.max_pixels)
 
     gpu_decode = False
+    gpu_max_hw: Optional[Tuple[int, int]] = None  # larger JPEGs are decoded here (the GPU letterbox's limit)
 
     def prepare(self, item: Item) -> Prepared:
         if self.gpu_decode and item.path is not None and item.array is None and not self.keep_images:
@@ -473,7 +498,10 @@ class HostStages:
                 probed = probe_gpu_jpeg(item.path, self.max_pixels)
             except ValueError as e:
                 return Prepared(item, error=str(e))
-            if probed is not None and (item.expect_hw is None or tuple(item.expect_hw) == probed[1]):
+            fits = probed is not None and (
+                self.gpu_max_hw is None or (probed[1][0] <= self.gpu_max_hw[0] and probed[1][1] <= self.gpu_max_hw[1])
+            )
+            if probed is not None and fits and (item.expect_hw is None or tuple(item.expect_hw) == probed[1]):
                 data, (h, w) = probed
                 encoded = np.frombuffer(bytearray(data), dtype=np.uint8)  # writable: torch.from_numpy takes it
                 return Prepared(item, encoded, Letterbox.fit(h, w, self.input_hw))

@@ -29,6 +29,7 @@ from .config import FLAVOURS, MODEL_NAMES, ModelSpec, default_resize
 from .errors import UserError
 
 CONTRACT_FILE = "contract.json"
+LETTERBOX_FILE = "letterbox.onnx"  # beside a fused graph: export.letterbox_graph (GPU decoding with TensorRT)
 FORMAT_VERSION = 2  # 2: graph sha256 and size (format 1 had none and is refused: its graphs cannot be checked)
 GRAPH_KINDS = ("fused", "split")
 NMS_KINDS = ("onnx", "plugin", "tensor")

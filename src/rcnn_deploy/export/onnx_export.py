@@ -18,6 +18,8 @@ from ..contract import CONTRACT_FILE, MAX_BATCH, Contract, GraphSpec, TensorSpec
 from ..errors import UserError
 from ..glue import export_hooks
 from ..models.rcnn import DeployRCNN
+from ..runtime.preprocess import rgb_fill
+from .letterbox_graph import LETTERBOX_FILE, letterbox_graph
 from .lowering import make_lowering
 from .sanitize import sanitize
 from .staging import commit, crash_point, stage, write_file
@@ -201,7 +203,7 @@ def check_finite(model: nn.Module, where: str = "the model's weights") -> None:
 
 def _old_export_files(directory: Path) -> List[str]:
     """The files that made up the previous export in ``directory`` (its contract and graphs), if readable."""
-    names = [CONTRACT_FILE]
+    names = [CONTRACT_FILE, LETTERBOX_FILE]
     with contextlib.suppress(UserError):  # a damaged contract: its graphs are carried over untouched
         names += [g.file for g in Contract.load(directory).graphs]
     return names
@@ -263,6 +265,7 @@ def export_onnx(
     staged = stage(out)
     try:
         graphs: List[GraphSpec] = []
+        extra: List[str] = []  # files beside the graphs, not listed in the contract
         if graph == "fused":
             names = list(FUSED_OUTPUTS if spec.masks else FUSED_OUTPUTS[:4])
             dyn = {n: {0: "batch"} for n in ["images", *names]} if dynamic else {}
@@ -271,6 +274,10 @@ def export_onnx(
             with export_hooks.lowering(low):
                 data = _onnx_bytes(_Fused(model), (images,), ["images"], names, dyn, opset, custom)
             graphs.append(_write_graph(data, staged / f"{spec.name}_fused_{nms}.onnx", "fused", True))
+            if spec.resize == "torchvision":  # for TensorRT with the JPEGs decoded on the GPU (export.letterbox_graph)
+                extra.append(LETTERBOX_FILE)
+                lb = letterbox_graph((height, width), rgb_fill(spec.pixel_mean, spec.channel_order), input_dtype)
+                write_file(staged / LETTERBOX_FILE, lb.SerializeToString())
         else:
             feat_names = [f"p{i}" for i in range(spec.roi_levels[0], spec.roi_levels[1] + 1)]
             names = [*feat_names, "rpn_objectness", "rpn_deltas"]
@@ -321,7 +328,7 @@ def export_onnx(
             raise RuntimeError(f"internal error: the exporter wrote a contract its loader refuses: {e}") from None
         write_file(staged / CONTRACT_FILE, text.encode("utf-8"))
         crash_point("contract_written")
-        commit(staged, out, [CONTRACT_FILE, *(g.file for g in graphs)], _old_export_files)
+        commit(staged, out, [CONTRACT_FILE, *(g.file for g in graphs), *extra], _old_export_files)
     except OSError as e:  # a full disk, a directory that cannot be renamed: the old export stays as it was
         shutil.rmtree(staged, ignore_errors=True)
         raise UserError(f"cannot write the export ({e.strerror or e}); nothing was changed", where=out) from None

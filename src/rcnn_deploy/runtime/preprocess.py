@@ -37,7 +37,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -563,18 +563,61 @@ def resize_rgb(image: np.ndarray, size_hw: Tuple[int, int], method: str = "torch
     return bilinear_resize_numpy(image, (rh, rw))
 
 
+def resize_taps(n_out: int, n_in: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``"torchvision"`` resize along one axis from ``n_in`` to ``n_out`` samples: each output sample's two
+    source indices (int64) and the second one's weight (float32); see :func:`bilinear_resize_numpy`."""
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    return i0, np.minimum(i0 + 1, n_in - 1), (src - i0).astype(np.float32)
+
+
+def letterbox_taps(
+    sizes_hw: Sequence[Tuple[int, int]], input_hw: Tuple[int, int], buffer_hw: Tuple[int, int]
+) -> Dict[str, np.ndarray]:
+    """The size-dependent inputs of the letterbox graph (:mod:`rcnn_deploy.export.letterbox_graph`) for a batch
+    of decoded images of ``sizes_hw``, each at the top left of a ``buffer_hw`` slot: gather indices into the
+    batch's rows and columns, lerp weights and the inside-the-image masks. Its output then equals
+    :func:`letterbox` with the numpy resize (:func:`bilinear_resize_numpy`), up to float rounding."""
+    ih, iw = int(input_hw[0]), int(input_hw[1])
+    bh, bw = int(buffer_hw[0]), int(buffer_hw[1])
+    n = len(sizes_hw)
+    out = {
+        "y0": np.zeros((n, ih), np.int32),
+        "y1": np.zeros((n, ih), np.int32),
+        "wy": np.zeros((n, ih, 1), np.float32),
+        "x0": np.zeros((n, iw), np.int32),
+        "x1": np.zeros((n, iw), np.int32),
+        "wx": np.zeros((n, iw, 1), np.float32),
+        "vy": np.zeros((n, 1, ih, 1), np.float32),
+        "vx": np.zeros((n, iw, 1, 1), np.float32),
+    }
+    for b, (h, w) in enumerate(sizes_hw):
+        h, w = int(h), int(w)
+        if h > bh or w > bw:
+            raise ValueError(f"image {b} of {h}x{w} does not fit the batch buffer of {bh}x{bw}")
+        rh, rw = Letterbox.fit(h, w, (ih, iw)).size_in((ih, iw))
+        if (rh, rw) == (h, w):  # no resize (letterbox copies): taps that read each pixel with weight 0
+            y0, y1, wy = np.arange(h), np.arange(h), np.zeros(h, np.float32)
+            x0, x1, wx = np.arange(w), np.arange(w), np.zeros(w, np.float32)
+        else:
+            y0, y1, wy = resize_taps(rh, h)
+            x0, x1, wx = resize_taps(rw, w)
+        out["y0"][b, :rh], out["y1"][b, :rh], out["wy"][b, :rh, 0] = b * bh + y0, b * bh + y1, wy
+        out["y0"][b, rh:] = out["y1"][b, rh:] = b * bh  # padding rows read a valid row, then are masked
+        out["x0"][b, :rw], out["x1"][b, :rw], out["wx"][b, :rw, 0] = b * bw + x0, b * bw + x1, wx
+        out["x0"][b, rw:] = out["x1"][b, rw:] = b * bw
+        out["vy"][b, 0, :rh, 0] = 1.0
+        out["vx"][b, :rw, 0, 0] = 1.0
+    return out
+
+
 def bilinear_resize_numpy(image: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
     """The reference of the ``"torchvision"`` resize: PyTorch's bilinear ``align_corners=False`` sampling
     (source = (dst + 0.5) * in / out - 0.5, clamped at 0; the next sample clamped at the last) in float32,
     rounded to uint8. Separable: rows, then columns."""
 
-    def taps(n_out: int, n_in: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-        return i0, np.minimum(i0 + 1, n_in - 1), (src - i0).astype(np.float32)
-
-    y0, y1, wy = taps(int(size_hw[0]), image.shape[0])
-    x0, x1, wx = taps(int(size_hw[1]), image.shape[1])
+    y0, y1, wy = resize_taps(int(size_hw[0]), image.shape[0])
+    x0, x1, wx = resize_taps(int(size_hw[1]), image.shape[1])
     img = image.astype(np.float32)
     rows = img[y0] * (1.0 - wy)[:, None, None] + img[y1] * wy[:, None, None]
     out = rows[:, x0] * (1.0 - wx)[None, :, None] + rows[:, x1] * wx[None, :, None]

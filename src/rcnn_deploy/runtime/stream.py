@@ -218,7 +218,7 @@ _WORKER: Dict[str, Any] = {}
 
 
 def _worker_init(
-    prepare: Any, postprocess: Any, per_image: Any, shm_name: str, shape: Tuple[int, ...], dtype: str
+    prepare: Any, postprocess: Any, per_image: Any, shm_name: Optional[str], shape: Tuple[int, ...], dtype: str
 ) -> None:
     import signal
     from multiprocessing import shared_memory
@@ -227,9 +227,11 @@ def _worker_init(
     cv2 = opencv()
     if cv2 is not None:
         cv2.setNumThreads(1)  # one worker, one core: OpenCV's own pool would oversubscribe them
-    shm = shared_memory.SharedMemory(name=shm_name)
-    _WORKER.update(prepare=prepare, postprocess=postprocess, per_image=per_image, shm=shm)
-    _WORKER["slots"] = np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf)
+    _WORKER.update(prepare=prepare, postprocess=postprocess, per_image=per_image)
+    if shm_name is not None:  # None: this worker only post-processes
+        shm = shared_memory.SharedMemory(name=shm_name)
+        _WORKER["shm"] = shm
+        _WORKER["slots"] = np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf)
 
 
 def _worker_prepare(item: Item, slot: int) -> Prepared:
@@ -315,6 +317,7 @@ def run_stream(
     processes: int = 0,
     input_shape: Optional[Tuple[int, ...]] = None,
     input_dtype: Any = np.float32,
+    prepare_in_processes: bool = True,
 ) -> Generator[StreamResult, None, None]:
     """Run ``model`` over ``items``; yield one :class:`StreamResult` per item, in input order.
 
@@ -329,7 +332,8 @@ def run_stream(
     instead of threads (``prepare``, ``postprocess`` and ``per_image`` must then be picklable, and
     ``input_shape`` / ``input_dtype`` give the model input of one image: the inputs travel through shared
     memory). Threads suffice when those stages release the GIL; processes scale the Python-level work
-    (mask paste, RLE) with the cores.
+    (mask paste, RLE) with the cores. ``prepare_in_processes=False``: only postprocessing goes to the processes,
+    ``prepare`` runs in threads (a model that takes encoded bytes, decoded on the GPU: nothing to share).
     """
     batch = max(model.lo, min(int(batch), model.hi))
     workers = workers or default_workers()
@@ -343,20 +347,22 @@ def run_stream(
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        if input_shape is None:
-            raise ValueError("run_stream(processes=N) needs input_shape (one image's model input)")
-        slots = _Slots(prefetch + batch * (depth + 2), tuple(input_shape), input_dtype)
+        if prepare_in_processes:
+            if input_shape is None:
+                raise ValueError("run_stream(processes=N) needs input_shape (one image's model input)")
+            slots = _Slots(prefetch + batch * (depth + 2), tuple(input_shape), input_dtype)
+        shm = (slots.shm.name, slots.shape, slots.dtype.str) if slots is not None else (None, (), "")
         procs = ProcessPoolExecutor(
             processes,
             mp_context=mp.get_context("spawn"),
             initializer=_worker_init,
-            initargs=(prepare, postprocess, per_image, slots.shm.name, slots.shape, slots.dtype.str),
+            initargs=(prepare if slots is not None else None, postprocess, per_image, *shm),
         )
     pool = ThreadPoolExecutor(workers, thread_name_prefix="rcnn-stream")
     model_thread = ThreadPoolExecutor(1, thread_name_prefix="rcnn-model")
 
     def submit_prepare(it: Item) -> Future:
-        if procs is None:
+        if procs is None or slots is None:
             return pool.submit(prepare, it)
         assert slots is not None
         return procs.submit(_worker_prepare, it, slots.free.popleft())

@@ -166,7 +166,10 @@ PRECISION_HELP = (
     "PyTorch on a GPU: the layers in fp32, fp16 or bf16 (the glue stays fp32, as in the TensorRT fp16 builds)."
 )
 CUDA_GRAPH_HELP = "PyTorch on a GPU: capture one CUDA graph per batch size and replay it (sync-free NMS)."
-GPU_DECODE_HELP = "PyTorch on a GPU: decode JPEGs and letterbox them on the GPU (nvJPEG); other formats on the host."
+GPU_DECODE_HELP = (
+    "PyTorch on a GPU, or a fused TensorRT engine (with --device cuda; needs nvidia-nvimgcodec-cu12[nvjpeg]): decode"
+    " JPEGs and letterbox them on the GPU (nvJPEG); other formats on the host."
+)
 GPU_POST_HELP = (
     "PyTorch on a GPU: map boxes back, paste and threshold masks and run-length encode them on the GPU; only boxes,"
     " scores, classes and RLE runs come back to the host."

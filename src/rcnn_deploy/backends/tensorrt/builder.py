@@ -40,6 +40,9 @@ class BuildConfig:
     int8_ranges_graph: Optional[str] = None
     int8_ranges_cache: Optional[str] = None
     glue_fallback: bool = True  # if the build with the glue rule fails, build once more without it (and say so)
+    # explicit (min, opt, max) shapes per input name, for inputs whose dynamic dims are not only the batch (the
+    # letterbox graph's image buffer: backends.tensorrt.gpu_pre)
+    profiles: Optional[Dict[str, Tuple[List[int], List[int], List[int]]]] = None
     verbose: bool = False
     log_info: bool = False  # TensorRT's INFO log: build phases, calibration batches and their times
 
@@ -118,7 +121,7 @@ def build_engine(
     for i in range(network.num_inputs):
         t = network.get_input(i)
         dims = list(t.shape)
-        shapes = _profile_shape(dims, cfg, t.name)
+        shapes = (cfg.profiles or {}).get(t.name) or _profile_shape(dims, cfg, t.name)
         inputs.append({"name": t.name, "shape": dims, "dtype": str(t.dtype)})
         if shapes is not None:
             profile.set_shape(t.name, *shapes)

@@ -105,34 +105,58 @@ class TensorRTBatchModel(BatchModel):
 
     def submit(self, images: List[np.ndarray]) -> Callable[[], Dict[str, np.ndarray]]:
         k = len(images)
-        if not 1 <= k <= self.hi:
-            raise ValueError(f"batch of {k} images; {self.backend.path.name} takes {self.lo}..{self.hi}")
-        n = max(k, self.lo)
-        slot = self.slots[self._next]
-        self._next = (self._next + 1) % len(self.slots)
-        slot.free.wait()
-        slot.free.clear()
+        n = self._batch_size(k)
+        slot = self._take_slot()
         try:
             host_in = slot.host[self.input].array
             for i in range(n):
                 np.copyto(host_in[i], images[min(i, k - 1)], casting="unsafe")  # a short batch repeats its last
-            ctx = slot.context
-            ctx.set_input_shape(self.input, (n, *self.image_shape))
-            shapes = self._shapes(slot, n)
-            sptr = slot.stream.ptr
-            nbytes = n * int(np.prod(self.image_shape)) * self.in_dtype.itemsize
-            self._copy(slot.device[self.input].ptr, slot.host[self.input].ptr.value, nbytes, _H2D, sptr)
-            ctx.set_tensor_address(self.input, slot.device[self.input].ptr)
-            for o in self.backend.output_names:
-                ctx.set_tensor_address(o, slot.device[o].ptr)
-            if not ctx.execute_async_v3(sptr):
-                raise RuntimeError(f"TensorRT execution of {self.backend.path.name} failed")
-            for o, shape in shapes.items():
-                nb = int(np.prod(shape)) * slot.host[o].array.dtype.itemsize
-                self._copy(slot.host[o].ptr.value, slot.device[o].ptr, nb, _D2H, sptr)
+            nbytes = n * self.image_bytes
+            self._copy(slot.device[self.input].ptr, slot.host[self.input].ptr.value, nbytes, _H2D, slot.stream.ptr)
+            shapes = self._enqueue_model(slot, n)
         except BaseException:
             slot.free.set()
             raise
+        return self._waiter(slot, shapes, k)
+
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of one image of the model input."""
+        return int(np.prod(self.image_shape)) * self.in_dtype.itemsize
+
+    def _batch_size(self, k: int) -> int:
+        if not 1 <= k <= self.hi:
+            raise ValueError(f"batch of {k} images; {self.backend.path.name} takes {self.lo}..{self.hi}")
+        return max(k, self.lo)
+
+    def _take_slot(self) -> _Slot:
+        slot = self.slots[self._next]
+        self._next = (self._next + 1) % len(self.slots)
+        slot.free.wait()
+        slot.free.clear()
+        return slot
+
+    def _enqueue_model(self, slot: _Slot, n: int) -> Dict[str, Tuple[int, ...]]:
+        """Enqueue the engine on ``n`` images already in the slot's device input, then the outputs' download."""
+        ctx = slot.context
+        ctx.set_input_shape(self.input, (n, *self.image_shape))
+        shapes = self._shapes(slot, n)
+        sptr = slot.stream.ptr
+        ctx.set_tensor_address(self.input, slot.device[self.input].ptr)
+        for o in self.backend.output_names:
+            ctx.set_tensor_address(o, slot.device[o].ptr)
+        if not ctx.execute_async_v3(sptr):
+            raise RuntimeError(f"TensorRT execution of {self.backend.path.name} failed")
+        for o, shape in shapes.items():
+            nb = int(np.prod(shape)) * slot.host[o].array.dtype.itemsize
+            self._copy(slot.host[o].ptr.value, slot.device[o].ptr, nb, _D2H, sptr)
+        return shapes
+
+    def _waiter(
+        self, slot: _Slot, shapes: Dict[str, Tuple[int, ...]], k: int, keep: Any = None
+    ) -> Callable[[], Dict[str, np.ndarray]]:
+        """The callable that waits for the slot's stream and returns the first ``k`` images' outputs; ``keep``
+        holds what the enqueued work reads until then (device buffers owned by others)."""
 
         def result() -> Dict[str, np.ndarray]:
             try:
@@ -143,8 +167,10 @@ class TensorRTBatchModel(BatchModel):
                     out[o] = flat.reshape(shape)[:k].copy()
                 return self.rename(out)
             finally:
+                del keep_alive[:]
                 slot.free.set()
 
+        keep_alive = [keep]
         return result
 
     def _copy(self, dst: Optional[int], src: Optional[int], nbytes: int, kind: int, stream: int) -> None:
