@@ -35,7 +35,7 @@ export_one() {  # $1 = batch, $2 = input dtype
 
 build_one() {  # $1 = batch, $2 = input dtype
   local d="$W/b$1_$2" onnx
-  onnx=$(ls "$d"/*.onnx | head -1)
+  onnx=$(ls "$d"/*_fused_*.onnx | head -1)  # the model graph (letterbox.onnx beside it: the GPU decode's)
   cat >"$d/jobs.json" <<JSON
 [{"onnx": "$onnx", "engine": "$d/model_fp16.engine", "precision": "fp16", "batch": [$1, $1, $1],
   "timing_cache": "$W/timing.cache"}]

@@ -10,6 +10,7 @@
 #   device: mkdir -p /tmp/trt86/in && cp .trt86/cK/part.* /tmp/trt86/in/   # carry [".trt86/cK"], K = 0..N
 #           ... && bash .trt86/cN/setup.sh                                 # the last chunk's call
 #   device: bash benchmarks/device_e2e.sh take_cv           # carry [".cvcarry"]: OpenCV for the TensorRT process
+#   device: bash benchmarks/device_e2e.sh take_nvimg        # carry [".nvimgcarry"]: GPU JPEG decoding there
 #   device: bash benchmarks/device_ray.sh take 0|1           # carry [".raywhl/cK"] (optional: the Ray step)
 #   device: bash benchmarks/device_serve.sh take 0|1         # carry [".servewhl/cK"] (optional: the serving step)
 #   device: bash benchmarks/device_session.sh poll [SECONDS] # waits up to SECONDS for the chain, prints its
@@ -28,7 +29,8 @@
 #   wait_trt         waits for the chunk calls' setup.sh (/tmp/trt86/env.sh)
 #   torch_parity_bg  e2e_torch_cuda.py --phases parity, in the background beside the build (mAP only)
 #   build            device_e2e.sh build: fp16 engines at batch 8 and 1 (about 6.5 min together on the H200)
-#   trt              device_e2e.sh bench: e2e_trt.py in CPython 3.9 + TensorRT 8.6 (OpenCV after take_cv)
+#   trt              device_e2e.sh bench: e2e_trt.py in CPython 3.9 + TensorRT 8.6 (OpenCV after take_cv; the
+#                    GPU-decode rows after take_nvimg)
 #   serve_trt        device_serve.sh bench_trt: the batch-8 engine served by Triton from CPython 3.9
 #   ray, serve       device_ray.sh bench, device_serve.sh bench (each only when its wheels were installed)
 #   torch_more       e2e_torch_cuda.py --phases precisions,faster
@@ -42,7 +44,7 @@ start)
   if [ -f $S/chain.pid ] && kill -0 "$(cat $S/chain.pid)" 2>/dev/null; then echo "chain already running"; exit 0; fi
   [ -f checkpoints/shapes_maskrcnn_r50fpn.pt ] || { echo "start needs the checkpoint in the tree"; exit 1; }
   mkdir -p $S/logs $S/out $S/repo && rm -rf "${S:?}"/repo/* "${S:?}"/repo/.[!.]*
-  tar -ch --exclude=./.venv --exclude=./.trt86 --exclude=./.raywhl --exclude=./.servewhl --exclude=./.cvcarry . |
+  tar -ch --exclude=./.venv --exclude=./.trt86 --exclude=./.raywhl --exclude=./.servewhl --exclude=./.cvcarry --exclude=./.nvimgcarry . |
     tar -x -C $S/repo
   cd $S/repo && git rev-parse --short HEAD >$S/out/commit.txt 2>/dev/null
   git -C $S/repo status --short >>$S/out/commit.txt 2>/dev/null
