@@ -74,6 +74,7 @@ class Detector:
         gpu_decode: bool = False,
         gpu_post: bool = False,
         replicas: int = 1,
+        compile: Optional[str] = None,
         **spec_overrides: Any,
     ) -> Detector:
         """``path``: an export directory / a file in one (uses its contract.json), or a checkpoint (``.pth``,
@@ -127,7 +128,17 @@ class Detector:
                 fix="use --backend torch (or leave --backend out), or export it first with rcnn-deploy export",
             )
         return cls.from_torch(
-            model, str(path), input_hw, batch, device, precision, cuda_graph, gpu_decode, gpu_post, **spec_overrides
+            model,
+            str(path),
+            input_hw,
+            batch,
+            device,
+            precision,
+            cuda_graph,
+            gpu_decode,
+            gpu_post,
+            compile,
+            **spec_overrides,
         )
 
     @classmethod
@@ -142,6 +153,7 @@ class Detector:
         cuda_graph: bool = True,
         gpu_decode: bool = False,
         gpu_post: bool = False,
+        compile: Optional[str] = None,
         **spec_overrides: Any,
     ) -> Detector:
         """The PyTorch deploy model. ``input_hw`` defaults to the size an rcnn-deploy checkpoint was trained
@@ -149,7 +161,7 @@ class Detector:
         from .models.build import build_model
 
         net = build_model(model, weights, **spec_overrides)
-        return cls.from_module(net, input_hw, batch, device, precision, cuda_graph, gpu_decode, gpu_post)
+        return cls.from_module(net, input_hw, batch, device, precision, cuda_graph, gpu_decode, gpu_post, compile)
 
     @classmethod
     def from_module(
@@ -162,6 +174,7 @@ class Detector:
         cuda_graph: bool = True,
         gpu_decode: bool = False,
         gpu_post: bool = False,
+        compile: Optional[str] = None,
     ) -> Detector:
         """A deploy-form model already in memory (``DeployRCNN``), run on ``device``. ``input_hw`` defaults to
         the size its checkpoint recorded, else 800 x 800. On a CUDA device the model is a
@@ -180,7 +193,7 @@ class Detector:
         input_hw = tuple(input_hw or getattr(net, "checkpoint_input_hw", None) or (800, 800))
         InputSize(*input_hw)
         if str(device).startswith("cuda"):
-            gpu = CudaGraphModel(net, device, precision, cuda_graph)
+            gpu = CudaGraphModel(net, device, precision, cuda_graph, compile=compile)
             # every call padded to `batch`: one captured graph, whatever the last batch of a folder holds
             det = cls(net.spec, input_hw, _fixed_batch(gpu.run_numpy, batch, batch), "torch", batch)
             det.input_dtype = np.dtype(np.uint8)  # a quarter of float32's upload; the graph casts on the GPU

@@ -12,15 +12,24 @@ always greedy NMS's, never an approximation, and the graphs are captured again w
 
 Precision follows the rule of the TensorRT fp16 builds: the layers in fp16 / bf16, the glue (normalisation,
 box decoding, NMS, ROIAlign) in float32 (:meth:`rcnn_deploy.models.rcnn.DeployRCNN.set_precision`).
+
+``compile`` (off by default; :data:`COMPILE_MODES`): the whole sync-free forward through ``torch.compile``
+(Inductor, ``fullgraph=False, dynamic=False``) before our own capture, so its many small elementwise kernels
+(the NMS fixpoint's rounds, frozen batch norm, the box glue) can be fused (:class:`SyncFreeForward`). Inductor's
+own CUDA graphs stay off: the compiled forward is what ``torch.cuda.graph`` captures here.
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+# torch.compile modes of the sync-free forward; both leave Inductor's CUDA graphs off (we capture the graph)
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
 
 
 def torch_dtype(precision: str) -> Any:
@@ -66,8 +75,92 @@ def tf32_allowed() -> bool:
     return bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
 
 
+def check_compile_mode(mode: Optional[str]) -> Optional[str]:
+    """``mode`` if it is None (no ``torch.compile``) or one of :data:`COMPILE_MODES`, else ValueError."""
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile mode {mode!r}; use one of {', '.join(COMPILE_MODES)} (or none)")
+    return mode
+
+
+class SyncFreeForward:
+    """``net``'s forward inside :func:`~rcnn_deploy.glue.sync_free.sync_free`: ``self(x, rounds)`` -> (padded
+    outputs, the convergence flag :attr:`SyncFree.converged <rcnn_deploy.glue.sync_free.SyncFree.converged>`;
+    None for ``rounds=None``). Any device (the tests run it on the CPU).
+
+    ``compile`` (one of :data:`COMPILE_MODES`): the net's whole forward through ``torch.compile(fullgraph=False,
+    dynamic=False)``. The ``sync_free`` context is entered outside the compiled function (Dynamo does not trace
+    ``ContextVar.set``); inside, Dynamo reads the active state (``ContextVar.get``), guards on its round count
+    (another count compiles again) and replays the flag's assignment (``state.note``) on the caller's state, so
+    the flag and the exact fallback work as without compile. The fallback (``rounds=None``, NMS iterated to
+    convergence with host syncs) always runs eagerly. The first compiled call for an input shape and round count
+    runs one eager forward first, so the caches the forward fills on its first call (anchors, label ids) are
+    there before Dynamo traces it (else a graph break, then a recompile), and is timed: ``compile_seconds``
+    (trace, compile and the first run, Inductor's autotuning included). Every new batch size or round count
+    compiles again (``dynamic=False``), up to Dynamo's ``recompile_limit``, after which that call runs eagerly.
+    ``backend``: ``torch.compile``'s (``"inductor"``; the tests also use ``"aot_eager"``)."""
+
+    def __init__(self, net: Any, compile: Optional[str] = None, backend: str = "inductor") -> None:
+        import torch
+
+        self.net = net
+        self.mode = check_compile_mode(compile)
+        self.compile_seconds: Dict[str, float] = {}
+        self._compiled: Any = None
+        if self.mode is not None:
+            kwargs: Dict[str, Any] = {}
+            if backend == "inductor":
+                from torch._inductor import config
+
+                if config.triton.cudagraphs:
+                    raise ValueError(
+                        "Inductor's own CUDA graphs are on (torch._inductor.config.triton.cudagraphs); the compiled "
+                        "forward is captured by CudaGraphModel itself: turn them off"
+                    )
+                kwargs["mode"] = self.mode
+            self._compiled = torch.compile(self.eager, backend=backend, fullgraph=False, dynamic=False, **kwargs)
+
+    @property
+    def compiled(self) -> bool:
+        return self._compiled is not None
+
+    def eager(self, x: Any) -> Any:
+        import torch
+
+        return self.net(x.float() if x.dtype == torch.uint8 else x)
+
+    def __call__(self, x: Any, rounds: Optional[int], compiled: bool = True) -> Any:
+        """One forward of ``x`` with at most ``rounds`` NMS rounds (None: to convergence, eager) -> (outputs,
+        flag). ``compiled=False``: the eager forward even when a compile mode is set."""
+        import torch
+
+        from ..glue.sync_free import sync_free
+
+        fn = self.eager
+        if compiled and rounds is not None and self._compiled is not None:
+            fn = self._compiled
+            key = f"{tuple(x.shape)} {x.dtype} {x.device} rounds={rounds}"
+            if key not in self.compile_seconds:
+                with torch.no_grad(), sync_free(rounds):
+                    self.eager(x)  # fills the forward's caches outside the traced code
+                if x.is_cuda:
+                    torch.cuda.synchronize(x.device)
+                t0 = time.perf_counter()
+                with torch.no_grad(), sync_free(rounds) as state:
+                    out = fn(x)
+                if x.is_cuda:
+                    torch.cuda.synchronize(x.device)
+                self.compile_seconds[key] = round(time.perf_counter() - t0, 3)
+                return out, state.converged
+        with torch.no_grad(), sync_free(rounds) as state:
+            out = fn(x)
+        return out, state.converged
+
+
 class CudaGraphModel:
-    """``net`` (a ``DeployRCNN``) on ``device`` in ``precision``; see the module docstring."""
+    """``net`` (a ``DeployRCNN``) on ``device`` in ``precision``; see the module docstring. ``compile``: the
+    sync-free forward through ``torch.compile`` in that mode (:class:`SyncFreeForward`), compiled in the first
+    warm-up run of each batch size (outside the capture; the capture itself refuses to compile again); without
+    ``cuda_graph`` the compiled sync-free forward then runs uncaptured, with the same convergence fallback."""
 
     def __init__(
         self,
@@ -78,11 +171,13 @@ class CudaGraphModel:
         channels_last: bool = True,
         nms_rounds: int = 32,
         max_nms_rounds: int = 512,
+        compile: Optional[str] = None,
     ) -> None:
         import torch
 
         if not str(device).startswith("cuda"):
             raise ValueError(f"CudaGraphModel runs on a CUDA device, not {device!r}")
+        check_compile_mode(compile)
         self.device = torch.device(device)
         self.precision = precision
         self.net = net.to(self.device).eval()
@@ -94,19 +189,28 @@ class CudaGraphModel:
         self._graphs: Dict[tuple, _Captured] = {}
         self.fallbacks = 0  # batches re-run because an NMS had not converged within nms_rounds
         self.replays = 0
+        self.forward = SyncFreeForward(self.net, compile)
 
     @property
     def spec(self) -> Any:
         return self.net.spec
 
+    @property
+    def compile(self) -> Optional[str]:
+        return self.forward.mode
+
     def _forward(self, x: Any, rounds: Optional[int]) -> Any:
-        import torch
+        return self.forward(x, rounds)
 
-        from ..glue.sync_free import sync_free
-
-        with torch.no_grad(), sync_free(rounds) as state:
-            out = self.net(x.float() if x.dtype == torch.uint8 else x)
-        return out, state.converged
+    def _exact(self, x: Any) -> Any:
+        """The batch again without the round limit (eager); the next forwards take twice the rounds (the
+        suppression chains of these images are longer than the limit)."""
+        self.fallbacks += 1
+        out, _ = self._forward(x, None)
+        if self.nms_rounds < self.max_nms_rounds:
+            self.nms_rounds = min(2 * self.nms_rounds, self.max_nms_rounds)
+            self._graphs.clear()
+        return out
 
     def _capture(self, x: Any) -> _Captured:
         import torch
@@ -123,7 +227,10 @@ class CudaGraphModel:
         # GPU-decode detector crashed in its first capture on the H200, run 16 — this is the unverified remedy)
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # the warm-up compiled the forward for this shape and round count: a compile inside the capture (a guard
+        # that failed) would record Inductor's benchmarking; refuse it instead
+        stance = torch.compiler.set_stance("fail_on_recompile") if self.forward.compiled else contextlib.nullcontext()
+        with stance, torch.cuda.graph(graph):
             out, converged = self._forward(static_in, self.nms_rounds)
         return _Captured(graph, static_in, out, converged)
 
@@ -134,8 +241,11 @@ class CudaGraphModel:
         import torch
 
         if not self.cuda_graph:
-            with torch.no_grad():
-                return self.net(x.float() if x.dtype == torch.uint8 else x)
+            if not self.forward.compiled:
+                with torch.no_grad():
+                    return self.net(x.float() if x.dtype == torch.uint8 else x)
+            out, converged = self._forward(x, self.nms_rounds)  # compiled, sync-free, not captured
+            return out if bool(converged) else self._exact(x)
         key = (tuple(x.shape), x.dtype)
         cap = self._graphs.get(key)
         if cap is None:
@@ -145,14 +255,8 @@ class CudaGraphModel:
         cap.graph.replay()
         self.replays += 1
         if not bool(cap.converged):  # a host sync, once per batch, after the work is queued
-            # exact without the round limit for this batch; the next call captures twice the rounds (the
-            # suppression chains of these images are longer than the limit)
-            self.fallbacks += 1
-            out, _ = self._forward(cap.static_in, None)
-            if self.nms_rounds < self.max_nms_rounds:
-                self.nms_rounds = min(2 * self.nms_rounds, self.max_nms_rounds)
-                self._graphs.clear()
-            return out
+            # exact without the round limit for this batch; the next call captures twice the rounds
+            return self._exact(cap.static_in)
         return cap.static_out
 
     def run_numpy(self, images: Any) -> Dict[str, Any]:

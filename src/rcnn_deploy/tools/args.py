@@ -174,25 +174,42 @@ GPU_POST_HELP = (
     "PyTorch on a GPU: map boxes back, paste and threshold masks and run-length encode them on the GPU; only boxes,"
     " scores, classes and RLE runs come back to the host."
 )
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # backends.torch_cuda.COMPILE_MODES
+COMPILE_HELP = (
+    "PyTorch on a GPU: torch.compile the sync-free forward in this mode (default or max-autotune-no-cudagraphs)"
+    " before the CUDA graph captures it; compiles once per batch size (minutes). Off unless given."
+)
+compile_mode = choice(COMPILE_MODES, "compile mode")
 
 
-def torch_gpu(device: str, precision: str, cuda_graph: bool, gpu_decode: bool, gpu_post: bool = False) -> dict:
+def torch_gpu(
+    device: str,
+    precision: str,
+    cuda_graph: bool,
+    gpu_decode: bool,
+    gpu_post: bool = False,
+    compile: Optional[str] = None,
+) -> dict:
     """The options above as ``Detector.load`` keywords; a GPU-only option without ``--device cuda`` is an error."""
     if not device.startswith("cuda"):
         for name, on in (
             ("--precision " + precision, precision != "fp32"),
             ("--gpu-decode", gpu_decode),
             ("--gpu-post", gpu_post),
+            ("--compile", compile is not None),
         ):
             if on:
                 raise UserError(f"{name} needs a GPU", where=name.split()[0], fix="add --device cuda")
-    return {
+    gpu = {
         "device": device,
         "precision": precision,
         "cuda_graph": cuda_graph,
         "gpu_decode": gpu_decode,
         "gpu_post": gpu_post,
     }
+    if compile is not None:
+        gpu["compile"] = compile
+    return gpu
 
 
 def device_or_auto(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:

@@ -67,6 +67,7 @@ def _load_target(
     backend: Optional[str] = None,
     cuda_graph: bool = True,
     precision: str = "fp32",
+    compile: Optional[str] = None,
 ) -> _Target:
     """``Detector.load`` with bench's options, described for the timers and the report."""
     from ..api import Detector
@@ -89,6 +90,7 @@ def _load_target(
         device=device,
         cuda_graph=cuda_graph,
         precision=precision,
+        compile=compile,
     )
     return _describe(det, device, contract)
 
@@ -323,6 +325,7 @@ def bench_command(
         "cpu", callback=args.device, help="cpu or cuda[:N] for PyTorch models (checkpoint and baseline)."
     ),
     precision: str = typer.Option("fp32", callback=args.choice(args.PRECISIONS, "precision"), help=args.PRECISION_HELP),
+    compile: Optional[str] = typer.Option(None, "--compile", callback=args.compile_mode, help=args.COMPILE_HELP),
     images: Optional[str] = typer.Option(
         None,
         "--images",
@@ -394,9 +397,9 @@ def bench_command(
         with console.status(f"loading {model_path}"):
             from .infer import input_hw
 
-            args.torch_gpu(device, precision, cuda_graph, False)
+            args.torch_gpu(device, precision, cuda_graph, False, compile=compile)
             hw = input_hw(height, width)
-            target = _load_target(model_path, kind, model, hw, device, backend, cuda_graph, precision)
+            target = _load_target(model_path, kind, model, hw, device, backend, cuda_graph, precision, compile)
     except (ValueError, FileNotFoundError) as e:  # UserError is a ValueError
         fail(str(e))
     except Exception as e:  # BackendUnavailable, TensorRT/ORT load errors: say what failed where
@@ -440,6 +443,7 @@ def bench_command(
         "warmup": warmup,
         "cuda_graph": cuda_graph,
         "precision": precision,
+        "compile": compile,
         "end_to_end": end_to_end,
         "baseline": baseline,
         "images": image_info,

@@ -57,6 +57,7 @@ def eval_command(
     cuda_graph: bool = typer.Option(True, help=args.CUDA_GRAPH_HELP),
     gpu_decode: bool = typer.Option(False, help=args.GPU_DECODE_HELP),
     gpu_post: bool = typer.Option(False, help=args.GPU_POST_HELP),
+    compile: Optional[str] = typer.Option(None, "--compile", callback=args.compile_mode, help=args.COMPILE_HELP),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", callback=args.output_file, help="Write the metrics as JSON to this file."
     ),
@@ -141,7 +142,7 @@ def eval_command(
 
     console = Console(stderr=True)
     try:
-        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode, gpu_post)  # options first: no file read
+        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode, gpu_post, compile)  # first: no file read
         lib = pick_library(library)
         gt = load_ground_truth(annotations)
         images_dir = images if images is not None else _default_images_dir(annotations, gt)

@@ -70,6 +70,7 @@ def infer_command(
     cuda_graph: bool = typer.Option(True, help=args.CUDA_GRAPH_HELP),
     gpu_decode: bool = typer.Option(False, help=args.GPU_DECODE_HELP),
     gpu_post: bool = typer.Option(False, help=args.GPU_POST_HELP),
+    compile: Optional[str] = typer.Option(None, "--compile", callback=args.compile_mode, help=args.COMPILE_HELP),
     threads: Optional[int] = typer.Option(
         None, "--threads", min=1, help="Decode / postprocess threads (default: one per CPU core, at most 16)."
     ),
@@ -161,7 +162,7 @@ def infer_command(
 
     console = Console(stderr=True)
     try:
-        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode, gpu_post)
+        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode, gpu_post, compile)
         det = detector.load_detector(model_path, model, height, width, batch, backend, gpu, replicas)
         total = count(source)
         items = open_source(source, stride=stride)
@@ -286,6 +287,7 @@ def compare_command(
     cuda_graph: bool = typer.Option(True, help=args.CUDA_GRAPH_HELP),
     gpu_decode: bool = typer.Option(False, help=args.GPU_DECODE_HELP),
     gpu_post: bool = typer.Option(False, help=args.GPU_POST_HELP),
+    compile: Optional[str] = typer.Option(None, "--compile", callback=args.compile_mode, help=args.COMPILE_HELP),
 ) -> None:
     """Parity report between two backends; exits 1 when a threshold is missed (usable as a CI gate).
 
@@ -313,7 +315,7 @@ def compare_command(
 
     console = Console(stderr=True)
     try:
-        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode, gpu_post)
+        gpu = args.torch_gpu(device, precision, cuda_graph, gpu_decode, gpu_post, compile)
         cand = detector.load_detector(candidate, model, height, width, 1, backend, gpu)
         if reference is None:
             if weights is None:
