@@ -93,6 +93,12 @@ bench)
     gpu=(--gpu-decode --parity-dir "$W/val_jpg" --parity-images "${E2E_PARITY_IMAGES:-64}")
     pp=$pp:/tmp/py39nvimg
     export LD_LIBRARY_PATH=/tmp/py39nvimg/nvidia/nvjpeg/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    for ((i = 1; i < ${#engines[@]}; i += 2)); do  # the letterbox engines, each build in a process of its own
+      d=$(dirname "${engines[$i]}")
+      b=${d##*/b}; b=${b%%_*}
+      PYTHONPATH=$pp py39 -c "import sys; from pathlib import Path; from rcnn_deploy.backends.tensorrt.gpu_pre \
+import ensure_letterbox_engine as e; print(e(Path(sys.argv[1]), int(sys.argv[2])))" "$d" "$b" 2>&1 | tail -2
+    done
   fi
   # one process per engine (run 13's batch-1 engine segfaulted after the batch-8 engine in the same process)
   for ((i = 1; i < ${#engines[@]}; i += 2)); do

@@ -195,8 +195,15 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
         self.max_hw = (int(max_hw[0]), int(max_hw[1]))
         self.resize = "torchvision"
         taps_max = letterbox_profiles(self.input_hw, self.hi, self.max_hw)
+        # one context for every slot: a context owns its engine's optimization profile (TensorRT 8.6 gives a
+        # second context none), so the slots' letterbox runs are ordered on the GPU by an event instead
+        self.pre_ctx = self.pre.context
+        self.pre_done = ctypes.c_void_p()
+        if self.lib.cudaEventCreateWithFlags(ctypes.byref(self.pre_done), 2) != 0:  # cudaEventDisableTiming
+            raise RuntimeError("cudaEventCreateWithFlags failed")
+        self.pre_enqueued = False
         for slot in self.slots:
-            pre_ctx = self.pre.engine.create_execution_context()
+            pre_ctx = self.pre_ctx
             raw = backend.cuda.DeviceArray(shape=(self.hi, *self.max_hw, 3), dtype=np.uint8)
             taps_dev = {}
             taps_host = {}
@@ -265,14 +272,24 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
                     raise ValueError(f"letterbox engine: input {name} {shape} is outside its profile")
                 pre_ctx.set_tensor_address(name, raw.ptr if name == "raw" else taps_dev[name].ptr)
             pre_ctx.set_tensor_address("images", slot.device[self.input].ptr)
+            if self.pre_enqueued:  # the other slot's letterbox run (same context) finishes first
+                status = self.lib.cudaStreamWaitEvent(ctypes.c_void_p(sptr), self.pre_done, 0)
+                self._check(status, "cudaStreamWaitEvent")
             if not pre_ctx.execute_async_v3(sptr):
                 raise RuntimeError(f"TensorRT execution of {self.pre.path.name} failed")
+            self._check(self.lib.cudaEventRecord(self.pre_done, ctypes.c_void_p(sptr)), "cudaEventRecord")
+            self.pre_enqueued = True
         staged = slot.host[self.input].array
         for i, a in host.items():  # after the letterbox engine on the stream: these images overwrite its output
             np.copyto(staged[i], a, casting="unsafe")
             off = i * self.image_bytes
             self._copy(slot.device[self.input].ptr + off, staged.ctypes.data + off, self.image_bytes, _H2D, sptr)
         return errors, list(decoded.values()), host
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
+        if status != 0:
+            raise RuntimeError(f"CUDA error {status} in {what}")
 
     def _host_letterbox(self, data: np.ndarray) -> Tuple[Optional[np.ndarray], Optional[str]]:
         from ...runtime.preprocess import letterbox, load_rgb

@@ -108,7 +108,11 @@ def check_engine(path: Path, meta: Dict[str, Any], trt: TRT, device_cc: Callable
             where=path,
             fix=f"rebuild it: {rebuild}",
         )
+    from ...contract import LETTERBOX_FILE
+
     found = _contract_graph(path, meta)
+    if meta.get("onnx") == LETTERBOX_FILE:  # the export's letterbox graph (gpu_pre): not one of the contract's
+        return blob
     if (path.parent / "contract.json").is_file():
         if found is None:
             names = [t["name"] for t in meta["inputs"]]
@@ -235,6 +239,10 @@ class TensorRTBackend(Backend):
         """The deserialized engine's inputs, shapes and batch profile against its sidecar (edits to the sidecar
         would otherwise size the runtime's buffers and batches wrongly)."""
         meta = self.meta
+        from ...contract import LETTERBOX_FILE
+
+        if meta.get("onnx") == LETTERBOX_FILE:  # gpu_pre's own engine: TensorRT fixes a dim whose profile is 1..1
+            return
         fix = f"the sidecar was edited or belongs to another engine; rebuild: {rebuild_command(self.path, meta)}"
         want = {t["name"]: list(t["shape"]) for t in meta["inputs"]}
         if sorted(want) != sorted(self._inputs):
