@@ -14,6 +14,12 @@ Rows (one per model, precision and batch):
 Parity (``--val``, a synthetic COCO folder at the checkpoint's own size): bbox/segm mAP of the eager fp32 deploy
 model and of each graph precision, and the fp32 graph's detections matched against eager's.
 Faster R-CNN rows: the checkpoint's box branch as a Faster R-CNN (its mask head dropped), same images.
+``--compile MODE`` (phase ``compile``, added by the option): fp16 CUDA-graph rows at batch 1 and 8 with the sync-free
+forward through ``torch.compile`` in MODE (``default`` or ``max-autotune-no-cudagraphs``) beside the uncompiled
+forward, under ``"compile"`` in the JSON (not ``"rows"``): GPU compute, the compile wall time of the first call,
+Dynamo's graphs and graph breaks, kernels per forward (torch.profiler, uncaptured), and parity of the compiled
+outputs against the uncompiled ones (padded outputs on one batch; detections on ``--compile-parity-images`` files
+matched with ``compare_detections``). A failed compile or capture is an error row with the exception text.
 Writes the JSON atomically after every row.
 """
 
@@ -30,14 +36,15 @@ import sys
 import tempfile
 import time
 from functools import partial
-from typing import Any, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 
-PHASES = ("stream", "parity", "precisions", "faster", "gpu_decode", "gpu_post", "profile")
+PHASES = ("stream", "parity", "precisions", "faster", "gpu_decode", "gpu_post", "profile", "compile")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # rcnn_deploy.backends.torch_cuda.COMPILE_MODES
 
 
 def commit() -> str:
@@ -106,11 +113,15 @@ def stage_scopes(net: Any) -> Iterator[None]:
             delattr(net, n)
 
 
-def profile_forward(net: Any, x: Any, rounds: int, iterations: int = 3) -> Dict[str, Any]:
+def profile_forward(
+    net: Any, x: Any, rounds: int, iterations: int = 3, forward: Optional[Callable[[], Any]] = None
+) -> Dict[str, Any]:
     """Where the sync-free forward's time goes: ``torch.profiler`` over ``iterations`` eager runs of the very
     kernels the CUDA graph replays (the graph itself hides them): each stage's time (inclusive, from its
     ``stage_scopes`` range), the top ops by their own time, and the number of kernels per forward. On the CPU
-    (a dry run) the CPU time stands in for device time."""
+    (a dry run) the CPU time stands in for device time. ``forward``: run this instead of ``net``'s sync-free
+    forward, without the stage ranges (a compiled forward: wrapping the net's methods would change what Dynamo
+    guards on)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -118,15 +129,17 @@ def profile_forward(net: Any, x: Any, rounds: int, iterations: int = 3) -> Dict[
 
     cuda = x.is_cuda
 
-    def forward() -> None:
+    def net_forward() -> None:
         with torch.no_grad(), sync_free(rounds):
             net(x.float() if x.dtype == torch.uint8 else x)
 
+    scopes = stage_scopes(net) if forward is None else contextlib.nullcontext()
+    forward = forward or net_forward
     forward()
     if cuda:
         torch.cuda.synchronize()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with stage_scopes(net), profile(activities=activities) as prof:
+    with scopes, profile(activities=activities) as prof:
         for _ in range(iterations):
             forward()
         if cuda:
@@ -227,10 +240,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fp16 only: the model alone and streamed (host decode)")
     ap.add_argument("--nms-rounds", type=int, default=32, help="NMS fixpoint rounds captured first")
     ap.add_argument(
+        "--compile",
+        choices=COMPILE_MODES,
+        default=None,
+        help="also measure the sync-free forward through torch.compile in this mode (phase compile; see above)",
+    )
+    ap.add_argument("--compile-parity-images", type=int, default=64, help="files for the compiled-vs-uncompiled match")
+    ap.add_argument(
         "--phases",
-        default=",".join(PHASES),
+        default=",".join(p for p in PHASES if p != "compile"),
         help=f"comma-separated subset of {','.join(PHASES)} (each can run in a process of its own: a crash in one "
-        "then loses only its rows)",
+        "then loses only its rows; compile needs --compile MODE, which adds it)",
     )
     a = ap.parse_args()
     phases = [p for p in a.phases.split(",") if p]
@@ -239,6 +259,10 @@ def main() -> None:
         ap.error(f"unknown phase(s) {', '.join(unknown)}; choose from {', '.join(PHASES)}")
     if a.quick:
         phases = ["stream"]
+    if a.compile and "compile" not in phases:
+        phases.append("compile")  # --compile MODE adds the phase to whatever else runs
+    if "compile" in phases and not a.compile:
+        ap.error("phase compile needs --compile MODE")
     import faulthandler
 
     stacks = open(os.path.splitext(a.out)[0] + ".stacks.txt", "w")  # noqa: SIM115 - open for the whole run
@@ -269,14 +293,16 @@ def main() -> None:
     batch_images = probe.preprocess(paths[:8])[0]
     del probe
 
-    def compute_row(label: str, make: Any, precision: str, batch: int, graph: bool = True) -> Any:
+    def compute_row(
+        label: str, make: Any, precision: str, batch: int, graph: bool = True, rows: Optional[List[Any]] = None
+    ) -> Any:
         t0 = time.perf_counter()
         det = make(precision, batch, graph)
         row: Dict[str, Any] = {"model": label, "precision": precision, "batch": batch, "cuda_graph": graph}
         row.update(gpu_compute(det, batch, batch_images, iterations=100 if graph else 20))
         row["nms_rounds"] = det.cuda_model.nms_rounds
         row["load_capture_time_s"] = round(time.perf_counter() - t0, 1)
-        doc["rows"].append(row)
+        (doc["rows"] if rows is None else rows).append(row)
         save()
         print(row, flush=True)
         return det, row
@@ -292,7 +318,14 @@ def main() -> None:
         save()
         print(key, row[key], flush=True)
 
-    def mask_rcnn(precision: str, batch: int, graph: bool, gpu_decode: bool = False, gpu_post: bool = False) -> Any:
+    def mask_rcnn(
+        precision: str,
+        batch: int,
+        graph: bool,
+        gpu_decode: bool = False,
+        gpu_post: bool = False,
+        compile: Optional[str] = None,
+    ) -> Any:
         det = Detector.load(
             a.checkpoint,
             input_hw=hw,
@@ -302,6 +335,7 @@ def main() -> None:
             cuda_graph=graph,
             gpu_decode=gpu_decode,
             gpu_post=gpu_post,
+            compile=compile,
         )
         det.cuda_model.nms_rounds = a.nms_rounds  # before the first call captures
         return det
@@ -364,6 +398,141 @@ def main() -> None:
                 stream_rows(det, row, "stream", batch, procs)
                 del det
                 torch.cuda.empty_cache()
+    # 8. torch.compile of the sync-free forward (--compile MODE): fp16 graphs, batch 1 and 8, beside the uncompiled
+    if "compile" in phases and a.compile:
+        compile_rows(a, doc, save, mask_rcnn, compute_row, batch_images, paths)
+
+
+def padded_parity(ref: Dict[str, Any], out: Dict[str, Any]) -> Dict[str, Any]:
+    """Two forwards' padded outputs (host arrays) on the same batch, before any host postprocessing: whether they
+    are identical, and their detections matched with ``compare_detections`` (by class and box IoU, not by slot:
+    fp16 scores that tie or swap reorder the slots; masks as 28x28 probabilities thresholded at 0.5)."""
+    from rcnn_deploy.evaluation.parity import compare_detections
+    from rcnn_deploy.runtime.detections import Detections
+
+    rep = compare_detections(Detections.from_padded(ref), Detections.from_padded(out), pasted_masks=False)
+    res: Dict[str, Any] = {"identical": all(np.array_equal(ref[k], out[k]) for k in ref)}
+    res.update({k: v for k, v in rep.to_dict().items() if k != "unmatched"})
+    res["unmatched"] = len(rep.unmatched)
+    return res
+
+
+def dynamo_counts() -> Dict[str, Any]:
+    """Dynamo's process-wide counters: graphs compiled and graph breaks (by reason)."""
+    from torch._dynamo.utils import counters
+
+    return {"graphs": int(counters["stats"]["unique_graphs"]), "breaks": dict(counters["graph_break"])}
+
+
+def compile_rows(
+    a: Any, doc: Dict[str, Any], save: Any, mask_rcnn: Any, compute_row: Any, images: Any, paths: List[str]
+) -> None:
+    """The ``compile`` phase: per batch (1, 8) the uncompiled fp16 CUDA-graph model and the compiled one, each timed
+    like the other rows (``gpu_compute``), the compiled one's compile time and Dynamo counts, both forwards' kernels
+    per forward (torch.profiler over the uncaptured sync-free forward), and the compiled outputs against the
+    uncompiled ones. Each compiled model starts from a reset Dynamo and, unless TORCHINDUCTOR_CACHE_DIR is set, an
+    empty Inductor cache (a cold compile, what a first run pays)."""
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_cold_")
+    try:
+        from torch._dynamo.variables.misc import ContextVarVariable  # noqa: F401
+
+        contextvar_traced = True
+    except ImportError:  # before PyTorch 2.14: every sync_free.active() breaks the graph
+        contextvar_traced = False
+    sec: Dict[str, Any] = {
+        "mode": a.compile,
+        "inductor_cache_dir": os.environ["TORCHINDUCTOR_CACHE_DIR"],
+        "dynamo_traces_contextvar_get": contextvar_traced,
+        "rows": [],
+    }
+    doc["compile"] = sec
+    save()
+    for batch in (1, 8):
+        compile_batch(a, sec, save, mask_rcnn, compute_row, images, paths[: a.compile_parity_images], batch)
+
+
+def kernels_per_forward(model: Any, x: Any) -> Dict[str, Any]:
+    """``model``'s (a CudaGraphModel) sync-free forward, compiled or not, uncaptured under torch.profiler."""
+    prof = profile_forward(model.net, x, model.nms_rounds, forward=lambda: model.forward(x, model.nms_rounds))
+    out = {k: prof[k] for k in ("kernels_per_forward", "ms_per_forward")}
+    out["top_ops"] = prof["top_ops"][:10]
+    return out
+
+
+def compile_batch(
+    a: Any, sec: Dict[str, Any], save: Any, mask_rcnn: Any, compute_row: Any, images: Any, files: List[str], batch: int
+) -> None:
+    """One batch size of :func:`compile_rows`."""
+    import traceback
+
+    import torch
+
+    from rcnn_deploy.evaluation.parity import compare_detections
+
+    x = torch.from_numpy(np.ascontiguousarray(images[:batch])).cuda()
+    ref_det, ref_row = compute_row("mask_rcnn", mask_rcnn, "fp16", batch, rows=sec["rows"])
+    ref_row["compile"] = None
+    ref_row["profile"] = kernels_per_forward(ref_det.cuda_model, x)
+    ref_out = {k: v.cpu().numpy() for k, v in ref_det.cuda_model(x).items()}
+    save()
+    torch._dynamo.reset()
+    before = dynamo_counts()
+    t0 = time.perf_counter()
+    try:
+        det, row = compute_row("mask_rcnn", partial(mask_rcnn, compile=a.compile), "fp16", batch, rows=sec["rows"])
+    except Exception as e:  # noqa: BLE001 - recorded, and the benchmark goes on
+        err: Dict[str, Any] = {"model": "mask_rcnn", "precision": "fp16", "batch": batch, "cuda_graph": True}
+        err["compile"] = a.compile
+        err["error"] = f"{type(e).__name__}: {e}"[:4000]
+        err["traceback"] = traceback.format_exc()[-6000:]
+        err["seconds_before_error"] = round(time.perf_counter() - t0, 1)
+        sec["rows"].append(err)
+        save()
+        print("compile error", err["error"][:2000], flush=True)
+        with contextlib.suppress(Exception):
+            torch.cuda.synchronize()
+        return
+    model = det.cuda_model
+    after = dynamo_counts()
+    row["compile"] = a.compile
+    row["compile_first_call_s"] = dict(model.forward.compile_seconds)  # trace + compile + first run, per shape
+    row["dynamo"] = {
+        "graphs": after["graphs"] - before["graphs"],
+        "graph_breaks": sum(after["breaks"].values()) - sum(before["breaks"].values()),
+        "break_reasons": [k[:300] for k in after["breaks"]][:5],
+    }
+    row["speedup_vs_uncompiled"] = round(ref_row["gpu_compute_ms"] / row["gpu_compute_ms"], 3)
+    save()
+    print("compiled", row, flush=True)
+
+    def padded() -> Dict[str, Any]:
+        return padded_parity(ref_out, {k: v.cpu().numpy() for k, v in model(x).items()})
+
+    def on_files() -> Dict[str, Any]:
+        return parity_of(ref_det, det, files, compare_detections)
+
+    for name, fn in (
+        ("profile", lambda: kernels_per_forward(model, x)),
+        ("parity_padded", padded),
+        ("parity_images", on_files),
+    ):
+        try:
+            row[name] = fn()
+        except Exception as e:  # noqa: BLE001 - recorded in the row
+            row[name] = {"error": f"{type(e).__name__}: {e}"[:4000]}
+        save()
+        print(name, json.dumps(row[name])[:1500], flush=True)
+    torch.cuda.empty_cache()
+
+
+def parity_of(ref: Any, cand: Any, files: List[str], compare: Any) -> Dict[str, Any]:
+    """Two detectors' detections on ``files``, matched (the parity phase's helper and report)."""
+    spec = ref.spec
+    rep = compare(ref(files), cand(files), nms_iou=spec.box_nms_thresh, max_detections=spec.detections_per_img)
+    out = {k: v for k, v in rep.to_dict().items() if k != "unmatched"}
+    out["unmatched"] = len(rep.unmatched)
+    return out
 
 
 def decode_diff(paths: List[str]) -> Dict[str, Any]:

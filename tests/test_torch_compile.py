@@ -3,10 +3,10 @@ compile=MODE)`` captures on the GPU), run here on the CPU: the compiled forward 
 detections and the same NMS convergence flag, so the exact fallback still triggers. GPU speed is measured by
 ``benchmarks/e2e_torch_cuda.py --compile MODE`` on the GPU machine.
 
-Compile times on the 2-core CPU machine, cold Inductor cache: the sync-free NMS alone about 10-20 s (fast tier);
-the whole Mask R-CNN forward at 256 px about 100 s with Inductor (``full``), about 15 s of tracing with
-``aot_eager`` (Dynamo and AOTAutograd without Inductor's code generation: the trace, its guards and side
-effects, the same ops)."""
+Compile times on the 2-core CPU machine, cold Inductor cache: the sync-free NMS alone about 25 s (most of it
+Inductor's first C++ compile); the whole Mask R-CNN forward (batch 2, 256 px) about 100 s with Inductor and 35 s
+more for a second round count (``full`` tier), about 15 s with ``aot_eager`` (Dynamo and AOTAutograd without
+Inductor's code generation: the trace, its guards and side effects, the same ops). Fast tier about 50 s."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def _assert_same(out, ref):
 
 
 def _contextvar_get_traced() -> bool:
-    """Dynamo traces ``ContextVar.get`` (PyTorch 2.14 here; 2.11, run 18's GPU machine, graph-breaks on it)."""
+    """Dynamo traces ``ContextVar.get`` (from PyTorch 2.14; 2.13 and older, e.g. 2.11 on run 18's GPU machine,
+    graph-break on it)."""
     try:
         from torch._dynamo.variables.misc import ContextVarVariable  # noqa: F401
     except ImportError:
@@ -169,7 +170,7 @@ def test_compiled_forward_traces_in_one_graph(shapes):
 
 @pytest.mark.full
 def test_compiled_forward_with_graph_breaks_at_the_context_equals_eager(shapes, monkeypatch):
-    """Where Dynamo does not trace ``ContextVar.get`` (PyTorch before ~2.13: the GPU machine had 2.11 in run 18),
+    """Where Dynamo does not trace ``ContextVar.get`` (PyTorch 2.13 and older: the GPU machine had 2.11 in run 18),
     every ``sync_free.active()`` breaks the graph; simulated here by ``torch.compiler.disable`` on it: the forward
     then runs as several compiled graphs with the glue's Python between them, with the same detections and flag."""
     from rcnn_deploy.backends.torch_cuda import SyncFreeForward
@@ -191,7 +192,8 @@ def test_compiled_forward_with_graph_breaks_at_the_context_equals_eager(shapes, 
 @pytest.mark.full
 def test_compiled_forward_with_inductor_equals_eager(shapes):
     """The whole forward through Inductor (C++ kernels on the CPU; Triton on the GPU): the same detections
-    (within 1e-4: Inductor may reorder float sums) and flag. About 100 s + 35 s on 2 cores, cold cache."""
+    (within 1e-4: Inductor may reorder float sums) and flag. About 100 s + 35 s on 2 cores, cold cache (200 s in
+    all with another job on the cores)."""
     from rcnn_deploy.backends.torch_cuda import SyncFreeForward
 
     net, x = shapes
