@@ -324,4 +324,7 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
                 d.free()
             for h in taps_host.values():
                 h.free()
+        if self.pre_done:
+            self.lib.cudaEventDestroy(self.pre_done)
+            self.pre_done = ctypes.c_void_p()
         super().close()
