@@ -92,14 +92,14 @@ class SyncFreeForward:
     ``ContextVar.set``); inside, Dynamo reads the active state (``ContextVar.get``), guards on its round count
     (another count compiles again) and replays the flag's assignment (``state.note``) on the caller's state, so
     the flag and the exact fallback work as without compile. PyTorch 2.13 and older do not trace
-    ``ContextVar.get``: every ``sync_free.active()`` then breaks the graph (18 breaks with torch 2.11 on the H200
-    in run 19, the glue's Python between the graphs; the same results). The fallback (``rounds=None``, NMS iterated to convergence with host syncs)
-    always runs eagerly. The first compiled call for an input shape and round count runs one eager forward
-    first, so the caches the forward fills on its first call (anchors, label ids) are there before Dynamo traces
-    it (else a graph break, then a recompile), and is timed: ``compile_seconds`` (trace, compile and the first
-    run, Inductor's autotuning included). Every new batch size or round count compiles again (``dynamic=False``),
-    up to Dynamo's ``recompile_limit`` (8 per code object, shared by every instance), after which that call runs
-    eagerly.
+    ``ContextVar.get``: every ``sync_free.active()`` then breaks the graph (18 breaks with torch 2.11 on the
+    H200 in run 19, the glue's Python between the graphs; the same results). The fallback (``rounds=None``, NMS
+    iterated to convergence with host syncs) always runs eagerly. The first compiled call for an input shape and
+    round count runs one eager forward first, so the caches the forward fills on its first call (anchors, label
+    ids) are there before Dynamo traces it (else a graph break, then a recompile), and is timed:
+    ``compile_seconds`` (trace, compile and the first run, Inductor's autotuning included). Every new batch size
+    or round count compiles again (``dynamic=False``), up to Dynamo's ``recompile_limit`` (8 per code object,
+    shared by every instance), after which that call runs eagerly.
     ``backend``: ``torch.compile``'s (``"inductor"``; the tests also use ``"aot_eager"``)."""
 
     def __init__(self, net: Any, compile: Optional[str] = None, backend: str = "inductor") -> None:
