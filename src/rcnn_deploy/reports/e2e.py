@@ -333,7 +333,7 @@ def _compile_section(results: Path) -> List[str]:
             by_batch.setdefault(r["batch"], {})["compiled" if r.get("compile") else "eager"] = r
         for b, pair in sorted(by_batch.items()):
             u, k = pair.get("eager"), pair.get("compiled")
-            if not (u and k):
+            if not (u and k) or "gpu_compute_ms" not in u or "gpu_compute_ms" not in k:  # an error row
                 continue
             pi = k.get("parity_images", {})
             first = next(iter(k.get("compile_first_call_s", {}).values()), float("nan"))
