@@ -24,8 +24,8 @@ def detections_to_coco(
     RLE ``segmentation`` when the detections carry pasted (image-sized) masks."""
     index = {int(lid): i for i, lid in enumerate(label_ids) if i > 0}
     rles: Optional[List[Dict[str, Any]]] = None
-    if det.pasted is not None:  # RLE from each mask's box region: no image-sized arrays
-        rles = [det.pasted.rle(i) for i in range(len(det))]
+    if det.pasted is not None:  # RLE from each mask's box region, all masks at once: no image-sized arrays
+        rles = det.pasted.rles()
     elif det.masks is not None and det.masks.ndim == 3 and len(det):
         from pycocotools import mask as mask_util
 

@@ -8,13 +8,19 @@
 
 Both resamplings are separable, so each mask is pasted as ``Wy @ mask @ Wx.T`` over the box's pixels only.
 
+COCO RLE is made from the box regions alone, for many masks at once (:meth:`PastedMasks.rles`, :func:`_chunks`):
+the regions are thresholded and laid out column by column in a buffer a chunk of masks at a time, and the runs,
+counts and pycocotools' compressed strings come from a few numpy calls per chunk (the strings are pycocotools'
+``rleToString``, byte for byte, without pycocotools).
+
 :class:`PastedMasks` pastes lazily from the probabilities; :class:`RleMasks` holds masks as runs computed elsewhere
 (the GPU post-processing, :mod:`rcnn_deploy.glue.gpu_post`); both have the interface of :class:`LazyMasks`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+import threading
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,26 +46,68 @@ def _resize_weights(n_out: int, n_in: int) -> np.ndarray:
 def _sample_weights(pix: np.ndarray, lo: float, hi: float, m: int) -> np.ndarray:
     """grid_sample(align_corners=False, padding zeros) weights for pixel centres ``pix + 0.5`` mapped from
     the box ``[lo, hi]`` onto ``m`` mask cells: ``[len(pix), m]``."""
-    src = (pix + 0.5 - lo) / max(hi - lo, 1e-12) * m - 0.5
+    return _grid_weights(pix, lo, max(hi - lo, 1e-12), m)
+
+
+def _grid_weights(pix: np.ndarray, lo: Any, size: Any, m: int) -> np.ndarray:
+    """:func:`_sample_weights` given the box's size (``max(hi - lo, 1e-12)``); ``lo`` and ``size`` may be arrays
+    of one value per pixel (the same arithmetic, element by element: the same weights)."""
+    src = (pix + 0.5 - lo) / size * m - 0.5
     i0 = np.floor(src).astype(np.int64)
     w1 = src - i0
-    w = np.zeros((pix.shape[0], m), dtype=np.float64)
-    for idx, wt in ((i0, 1.0 - w1), (i0 + 1, w1)):
-        ok = (idx >= 0) & (idx < m)
-        w[np.nonzero(ok)[0], idx[ok]] += wt[ok]
-    return w
+    # each tap written into a row of m + 2 columns, those outside 0 .. m - 1 into the two that are dropped (the
+    # taps of a row are different cells: a weight written once is the 0 + weight of adding it)
+    n = pix.shape[0]
+    w = np.zeros((n, m + 2), dtype=np.float64)
+    row = np.arange(n, dtype=np.int64) * (m + 2) + 1
+    flat = w.reshape(-1)
+    flat[row + np.minimum(np.maximum(i0, -1), m)] = 1.0 - w1
+    flat[row + np.minimum(np.maximum(i0 + 1, -1), m)] = w1
+    return np.ascontiguousarray(w[:, 1:-1])
+
+
+class _Scratch(threading.local):
+    """Per-thread buffers reused from one mask (or image) to the next: fresh pages for every mask's pasted
+    probabilities cost page faults (a large share of the time where they are slow, e.g. in a VM), and buffers that
+    stay the same are warm in the cache. A thread that pasted keeps a few MiB (at most :attr:`KEEP` bytes a buffer,
+    six buffers) until it ends."""
+
+    #: a buffer asked for larger than this (bytes) is made for the one call and not kept
+    KEEP = 1 << 22
+
+    def __init__(self) -> None:
+        self.buffers: Dict[str, np.ndarray] = {}
+
+    def take(self, name: str, dtype: Any, shape: Tuple[int, ...]) -> np.ndarray:
+        """An uninitialised C-contiguous ``shape`` array in buffer ``name``, valid until its next ``take``."""
+        n = 1
+        for v in shape:
+            n *= int(v)
+        buf = self.buffers.get(name)
+        if buf is None or buf.dtype != dtype or buf.shape[0] < n:
+            buf = np.empty(max(n, 1 << 16), dtype=dtype)
+            if buf.nbytes > self.KEEP:
+                return buf[:n].reshape(shape)
+            self.buffers[name] = buf
+        return buf[:n].reshape(shape)
+
+
+_SCRATCH = _Scratch()
 
 
 def _paste_region(
-    mask: np.ndarray, box: np.ndarray, image_hw: Tuple[int, int], method: str
+    mask: np.ndarray,
+    box: np.ndarray,
+    image_hw: Tuple[int, int],
+    method: str,
+    scratch: Optional[_Scratch] = None,
 ) -> Optional[Tuple[int, int, int, int, np.ndarray]]:
     """Where one ``[M, M]`` probability mask lands for ``box``: ``(y0, y1, x0, x1, probabilities)`` of the
-    image region it covers (everything outside is 0), or None when that region is empty."""
+    image region it covers (everything outside is 0), or None when that region is empty. With ``scratch``, the
+    probabilities are in its buffers, valid only until the next call that uses them."""
     h_img, w_img = image_hw
     m = mask.shape[0]
     if method == "torchvision":
-        padded = np.zeros((m + 2, m + 2), dtype=np.float64)
-        padded[1:-1, 1:-1] = mask
         scale = (m + 2) / m
         cx, cy = (box[0] + box[2]) * 0.5, (box[1] + box[3]) * 0.5
         hw, hh = (box[2] - box[0]) * 0.5 * scale, (box[3] - box[1]) * 0.5 * scale
@@ -75,8 +123,18 @@ def _paste_region(
         if cv2 is not None and max(h, w) < MAX_SIDE:
             # the same sampling as _resize_weights, in float32 like torchvision's interpolate: about 30x faster
             # than the matmuls below (which stay the reference, and the path without OpenCV)
-            full = cv2.resize(padded.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+            padded32 = np.zeros((m + 2, m + 2), dtype=np.float32)
+            padded32[1:-1, 1:-1] = mask  # rounds like float64 -> float32 would: the same values
+            if scratch is None:
+                full = cv2.resize(padded32, (w, h), interpolation=cv2.INTER_LINEAR)
+            else:
+                full = scratch.take("paste32", np.float32, (h, w))
+                got = cv2.resize(padded32, (w, h), dst=full, interpolation=cv2.INTER_LINEAR)
+                if got is not full:  # OpenCV made an array of its own
+                    full = got
             return y0, y1, x0, x1, full[y0 - ebox[1] : y1 - ebox[1], x0 - ebox[0] : x1 - ebox[0]]
+        padded = np.zeros((m + 2, m + 2), dtype=np.float64)
+        padded[1:-1, 1:-1] = mask
         # only the rows and columns of the resize that land inside the image
         wy = _resize_weights(h, m + 2)[y0 - ebox[1] : y1 - ebox[1]]
         wx = _resize_weights(w, m + 2)[x0 - ebox[0] : x1 - ebox[0]]
@@ -88,9 +146,18 @@ def _paste_region(
         y1 = int(min(np.ceil(box[3]) + 1, h_img))
         if x1 <= x0 or y1 <= y0:
             return None
-        wy = _sample_weights(np.arange(y0, y1, dtype=np.float64), float(box[1]), float(box[3]), m)
-        wx = _sample_weights(np.arange(x0, x1, dtype=np.float64), float(box[0]), float(box[2]), m)
-        return y0, y1, x0, x1, wy @ mask @ wx.T
+        # _sample_weights of the rows and of the columns, in one go (half the numpy calls)
+        ny, lx, ly = y1 - y0, float(box[0]), float(box[1])
+        pix = np.concatenate([np.arange(y0, y1, dtype=np.float64), np.arange(x0, x1, dtype=np.float64)])
+        lo, size = np.empty_like(pix), np.empty_like(pix)
+        lo[:ny], lo[ny:] = ly, lx
+        size[:ny], size[ny:] = max(float(box[3]) - ly, 1e-12), max(float(box[2]) - lx, 1e-12)
+        weights = _grid_weights(pix, lo, size, m)
+        wy, wx = weights[:ny], weights[ny:]
+        if scratch is None:
+            return y0, y1, x0, x1, wy @ mask @ wx.T
+        # the same products (BLAS writes the second into the buffer): the same values
+        return y0, y1, x0, x1, np.matmul(wy @ mask, wx.T, out=scratch.take("paste64", np.float64, (y1 - y0, x1 - x0)))
     raise ValueError(f"unknown mask paste method {method!r}; use 'torchvision' or 'detectron2'")
 
 
@@ -138,32 +205,224 @@ def _threshold(prob: np.ndarray, method: str, threshold: float) -> np.ndarray:
     return prob >= threshold if method == "detectron2" else prob > threshold
 
 
+def _threshold_into(
+    prob: np.ndarray, method: str, threshold: float, out: np.ndarray, scratch: Optional[_Scratch] = None
+) -> None:
+    """:func:`_threshold` written into ``out`` (bool, the shape of ``prob``): the same comparison."""
+    if prob.dtype != np.float32 and scratch is not None:
+        prob32 = scratch.take("threshold32", np.float32, prob.shape)
+        np.copyto(prob32, prob, casting="same_kind")  # rounds as astype does
+        prob = prob32
+    prob = prob.astype(np.float32, copy=False)
+    if method == "detectron2":
+        np.greater_equal(prob, threshold, out=out)
+    else:
+        np.greater(prob, threshold, out=out)
+
+
+# ------------------------------------------------------------------------------------------------ runs and RLE
+# Masks are turned into runs a chunk of box regions at a time (one image's 100 masks: a few chunks, so a few
+# dozen numpy calls per chunk rather than per mask). Each region is thresholded into a row-major buffer with a
+# row of 0s above and below it and transposed (OpenCV, else numpy) into the chunk's buffer: column-major, every
+# column framed by 0s, which also keep the masks apart. One XOR of each byte with the one before marks every
+# run's start and end, already in COCO's order (start, end, start, ...); they are found 8 bytes at a time.
+_CHUNK = 1 << 20  # pixels of a chunk (the buffers stay in the cache); a larger region is a chunk of its own
+
+_Region = Tuple[int, int, int, int, np.ndarray]
+_Binarize = Callable[[np.ndarray, np.ndarray], None]
+
+
+def _copy_bool(crop: np.ndarray, out: np.ndarray) -> None:
+    np.copyto(out, crop, casting="unsafe")
+
+
+def _chunk_runs(
+    cols: np.ndarray, steps: np.ndarray, chunk: List[Tuple[int, int, int, int, int, int]], h_img: int
+) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The runs of the masks in ``cols`` (``chunk``: mask, y0, x0, rows + 2, columns, offset of each)."""
+    mask, y0, x0, rows, ncols, offset = (np.array(v, dtype=np.int64) for v in zip(*chunk))
+    n = int(offset[-1] + rows[-1] * ncols[-1])
+    padded = (n + 6) // 8 * 8  # the steps of bytes 1 .. n - 1, then 0s up to whole 8-byte words
+    np.bitwise_xor(cols[1:n], cols[: n - 1], out=steps[: n - 1])
+    steps[n - 1 : padded] = 0
+    words = steps[:padded].view(np.uint64)
+    hit = np.flatnonzero(np.not_equal(words, 0, out=_SCRATCH.take("words", np.bool_, words.shape)))
+    if hit.size == 0:
+        return None
+    inner = np.flatnonzero(words[hit].view(np.bool_))  # the nonzero bytes of the words that have one
+    q = (hit << 3)[inner >> 3] + (inner & 7) + 1  # the first pixel of each new value
+    # every column starts and ends with a 0: starts and ends alternate, a start first, both in one column
+    begin, end = q[0::2], q[1::2]
+    # every column of the chunk: where it starts, and the image position of its first pixel, less that start
+    m = np.repeat(np.arange(mask.shape[0]), ncols)
+    c = np.arange(m.shape[0], dtype=np.int64) - np.repeat(np.cumsum(ncols) - ncols, ncols)
+    first = offset[m] + c * rows[m]
+    base = (x0[m] + c) * h_img + y0[m] - 1 - first  # -1: a column's first pixel follows its frame
+    col = np.searchsorted(first, begin, side="right") - 1
+    shift = base[col]
+    s, e, w = begin + shift, end + shift, mask[m[col]]
+    # a run ending at the bottom of one column and starting at the top of the next is one run (only when the
+    # region spans the image's full height)
+    split = np.flatnonzero((e[:-1] == s[1:]) & (w[:-1] == w[1:]))
+    if split.size:
+        s, e, w = np.delete(s, split + 1), np.delete(e, split), np.delete(w, split + 1)
+    return s, e, w
+
+
+def _chunks(
+    regions: Iterable[Optional[_Region]], image_hw: Tuple[int, int], binarize: _Binarize = _copy_bool
+) -> Iterator[Tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """The runs of 1s of masks given as box regions ``(y0, y1, x0, x1, values)`` (None: an empty mask), where
+    ``binarize(values, out)`` writes a region's bool crop into ``out``, a chunk of masks at a time: ``(stop,
+    starts, ends, mask)``, the runs of the masks before ``stop`` not given before, int64, in COCO's column-major
+    pixel positions (``end`` exclusive), sorted by mask then position, each run maximal (like :func:`rle_runs`, a
+    run through the bottom of one column into the top of the next is one run). A region's ``values`` are used
+    before the next region is asked for (they may live in a reused buffer)."""
+    h_img = int(image_hw[0])
+    cv2 = opencv()
+    scratch = _SCRATCH
+    chunk: List[Tuple[int, int, int, int, int, int]] = []  # mask, y0, x0, rows + 2, columns, offset
+    fill, capacity = 0, _CHUNK
+    cols = rows = steps = np.zeros(0, dtype=np.uint8)
+    empty = np.zeros(0, dtype=np.int64)
+    for i, r in enumerate(regions):
+        if r is None:
+            continue
+        y0, y1, x0, x1, values = r
+        rh, cw = y1 - y0, x1 - x0
+        size = (rh + 2) * cw
+        if not chunk or fill + size > capacity:
+            if chunk:
+                yield (i, *(_chunk_runs(cols, steps, chunk, h_img) or (empty, empty, empty)))
+            chunk, fill, capacity = [], 0, max(size, _CHUNK)
+            cols = scratch.take("cols", np.uint8, (capacity,))
+            rows = scratch.take("rows", np.uint8, (capacity,))
+            steps = scratch.take("steps", np.uint8, (capacity + 8,))
+        framed = rows[:size].reshape(rh + 2, cw)
+        framed[0] = 0
+        framed[-1] = 0
+        binarize(values, framed[1:-1].view(np.bool_))
+        dst = cols[fill : fill + size].reshape(cw, rh + 2)
+        if cv2 is None or cv2.transpose(framed, dst=dst) is not dst:
+            dst[...] = framed.T
+        chunk.append((i, y0, x0, rh + 2, cw, fill))
+        fill += size
+    if chunk:
+        yield (chunk[-1][0] + 1, *(_chunk_runs(cols, steps, chunk, h_img) or (empty, empty, empty)))
+
+
+def _mask_runs(
+    regions: Iterable[Optional[_Region]], image_hw: Tuple[int, int], binarize: _Binarize = _copy_bool
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All the runs of :func:`_chunks`: ``starts, ends, mask``."""
+    found = [c[1:] for c in _chunks(regions, image_hw, binarize)]
+    if not found:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    if len(found) == 1:
+        return found[0]
+    s, e, w = (np.concatenate(a) for a in zip(*found))
+    return s, e, w
+
+
+def _rle_texts(
+    regions: Iterable[Optional[_Region]], n: int, image_hw: Tuple[int, int], binarize: _Binarize = _copy_bool
+) -> List[str]:
+    """The compressed COCO RLE strings of ``n`` masks given as box regions (see :func:`_chunks`), made a chunk
+    at a time (the arrays stay small: no fresh pages, warm in the cache)."""
+    total = int(image_hw[0]) * int(image_hw[1])
+    texts: List[str] = []
+    for stop, s, e, w in _chunks(regions, image_hw, binarize):
+        start = len(texts)
+        counts, lengths = _counts_batch(s, e, w - start, stop - start, total)
+        texts.extend(_rle_strings(counts, lengths))
+    if len(texts) < n:  # the masks after the last region are empty
+        texts.extend(_rle_strings(np.array([total], dtype=np.int64), np.ones(1, dtype=np.int64)) * (n - len(texts)))
+    return texts
+
+
+def _counts_batch(
+    starts: np.ndarray, ends: np.ndarray, which: np.ndarray, n: int, total: int
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The uncompressed COCO counts of ``n`` masks of ``total`` pixels from their runs (:func:`_mask_runs`):
+    all masks' counts one after the other, and the number of counts of each (as :func:`counts_from_runs`)."""
+    runs = np.bincount(which, minlength=n).astype(np.int64) if which.size else np.zeros(n, dtype=np.int64)
+    # each mask's bounds 0, start, end, ..., total; run r of mask w sits at 2 r + 2 w + 1 (its end after it)
+    bounds = np.empty(2 * int(starts.shape[0]) + 2 * n, dtype=np.int64)
+    first = 2 * (np.cumsum(runs) - runs) + 2 * np.arange(n, dtype=np.int64)  # where each mask's bounds begin
+    bounds[first] = 0
+    bounds[first + 2 * runs + 1] = total
+    at = 2 * np.arange(starts.shape[0], dtype=np.int64) + 2 * which + 1
+    bounds[at] = starts
+    bounds[at + 1] = ends
+    diffs = np.diff(bounds)  # mask w's counts: diffs[first[w] : first[w] + 2 runs[w] + 1], then 0 - total
+    lengths = 2 * runs + 1
+    last = first + 2 * runs
+    drop = diffs[last] == 0  # a mask ending in 1s has no closing run of 0s (as pycocotools writes it)
+    keep = np.ones(diffs.shape[0], dtype=bool)
+    keep[first[1:] - 1] = False
+    keep[last[drop]] = False
+    return diffs[keep], lengths - drop
+
+
+def _rle_strings(counts: np.ndarray, lengths: np.ndarray) -> List[str]:
+    """pycocotools' compressed RLE strings (``rleToString``) of masks whose uncompressed counts lie one after the
+    other in ``counts`` (``lengths[i]`` of them for mask ``i``): each count, less the one two before it from the
+    fourth on, in groups of 5 bits, low first, 0x20 where another follows, plus 48 (as ASCII)."""
+    counts = np.asarray(counts, dtype=np.int64).reshape(-1)
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    n = int(lengths.shape[0])
+    if counts.shape[0] == 0:
+        return [""] * n
+    begin = np.cumsum(lengths) - lengths
+    x = counts.copy()
+    x[2:] -= counts[:-2]
+    for k in (0, 1, 2):  # each mask's first three counts are written as they are
+        first = begin[lengths > k] + k
+        x[first] = counts[first]
+    # characters per value: the fewest 5-bit groups that hold it as a signed number
+    mag = x ^ (x >> 63)  # x, or -1 - x when negative
+    chars = np.ones(x.shape[0], dtype=np.int8)
+    bits = 4
+    top = int(mag.max())
+    while top >= 1 << bits:
+        chars += mag >= 1 << bits
+        bits += 5
+    # one row per character position, a column per value; positions past a value's length hold 0 (dropped)
+    pos = np.arange(int(chars.max()), dtype=np.int8)[:, None]
+    if top < 1 << 31:
+        x = x.astype(np.int32)
+    digits = np.empty((pos.shape[0], x.shape[0]), dtype=np.uint8)
+    group = np.empty_like(x)
+    for k in range(pos.shape[0]):  # a row at a time: small temporaries
+        np.bitwise_and(np.right_shift(x, 5 * k, out=group), 0x1F, out=group)
+        digits[k] = group
+    digits |= np.left_shift((chars > pos + 1).view(np.uint8), 5)
+    digits += 48
+    digits *= chars > pos
+    cv2 = opencv()
+    by_value = digits.T if cv2 is None else cv2.transpose(digits)
+    text = by_value.tobytes().translate(None, b"\0").decode("ascii")
+    ends = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+    np.cumsum(chars, out=ends[1:])
+    bounds = ends[np.concatenate([[0], np.cumsum(lengths)])].tolist()
+    return [text[bounds[i] : bounds[i + 1]] for i in range(n)]
+
+
+def _rle_dicts(texts: List[str], image_hw: Tuple[int, int]) -> List[Dict[str, Any]]:
+    h, w = int(image_hw[0]), int(image_hw[1])
+    return [{"size": [h, w], "counts": c} for c in texts]
+
+
 def rle_runs(crop: np.ndarray, y0: int, x0: int, image_hw: Tuple[int, int]) -> np.ndarray:
     """The runs of 1s of an ``[H, W]`` bool mask that is 0 everywhere except the ``crop`` placed at ``(y0, x0)``,
     in COCO's column-major pixel order: ``[R, 2]`` int64 ``(start, end)`` positions (``end`` exclusive), sorted,
     each run maximal. Computed from the crop alone."""
-    h_img = int(image_hw[0])
     ch, cw = crop.shape
-    if crop.size == 0 or not crop.any():
+    if crop.size == 0:
         return np.zeros((0, 2), dtype=np.int64)
-    # each crop column, then a 0: every run of 1s starts and ends inside its own column's segment
-    cols = np.zeros((cw, ch + 1), dtype=np.int8)
-    cols[:, :ch] = crop.T
-    flat = cols.ravel()
-    step = np.diff(flat, prepend=np.int8(0))  # +1: a run of 1s starts here, -1: the pixel after a run
-    idx = np.flatnonzero(step)
-    col, row = np.divmod(idx, ch + 1)
-    pos = (x0 + col) * h_img + y0 + row
-    up = step[idx] > 0
-    starts, ends = pos[up], pos[~up]  # alternate, starts first; equal counts (every column ends in a 0)
-    # a run ending at the bottom of one column and starting at the top of the next is one run (only when
-    # the crop spans the image's full height)
-    split = ends[:-1] == starts[1:]
-    if split.any():
-        keep = ~split
-        starts = np.concatenate([starts[:1], starts[1:][keep]])
-        ends = np.concatenate([ends[:-1][keep], ends[-1:]])
-    return np.stack([starts, ends], axis=1).astype(np.int64, copy=False)
+    s, e, _ = _mask_runs([(int(y0), int(y0) + ch, int(x0), int(x0) + cw, crop)], image_hw)
+    return np.stack([s, e], axis=1)
 
 
 def counts_from_runs(runs: np.ndarray, total: int) -> List[int]:
@@ -186,13 +445,12 @@ def rle_counts(crop: np.ndarray, y0: int, x0: int, image_hw: Tuple[int, int]) ->
     return counts_from_runs(rle_runs(crop, y0, x0, image_hw), int(image_hw[0]) * int(image_hw[1]))
 
 
-def _compress(counts: List[int], image_hw: Tuple[int, int]) -> Dict[str, Any]:
-    """Uncompressed counts -> ``{"size": [H, W], "counts": str}`` (pycocotools' compressed form)."""
-    from pycocotools import mask as mask_util
-
+def _compress(counts: Sequence[int], image_hw: Tuple[int, int]) -> Dict[str, Any]:
+    """Uncompressed counts -> ``{"size": [H, W], "counts": str}`` (pycocotools' compressed form, the same string
+    as its ``frPyObjects``)."""
     h, w = image_hw
-    rle = mask_util.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+    arr = np.asarray(counts, dtype=np.int64).reshape(-1)
+    return {"size": [h, w], "counts": _rle_strings(arr, np.array([arr.shape[0]], dtype=np.int64))[0]}
 
 
 class LazyMasks:
@@ -222,6 +480,10 @@ class LazyMasks:
     def rle(self, i: int) -> Dict[str, Any]:
         """Mask ``i`` as COCO RLE (``{"size": [H, W], "counts": str}``, pycocotools' compressed form)."""
         raise NotImplementedError
+
+    def rles(self) -> List[Dict[str, Any]]:
+        """Every mask as COCO RLE (:meth:`rle` of each; the subclasses make them all at once)."""
+        return [self.rle(i) for i in range(len(self))]
 
     def area(self, i: int) -> int:
         raise NotImplementedError
@@ -289,15 +551,32 @@ class PastedMasks(LazyMasks):
         """Mask ``i``'s ``M x M`` probabilities thresholded as the paste thresholds them (box coordinates)."""
         return _threshold(self.probs[i], self.method, self.threshold)
 
+    def _regions(self, index: Iterable[int]) -> Iterator[Optional[_Region]]:
+        """The box regions of masks ``index`` with their probabilities (:func:`_paste_region`), one at a time."""
+        for i in index:
+            yield _paste_region(self.probs[i], self.boxes[i], self.image_hw, self.method, _SCRATCH)
+
+    def _binarize(self) -> _Binarize:
+        """Writes a region's probabilities thresholded (:func:`_threshold`) into a bool crop."""
+        method, threshold = self.method, self.threshold
+
+        def binarize(prob: np.ndarray, out: np.ndarray) -> None:
+            _threshold_into(prob, method, threshold, out, _SCRATCH)
+
+        return binarize
+
     def rle(self, i: int) -> Dict[str, Any]:
         """Mask ``i`` as COCO RLE (``{"size": [H, W], "counts": str}``, pycocotools' compressed form)."""
-        r = self.region(i)
-        counts = [self.image_hw[0] * self.image_hw[1]] if r is None else rle_counts(r[4], r[0], r[2], self.image_hw)
-        return _compress(counts, self.image_hw)
+        return _rle_dicts(_rle_texts(self._regions([i]), 1, self.image_hw, self._binarize()), self.image_hw)[0]
+
+    def rles(self) -> List[Dict[str, Any]]:
+        """Every mask as COCO RLE, made together (a chunk of box regions at a time, see :func:`_chunks`)."""
+        n = len(self)
+        return _rle_dicts(_rle_texts(self._regions(range(n)), n, self.image_hw, self._binarize()), self.image_hw)
 
     def area(self, i: int) -> int:
         r = self.region(i)
-        return 0 if r is None else int(r[4].sum())
+        return 0 if r is None else int(np.count_nonzero(r[4]))
 
     def subset(self, key: Any) -> PastedMasks:
         return PastedMasks(self.probs[key], self.boxes[key], self.image_hw, self.method, self.threshold)
@@ -337,18 +616,23 @@ class RleMasks(LazyMasks):
     @classmethod
     def from_masks(cls, masks: LazyMasks) -> RleMasks:
         """The runs of other lazy masks (e.g. :class:`PastedMasks`), computed from their box regions."""
-        regions = np.zeros((len(masks), 4), dtype=np.int64)
-        runs: List[np.ndarray] = []
-        for i in range(len(masks)):
-            r = masks.region(i)
-            if r is None:
-                runs.append(np.zeros((0, 2), dtype=np.int64))
-                continue
-            regions[i] = r[:4]
-            runs.append(rle_runs(r[4], r[0], r[2], masks.image_hw))
-        offsets = np.concatenate([[0], np.cumsum([len(r) for r in runs], dtype=np.int64)])
-        flat = np.concatenate(runs) if runs else np.zeros((0, 2), dtype=np.int64)
-        return cls(flat, offsets, regions, masks.image_hw)
+        n = len(masks)
+        regions = np.zeros((n, 4), dtype=np.int64)
+
+        def noted(found: Iterable[Optional[_Region]]) -> Iterator[Optional[_Region]]:
+            for i, r in enumerate(found):
+                if r is not None:
+                    regions[i] = r[:4]
+                yield r
+
+        if isinstance(masks, PastedMasks):  # thresholded as the runs are made, as PastedMasks.rles does
+            starts, ends, which = _mask_runs(noted(masks._regions(range(n))), masks.image_hw, masks._binarize())
+        else:
+            starts, ends, which = _mask_runs(noted(masks.region(i) for i in range(n)), masks.image_hw)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        if which.size:
+            offsets[1:] = np.cumsum(np.bincount(which, minlength=n))
+        return cls(np.stack([starts, ends], axis=1), offsets, regions, masks.image_hw)
 
     def __len__(self) -> int:
         return int(self.regions.shape[0])
@@ -363,6 +647,14 @@ class RleMasks(LazyMasks):
     def rle(self, i: int) -> Dict[str, Any]:
         """Mask ``i`` as COCO RLE (``{"size": [H, W], "counts": str}``, pycocotools' compressed form)."""
         return _compress(self.counts(i), self.image_hw)
+
+    def rles(self) -> List[Dict[str, Any]]:
+        """Every mask as COCO RLE, made together."""
+        n = len(self)
+        which = np.repeat(np.arange(n, dtype=np.int64), np.diff(self.offsets))
+        total = self.image_hw[0] * self.image_hw[1]
+        counts, lengths = _counts_batch(self.runs[:, 0], self.runs[:, 1], which, n, total)
+        return _rle_dicts(_rle_strings(counts, lengths), self.image_hw)
 
     def area(self, i: int) -> int:
         r = self.runs_of(i)
