@@ -70,7 +70,7 @@ class _Scratch(threading.local):
     """Per-thread buffers reused from one mask (or image) to the next: fresh pages for every mask's pasted
     probabilities cost page faults (a large share of the time where they are slow, e.g. in a VM), and buffers that
     stay the same are warm in the cache. A thread that pasted keeps a few MiB (at most :attr:`KEEP` bytes a buffer,
-    six buffers) until it ends."""
+    seven named buffers) until it ends."""
 
     #: a buffer asked for larger than this (bytes) is made for the one call and not kept
     KEEP = 1 << 22
