@@ -203,7 +203,6 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
             raise RuntimeError("cudaEventCreateWithFlags failed")
         self.pre_enqueued = False
         for slot in self.slots:
-            pre_ctx = self.pre_ctx
             raw = backend.cuda.DeviceArray(shape=(self.hi, *self.max_hw, 3), dtype=np.uint8)
             taps_dev = {}
             taps_host = {}
@@ -212,7 +211,7 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
                 dtype = self.pre.tensor_dtype(name)
                 taps_dev[name] = backend.cuda.DeviceArray(shape=shape, dtype=dtype)
                 taps_host[name] = _Pinned(self.lib, shape, dtype)
-            slot.pre = (pre_ctx, raw, taps_dev, taps_host)  # type: ignore[attr-defined]
+            slot.pre = (raw, taps_dev, taps_host)  # type: ignore[attr-defined]
 
     def submit(
         self, items: List[np.ndarray], letterboxes: Optional[List[Any]] = None
@@ -256,7 +255,8 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
         if dev:
             bh = max(h for _, h, _, _ in dev.values())
             bw = max(w for _, _, w, _ in dev.values())
-            pre_ctx, raw, taps_dev, taps_host = slot.pre  # type: ignore[attr-defined]
+            pre_ctx = self.pre_ctx
+            raw, taps_dev, taps_host = slot.pre  # type: ignore[attr-defined]
             for i, (ptr, h, w, pitch) in dev.items():
                 self._copy2d(raw.ptr + i * bh * bw * 3, bw * 3, ptr, pitch, w * 3, h, sptr)
             sizes = [(dev[i][1], dev[i][2]) if i in dev else (1, 1) for i in range(n)]
@@ -318,7 +318,7 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
     def close(self) -> None:
         for s in self.slots:
             s.stream.synchronize()
-            _, raw, taps_dev, taps_host = s.pre  # type: ignore[attr-defined]
+            raw, taps_dev, taps_host = s.pre  # type: ignore[attr-defined]
             raw.free()
             for d in taps_dev.values():
                 d.free()
