@@ -10,6 +10,7 @@
 #   bash benchmarks/device_e2e.sh take_cv  # carry [".cvcarry"]: OpenCV for CPython 3.9 into /tmp/py39cv (bench)
 #   bash benchmarks/device_e2e.sh take_nvimg  # carry [".nvimgcarry"]: nvImageCodec + nvJPEG for CPython 3.9 into
 #                                           # /tmp/py39nvimg: bench then adds the GPU-decode rows (--gpu-decode)
+#   bash benchmarks/device_e2e.sh nvjpeg # nvjpeg_bench.py: nvImageCodec's backends alone and beside the b8 engine
 #
 # Carry .whl (cp312: pycocotools, onnx_graphsurgeon; `device_results_table.sh wheels`) and .devcarry (py39/:
 # pycocotools and Pillow for CPython 3.9; `source benchmarks/device_common.sh && py39_wheels` makes both it and
@@ -100,6 +101,8 @@ bench)
 import ensure_letterbox_engine as e; print(e(Path(sys.argv[1]), int(sys.argv[2])))" "$d" "$b" 2>&1 | tail -2
     done
   fi
+  # GPU-decode configurations (nvImageCodec backend:slots; the first gives the gpu_decode rows)
+  [ ${#gpu[@]} -gt 0 ] && gpu+=(--gpu-decode-variants "${E2E_GPU_VARIANTS:-default:3,default:2}")
   # one process per engine (run 13's batch-1 engine segfaulted after the batch-8 engine in the same process)
   for ((i = 1; i < ${#engines[@]}; i += 2)); do
     e=${engines[$i]}
@@ -108,6 +111,13 @@ import ensure_letterbox_engine as e; print(e(Path(sys.argv[1]), int(sys.argv[2])
       --processes "${E2E_PROCESSES:-14}" --repeat "${E2E_REPEAT:-4}" --out "$OUT/e2e_trt_$b.json" 2>&1 | tail -12
     echo "exit status $b: ${PIPESTATUS[0]}"
   done
+  ;;
+nvjpeg)
+  source /tmp/trt86/env.sh
+  export LD_LIBRARY_PATH=/tmp/py39nvimg/nvidia/nvjpeg/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  e=$(ls "$W"/b8_*/model_fp16.engine 2>/dev/null | head -1)
+  PYTHONPATH=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv:/tmp/py39nvimg py39 benchmarks/nvjpeg_bench.py \
+    --images "$W/data/images" --n 128 ${e:+--engine "$e"} --out "$OUT/nvjpeg_bench.json" 2>&1 | tail -12
   ;;
 torch)
   site_wheels
@@ -126,7 +136,7 @@ take_nvimg)
   ls /tmp/py39nvimg/nvidia
   ;;
 *)
-  echo "usage: $0 prep [data]|build|bench|torch|take_cv|take_nvimg" >&2
+  echo "usage: $0 prep [data]|build|bench|nvjpeg|torch|take_cv|take_nvimg" >&2
   exit 2
   ;;
 esac

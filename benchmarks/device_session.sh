@@ -29,6 +29,7 @@
 #   wait_trt         waits for the chunk calls' setup.sh (/tmp/trt86/env.sh)
 #   torch_parity_bg  e2e_torch_cuda.py --phases parity, in the background beside the build (mAP only)
 #   build            device_e2e.sh build: fp16 engines at batch 8 and 1 (about 6.5 min together on the H200)
+#   nvjpeg           device_e2e.sh nvjpeg: nvImageCodec's decoders alone and beside the batch-8 engine
 #   trt              device_e2e.sh bench: e2e_trt.py in CPython 3.9 + TensorRT 8.6 (OpenCV after take_cv; the
 #                    GPU-decode rows after take_nvimg)
 #   serve_trt        device_serve.sh bench_trt: the batch-8 engine served by Triton from CPython 3.9
@@ -36,6 +37,7 @@
 #   torch_more       e2e_torch_cuda.py --phases precisions,faster
 #   gpu_post         gpu_post_bench.py --device cuda
 #   torch_gpupost    e2e_torch_cuda.py --phases gpu_post (masks pasted and RLE-encoded on the GPU, end to end)
+#   torch_compile_e2e e2e_torch_cuda.py --phases gpu_post --stream-compile default (the compiled forward end to end)
 #   torch_gpudecode  e2e_torch_cuda.py --phases gpu_decode (its first capture crashed its process in run 16; the chain goes on)
 set -uo pipefail
 S=/tmp/sess
@@ -132,6 +134,8 @@ steps)
       cp $E/timing.cache $OUT/timing.cache 2>/dev/null
       [ -n "$parity" ] && wait "$parity" ;;
     trt) step trt bash benchmarks/device_e2e.sh bench ;;
+    nvjpeg) step nvjpeg bash benchmarks/device_e2e.sh nvjpeg ;;
+    torch_compile_e2e) step torch_compile_e2e torch_e2e e2e_torch_cuda_compiled gpu_post --stream-compile default ;;
     ray) [ -d /tmp/site-ray ] && step ray bash benchmarks/device_ray.sh bench ;;
     serve) [ -d /tmp/triton/pytriton ] && step serve bash benchmarks/device_serve.sh bench ;;
     serve_trt) [ -d /tmp/triton/pytriton ] && step serve_trt bash benchmarks/device_serve.sh bench_trt ;;

@@ -247,6 +247,13 @@ def main() -> None:
     )
     ap.add_argument("--compile-parity-images", type=int, default=64, help="files for the compiled-vs-uncompiled match")
     ap.add_argument(
+        "--stream-compile",
+        choices=COMPILE_MODES,
+        default=None,
+        help="the Mask R-CNN rows of the other phases (stream, gpu_decode, gpu_post) compile the sync-free forward "
+        "in this mode (their rows then say 'compile'); it does not add the compile phase",
+    )
+    ap.add_argument(
         "--phases",
         default=",".join(p for p in PHASES if p != "compile"),
         help=f"comma-separated subset of {','.join(PHASES)} (each can run in a process of its own: a crash in one "
@@ -263,6 +270,8 @@ def main() -> None:
         phases.append("compile")  # --compile MODE adds the phase to whatever else runs
     if "compile" in phases and not a.compile:
         ap.error("phase compile needs --compile MODE")
+    if a.stream_compile and "compile" in phases:
+        ap.error("--stream-compile compiles every Mask R-CNN row; the compile phase needs its uncompiled reference")
     import faulthandler
 
     stacks = open(os.path.splitext(a.out)[0] + ".stacks.txt", "w")  # noqa: SIM115 - open for the whole run
@@ -299,6 +308,8 @@ def main() -> None:
         t0 = time.perf_counter()
         det = make(precision, batch, graph)
         row: Dict[str, Any] = {"model": label, "precision": precision, "batch": batch, "cuda_graph": graph}
+        if a.stream_compile and rows is None and label.startswith("mask_rcnn"):
+            row["compile"] = a.stream_compile
         row.update(gpu_compute(det, batch, batch_images, iterations=100 if graph else 20))
         row["nms_rounds"] = det.cuda_model.nms_rounds
         row["load_capture_time_s"] = round(time.perf_counter() - t0, 1)
@@ -326,6 +337,7 @@ def main() -> None:
         gpu_post: bool = False,
         compile: Optional[str] = None,
     ) -> Any:
+        compile = compile or a.stream_compile
         det = Detector.load(
             a.checkpoint,
             input_hw=hw,

@@ -16,7 +16,10 @@ With ``--gpu-decode`` (nvImageCodec importable): the same stream / latency rows 
 and letterboxed by the export's letterbox engine on the GPU (``Detector.from_engine(gpu_decode=True)``), and
 ``gpu_decode_parity``: its detections against the host-decoded ones (``--parity-images`` of the folder, and of
 ``--parity-dir`` when given: ``rcnn_deploy.evaluation.parity.compare_detections``; with annotations there, both
-paths' COCO AP).
+paths' COCO AP). ``--gpu-decode-variants BACKEND:SLOTS,...`` (default ``default:3``): the first is the GPU-decode
+row above; each further one (another nvImageCodec backend, ``gpu_pre.DECODE_BACKENDS``, or slot count) adds its
+stream / latency rows to ``gpu_decode_variants``, and its parity against the host on ``--parity-images`` of the
+folder.
 
 Writes the JSON atomically after each engine (a killed run keeps what it measured).
 """
@@ -132,6 +135,11 @@ def main():
         "starts its worker processes, which one 256-image pass does not amortise",
     )
     ap.add_argument("--gpu-decode", action="store_true", help="also the rows with JPEGs decoded on the GPU")
+    ap.add_argument(
+        "--gpu-decode-variants",
+        default="default:3",
+        help="nvImageCodec backend:slots pairs, comma-separated; the first fills the gpu_decode rows",
+    )
     ap.add_argument("--parity-images", type=int, default=64)
     ap.add_argument("--parity-dir", default=None, help="a COCO-format folder (images/, annotations.json) for parity")
     a = ap.parse_args()
@@ -199,12 +207,52 @@ def latency(det, paths):
     return dict(percentiles(walls[3:], (50, 90, 99)), images=n), dict(percentiles(to_det[3:], (50, 90, 99)), images=n)
 
 
+def parse_variants(text):
+    out = []
+    for part in text.split(","):
+        backend, _, slots = part.strip().partition(":")
+        out.append((backend or "default", int(slots or 3)))
+    return out
+
+
+def gpu_decode_variant(a, engine, host_det, paths, backend, slots):
+    """A further GPU-decode configuration: its stream rows, batch-1 latency and parity on the folder."""
+    from rcnn_deploy.evaluation.parity import compare_detections
+
+    v = {"backend": backend, "slots": slots}
+    try:
+        det = Detector.from_engine(engine, gpu_decode=True, gpu_decode_backend=backend, slots=slots)
+        hi = det.batch_model.hi
+        with tempfile.TemporaryDirectory() as tmp:
+            stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "warm"), a.processes)
+            if a.repeat > 1:
+                rep = stream_pass(det, list(paths) * a.repeat, hi, a.workers, os.path.join(tmp, "rep"), a.processes)
+                v["stream_repeat"] = dict(rep, repeat=a.repeat)
+            else:
+                v["stream"] = stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "run"), a.processes)
+        if hi == 1:
+            v["latency_ms"], v["latency_detections_ms"] = latency(det, paths[: a.latency_images])
+        files = [str(p) for p in paths[: a.parity_images]]
+        rep = compare_detections(host_det(files), det(files))
+        d = {k: x for k, x in rep.to_dict().items() if k != "unmatched"}
+        d["unmatched"] = len(rep.unmatched)
+        v["parity_e2e_images"] = d
+        det.batch_model.close()
+    except Exception as e:  # noqa: BLE001 - recorded: a backend this GPU or nvImageCodec build lacks
+        v["error"] = f"{type(e).__name__}: {e}"
+    return v
+
+
 def gpu_decode_rows(a, engine, host_det, paths, row, doc):
     from rcnn_deploy.evaluation.parity import compare_detections
 
+    variants = parse_variants(a.gpu_decode_variants)
+    backend, slots = variants[0]
     t0 = time.perf_counter()
-    det = Detector.from_engine(engine, gpu_decode=True)  # builds the letterbox engine on first use
+    # builds the letterbox engine on first use
+    det = Detector.from_engine(engine, gpu_decode=True, gpu_decode_backend=backend, slots=slots)
     row["gpu_decode_setup_s"] = round(time.perf_counter() - t0, 2)
+    row["gpu_decode_backend"], row["gpu_decode_slots"] = backend, slots
     doc["machine"]["nvimgcodec"] = det.batch_model.decoder.version
     hi = det.batch_model.hi
     with tempfile.TemporaryDirectory() as tmp:
@@ -240,6 +288,12 @@ def gpu_decode_rows(a, engine, host_det, paths, row, doc):
                 "images": r["images"],
             }
     row["gpu_decode_parity"] = par
+    det.batch_model.close()
+    for backend, slots in variants[1:]:
+        v = gpu_decode_variant(a, engine, host_det, paths, backend, slots)
+        row.setdefault("gpu_decode_variants", []).append(v)
+        atomic_write_json(a.out, doc)
+        print("gpu decode variant", json.dumps(v)[:600], flush=True)
 
 
 if __name__ == "__main__":

@@ -231,12 +231,21 @@ class Detector:
         return det
 
     @classmethod
-    def from_engine(cls, path: Union[str, Path], pipelined: bool = True, gpu_decode: bool = False) -> Detector:
+    def from_engine(
+        cls,
+        path: Union[str, Path],
+        pipelined: bool = True,
+        gpu_decode: bool = False,
+        gpu_decode_backend: str = "default",
+        slots: Optional[int] = None,
+    ) -> Detector:
         """A fused TensorRT / TensorRT-RTX engine built by ``rcnn-deploy build`` into its export directory (the
         contract.json beside it gives the model spec). ``detector.engine`` is the TensorRTBackend. ``pipelined``:
         :meth:`stream` runs it double-buffered (two contexts and streams, pinned host buffers). ``gpu_decode``:
         JPEG files are decoded by nvImageCodec and letterboxed by a small TensorRT engine on the GPU, no torch
-        needed (:mod:`rcnn_deploy.backends.tensorrt.gpu_pre`)."""
+        needed (:mod:`rcnn_deploy.backends.tensorrt.gpu_pre`); ``gpu_decode_backend``: which of nvImageCodec's
+        decoders (``gpu_pre.DECODE_BACKENDS``). ``slots``: batches in flight (default 3 with ``gpu_decode``, each
+        decoded in a thread of its own; else 2)."""
         from .backends.tensorrt.runtime import TensorRTBackend
         from .contract import Contract
         from .runtime.split import fused_outputs
@@ -271,14 +280,22 @@ class Detector:
                 )
             pre = ensure_letterbox_engine(path.parent, hi, LETTERBOX_MAX_HW, be.trt)
             det.batch_model = TensorRTGpuDecodeModel(
-                be, lo, hi, pre, det.fill, det.max_pixels, slots=2, rename=fused_outputs
+                be,
+                lo,
+                hi,
+                pre,
+                det.fill,
+                det.max_pixels,
+                slots=slots or 3,
+                rename=fused_outputs,
+                decode_backend=gpu_decode_backend,
             )
             det.gpu_decode = True
             det.gpu_max_hw = LETTERBOX_MAX_HW
         elif pipelined:
             from .backends.tensorrt.pipelined import TensorRTBatchModel
 
-            det.batch_model = TensorRTBatchModel(be, lo, hi, slots=2, rename=fused_outputs)
+            det.batch_model = TensorRTBatchModel(be, lo, hi, slots=slots or 2, rename=fused_outputs)
         return det
 
     @classmethod

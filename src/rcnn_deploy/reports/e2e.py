@@ -39,6 +39,11 @@ def _latency(q: Any) -> str:
     return f"{q['p50']:.1f} / {q['p99']:.1f}" if q else "—"
 
 
+def _compiled(row: Dict[str, Any]) -> str:
+    """A torch row's note that its sync-free forward ran through torch.compile (``--stream-compile``)."""
+    return f" (torch.compile {row['compile']})" if row.get("compile") else ""
+
+
 def render(root: Path) -> str:
     """The whole docs/e2e.md for the repository at ``root``."""
     results = root / "benchmarks" / "results" / "e2e"
@@ -105,7 +110,7 @@ def render(root: Path) -> str:
             lat = r.get("latency_ms", r.get("latency_gpu_decode_ms"))
             lines.append(
                 f"| {p.name} | {m.get('gpu')}, {m.get('cpus')} CPUs, torch {m.get('torch')} | {_commit(d)} | "
-                f"{r['model']} | {r['precision']}{'' if r['cuda_graph'] else ', eager'} | {r['batch']} | "
+                f"{r['model']}{_compiled(r)} | {r['precision']}{'' if r['cuda_graph'] else ', eager'} | {r['batch']} | "
                 f"{r.get('nms_rounds', 'adaptive')} | {r['gpu_compute_ms']:.2f} | {r['gpu_images_per_s']} | "
                 f"{streamed} | {_starved(s)} | {_latency(lat)} | {s.get('nms_fallbacks_total', '')} |"
             )

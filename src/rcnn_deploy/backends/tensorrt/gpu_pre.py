@@ -13,6 +13,10 @@ Per batch, on the engine slot's CUDA stream:
    input buffer;
 4. the model engine runs as in :class:`~rcnn_deploy.backends.tensorrt.pipelined.TensorRTBatchModel`.
 
+Steps 1-4 of a batch run in a thread of the slot's own (``submit`` returns at once), each slot with its own
+decoder: the host part of decoding (parsing, and the Huffman decoding of the hybrid backends) of one batch
+overlaps the next batch's and the engine of the one before (``slots`` batches in flight, 3 by default).
+
 What the host letterboxed instead (not a JPEG, too large for the letterbox engine's profile, a file nvJPEG
 refused: decoded by Pillow here) is uploaded into its image's place after step 3. Only compact outputs come back.
 """
@@ -20,6 +24,8 @@ refused: decoded by Pillow here) is uploaded into its image's place after step 3
 from __future__ import annotations
 
 import ctypes
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -34,6 +40,12 @@ _D2D = 3  # cudaMemcpyKind
 LETTERBOX_MAX_HW = (2160, 3840)  # the letterbox engine's largest image (4K UHD); larger ones are decoded on the host
 _TAPS = ("y0", "y1", "wy", "x0", "x1", "wx", "vy", "vx")
 NVIMGCODEC_FIX = "pip install 'nvidia-nvimgcodec-cu12[nvjpeg]' (or run without --gpu-decode)"
+# nvImageCodec backends by name (--gpu-decode-backend): "default" lets nvImageCodec choose per image among all
+# of them (the GPU's hardware JPEG decoder first where it has one); "hw" the hardware decoder alone (A100,
+# H100/H200: NVJPG engines, no SMs and no host Huffman decoding); "gpu" nvJPEG's CUDA decoder with Huffman on
+# the GPU; "hybrid" Huffman decoding on the host's cores, the rest on the GPU. An image a restricted backend
+# cannot take is decoded on the host (Pillow), like any JPEG nvJPEG refuses.
+DECODE_BACKENDS = {"default": None, "hw": "HW_GPU_ONLY", "gpu": "GPU_ONLY", "hybrid": "HYBRID_CPU_GPU"}
 
 
 def letterbox_profiles(
@@ -118,14 +130,25 @@ def _graph_input_hw(export_dir: Path) -> Tuple[int, int]:
 class NvImageCodec:
     """nvImageCodec's batched decoder, RGB uint8 into device memory (imported here: only GPU decoding needs it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: str = "default") -> None:
+        if backend not in DECODE_BACKENDS:
+            raise UserError(
+                f"unknown GPU decode backend {backend!r}",
+                where="--gpu-decode-backend",
+                fix=f"use one of {', '.join(DECODE_BACKENDS)}",
+            )
         try:
             from nvidia import nvimgcodec  # type: ignore[import-untyped]
         except ImportError as e:
             raise BackendUnavailable(f"GPU JPEG decoding with TensorRT needs nvImageCodec: {NVIMGCODEC_FIX}") from e
         self.mod = nvimgcodec
+        self.backend = backend
+        kw: Dict[str, Any] = {}
+        kind = DECODE_BACKENDS[backend]
+        if kind is not None:
+            kw["backends"] = [nvimgcodec.Backend(getattr(nvimgcodec.BackendKind, kind))]
         # fancy upsampling: the chroma of 4:2:0 / 4:2:2 JPEGs interpolated as libjpeg-turbo does by default
-        self.decoder = nvimgcodec.Decoder(options=":fancy_upsampling=1")
+        self.decoder = nvimgcodec.Decoder(options=":fancy_upsampling=1", **kw)
         self.params = nvimgcodec.DecodeParams(
             apply_exif_orientation=True, color_spec=nvimgcodec.ColorSpec.RGB, allow_any_depth=False
         )
@@ -164,7 +187,8 @@ def _device_image(img: Any) -> Tuple[int, int, int, int]:
 class TensorRTGpuDecodeModel(TensorRTBatchModel):
     """:class:`TensorRTBatchModel` taking JPEG bytes (1-D uint8 arrays) or host-letterboxed ``[3, H, W]`` arrays,
     decoding and letterboxing the JPEGs on the GPU (module docstring). Outputs gain an ``errors`` column: None,
-    or why that image failed (a JPEG neither nvJPEG nor the host decoder could read)."""
+    or why that image failed (a JPEG neither nvJPEG nor the host decoder could read). ``decoders``: one per
+    slot (made with ``decode_backend`` when not given)."""
 
     takes_letterboxes = True
 
@@ -176,15 +200,19 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
         letterbox_engine: Path,
         fill: Sequence[float],
         max_pixels: Optional[int],
-        slots: int = 2,
+        slots: int = 3,
         rename: Optional[Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None,
         max_hw: Tuple[int, int] = LETTERBOX_MAX_HW,
-        decoder: Optional[NvImageCodec] = None,
+        decoders: Optional[Sequence[NvImageCodec]] = None,
+        decode_backend: str = "default",
     ) -> None:
         from .runtime import TensorRTBackend
 
         super().__init__(backend, lo, hi, slots=slots, rename=rename)
-        self.decoder = decoder or NvImageCodec()
+        self.decoders = list(decoders) if decoders else [NvImageCodec(decode_backend) for _ in self.slots]
+        if len(self.decoders) != len(self.slots):
+            raise ValueError(f"{len(self.decoders)} decoders for {len(self.slots)} slots: one decoder per slot")
+        self.decoder = self.decoders[0]
         self.pre = TensorRTBackend(letterbox_engine, backend.trt)
         if self.pre.tensor_dtype("images") != self.in_dtype:
             raise ValueError(
@@ -202,7 +230,10 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
         if self.lib.cudaEventCreateWithFlags(ctypes.byref(self.pre_done), 2) != 0:  # cudaEventDisableTiming
             raise RuntimeError("cudaEventCreateWithFlags failed")
         self.pre_enqueued = False
-        for slot in self.slots:
+        self.pre_lock = threading.Lock()  # the shared letterbox context: one slot at a time sets it up and enqueues
+        self.jobs = ThreadPoolExecutor(len(self.slots), thread_name_prefix="rcnn-gpu-pre")
+        for index, slot in enumerate(self.slots):
+            slot.decoder = self.decoders[index]  # type: ignore[attr-defined]
             raw = backend.cuda.DeviceArray(shape=(self.hi, *self.max_hw, 3), dtype=np.uint8)
             taps_dev = {}
             taps_host = {}
@@ -219,15 +250,21 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
         k = len(items)
         n = self._batch_size(k)
         slot = self._take_slot()
-        try:
-            errors, keep, host_items = self._prepare_on_device(slot, items, n)
-            shapes = self._enqueue_model(slot, n)
-        except BaseException:
-            slot.free.set()
-            raise
-        wait = self._waiter(slot, shapes, k, keep=(keep, host_items))
+
+        def enqueue() -> Tuple[List[Any], Callable[[], Dict[str, np.ndarray]]]:
+            """In the slot's thread: decode, letterbox and enqueue the engine (the slot is freed on failure)."""
+            try:
+                errors, keep, host_items = self._prepare_on_device(slot, items, n)
+                shapes = self._enqueue_model(slot, n)
+            except BaseException:
+                slot.free.set()
+                raise
+            return errors, self._waiter(slot, shapes, k, keep=(keep, host_items))
+
+        job = self.jobs.submit(enqueue)
 
         def result() -> Dict[str, np.ndarray]:
+            errors, wait = job.result()  # the slot's thread's error, if any, is raised here
             out = wait()
             out["errors"] = np.array(errors[:k], dtype=object)
             return out
@@ -240,7 +277,8 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
         sptr = slot.stream.ptr
         batch = [items[min(i, len(items) - 1)] for i in range(n)]
         enc = [i for i, a in enumerate(batch) if a.ndim == 1]
-        decoded = dict(zip(enc, self.decoder.decode([batch[i] for i in enc], sptr))) if enc else {}
+        decoder: NvImageCodec = slot.decoder  # type: ignore[attr-defined]
+        decoded = dict(zip(enc, decoder.decode([batch[i] for i in enc], sptr))) if enc else {}
         errors: List[Any] = [None] * n
         host: Dict[int, np.ndarray] = {i: a for i, a in enumerate(batch) if a.ndim == 3}
         dev: Dict[int, Tuple[int, int, int, int]] = {}
@@ -267,18 +305,19 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
                 shapes[name] = a.shape
                 np.copyto(taps_host[name].array.reshape(-1)[: a.size].reshape(a.shape), a)
                 self._copy(taps_dev[name].ptr, taps_host[name].ptr.value, a.nbytes, _H2D, sptr)
-            for name, shape in shapes.items():
-                if not pre_ctx.set_input_shape(name, shape):
-                    raise ValueError(f"letterbox engine: input {name} {shape} is outside its profile")
-                pre_ctx.set_tensor_address(name, raw.ptr if name == "raw" else taps_dev[name].ptr)
-            pre_ctx.set_tensor_address("images", slot.device[self.input].ptr)
-            if self.pre_enqueued:  # the other slot's letterbox run (same context) finishes first
-                status = self.lib.cudaStreamWaitEvent(ctypes.c_void_p(sptr), self.pre_done, 0)
-                self._check(status, "cudaStreamWaitEvent")
-            if not pre_ctx.execute_async_v3(sptr):
-                raise RuntimeError(f"TensorRT execution of {self.pre.path.name} failed")
-            self._check(self.lib.cudaEventRecord(self.pre_done, ctypes.c_void_p(sptr)), "cudaEventRecord")
-            self.pre_enqueued = True
+            with self.pre_lock:
+                for name, shape in shapes.items():
+                    if not pre_ctx.set_input_shape(name, shape):
+                        raise ValueError(f"letterbox engine: input {name} {shape} is outside its profile")
+                    pre_ctx.set_tensor_address(name, raw.ptr if name == "raw" else taps_dev[name].ptr)
+                pre_ctx.set_tensor_address("images", slot.device[self.input].ptr)
+                if self.pre_enqueued:  # another slot's letterbox run (same context) finishes first
+                    status = self.lib.cudaStreamWaitEvent(ctypes.c_void_p(sptr), self.pre_done, 0)
+                    self._check(status, "cudaStreamWaitEvent")
+                if not pre_ctx.execute_async_v3(sptr):
+                    raise RuntimeError(f"TensorRT execution of {self.pre.path.name} failed")
+                self._check(self.lib.cudaEventRecord(self.pre_done, ctypes.c_void_p(sptr)), "cudaEventRecord")
+                self.pre_enqueued = True
         staged = slot.host[self.input].array
         for i, a in host.items():  # after the letterbox engine on the stream: these images overwrite its output
             np.copyto(staged[i], a, casting="unsafe")
@@ -316,6 +355,7 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
             raise RuntimeError(f"CUDA error {status} in cudaMemcpy2DAsync")
 
     def close(self) -> None:
+        self.jobs.shutdown(wait=True)
         for s in self.slots:
             s.stream.synchronize()
             raw, taps_dev, taps_host = s.pre  # type: ignore[attr-defined]

@@ -91,6 +91,7 @@ class TensorRTBatchModel(BatchModel):
         self.max_shapes.update(backend.output_shapes({self.input: (self.hi, *self.image_shape)}))
         self.in_dtype = backend.tensor_dtype(self.input)
         self.slots: List[_Slot] = [_Slot(self, i) for i in range(max(1, slots))]
+        self.depth = len(self.slots)  # batches the streaming runner keeps in flight: one per slot
         self._next = 0
 
     def _shapes(self, slot: _Slot, n: int) -> Dict[str, Tuple[int, ...]]:
