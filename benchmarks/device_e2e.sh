@@ -117,7 +117,8 @@ nvjpeg)
   export LD_LIBRARY_PATH=/tmp/py39nvimg/nvidia/nvjpeg/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   e=$(ls "$W"/b8_*/model_fp16.engine 2>/dev/null | head -1)
   PYTHONPATH=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv:/tmp/py39nvimg py39 benchmarks/nvjpeg_bench.py \
-    --images "$W/data/images" --n 128 ${e:+--engine "$e"} --out "$OUT/nvjpeg_bench.json" 2>&1 | tail -12
+    --images "$W/data/images" --n 128 ${e:+--engine "$e"} --out "$OUT/nvjpeg_bench${NVJPEG_TAG:-}.json" \
+    ${NVJPEG_ARGS:-} 2>&1 | tail -12
   ;;
 torch)
   site_wheels

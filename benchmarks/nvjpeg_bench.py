@@ -50,10 +50,13 @@ def configs(nv):
 class EngineLoad:
     """A TensorRT engine run back to back on its own stream in a thread (the model beside the decoder)."""
 
-    def __init__(self, path):
+    def __init__(self, path, nonblocking=False):
+        from rcnn_deploy.backends.tensorrt.pipelined import NonBlockingStream
         from rcnn_deploy.backends.tensorrt.runtime import TensorRTBackend
 
         self.be = TensorRTBackend(Path(path))
+        if nonblocking:  # the engine's stream does not synchronise with the legacy default stream
+            self.be.stream = NonBlockingStream(self.be.cuda.wrapper().handle)
         shape = [int(d) for d in self.be.engine.get_tensor_shape(self.be.input_names[0])]
         prof = self.be.engine.get_tensor_profile_shape(self.be.input_names[0], 0)
         shape[0] = int(prof[2][0]) if shape[0] < 0 else shape[0]
@@ -125,22 +128,30 @@ def main():
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--engine", default=None, help="a TensorRT engine to run beside the decoder (the load rows)")
     ap.add_argument("--threads", type=int, default=0, help="nvImageCodec's max_num_cpu_threads (0: its default)")
+    ap.add_argument("--nonblocking", action="store_true", help="the engine (and decode) streams: cudaStreamNonBlocking")
+    ap.add_argument("--configs", default=None, help="comma-separated subset of the configurations")
     a = ap.parse_args()
     from nvidia import nvimgcodec as nv  # type: ignore[import-untyped]
     from polygraphy import cuda
 
     files = sorted(p for p in Path(a.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[: a.n]
     datas = [np.fromfile(str(p), dtype=np.uint8) for p in files]
-    stream = cuda.Stream()
+    if a.nonblocking:
+        from rcnn_deploy.backends.tensorrt.pipelined import NonBlockingStream
+
+        stream = NonBlockingStream(cuda.wrapper().handle)
+    else:
+        stream = cuda.Stream()
     doc = {
         "script": "benchmarks/nvjpeg_bench.py",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "nvimgcodec": str(getattr(nv, "__version__", "?")),
         "images": {"folder": a.images, "count": len(datas)},
         "threads": a.threads,
+        "nonblocking_streams": a.nonblocking,
         "configs": [],
     }
-    load = EngineLoad(a.engine) if a.engine else None
+    load = EngineLoad(a.engine, a.nonblocking) if a.engine else None
     if load is not None:  # the engine alone: the rate the decoder beside it may take from
         with load:
             r0, t0 = load.runs, time.perf_counter()
@@ -149,7 +160,10 @@ def main():
         load.stop.clear()
         load.thread = threading.Thread(target=load._loop, daemon=True)
     params = nv.DecodeParams(apply_exif_orientation=True, color_spec=nv.ColorSpec.RGB, allow_any_depth=False)
+    chosen = a.configs.split(",") if a.configs else None
     for name, backends, options in configs(nv):
+        if chosen is not None and name not in chosen:
+            continue
         row = {"config": name, "options": options}
         try:
             kw = {"options": options, "max_num_cpu_threads": a.threads}

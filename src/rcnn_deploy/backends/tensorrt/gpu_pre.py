@@ -205,10 +205,13 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
         max_hw: Tuple[int, int] = LETTERBOX_MAX_HW,
         decoders: Optional[Sequence[NvImageCodec]] = None,
         decode_backend: str = "default",
+        nonblocking: bool = True,
     ) -> None:
         from .runtime import TensorRTBackend
 
-        super().__init__(backend, lo, hi, slots=slots, rename=rename)
+        # non-blocking slot streams: what nvImageCodec puts on the legacy default stream does not wait for the
+        # other slots' engines (run 20: a batch of 8 decoded in 6.8 ms alone, 20.3 ms beside the engine)
+        super().__init__(backend, lo, hi, slots=slots, rename=rename, nonblocking=nonblocking)
         self.decoders = list(decoders) if decoders else [NvImageCodec(decode_backend) for _ in self.slots]
         if len(self.decoders) != len(self.slots):
             raise ValueError(f"{len(self.decoders)} decoders for {len(self.slots)} slots: one decoder per slot")

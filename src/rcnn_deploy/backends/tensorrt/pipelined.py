@@ -40,11 +40,39 @@ class _Pinned:
             self.ptr = ctypes.c_void_p()
 
 
+class NonBlockingStream:
+    """A CUDA stream that does not synchronise with the legacy default stream (``cudaStreamNonBlocking``): work a
+    library enqueues on stream 0 (a synchronous copy, a memset) then neither waits for an engine running here nor
+    holds it up. ``ptr`` and ``synchronize()`` as polygraphy's ``cuda.Stream``."""
+
+    def __init__(self, lib: Any) -> None:
+        self.lib = lib
+        handle = ctypes.c_void_p()
+        status = lib.cudaStreamCreateWithFlags(ctypes.byref(handle), 1)  # cudaStreamNonBlocking
+        if status != 0:
+            raise RuntimeError(f"CUDA error {status} in cudaStreamCreateWithFlags")
+        self.handle = handle
+
+    @property
+    def ptr(self) -> int:
+        return int(self.handle.value or 0)
+
+    def synchronize(self) -> None:
+        status = self.lib.cudaStreamSynchronize(self.handle)
+        if status != 0:
+            raise RuntimeError(f"CUDA error {status} in cudaStreamSynchronize")
+
+    def free(self) -> None:
+        if self.handle:
+            self.lib.cudaStreamDestroy(self.handle)
+            self.handle = ctypes.c_void_p()
+
+
 class _Slot:
     def __init__(self, owner: TensorRTBatchModel, index: int) -> None:
         be = owner.backend
         self.context = be.engine.create_execution_context() if index else be.context
-        self.stream = be.cuda.Stream()
+        self.stream: Any = NonBlockingStream(owner.lib) if owner.nonblocking else be.cuda.Stream()
         self.free = threading.Event()
         self.free.set()
         self.device: Dict[str, Any] = {}
@@ -63,6 +91,8 @@ class _Slot:
             d.free()
         for h in self.host.values():
             h.free()
+        if isinstance(self.stream, NonBlockingStream):
+            self.stream.free()
 
 
 class TensorRTBatchModel(BatchModel):
@@ -76,8 +106,10 @@ class TensorRTBatchModel(BatchModel):
         hi: int,
         slots: int = 2,
         rename: Optional[Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None,
+        nonblocking: bool = False,
     ) -> None:
         self.backend, self.lo, self.hi = backend, int(lo), int(hi)
+        self.nonblocking = nonblocking  # the slots' streams: NonBlockingStream
         self.rename = rename or (lambda d: d)
         self.lib = backend.cuda.wrapper().handle
         self.input = backend.input_names[0]
