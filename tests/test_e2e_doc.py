@@ -109,14 +109,16 @@ def test_targets_compare_the_latest_session_with_its_own_torchvision_baseline(tm
         {"model": "tv", "images": 64, "images_per_s": 20.0, "latency_ms": {"p50": 1, "p90": 2, "p99": 3}},
     )
     text = render(tmp_path)
-    targets = text.split("## Targets (issues 17 and 19), session run99")[1]
+    targets = text.split("## Targets (issues 17 and 19)")[1].split("\n## ")[0]
+    assert "TensorRT, session run99; baseline 20.0 img/s (e2e_torchvision_run99a.json)" in targets
+    targets = targets.split("TensorRT, session run99")[1]
     b8 = "| TensorRT fp16 b8 end to end ≥ 300 img/s (host decode) | 320 img/s | yes | e2e_trt_run99b_b8.json |"
     assert b8 in targets
     # 320 / 20, not / 100 (run98)
     assert "| TensorRT end to end ≥ 15× torchvision (host decode) | 16 × | yes |" in targets
     b1 = "| TensorRT b1 end-to-end latency ≤ 12 ms median (host decode, RLE masks) | 12.5 ms | no |"
     assert b1 in targets
-    assert "run98" not in targets.split("##")[0].split("| target |")[1]
+    assert "run98" not in targets.split("| target |")[1]
 
 
 def test_the_decoders_pixel_comparison_renders_when_a_parity_run_measured_it(tmp_path):
@@ -139,3 +141,28 @@ def test_the_decoders_pixel_comparison_renders_when_a_parity_run_measured_it(tmp
     (results / "e2e_torch_cuda_parity_run99.json").write_text(json.dumps(doc))
     text = render(tmp_path)
     assert "| e2e_torch_cuda_parity_run99.json | 20 | 2 | 40 / 0.9 / 0.05 / 0.001 | 1 / 0.01 / 0.05 / 0.001 |" in text
+
+
+def test_each_stacks_targets_come_from_its_own_latest_session(tmp_path):
+    results = tmp_path / "benchmarks" / "results" / "e2e"
+    results.mkdir(parents=True)
+    machine = {"gpu": "GPU", "cpus": 16, "python": "3.9", "torch": "2"}
+
+    def write(name, doc):
+        (results / name).write_text(json.dumps({"script": "s", "machine": machine, "commit": "c", **doc}))
+
+    stream = {"images_per_s": 120.0, "processes": 14, "detections": 5, "model_starved_s": 0.1, "seconds": 1.0}
+    engine = {"engine": "e", "batch": 8, "trt": "t", "input_dtype": "uint8", "gpu_compute_ms": 20.0}
+    write("e2e_trt_run99_b8.json", {"engines": [dict(engine, gpu_images_per_s=400, stream=stream)]})
+    row = {"model": "mask_rcnn", "precision": "fp16", "cuda_graph": True, "batch": 8, "gpu_compute_ms": 80.0}
+    row.update(gpu_images_per_s=100, nms_rounds=96, stream=dict(stream, images_per_s=60.0))
+    write("e2e_torch_cuda_run97.json", {"rows": [row]})
+    tv = {"model": "tv", "images": 64, "latency_ms": {"p50": 1, "p90": 2, "p99": 3}}
+    write("e2e_torchvision_run97.json", dict(tv, images_per_s=3.0))
+    write("e2e_torchvision_run99.json", dict(tv, images_per_s=4.0))
+    targets = render(tmp_path).split("## Targets (issues 17 and 19)")[1].split("\n## ")[0]
+    trt, torch = targets.split("PyTorch, session run97; baseline 3.0 img/s (e2e_torchvision_run97.json):")
+    assert "TensorRT, session run99; baseline 4.0 img/s (e2e_torchvision_run99.json):" in trt
+    assert "| TensorRT end to end ≥ 15× torchvision (host decode) | 30 × | yes |" in trt  # 120 / 4
+    assert "| PyTorch b8 end to end ≥ 250 img/s | 60 img/s | no | e2e_torch_cuda_run97.json |" in torch
+    assert "| PyTorch end to end ≥ 10× torchvision | 20 × | yes |" in torch  # 60 / 3

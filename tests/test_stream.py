@@ -224,6 +224,52 @@ def _proc_post_flat(p: Prepared, outs) -> float:
     return float(outs["v"][0, 0])
 
 
+def _post_without_input(p: Prepared, outs) -> bool:
+    return p.array is None and float(outs["v"][0, 0]) == 2.0 * p.item.index
+
+
+def test_worker_processes_get_a_batch_per_task_without_the_model_inputs():
+    items = [Item(i, f"img{i}") for i in range(11)]
+    out = list(
+        run_stream(
+            items,
+            _variable_size_prepare,
+            _ListModel(_first_times_two, 1, 4),
+            _post_without_input,
+            batch=4,
+            workers=2,
+            processes=2,
+            prepare_in_processes=False,
+        )
+    )
+    assert [r.index for r in out] == list(range(11))
+    assert [r.index for r in out if not r.ok] == [5]
+    assert all(r.detections is True for r in out if r.ok)  # each worker saw its image's outputs, not its bytes
+
+
+def test_image_outputs_are_cut_to_the_images_detections_for_worker_processes():
+    from rcnn_deploy.runtime.detections import Detections
+    from rcnn_deploy.runtime.stream import _image_outputs
+
+    outs = {
+        "num_detections": np.array([[2], [0]], np.int32),
+        "boxes": np.arange(2 * 5 * 4, dtype=np.float32).reshape(2, 5, 4),
+        "scores": np.ones((2, 5), np.float32),
+        "classes": np.ones((2, 5), np.int32),
+        "masks": np.zeros((2, 5, 3, 3), np.float32),
+        "errors": np.array([None, "bad"], dtype=object),
+    }
+    first = _image_outputs(outs, 0, trim=True)
+    assert first["boxes"].shape == (1, 2, 4) and first["masks"].shape == (1, 2, 3, 3)
+    np.testing.assert_array_equal(first["boxes"], outs["boxes"][:1, :2])
+    assert first["errors"].tolist() == [None]
+    second = _image_outputs(outs, 1, trim=True)
+    assert second["scores"].shape == (1, 0) and second["errors"].tolist() == ["bad"]
+    assert _image_outputs(outs, 1, trim=False)["boxes"].shape == (1, 5, 4)  # threads: views, as they are
+    for d_trim, d_full in zip(Detections.from_padded(first), Detections.from_padded(_image_outputs(outs, 0, False))):
+        np.testing.assert_array_equal(d_trim.boxes, d_full.boxes)
+
+
 def test_per_image_user_error_fails_that_image_only():
     prepare, model, post = _toy()
 

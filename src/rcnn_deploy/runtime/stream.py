@@ -34,7 +34,6 @@ from typing import (
     Optional,
     Protocol,
     Sequence,
-    Set,
     Tuple,
 )
 
@@ -247,6 +246,37 @@ def _worker_finish(p: Prepared, outs: Optional[Outputs], error: Optional[str]) -
     return _finish(_WORKER["postprocess"], _WORKER["per_image"], p, outs, error)
 
 
+def _worker_finish_batch(group: List[Prepared], outs: List[Outputs]) -> List[StreamResult]:
+    """A batch's images postprocessed in one task (one hand-over each way instead of one per image)."""
+    post, per_image = _WORKER["postprocess"], _WORKER["per_image"]
+    return [_finish(post, per_image, p, o, None) for p, o in zip(group, outs)]
+
+
+_PER_DETECTION = ("boxes", "scores", "classes", "masks")
+
+
+def _image_outputs(outs: Outputs, i: int, trim: bool) -> Outputs:
+    """Image ``i``'s outputs of a batch (a batch of 1); ``trim``: the padded per-detection outputs cut to the
+    image's ``num_detections`` (what postprocessing reads), so a worker process is sent only those."""
+    one = {k: v[i : i + 1] for k, v in outs.items()}
+    if trim and "num_detections" in one:
+        n = int(np.asarray(one["num_detections"]).reshape(-1)[0])
+        padded = one["boxes"].shape[1] if "boxes" in one and one["boxes"].ndim >= 2 else None
+        for k in _PER_DETECTION:
+            v = one.get(k)
+            if v is not None and padded is not None and v.ndim >= 2 and v.shape[1] == padded and 0 <= n <= padded:
+                one[k] = v[:, :n]
+    return one
+
+
+def _for_post(p: Prepared) -> Prepared:
+    """``p`` without its model input (postprocessing reads the item and letterbox): a worker process is not sent
+    the input (with GPU decoding, the encoded file)."""
+    if p.array is None:
+        return p
+    return Prepared(p.item, None, p.letterbox, p.image, p.error, p.slot)
+
+
 _BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -338,7 +368,7 @@ def run_stream(
     batch = max(model.lo, min(int(batch), model.hi))
     workers = workers or default_workers()
     prefetch = prefetch or (2 * batch + workers)
-    post_limit = max(2 * batch, workers * 2)
+    post_limit = max(2 * batch, workers * 2, batch * processes // 2)  # images in postprocessing
     stats = stats if stats is not None else StreamStats()
     slots: Optional[_Slots] = None
     procs: Any = None
@@ -402,7 +432,7 @@ def run_stream(
     forming: List[Prepared] = []
     submitted: Deque[Tuple[Future, List[Prepared]]] = deque()  # model submits (future of the waiter)
     fetching: Deque[Tuple[Future, List[Prepared]]] = deque()  # futures of the outputs
-    post: Set[Future] = set()
+    post: Dict[Future, int] = {}  # postprocessing futures -> images in each (a whole batch with processes)
     ready: Dict[int, StreamResult] = {}  # finished out of order, waiting for their turn
     order: Deque[int] = deque()  # indices in input order
     source = iter(items)
@@ -433,16 +463,21 @@ def run_stream(
                 progressed = True
             # 3. finished postprocessing -> ready
             for f in [f for f in post if f.done()]:
-                post.discard(f)
-                settle(f.result())
+                del post[f]
+                done = f.result()
+                for res in done if isinstance(done, list) else [done]:
+                    settle(res)
                 progressed = True
             # 4. fetched outputs -> per-image postprocessing
-            while fetching and fetching[0][0].done() and len(post) < post_limit:
+            while fetching and fetching[0][0].done() and sum(post.values()) < post_limit:
                 fut, group = fetching.popleft()
                 outs = fut.result()
-                for i, p in enumerate(group):
-                    one = {k: v[i : i + 1] for k, v in outs.items()}
-                    post.add(submit_finish(p, one, None))
+                if procs is None:
+                    for i, p in enumerate(group):
+                        post[submit_finish(p, _image_outputs(outs, i, False), None)] = 1
+                else:  # one task per batch: the hand-over to the processes is per task and per byte
+                    ones = [_image_outputs(outs, i, True) for i in range(len(group))]
+                    post[procs.submit(_worker_finish_batch, [_for_post(p) for p in group], ones)] = len(group)
                 stats.batches += 1
                 progressed = True
             # 5. submitted batches -> fetch their outputs (waits on the device in a worker)
@@ -456,7 +491,7 @@ def run_stream(
                 p = decode_q.popleft().result()
                 if p.error is not None:
                     release([p])
-                    post.add(submit_finish(p, None, p.error))
+                    post[submit_finish(p, None, p.error)] = 1
                 else:
                     forming.append(p)
                 progressed = True
