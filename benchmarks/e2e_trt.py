@@ -19,14 +19,18 @@ and letterboxed by the export's letterbox engine on the GPU (``Detector.from_eng
 paths' COCO AP). ``--gpu-decode-variants BACKEND:SLOTS,...`` (default ``default:3``): the first is the GPU-decode
 row above; each further one (another nvImageCodec backend, ``gpu_pre.DECODE_BACKENDS``, or slot count) adds its
 stream / latency rows to ``gpu_decode_variants``, and its parity against the host on ``--parity-images`` of the
-folder.
+folder. The GPU-decode rows of an engine run in a child process of this script (its host-decode detector closed
+first; the host detections and AP they compare with are computed before and handed over): run 20's batch-1
+process died deserializing the engine a second time beside the host-decode detector.
 
 Writes the JSON atomically after each engine (a killed run keeps what it measured).
 """
 
 import argparse
+import gc
 import json
 import os
+import pickle
 import platform
 import socket
 import subprocess
@@ -141,9 +145,20 @@ def main():
         help="nvImageCodec backend:slots pairs, comma-separated; the first fills the gpu_decode rows",
     )
     ap.add_argument("--parity-images", type=int, default=64)
+    ap.add_argument("--gpu-decode-child", default=None, help=argparse.SUPPRESS)  # internal: see gpu_decode_in_child
     ap.add_argument("--parity-dir", default=None, help="a COCO-format folder (images/, annotations.json) for parity")
     a = ap.parse_args()
     paths = find_images(a.images)
+    if a.gpu_decode_child:  # the GPU-decode rows of one engine, in a process of their own
+        with open(a.gpu_decode_child, "rb") as f:
+            ref = pickle.load(f)
+        row, doc = {}, {"machine": {}}
+        try:
+            gpu_decode_rows(a, a.engine[0], ref, paths, row, doc)
+        except Exception as e:  # noqa: BLE001 - recorded in the parent's row
+            row["gpu_decode_error"] = f"{type(e).__name__}: {e}"
+        atomic_write_json(a.out, {"row": row, "nvimgcodec": doc["machine"].get("nvimgcodec")})
+        return
     doc = {
         "script": "benchmarks/e2e_trt.py",
         "machine": {
@@ -184,7 +199,11 @@ def main():
         print(json.dumps(row), flush=True)
         if a.gpu_decode:
             try:
-                gpu_decode_rows(a, engine, det, paths, row, doc)
+                ref = host_reference(a, det, paths)
+                det.batch_model.close()
+                del det
+                gc.collect()
+                gpu_decode_in_child(a, engine, ref, row, doc)
             except Exception as e:  # noqa: BLE001 - recorded: the host rows above stand
                 row["gpu_decode_error"] = f"{type(e).__name__}: {e}"
             atomic_write_json(a.out, doc)
@@ -207,6 +226,61 @@ def latency(det, paths):
     return dict(percentiles(walls[3:], (50, 90, 99)), images=n), dict(percentiles(to_det[3:], (50, 90, 99)), images=n)
 
 
+def parity_sets(a, paths):
+    """(name, files) of the GPU-decode parity: the first ``--parity-images`` of the folder and of ``--parity-dir``."""
+    sets = [("e2e_images", [str(p) for p in paths[: a.parity_images]])]
+    if a.parity_dir:
+        files = [str(p) for p in find_images(os.path.join(a.parity_dir, "images"))][: a.parity_images]
+        sets.append((os.path.basename(a.parity_dir.rstrip("/")), files))
+    return sets
+
+
+def host_reference(a, host_det, paths):
+    """The host path's detections on the parity sets and its COCO AP on ``--parity-dir``: what the GPU-decode
+    rows compare against, computed here so that they can run in a process of their own."""
+    ref = {"detections": {name: host_det(files) for name, files in parity_sets(a, paths)}, "AP": None}
+    ann = os.path.join(a.parity_dir, "annotations.json") if a.parity_dir else None
+    if ann and os.path.isfile(ann):
+        ref["AP"] = coco_ap(host_det, ann, a)
+    return ref
+
+
+def coco_ap(det, ann, a):
+    from rcnn_deploy.evaluation.dataset import evaluate_detector
+
+    r = evaluate_detector(det, ann, os.path.join(a.parity_dir, "images"), max_images=a.parity_images)
+    return {
+        "bbox_AP": round(r["metrics"]["bbox"]["AP"], 4),
+        "segm_AP": round(r["metrics"].get("segm", {}).get("AP", float("nan")), 4),
+        "images": r["images"],
+    }
+
+
+def gpu_decode_in_child(a, engine, ref, row, doc):
+    """The GPU-decode rows of ``engine`` in a fresh process (this script with ``--gpu-decode-child``): run 20's
+    batch-1 process died (SIGSEGV) deserializing the engine a second time beside the host-decode detector.
+    A child that dies leaves ``gpu_decode_error`` and the host rows."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ref_path, out = os.path.join(tmp, "ref.pkl"), os.path.join(tmp, "child.json")
+        with open(ref_path, "wb") as f:
+            pickle.dump(ref, f)
+        cmd = [sys.executable, os.path.abspath(__file__), "--engine", engine, "--images", a.images, "--out", out]
+        cmd += ["--gpu-decode", "--gpu-decode-child", ref_path, "--repeat", str(a.repeat)]
+        cmd += ["--latency-images", str(a.latency_images), "--parity-images", str(a.parity_images)]
+        cmd += ["--gpu-decode-variants", a.gpu_decode_variants]
+        for flag, value in (("--processes", a.processes), ("--workers", a.workers), ("--parity-dir", a.parity_dir)):
+            if value is not None:
+                cmd += [flag, str(value)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not os.path.isfile(out):
+            row["gpu_decode_error"] = f"the GPU-decode process exited with {proc.returncode}: {proc.stderr[-1500:]}"
+            return
+        with open(out) as f:
+            got = json.load(f)
+    row.update(got["row"])
+    doc["machine"]["nvimgcodec"] = got.get("nvimgcodec")
+
+
 def parse_variants(text):
     out = []
     for part in text.split(","):
@@ -215,7 +289,7 @@ def parse_variants(text):
     return out
 
 
-def gpu_decode_variant(a, engine, host_det, paths, backend, slots):
+def gpu_decode_variant(a, engine, ref, paths, backend, slots):
     """A further GPU-decode configuration: its stream rows, batch-1 latency and parity on the folder."""
     from rcnn_deploy.evaluation.parity import compare_detections
 
@@ -233,7 +307,7 @@ def gpu_decode_variant(a, engine, host_det, paths, backend, slots):
         if hi == 1:
             v["latency_ms"], v["latency_detections_ms"] = latency(det, paths[: a.latency_images])
         files = [str(p) for p in paths[: a.parity_images]]
-        rep = compare_detections(host_det(files), det(files))
+        rep = compare_detections(ref["detections"]["e2e_images"], det(files))
         d = {k: x for k, x in rep.to_dict().items() if k != "unmatched"}
         d["unmatched"] = len(rep.unmatched)
         v["parity_e2e_images"] = d
@@ -243,7 +317,7 @@ def gpu_decode_variant(a, engine, host_det, paths, backend, slots):
     return v
 
 
-def gpu_decode_rows(a, engine, host_det, paths, row, doc):
+def gpu_decode_rows(a, engine, ref, paths, row, doc):
     from rcnn_deploy.evaluation.parity import compare_detections
 
     variants = parse_variants(a.gpu_decode_variants)
@@ -265,32 +339,19 @@ def gpu_decode_rows(a, engine, host_det, paths, row, doc):
     if hi == 1:
         row["latency_gpu_decode_ms"], row["latency_gpu_decode_detections_ms"] = latency(det, paths[: a.latency_images])
     par = {}
-    sets = [("e2e_images", [str(p) for p in paths[: a.parity_images]])]
-    if a.parity_dir:
-        pimg = os.path.join(a.parity_dir, "images")
-        pfiles = [str(p) for p in find_images(pimg)][: a.parity_images]
-        sets.append((os.path.basename(a.parity_dir.rstrip("/")), pfiles))
-    for name, files in sets:
-        rep = compare_detections(host_det(files), det(files))
+    for name, files in parity_sets(a, paths):
+        rep = compare_detections(ref["detections"][name], det(files))
         d = {k: v for k, v in rep.to_dict().items() if k != "unmatched"}
         d["unmatched"] = len(rep.unmatched)
         par[name] = d
         print("gpu decode parity", name, json.dumps(d)[:400], flush=True)
-    ann = os.path.join(a.parity_dir, "annotations.json") if a.parity_dir else None
-    if ann and os.path.isfile(ann):
-        from rcnn_deploy.evaluation.dataset import evaluate_detector
-
-        for label, d in (("host_decode", host_det), ("gpu_decode", det)):
-            r = evaluate_detector(d, ann, os.path.join(a.parity_dir, "images"), max_images=a.parity_images)
-            par[label + "_AP"] = {
-                "bbox_AP": round(r["metrics"]["bbox"]["AP"], 4),
-                "segm_AP": round(r["metrics"].get("segm", {}).get("AP", float("nan")), 4),
-                "images": r["images"],
-            }
+    if ref.get("AP") is not None:
+        par["host_decode_AP"] = ref["AP"]
+        par["gpu_decode_AP"] = coco_ap(det, os.path.join(a.parity_dir, "annotations.json"), a)
     row["gpu_decode_parity"] = par
     det.batch_model.close()
     for backend, slots in variants[1:]:
-        v = gpu_decode_variant(a, engine, host_det, paths, backend, slots)
+        v = gpu_decode_variant(a, engine, ref, paths, backend, slots)
         row.setdefault("gpu_decode_variants", []).append(v)
         atomic_write_json(a.out, doc)
         print("gpu decode variant", json.dumps(v)[:600], flush=True)
