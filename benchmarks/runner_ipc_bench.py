@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
@@ -82,7 +83,9 @@ class Prepare:
         return Prepared(item, np.zeros(self.nbytes, np.uint8), lb)
 
 
-def one_run(stages: Any, model: Any, n: int, batch: int, processes: int, per_image: Any, prepare: Any) -> Dict:
+def one_run(
+    stages: Any, model: Any, n: int, batch: int, processes: int, per_image: Any, prepare: Any, writer: Any = None
+) -> Dict:
     from rcnn_deploy.runtime.sources import Item
     from rcnn_deploy.runtime.stream import StreamStats, run_stream
 
@@ -104,6 +107,8 @@ def one_run(stages: Any, model: Any, n: int, batch: int, processes: int, per_ima
     ):
         ok += r.ok
         dets += len(r.detections) if r.ok and r.detections is not None else 0
+        if writer is not None:
+            writer.add(r)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "processes": processes,
@@ -124,7 +129,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--detections", type=int, default=55)
     ap.add_argument("--size", type=int, default=1344)
-    ap.add_argument("--rle", default="no,yes", help="rows without and/or with COCO RLE results per image")
+    ap.add_argument(
+        "--rle",
+        default="no,yes,writer",
+        help="rows without per-image work (no), with COCO RLE results per image (yes), and/or with infer's writer "
+        "(writer: TSV + COCO RLE per image in the workers, results.jsonl in the calling process)",
+    )
     ap.add_argument("--jpeg-bytes", type=int, default=400_000, help="the size of each image's encoded bytes")
     ap.add_argument("--note", default="")
     a = ap.parse_args()
@@ -145,12 +155,23 @@ def main() -> None:
         "jpeg_bytes": a.jpeg_bytes,
         "rows": [],
     }
+    import tempfile
+
+    from rcnn_deploy.runtime.writers import InferWriter
+
     for rle in a.rle.split(","):
         for procs in (int(p) for p in a.processes.split(",")):
-            per_image = CocoEntries(spec) if rle == "yes" else None
-            one_run(stages, model, 2 * a.batch * max(procs, 1), a.batch, procs, per_image, prepare)  # warm-up
-            row = one_run(stages, model, a.images, a.batch, procs, per_image, prepare)
-            row["rle"] = rle == "yes"
+            with tempfile.TemporaryDirectory() as tmp:
+                writer = None
+                if rle == "writer":
+                    writer = InferWriter(Path(tmp), spec, backend="none", visualize=False, total=a.images)
+                per_image = CocoEntries(spec) if rle == "yes" else writer.per_image if writer else None
+                warm = 2 * a.batch * max(procs, 1)
+                one_run(stages, model, warm, a.batch, procs, per_image, prepare, writer)  # warm-up
+                row = one_run(stages, model, a.images, a.batch, procs, per_image, prepare, writer)
+                if writer is not None:
+                    writer.close()
+            row["per_image"] = {"no": None, "yes": "CocoEntries", "writer": "InferWriter"}[rle]
             doc["rows"].append(row)
             print(json.dumps(row), flush=True)
     with open(a.out + ".tmp", "w") as f:
