@@ -11,6 +11,7 @@
 #   bash benchmarks/device_e2e.sh take_nvimg  # carry [".nvimgcarry"]: nvImageCodec + nvJPEG for CPython 3.9 into
 #                                           # /tmp/py39nvimg: bench then adds the GPU-decode rows (--gpu-decode)
 #   bash benchmarks/device_e2e.sh nvjpeg # nvjpeg_bench.py: nvImageCodec's backends alone and beside the b8 engine
+#   bash benchmarks/device_e2e.sh probe  # trt_runner_probe.py: the b8 GPU-decode stream with less and less around it
 #
 # Carry .whl (cp312: pycocotools, onnx_graphsurgeon; `device_results_table.sh wheels`) and .devcarry (py39/:
 # pycocotools and Pillow for CPython 3.9; `source benchmarks/device_common.sh && py39_wheels` makes both it and
@@ -120,6 +121,14 @@ nvjpeg)
     --images "$W/data/images" --n 128 ${e:+--engine "$e"} --out "$OUT/nvjpeg_bench${NVJPEG_TAG:-}.json" \
     ${NVJPEG_ARGS:-} 2>&1 | tail -12
   ;;
+probe)
+  source /tmp/trt86/env.sh
+  export LD_LIBRARY_PATH=/tmp/py39nvimg/nvidia/nvjpeg/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  e=$(ls "$W"/b8_*/model_fp16.engine 2>/dev/null | head -1)
+  PYTHONPATH=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv:/tmp/py39nvimg py39 benchmarks/trt_runner_probe.py \
+    --engine "$e" --images "$W/data/images" --processes "0,${E2E_PROCESSES:-14}" --out "$OUT/trt_runner_probe.json" \
+    2>&1 | tail -4
+  ;;
 torch)
   site_wheels
   python3 benchmarks/e2e_torchvision.py --checkpoint "$CKPT" --size "$SIZE" --images "$W/data/images" \
@@ -137,7 +146,7 @@ take_nvimg)
   ls /tmp/py39nvimg/nvidia
   ;;
 *)
-  echo "usage: $0 prep [data]|build|bench|nvjpeg|torch|take_cv|take_nvimg" >&2
+  echo "usage: $0 prep [data]|build|bench|nvjpeg|probe|torch|take_cv|take_nvimg" >&2
   exit 2
   ;;
 esac

@@ -30,6 +30,7 @@
 #   torch_parity_bg  e2e_torch_cuda.py --phases parity, in the background beside the build (mAP only)
 #   build            device_e2e.sh build: fp16 engines at batch 8 and 1 (about 6.5 min together on the H200)
 #   nvjpeg           device_e2e.sh nvjpeg: nvImageCodec's decoders alone and beside the batch-8 engine
+#   probe            device_e2e.sh probe: trt_runner_probe.py (where the batch-8 GPU-decode stream's time goes)
 #   trt              device_e2e.sh bench: e2e_trt.py in CPython 3.9 + TensorRT 8.6 (OpenCV after take_cv; the
 #                    GPU-decode rows after take_nvimg)
 #   serve_trt        device_serve.sh bench_trt: the batch-8 engine served by Triton from CPython 3.9
@@ -135,6 +136,7 @@ steps)
       [ -n "$parity" ] && wait "$parity" ;;
     trt) step trt bash benchmarks/device_e2e.sh bench ;;
     nvjpeg) step nvjpeg bash benchmarks/device_e2e.sh nvjpeg ;;
+    probe) step probe bash benchmarks/device_e2e.sh probe ;;
     torch_compile_e2e) step torch_compile_e2e torch_e2e e2e_torch_cuda_compiled gpu_post --stream-compile default ;;
     ray) [ -d /tmp/site-ray ] && step ray bash benchmarks/device_ray.sh bench ;;
     serve) [ -d /tmp/triton/pytriton ] && step serve bash benchmarks/device_serve.sh bench ;;
