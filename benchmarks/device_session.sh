@@ -38,6 +38,7 @@
 #   torch_more       e2e_torch_cuda.py --phases precisions,faster
 #   gpu_post         gpu_post_bench.py --device cuda
 #   torch_gpupost    e2e_torch_cuda.py --phases gpu_post (masks pasted and RLE-encoded on the GPU, end to end)
+#   torch_roi_align  e2e_torch_cuda.py --phases roi_align (the sync-free ROIAlign per level against stacked levels)
 #   torch_compile_e2e e2e_torch_cuda.py --phases gpu_post --stream-compile default (the compiled forward end to end)
 #   torch_gpudecode  e2e_torch_cuda.py --phases gpu_decode (its first capture crashed its process in run 16; the chain goes on)
 set -uo pipefail
@@ -137,6 +138,7 @@ steps)
     trt) step trt bash benchmarks/device_e2e.sh bench ;;
     nvjpeg) step nvjpeg bash benchmarks/device_e2e.sh nvjpeg ;;
     probe) step probe bash benchmarks/device_e2e.sh probe ;;
+    torch_roi_align) step torch_roi_align torch_e2e e2e_torch_cuda_roi_align roi_align ;;
     torch_compile_e2e) step torch_compile_e2e torch_e2e e2e_torch_cuda_compiled gpu_post --stream-compile default ;;
     ray) [ -d /tmp/site-ray ] && step ray bash benchmarks/device_ray.sh bench ;;
     serve) [ -d /tmp/triton/pytriton ] && step serve bash benchmarks/device_serve.sh bench ;;

@@ -43,7 +43,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 
-PHASES = ("stream", "parity", "precisions", "faster", "gpu_decode", "gpu_post", "profile", "compile")
+PHASES = ("stream", "parity", "precisions", "faster", "gpu_decode", "gpu_post", "profile", "compile", "roi_align")
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # rcnn_deploy.backends.torch_cuda.COMPILE_MODES
 
 
@@ -307,7 +307,10 @@ def main() -> None:
     ) -> Any:
         t0 = time.perf_counter()
         det = make(precision, batch, graph)
+        from rcnn_deploy.glue import roi_align as roi_align_mod
+
         row: Dict[str, Any] = {"model": label, "precision": precision, "batch": batch, "cuda_graph": graph}
+        row["roi_align"] = roi_align_mod.SYNC_FREE_ROI_ALIGN
         if a.stream_compile and rows is None and label.startswith("mask_rcnn"):
             row["compile"] = a.stream_compile
         row.update(gpu_compute(det, batch, batch_images, iterations=100 if graph else 20))
@@ -413,6 +416,36 @@ def main() -> None:
     # 8. torch.compile of the sync-free forward (--compile MODE): fp16 graphs, batch 1 and 8, beside the uncompiled
     if "compile" in phases and a.compile:
         compile_rows(a, doc, save, mask_rcnn, compute_row, batch_images, paths)
+    # 9. the sync-free forward's multi-level ROIAlign: every box on every level ("levels") against one call over the
+    #    levels stacked as images ("stacked", the default since session 15), fp16 graphs, and their padded outputs
+    if "roi_align" in phases:
+        roi_align_rows(doc, save, mask_rcnn, compute_row, batch_images)
+
+
+def roi_align_rows(doc: Dict[str, Any], save: Any, mask_rcnn: Any, compute_row: Any, images: Any) -> None:
+    """Phase ``roi_align``: per batch (8, 1) the fp16 CUDA-graph model with each sync-free ROIAlign
+    (``glue.roi_align.SYNC_FREE_ROI_ALIGN``), timed like the other rows, and the stacked one's padded outputs
+    against the per-level one's on the same batch."""
+    import torch
+
+    from rcnn_deploy.glue import roi_align as roi_align_mod
+
+    sec: Dict[str, Any] = {"rows": []}
+    doc["roi_align"] = sec
+    try:
+        for batch in (8, 1):
+            x = torch.from_numpy(np.ascontiguousarray(images[:batch])).cuda()
+            outs = {}
+            for mode in ("levels", "stacked"):
+                roi_align_mod.SYNC_FREE_ROI_ALIGN = mode
+                det, _ = compute_row("mask_rcnn", mask_rcnn, "fp16", batch, rows=sec["rows"])
+                outs[mode] = {k: v.cpu().numpy() for k, v in det.cuda_model(x).items()}
+                del det
+                torch.cuda.empty_cache()
+            sec["rows"][-1]["parity_padded_vs_levels"] = padded_parity(outs["levels"], outs["stacked"])
+            save()
+    finally:
+        roi_align_mod.SYNC_FREE_ROI_ALIGN = "stacked"
 
 
 def padded_parity(ref: Dict[str, Any], out: Dict[str, Any]) -> Dict[str, Any]:

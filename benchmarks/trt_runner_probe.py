@@ -15,7 +15,6 @@ Run 20 ran these measurements as inline ``py39 -c`` commands with this code, bef
 
 import argparse
 import glob
-import json
 import os
 import sys
 import tempfile

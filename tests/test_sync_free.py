@@ -258,3 +258,29 @@ def test_fp32_on_cuda_turns_tf32_off_and_other_precisions_leave_it():
             conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = saved
         if legacy:
             torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = legacy
+
+
+@pytest.mark.parametrize("flavour", ["torchvision", "detectron2"])
+def test_stacked_multilevel_roi_align_equals_pooling_per_level(flavour):
+    """The sync-free forward's one-call ROIAlign (levels stacked as images, coarser ones edge-replicated) against
+    torchvision's kernel on each box's own level, boxes touching every edge of the image included."""
+    from rcnn_deploy.glue import roi_align as R
+
+    if flavour == "torchvision":
+        p = R.PoolerParams(7, 2, False, (4, 8, 16, 32), 2, 224.0, 4, 1e-6, False)
+    else:  # Detectron2's ROIAlignV2: aligned, adaptive sampling
+        p = R.PoolerParams(14, 0, True, (4, 8, 16, 32), 2, 224.0, 4, 2.2e-16, True)
+    g = torch.Generator().manual_seed(0)
+    size = 640  # the whole image's box is on the coarsest level (sqrt(area) >= 448)
+    feats = [torch.randn(2, 8, size // s, size // s, generator=g) for s in p.strides]
+    xy = torch.rand(2, 200, 2, generator=g) * size
+    wh = torch.rand(2, 200, 2, generator=g) ** 2 * size
+    boxes = torch.cat([xy, (xy + wh).clamp(max=size)], -1)
+    boxes[0, :3] = torch.tensor([0.0, 0.0, size, size])
+    boxes[1, :3] = torch.tensor([size - 500.0, size - 450.0, size, size])
+    boxes[1, 3:6] = torch.tensor([0.0, size - 230.0, 240.0, size])
+    levels = R.assign_levels(boxes, p)
+    assert set(levels.flatten().tolist()) >= {0, 1, 2, 3}
+    ref = R._roi_align_eager(feats, boxes, p)  # per level, only its own boxes (nonzero)
+    torch.testing.assert_close(R._roi_align_stacked(feats, boxes, p), ref, rtol=0, atol=1e-6)
+    torch.testing.assert_close(R._roi_align_eager(feats, boxes, p, static=True), ref, rtol=0, atol=0)

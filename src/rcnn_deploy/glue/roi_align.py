@@ -66,12 +66,48 @@ def multiscale_roi_align(features: Sequence[Tensor], boxes: Tensor, p: PoolerPar
         # levels are traced as ordinary ops; a lowering that assigns levels itself (a plugin) ignores them
         return export_hooks.RoIAlignNode.apply(boxes, levels, p, *feats)
     if sync_free.active() is not None:
+        if SYNC_FREE_ROI_ALIGN == "stacked":
+            return _roi_align_stacked(feats, boxes, p)
         return _roi_align_eager(feats, boxes, p, static=True)
     from .emulate import rounds, to_fp16
 
     if rounds("roi_boxes"):  # an fp16 ROIAlign plugin's view of the boxes, emulated (glue.emulate.fp16_glue)
         boxes = to_fp16(boxes)
     return _roi_align_eager(feats, boxes, p)
+
+
+#: how the sync-free forward (a CUDA graph, no host synchronisation) pools: "stacked" (one ``roi_align`` over the
+#: levels stacked as images, :func:`_roi_align_stacked`) or "levels" (every box on every level, then a select:
+#: about L times the pooling work). A module setting so that a benchmark can time both in one process.
+SYNC_FREE_ROI_ALIGN = "stacked"
+
+
+def _roi_align_stacked(features: Sequence[Tensor], boxes: Tensor, p: PoolerParams) -> Tensor:
+    """Multi-level ROIAlign in one ``roi_align`` call and without ``nonzero``: the L levels become L "images" of
+    the finest level's size (``[B * L, C, H_0, W_0]``, each coarser level edge-replicated to that size) and each
+    box is pooled once, from image ``b * L + level``, its coordinates scaled to its level beforehand (the strides
+    are powers of two: the same float products the kernel makes with ``spatial_scale``). Past a level's last row
+    or column the kernel reads the replicated edge where, at the level's own size, it clamps to that edge: the
+    same values up to rounding. Samples beyond that edge plus one (which the kernel zeroes) need a box past the
+    image, which the pipeline clips, or one thinner than a cell of its level at the edge; those read the edge."""
+    import torch.nn.functional as F
+    from torchvision.ops import roi_align
+
+    b, k = boxes.shape[:2]
+    c = features[0].shape[1]
+    n_lv = len(features)
+    h0, w0 = int(features[0].shape[2]), int(features[0].shape[3])
+    stacked = features[0].new_empty((b, n_lv, c, h0, w0))
+    for lvl, feat in enumerate(features):
+        h, w = int(feat.shape[2]), int(feat.shape[3])
+        stacked[:, lvl] = feat if (h, w) == (h0, w0) else F.pad(feat, (0, w0 - w, 0, h0 - h), mode="replicate")
+    levels = assign_levels(boxes, p)  # [B, K]
+    scales = torch.tensor([1.0 / st for st in p.strides], device=boxes.device, dtype=boxes.dtype)
+    scaled = boxes * scales[levels].unsqueeze(-1)
+    image = torch.arange(b, device=boxes.device).view(b, 1) * n_lv + levels
+    rois = torch.cat((image.to(boxes.dtype).unsqueeze(-1), scaled), dim=2).reshape(b * k, 5)
+    pooled = roi_align(stacked.view(b * n_lv, c, h0, w0), rois, p.output_size, 1.0, p.sampling_ratio, p.aligned)
+    return pooled.view(b, k, c, p.output_size, p.output_size)
 
 
 def _roi_align_eager(features: Sequence[Tensor], boxes: Tensor, p: PoolerParams, static: bool = False) -> Tensor:

@@ -130,7 +130,7 @@ def render(root: Path) -> str:
             f"| {p.name} | {d['script']} | {m.get('gpu')}, {m.get('cpus')} CPUs | {_commit(d)} | {d['model']} | "
             f"{d['images']} | {d['images_per_s']} | {q['p50']:.0f} / {q['p90']:.0f} / {q['p99']:.0f} |"
         )
-    lines += _compile_section(results)
+    lines += _compile_section(results) + _roi_align_section(results)
     lines += _parity_section(results) + targets_section(results) + _gpu_post_section(results)
     lines += serve_section(results) + ray_section(results)
     lines += [
@@ -366,6 +366,33 @@ def _compile_section(results: Path) -> List[str]:
         "| file | commit | mode | precision | batch | uncompiled ms | compiled ms | speed-up | kernels / forward |"
         " compile s | graph breaks | matched / reference |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def _roi_align_section(results: Path) -> List[str]:
+    """The sync-free forward's multi-level ROIAlign, per level against stacked (e2e_torch_cuda.py phase roi_align)."""
+    rows = []
+    for p, d in _load(results, "e2e_torch_cuda_*.json"):
+        for r in (d.get("roi_align") or {}).get("rows", []):
+            par = r.get("parity_padded_vs_levels")
+            match = f"{par['matched']} / {par['reference_detections']}" if par else "—"
+            rows.append(
+                f"| {p.name} | {_commit(d)} | {r['roi_align']} | {r['precision']} | {r['batch']} | "
+                f"{r['gpu_compute_ms']:.2f} | {match} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "## The sync-free ROIAlign (`e2e_torch_cuda.py --phases roi_align`)",
+        "",
+        "The fp16 CUDA-graph model with each multi-level ROIAlign of the sync-free forward: `levels` pools every box",
+        "on every FPN level and keeps its own; `stacked` pools each box once from the levels stacked as images. GPU",
+        "compute ms (median); matched: the stacked model's padded outputs against the per-level one's, same batch.",
+        "",
+        "| file | commit | ROIAlign | precision | batch | GPU compute ms | matched / reference |",
+        "|---|---|---|---|---|---|---|",
         *rows,
     ]
 
