@@ -102,8 +102,10 @@ def _roi_align_stacked(features: Sequence[Tensor], boxes: Tensor, p: PoolerParam
         h, w = int(feat.shape[2]), int(feat.shape[3])
         stacked[:, lvl] = feat if (h, w) == (h0, w0) else F.pad(feat, (0, w0 - w, 0, h0 - h), mode="replicate")
     levels = assign_levels(boxes, p)  # [B, K]
-    scales = torch.tensor([1.0 / st for st in p.strides], device=boxes.device, dtype=boxes.dtype)
-    scaled = boxes * scales[levels].unsqueeze(-1)
+    scale = torch.full_like(boxes[..., 0], 1.0 / p.strides[0])  # no host tensor: a CUDA graph captures this
+    for lvl, stride in enumerate(p.strides[1:], 1):
+        scale = torch.where(levels == lvl, torch.full_like(scale, 1.0 / stride), scale)
+    scaled = boxes * scale.unsqueeze(-1)
     image = torch.arange(b, device=boxes.device).view(b, 1) * n_lv + levels
     rois = torch.cat((image.to(boxes.dtype).unsqueeze(-1), scaled), dim=2).reshape(b * k, 5)
     pooled = roi_align(stacked.view(b * n_lv, c, h0, w0), rois, p.output_size, 1.0, p.sampling_ratio, p.aligned)
