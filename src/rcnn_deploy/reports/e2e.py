@@ -377,6 +377,8 @@ def _roi_align_section(results: Path) -> List[str]:
         for r in (d.get("roi_align") or {}).get("rows", []):
             par = r.get("parity_padded_vs_levels")
             match = f"{par['matched']} / {par['reference_detections']}" if par else "—"
+            if par and par.get("identical"):
+                match += " (outputs identical)"
             rows.append(
                 f"| {p.name} | {_commit(d)} | {r['roi_align']} | {r['precision']} | {r['batch']} | "
                 f"{r['gpu_compute_ms']:.2f} | {match} |"
