@@ -209,8 +209,9 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
     ) -> None:
         from .runtime import TensorRTBackend
 
-        # non-blocking slot streams: what nvImageCodec puts on the legacy default stream does not wait for the
-        # other slots' engines (run 20: a batch of 8 decoded in 6.8 ms alone, 20.3 ms beside the engine)
+        # non-blocking slot streams, so that nothing a library puts on the legacy default stream waits for the other
+        # slots' engines. Run 20 found no difference: a batch of 8 decodes in about 7 ms alone and 20 ms beside the
+        # batch-8 engine (its whole run) with blocking and non-blocking streams alike (nvjpeg_bench_run20*.json)
         super().__init__(backend, lo, hi, slots=slots, rename=rename, nonblocking=nonblocking)
         self.decoders = list(decoders) if decoders else [NvImageCodec(decode_backend) for _ in self.slots]
         if len(self.decoders) != len(self.slots):
