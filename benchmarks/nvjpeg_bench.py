@@ -80,6 +80,8 @@ class EngineLoad:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
+        self.stop.clear()  # ready for the next ``with``
+        self.thread = threading.Thread(target=self._loop, daemon=True)
 
 
 def time_config(nv, dec, params, datas, batch, stream):
@@ -134,6 +136,8 @@ def main():
     from nvidia import nvimgcodec as nv  # type: ignore[import-untyped]
     from polygraphy import cuda
 
+    from rcnn_deploy._io import atomic_write_json
+
     files = sorted(p for p in Path(a.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))[: a.n]
     datas = [np.fromfile(str(p), dtype=np.uint8) for p in files]
     if a.nonblocking:
@@ -157,8 +161,6 @@ def main():
             r0, t0 = load.runs, time.perf_counter()
             time.sleep(2.0)
             doc["engine_alone_runs_per_s"] = round((load.runs - r0) / (time.perf_counter() - t0), 1)
-        load.stop.clear()
-        load.thread = threading.Thread(target=load._loop, daemon=True)
     params = nv.DecodeParams(apply_exif_orientation=True, color_spec=nv.ColorSpec.RGB, allow_any_depth=False)
     chosen = a.configs.split(",") if a.configs else None
     for name, backends, options in configs(nv):
@@ -181,15 +183,11 @@ def main():
                         row[f"b{b}_beside_engine"]["engine_runs_per_s"] = round(
                             (load.runs - r0) / (time.perf_counter() - t0), 1
                         )
-                    load.stop.clear()
-                    load.thread = threading.Thread(target=load._loop, daemon=True)
         except Exception as e:  # noqa: BLE001 - recorded: a backend this machine or build lacks
             row["error"] = f"{type(e).__name__}: {e}"
         doc["configs"].append(row)
         print(json.dumps(row), flush=True)
-        with open(a.out + ".tmp", "w") as f:
-            json.dump(doc, f, indent=1)
-        os.replace(a.out + ".tmp", a.out)
+        atomic_write_json(a.out, doc)
 
 
 if __name__ == "__main__":

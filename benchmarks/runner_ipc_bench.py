@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--jpeg-bytes", type=int, default=400_000, help="the size of each image's encoded bytes")
     ap.add_argument("--note", default="")
     a = ap.parse_args()
+    from rcnn_deploy._io import atomic_write_json
     from rcnn_deploy.api import HostStages
     from rcnn_deploy.config import get_spec
     from rcnn_deploy.runtime.coco import CocoEntries
@@ -174,9 +175,7 @@ def main() -> None:
             row["per_image"] = {"no": None, "yes": "CocoEntries", "writer": "InferWriter"}[rle]
             doc["rows"].append(row)
             print(json.dumps(row), flush=True)
-    with open(a.out + ".tmp", "w") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(a.out + ".tmp", a.out)
+    atomic_write_json(a.out, doc)
 
 
 if __name__ == "__main__":
