@@ -40,11 +40,12 @@ _D2D = 3  # cudaMemcpyKind
 LETTERBOX_MAX_HW = (2160, 3840)  # the letterbox engine's largest image (4K UHD); larger ones are decoded on the host
 _TAPS = ("y0", "y1", "wy", "x0", "x1", "wx", "vy", "vx")
 NVIMGCODEC_FIX = "pip install 'nvidia-nvimgcodec-cu12[nvjpeg]' (or run without --gpu-decode)"
-# nvImageCodec backends by name (--gpu-decode-backend): "default" lets nvImageCodec choose per image among all
-# of them (the GPU's hardware JPEG decoder first where it has one); "hw" the hardware decoder alone (A100,
-# H100/H200: NVJPG engines, no SMs and no host Huffman decoding); "gpu" nvJPEG's CUDA decoder with Huffman on
-# the GPU; "hybrid" Huffman decoding on the host's cores, the rest on the GPU. An image a restricted backend
-# cannot take is decoded on the host (Pillow), like any JPEG nvJPEG refuses.
+# nvImageCodec backends by name (Detector.from_engine(gpu_decode_backend=...)): "default" lets nvImageCodec
+# choose per image among all of them (the GPU's hardware JPEG decoder first where it has one: run 20 on the H200);
+# "hw" the hardware decoder alone (A100, H100/H200: NVJPG engines, no SMs and no host Huffman decoding); "gpu"
+# nvJPEG's CUDA decoder with Huffman on the GPU (it declined run 20's JPEGs); "hybrid" Huffman decoding on the
+# host's cores, the rest on the GPU. An image a restricted backend cannot take is decoded on the host (Pillow),
+# like any JPEG nvJPEG refuses.
 DECODE_BACKENDS = {"default": None, "hw": "HW_GPU_ONLY", "gpu": "GPU_ONLY", "hybrid": "HYBRID_CPU_GPU"}
 
 
@@ -134,7 +135,7 @@ class NvImageCodec:
         if backend not in DECODE_BACKENDS:
             raise UserError(
                 f"unknown GPU decode backend {backend!r}",
-                where="--gpu-decode-backend",
+                where="Detector.from_engine(gpu_decode_backend=...)",
                 fix=f"use one of {', '.join(DECODE_BACKENDS)}",
             )
         try:
