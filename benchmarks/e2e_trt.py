@@ -184,15 +184,7 @@ def main():
         row["gpu_compute_p99_ms"] = float(np.percentile(times, 99))
         row["gpu_images_per_s"] = round(hi * 1000.0 / row["gpu_compute_ms"], 1)
         det = Detector.from_engine(engine)  # fresh contexts after time_gpu's capture
-        with tempfile.TemporaryDirectory() as tmp:
-            stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "warm"), a.processes)
-            row["stream"] = stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "run"), a.processes)
-            if a.repeat > 1:  # the same files again: per-image outputs are rewritten with the same bytes
-                many = list(paths) * a.repeat
-                row["stream_repeat"] = stream_pass(det, many, hi, a.workers, os.path.join(tmp, "rep"), a.processes)
-                row["stream_repeat"]["repeat"] = a.repeat
-        if hi == 1:
-            row["latency_ms"], row["latency_detections_ms"] = latency(det, paths[: a.latency_images])
+        row.update(stream_rows(a, det, paths))
         row["stages"] = stage_costs(det, paths)
         doc["engines"].append(row)
         atomic_write_json(a.out, doc)
@@ -208,6 +200,35 @@ def main():
                 row["gpu_decode_error"] = f"{type(e).__name__}: {e}"
             atomic_write_json(a.out, doc)
             print(json.dumps({k: v for k, v in row.items() if "gpu_decode" in k}), flush=True)
+
+
+def stream_rows(a, det, paths, single=True):
+    """A warm-up pass over the folder, then ``stream`` (one pass; with ``single``, or when there is no
+    ``--repeat``) and ``stream_repeat`` (``--repeat`` passes in a row); batch-1 engines also ``latency_ms`` and
+    ``latency_detections_ms``."""
+    hi = det.batch_model.hi
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "warm"), a.processes)
+        if single or a.repeat <= 1:
+            out["stream"] = stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "run"), a.processes)
+        if a.repeat > 1:  # the same files again: per-image outputs are rewritten with the same bytes
+            many = list(paths) * a.repeat
+            rep = stream_pass(det, many, hi, a.workers, os.path.join(tmp, "rep"), a.processes)
+            out["stream_repeat"] = dict(rep, repeat=a.repeat)
+    if hi == 1:
+        out["latency_ms"], out["latency_detections_ms"] = latency(det, paths[: a.latency_images])
+    return out
+
+
+def parity_row(reference, det, files):
+    """``det``'s detections on ``files`` against the host path's (``compare_detections``), unmatched counted."""
+    from rcnn_deploy.evaluation.parity import compare_detections
+
+    rep = compare_detections(reference, det(files))
+    d = {k: v for k, v in rep.to_dict().items() if k != "unmatched"}
+    d["unmatched"] = len(rep.unmatched)
+    return d
 
 
 def latency(det, paths):
@@ -291,26 +312,12 @@ def parse_variants(text):
 
 def gpu_decode_variant(a, engine, ref, paths, backend, slots):
     """A further GPU-decode configuration: its stream rows, batch-1 latency and parity on the folder."""
-    from rcnn_deploy.evaluation.parity import compare_detections
-
     v = {"backend": backend, "slots": slots}
     try:
         det = Detector.from_engine(engine, gpu_decode=True, gpu_decode_backend=backend, slots=slots)
-        hi = det.batch_model.hi
-        with tempfile.TemporaryDirectory() as tmp:
-            stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "warm"), a.processes)
-            if a.repeat > 1:
-                rep = stream_pass(det, list(paths) * a.repeat, hi, a.workers, os.path.join(tmp, "rep"), a.processes)
-                v["stream_repeat"] = dict(rep, repeat=a.repeat)
-            else:
-                v["stream"] = stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "run"), a.processes)
-        if hi == 1:
-            v["latency_ms"], v["latency_detections_ms"] = latency(det, paths[: a.latency_images])
+        v.update(stream_rows(a, det, paths, single=False))
         files = [str(p) for p in paths[: a.parity_images]]
-        rep = compare_detections(ref["detections"]["e2e_images"], det(files))
-        d = {k: x for k, x in rep.to_dict().items() if k != "unmatched"}
-        d["unmatched"] = len(rep.unmatched)
-        v["parity_e2e_images"] = d
+        v["parity_e2e_images"] = parity_row(ref["detections"]["e2e_images"], det, files)
         det.batch_model.close()
     except Exception as e:  # noqa: BLE001 - recorded: a backend this GPU or nvImageCodec build lacks
         v["error"] = f"{type(e).__name__}: {e}"
@@ -318,8 +325,6 @@ def gpu_decode_variant(a, engine, ref, paths, backend, slots):
 
 
 def gpu_decode_rows(a, engine, ref, paths, row, doc):
-    from rcnn_deploy.evaluation.parity import compare_detections
-
     variants = parse_variants(a.gpu_decode_variants)
     backend, slots = variants[0]
     t0 = time.perf_counter()
@@ -328,23 +333,12 @@ def gpu_decode_rows(a, engine, ref, paths, row, doc):
     row["gpu_decode_setup_s"] = round(time.perf_counter() - t0, 2)
     row["gpu_decode_backend"], row["gpu_decode_slots"] = backend, slots
     doc["machine"]["nvimgcodec"] = det.batch_model.decoder.version
-    hi = det.batch_model.hi
-    with tempfile.TemporaryDirectory() as tmp:
-        stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "warm"), a.processes)
-        row["stream_gpu_decode"] = stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "run"), a.processes)
-        if a.repeat > 1:
-            many = list(paths) * a.repeat
-            rep = stream_pass(det, many, hi, a.workers, os.path.join(tmp, "rep"), a.processes)
-            row["stream_gpu_decode_repeat"] = dict(rep, repeat=a.repeat)
-    if hi == 1:
-        row["latency_gpu_decode_ms"], row["latency_gpu_decode_detections_ms"] = latency(det, paths[: a.latency_images])
+    for key, value in stream_rows(a, det, paths).items():  # stream -> stream_gpu_decode, latency_ms -> ...
+        row[key.replace("stream", "stream_gpu_decode").replace("latency", "latency_gpu_decode")] = value
     par = {}
     for name, files in parity_sets(a, paths):
-        rep = compare_detections(ref["detections"][name], det(files))
-        d = {k: v for k, v in rep.to_dict().items() if k != "unmatched"}
-        d["unmatched"] = len(rep.unmatched)
-        par[name] = d
-        print("gpu decode parity", name, json.dumps(d)[:400], flush=True)
+        par[name] = parity_row(ref["detections"][name], det, files)
+        print("gpu decode parity", name, json.dumps(par[name])[:400], flush=True)
     if ref.get("AP") is not None:
         par["host_decode_AP"] = ref["AP"]
         par["gpu_decode_AP"] = coco_ap(det, os.path.join(a.parity_dir, "annotations.json"), a)
