@@ -204,6 +204,14 @@ def render(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _table(rows: List[str], header: str, *prose: str) -> List[str]:
+    """A part of the page: ``prose`` (its heading first, if it has one), a blank line and a table of ``rows``
+    under ``header`` (a markdown header row); nothing when there are no rows."""
+    if not rows:
+        return []
+    return ["", *prose, "", header, "|" + "---|" * (header.count("|") - 1), *rows]
+
+
 def _ap(entry: Any) -> str:
     return f"{entry['bbox_AP']:.4f} / {entry['segm_AP']:.4f}" if entry else "—"
 
@@ -314,20 +322,15 @@ def _trt_gpu_decode_parity(results: Path) -> List[str]:
                     f"{r['reference_detections']} | {r['recall']:.3f} | {r['mean_mask_iou']:.3f} | "
                     f"{r['mean_score_diff']:.4f} | {ap if name != 'e2e_images' else '—'} |"
                 )
-    if not rows:
-        return []
-    return [
-        "",
+    return _table(
+        rows,
+        "| file | batch | images | n | matched / host detections | recall | mean mask IoU | mean score diff |"
+        " bbox AP host / GPU |",
         "GPU decode against the host path, same engine (`gpu_decode_parity`: `evaluation.parity.compare_detections`,",
         "host-decoded detections as the reference; bbox AP host / GPU on the annotated JPEG split). The decoders",
         "differ (nvJPEG's IDCT and chroma upsampling against libjpeg-turbo's) and so do the resamplers (the",
         "letterbox engine samples as the numpy reference in fp32; the host path uses OpenCV's 11-bit fixed point).",
-        "",
-        "| file | batch | images | n | matched / host detections | recall | mean mask IoU | mean score diff |"
-        " bbox AP host / GPU |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *rows,
-    ]
+    )
 
 
 def _compile_section(results: Path) -> List[str]:
@@ -353,21 +356,16 @@ def _compile_section(results: Path) -> List[str]:
                 f"{k.get('dynamo', {}).get('graph_breaks', '—')} | "
                 f"{pi.get('matched', '—')} / {pi.get('reference_detections', '—')} |"
             )
-    if not rows:
-        return []
-    return [
-        "",
+    return _table(
+        rows,
+        "| file | commit | mode | precision | batch | uncompiled ms | compiled ms | speed-up | kernels / forward |"
+        " compile s | graph breaks | matched / reference |",
         "## torch.compile of the sync-free forward (`e2e_torch_cuda.py --phases compile --compile MODE`)",
         "",
         "The same model uncompiled and compiled (Inductor, its own CUDA graphs off), each replayed in one CUDA graph;",
         "GPU compute ms (median); kernels per forward from torch.profiler over the uncaptured forward; the cold",
         "compile's first call; matched = the compiled model's detections against the uncompiled one's on 64 images.",
-        "",
-        "| file | commit | mode | precision | batch | uncompiled ms | compiled ms | speed-up | kernels / forward |"
-        " compile s | graph breaks | matched / reference |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        *rows,
-    ]
+    )
 
 
 def _roi_align_section(results: Path) -> List[str]:
@@ -383,20 +381,15 @@ def _roi_align_section(results: Path) -> List[str]:
                 f"| {p.name} | {_commit(d)} | {r['roi_align']} | {r['precision']} | {r['batch']} | "
                 f"{r['gpu_compute_ms']:.2f} | {match} |"
             )
-    if not rows:
-        return []
-    return [
-        "",
+    return _table(
+        rows,
+        "| file | commit | ROIAlign | precision | batch | GPU compute ms | matched / reference |",
         "## The sync-free ROIAlign (`e2e_torch_cuda.py --phases roi_align`)",
         "",
         "The fp16 CUDA-graph model with each multi-level ROIAlign of the sync-free forward: `levels` pools every box",
         "on every FPN level and keeps its own; `stacked` pools each box once from the levels stacked as images. GPU",
         "compute ms (median); matched: the stacked model's padded outputs against the per-level one's, same batch.",
-        "",
-        "| file | commit | ROIAlign | precision | batch | GPU compute ms | matched / reference |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-    ]
+    )
 
 
 def _latest_run(files: List[Tuple[Path, Any]]) -> str:
@@ -511,22 +504,17 @@ def _decoder_section(results: Path) -> List[str]:
                 f"{c.get('b8_beside_engine', {}).get('engine_runs_per_s', '—')} | "
                 f"{px.get('mean_abs', '—')} / {px.get('share_gt2', '—')} |"
             )
-    if not rows:
-        return []
-    return [
-        "",
+    return _table(
+        rows,
+        "| file | config | non-blocking streams | b1 ms (wall / CPU) | b1 beside the engine | b8 ms |"
+        " b8 beside the engine | engine runs/s beside b8 | pixels vs OpenCV |",
         "## nvImageCodec's JPEG decoders on the GPU machine (`benchmarks/nvjpeg_bench.py`, CPython 3.9)",
         "",
         "Per configuration (nvImageCodec backends; `_fancy`: `:fancy_upsampling=1`), batches of 1 and 8 of the",
         "1920×1080 JPEGs: wall ms per batch (the decode call and a stream synchronisation) / the process's CPU ms over",
         "it, alone and with the batch-8 fused engine running back to back on another stream (its runs per second",
         "then); pixels against OpenCV's decoder: mean |difference| / share of values more than 2 grey levels apart.",
-        "",
-        "| file | config | non-blocking streams | b1 ms (wall / CPU) | b1 beside the engine | b8 ms |"
-        " b8 beside the engine | engine runs/s beside b8 | pixels vs OpenCV |",
-        "|---|---|---|---|---|---|---|---|---|",
-        *rows,
-    ]
+    )
 
 
 def _probe_section(results: Path) -> List[str]:
@@ -535,21 +523,16 @@ def _probe_section(results: Path) -> List[str]:
     for p, d in _load(results, "trt_runner_probe_*.json"):
         for name, r in d["rows"].items():
             rows.append(f"| {p.name} | {name} | {r['images_per_s']} |")
-    if not rows:
-        return []
-    return [
-        "",
+    return _table(
+        rows,
+        "| file | row | img/s |",
         "## Where the TensorRT GPU-decode stream's time goes (`benchmarks/trt_runner_probe.py`)",
         "",
         "The batch-8 fused fp16 engine with GPU decoding, 4 passes over the 256 JPEGs: `model_only_slotsS`: the",
         "model's `submit` fed the files' bytes, S batches in flight (decode, letterbox engine, model engine,",
         "download); `stream_procsP`: `Detector.stream` without per-image work, postprocessing in P worker processes",
         "(0: threads); `stream_writer_*`: with the TSV + COCO RLE writer (as the GPU-decode rows above).",
-        "",
-        "| file | row | img/s |",
-        "|---|---|---|",
-        *rows,
-    ]
+    )
 
 
 def _gpu_post_section(results: Path) -> List[str]:
