@@ -10,6 +10,18 @@ from rcnn_deploy.reports.e2e import render
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _e2e_writer(tmp_path):
+    """``write(name, doc)``: a result file in ``tmp_path``'s benchmarks/results/e2e, with script, machine, commit."""
+    results = tmp_path / "benchmarks" / "results" / "e2e"
+    results.mkdir(parents=True)
+    machine = {"gpu": "GPU", "cpus": 16, "python": "3.9", "torch": "2"}
+
+    def write(name, doc):
+        (results / name).write_text(json.dumps({"script": "s", "machine": machine, "commit": "c", **doc}))
+
+    return write
+
+
 def test_e2e_doc_matches_the_results():
     assert (ROOT / "docs" / "e2e.md").read_text() == render(ROOT), "run: python benchmarks/e2e_report.py"
 
@@ -43,13 +55,7 @@ def test_every_memory_result_file_renders_its_rows(tmp_path):
 
 
 def test_targets_compare_the_latest_session_with_its_own_torchvision_baseline(tmp_path):
-    results = tmp_path / "benchmarks" / "results" / "e2e"
-    results.mkdir(parents=True)
-    machine = {"gpu": "GPU", "cpus": 16, "python": "3.9", "torch": "2"}
-
-    def write(name, doc):
-        (results / name).write_text(json.dumps({"script": "s", "machine": machine, "commit": "c", **doc}))
-
+    write = _e2e_writer(tmp_path)
     stream = {"images_per_s": 320.0, "processes": 14, "detections": 5, "model_starved_s": 0.1, "seconds": 1.0}
     write(
         "e2e_trt_run98_b8.json",
@@ -144,13 +150,7 @@ def test_the_decoders_pixel_comparison_renders_when_a_parity_run_measured_it(tmp
 
 
 def test_each_stacks_targets_come_from_its_own_latest_session(tmp_path):
-    results = tmp_path / "benchmarks" / "results" / "e2e"
-    results.mkdir(parents=True)
-    machine = {"gpu": "GPU", "cpus": 16, "python": "3.9", "torch": "2"}
-
-    def write(name, doc):
-        (results / name).write_text(json.dumps({"script": "s", "machine": machine, "commit": "c", **doc}))
-
+    write = _e2e_writer(tmp_path)
     stream = {"images_per_s": 120.0, "processes": 14, "detections": 5, "model_starved_s": 0.1, "seconds": 1.0}
     engine = {"engine": "e", "batch": 8, "trt": "t", "input_dtype": "uint8", "gpu_compute_ms": 20.0}
     write("e2e_trt_run99_b8.json", {"engines": [dict(engine, gpu_images_per_s=400, stream=stream)]})
