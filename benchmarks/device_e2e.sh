@@ -125,9 +125,10 @@ probe)
   source /tmp/trt86/env.sh
   export LD_LIBRARY_PATH=/tmp/py39nvimg/nvidia/nvjpeg/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   e=$(ls "$W"/b8_*/model_fp16.engine 2>/dev/null | head -1)
+  e1=$(ls "$W"/b1_*/model_fp16.engine 2>/dev/null | head -1)
   PYTHONPATH=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv:/tmp/py39nvimg py39 benchmarks/trt_runner_probe.py \
     --engine "$e" --images "$W/data/images" --processes "0,${E2E_PROCESSES:-14}" --out "$OUT/trt_runner_probe.json" \
-    2>&1 | tail -4
+    ${e1:+--latency-engine "$e1"} 2>&1 | tail -4
   ;;
 torch)
   site_wheels

@@ -186,6 +186,7 @@ def main():
         det = Detector.from_engine(engine)  # fresh contexts after time_gpu's capture
         row.update(stream_rows(a, det, paths))
         row["stages"] = stage_costs(det, paths)
+        graph_note(row, det.batch_model, "")
         doc["engines"].append(row)
         atomic_write_json(a.out, doc)
         print(json.dumps(row), flush=True)
@@ -219,6 +220,14 @@ def stream_rows(a, det, paths, single=True):
     if hi == 1:
         out["latency_ms"], out["latency_detections_ms"] = latency(det, paths[: a.latency_images])
     return out
+
+
+def graph_note(row, model, prefix):
+    """Whether the rows' engine runs were replayed from CUDA graphs (``Detector.from_engine``'s default), and why
+    not when a capture failed."""
+    row[prefix + "cuda_graph"] = model.cuda_graph
+    if model.graph_error:
+        row[prefix + "graph_error"] = model.graph_error
 
 
 def parity_row(reference, det, files):
@@ -335,6 +344,7 @@ def gpu_decode_rows(a, engine, ref, paths, row, doc):
     doc["machine"]["nvimgcodec"] = det.batch_model.decoder.version
     for key, value in stream_rows(a, det, paths).items():  # stream -> stream_gpu_decode, latency_ms -> ...
         row[key.replace("stream", "stream_gpu_decode").replace("latency", "latency_gpu_decode")] = value
+    graph_note(row, det.batch_model, "gpu_decode_")
     par = {}
     for name, files in parity_sets(a, paths):
         par[name] = parity_row(ref["detections"][name], det, files)

@@ -6,14 +6,20 @@ the same batch-8 engine measured with less and less of the pipeline around it.
 Rows (each over 4 passes of the folder's JPEGs, after a warm-up pass):
   model_only_slotsS     ``TensorRTGpuDecodeModel.submit`` fed the files' bytes (read beforehand), S batches in
                         flight: nvImageCodec decode + letterbox engine + model engine + download, nothing else
+                        (the engine run replayed from a CUDA graph per slot, the default)
+  model_only_slotsS_nograph  the same with ``cuda_graph=False``: the engine enqueued from the host every batch
   stream_procsP         ``Detector.stream`` without a per-image function (no RLE, no files written): the runner
                         with postprocessing in P worker processes (0: threads)
   stream_writer_procsP  the same with e2e_trt.py's writer (TSV + COCO RLE per image), as ``stream_gpu_decode_repeat``
+  latency_b1_graph, latency_b1_nograph  with ``--latency-engine`` (a batch-1 engine): ``e2e_trt.latency`` with GPU
+                        decoding, CUDA graphs on and off (p50/p90/p99 ms per image to COCO results with RLE masks,
+                        and to the Detections), each from a detector of its own made after the last was closed
 
 Run 20 ran these measurements as inline ``py39 -c`` commands with this code, before it was a file.
 """
 
 import argparse
+import gc
 import glob
 import os
 import sys
@@ -31,8 +37,8 @@ from rcnn_deploy.api import Detector  # noqa: E402
 from rcnn_deploy.runtime.stream import StreamStats  # noqa: E402
 
 
-def model_only(engine, files, slots, repeat):
-    det = Detector.from_engine(engine, gpu_decode=True, slots=slots)
+def model_only(engine, files, slots, repeat, cuda_graph=True):
+    det = Detector.from_engine(engine, gpu_decode=True, slots=slots, cuda_graph=cuda_graph)
     m = det.batch_model
     datas = [np.fromfile(f, dtype=np.uint8) for f in files]
     b = m.hi
@@ -53,8 +59,36 @@ def model_only(engine, files, slots, repeat):
             n += 1
         dt = time.perf_counter() - t0
         row = {"batches": n, "seconds": round(dt, 3), "images_per_s": round(n * b / dt, 1)}
+    row["cuda_graph"] = m.cuda_graph  # False when asked for, or when the capture failed (graph_error says why)
+    if m.graph_error:
+        row["graph_error"] = m.graph_error
     m.close()
+    del det, m
+    gc.collect()
     return row
+
+
+def latency_rows(engine, files, n):
+    """Batch-1 latency with GPU decoding, CUDA graphs on and off (``e2e_trt.latency``)."""
+    import e2e_trt
+
+    out = {}
+    for graph in (True, False):
+        det = Detector.from_engine(engine, gpu_decode=True, cuda_graph=graph)
+        for f in files[:8]:  # warm-up: the first runs of a batch size capture its graph
+            det([f])
+        rle, to_det = e2e_trt.latency(det, files[:n])
+        out["latency_b1_graph" if graph else "latency_b1_nograph"] = {
+            "to_rle_ms": rle,
+            "to_detections_ms": to_det,
+            "cuda_graph": det.batch_model.cuda_graph,
+            "graph_error": det.batch_model.graph_error,
+        }
+        print(out, flush=True)
+        det.batch_model.close()
+        del det
+        gc.collect()
+    return out
 
 
 def stream_rows(engine, files, processes, repeat, slots):
@@ -91,6 +125,9 @@ def main():
     ap.add_argument("--repeat", type=int, default=4)
     ap.add_argument("--slots", default="2,3")
     ap.add_argument("--processes", default="0,14")
+    ap.add_argument("--nograph-slots", default="3", help="model_only rows without CUDA graphs at these slot counts")
+    ap.add_argument("--latency-engine", default=None, help="a batch-1 engine: the latency rows, graphs on and off")
+    ap.add_argument("--latency-images", type=int, default=100)
     a = ap.parse_args()
     files = sorted(glob.glob(os.path.join(a.images, "*.jpg")))
     doc = {"script": "benchmarks/trt_runner_probe.py", "engine": a.engine, "images": len(files), "rows": {}}
@@ -98,9 +135,16 @@ def main():
         doc["rows"][f"model_only_slots{s}"] = model_only(a.engine, files, s, a.repeat)
         atomic_write_json(a.out, doc)
         print(doc["rows"], flush=True)
+    for s in (int(x) for x in a.nograph_slots.split(",") if x):
+        doc["rows"][f"model_only_slots{s}_nograph"] = model_only(a.engine, files, s, a.repeat, cuda_graph=False)
+        atomic_write_json(a.out, doc)
     procs = [int(x) for x in a.processes.split(",")]
     doc["rows"].update(stream_rows(a.engine, files, procs, a.repeat, 3))
     atomic_write_json(a.out, doc)
+    if a.latency_engine:  # last: run 20's batch-1 process died making a second detector of one engine
+        doc["latency_engine"] = a.latency_engine
+        doc["rows"].update(latency_rows(a.latency_engine, files, a.latency_images))
+        atomic_write_json(a.out, doc)
 
 
 if __name__ == "__main__":

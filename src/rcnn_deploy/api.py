@@ -104,7 +104,7 @@ class Detector:
                 fix="pass an export directory (onnxruntime), or drop --replicas and raise --batch",
             )
         if is_engine and backend in (None, "tensorrt"):
-            return cls.from_engine(p, gpu_decode=gpu_decode)
+            return cls.from_engine(p, gpu_decode=gpu_decode, cuda_graph=cuda_graph)
         if (directory / "contract.json").is_file() and backend == "tensorrt":
             return cls.from_split_engines(directory, device=device if device.startswith("cuda") else "cuda")
         if onnxruntime_export:
@@ -238,6 +238,7 @@ class Detector:
         gpu_decode: bool = False,
         gpu_decode_backend: str = "default",
         slots: Optional[int] = None,
+        cuda_graph: bool = True,
     ) -> Detector:
         """A fused TensorRT / TensorRT-RTX engine built by ``rcnn-deploy build`` into its export directory (the
         contract.json beside it gives the model spec). ``detector.engine`` is the TensorRTBackend. ``pipelined``:
@@ -245,7 +246,8 @@ class Detector:
         JPEG files are decoded by nvImageCodec and letterboxed by a small TensorRT engine on the GPU, no torch
         needed (:mod:`rcnn_deploy.backends.tensorrt.gpu_pre`); ``gpu_decode_backend``: which of nvImageCodec's
         decoders (``gpu_pre.DECODE_BACKENDS``). ``slots``: batches in flight (default 3 with ``gpu_decode``, each
-        decoded in a thread of its own; else 2)."""
+        decoded in a thread of its own; else 2). ``cuda_graph``: each slot replays the engine run from a CUDA graph
+        (captured on its second run of a batch size; :mod:`rcnn_deploy.backends.tensorrt.pipelined`)."""
         from .backends.tensorrt.runtime import TensorRTBackend
         from .contract import Contract
         from .runtime.split import fused_outputs
@@ -289,13 +291,16 @@ class Detector:
                 slots=slots or 3,
                 rename=fused_outputs,
                 decode_backend=gpu_decode_backend,
+                cuda_graph=cuda_graph,
             )
             det.gpu_decode = True
             det.gpu_max_hw = LETTERBOX_MAX_HW
         elif pipelined:
             from .backends.tensorrt.pipelined import TensorRTBatchModel
 
-            det.batch_model = TensorRTBatchModel(be, lo, hi, slots=slots or 2, rename=fused_outputs)
+            det.batch_model = TensorRTBatchModel(
+                be, lo, hi, slots=slots or 2, rename=fused_outputs, cuda_graph=cuda_graph
+            )
         return det
 
     @classmethod

@@ -165,7 +165,10 @@ DEVICE_HELP = "PyTorch checkpoints: cpu, cuda or cuda:N (exports and engines pic
 PRECISION_HELP = (
     "PyTorch on a GPU: the layers in fp32, fp16 or bf16 (the glue stays fp32, as in the TensorRT fp16 builds)."
 )
-CUDA_GRAPH_HELP = "PyTorch on a GPU: capture one CUDA graph per batch size and replay it (sync-free NMS)."
+CUDA_GRAPH_HELP = (
+    "PyTorch on a GPU: capture one CUDA graph per batch size and replay it (sync-free NMS). A TensorRT engine:"
+    " replay each batch's engine run and output download from a CUDA graph (like trtexec --useCudaGraph)."
+)
 GPU_DECODE_HELP = (
     "PyTorch on a GPU, or a fused TensorRT engine (with --device cuda; needs nvidia-nvimgcodec-cu12[nvjpeg]): decode"
     " JPEGs and letterbox them on the GPU (nvJPEG); other formats on the host."

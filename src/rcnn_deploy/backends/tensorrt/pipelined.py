@@ -5,19 +5,26 @@ buffers. ``submit`` copies a batch into a free slot's pinned input, enqueues upl
 that slot's stream and returns at once; the returned callable waits for that stream alone. With two slots the
 next batch's upload overlaps the current batch's compute, and the host prepares batch i+2 meanwhile. Inputs
 travel in the engine's input dtype (uint8 for an ``--input-dtype uint8`` export: a quarter of float32's bytes).
+
+With ``cuda_graph`` (the default), a slot's engine run and the download of its outputs are captured in a CUDA graph
+the second time the slot runs a batch size, and replayed from then on (what ``trtexec --useCudaGraph`` does): one
+launch instead of the engine's few hundred kernel launches and copies from the calling thread. The capture is
+thread-local (the other slots' threads go on decoding and enqueueing meanwhile); a capture that fails (an engine
+whose enqueue cannot be captured) turns graphs off for the model and the runs go on enqueued as before.
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
 from ...runtime.stream import BatchModel
 
 _H2D, _D2H = 1, 2  # cudaMemcpyKind
+_CAPTURE_THREAD_LOCAL = 1  # cudaStreamCaptureModeThreadLocal: other threads' CUDA calls are not checked
 
 
 class _Pinned:
@@ -71,6 +78,7 @@ class NonBlockingStream:
 class _Slot:
     def __init__(self, owner: TensorRTBatchModel, index: int) -> None:
         be = owner.backend
+        self.owner_lib = owner.lib
         self.context = be.engine.create_execution_context() if index else be.context
         self.stream: Any = NonBlockingStream(owner.lib) if owner.nonblocking else be.cuda.Stream()
         self.free = threading.Event()
@@ -84,9 +92,14 @@ class _Slot:
             self.device[name] = be.cuda.DeviceArray(shape=shape, dtype=dtype)
             self.host[name] = _Pinned(owner.lib, shape, dtype)
         self.out_shapes: Dict[int, Dict[str, Tuple[int, ...]]] = {}
+        self.graphs: Dict[int, ctypes.c_void_p] = {}  # batch size -> the instantiated graph of run + download
+        self.ran: Set[int] = set()  # batch sizes enqueued once without capture (TensorRT sets up state then)
         del hi
 
     def close(self) -> None:
+        for exe in self.graphs.values():
+            self.owner_lib.cudaGraphExecDestroy(exe)
+        self.graphs.clear()
         for d in self.device.values():
             d.free()
         for h in self.host.values():
@@ -97,7 +110,8 @@ class _Slot:
 
 class TensorRTBatchModel(BatchModel):
     """``backend``: a loaded :class:`~rcnn_deploy.backends.tensorrt.runtime.TensorRTBackend` of a fused engine;
-    ``lo``/``hi``: its optimization profile's batch range; ``rename``: output name -> the runtime's name."""
+    ``lo``/``hi``: its optimization profile's batch range; ``rename``: output name -> the runtime's name;
+    ``cuda_graph``: replay each slot's engine run from a CUDA graph (module docstring)."""
 
     def __init__(
         self,
@@ -107,8 +121,11 @@ class TensorRTBatchModel(BatchModel):
         slots: int = 2,
         rename: Optional[Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None,
         nonblocking: bool = False,
+        cuda_graph: bool = True,
     ) -> None:
         self.backend, self.lo, self.hi = backend, int(lo), int(hi)
+        self.cuda_graph = cuda_graph
+        self.graph_error: Optional[str] = None  # why graphs were turned off, when a capture failed
         self.nonblocking = nonblocking  # the slots' streams: NonBlockingStream
         self.rename = rename or (lambda d: d)
         self.lib = backend.cuda.wrapper().handle
@@ -170,20 +187,70 @@ class TensorRTBatchModel(BatchModel):
         return slot
 
     def _enqueue_model(self, slot: _Slot, n: int) -> Dict[str, Tuple[int, ...]]:
-        """Enqueue the engine on ``n`` images already in the slot's device input, then the outputs' download."""
-        ctx = slot.context
-        ctx.set_input_shape(self.input, (n, *self.image_shape))
+        """Enqueue the engine on ``n`` images already in the slot's device input, then the outputs' download:
+        replayed from the slot's CUDA graph for ``n`` when there is one, captured into one the second time."""
         shapes = self._shapes(slot, n)
+        ctx = slot.context
         sptr = slot.stream.ptr
-        ctx.set_tensor_address(self.input, slot.device[self.input].ptr)
-        for o in self.backend.output_names:
-            ctx.set_tensor_address(o, slot.device[o].ptr)
-        if not ctx.execute_async_v3(sptr):
-            raise RuntimeError(f"TensorRT execution of {self.backend.path.name} failed")
-        for o, shape in shapes.items():
-            nb = int(np.prod(shape)) * slot.host[o].array.dtype.itemsize
-            self._copy(slot.host[o].ptr.value, slot.device[o].ptr, nb, _D2H, sptr)
+        exe = slot.graphs.get(n) if self.cuda_graph else None
+        if exe is None:  # (a graph holds its shapes and addresses: the context's settings do not matter to it)
+            ctx.set_input_shape(self.input, (n, *self.image_shape))
+            ctx.set_tensor_address(self.input, slot.device[self.input].ptr)
+            for o in self.backend.output_names:
+                ctx.set_tensor_address(o, slot.device[o].ptr)
+
+            def launch() -> None:
+                if not ctx.execute_async_v3(sptr):
+                    raise RuntimeError(f"TensorRT execution of {self.backend.path.name} failed")
+                for o, shape in shapes.items():
+                    nb = int(np.prod(shape)) * slot.host[o].array.dtype.itemsize
+                    self._copy(slot.host[o].ptr.value, slot.device[o].ptr, nb, _D2H, sptr)
+
+            if not (self.cuda_graph and n in slot.ran):
+                launch()  # the first run of a batch size is not captured: TensorRT sets up its state in it
+                slot.ran.add(n)
+                return shapes
+            exe = self._capture(sptr, launch)
+            if exe is None:  # graphs are off now (graph_error says why): enqueued as without them
+                launch()
+                return shapes
+            slot.graphs[n] = exe
+        status = self.lib.cudaGraphLaunch(exe, ctypes.c_void_p(sptr))
+        if status != 0:
+            raise RuntimeError(f"CUDA error {status} in cudaGraphLaunch ({self.backend.path.name})")
         return shapes
+
+    def _capture(self, stream: int, launch: Callable[[], None]) -> Optional[ctypes.c_void_p]:
+        """``launch``'s work on ``stream`` as an instantiated CUDA graph (not run), or None, with graphs turned off
+        and ``graph_error`` set, when the capture fails."""
+        lib = self.lib
+        graph, exe = ctypes.c_void_p(), ctypes.c_void_p()
+        status = lib.cudaStreamBeginCapture(ctypes.c_void_p(stream), _CAPTURE_THREAD_LOCAL)
+        if status != 0:
+            self._no_graphs(f"CUDA error {status} in cudaStreamBeginCapture")
+            return None
+        error: Optional[str] = None
+        try:
+            launch()
+        except RuntimeError as e:  # an enqueue that cannot be captured; the stream must still leave capture mode
+            error = str(e)
+        finally:
+            status = lib.cudaStreamEndCapture(ctypes.c_void_p(stream), ctypes.byref(graph))
+        if error is not None or status != 0 or not graph.value:
+            if graph.value:
+                lib.cudaGraphDestroy(graph)
+            self._no_graphs(error or f"CUDA error {status} in cudaStreamEndCapture")
+            return None
+        status = lib.cudaGraphInstantiate(ctypes.byref(exe), graph, ctypes.c_ulonglong(0))
+        lib.cudaGraphDestroy(graph)
+        if status != 0:
+            self._no_graphs(f"CUDA error {status} in cudaGraphInstantiate")
+            return None
+        return exe
+
+    def _no_graphs(self, why: str) -> None:
+        self.cuda_graph = False
+        self.graph_error = f"CUDA graph capture of {self.backend.path.name} failed ({why}); runs are enqueued instead"
 
     def _waiter(
         self, slot: _Slot, shapes: Dict[str, Tuple[int, ...]], k: int, keep: Any = None

@@ -1,0 +1,142 @@
+"""The TensorRT batch model's CUDA-graph bookkeeping (``backends.tensorrt.pipelined``) against a recording stand-in
+for the CUDA runtime and a TensorRT context: which runs are enqueued, captured and replayed, and what a failed
+capture leaves. Whether graphs run on a GPU is measured by ``benchmarks/trt_runner_probe.py`` (device machine)."""
+
+from __future__ import annotations
+
+import ctypes
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from rcnn_deploy.backends.tensorrt.pipelined import TensorRTBatchModel
+
+
+class FakeCudaRT:
+    """The cudart calls ``_enqueue_model`` makes, recorded; ``capturing`` while a stream capture is open."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+        self.capturing = False
+        self.next_handle = 100
+
+    def _handle(self, out: ctypes.c_void_p) -> None:
+        self.next_handle += 1
+        out._obj.value = self.next_handle  # byref(c_void_p)
+
+    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):  # noqa: N802 - the CUDA name
+        self.calls.append(("copy_in_capture" if self.capturing else "copy", int(nbytes.value)))
+        return 0
+
+    def cudaStreamBeginCapture(self, stream, mode):  # noqa: N802
+        assert mode == 1, "the capture must be thread-local: the other slots' threads keep running"
+        self.capturing = True
+        self.calls.append(("begin",))
+        return 0
+
+    def cudaStreamEndCapture(self, stream, graph):  # noqa: N802
+        self.capturing = False
+        self._handle(graph)
+        self.calls.append(("end",))
+        return 0
+
+    def cudaGraphInstantiate(self, exe, graph, flags):  # noqa: N802
+        self._handle(exe)
+        self.calls.append(("instantiate",))
+        return 0
+
+    def cudaGraphDestroy(self, graph):  # noqa: N802
+        return 0
+
+    def cudaGraphLaunch(self, exe, stream):  # noqa: N802
+        self.calls.append(("launch", exe.value))
+        return 0
+
+
+class FakeContext:
+    def __init__(self, lib: FakeCudaRT, fail_in_capture: bool = False) -> None:
+        self.lib, self.fail_in_capture = lib, fail_in_capture
+        self.shape = None
+
+    def set_input_shape(self, name, shape):
+        self.shape = shape
+        return True
+
+    def get_tensor_shape(self, name):
+        return (self.shape[0], 5)
+
+    def set_tensor_address(self, name, ptr):
+        pass
+
+    def execute_async_v3(self, stream):
+        if self.lib.capturing:
+            self.lib.calls.append(("execute_in_capture",))
+            return not self.fail_in_capture
+        self.lib.calls.append(("execute", self.shape[0]))
+        return True
+
+
+def model(cuda_graph: bool = True, fail_in_capture: bool = False):
+    """A TensorRTBatchModel of one slot around the fakes (its __init__ needs a GPU: the attributes are set here)."""
+    lib = FakeCudaRT()
+    m = TensorRTBatchModel.__new__(TensorRTBatchModel)
+    m.lib, m.input, m.image_shape = lib, "images", (3, 4, 4)
+    m.backend = SimpleNamespace(output_names=["boxes"], path=SimpleNamespace(name="model.engine"))
+    m.cuda_graph, m.graph_error, m.lo, m.hi = cuda_graph, None, 1, 8
+    host = SimpleNamespace(array=np.zeros((8, 5), np.float32), ptr=ctypes.c_void_p(1))
+    slot = SimpleNamespace(
+        context=FakeContext(lib, fail_in_capture),
+        stream=SimpleNamespace(ptr=7),
+        device={"images": SimpleNamespace(ptr=2), "boxes": SimpleNamespace(ptr=3)},
+        host={"boxes": host},
+        out_shapes={},
+        graphs={},
+        ran=set(),
+    )
+    return m, slot, lib
+
+
+def test_first_run_enqueued_second_captured_then_replayed():
+    m, slot, lib = model()
+    m._enqueue_model(slot, 8)
+    assert lib.calls == [("execute", 8), ("copy", 8 * 5 * 4)]
+    lib.calls.clear()
+    m._enqueue_model(slot, 8)  # captured (engine run and download), then launched once: the batch runs once
+    assert lib.calls[:4] == [("begin",), ("execute_in_capture",), ("copy_in_capture", 160), ("end",)]
+    assert lib.calls[4:] == [("instantiate",), ("launch", slot.graphs[8].value)]
+    lib.calls.clear()
+    m._enqueue_model(slot, 8)
+    assert lib.calls == [("launch", slot.graphs[8].value)]  # nothing enqueued from the host but the launch
+    m._enqueue_model(slot, 3)  # another batch size: enqueued first, its own graph after
+    m._enqueue_model(slot, 3)
+    assert set(slot.graphs) == {3, 8} and slot.graphs[3].value != slot.graphs[8].value
+    assert slot.context.shape == (3, 3, 4, 4)
+    assert m.graph_error is None
+
+
+def test_failed_capture_turns_graphs_off_and_the_batch_still_runs():
+    m, slot, lib = model(fail_in_capture=True)
+    m._enqueue_model(slot, 8)
+    lib.calls.clear()
+    m._enqueue_model(slot, 8)
+    assert ("end",) in lib.calls, "the stream left capture mode"
+    assert lib.calls[-2:] == [("execute", 8), ("copy", 160)], "the batch was enqueued after the failed capture"
+    assert not m.cuda_graph and "model.engine" in m.graph_error and "failed" in m.graph_error
+    lib.calls.clear()
+    m._enqueue_model(slot, 8)
+    assert lib.calls == [("execute", 8), ("copy", 160)]
+
+
+def test_without_cuda_graph_every_run_is_enqueued():
+    m, slot, lib = model(cuda_graph=False)
+    for _ in range(3):
+        m._enqueue_model(slot, 8)
+    assert lib.calls == [("execute", 8), ("copy", 160)] * 3
+    assert slot.graphs == {}
+
+
+@pytest.mark.parametrize("n", [1, 8])
+def test_outputs_shapes_follow_the_batch(n):
+    m, slot, _ = model()
+    assert m._enqueue_model(slot, n) == {"boxes": (n, 5)}
