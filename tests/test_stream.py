@@ -228,6 +228,51 @@ def _post_without_input(p: Prepared, outs) -> bool:
     return p.array is None and float(outs["v"][0, 0]) == 2.0 * p.item.index
 
 
+def test_worker_processes_refuse_a_stage_that_does_not_pickle_with_a_clear_error():
+    from rcnn_deploy.errors import UserError
+
+    items = [Item(i, f"img{i}") for i in range(3)]
+    stream = run_stream(
+        items,
+        _variable_size_prepare,
+        _ListModel(_first_times_two, 1, 4),
+        lambda p, outs: 0.0,  # a lambda: spawn workers cannot receive it
+        batch=2,
+        processes=2,
+        prepare_in_processes=False,
+    )
+    with pytest.raises(UserError) as e:
+        next(stream)
+    assert "postprocess" in str(e.value) and "processes=0" in str(e.value)
+
+
+def test_worker_processes_from_a_script_on_stdin_fail_with_what_to_do(tmp_path):
+    """``python -`` (a script read from standard input): spawn workers would import ``<stdin>`` and die
+    (``BrokenProcessPool``); the runner says so before starting them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from test_stream import _ListModel, _first_times_two, _proc_post_flat, _variable_size_prepare\n"
+        "from rcnn_deploy.errors import UserError\n"
+        "from rcnn_deploy.runtime.sources import Item\n"
+        "from rcnn_deploy.runtime.stream import run_stream\n"
+        "items = [Item(i, str(i)) for i in range(3)]\n"
+        "try:\n"
+        "    list(run_stream(items, _variable_size_prepare, _ListModel(_first_times_two, 1, 4), _proc_post_flat,\n"
+        "        batch=2, processes=1, prepare_in_processes=False))\n"
+        "except UserError as e:\n"
+        "    print('USER ERROR:', e)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-", str(Path(__file__).parent)], input=script, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "USER ERROR:" in proc.stdout and "<stdin>" in proc.stdout and "save the script to a file" in proc.stdout
+
+
 def test_worker_processes_get_a_batch_per_task_without_the_model_inputs():
     items = [Item(i, f"img{i}") for i in range(11)]
     out = list(

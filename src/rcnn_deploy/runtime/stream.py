@@ -216,6 +216,35 @@ def _finish(
 _WORKER: Dict[str, Any] = {}
 
 
+def _check_spawnable(**stages: Any) -> None:
+    """Raise a :class:`UserError` saying what to change when ``spawn`` worker processes could not start: the
+    program's main script must be a file they can import, and the stages must pickle (both otherwise surface as
+    a bare ``BrokenProcessPool`` or a pickling traceback from inside the pool)."""
+    import pickle
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is not None and not os.path.isfile(path):
+        raise UserError(
+            f"worker processes cannot start: they import this program's main script, and {path!r} is not a file "
+            "(a script read from standard input, or an embedded interpreter)",
+            where="processes=",
+            fix="save the script to a file and run that, or pass processes=0 (worker threads)",
+        )
+    for name, fn in stages.items():
+        if fn is None:
+            continue
+        try:
+            pickle.dumps(fn)
+        except Exception as e:  # noqa: BLE001 - pickling raises several types; all mean the same here
+            raise UserError(
+                f"worker processes get {name} pickled, and it does not pickle ({type(e).__name__}: {e})",
+                where="processes=",
+                fix=f"make {name} a function defined at module level (not a lambda or a nested function) "
+                "or pass processes=0 (worker threads)",
+            ) from None
+
+
 def _worker_init(
     prepare: Any, postprocess: Any, per_image: Any, shm_name: Optional[str], shape: Tuple[int, ...], dtype: str
 ) -> None:
@@ -372,6 +401,9 @@ def run_stream(
     stats = stats if stats is not None else StreamStats()
     slots: Optional[_Slots] = None
     procs: Any = None
+    if processes > 0:  # before anything that would need undoing
+        in_procs = prepare if prepare_in_processes else None
+        _check_spawnable(prepare=in_procs, postprocess=postprocess, per_image=per_image)
     blas = _SingleThreadedBlas(processes)
     if processes > 0:
         import multiprocessing as mp
