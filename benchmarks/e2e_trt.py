@@ -8,7 +8,8 @@ Per engine (its batch is the engine's optimization profile's largest):
   stream            ``Detector.stream`` over the folder: decode + letterbox in worker threads, batches into pinned
                     buffers, double-buffered upload/compute/download, postprocessing (boxes back to the image,
                     masks as COCO RLE from box regions, TSV per image): img/s over the whole folder, twice (the
-                    first pass warms the page cache and the engine), the second reported
+                    first pass warms the page cache and the engine and starts the worker processes, which the
+                    detector keeps), the second reported; ``main_cpu_s``: this process's CPU time in the pass
   latency           batch-1 engines: ``Detector([path])`` one image at a time, wall per image (p50/p90/p99)
   stages            single-thread host stage costs per image (decode, letterbox, postprocess) for reference
 
@@ -73,12 +74,14 @@ def stream_pass(det, paths, batch, workers, out_dir, processes=None):
     n_ok = n_det = 0
     files = [str(p) for p in paths]
     per_image = writer.per_image
+    cpu0 = time.process_time()
     stream = det.stream(files, batch=batch, workers=workers, per_image=per_image, stats=stats, processes=processes)
     for r in stream:
         writer.add(r)
         n_ok += r.ok
         n_det += len(r.detections) if r.ok else 0
     summary = writer.close(stats)
+    main_cpu = time.process_time() - cpu0
     return {
         "images": len(paths),
         "ok": n_ok,
@@ -91,6 +94,9 @@ def stream_pass(det, paths, batch, workers, out_dir, processes=None):
         "model_submit_s": round(stats.model_submit_s, 3),
         "model_wait_s": round(stats.model_wait_s, 3),
         "model_starved_s": round(stats.starved_s, 3),
+        # CPU seconds of this process (all its threads; not the worker processes') over the pass: near
+        # "seconds" means the calling process is what limits the stream
+        "main_cpu_s": round(main_cpu, 3),
     }
 
 
@@ -135,8 +141,9 @@ def main():
         "--repeat",
         type=int,
         default=1,
-        help="also time a pass over the folder this many times in a row (row 'stream_repeat'): each stream() call "
-        "starts its worker processes, which one 256-image pass does not amortise",
+        help="also time a pass over the folder this many times in a row (row 'stream_repeat'): a longer run, "
+        "less of it in the stream's start and end (since session 16 the worker processes are started by the "
+        "warm-up pass and kept by the detector; before, each stream() call started its own)",
     )
     ap.add_argument("--gpu-decode", action="store_true", help="also the rows with JPEGs decoded on the GPU")
     ap.add_argument(

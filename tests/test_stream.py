@@ -171,6 +171,65 @@ def test_worker_processes_share_inputs_through_slots_and_keep_order():
     assert all(r.extra != os.getpid() for r in out)  # per_image ran in the workers
 
 
+def _proc_per_image_tagged(r) -> tuple:
+    import os
+
+    return ("second", os.getpid())
+
+
+def _proc_exit(r):
+    import os
+
+    os._exit(3)  # a worker that dies mid-run
+
+
+def test_a_kept_worker_pool_serves_runs_with_their_own_stages_and_is_replaced_when_broken():
+    """``pool=``: the second run uses the first run's processes (no new spawn), with its own per_image and its own
+    shared-memory slots; a run whose worker dies fails, and the next run gets working processes again."""
+    import os
+    from concurrent.futures.process import BrokenProcessPool
+
+    from rcnn_deploy.runtime.stream import WorkerPool
+
+    pool = WorkerPool(2)
+    items = [Item(i, f"img{i}") for i in range(17)]
+
+    def run(per_image):
+        return list(
+            run_stream(
+                items,
+                _proc_prepare,
+                BatchModel(_double, 1, 4),
+                _proc_post,
+                batch=3,
+                processes=2,
+                input_shape=(2, 3),
+                per_image=per_image,
+                pool=pool,
+            )
+        )
+
+    try:
+        first = run(_proc_per_image)
+        executor = pool.executor()
+        second = run(_proc_per_image_tagged)
+        assert pool.executor() is executor, "the second run started new processes"
+        for out in (first, second):
+            assert [r.index for r in out] == list(range(17))
+            assert [r.index for r in out if not r.ok] == [4]
+            assert all(r.detections == 2 * r.index for r in out if r.ok)
+        pids = {r.extra for r in first if r.ok}
+        assert pids and os.getpid() not in pids
+        assert all(r.extra[0] == "second" and r.extra[1] != os.getpid() for r in second if r.ok)
+        with pytest.raises(BrokenProcessPool):
+            run(_proc_exit)
+        third = run(_proc_per_image)
+        assert pool.executor() is not executor
+        assert [r.index for r in third if r.ok] == [i for i in range(17) if i != 4]
+    finally:
+        pool.close()
+
+
 def _variable_size_prepare(it: Item) -> Prepared:
     """Encoded bytes of varying length (as a GPU-decoding model takes them): nothing fits a shared slot."""
     if it.index == 5:

@@ -31,6 +31,7 @@ from .runtime.stream import (
     StreamResult,
     StreamStats,
     SubmitModel,
+    WorkerPool,
     check_finite,
     default_processes,
     non_finite_error,
@@ -439,7 +440,8 @@ class Detector:
         ``error`` set and the run goes on. ``keep_images``: results carry the decoded RGB (for drawing).
         ``per_image(result)`` runs in a worker per finished image (e.g. write its files). ``processes``: decode
         and postprocess in that many worker processes (default: half the cores on machines with 8 or more,
-        else threads only); ``per_image`` must then be picklable."""
+        else threads only); ``per_image`` must then be picklable. The processes stay up for the detector's next
+        run (:meth:`stop_workers` ends them; so does the program's end)."""
         if _is_items(source):
             items = cast(Iterable[Item], source)
         else:
@@ -451,6 +453,9 @@ class Detector:
             # torch: threads (its GPU post-processing leaves little host work); TensorRT: the model takes encoded
             # bytes read in threads here, and the worker processes post-process
             procs = 0
+        pools = self.__dict__.setdefault("_worker_pools", {})
+        if procs > 0 and procs not in pools:
+            pools[procs] = WorkerPool(procs)
         return run_stream(
             items,
             stages.prepare,
@@ -465,7 +470,13 @@ class Detector:
             input_shape=(3, *self.input_hw),
             input_dtype=self.input_dtype,
             prepare_in_processes=not self.gpu_decode,
+            pool=pools.get(procs),
         )
+
+    def stop_workers(self) -> None:
+        """End the worker processes :meth:`stream` kept for its next run (the next run starts new ones)."""
+        for pool in self.__dict__.pop("_worker_pools", {}).values():
+            pool.close()
 
     def __call__(self, images: Sequence[ImageLike]) -> List[Detections]:
         """Detect in each image (paths or ``[H, W, 3]`` uint8 RGB arrays), ``batch`` images per model call.

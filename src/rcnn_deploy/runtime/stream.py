@@ -15,10 +15,12 @@ cancels what is queued and joins every thread (no hung threads on Ctrl-C or on e
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import queue
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -211,8 +213,8 @@ def _finish(
 
 
 # ------------------------------------------------------------------ worker processes (decode, postprocess)
-# Each worker process gets the stages once (initializer) and the model inputs go through shared memory: a
-# ring of slots the size of one letterboxed image, so no image is pickled between processes.
+# Each worker process gets a run's stages once (with the run's first task it sees) and the model inputs go through
+# shared memory: a ring of slots the size of one letterboxed image, so no image is pickled between processes.
 _WORKER: Dict[str, Any] = {}
 
 
@@ -245,40 +247,92 @@ def _check_spawnable(**stages: Any) -> None:
             ) from None
 
 
-def _worker_init(
-    prepare: Any, postprocess: Any, per_image: Any, shm_name: Optional[str], shape: Tuple[int, ...], dtype: str
-) -> None:
+def _worker_init() -> None:
     import signal
-    from multiprocessing import shared_memory
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     cv2 = opencv()
     if cv2 is not None:
         cv2.setNumThreads(1)  # one worker, one core: OpenCV's own pool would oversubscribe them
-    _WORKER.update(prepare=prepare, postprocess=postprocess, per_image=per_image)
-    if shm_name is not None:  # None: this worker only post-processes
-        shm = shared_memory.SharedMemory(name=shm_name)
-        _WORKER["shm"] = shm
-        _WORKER["slots"] = np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf)
 
 
-def _worker_prepare(item: Item, slot: int) -> Prepared:
-    p = _WORKER["prepare"](item)
+def _use(run: Tuple[int, bytes]) -> Dict[str, Any]:
+    """This worker's stages for run ``run`` (its token and its pickled stages, sent with every task): unpickled,
+    and its shared memory attached, on the first task of a run (a pool outlives runs: :class:`WorkerPool`)."""
+    token, blob = run
+    if _WORKER.get("token") != token:
+        import pickle
+        from multiprocessing import shared_memory
+
+        prepare, postprocess, per_image, shm_name, shape, dtype = pickle.loads(blob)
+        old = _WORKER.pop("shm", None)
+        _WORKER.clear()
+        if old is not None:
+            old.close()
+        _WORKER.update(token=token, prepare=prepare, postprocess=postprocess, per_image=per_image)
+        if shm_name is not None:  # None: this run's workers only post-process
+            shm = shared_memory.SharedMemory(name=shm_name)
+            _WORKER["shm"] = shm
+            _WORKER["slots"] = np.ndarray(shape, dtype=np.dtype(dtype), buffer=shm.buf)
+    return _WORKER
+
+
+def _worker_prepare(run: Tuple[int, bytes], item: Item, slot: int) -> Prepared:
+    w = _use(run)
+    p = w["prepare"](item)
     if p.error is None:
-        _WORKER["slots"][slot][...] = p.array
+        w["slots"][slot][...] = p.array
         p.array = None
     p.slot = slot  # a failed item's slot goes back to the free list too
     return p
 
 
-def _worker_finish(p: Prepared, outs: Optional[Outputs], error: Optional[str]) -> StreamResult:
-    return _finish(_WORKER["postprocess"], _WORKER["per_image"], p, outs, error)
+def _worker_finish(run: Tuple[int, bytes], p: Prepared, outs: Optional[Outputs], error: Optional[str]) -> StreamResult:
+    w = _use(run)
+    return _finish(w["postprocess"], w["per_image"], p, outs, error)
 
 
-def _worker_finish_batch(group: List[Prepared], outs: List[Outputs]) -> List[StreamResult]:
+def _worker_finish_batch(run: Tuple[int, bytes], group: List[Prepared], outs: List[Outputs]) -> List[StreamResult]:
     """A batch's images postprocessed in one task (one hand-over each way instead of one per image)."""
-    post, per_image = _WORKER["postprocess"], _WORKER["per_image"]
+    w = _use(run)
+    post, per_image = w["postprocess"], w["per_image"]
     return [_finish(post, per_image, p, o, None) for p, o in zip(group, outs)]
+
+
+class WorkerPool:
+    """Worker processes (``spawn``) that outlive one run: :meth:`Detector.stream` keeps one per process count, so
+    a second run does not start (and import numpy, OpenCV and the package in) every process again, about half a
+    second of a 256-image run on the GPU machine. Each run's stages travel pickled with its tasks and are
+    unpickled once per worker and run. A pool whose process died is replaced on the next run. ``close()`` ends
+    the processes (they also end with the program)."""
+
+    def __init__(self, processes: int) -> None:
+        self.processes = int(processes)
+        self._executor: Any = None
+        self._lock = threading.Lock()
+
+    def executor(self) -> Any:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with self._lock:
+            if self._executor is not None and getattr(self._executor, "_broken", False):
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    self.processes, mp_context=mp.get_context("spawn"), initializer=_worker_init
+                )
+            return self._executor
+
+    def close(self) -> None:
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+                self._executor = None
+
+
+_RUNS = itertools.count(1)
 
 
 _PER_DETECTION = ("boxes", "scores", "classes", "masks")
@@ -377,6 +431,7 @@ def run_stream(
     input_shape: Optional[Tuple[int, ...]] = None,
     input_dtype: Any = np.float32,
     prepare_in_processes: bool = True,
+    pool: Optional[WorkerPool] = None,
 ) -> Generator[StreamResult, None, None]:
     """Run ``model`` over ``items``; yield one :class:`StreamResult` per item, in input order.
 
@@ -393,6 +448,8 @@ def run_stream(
     memory). Threads suffice when those stages release the GIL; processes scale the Python-level work
     (mask paste, RLE) with the cores. ``prepare_in_processes=False``: only postprocessing goes to the processes,
     ``prepare`` runs in threads (a model that takes encoded bytes, decoded on the GPU: nothing to share).
+    ``pool``: the worker processes to use (``processes`` of them), kept running after this run; by default the
+    run starts its own and ends them when it ends.
     """
     batch = max(model.lo, min(int(batch), model.hi))
     workers = workers or default_workers()
@@ -405,34 +462,33 @@ def run_stream(
         in_procs = prepare if prepare_in_processes else None
         _check_spawnable(prepare=in_procs, postprocess=postprocess, per_image=per_image)
     blas = _SingleThreadedBlas(processes)
+    own_pool = None
+    run: Tuple[int, bytes] = (0, b"")
     if processes > 0:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        import pickle
 
         if prepare_in_processes:
             if input_shape is None:
                 raise ValueError("run_stream(processes=N) needs input_shape (one image's model input)")
             slots = _Slots(prefetch + batch * (depth + 2), tuple(input_shape), input_dtype)
         shm = (slots.shm.name, slots.shape, slots.dtype.str) if slots is not None else (None, (), "")
-        procs = ProcessPoolExecutor(
-            processes,
-            mp_context=mp.get_context("spawn"),
-            initializer=_worker_init,
-            initargs=(prepare if slots is not None else None, postprocess, per_image, *shm),
-        )
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="rcnn-stream")
+        run = (next(_RUNS), pickle.dumps((prepare if slots is not None else None, postprocess, per_image, *shm)))
+        if pool is None or pool.processes != processes:
+            pool = own_pool = WorkerPool(processes)
+        procs = pool.executor()
+    threads = ThreadPoolExecutor(workers, thread_name_prefix="rcnn-stream")
     model_thread = ThreadPoolExecutor(1, thread_name_prefix="rcnn-model")
 
     def submit_prepare(it: Item) -> Future:
         if procs is None or slots is None:
-            return pool.submit(prepare, it)
+            return threads.submit(prepare, it)
         assert slots is not None
-        return procs.submit(_worker_prepare, it, slots.free.popleft())
+        return procs.submit(_worker_prepare, run, it, slots.free.popleft())
 
     def submit_finish(p: Prepared, outs: Optional[Outputs], error: Optional[str]) -> Future:
         if procs is None:
-            return pool.submit(_finish, postprocess, per_image, p, outs, error)
-        return procs.submit(_worker_finish, p, outs, error)
+            return threads.submit(_finish, postprocess, per_image, p, outs, error)
+        return procs.submit(_worker_finish, run, p, outs, error)
 
     def timed_submit(images: List[np.ndarray], letterboxes: List[Any]) -> Callable[[], Outputs]:
         t0 = time.perf_counter()
@@ -509,14 +565,14 @@ def run_stream(
                         post[submit_finish(p, _image_outputs(outs, i, False), None)] = 1
                 else:  # one task per batch: the hand-over to the processes is per task and per byte
                     ones = [_image_outputs(outs, i, True) for i in range(len(group))]
-                    post[procs.submit(_worker_finish_batch, [_for_post(p) for p in group], ones)] = len(group)
+                    post[procs.submit(_worker_finish_batch, run, [_for_post(p) for p in group], ones)] = len(group)
                 stats.batches += 1
                 progressed = True
             # 5. submitted batches -> fetch their outputs (waits on the device in a worker)
             while submitted and submitted[0][0].done():
                 fut, group = submitted.popleft()
                 release(group)  # the model has copied the inputs (pinned buffer or its own batch)
-                fetching.append((pool.submit(fut.result()), group))
+                fetching.append((threads.submit(fut.result()), group))
                 progressed = True
             # 6. decoded items -> the forming batch (failures go straight to postprocessing's output)
             while decode_q and decode_q[0].done() and len(forming) < batch:
@@ -553,12 +609,15 @@ def run_stream(
                     stats.starved_s += time.perf_counter() - t0
     finally:
         stats.finished = time.perf_counter()
-        for f in list(decode_q) + [f for f, _ in submitted] + [f for f, _ in fetching] + list(post):
+        outstanding = list(decode_q) + [f for f, _ in submitted] + [f for f, _ in fetching] + list(post)
+        for f in outstanding:
             f.cancel()
         model_thread.shutdown(wait=True, cancel_futures=True)  # waits for the batch in the model, if any
-        pool.shutdown(wait=True, cancel_futures=True)
-        if procs is not None:
-            procs.shutdown(wait=True, cancel_futures=True)
+        threads.shutdown(wait=True, cancel_futures=True)
+        if own_pool is not None:
+            own_pool.close()
+        elif procs is not None:  # a kept pool: this run's tasks that already started finish before its memory goes
+            wait([f for f in outstanding if not f.cancelled()])
         if slots is not None:
             slots.close()
         blas.restore()
