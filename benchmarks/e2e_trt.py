@@ -225,6 +225,7 @@ def stream_rows(a, det, paths, single=True):
             rep = stream_pass(det, many, hi, a.workers, os.path.join(tmp, "rep"), a.processes)
             out["stream_repeat"] = dict(rep, repeat=a.repeat)
     if hi == 1:
+        det.stop_workers()  # the latency rows without the stream's idle worker processes (run 22 had them)
         out["latency_ms"], out["latency_detections_ms"] = latency(det, paths[: a.latency_images])
     return out
 
