@@ -467,15 +467,23 @@ def run_stream(
     if processes > 0:
         import pickle
 
-        if prepare_in_processes:
-            if input_shape is None:
-                raise ValueError("run_stream(processes=N) needs input_shape (one image's model input)")
-            slots = _Slots(prefetch + batch * (depth + 2), tuple(input_shape), input_dtype)
-        shm = (slots.shm.name, slots.shape, slots.dtype.str) if slots is not None else (None, (), "")
-        run = (next(_RUNS), pickle.dumps((prepare if slots is not None else None, postprocess, per_image, *shm)))
-        if pool is None or pool.processes != processes:
-            pool = own_pool = WorkerPool(processes)
-        procs = pool.executor()
+        try:
+            if prepare_in_processes:
+                if input_shape is None:
+                    raise ValueError("run_stream(processes=N) needs input_shape (one image's model input)")
+                slots = _Slots(prefetch + batch * (depth + 2), tuple(input_shape), input_dtype)
+            shm = (slots.shm.name, slots.shape, slots.dtype.str) if slots is not None else (None, (), "")
+            run = (next(_RUNS), pickle.dumps((prepare if slots is not None else None, postprocess, per_image, *shm)))
+            if pool is None or pool.processes != processes:
+                pool = own_pool = WorkerPool(processes)
+            procs = pool.executor()
+        except BaseException:  # nothing runs yet: undo what the setup did
+            if own_pool is not None:
+                own_pool.close()
+            if slots is not None:
+                slots.close()
+            blas.restore()
+            raise
     threads = ThreadPoolExecutor(workers, thread_name_prefix="rcnn-stream")
     model_thread = ThreadPoolExecutor(1, thread_name_prefix="rcnn-model")
 
