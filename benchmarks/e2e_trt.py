@@ -42,6 +42,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # thread_cpu.py beside this file
+
+from thread_cpu import ThreadCPU  # noqa: E402
 
 from rcnn_deploy._io import atomic_write_json  # noqa: E402
 from rcnn_deploy.api import Detector  # noqa: E402
@@ -74,12 +77,17 @@ def stream_pass(det, paths, batch, workers, out_dir, processes=None):
     n_ok = n_det = 0
     files = [str(p) for p in paths]
     per_image = writer.per_image
+    pool = det.__dict__.get("_worker_pools", {}).get(processes)
+    by_thread = ThreadCPU(pool.pids() if pool is not None else ())  # the pool's workers when kept from a last pass
+    cpu_by_thread = None
     cpu0 = time.process_time()
     stream = det.stream(files, batch=batch, workers=workers, per_image=per_image, stats=stats, processes=processes)
-    for r in stream:
+    for i, r in enumerate(stream, 1):
         writer.add(r)
         n_ok += r.ok
         n_det += len(r.detections) if r.ok else 0
+        if i == len(files):  # the last result: the stream's threads are still up (they end with the generator)
+            cpu_by_thread = by_thread.stop()
     summary = writer.close(stats)
     main_cpu = time.process_time() - cpu0
     return {
@@ -97,6 +105,8 @@ def stream_pass(det, paths, batch, workers, out_dir, processes=None):
         # CPU seconds of this process (all its threads; not the worker processes') over the pass: near
         # "seconds" means the calling process is what limits the stream
         "main_cpu_s": round(main_cpu, 3),
+        # the same by thread of this process (thread_cpu.py), and the worker processes' (kept from the warm pass)
+        "cpu_s_by_thread": cpu_by_thread,
     }
 
 

@@ -11,6 +11,10 @@ Rows (each over 4 passes of the folder's JPEGs, after a warm-up pass):
   stream_procsP         ``Detector.stream`` without a per-image function (no RLE, no files written): the runner
                         with postprocessing in P worker processes (0: threads)
   stream_writer_procsP  the same with e2e_trt.py's writer (TSV + COCO RLE per image), as ``stream_gpu_decode_repeat``
+  model_only_slots3_blocking, stream_writer_procsP_blocking  with ``blocking_wait=True``: the threads waiting for a
+                        batch sleep on a blocking-sync event instead of spinning in cudaStreamSynchronize
+  (the stream rows also give ``cpu_s_by_thread``: this process's CPU by thread, and the worker processes', from
+  thread_cpu.py)
   latency_b1_graph, latency_b1_nograph  with ``--latency-engine`` (a batch-1 engine): ``e2e_trt.latency`` with GPU
                         decoding, CUDA graphs on and off (p50/p90/p99 ms per image to COCO results with RLE masks,
                         and to the Detections), each from a detector of its own made after the last was closed
@@ -32,13 +36,15 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from thread_cpu import ThreadCPU  # noqa: E402
+
 from rcnn_deploy._io import atomic_write_json  # noqa: E402
 from rcnn_deploy.api import Detector  # noqa: E402
 from rcnn_deploy.runtime.stream import StreamStats  # noqa: E402
 
 
-def model_only(engine, files, slots, repeat, cuda_graph=True):
-    det = Detector.from_engine(engine, gpu_decode=True, slots=slots, cuda_graph=cuda_graph)
+def model_only(engine, files, slots, repeat, cuda_graph=True, blocking_wait=False):
+    det = Detector.from_engine(engine, gpu_decode=True, slots=slots, cuda_graph=cuda_graph, blocking_wait=blocking_wait)
     m = det.batch_model
     datas = [np.fromfile(f, dtype=np.uint8) for f in files]
     b = m.hi
@@ -59,6 +65,7 @@ def model_only(engine, files, slots, repeat, cuda_graph=True):
             n += 1
         dt = time.perf_counter() - t0
         row = {"batches": n, "seconds": round(dt, 3), "images_per_s": round(n * b / dt, 1)}
+    row["blocking_wait"] = blocking_wait
     row["cuda_graph"] = m.cuda_graph  # False when asked for, or when the capture failed (graph_error says why)
     if m.graph_error:
         row["graph_error"] = m.graph_error
@@ -98,17 +105,23 @@ def stream_rows(engine, files, processes, repeat, slots):
     for procs in processes:
         for _ in range(2):  # the first pass warms up (and starts the processes, which the detector keeps)
             st = StreamStats()
+            pool = det.__dict__.get("_worker_pools", {}).get(procs)
+            by_thread = ThreadCPU(pool.pids() if pool is not None else ())
+            cpu_by_thread = None
             cpu0 = time.process_time()
             t0 = time.perf_counter()
             ok = 0
-            for r in det.stream(files * repeat, batch=b, processes=procs, stats=st):
+            for i, r in enumerate(det.stream(files * repeat, batch=b, processes=procs, stats=st), 1):
                 ok += r.ok
+                if i == len(files) * repeat:  # the stream's threads are still up
+                    cpu_by_thread = by_thread.stop()
             dt = time.perf_counter() - t0
         out[f"stream_procs{procs}"] = {
             "images": ok,
             "seconds": round(dt, 3),
             "images_per_s": round(ok / dt, 1),
             "main_cpu_s": round(time.process_time() - cpu0, 3),  # this process, all threads
+            "cpu_s_by_thread": cpu_by_thread,
         }
         print(out, flush=True)
     import e2e_trt
@@ -119,6 +132,19 @@ def stream_rows(engine, files, processes, repeat, slots):
             rep = e2e_trt.stream_pass(det, files * repeat, b, None, os.path.join(tmp, "r"), procs)
             out[f"stream_writer_procs{procs}"] = rep
             print(out, flush=True)
+    det.stop_workers()
+    det.batch_model.close()
+    del det
+    gc.collect()
+    # the same writer stream with the callers sleeping on blocking-sync events instead of spinning
+    procs = max(processes)
+    det = Detector.from_engine(engine, gpu_decode=True, slots=slots, blocking_wait=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        e2e_trt.stream_pass(det, files, b, None, os.path.join(tmp, "w"), procs)
+        rep = e2e_trt.stream_pass(det, files * repeat, b, None, os.path.join(tmp, "r"), procs)
+        out[f"stream_writer_procs{procs}_blocking"] = dict(rep, blocking_wait=True)
+    print(out, flush=True)
+    det.stop_workers()
     det.batch_model.close()
     return out
 
@@ -144,6 +170,8 @@ def main():
     for s in (int(x) for x in a.nograph_slots.split(",") if x):
         doc["rows"][f"model_only_slots{s}_nograph"] = model_only(a.engine, files, s, a.repeat, cuda_graph=False)
         atomic_write_json(a.out, doc)
+    doc["rows"]["model_only_slots3_blocking"] = model_only(a.engine, files, 3, a.repeat, blocking_wait=True)
+    atomic_write_json(a.out, doc)
     procs = [int(x) for x in a.processes.split(",")]
     doc["rows"].update(stream_rows(a.engine, files, procs, a.repeat, 3))
     atomic_write_json(a.out, doc)

@@ -11,7 +11,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TOOLS = ["benchmarks/trt_tool.py", "benchmarks/trt86_device_io.py", "benchmarks/e2e_trt.py"]
+TOOLS = [
+    "benchmarks/trt_tool.py",
+    "benchmarks/trt86_device_io.py",
+    "benchmarks/e2e_trt.py",
+    "benchmarks/thread_cpu.py",
+    "benchmarks/trt_runner_probe.py",
+    "benchmarks/nvjpeg_bench.py",
+]
 
 PROBE = """
 import importlib.util, json, sys

@@ -5,12 +5,13 @@ capture leaves. Whether graphs run on a GPU is measured by ``benchmarks/trt_runn
 from __future__ import annotations
 
 import ctypes
+import threading
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from rcnn_deploy.backends.tensorrt.pipelined import TensorRTBatchModel
+from rcnn_deploy.backends.tensorrt.pipelined import TensorRTBatchModel, _Slot
 
 
 class FakeCudaRT:
@@ -53,6 +54,14 @@ class FakeCudaRT:
         self.calls.append(("launch", exe.value))
         return 0
 
+    def cudaEventRecord(self, event, stream):  # noqa: N802
+        self.calls.append(("record", event.value))
+        return 0
+
+    def cudaEventSynchronize(self, event):  # noqa: N802
+        self.calls.append(("event_sync", event.value))
+        return 0
+
 
 class FakeContext:
     def __init__(self, lib: FakeCudaRT, fail_in_capture: bool = False) -> None:
@@ -77,7 +86,7 @@ class FakeContext:
         return True
 
 
-def model(cuda_graph: bool = True, fail_in_capture: bool = False):
+def model(cuda_graph: bool = True, fail_in_capture: bool = False, event: int = 0):
     """A TensorRTBatchModel of one slot around the fakes (its __init__ needs a GPU: the attributes are set here)."""
     lib = FakeCudaRT()
     m = TensorRTBatchModel.__new__(TensorRTBatchModel)
@@ -93,7 +102,12 @@ def model(cuda_graph: bool = True, fail_in_capture: bool = False):
         out_shapes={},
         graphs={},
         ran=set(),
+        done=ctypes.c_void_p(event or None),
+        free=threading.Event(),
+        owner_lib=lib,
     )
+    slot.wait = lambda: _Slot.wait(slot)
+    slot.stream.synchronize = lambda: lib.calls.append(("stream_sync",))
     return m, slot, lib
 
 
@@ -140,3 +154,26 @@ def test_without_cuda_graph_every_run_is_enqueued():
 def test_outputs_shapes_follow_the_batch(n):
     m, slot, _ = model()
     assert m._enqueue_model(slot, n) == {"boxes": (n, 5)}
+
+
+def test_blocking_wait_records_an_event_after_each_batch_and_the_caller_waits_on_it():
+    m, slot, lib = model(event=55)
+    m.rename = lambda d: d
+    for _ in range(3):  # plain run, capture, replay: each batch's work ends with the event
+        lib.calls.clear()
+        shapes = m._enqueue_model(slot, 2)
+        assert lib.calls[-1] == ("record", 55)
+        lib.calls.clear()
+        out = m._waiter(slot, shapes, 2)()
+        assert lib.calls == [("event_sync", 55)] and out["boxes"].shape == (2, 5)
+        assert slot.free.is_set()
+
+
+def test_without_blocking_wait_the_caller_synchronises_the_stream():
+    m, slot, lib = model()
+    m.rename = lambda d: d
+    shapes = m._enqueue_model(slot, 2)
+    assert ("record", None) not in lib.calls and not any(c[0] == "record" for c in lib.calls)
+    lib.calls.clear()
+    m._waiter(slot, shapes, 2)()
+    assert lib.calls == [("stream_sync",)]

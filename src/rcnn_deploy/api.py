@@ -240,6 +240,7 @@ class Detector:
         gpu_decode_backend: str = "default",
         slots: Optional[int] = None,
         cuda_graph: bool = True,
+        blocking_wait: bool = False,
     ) -> Detector:
         """A fused TensorRT / TensorRT-RTX engine built by ``rcnn-deploy build`` into its export directory (the
         contract.json beside it gives the model spec). ``detector.engine`` is the TensorRTBackend. ``pipelined``:
@@ -248,7 +249,9 @@ class Detector:
         needed (:mod:`rcnn_deploy.backends.tensorrt.gpu_pre`); ``gpu_decode_backend``: which of nvImageCodec's
         decoders (``gpu_pre.DECODE_BACKENDS``). ``slots``: batches in flight (default 3 with ``gpu_decode``, each
         decoded in a thread of its own; else 2). ``cuda_graph``: each slot replays the engine run from a CUDA graph
-        (captured on its second run of a batch size; :mod:`rcnn_deploy.backends.tensorrt.pipelined`)."""
+        (captured on its second run of a batch size); ``blocking_wait``: threads waiting for a batch sleep on a
+        blocking-sync event instead of spinning in ``cudaStreamSynchronize`` (both:
+        :mod:`rcnn_deploy.backends.tensorrt.pipelined`)."""
         from .backends.tensorrt.runtime import TensorRTBackend
         from .contract import Contract
         from .runtime.split import fused_outputs
@@ -293,6 +296,7 @@ class Detector:
                 rename=fused_outputs,
                 decode_backend=gpu_decode_backend,
                 cuda_graph=cuda_graph,
+                blocking_wait=blocking_wait,
             )
             det.gpu_decode = True
             det.gpu_max_hw = LETTERBOX_MAX_HW
@@ -300,7 +304,7 @@ class Detector:
             from .backends.tensorrt.pipelined import TensorRTBatchModel
 
             det.batch_model = TensorRTBatchModel(
-                be, lo, hi, slots=slots or 2, rename=fused_outputs, cuda_graph=cuda_graph
+                be, lo, hi, slots=slots or 2, rename=fused_outputs, cuda_graph=cuda_graph, blocking_wait=blocking_wait
             )
         return det
 

@@ -325,6 +325,11 @@ class WorkerPool:
                 )
             return self._executor
 
+    def pids(self) -> List[int]:
+        """The process ids of the running workers (none before the first run; for measurements)."""
+        with self._lock:
+            return sorted(getattr(self._executor, "_processes", None) or {})
+
     def close(self) -> None:
         with self._lock:
             if self._executor is not None:

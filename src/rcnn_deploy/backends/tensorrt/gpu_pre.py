@@ -208,13 +208,23 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
         decode_backend: str = "default",
         nonblocking: bool = True,
         cuda_graph: bool = True,
+        blocking_wait: bool = False,
     ) -> None:
         from .runtime import TensorRTBackend
 
         # non-blocking slot streams, so that nothing a library puts on the legacy default stream waits for the other
         # slots' engines. Run 20 found no difference: a batch of 8 decodes in about 7 ms alone and 20 ms beside the
         # batch-8 engine (its whole run) with blocking and non-blocking streams alike (nvjpeg_bench_run20*.json)
-        super().__init__(backend, lo, hi, slots=slots, rename=rename, nonblocking=nonblocking, cuda_graph=cuda_graph)
+        super().__init__(
+            backend,
+            lo,
+            hi,
+            slots=slots,
+            rename=rename,
+            nonblocking=nonblocking,
+            cuda_graph=cuda_graph,
+            blocking_wait=blocking_wait,
+        )
         self.decoders = list(decoders) if decoders else [NvImageCodec(decode_backend) for _ in self.slots]
         if len(self.decoders) != len(self.slots):
             raise ValueError(f"{len(self.decoders)} decoders for {len(self.slots)} slots: one decoder per slot")

@@ -11,6 +11,10 @@ the second time the slot runs a batch size, and replayed from then on (what ``tr
 launch instead of the engine's few hundred kernel launches and copies from the calling thread. The capture is
 thread-local (the other slots' threads go on decoding and enqueueing meanwhile); a capture that fails (an engine
 whose enqueue cannot be captured) turns graphs off for the model and the runs go on enqueued as before.
+
+``blocking_wait``: the returned callable waits on an event made with ``cudaEventBlockingSync`` (the waiting thread
+sleeps until the GPU is done) instead of ``cudaStreamSynchronize``, which spins a core per waiting thread when the
+machine has more cores than GPUs (CUDA's default scheduling).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from ...runtime.stream import BatchModel
 
 _H2D, _D2H = 1, 2  # cudaMemcpyKind
 _CAPTURE_THREAD_LOCAL = 1  # cudaStreamCaptureModeThreadLocal: other threads' CUDA calls are not checked
+_EVENT_BLOCKING = 0x1 | 0x2  # cudaEventBlockingSync | cudaEventDisableTiming
 
 
 class _Pinned:
@@ -94,12 +99,29 @@ class _Slot:
         self.out_shapes: Dict[int, Dict[str, Tuple[int, ...]]] = {}
         self.graphs: Dict[int, ctypes.c_void_p] = {}  # batch size -> the instantiated graph of run + download
         self.ran: Set[int] = set()  # batch sizes enqueued once without capture (TensorRT sets up state then)
+        self.done = ctypes.c_void_p()  # with blocking_wait: recorded after each batch's work, waited on by its caller
+        if owner.blocking_wait:
+            status = owner.lib.cudaEventCreateWithFlags(ctypes.byref(self.done), _EVENT_BLOCKING)
+            if status != 0:
+                raise RuntimeError(f"CUDA error {status} in cudaEventCreateWithFlags")
         del hi
+
+    def wait(self) -> None:
+        """Until the slot's enqueued work is done: the blocking event when there is one, else the stream."""
+        if self.done.value:
+            status = self.owner_lib.cudaEventSynchronize(self.done)
+            if status != 0:
+                raise RuntimeError(f"CUDA error {status} in cudaEventSynchronize")
+        else:
+            self.stream.synchronize()
 
     def close(self) -> None:
         for exe in self.graphs.values():
             self.owner_lib.cudaGraphExecDestroy(exe)
         self.graphs.clear()
+        if self.done.value:
+            self.owner_lib.cudaEventDestroy(self.done)
+            self.done = ctypes.c_void_p()
         for d in self.device.values():
             d.free()
         for h in self.host.values():
@@ -111,7 +133,8 @@ class _Slot:
 class TensorRTBatchModel(BatchModel):
     """``backend``: a loaded :class:`~rcnn_deploy.backends.tensorrt.runtime.TensorRTBackend` of a fused engine;
     ``lo``/``hi``: its optimization profile's batch range; ``rename``: output name -> the runtime's name;
-    ``cuda_graph``: replay each slot's engine run from a CUDA graph (module docstring)."""
+    ``cuda_graph``: replay each slot's engine run from a CUDA graph; ``blocking_wait``: callers sleep until their
+    batch is done instead of spinning (module docstring)."""
 
     def __init__(
         self,
@@ -122,9 +145,10 @@ class TensorRTBatchModel(BatchModel):
         rename: Optional[Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None,
         nonblocking: bool = False,
         cuda_graph: bool = True,
+        blocking_wait: bool = False,
     ) -> None:
         self.backend, self.lo, self.hi = backend, int(lo), int(hi)
-        self.cuda_graph = cuda_graph
+        self.cuda_graph, self.blocking_wait = cuda_graph, blocking_wait
         self.graph_error: Optional[str] = None  # why graphs were turned off, when a capture failed
         self.nonblocking = nonblocking  # the slots' streams: NonBlockingStream
         self.rename = rename or (lambda d: d)
@@ -189,6 +213,14 @@ class TensorRTBatchModel(BatchModel):
     def _enqueue_model(self, slot: _Slot, n: int) -> Dict[str, Tuple[int, ...]]:
         """Enqueue the engine on ``n`` images already in the slot's device input, then the outputs' download:
         replayed from the slot's CUDA graph for ``n`` when there is one, captured into one the second time."""
+        shapes = self._launch_model(slot, n)
+        if slot.done.value:
+            status = self.lib.cudaEventRecord(slot.done, ctypes.c_void_p(slot.stream.ptr))
+            if status != 0:
+                raise RuntimeError(f"CUDA error {status} in cudaEventRecord")
+        return shapes
+
+    def _launch_model(self, slot: _Slot, n: int) -> Dict[str, Tuple[int, ...]]:
         shapes = self._shapes(slot, n)
         ctx = slot.context
         sptr = slot.stream.ptr
@@ -260,7 +292,7 @@ class TensorRTBatchModel(BatchModel):
 
         def result() -> Dict[str, np.ndarray]:
             try:
-                slot.stream.synchronize()
+                slot.wait()
                 out = {}
                 for o, shape in shapes.items():
                     flat = slot.host[o].array.reshape(-1)[: int(np.prod(shape))]
