@@ -230,6 +230,47 @@ def test_a_kept_worker_pool_serves_runs_with_their_own_stages_and_is_replaced_wh
         pool.close()
 
 
+def test_a_run_stopped_early_on_a_kept_pool_frees_its_memory_and_the_next_run_is_whole():
+    """Leaving a run after three results (a ``break``, Ctrl-C in the caller) with a kept pool: the run's tasks end,
+    its shared memory is unlinked, the processes stay, and the next run on them returns every image."""
+    import gc
+    import os
+
+    from rcnn_deploy.runtime.stream import WorkerPool
+
+    pool = WorkerPool(2)
+    items = [Item(i, f"img{i}") for i in range(30)]
+    shm_dir = "/dev/shm"
+
+    def segments():  # SharedMemory's (psm_*; the pool's own semaphores, sem.*, stay while it runs)
+        return {n for n in os.listdir(shm_dir) if n.startswith("psm_")}
+
+    before = segments() if os.path.isdir(shm_dir) else None
+
+    def run():
+        return run_stream(
+            items, _proc_prepare, BatchModel(_double, 1, 4), _proc_post, batch=3, processes=2,
+            input_shape=(2, 3), per_image=_proc_per_image, pool=pool,
+        )  # fmt: skip
+
+    try:
+        stream = run()
+        got = [next(stream) for _ in range(3)]
+        stream.close()  # the generator's finally: what a break or an exception in the caller runs
+        del stream
+        gc.collect()
+        assert [r.index for r in got] == [0, 1, 2]
+        executor = pool.executor()
+        if before is not None:
+            assert segments() - before == set(), "the stopped run's shared memory was left behind"
+        out = list(run())
+        assert pool.executor() is executor
+        assert [r.index for r in out] == list(range(30))
+        assert all(r.detections == 2 * r.index for r in out if r.ok) and [r.index for r in out if not r.ok] == [4]
+    finally:
+        pool.close()
+
+
 def _variable_size_prepare(it: Item) -> Prepared:
     """Encoded bytes of varying length (as a GPU-decoding model takes them): nothing fits a shared slot."""
     if it.index == 5:
