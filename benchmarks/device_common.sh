@@ -34,7 +34,7 @@ download_cp312() {
 
 # py39_wheels: (here) what benchmarks/e2e_trt.py needs in the GPU machine's CPython 3.9 beside the TensorRT 8.6
 # bundle (tensorrt, numpy 1.26, polygraphy): the package's base dependencies Pillow and OpenCV, and pycocotools.
-#   .devcarry/py39  Pillow and pycocotools, unpacked (16 MB: travels with the checkpoint)
+#   .devcarry/py39  Pillow, simplejpeg and pycocotools, unpacked (17 MB: travels with the checkpoint)
 #   .cvcarry        the opencv-python-headless wheel (50 MB: a call of its own, `device_e2e.sh take_cv`); 4.10 is
 #                   the last release that takes numpy 1.x. Without it the runtime falls back to numpy resizes and
 #                   mask pastes (run 17: letterbox 79-113 ms, postprocess 47-69 ms per image in that process).
@@ -43,9 +43,11 @@ py39_wheels() {
   dl=$(mktemp -d)
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.9 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dl" \
-    pycocotools==2.0.8 pillow==10.4.0 opencv-python-headless==4.10.0.84 || return 1
+    pycocotools==2.0.8 pillow==10.4.0 simplejpeg==1.9.0 opencv-python-headless==4.10.0.84 || return 1
   rm -rf .devcarry/py39 .cvcarry && mkdir -p .devcarry/py39 .cvcarry
-  for w in "$dl"/pycocotools-*.whl "$dl"/pillow-*.whl; do python3 -m zipfile -e "$w" .devcarry/py39/; done
+  for w in "$dl"/pycocotools-*.whl "$dl"/pillow-*.whl "$dl"/simplejpeg-*.whl; do
+    python3 -m zipfile -e "$w" .devcarry/py39/
+  done
   mv "$dl"/opencv_python_headless-*.whl .cvcarry/
   rm -rf "$dl"
   libpython39_deb

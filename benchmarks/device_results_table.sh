@@ -47,7 +47,7 @@ case "${1:-}" in
 wheels)
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl pycocotools==2.0.11 onnx_graphsurgeon==0.6.1 && ls .whl
+    -d .whl pycocotools==2.0.11 onnx_graphsurgeon==0.6.1 simplejpeg==1.9.0 && ls .whl
   ;;
 start)
   if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then

@@ -386,3 +386,87 @@ def test_detectron2_resize_is_pillows_bilinear():
     img = np.random.default_rng(3).integers(0, 256, (90, 120, 3), dtype=np.uint8)
     ref = np.asarray(Image.fromarray(img).resize((40, 30), Image.BILINEAR))
     assert np.array_equal(resize_rgb(img, (30, 40), "detectron2"), ref)
+
+
+# ------------------------------------------------------------------------------- JPEGs decoded by simplejpeg
+def _jpeg(arr: np.ndarray, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def _pillow_only(monkeypatch, data):
+    """load_rgb as it decodes without simplejpeg (Pillow alone)."""
+    import sys
+
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "simplejpeg", None)  # import simplejpeg -> ImportError
+        return load_rgb(data)
+
+
+def _spy(monkeypatch):
+    simplejpeg = pytest.importorskip("simplejpeg")
+    calls = []
+    real = simplejpeg.decode_jpeg
+
+    def decode(*a, **kw):
+        calls.append(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", decode)
+    return calls
+
+
+@pytest.mark.parametrize("hw", [(181, 243), (17, 33), (1080, 1920)])
+@pytest.mark.parametrize(
+    "kw", [{}, {"subsampling": 0}, {"subsampling": 1}, {"progressive": True}, {"quality": 95, "optimize": True}]
+)
+def test_colour_jpegs_decoded_by_simplejpeg_equal_pillows_pixels(monkeypatch, hw, kw):
+    """load_rgb decodes a plain colour JPEG with simplejpeg (about 2.4x Pillow's speed at 1920x1080): both are
+    libjpeg-turbo with its default IDCT and chroma upsampling, so the pixels must be the same, for every
+    subsampling, progressive and optimised files, and sizes that are not whole MCUs."""
+    calls = _spy(monkeypatch)
+    rng = np.random.default_rng(hw[0] * 7 + len(kw))
+    yy, xx = np.mgrid[0 : hw[0], 0 : hw[1]]
+    arr = np.stack([xx % 256, (yy * 3) % 256, (xx + yy) % 256], -1).astype(np.uint8)
+    arr = np.clip(arr.astype(int) + rng.integers(-20, 20, arr.shape), 0, 255).astype(np.uint8)
+    data = _jpeg(arr, **kw)
+    got = load_rgb(data)
+    assert calls and calls[0]["strict"], "the simplejpeg path was not taken (strictly)"
+    want = _pillow_only(monkeypatch, data)
+    assert got.shape == (*hw, 3) and got.dtype == np.uint8 and got.flags.c_contiguous
+    assert np.array_equal(got, want)
+
+
+def test_jpegs_simplejpeg_would_read_differently_are_left_to_pillow(monkeypatch):
+    """EXIF-rotated, grey, CMYK and draft-reduced JPEGs go to Pillow (simplejpeg is not asked); a file libjpeg
+    warns about (trailing bytes, corrupt data, a truncation) is handed to Pillow after simplejpeg refuses it, and
+    gets Pillow's result: the same pixels, or its error."""
+    calls = _spy(monkeypatch)
+    arr = np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = io.BytesIO()
+    Image.fromarray(arr).save(rotated, "JPEG", exif=exif.tobytes())
+    cmyk = io.BytesIO()
+    Image.fromarray(arr).convert("CMYK").save(cmyk, "JPEG")
+    for name, data in {"rotated": rotated.getvalue(), "grey": _jpeg(arr[:, :, 0]), "cmyk": cmyk.getvalue()}.items():
+        got = load_rgb(data)
+        assert not calls, f"{name}: decoded by simplejpeg"
+        assert np.array_equal(got, _pillow_only(monkeypatch, data)), name
+    read_image(_jpeg(np.zeros((1200, 1600, 3), np.uint8)), target_hw=(256, 256))  # Pillow's draft: 1/4 scale
+    assert not calls
+    good = _jpeg(arr)
+    trailing = good + b"\x00\x00trailer"
+    assert np.array_equal(load_rgb(trailing), _pillow_only(monkeypatch, trailing))
+    scan = good.index(b"\xff\xda") + 20  # inside the entropy-coded data
+    corrupt = good[:scan] + bytes(64) + good[scan + 64 :]
+    try:
+        want = _pillow_only(monkeypatch, corrupt)
+    except UserError as e:
+        with pytest.raises(UserError, match=re.escape(str(e.what))):
+            load_rgb(corrupt)
+    else:
+        assert np.array_equal(load_rgb(corrupt), want)
+    with pytest.raises(UserError, match="damaged or truncated"):
+        load_rgb(good[:-200])
