@@ -715,3 +715,9 @@ def test_harness_reports_hangs_uncaught_exceptions_and_unnamed_errors(tmp_path, 
     monkeypatch.setattr(this, "load_rgb", anonymous)
     status, what = _run_with_limit(Case("t", "anon.png", good), tmp_path)
     assert status == "uncaught" and "does not name" in what
+    # the two abandoned cases end on their own (3 s asleep, 1 s of CPU): wait for them here, so that the spinning
+    # one does not use a core during the tests after this one (a later test that measures its own CPU time failed
+    # when it ran next)
+    for t in threading.enumerate():
+        if t.name in ("fuzz blocked.png", "fuzz spinning.png"):
+            t.join(timeout=30)
