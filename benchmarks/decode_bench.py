@@ -4,7 +4,8 @@
 
 Per decoder, the median and minimum ms per image over ``--repeat`` passes of the first ``-n`` files (each read into
 memory first, so the disk is not timed), and whether its pixels equal Pillow's on every file. With no ``--images``
-it makes 16 1920x1080 JPEGs with ``rcnn-deploy data synth`` (seed 3) in a temporary folder. One thread each.
+it makes 16 1920x1080 JPEGs with ``rcnn-deploy data synth`` (seed 3, 4-12 objects each: the end-to-end benchmarks'
+settings) in a temporary folder. One thread each.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def main() -> None:
             folder = os.path.join(tmp, "data")
             cmd = [sys.executable, "-m", "rcnn_deploy.cli", "data", "synth", "-o", folder, "-n", str(a.n)]
             cmd += ["--height", "1080", "--width", "1920", "--image-format", "jpg", "--seed", "3"]
+            cmd += ["--min-objects", "4", "--max-objects", "12"]
             subprocess.run(cmd, check=True, capture_output=True)
             folder = os.path.join(folder, "images")
         files = preprocess.find_images(folder)[: a.n]
@@ -91,6 +93,7 @@ def main() -> None:
     except OSError:
         sha = None
     shape = list(reference[0].shape) if reference else None
+    folder = a.images or "data synth seed 3, 4-12 objects (temporary)"
     import simplejpeg
     from PIL import Image
 
@@ -101,7 +104,7 @@ def main() -> None:
             "commit": sha,
             "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version()},
             "versions": {"simplejpeg": simplejpeg.__version__, "pillow": Image.__version__, "opencv": cv2.__version__},
-            "images": {"count": len(datas), "shape": shape, "folder": a.images or "data synth seed 3 (temporary)"},
+            "images": {"count": len(datas), "shape": shape, "folder": folder},
             "load_average_before": list(os.getloadavg()),
             "decoders": rows,
         },

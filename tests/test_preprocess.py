@@ -422,7 +422,7 @@ def _spy(monkeypatch):
     "kw", [{}, {"subsampling": 0}, {"subsampling": 1}, {"progressive": True}, {"quality": 95, "optimize": True}]
 )
 def test_colour_jpegs_decoded_by_simplejpeg_equal_pillows_pixels(monkeypatch, hw, kw):
-    """load_rgb decodes a plain colour JPEG with simplejpeg (about 2.4x Pillow's speed at 1920x1080): both are
+    """load_rgb decodes a plain colour JPEG with simplejpeg (about 1.2x Pillow's speed at 1920x1080): both are
     libjpeg-turbo with its default IDCT and chroma upsampling, so the pixels must be the same, for every
     subsampling, progressive and optimised files, and sizes that are not whole MCUs."""
     calls = _spy(monkeypatch)

@@ -448,12 +448,13 @@ def _orientation(im: Any) -> int:
 
 def _turbo_jpeg(fp: Any, h: int, w: int) -> Optional[np.ndarray]:
     """A colour JPEG decoded by simplejpeg (libjpeg-turbo straight into RGB; Pillow also decodes with
-    libjpeg-turbo and the same defaults, ISLOW IDCT and fancy chroma upsampling: the same pixels, 2.4x faster
-    for a 1920x1080 photo on the 2-core machine, Pillow spending the difference on its RGBX buffer and the copy
-    out). Strict: any libjpeg warning (corrupt data, a truncated file) returns None, and Pillow decodes the file
-    and gives its verdict, as without simplejpeg. None too without simplejpeg, or for a result of another size."""
+    libjpeg-turbo and the same defaults, ISLOW IDCT and fancy chroma upsampling: the same pixels, 12.8 against
+    15.8 ms for a 1920x1080 photo on the 2-core machine, benchmarks/results/cpu/decode_bench.json; Pillow decodes
+    into an RGBX buffer and copies out). Strict: any libjpeg warning (corrupt data, a truncated file) returns
+    None, and Pillow decodes the file and gives its verdict, as without simplejpeg. None too without simplejpeg
+    (the ``[jpeg]`` extra), or for a result of another size."""
     try:
-        import simplejpeg  # type: ignore[import-untyped]
+        import simplejpeg  # type: ignore[import-untyped,import-not-found,unused-ignore]
     except ImportError:
         return None
     fp.seek(0)
