@@ -50,7 +50,7 @@ from rcnn_deploy._io import atomic_write_json  # noqa: E402
 from rcnn_deploy.api import Detector  # noqa: E402
 from rcnn_deploy.runtime._opencv import opencv  # noqa: E402
 from rcnn_deploy.runtime.preprocess import find_images, letterbox, load_rgb  # noqa: E402
-from rcnn_deploy.runtime.stream import StreamStats, percentiles  # noqa: E402
+from rcnn_deploy.runtime.stream import StreamStats, default_processes, percentiles  # noqa: E402
 from rcnn_deploy.runtime.writers import InferWriter  # noqa: E402
 
 
@@ -77,7 +77,8 @@ def stream_pass(det, paths, batch, workers, out_dir, processes=None):
     n_ok = n_det = 0
     files = [str(p) for p in paths]
     per_image = writer.per_image
-    pool = det.__dict__.get("_worker_pools", {}).get(processes)
+    procs = default_processes() if processes is None else processes  # what det.stream takes for None
+    pool = det.__dict__.get("_worker_pools", {}).get(procs)
     by_thread = ThreadCPU(pool.pids() if pool is not None else ())  # the pool's workers when kept from a last pass
     cpu_by_thread = None
     cpu0 = time.process_time()
@@ -210,6 +211,7 @@ def main():
         if a.gpu_decode:
             try:
                 ref = host_reference(a, det, paths)
+                det.stop_workers()
                 det.batch_model.close()
                 del det
                 gc.collect()
