@@ -10,7 +10,9 @@ Per engine (its batch is the engine's optimization profile's largest):
                     masks as COCO RLE from box regions, TSV per image): img/s over the whole folder, twice (the
                     first pass warms the page cache and the engine and starts the worker processes, which the
                     detector keeps), the second reported; ``main_cpu_s``: this process's CPU time in the pass
-  latency           batch-1 engines: ``Detector([path])`` one image at a time, wall per image (p50/p90/p99)
+  latency           batch-1 engines: ``Detector([path])`` one image at a time, wall per image (p50/p90/p99) to
+                    the COCO results with RLE masks (``latency_ms``) and to the Detections; ``latency_split_rle_ms``:
+                    the RLE made in ``--split-rle`` pieces over worker processes (``detections_to_coco(executor=)``)
   stages            single-thread host stage costs per image (decode, letterbox, postprocess) for reference
 
 With ``--gpu-decode`` (nvImageCodec importable): the same stream / latency rows with the JPEGs decoded by nvJPEG
@@ -147,6 +149,12 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--latency-images", type=int, default=100)
+    ap.add_argument(
+        "--split-rle",
+        type=int,
+        default=4,
+        help="batch-1 engines: also latency_split_rle_ms, each image's RLE in this many pieces over worker processes",
+    )
     ap.add_argument("--processes", type=int, default=None, help="worker processes (default: the runner's)")
     ap.add_argument(
         "--repeat",
@@ -239,6 +247,8 @@ def stream_rows(a, det, paths, single=True):
     if hi == 1:
         det.stop_workers()  # the latency rows without the stream's idle worker processes (run 22 had them)
         out["latency_ms"], out["latency_detections_ms"] = latency(det, paths[: a.latency_images])
+        if a.split_rle > 1:
+            out["latency_split_rle_ms"] = split_rle_latency(det, paths[: a.latency_images], a.split_rle)
     return out
 
 
@@ -260,20 +270,38 @@ def parity_row(reference, det, files):
     return d
 
 
-def latency(det, paths):
-    """Batch-1 wall per image: to the COCO results with RLE masks, and to the Detections (masks lazy)."""
+def latency(det, paths, split=None):
+    """Batch-1 wall per image: to the COCO results with RLE masks, and to the Detections (masks lazy). With
+    ``split`` (``(executor, parts)``: worker processes), the RLE is made in ``parts`` pieces, all but one in
+    the executor (``detections_to_coco(executor=, parts=)``)."""
     from rcnn_deploy.runtime.coco import detections_to_coco
 
+    executor, parts = split if split else (None, 1)
     walls, to_det = [], []
     for p in paths:
         t0 = time.perf_counter()
         d = det([str(p)])[0]
         t1 = time.perf_counter()
-        detections_to_coco(d, 1, det.spec.category_ids, det.spec.label_ids)
+        detections_to_coco(d, 1, det.spec.category_ids, det.spec.label_ids, executor=executor, parts=parts)
         walls.append((time.perf_counter() - t0) * 1e3)
         to_det.append((t1 - t0) * 1e3)
     n = len(walls) - 3
     return dict(percentiles(walls[3:], (50, 90, 99)), images=n), dict(percentiles(to_det[3:], (50, 90, 99)), images=n)
+
+
+def split_rle_latency(det, paths, parts):
+    """``latency`` with each image's RLE in ``parts`` pieces over ``parts - 1`` worker processes (started and
+    warmed before the timing, ended after): ``latency_split_rle_ms``."""
+    from rcnn_deploy.runtime.stream import WorkerPool
+
+    pool = WorkerPool(parts - 1)
+    try:
+        ex = pool.executor()
+        list(ex.map(abs, range(4 * parts)))  # the processes are up (and have imported numpy) before the timing
+        rle, _ = latency(det, paths, (ex, parts))
+    finally:
+        pool.close()
+    return dict(rle, parts=parts)
 
 
 def parity_sets(a, paths):
@@ -317,6 +345,7 @@ def gpu_decode_in_child(a, engine, ref, row, doc):
         cmd = [sys.executable, os.path.abspath(__file__), "--engine", engine, "--images", a.images, "--out", out]
         cmd += ["--gpu-decode", "--gpu-decode-child", ref_path, "--repeat", str(a.repeat)]
         cmd += ["--latency-images", str(a.latency_images), "--parity-images", str(a.parity_images)]
+        cmd += ["--split-rle", str(a.split_rle)]
         cmd += ["--gpu-decode-variants", a.gpu_decode_variants]
         for flag, value in (("--processes", a.processes), ("--workers", a.workers), ("--parity-dir", a.parity_dir)):
             if value is not None:

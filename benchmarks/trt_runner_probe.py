@@ -15,9 +15,11 @@ Rows (each over 4 passes of the folder's JPEGs, after a warm-up pass):
                         batch sleep on a blocking-sync event instead of spinning in cudaStreamSynchronize
   (the stream rows also give ``cpu_s_by_thread``: this process's CPU by thread, and the worker processes', from
   thread_cpu.py)
+  stream_writer_procsP_switch05ms  the writer stream with ``sys.setswitchinterval(0.0005)`` (default 5 ms)
   latency_b1_graph, latency_b1_nograph  with ``--latency-engine`` (a batch-1 engine): ``e2e_trt.latency`` with GPU
                         decoding, CUDA graphs on and off (p50/p90/p99 ms per image to COCO results with RLE masks,
-                        and to the Detections), each from a detector of its own made after the last was closed
+                        and to the Detections), each from a detector of its own made after the last was closed;
+                        ``to_rle_split_ms``: each image's RLE in 4 pieces over 3 worker processes
 
 Run 20 ran these measurements as inline ``py39 -c`` commands with this code, before it was a file.
 """
@@ -91,6 +93,8 @@ def latency_rows(engine, files, n):
             "cuda_graph": det.batch_model.cuda_graph,
             "graph_error": det.batch_model.graph_error,
         }
+        if graph:  # each image's RLE in 4 pieces, 3 of them in worker processes
+            out["latency_b1_graph"]["to_rle_split_ms"] = e2e_trt.split_rle_latency(det, files[:n], 4)
         print(out, flush=True)
         det.batch_model.close()
         del det
@@ -132,6 +136,17 @@ def stream_rows(engine, files, processes, repeat, slots):
             rep = e2e_trt.stream_pass(det, files * repeat, b, None, os.path.join(tmp, "r"), procs)
             out[f"stream_writer_procs{procs}"] = rep
             print(out, flush=True)
+        # the same with a 0.5 ms GIL switch interval (Python's default is 5 ms): a thread that has work for the
+        # model (the runner's loop, a slot's enqueue) waits less for one running Python code
+        procs = max(processes)
+        old = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)
+        try:
+            rep = e2e_trt.stream_pass(det, files * repeat, b, None, os.path.join(tmp, "s"), procs)
+        finally:
+            sys.setswitchinterval(old)
+        out[f"stream_writer_procs{procs}_switch05ms"] = dict(rep, switch_interval_s=0.0005)
+        print(out, flush=True)
     det.stop_workers()
     det.batch_model.close()
     del det

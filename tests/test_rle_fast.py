@@ -286,3 +286,60 @@ def test_detectron2_paste_equals_the_products_it_made_before():
         wy = _sample_weights_before(np.arange(y0, y1, dtype=np.float64), float(b[1]), float(b[3]), 28)
         wx = _sample_weights_before(np.arange(x0, x1, dtype=np.float64), float(b[0]), float(b[2]), 28)
         assert got[:4] == (y0, y1, x0, x1) and np.array_equal(got[4], wy @ p @ wx.T)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 40])
+def test_balanced_cuts_cover_every_mask_in_order(n):
+    rng = np.random.default_rng(n)
+    weights = rng.lognormal(8, 1.5, n)
+    for parts in (1, 2, 3, 4, 9):
+        cuts = masks._balanced_cuts(weights, parts)
+        assert cuts[0] == 0 and cuts[-1] == n
+        if n:
+            assert all(b > a for a, b in zip(cuts, cuts[1:])), cuts  # no empty part
+            assert len(cuts) - 1 == min(parts, n)
+        else:
+            assert cuts == [0, 0]
+    # one huge mask first: it is a part of its own, the rest share the others
+    w = np.array([1000.0] + [1.0] * 12)
+    assert masks._balanced_cuts(w, 3)[:2] == [0, 1]
+
+
+class _Inline:
+    """An executor running each task at once, counting them (what the split hands out, without processes)."""
+
+    def __init__(self) -> None:
+        self.tasks = 0
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        self.tasks += 1
+        f: Future = Future()
+        f.set_result(fn(*args))
+        return f
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rles_split_across_an_executor_equals_one_piece(method):
+    rng = np.random.default_rng(23)
+    probs, boxes = _case(rng, 180, 260, 37)
+    lazy = PastedMasks(probs, boxes, (180, 260), method, 0.5)
+    want = _coco(paste_masks(probs, boxes, (180, 260), method, 0.5))
+    ex = _Inline()
+    assert lazy.rles(ex, parts=4) == want
+    assert ex.tasks == 3  # the first part is made by the caller
+    few = PastedMasks(probs[:5], boxes[:5], (180, 260), method, 0.5)
+    assert few.rles(ex, parts=4) == want[:5] and ex.tasks == 3  # too few masks to split: no tasks
+
+
+def test_rles_split_across_worker_processes():
+    from concurrent.futures import ProcessPoolExecutor
+
+    rng = np.random.default_rng(24)
+    probs, boxes = _case(rng, 300, 400, 60)
+    lazy = PastedMasks(probs, boxes, (300, 400), "torchvision", 0.5)
+    det = Detections(boxes, np.linspace(1, 0.1, 60).astype(np.float32), np.ones(60, np.int32), lazy)
+    with ProcessPoolExecutor(2) as pool:
+        got = detections_to_coco(det, 7, [0, 1], [0, 1], executor=pool, parts=3)
+    assert got == detections_to_coco(det, 7, [0, 1], [0, 1])

@@ -18,13 +18,24 @@ from .detections import Detections
 
 
 def detections_to_coco(
-    det: Detections, image_id: int, category_ids: Sequence[int], label_ids: Sequence[int]
+    det: Detections,
+    image_id: int,
+    category_ids: Sequence[int],
+    label_ids: Sequence[int],
+    executor: Any = None,
+    parts: int = 4,
 ) -> List[Dict[str, Any]]:
     """COCO results for one image: bbox as ``[x, y, w, h]``, category id through the model's label map,
-    RLE ``segmentation`` when the detections carry pasted (image-sized) masks."""
+    RLE ``segmentation`` when the detections carry pasted (image-sized) masks. ``executor`` (worker processes)
+    and ``parts``: the masks' RLE is made in up to ``parts`` pieces in parallel
+    (:meth:`~rcnn_deploy.runtime.masks.PastedMasks.rles`): one image's lowest latency where cores are idle."""
+    from .masks import PastedMasks
+
     index = {int(lid): i for i, lid in enumerate(label_ids) if i > 0}
     rles: Optional[List[Dict[str, Any]]] = None
-    if det.pasted is not None:  # RLE from each mask's box region, all masks at once: no image-sized arrays
+    if isinstance(det.pasted, PastedMasks):  # RLE from each mask's box region, all masks at once: no image arrays
+        rles = det.pasted.rles(executor, parts)
+    elif det.pasted is not None:  # runs made elsewhere (the GPU post-processing)
         rles = det.pasted.rles()
     elif det.masks is not None and det.masks.ndim == 3 and len(det):
         from pycocotools import mask as mask_util
