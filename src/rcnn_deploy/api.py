@@ -444,8 +444,9 @@ class Detector:
         ``error`` set and the run goes on. ``keep_images``: results carry the decoded RGB (for drawing).
         ``per_image(result)`` runs in a worker per finished image (e.g. write its files). ``processes``: decode
         and postprocess in that many worker processes (default: half the cores on machines with 8 or more,
-        else threads only); ``per_image`` must then be picklable. The processes stay up for the detector's next
-        run (:meth:`stop_workers` ends them; so does the program's end)."""
+        else threads only; threads by default for JPEGs decoded on the GPU without a ``per_image``, which leave
+        the host too little work to hand over); ``per_image`` must then be picklable. The processes stay up for
+        the detector's next run (:meth:`stop_workers` ends them; so does the program's end)."""
         if _is_items(source):
             items = cast(Iterable[Item], source)
         else:
@@ -453,9 +454,12 @@ class Detector:
         model = self.batch_model or BatchModel(self._run, 1, max(self.batch, 1))
         stages = self.host_stages(keep_images)
         procs = default_processes() if processes is None else processes
-        if self.gpu_decode and self.backend != "tensorrt":
+        if self.gpu_decode and (self.backend != "tensorrt" or (processes is None and per_image is None)):
             # torch: threads (its GPU post-processing leaves little host work); TensorRT: the model takes encoded
-            # bytes read in threads here, and the worker processes post-process
+            # bytes read in threads here, so worker processes would only post-process: worth it for a per-image
+            # function (COCO RLE: run 22/23's writer stream ran about 55 img/s in threads, 249 in 14 processes),
+            # not without one (boxes to the image and lazy masks: run 23's probe, 331.5 img/s in threads against
+            # 244.9 in 14 processes, trt_runner_probe_run23.json)
             procs = 0
         pools = self.__dict__.setdefault("_worker_pools", {})
         if procs > 0 and procs not in pools:
