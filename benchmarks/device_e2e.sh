@@ -128,7 +128,7 @@ probe)
   e1=$(ls "$W"/b1_*/model_fp16.engine 2>/dev/null | head -1)
   PYTHONPATH=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv:/tmp/py39nvimg py39 benchmarks/trt_runner_probe.py \
     --engine "$e" --images "$W/data/images" --processes "0,${E2E_PROCESSES:-14}" --out "$OUT/trt_runner_probe.json" \
-    ${e1:+--latency-engine "$e1"} 2>&1 | tail -4
+    ${e1:+--latency-engine "$e1"} ${E2E_PROBE_ARGS:-} 2>&1 | tail -4
   ;;
 torch)
   site_wheels

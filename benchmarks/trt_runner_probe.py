@@ -16,6 +16,9 @@ Rows (each over 4 passes of the folder's JPEGs, after a warm-up pass):
   (the stream rows also give ``cpu_s_by_thread``: this process's CPU by thread, and the worker processes', from
   thread_cpu.py)
   stream_writer_procsP_switch05ms  the writer stream with ``sys.setswitchinterval(0.0005)`` (default 5 ms)
+  handover_procsP       (``--handover P,...``: only these rows and model_only_slots3) the stream without
+                        per-image work, postprocessing in P worker processes (0: threads), with how late a 0.5 ms
+                        sleep wakes in this process (``gil_lag``) and the slot threads' per-batch step times
   latency_b1_graph, latency_b1_nograph  with ``--latency-engine`` (a batch-1 engine): ``e2e_trt.latency`` with GPU
                         decoding, CUDA graphs on and off (p50/p90/p99 ms per image to COCO results with RLE masks,
                         and to the Detections), each from a detector of its own made after the last was closed;
@@ -27,9 +30,11 @@ Run 20 ran these measurements as inline ``py39 -c`` commands with this code, bef
 import argparse
 import gc
 import glob
+import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 
@@ -164,6 +169,99 @@ def stream_rows(engine, files, processes, repeat, slots):
     return out
 
 
+class GilLag(threading.Thread):
+    """How late a 0.5 ms sleep wakes up in this process (waiting for the GIL, and for a core): a thread that
+    sleeps and measures until :meth:`stop`."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.lags = []
+        self.halt = threading.Event()
+
+    def run(self):
+        while not self.halt.is_set():
+            t = time.perf_counter()
+            time.sleep(0.0005)
+            self.lags.append(time.perf_counter() - t - 0.0005)
+
+    def stop(self):
+        self.halt.set()
+        self.join()
+        a = np.array(self.lags) * 1e3
+        q = np.percentile(a, [50, 90, 99]) if a.size else [0.0, 0.0, 0.0]
+        return {
+            "samples": int(a.size),
+            "p50_ms": round(float(q[0]), 3),
+            "p90_ms": round(float(q[1]), 3),
+            "p99_ms": round(float(q[2]), 3),
+            "max_ms": round(float(a.max()), 3) if a.size else 0.0,
+            "share_over_1ms": round(float((a > 1).mean()), 4) if a.size else 0.0,
+        }
+
+
+def timed_steps(model):
+    """Wraps the GPU-decode model's per-batch steps (in the slot threads) to record each call's seconds."""
+    rec = {"prepare_on_device": [], "enqueue_model": []}
+
+    def wrap(name, fn):
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                rec[name].append(time.perf_counter() - t)
+
+        return timed
+
+    model._prepare_on_device = wrap("prepare_on_device", model._prepare_on_device)
+    model._enqueue_model = wrap("enqueue_model", model._enqueue_model)
+    return rec
+
+
+def handover_rows(engine, files, processes, repeat, slots=3):
+    """``Detector.stream`` without per-image work, postprocessing in P worker processes (0: threads; explicit, so
+    the default's threads do not apply), each pass measured with :class:`GilLag` and the slot threads' per-batch
+    steps (:func:`timed_steps`): whether handing batches to processes slows the GPU-decode slots in this process."""
+    det = Detector.from_engine(engine, gpu_decode=True, slots=slots)
+    b = det.batch_model.hi
+    rec = timed_steps(det.batch_model)
+    out = {}
+    for procs in processes:
+        for _ in range(2):  # the first pass warms up (and starts the processes)
+            for v in rec.values():
+                del v[:]
+            st = StreamStats()
+            lag = GilLag()
+            lag.start()
+            cpu0 = time.process_time()
+            t0 = time.perf_counter()
+            ok = sum(r.ok for r in det.stream(files * repeat, batch=b, processes=procs, stats=st))
+            dt = time.perf_counter() - t0
+            gil = lag.stop()
+        steps = {}
+        for name, v in rec.items():
+            a = np.array(v) * 1e3
+            steps[name] = {
+                "calls": int(a.size),
+                "p50_ms": round(float(np.median(a)), 3),
+                "p90_ms": round(float(np.percentile(a, 90)), 3),
+            }
+        out[f"handover_procs{procs}"] = {
+            "images": ok,
+            "seconds": round(dt, 3),
+            "images_per_s": round(ok / dt, 1),
+            "main_cpu_s": round(time.process_time() - cpu0, 3),
+            "model_wait_s": round(st.model_wait_s, 3),
+            "model_starved_s": round(st.starved_s, 3),
+            "gil_lag": gil,
+            "slot_steps": steps,
+        }
+        print(json.dumps(out[f"handover_procs{procs}"]), flush=True)
+        det.stop_workers()
+    det.batch_model.close()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", required=True)
@@ -175,9 +273,21 @@ def main():
     ap.add_argument("--nograph-slots", default="3", help="model_only rows without CUDA graphs at these slot counts")
     ap.add_argument("--latency-engine", default=None, help="a batch-1 engine: the latency rows, graphs on and off")
     ap.add_argument("--latency-images", type=int, default=100)
+    ap.add_argument(
+        "--handover",
+        default=None,
+        help="only model_only_slots3 and the handover_procsP rows for these process counts (e.g. 0,2,4,14)",
+    )
     a = ap.parse_args()
     files = sorted(glob.glob(os.path.join(a.images, "*.jpg")))
     doc = {"script": "benchmarks/trt_runner_probe.py", "engine": a.engine, "images": len(files), "rows": {}}
+    if a.handover:
+        doc["rows"]["model_only_slots3"] = model_only(a.engine, files, 3, a.repeat)
+        atomic_write_json(a.out, doc)
+        procs = [int(x) for x in a.handover.split(",")]
+        doc["rows"].update(handover_rows(a.engine, files, procs, a.repeat))
+        atomic_write_json(a.out, doc)
+        return
     for s in (int(x) for x in a.slots.split(",")):
         doc["rows"][f"model_only_slots{s}"] = model_only(a.engine, files, s, a.repeat)
         atomic_write_json(a.out, doc)
