@@ -24,7 +24,9 @@ row above; each further one (another nvImageCodec backend, ``gpu_pre.DECODE_BACK
 stream / latency rows to ``gpu_decode_variants``, and its parity against the host on ``--parity-images`` of the
 folder. The GPU-decode rows of an engine run in a child process of this script (its host-decode detector closed
 first; the host detections and AP they compare with are computed before and handed over): run 20's batch-1
-process died deserializing the engine a second time beside the host-decode detector.
+process died deserializing the engine a second time beside the host-decode detector. The GPU-decode rows use
+``--gpu-decode-processes`` worker processes (default: what ``Detector.stream`` starts for GPU decoding, at most
+``api.GPU_DECODE_PROCESSES``; ``--processes`` is the host-decode rows'; both were 14 up to run 23).
 
 Writes the JSON atomically after each engine (a killed run keeps what it measured).
 """
@@ -52,7 +54,7 @@ from rcnn_deploy._io import atomic_write_json  # noqa: E402
 from rcnn_deploy.api import Detector  # noqa: E402
 from rcnn_deploy.runtime._opencv import opencv  # noqa: E402
 from rcnn_deploy.runtime.preprocess import find_images, letterbox, load_rgb  # noqa: E402
-from rcnn_deploy.runtime.stream import StreamStats, default_processes, percentiles  # noqa: E402
+from rcnn_deploy.runtime.stream import StreamStats, percentiles  # noqa: E402
 from rcnn_deploy.runtime.writers import InferWriter  # noqa: E402
 
 
@@ -79,7 +81,7 @@ def stream_pass(det, paths, batch, workers, out_dir, processes=None):
     n_ok = n_det = 0
     files = [str(p) for p in paths]
     per_image = writer.per_image
-    procs = default_processes() if processes is None else processes  # what det.stream takes for None
+    procs = det.stream_processes(processes)  # what det.stream takes for None
     pool = det.__dict__.get("_worker_pools", {}).get(procs)
     by_thread = ThreadCPU(pool.pids() if pool is not None else ())  # the pool's workers when kept from a last pass
     cpu_by_thread = None
@@ -101,7 +103,7 @@ def stream_pass(det, paths, batch, workers, out_dir, processes=None):
         "images_per_s": round(len(paths) / stats.seconds, 1),
         "batches": stats.batches,
         "failures": len(summary["failures"]),
-        "processes": processes,
+        "processes": procs,  # the worker processes the stream used (its default where none was given)
         "model_submit_s": round(stats.model_submit_s, 3),
         "model_wait_s": round(stats.model_wait_s, 3),
         "model_starved_s": round(stats.starved_s, 3),
@@ -156,6 +158,12 @@ def main():
         help="batch-1 engines: also latency_split_rle_ms, each image's RLE in this many pieces over worker processes",
     )
     ap.add_argument("--processes", type=int, default=None, help="worker processes (default: the runner's)")
+    ap.add_argument(
+        "--gpu-decode-processes",
+        type=int,
+        default=None,
+        help="worker processes of the GPU-decode rows (default: the runner's for GPU decoding, GPU_DECODE_PROCESSES)",
+    )
     ap.add_argument(
         "--repeat",
         type=int,
@@ -347,7 +355,8 @@ def gpu_decode_in_child(a, engine, ref, row, doc):
         cmd += ["--latency-images", str(a.latency_images), "--parity-images", str(a.parity_images)]
         cmd += ["--split-rle", str(a.split_rle)]
         cmd += ["--gpu-decode-variants", a.gpu_decode_variants]
-        for flag, value in (("--processes", a.processes), ("--workers", a.workers), ("--parity-dir", a.parity_dir)):
+        flags = (("--processes", a.gpu_decode_processes), ("--workers", a.workers), ("--parity-dir", a.parity_dir))
+        for flag, value in flags:
             if value is not None:
                 cmd += [flag, str(value)]
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -19,6 +19,8 @@ Rows (each over 4 passes of the folder's JPEGs, after a warm-up pass):
   handover_procsP       (``--handover P,...``: only these rows and model_only_slots3) the stream without
                         per-image work, postprocessing in P worker processes (0: threads), with how late a 0.5 ms
                         sleep wakes in this process (``gil_lag``) and the slot threads' per-batch step times
+  writer_procsP[_VARIANT]  (``--writer P,...``, ``--writer-variants``: only these rows) the writer stream with P
+                        worker processes; variants: blocking-sync waits, 4 stream threads, 4 slots (4 processes)
   latency_b1_graph, latency_b1_nograph  with ``--latency-engine`` (a batch-1 engine): ``e2e_trt.latency`` with GPU
                         decoding, CUDA graphs on and off (p50/p90/p99 ms per image to COCO results with RLE masks,
                         and to the Detections), each from a detector of its own made after the last was closed;
@@ -262,6 +264,43 @@ def handover_rows(engine, files, processes, repeat, slots=3):
     return out
 
 
+WRITER_VARIANTS = {  # name -> (Detector.from_engine keywords, stream worker threads)
+    "blocking": ({"blocking_wait": True}, None),
+    "workers4": ({}, 4),
+    "slots4": ({"slots": 4}, None),
+}
+
+
+def writer_rows(engine, files, processes, repeat, variants=(), variant_procs=4):
+    """The writer stream (``e2e_trt.stream_pass``: TSV + COCO RLE per image, as the GPU-decode rows of e2e_trt.py)
+    with P worker processes for each P (``writer_procsP``, one detector), then each of ``variants``
+    (:data:`WRITER_VARIANTS`) with ``variant_procs`` processes, each from a detector of its own."""
+    import e2e_trt
+
+    out = {}
+    runs = [("", {}, None, p) for p in processes] + [(v, *WRITER_VARIANTS[v], variant_procs) for v in variants]
+    det, made = None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kw, workers, procs in runs:
+            if det is None or made != name:
+                if det is not None:
+                    det.stop_workers()
+                    det.batch_model.close()
+                    del det
+                    gc.collect()
+                det, made = Detector.from_engine(engine, gpu_decode=True, **kw), name
+            b = det.batch_model.hi
+            e2e_trt.stream_pass(det, files, b, workers, os.path.join(tmp, "w"), procs)  # warm-up
+            rep = e2e_trt.stream_pass(det, files * repeat, b, workers, os.path.join(tmp, "r"), procs)
+            key = f"writer_procs{procs}" + (f"_{name}" if name else "")
+            out[key] = rep
+            print(key, json.dumps(rep), flush=True)
+            det.stop_workers()
+    if det is not None:
+        det.batch_model.close()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--engine", required=True)
@@ -278,9 +317,16 @@ def main():
         default=None,
         help="only model_only_slots3 and the handover_procsP rows for these process counts (e.g. 0,2,4,14)",
     )
+    ap.add_argument("--writer", default=None, help="only the writer_procsP rows for these process counts")
+    ap.add_argument("--writer-variants", default="", help=f"with --writer: also {','.join(WRITER_VARIANTS)}")
     a = ap.parse_args()
     files = sorted(glob.glob(os.path.join(a.images, "*.jpg")))
     doc = {"script": "benchmarks/trt_runner_probe.py", "engine": a.engine, "images": len(files), "rows": {}}
+    if a.writer:
+        variants = [v for v in a.writer_variants.split(",") if v]
+        doc["rows"].update(writer_rows(a.engine, files, [int(x) for x in a.writer.split(",")], a.repeat, variants))
+        atomic_write_json(a.out, doc)
+        return
     if a.handover:
         doc["rows"]["model_only_slots3"] = model_only(a.engine, files, 3, a.repeat)
         atomic_write_json(a.out, doc)

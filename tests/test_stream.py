@@ -768,15 +768,17 @@ def test_opencv_mask_paste_equals_the_numpy_reference(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "backend, per_image, processes, want",
+    "backend, per_image, processes, cores, want",
     [
-        ("tensorrt", None, None, 0),  # GPU decode, nothing per image: threads (run 23: 331.5 against 244.9 img/s)
-        ("tensorrt", str, None, 6),  # a per-image function: the default worker processes
-        ("tensorrt", None, 3, 3),  # asked for: as asked
-        ("torch", str, 3, 0),  # PyTorch with GPU decode: threads always
+        ("tensorrt", None, None, 6, 4),  # GPU decode: at most GPU_DECODE_PROCESSES by default (run 24)
+        ("tensorrt", str, None, 6, 4),  # with a per-image function as well
+        ("tensorrt", str, None, 2, 2),  # fewer by default on a smaller machine
+        ("tensorrt", None, 0, 6, 0),  # asked for: as asked
+        ("tensorrt", str, 14, 6, 14),
+        ("torch", str, 3, 6, 0),  # PyTorch with GPU decode: threads always
     ],
 )
-def test_gpu_decode_streams_use_processes_only_for_per_image_work(monkeypatch, backend, per_image, processes, want):
+def test_gpu_decode_streams_start_few_worker_processes(monkeypatch, backend, per_image, processes, cores, want):
     from rcnn_deploy import api
     from rcnn_deploy.config import get_spec
 
@@ -788,7 +790,8 @@ def test_gpu_decode_streams_use_processes_only_for_per_image_work(monkeypatch, b
 
     monkeypatch.setattr(api, "run_stream", fake_run_stream)
     monkeypatch.setattr(api, "WorkerPool", lambda n: ("pool", n))
-    monkeypatch.setattr(api, "default_processes", lambda: 6)
+    monkeypatch.setattr(api, "default_processes", lambda: cores)
+    assert api.GPU_DECODE_PROCESSES == 4
     det = api.Detector(get_spec("torchvision-maskrcnn"), (64, 64), lambda x: {}, backend, batch=2)
     det.gpu_decode = True
     list(det.stream([Item(0, "a.jpg")], per_image=per_image, processes=processes))

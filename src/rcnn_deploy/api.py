@@ -44,6 +44,13 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 Runner = Callable[[np.ndarray], Dict[str, np.ndarray]]
 
 
+#: Worker processes a TensorRT GPU-decode stream starts by default (machines with 8 cores or more): run 24 on the
+#: H200's 16 cores streamed the batch-8 engine at 351-354 img/s with 2-4 processes against 296 with 14 (329 with
+#: threads) without per-image work, and at 280-286 img/s with 3-8 against 249 with 14 (run 23) with the COCO RLE
+#: writer; more processes slowed the decode threads (their batch steps' p50 19.5 ms against 14-15 ms).
+GPU_DECODE_PROCESSES = 4
+
+
 class Detector:
     def __init__(self, spec: ModelSpec, input_hw: Tuple[int, int], run: Runner, backend: str, batch: int = 1):
         self.spec, self._run, self.backend, self.batch = spec, run, backend, batch
@@ -444,8 +451,8 @@ class Detector:
         ``error`` set and the run goes on. ``keep_images``: results carry the decoded RGB (for drawing).
         ``per_image(result)`` runs in a worker per finished image (e.g. write its files). ``processes``: decode
         and postprocess in that many worker processes (default: half the cores on machines with 8 or more,
-        else threads only; threads by default for JPEGs decoded on the GPU without a ``per_image``, which leave
-        the host too little work to hand over); ``per_image`` must then be picklable. The processes stay up for
+        else threads only; at most :data:`GPU_DECODE_PROCESSES` for JPEGs decoded on the GPU by TensorRT, which
+        leave the processes only postprocessing); ``per_image`` must then be picklable. The processes stay up for
         the detector's next run (:meth:`stop_workers` ends them; so does the program's end)."""
         if _is_items(source):
             items = cast(Iterable[Item], source)
@@ -453,14 +460,7 @@ class Detector:
             items = open_source(cast(SourceLike, source), stride=stride)
         model = self.batch_model or BatchModel(self._run, 1, max(self.batch, 1))
         stages = self.host_stages(keep_images)
-        procs = default_processes() if processes is None else processes
-        if self.gpu_decode and (self.backend != "tensorrt" or (processes is None and per_image is None)):
-            # torch: threads (its GPU post-processing leaves little host work); TensorRT: the model takes encoded
-            # bytes read in threads here, so worker processes would only post-process: worth it for a per-image
-            # function (COCO RLE: run 22/23's writer stream ran about 55 img/s in threads, 249 in 14 processes),
-            # not without one (boxes to the image and lazy masks: run 23's probe, 331.5 img/s in threads against
-            # 244.9 in 14 processes, trt_runner_probe_run23.json)
-            procs = 0
+        procs = self.stream_processes(processes)
         pools = self.__dict__.setdefault("_worker_pools", {})
         if procs > 0 and procs not in pools:
             pools[procs] = WorkerPool(procs)
@@ -480,6 +480,17 @@ class Detector:
             prepare_in_processes=not self.gpu_decode,
             pool=pools.get(procs),
         )
+
+    def stream_processes(self, processes: Optional[int] = None) -> int:
+        """The worker processes :meth:`stream` uses when asked for ``processes`` (None: its default)."""
+        procs = default_processes() if processes is None else int(processes)
+        if self.gpu_decode and self.backend != "tensorrt":
+            procs = 0  # torch: threads (its GPU post-processing leaves little host work)
+        elif self.gpu_decode and processes is None:
+            # TensorRT: the model takes encoded bytes read in threads here, so the worker processes only
+            # post-process, and more of them slow this process's decode threads (trt_runner_probe_run24.json)
+            procs = min(procs, GPU_DECODE_PROCESSES)
+        return procs
 
     def stop_workers(self) -> None:
         """End the worker processes :meth:`stream` kept for its next run (the next run starts new ones)."""
