@@ -797,3 +797,41 @@ def test_gpu_decode_streams_start_few_worker_processes(monkeypatch, backend, per
     list(det.stream([Item(0, "a.jpg")], per_image=per_image, processes=processes))
     assert seen["processes"] == want
     assert seen["pool"] == (("pool", want) if want else None)
+
+
+def test_infer_writer_lines_are_the_json_of_the_whole_record(tmp_path):
+    """The caller's thread writes each results.jsonl line from the JSON the worker made of the entries: the line
+    is byte for byte json.dumps of the whole record, results.json holds every entry in order, failures too."""
+    import pickle
+
+    from rcnn_deploy.config import get_spec
+    from rcnn_deploy.runtime.detections import Detections
+    from rcnn_deploy.runtime.stream import StreamResult
+    from rcnn_deploy.runtime.writers import InferWriter
+
+    spec = get_spec("torchvision-maskrcnn")
+    w = InferWriter(tmp_path, spec, backend="test", visualize=False, total=3)
+    worker = pickle.loads(pickle.dumps(w))  # what a worker process gets
+    boxes = np.array([[1.5, 2.0, 30.25, 40.0], [5.0, 6.0, 7.0, 8.0]], np.float32)
+    det = Detections(boxes, np.array([0.9, 0.2], np.float32), np.array([1, 2], np.int32))
+    results = []
+    for i, (name, d, err) in enumerate([("a.png", det, None), ("b.png", None, "b.png: broken"), ("c.png", det, None)]):
+        r = StreamResult(Item(i, name, tmp_path / name), detections=d, error=err)
+        r.extra = worker.per_image(r)
+        results.append(r)
+        w.add(r)
+    summary = w.close()
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    want_entries = []
+    for r, line in zip(results, lines):
+        record = dict(r.item.meta(), image_id=r.index + 1)
+        if r.ok:
+            entries = json.loads(r.extra["coco_json"])
+            assert [e["image_id"] for e in entries] == [r.index + 1] * 2 and entries[0]["score"] == pytest.approx(0.9)
+            record.update(detections=2, results=entries)
+            want_entries += entries
+        else:
+            record.update(error=r.error)
+        assert line == json.dumps(record)
+    assert json.loads((tmp_path / "results.json").read_text()) == want_entries == w.coco
+    assert summary["detections"] == 4 and summary["written"] == 2 and len(summary["failures"]) == 1

@@ -5,6 +5,7 @@ labels do not pile up, and everything stays uint8. Both drawing libraries: OpenC
 from __future__ import annotations
 
 import importlib.util
+import json
 import tracemalloc
 from typing import Tuple
 
@@ -168,6 +169,6 @@ def test_infer_writers_draw_only_detections_above_the_draw_threshold(tmp_path, m
         extra = w.per_image(StreamResult(Item(0, "a.png", tmp_path / "a.png"), detections=det, image=img))
         w.jsonl.close()
         assert drawn == [pytest.approx(want)] * 2
-        assert len(entries) == len(extra["coco"]) == len(det)  # the results keep all five
+        assert len(entries) == len(json.loads(extra["coco_json"])) == extra["detections"] == len(det)  # all five
         for tsv in (tmp_path / "ray" / "a.tsv", tmp_path / "local" / "a.tsv"):
             assert len(tsv.read_text().splitlines()) == 1 + len(det)

@@ -61,7 +61,8 @@ class InferWriter:
         self.total, self.draw_threshold = total, draw_threshold
         self.output.mkdir(parents=True, exist_ok=True)
         self.jsonl = open(self.output / "results.jsonl", "w", encoding="utf-8")  # noqa: SIM115 (closed in close)
-        self.coco: List[Dict[str, Any]] = []
+        self.coco_texts: List[str] = []  # each written image's COCO entries as the JSON its worker made
+        self.detections = 0
         self.failures: List[Dict[str, Any]] = []
         self.seen = 0
         self.closed = False
@@ -69,12 +70,14 @@ class InferWriter:
     def __getstate__(self) -> Dict[str, Any]:
         """What a worker process needs for :meth:`per_image` (not the run's open file or its records)."""
         state = dict(self.__dict__)
-        state.update(jsonl=None, coco=[], failures=[])
+        state.update(jsonl=None, coco_texts=[], failures=[])
         return state
 
     def per_image(self, r: StreamResult) -> Dict[str, Any]:
-        """Runs in a worker: per-image files and COCO entries (``result.extra``)."""
-        extra: Dict[str, Any] = {"coco": [], "frame": None}
+        """Runs in a worker: per-image files and COCO entries (``result.extra``: ``coco_json``, the entries as
+        a JSON array, made here so that the caller's thread, which every image passes through, only writes it;
+        ``detections``, their number; ``frame``, the rendered video frame)."""
+        extra: Dict[str, Any] = {"coco_json": "[]", "detections": 0, "frame": None}
         if not r.ok or r.detections is None:
             return extra
         d = r.detections
@@ -84,10 +87,11 @@ class InferWriter:
         image_id = r.item.image_id if r.item.image_id is not None else r.index + 1
         meta = r.item.meta()
         file_name = r.item.path.name if r.item.path is not None else r.item.name
-        extra["coco"] = [
+        entries = [
             dict(e, file_name=file_name, **{k: v for k, v in meta.items() if k != "image"})
             for e in detections_to_coco(d, image_id, self.spec.category_ids, self.spec.label_ids)
         ]
+        extra.update(coco_json=json.dumps(entries), detections=len(entries))
         stem = output_stem(r)
         write_tsv(self.output / f"{stem}.tsv", d, self.spec.class_names, self.spec.label_ids)
         if self.render_frames or self.visualize:
@@ -122,28 +126,38 @@ class InferWriter:
         self.seen += 1
         line: Dict[str, Any] = dict(r.item.meta(), image_id=r.item.image_id or r.index + 1)
         if r.ok:
-            entries = (r.extra or {}).get("coco", [])
-            self.coco += entries
-            line.update(detections=len(entries), results=entries)
+            extra = r.extra or {}
+            results, n = str(extra.get("coco_json", "[]")), int(extra.get("detections", 0))
+            self.coco_texts.append(results)
+            self.detections += n
+            line.update(detections=n)
+            # the line json.dumps(dict(line, results=entries)) would write, with the worker's JSON of the entries
+            text = json.dumps(line)[:-1] + ', "results": ' + results + "}"
         else:
             self.failures.append({"image": r.name, "error": r.error})
             line.update(error=r.error)
-        self.jsonl.write(json.dumps(line) + "\n")
+            text = json.dumps(line)
+        self.jsonl.write(text + "\n")
         self.jsonl.flush()
         r.image = None  # the decoded pixels are not needed past this point
+
+    @property
+    def coco(self) -> List[Dict[str, Any]]:
+        """Every written image's COCO results entries, in input order (what results.json holds)."""
+        return [e for text in self.coco_texts for e in json.loads(text)]
 
     def close(self, stats: Optional[StreamStats] = None, stopped: Optional[str] = None) -> Dict[str, Any]:
         """Write results.json and summary.json atomically (also after an interrupted run)."""
         if not self.closed:
             self.jsonl.close()
             self.closed = True
-        atomic_write_json(self.output / "results.json", self.coco)
+        atomic_write_json(self.output / "results.json", self.coco)  # parsed back: the same file as ever
         summary: Dict[str, Any] = {
             "images": self.total if self.total is not None else self.seen,
             "processed": self.seen,
             "written": self.seen - len(self.failures),
             "failures": self.failures,
-            "detections": len(self.coco),
+            "detections": self.detections,
             "backend": self.backend,
             "complete": stopped is None and (self.total is None or self.seen == self.total),
         }
