@@ -46,6 +46,18 @@ JSON
   [ -f "$d/model_fp16.engine" ]
 }
 
+letterbox_engines() {  # $1 = PYTHONPATH, then engine paths: the GPU decode's letterbox engine beside each, built in
+  # a process of its own (building it in the process that then runs the model died with SIGSEGV in run 24)
+  local pp=$1 e d b
+  shift
+  for e in "$@"; do
+    d=$(dirname "$e")
+    b=${d##*/b}; b=${b%%_*}
+    PYTHONPATH=$pp py39 -c "import sys; from pathlib import Path; from rcnn_deploy.backends.tensorrt.gpu_pre \
+import ensure_letterbox_engine as e; print(e(Path(sys.argv[1]), int(sys.argv[2])))" "$d" "$b" 2>&1 | tail -2
+  done
+}
+
 case "${1:-}" in
 prep)
   site_wheels
@@ -95,12 +107,9 @@ bench)
     gpu=(--gpu-decode --parity-dir "$W/val_jpg" --parity-images "${E2E_PARITY_IMAGES:-64}")
     pp=$pp:/tmp/py39nvimg
     export LD_LIBRARY_PATH=/tmp/py39nvimg/nvidia/nvjpeg/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-    for ((i = 1; i < ${#engines[@]}; i += 2)); do  # the letterbox engines, each build in a process of its own
-      d=$(dirname "${engines[$i]}")
-      b=${d##*/b}; b=${b%%_*}
-      PYTHONPATH=$pp py39 -c "import sys; from pathlib import Path; from rcnn_deploy.backends.tensorrt.gpu_pre \
-import ensure_letterbox_engine as e; print(e(Path(sys.argv[1]), int(sys.argv[2])))" "$d" "$b" 2>&1 | tail -2
-    done
+    lb=()
+    for ((i = 1; i < ${#engines[@]}; i += 2)); do lb+=("${engines[$i]}"); done
+    letterbox_engines "$pp" "${lb[@]}"
   fi
   # GPU-decode configurations (nvImageCodec backend:slots; the first gives the gpu_decode rows)
   [ ${#gpu[@]} -gt 0 ] && gpu+=(--gpu-decode-variants "${E2E_GPU_VARIANTS:-default:3,default:2}")
@@ -126,6 +135,7 @@ probe)
   export LD_LIBRARY_PATH=/tmp/py39nvimg/nvidia/nvjpeg/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   e=$(ls "$W"/b8_*/model_fp16.engine 2>/dev/null | head -1)
   e1=$(ls "$W"/b1_*/model_fp16.engine 2>/dev/null | head -1)
+  letterbox_engines "$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv:/tmp/py39nvimg" "$e" ${e1:+"$e1"}
   PYTHONPATH=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv:/tmp/py39nvimg py39 benchmarks/trt_runner_probe.py \
     --engine "$e" --images "$W/data/images" --processes "0,${E2E_PROCESSES:-14}" --out "$OUT/trt_runner_probe.json" \
     ${e1:+--latency-engine "$e1"} ${E2E_PROBE_ARGS:-} 2>&1 | tail -4
