@@ -90,7 +90,7 @@ def streamed(det: Detector, paths: list, out: Path, visualize: bool) -> dict:
     stats = StreamStats()
     t0 = time.perf_counter()
     for r in det.stream([str(p) for p in paths], batch=1, keep_images=visualize, per_image=writer.per_image,
-                        stats=stats):  # fmt: skip
+                        stats=stats, return_masks=False):  # fmt: skip
         assert r.ok, r.error
         writer.add(r)
     seconds = time.perf_counter() - t0

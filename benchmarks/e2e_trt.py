@@ -86,7 +86,9 @@ def stream_pass(det, paths, batch, workers, out_dir, processes=None):
     by_thread = ThreadCPU(pool.pids() if pool is not None else ())  # the pool's workers when kept from a last pass
     cpu_by_thread = None
     cpu0 = time.process_time()
-    stream = det.stream(files, batch=batch, workers=workers, per_image=per_image, stats=stats, processes=processes)
+    stream = det.stream(
+        files, batch=batch, workers=workers, per_image=per_image, stats=stats, processes=processes, return_masks=False
+    )  # as infer runs it
     for i, r in enumerate(stream, 1):
         writer.add(r)
         n_ok += r.ok

@@ -835,3 +835,60 @@ def test_infer_writer_lines_are_the_json_of_the_whole_record(tmp_path):
         assert line == json.dumps(record)
     assert json.loads((tmp_path / "results.json").read_text()) == want_entries == w.coco
     assert summary["detections"] == 4 and summary["written"] == 2 and len(summary["failures"]) == 1
+
+
+def _proc_post_masked(p: Prepared, outs):
+    from rcnn_deploy.runtime.detections import Detections
+
+    v = float(outs["v"][0, 0, 0])
+    boxes = np.array([[0.0, 0.0, 4.0, 4.0 + v]], np.float32)
+    probs = np.full((1, 28, 28), 0.9, np.float32)
+    return Detections(
+        boxes, np.ones(1, np.float32), np.ones(1, np.int32), PastedMasks(probs, boxes, (8, 8), "torchvision", 0.5)
+    )
+
+
+def _proc_per_image_rle(r) -> list:
+    return [m["counts"] for m in r.detections.pasted.rles()]
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_drop_masks_after_per_image_keeps_boxes_and_sends_no_masks_back(processes):
+    """``DropMasksAfter`` (``Detector.stream(return_masks=False)``): the per-image function still sees the masks;
+    the results come back with boxes, scores and classes only, in order, failures as before."""
+    from rcnn_deploy.runtime.stream import DropMasksAfter
+
+    items = [Item(i, f"img{i}") for i in range(9)]
+    kw = dict(processes=processes, input_shape=(2, 3), input_dtype=np.float32) if processes else {}
+    out = list(
+        run_stream(
+            items,
+            _proc_prepare,
+            BatchModel(_double, 1, 4),
+            _proc_post_masked,
+            batch=3,
+            workers=2,
+            per_image=DropMasksAfter(_proc_per_image_rle),
+            **kw,
+        )
+    )
+    assert [r.index for r in out] == list(range(9)) and [r.index for r in out if not r.ok] == [4]
+    for r in out:
+        if r.ok:
+            assert r.detections.masks is None and not r.detections.has_masks
+            assert r.detections.boxes[0, 3] == pytest.approx(4.0 + 2 * r.index)
+            assert len(r.extra) == 1 and isinstance(r.extra[0], str) and r.extra[0]  # the RLE was made
+
+
+def test_detector_stream_return_masks_false_wraps_the_per_image_function(monkeypatch):
+    from rcnn_deploy import api
+    from rcnn_deploy.config import get_spec
+    from rcnn_deploy.runtime.stream import DropMasksAfter
+
+    seen = {}
+    monkeypatch.setattr(api, "run_stream", lambda items, prepare, model, post, **kw: seen.update(kw) or iter(()))
+    det = api.Detector(get_spec("torchvision-maskrcnn"), (64, 64), lambda x: {}, "onnxruntime", batch=2)
+    list(det.stream([Item(0, "a.jpg")], per_image=str, processes=0))
+    assert seen["per_image"] is str
+    list(det.stream([Item(0, "a.jpg")], per_image=str, processes=0, return_masks=False))
+    assert isinstance(seen["per_image"], DropMasksAfter) and seen["per_image"].per_image is str

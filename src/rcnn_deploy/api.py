@@ -26,6 +26,7 @@ from .runtime.preprocess import Letterbox, letterbox, load_rgb, probe_gpu_jpeg, 
 from .runtime.sources import Item, SourceLike, open_source
 from .runtime.stream import (
     BatchModel,
+    DropMasksAfter,
     Prepared,
     ReplicatedModel,
     StreamResult,
@@ -444,6 +445,7 @@ class Detector:
         stats: Optional[StreamStats] = None,
         stride: int = 1,
         processes: Optional[int] = None,
+        return_masks: bool = True,
     ) -> Generator[StreamResult, None, None]:
         """Detect in every image of ``source`` (a file, folder, glob, list file, video, array or a list of
         them), overlapping decode, model and postprocessing; yields a
@@ -453,7 +455,9 @@ class Detector:
         and postprocess in that many worker processes (default: half the cores on machines with 8 or more,
         else threads only; at most :data:`GPU_DECODE_PROCESSES` for JPEGs decoded on the GPU by TensorRT, which
         leave the processes only postprocessing); ``per_image`` must then be picklable. The processes stay up for
-        the detector's next run (:meth:`stop_workers` ends them; so does the program's end)."""
+        the detector's next run (:meth:`stop_workers` ends them; so does the program's end). ``return_masks=False``
+        (with a ``per_image``): the results' detections come without masks once ``per_image`` has run, so the
+        worker processes do not send them back (``infer`` writes them as COCO RLE in the workers)."""
         if _is_items(source):
             items = cast(Iterable[Item], source)
         else:
@@ -461,6 +465,8 @@ class Detector:
         model = self.batch_model or BatchModel(self._run, 1, max(self.batch, 1))
         stages = self.host_stages(keep_images)
         procs = self.stream_processes(processes)
+        if per_image is not None and not return_masks:
+            per_image = DropMasksAfter(per_image)
         pools = self.__dict__.setdefault("_worker_pools", {})
         if procs > 0 and procs not in pools:
             pools[procs] = WorkerPool(procs)

@@ -212,6 +212,23 @@ def _finish(
     return res
 
 
+class DropMasksAfter:
+    """A per-image function that runs ``per_image`` and then leaves the result's detections without their masks
+    (boxes, scores and classes stay): for a caller whose per-image function already wrote the masks (COCO RLE),
+    so that a worker process does not send each image's ``M x M`` probabilities back (picklable when
+    ``per_image`` is)."""
+
+    def __init__(self, per_image: Callable[[StreamResult], Any]) -> None:
+        self.per_image = per_image
+
+    def __call__(self, r: StreamResult) -> Any:
+        extra = self.per_image(r)
+        d = r.detections
+        if d is not None and d.has_masks:
+            r.detections = Detections(d.boxes, d.scores, d.classes)
+        return extra
+
+
 # ------------------------------------------------------------------ worker processes (decode, postprocess)
 # Each worker process gets a run's stages once (with the run's first task it sees) and the model inputs go through
 # shared memory: a ring of slots the size of one letterboxed image, so no image is pickled between processes.
