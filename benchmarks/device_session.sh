@@ -130,7 +130,13 @@ steps)
     build)
       # a timing cache from an earlier session (the build's own output, carried back in .devcarry) saves most of
       # the build's tactic timing; this session's cache goes back in $OUT for the next one
-      [ -f .devcarry/timing.cache ] && [ ! -f $E/timing.cache ] && cp .devcarry/timing.cache $E/timing.cache
+      # (else the committed one: run 24's, TensorRT 8.6.0 on the H200; run 23 built without one in 399 s, run 24 with
+      # it in 78 s)
+      if [ ! -f $E/timing.cache ]; then
+        for c in .devcarry/timing.cache benchmarks/results/e2e/trt86_h200_timing.cache; do
+          [ -f "$c" ] && cp "$c" $E/timing.cache && break
+        done
+      fi
       step build bash benchmarks/device_e2e.sh build
       cp $E/build_*.log $S/logs/ 2>/dev/null
       cp $E/timing.cache $OUT/timing.cache 2>/dev/null
