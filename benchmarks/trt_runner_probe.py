@@ -52,6 +52,15 @@ from rcnn_deploy.api import Detector  # noqa: E402
 from rcnn_deploy.runtime.stream import StreamStats  # noqa: E402
 
 
+def writer_pass(det, files, repeat, tmp, procs, workers=None):
+    """The writer stream (``e2e_trt.stream_pass``) once over ``files`` to warm up, then ``repeat`` times: its row."""
+    import e2e_trt
+
+    b = det.batch_model.hi
+    e2e_trt.stream_pass(det, files, b, workers, os.path.join(tmp, "w"), procs)
+    return e2e_trt.stream_pass(det, files * repeat, b, workers, os.path.join(tmp, "r"), procs)
+
+
 def model_only(engine, files, slots, repeat, cuda_graph=True, blocking_wait=False):
     det = Detector.from_engine(engine, gpu_decode=True, slots=slots, cuda_graph=cuda_graph, blocking_wait=blocking_wait)
     m = det.batch_model
@@ -139,9 +148,7 @@ def stream_rows(engine, files, processes, repeat, slots):
 
     with tempfile.TemporaryDirectory() as tmp:
         for procs in processes:
-            e2e_trt.stream_pass(det, files, b, None, os.path.join(tmp, "w"), procs)
-            rep = e2e_trt.stream_pass(det, files * repeat, b, None, os.path.join(tmp, "r"), procs)
-            out[f"stream_writer_procs{procs}"] = rep
+            out[f"stream_writer_procs{procs}"] = writer_pass(det, files, repeat, tmp, procs)
             print(out, flush=True)
         # the same with a 0.5 ms GIL switch interval (Python's default is 5 ms): a thread that has work for the
         # model (the runner's loop, a slot's enqueue) waits less for one running Python code
@@ -162,8 +169,7 @@ def stream_rows(engine, files, processes, repeat, slots):
     procs = max(processes)
     det = Detector.from_engine(engine, gpu_decode=True, slots=slots, blocking_wait=True)
     with tempfile.TemporaryDirectory() as tmp:
-        e2e_trt.stream_pass(det, files, b, None, os.path.join(tmp, "w"), procs)
-        rep = e2e_trt.stream_pass(det, files * repeat, b, None, os.path.join(tmp, "r"), procs)
+        rep = writer_pass(det, files, repeat, tmp, procs)
         out[f"stream_writer_procs{procs}_blocking"] = dict(rep, blocking_wait=True)
     print(out, flush=True)
     det.stop_workers()
@@ -221,9 +227,10 @@ def timed_steps(model):
 
 
 def handover_rows(engine, files, processes, repeat, slots=3):
-    """``Detector.stream`` without per-image work, postprocessing in P worker processes (0: threads; explicit, so
-    the default's threads do not apply), each pass measured with :class:`GilLag` and the slot threads' per-batch
-    steps (:func:`timed_steps`): whether handing batches to processes slows the GPU-decode slots in this process."""
+    """``Detector.stream`` without per-image work, postprocessing in P worker processes (0: threads; given
+    explicitly, so the runner's default does not apply), each pass measured with :class:`GilLag` and the slot
+    threads' per-batch steps (:func:`timed_steps`): whether handing batches to processes slows the GPU-decode
+    slots in this process."""
     det = Detector.from_engine(engine, gpu_decode=True, slots=slots)
     b = det.batch_model.hi
     rec = timed_steps(det.batch_model)
@@ -275,8 +282,6 @@ def writer_rows(engine, files, processes, repeat, variants=(), variant_procs=4):
     """The writer stream (``e2e_trt.stream_pass``: TSV + COCO RLE per image, as the GPU-decode rows of e2e_trt.py)
     with P worker processes for each P (``writer_procsP``, one detector), then each of ``variants``
     (:data:`WRITER_VARIANTS`) with ``variant_procs`` processes, each from a detector of its own."""
-    import e2e_trt
-
     out = {}
     runs = [("", {}, None, p) for p in processes] + [(v, *WRITER_VARIANTS[v], variant_procs) for v in variants]
     det, made = None, None
@@ -289,9 +294,7 @@ def writer_rows(engine, files, processes, repeat, variants=(), variant_procs=4):
                     del det
                     gc.collect()
                 det, made = Detector.from_engine(engine, gpu_decode=True, **kw), name
-            b = det.batch_model.hi
-            e2e_trt.stream_pass(det, files, b, workers, os.path.join(tmp, "w"), procs)  # warm-up
-            rep = e2e_trt.stream_pass(det, files * repeat, b, workers, os.path.join(tmp, "r"), procs)
+            rep = writer_pass(det, files, repeat, tmp, procs, workers)
             key = f"writer_procs{procs}" + (f"_{name}" if name else "")
             out[key] = rep
             print(key, json.dumps(rep), flush=True)

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from .detections import Detections
+from .masks import PastedMasks
 
 
 def detections_to_coco(
@@ -29,8 +30,6 @@ def detections_to_coco(
     RLE ``segmentation`` when the detections carry pasted (image-sized) masks. ``executor`` (worker processes)
     and ``parts``: the masks' RLE is made in up to ``parts`` pieces in parallel
     (:meth:`~rcnn_deploy.runtime.masks.PastedMasks.rles`): one image's lowest latency where cores are idle."""
-    from .masks import PastedMasks
-
     index = {int(lid): i for i, lid in enumerate(label_ids) if i > 0}
     rles: Optional[List[Dict[str, Any]]] = None
     if isinstance(det.pasted, PastedMasks):  # RLE from each mask's box region, all masks at once: no image arrays
