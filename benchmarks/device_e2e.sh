@@ -9,7 +9,8 @@
 #                                        # baseline e2e_torchvision.py (python3 + torch); needs only prep's data
 #   bash benchmarks/device_e2e.sh take_cv  # carry [".cvcarry"]: OpenCV for CPython 3.9 into /tmp/py39cv (bench)
 #   bash benchmarks/device_e2e.sh take_nvimg  # carry [".nvimgcarry"]: nvImageCodec + nvJPEG for CPython 3.9 into
-#                                           # /tmp/py39nvimg: bench then adds the GPU-decode rows (--gpu-decode)
+#                                           # /tmp/py39nvimg: bench then adds the GPU-decode rows (--gpu-decode);
+#                                           # and for python3 (PyTorch's GPU decoding) into /tmp/site-nvimg312
 #   bash benchmarks/device_e2e.sh nvjpeg # nvjpeg_bench.py: nvImageCodec's backends alone and beside the b8 engine
 #   bash benchmarks/device_e2e.sh probe  # trt_runner_probe.py: the b8 GPU-decode stream with less and less around it
 #
@@ -155,6 +156,10 @@ take_cv)
 take_nvimg)
   mkdir -p /tmp/py39nvimg && python3 -m zipfile -e .nvimgcarry/nvimgcodec_cp39.zip /tmp/py39nvimg/ || exit 1
   ls /tmp/py39nvimg/nvidia
+  if [ -f .nvimgcarry/nvimgcodec_cp312.zip ]; then  # the PyTorch steps' GPU decoding (device_session.sh torch_env)
+    mkdir -p /tmp/site-nvimg312.part && python3 -m zipfile -e .nvimgcarry/nvimgcodec_cp312.zip /tmp/site-nvimg312.part/ &&
+      mv /tmp/site-nvimg312.part /tmp/site-nvimg312 && ls /tmp/site-nvimg312
+  fi
   ;;
 *)
   echo "usage: $0 prep [data]|build|bench|nvjpeg|probe|torch|take_cv|take_nvimg" >&2

@@ -6,7 +6,8 @@
 #   .whl       cp312 wheels for the device's python3 (pycocotools, onnx_graphsurgeon)
 #   .devcarry  py39/: Pillow and pycocotools for the TensorRT 8.6 process (CPython 3.9)
 #   .cvcarry   the opencv-python-headless wheel for that process (its own call: device_e2e.sh take_cv)
-#   .nvimgcarry nvImageCodec + nvJPEG for that process: GPU decoding (its own call: device_e2e.sh take_nvimg)
+#   .nvimgcarry nvImageCodec + nvJPEG for that process and for the device's python3 (PyTorch): GPU decoding (its
+#               own call: device_e2e.sh take_nvimg)
 #   .trt86     TensorRT 8.6 + CPython 3.9 in chunks (../shared/tools/trt86/prepare.sh)
 #   .raywhl    Ray for the device's python3, two chunks (device_ray.sh prep)
 #   .servewhl  Triton's wheel, numpy<2 for its stub, tritonclient (device_serve.sh prep)
@@ -16,6 +17,7 @@ source benchmarks/device_common.sh
 [ -n "$(ls .whl/*.whl 2>/dev/null)" ] || bash benchmarks/device_results_table.sh wheels
 [ -d .devcarry/py39/PIL ] && [ -n "$(ls .cvcarry/*.whl 2>/dev/null)" ] || py39_wheels
 [ -f .nvimgcarry/nvimgcodec_cp39.zip ] || nvimgcodec_carry
+[ -f .nvimgcarry/nvimgcodec_cp312.zip ] || nvimgcodec312_carry
 [ -f .trt86/READY ] || bash ../shared/tools/trt86/prepare.sh .trt86
 [ -d .raywhl/c1 ] || bash benchmarks/device_ray.sh prep
 [ -d .servewhl/c1 ] || bash benchmarks/device_serve.sh prep

@@ -112,6 +112,14 @@ steps)
   torch_e2e() {  # torch_e2e OUT_NAME PHASES [ARGS...]
     local name=$1 phases=$2
     shift 2
+    # nvImageCodec for the GPU-decode rows once take_nvimg has unpacked it (else they use torchvision's decode_jpeg;
+    # each row's gpu_decoder says which), as a user who installed nvidia-nvimgcodec-cu13 + nvidia-nvjpeg would run
+    if [ -d /tmp/site-nvimg312/nvidia ]; then
+      PYTHONPATH=$PYTHONPATH:/tmp/site-nvimg312 LD_LIBRARY_PATH=/tmp/site-nvimg312/nvjpeg13${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+        python3 benchmarks/e2e_torch_cuda.py --checkpoint $CK --size 1344 --images $E/data/images --phases "$phases" \
+        --nms-rounds 96 --out "$OUT/$name.json" "$@"
+      return
+    fi
     python3 benchmarks/e2e_torch_cuda.py --checkpoint $CK --size 1344 --images $E/data/images --phases "$phases" \
       --nms-rounds 96 --out "$OUT/$name.json" "$@"
   }

@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 PHASES = ("stream", "parity", "precisions", "faster", "gpu_decode", "gpu_post", "profile", "compile", "roi_align")
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # rcnn_deploy.backends.torch_cuda.COMPILE_MODES
+GPU_DECODERS = ("auto", "nvimgcodec", "torchvision")  # rcnn_deploy.backends.torch_cuda.GPU_DECODERS
 
 
 def commit() -> str:
@@ -240,6 +241,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fp16 only: the model alone and streamed (host decode)")
     ap.add_argument("--nms-rounds", type=int, default=32, help="NMS fixpoint rounds captured first")
     ap.add_argument(
+        "--gpu-decoder",
+        choices=GPU_DECODERS,
+        default="auto",
+        help="the JPEG decoder of the GPU-decode rows (auto: nvImageCodec when installed, else torchvision's "
+        "decode_jpeg); the rows say which one ran",
+    )
+    ap.add_argument(
         "--compile",
         choices=COMPILE_MODES,
         default=None,
@@ -313,6 +321,10 @@ def main() -> None:
         row["roi_align"] = roi_align_mod.SYNC_FREE_ROI_ALIGN
         if a.stream_compile and rows is None and label.startswith("mask_rcnn"):
             row["compile"] = a.stream_compile
+        if det.gpu_decode:
+            row["gpu_decoder"] = det.batch_model.letterbox.decoder
+            if det.batch_model.letterbox.decoder_note:
+                row["gpu_decoder_note"] = det.batch_model.letterbox.decoder_note
         row.update(gpu_compute(det, batch, batch_images, iterations=100 if graph else 20))
         row["nms_rounds"] = det.cuda_model.nms_rounds
         row["load_capture_time_s"] = round(time.perf_counter() - t0, 1)
@@ -351,6 +363,7 @@ def main() -> None:
             gpu_decode=gpu_decode,
             gpu_post=gpu_post,
             compile=compile,
+            gpu_decoder=a.gpu_decoder,
         )
         det.cuda_model.nms_rounds = a.nms_rounds  # before the first call captures
         return det
@@ -672,7 +685,9 @@ def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
         print("decode pixels", par["decode_pixels_nvjpeg_vs_host"], flush=True)
         save()
         for name, gd in (("host_decode_fp16", False), ("gpu_decode_fp16", True)):
-            det = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp16", gpu_decode=gd)
+            det = Detector.load(
+                a.checkpoint, batch=8, device="cuda", precision="fp16", gpu_decode=gd, gpu_decoder=a.gpu_decoder
+            )
             precapture(det, 8)
             r = evaluate_detector(det, jann, jimages, max_images=a.val_images)
             par[name] = {
@@ -683,11 +698,14 @@ def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
             print(name, par[name], flush=True)
         jpaths = [str(p) for p in find_images(jimages)][: a.val_images]
         host = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp16")
-        gpu = Detector.load(a.checkpoint, batch=8, device="cuda", precision="fp16", gpu_decode=True)
+        gpu = Detector.load(
+            a.checkpoint, batch=8, device="cuda", precision="fp16", gpu_decode=True, gpu_decoder=a.gpu_decoder
+        )
         precapture(gpu, 8)
         rep = compare_detections(host(jpaths), gpu(jpaths))
         par["gpu_decode_vs_host_decode_fp16"] = {k: v for k, v in rep.to_dict().items() if k != "unmatched"}
         par["gpu_decode_vs_host_decode_fp16"]["unmatched"] = len(rep.unmatched)
+        par["gpu_decode_vs_host_decode_fp16"]["gpu_decoder"] = gpu.batch_model.letterbox.decoder
         doc["parity"] = par
         save()
 

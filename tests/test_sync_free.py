@@ -300,3 +300,73 @@ def test_stacked_multilevel_roi_align_equals_pooling_per_level(flavour):
     ref = R._roi_align_eager(feats, boxes, p)  # per level, only its own boxes (nonzero)
     torch.testing.assert_close(R._roi_align_stacked(feats, boxes, p), ref, rtol=0, atol=1e-6)
     torch.testing.assert_close(R._roi_align_eager(feats, boxes, p, static=True), ref, rtol=0, atol=0)
+
+
+def test_gpu_letterbox_decoder_choice_and_the_nvimgcodec_path(tmp_path, monkeypatch):
+    """``decoder="auto"`` takes nvImageCodec only on a GPU where it is installed; nvImageCodec on a CPU device or
+    an unknown decoder is refused. The nvImageCodec path (here with a stand-in decoder that returns host HWC
+    arrays, as nvImageCodec returns device HWC images) letterboxes like the torchvision path, sends what it
+    refused to the host decoder, and keeps the decoded images alive until the next call."""
+    pytest.importorskip("torchvision")
+    from rcnn_deploy.backends import nvimgcodec
+    from rcnn_deploy.backends.torch_cuda import GPU_DECODERS, GpuLetterbox
+    from rcnn_deploy.runtime.preprocess import letterbox, load_rgb, probe_gpu_jpeg
+
+    assert GPU_DECODERS == ("auto", "nvimgcodec", "torchvision")
+    fill = (124.0, 116.0, 104.0)
+    monkeypatch.setattr(nvimgcodec, "available", lambda: True)
+    assert GpuLetterbox((96, 128), fill, "torchvision", "cpu", None).decoder == "torchvision"  # auto on a CPU
+    with pytest.raises(ValueError, match="GPU memory"):
+        GpuLetterbox((96, 128), fill, "torchvision", "cpu", None, decoder="nvimgcodec")
+    with pytest.raises(ValueError, match="unknown GPU JPEG decoder"):
+        GpuLetterbox((96, 128), fill, "torchvision", "cpu", None, decoder="pillow")
+
+    class StandIn:  # nvImageCodec's NvImageCodec.decode contract: per item an HWC image or None (refused)
+        def __init__(self):
+            self.streams = []
+
+        def decode(self, datas, stream):
+            self.streams.append(stream)
+            return [None if i == 1 else np.asarray(load_rgb(d.tobytes())) for i, d in enumerate(datas)]
+
+    a = _jpeg(tmp_path / "a.jpg", (150, 110))
+    b = _jpeg(tmp_path / "b.jpg", (60, 300))
+    gl = GpuLetterbox((96, 128), fill, "torchvision", "cpu", None, decoder="torchvision")
+    gl._nvimg = StandIn()
+    items = [np.frombuffer(probe_gpu_jpeg(p)[0], np.uint8) for p in (a, b)]
+    out, errors = gl(items, batch=3)
+    assert errors == [None, None] and gl._nvimg.streams == [0]
+    assert len(gl._keep) == 1  # the decoded image, alive until the next call
+    host_a, _ = letterbox(load_rgb(a), (96, 128), fill, dtype=np.uint8)
+    host_b, _ = letterbox(load_rgb(b), (96, 128), fill, dtype=np.uint8)
+    assert np.abs(out[0].numpy().astype(int) - host_a.astype(int)).max() <= 1  # Pillow's pixels, torch's resize
+    assert np.array_equal(out[1].numpy(), host_b)  # refused: decoded and letterboxed on the host
+    assert (out[2].numpy() == np.array([124, 116, 104], np.uint8).reshape(3, 1, 1)).all()  # padding slot
+
+
+def test_gpu_letterbox_auto_falls_back_to_torchvision_when_nvimgcodec_cannot_start(monkeypatch):
+    """An installed nvImageCodec that fails to start (no libnvjpeg, no driver) leaves "auto" on torchvision with a
+    warning that says why; asked for by name, the error is raised."""
+    pytest.importorskip("torchvision")
+    import torch
+
+    from rcnn_deploy.backends import nvimgcodec
+    from rcnn_deploy.backends.torch_cuda import GpuLetterbox
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("libnvjpeg.so.13: cannot open shared object file")
+
+    monkeypatch.setattr(nvimgcodec, "available", lambda: True)
+    monkeypatch.setattr(nvimgcodec, "NvImageCodec", broken)
+    real = torch.device
+
+    def as_cuda(d):  # only the device type matters before any tensor is made on it
+        return real("cuda") if d == "cuda" else real(d)
+
+    monkeypatch.setattr(torch, "device", as_cuda)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)
+    with pytest.warns(RuntimeWarning, match="libnvjpeg.so.13"):
+        gl = GpuLetterbox((96, 128), (0, 0, 0), "torchvision", "cuda", None)
+    assert gl.decoder == "torchvision" and "libnvjpeg" in gl.decoder_note
+    with pytest.raises(RuntimeError, match="libnvjpeg"):
+        GpuLetterbox((96, 128), (0, 0, 0), "torchvision", "cuda", None, decoder="nvimgcodec")

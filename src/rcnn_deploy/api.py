@@ -84,13 +84,15 @@ class Detector:
         gpu_post: bool = False,
         replicas: int = 1,
         compile: Optional[str] = None,
+        gpu_decoder: str = "auto",
         **spec_overrides: Any,
     ) -> Detector:
         """``path``: an export directory / a file in one (uses its contract.json), or a checkpoint (``.pth``,
         ``.pkl``, a torchvision enum name) with ``model=`` and ``input_hw=`` for the PyTorch backend.
         ``device="cuda"``, ``precision`` (fp32 / fp16 / bf16), ``cuda_graph``, ``gpu_decode`` (JPEGs decoded and
-        letterboxed on the GPU) and ``gpu_post`` (boxes mapped back, masks pasted and RLE-encoded on the GPU):
-        the PyTorch backend on a GPU (:class:`rcnn_deploy.backends.torch_cuda`). ``replicas``: ONNX Runtime on
+        letterboxed on the GPU; ``gpu_decoder`` picks the decoder, see :meth:`from_module`) and ``gpu_post`` (boxes
+        mapped back, masks pasted and RLE-encoded on the GPU): the PyTorch backend on a GPU
+        (:class:`rcnn_deploy.backends.torch_cuda`). ``replicas``: ONNX Runtime on
         a fused export only, that many sessions sharing the cores, run side by side by :meth:`stream`."""
         p = Path(path)
         directory = p if p.is_dir() else p.parent
@@ -147,6 +149,7 @@ class Detector:
             gpu_decode,
             gpu_post,
             compile,
+            gpu_decoder,
             **spec_overrides,
         )
 
@@ -163,6 +166,7 @@ class Detector:
         gpu_decode: bool = False,
         gpu_post: bool = False,
         compile: Optional[str] = None,
+        gpu_decoder: str = "auto",
         **spec_overrides: Any,
     ) -> Detector:
         """The PyTorch deploy model. ``input_hw`` defaults to the size an rcnn-deploy checkpoint was trained
@@ -170,7 +174,9 @@ class Detector:
         from .models.build import build_model
 
         net = build_model(model, weights, **spec_overrides)
-        return cls.from_module(net, input_hw, batch, device, precision, cuda_graph, gpu_decode, gpu_post, compile)
+        return cls.from_module(
+            net, input_hw, batch, device, precision, cuda_graph, gpu_decode, gpu_post, compile, gpu_decoder
+        )
 
     @classmethod
     def from_module(
@@ -184,14 +190,17 @@ class Detector:
         gpu_decode: bool = False,
         gpu_post: bool = False,
         compile: Optional[str] = None,
+        gpu_decoder: str = "auto",
     ) -> Detector:
         """A deploy-form model already in memory (``DeployRCNN``), run on ``device``. ``input_hw`` defaults to
         the size its checkpoint recorded, else 800 x 800. On a CUDA device the model is a
         :class:`~rcnn_deploy.backends.torch_cuda.CudaGraphModel` (``precision``, ``cuda_graph``) taking uint8
         images (``gpu_decode``: JPEG files decoded and letterboxed on the GPU, :class:`GpuLetterbox
-        <rcnn_deploy.backends.torch_cuda.GpuLetterbox>`; ``gpu_post``: boxes mapped back to the original image,
-        masks pasted, thresholded and RLE-encoded on the GPU, :mod:`rcnn_deploy.glue.gpu_post`, so only compact
-        results come back to the host); on the CPU it runs eagerly in fp32 (and ``gpu_post`` is refused)."""
+        <rcnn_deploy.backends.torch_cuda.GpuLetterbox>`, with ``gpu_decoder``, one of its ``GPU_DECODERS``:
+        nvImageCodec when installed, else torchvision's ``decode_jpeg``; ``gpu_post``: boxes mapped back to the
+        original image, masks pasted, thresholded and RLE-encoded on the GPU, :mod:`rcnn_deploy.glue.gpu_post`,
+        so only compact results come back to the host); on the CPU it runs eagerly in fp32 (and ``gpu_post`` is
+        refused)."""
         import torch
 
         from .backends.torch_cuda import PRECISIONS, CudaGraphModel, GpuBatchModel, GpuLetterbox
@@ -211,7 +220,14 @@ class Detector:
                 from .glue.gpu_post import GpuPost
 
                 # with gpu_post alone the items are host-letterboxed arrays, which GpuLetterbox uploads
-                lb = GpuLetterbox(input_hw, det.fill, net.spec.resize, device, det.max_pixels)
+                lb = GpuLetterbox(
+                    input_hw,
+                    det.fill,
+                    net.spec.resize,
+                    device,
+                    det.max_pixels,
+                    gpu_decoder if gpu_decode else "torchvision",
+                )
                 post = GpuPost(net.spec.mask_paste, net.spec.mask_threshold) if gpu_post else None
                 det.batch_model = GpuBatchModel(gpu, lb, batch, post)
                 det.gpu_decode = gpu_decode

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -271,23 +272,57 @@ class CudaGraphModel:
         return {k: v.cpu().numpy() for k, v in out.items()}
 
 
-class GpuLetterbox:
-    """JPEG bytes decoded on the GPU (nvJPEG through ``torchvision.io.decode_jpeg``, a batch per call) and
-    letterboxed there into a ``[B, 3, H, W]`` uint8 buffer: the same geometry and resampling as the host
-    :func:`~rcnn_deploy.runtime.preprocess.letterbox` (``"torchvision"``: ``F.interpolate`` bilinear, no
-    antialiasing; ``"detectron2"``: its antialiased mode, which follows Pillow's filter), in float32, rounded.
-    Items that are already letterboxed host arrays ``[3, H, W]`` (formats nvJPEG does not take) are uploaded.
-    A JPEG nvJPEG refuses is decoded on the host instead; one the host cannot decode either gets its error
-    message in the returned list and leaves its slot as fill."""
+# GpuLetterbox's JPEG decoders: "nvimgcodec" (nvImageCodec: the GPU's hardware JPEG decoder where it has one,
+# libjpeg-turbo's fancy chroma upsampling), "torchvision" (``torchvision.io.decode_jpeg`` on the device: nvJPEG's
+# hybrid decoder, Huffman decoding on the calling thread, its own chroma upsampling), "auto" (nvImageCodec when it
+# is installed and the device is a GPU, else torchvision)
+GPU_DECODERS = ("auto", "nvimgcodec", "torchvision")
 
-    def __init__(self, input_hw: Any, fill_rgb: Any, resize: str, device: Any, max_pixels: Optional[int]) -> None:
+
+class GpuLetterbox:
+    """JPEG bytes decoded on the GPU (a batch per call) and letterboxed there into a ``[B, 3, H, W]`` uint8
+    buffer: the same geometry and resampling as the host :func:`~rcnn_deploy.runtime.preprocess.letterbox`
+    (``"torchvision"``: ``F.interpolate`` bilinear, no antialiasing; ``"detectron2"``: its antialiased mode,
+    which follows Pillow's filter), in float32, rounded. ``decoder``: one of :data:`GPU_DECODERS`
+    (:attr:`decoder` says which one runs). Items that are already letterboxed host arrays ``[3, H, W]``
+    (formats nvJPEG does not take) are uploaded. A JPEG the GPU decoder refuses is decoded on the host
+    instead; one the host cannot decode either gets its error message in the returned list and leaves its slot
+    as fill."""
+
+    def __init__(
+        self,
+        input_hw: Any,
+        fill_rgb: Any,
+        resize: str,
+        device: Any,
+        max_pixels: Optional[int],
+        decoder: str = "auto",
+    ) -> None:
         import torch
 
+        from . import nvimgcodec
+
+        if decoder not in GPU_DECODERS:
+            raise ValueError(f"unknown GPU JPEG decoder {decoder!r}; use one of {', '.join(GPU_DECODERS)}")
         self.input_hw = (int(input_hw[0]), int(input_hw[1]))
         self.fill = torch.tensor([round(float(v)) for v in fill_rgb], dtype=torch.uint8).view(3, 1, 1)
         self.resize, self.device, self.max_pixels = resize, torch.device(device), max_pixels
         self.fill = self.fill.to(self.device)
         self._buffers: Dict[int, Any] = {}
+        if decoder == "nvimgcodec" and self.device.type != "cuda":
+            raise ValueError(f"nvImageCodec decodes into GPU memory, not on {self.device}")
+        self._nvimg: Any = None
+        self.decoder_note: Optional[str] = None  # why "auto" did not take nvImageCodec although it is installed
+        if decoder == "nvimgcodec" or (decoder == "auto" and self.device.type == "cuda" and nvimgcodec.available()):
+            try:
+                self._nvimg = nvimgcodec.NvImageCodec(device_id=self.device.index or 0)
+            except Exception as e:  # noqa: BLE001 - asked for by name: the error; by "auto": torchvision instead
+                if decoder == "nvimgcodec":
+                    raise
+                self.decoder_note = f"nvImageCodec failed to start ({type(e).__name__}: {e}); torchvision decodes"
+                warnings.warn(self.decoder_note, RuntimeWarning, stacklevel=2)
+        self.decoder = "nvimgcodec" if self._nvimg is not None else "torchvision"
+        self._keep: List[Any] = []  # the last batch's nvImageCodec images: their memory until the next call
 
     def __call__(self, items: Any, batch: int) -> Any:
         """``items``: per image, encoded JPEG bytes (1-D uint8) or a letterboxed ``[3, H, W]`` uint8 array ->
@@ -302,7 +337,9 @@ class GpuLetterbox:
         errors: List[Optional[str]] = [None] * len(items)
         encoded = [i for i, a in enumerate(items) if a.ndim == 1]
         decoded: Dict[int, Any] = {}
-        if encoded:
+        if encoded and self._nvimg is not None:
+            decoded = self._decode_nvimgcodec(items, encoded)
+        elif encoded:
             datas = [torch.from_numpy(np.asarray(items[i])) for i in encoded]
             try:
                 decoded = dict(zip(encoded, decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device)))
@@ -320,6 +357,23 @@ class GpuLetterbox:
             else:
                 errors[i] = self._host_fallback(out[i], a)
         return out, errors
+
+    def _decode_nvimgcodec(self, items: Any, encoded: List[int]) -> Dict[int, Any]:
+        """nvImageCodec on the device's current stream -> ``{item: [3, h, w] uint8 view}``; an item it refused is
+        absent (the host decoder tries it). The views alias nvImageCodec's images, kept until the next call: the
+        letterbox kernels reading them are queued on the same stream, and the caller (``GpuBatchModel.submit``)
+        waits for its batch's outputs before it decodes the next batch."""
+        import torch
+
+        assert self._nvimg is not None
+        stream = torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
+        images = self._nvimg.decode([np.asarray(items[i]) for i in encoded], stream)
+        self._keep = [img for img in images if img is not None]
+        out: Dict[int, Any] = {}
+        for i, img in zip(encoded, images):
+            if img is not None:
+                out[i] = torch.as_tensor(img, device=self.device).permute(2, 0, 1)  # HWC -> CHW, no copy
+        return out
 
     def _letterbox_into(self, dst: Any, img: Any) -> None:
         import torch.nn.functional as F

@@ -41,7 +41,10 @@ def _latency(q: Any) -> str:
 
 def _compiled(row: Dict[str, Any]) -> str:
     """A torch row's note that its sync-free forward ran through torch.compile (``--stream-compile``)."""
-    return f" (torch.compile {row['compile']})" if row.get("compile") else ""
+    note = f" (torch.compile {row['compile']})" if row.get("compile") else ""
+    if row.get("gpu_decoder"):
+        note += f", JPEGs decoded by {_GPU_DECODER_NAMES.get(row['gpu_decoder'], row['gpu_decoder'])}"
+    return note
 
 
 def render(root: Path) -> str:
@@ -476,9 +479,11 @@ def _torch_targets(files: List[Tuple[Path, Any]], base: float, out: List[str], r
         for r in d.get("rows", []):
             if r["model"] not in _TORCH_E2E or r["precision"] != "fp16" or not r["cuda_graph"]:
                 continue
+            label = _TORCH_E2E[r["model"]]
+            if r.get("gpu_decoder"):  # rows since session 18 say which decoder ran (before: torchvision's)
+                label = label.replace("GPU decode", f"GPU decode ({_GPU_DECODER_NAMES.get(r['gpu_decoder'], '?')})")
             how = ", ".join(
-                ([_TORCH_E2E[r["model"]]] if _TORCH_E2E[r["model"]] else [])
-                + ([f"torch.compile {r['compile']}"] if r.get("compile") else [])
+                ([label] if label else []) + ([f"torch.compile {r['compile']}"] if r.get("compile") else [])
             )
             how = f" ({how})" if how else ""
             s = r.get("stream") or {}
@@ -497,6 +502,7 @@ def _torch_targets(files: List[Tuple[Path, Any]], base: float, out: List[str], r
 
 # the e2e_torch_cuda.py row models that run Mask R-CNN end to end, and how they differ from the plain one
 _TORCH_E2E = {"mask_rcnn": "", "mask_rcnn_gpu_post": "GPU post", "mask_rcnn_gpu_decode_post": "GPU decode + post"}
+_GPU_DECODER_NAMES = {"nvimgcodec": "nvImageCodec", "torchvision": "torchvision decode_jpeg"}
 
 
 def _decoder_section(results: Path) -> List[str]:

@@ -33,20 +33,12 @@ import numpy as np
 
 from ...errors import UserError
 from ...runtime.preprocess import letterbox_taps
-from ..base import BackendUnavailable
+from ..nvimgcodec import DECODE_BACKENDS, NVIMGCODEC_FIX, NvImageCodec  # noqa: F401 (re-exported)
 from .pipelined import _H2D, TensorRTBatchModel, _Pinned, _Slot
 
 _D2D = 3  # cudaMemcpyKind
 LETTERBOX_MAX_HW = (2160, 3840)  # the letterbox engine's largest image (4K UHD); larger ones are decoded on the host
 _TAPS = ("y0", "y1", "wy", "x0", "x1", "wx", "vy", "vx")
-NVIMGCODEC_FIX = "pip install 'nvidia-nvimgcodec-cu12[nvjpeg]' (or run without --gpu-decode)"
-# nvImageCodec backends by name (Detector.from_engine(gpu_decode_backend=...)): "default" lets nvImageCodec
-# choose per image among all of them (the GPU's hardware JPEG decoder first where it has one: run 20 on the H200);
-# "hw" the hardware decoder alone (A100, H100/H200: NVJPG engines, no SMs and no host Huffman decoding); "gpu"
-# nvJPEG's CUDA decoder with Huffman on the GPU (it declined run 20's JPEGs); "hybrid" Huffman decoding on the
-# host's cores, the rest on the GPU. An image a restricted backend cannot take is decoded on the host (Pillow),
-# like any JPEG nvJPEG refuses.
-DECODE_BACKENDS = {"default": None, "hw": "HW_GPU_ONLY", "gpu": "GPU_ONLY", "hybrid": "HYBRID_CPU_GPU"}
 
 
 def letterbox_profiles(
@@ -126,50 +118,6 @@ def _graph_input_hw(export_dir: Path) -> Tuple[int, int]:
     from ...contract import Contract
 
     return Contract.load(export_dir).input_hw
-
-
-class NvImageCodec:
-    """nvImageCodec's batched decoder, RGB uint8 into device memory (imported here: only GPU decoding needs it)."""
-
-    def __init__(self, backend: str = "default") -> None:
-        if backend not in DECODE_BACKENDS:
-            raise UserError(
-                f"unknown GPU decode backend {backend!r}",
-                where="Detector.from_engine(gpu_decode_backend=...)",
-                fix=f"use one of {', '.join(DECODE_BACKENDS)}",
-            )
-        try:
-            from nvidia import nvimgcodec  # type: ignore[import-untyped]
-        except ImportError as e:
-            raise BackendUnavailable(f"GPU JPEG decoding with TensorRT needs nvImageCodec: {NVIMGCODEC_FIX}") from e
-        self.mod = nvimgcodec
-        self.backend = backend
-        kw: Dict[str, Any] = {}
-        kind = DECODE_BACKENDS[backend]
-        if kind is not None:
-            kw["backends"] = [nvimgcodec.Backend(getattr(nvimgcodec.BackendKind, kind))]
-        # fancy upsampling: the chroma of 4:2:0 / 4:2:2 JPEGs interpolated as libjpeg-turbo does by default
-        self.decoder = nvimgcodec.Decoder(options=":fancy_upsampling=1", **kw)
-        self.params = nvimgcodec.DecodeParams(
-            apply_exif_orientation=True, color_spec=nvimgcodec.ColorSpec.RGB, allow_any_depth=False
-        )
-        self.version = str(getattr(nvimgcodec, "__version__", "?"))
-
-    def decode(self, datas: Sequence[np.ndarray], stream: int) -> List[Optional[Any]]:
-        """Decode a batch of encoded JPEGs; ``None`` where one could not be decoded (the caller falls back)."""
-        streams: List[Any] = []
-        where: List[int] = []
-        out: List[Optional[Any]] = [None] * len(datas)
-        for i, d in enumerate(datas):
-            try:
-                streams.append(self.mod.CodeStream(np.ascontiguousarray(d, dtype=np.uint8)))
-                where.append(i)
-            except Exception:  # noqa: BLE001 - a header nvImageCodec cannot parse: the host decoder says why
-                pass
-        if streams:
-            for i, img in zip(where, self.decoder.decode(streams, self.params, cuda_stream=int(stream))):
-                out[i] = img
-        return out
 
 
 def _device_image(img: Any) -> Tuple[int, int, int, int]:
