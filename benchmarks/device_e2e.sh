@@ -154,8 +154,11 @@ take_cv)
   ls /tmp/py39cv
   ;;
 take_nvimg)
-  mkdir -p /tmp/py39nvimg && python3 -m zipfile -e .nvimgcarry/nvimgcodec_cp39.zip /tmp/py39nvimg/ || exit 1
-  ls /tmp/py39nvimg/nvidia
+  ls .nvimgcarry/*.zip >/dev/null || exit 1
+  if [ -f .nvimgcarry/nvimgcodec_cp39.zip ]; then  # either zip may be carried alone (a PyTorch-only session)
+    mkdir -p /tmp/py39nvimg && python3 -m zipfile -e .nvimgcarry/nvimgcodec_cp39.zip /tmp/py39nvimg/ || exit 1
+    ls /tmp/py39nvimg/nvidia
+  fi
   if [ -f .nvimgcarry/nvimgcodec_cp312.zip ]; then  # the PyTorch steps' GPU decoding (device_session.sh torch_env)
     mkdir -p /tmp/site-nvimg312.part && python3 -m zipfile -e .nvimgcarry/nvimgcodec_cp312.zip /tmp/site-nvimg312.part/ &&
       mv /tmp/site-nvimg312.part /tmp/site-nvimg312 && ls /tmp/site-nvimg312

@@ -22,7 +22,8 @@
 # results in /tmp/sess/out; a failed step is recorded and the chain goes on). The default order puts the steps that
 # need only prep's data (torch_gpudecode, torch_profile) where the chain would otherwise wait for the TensorRT chunks:
 #   prep             device_e2e.sh prep: 256 synthetic 1920x1080 JPEGs, the 384^2 validation split (PNG and
-#                    JPEG), uint8 fused exports at 1344 (batch 8 and 1)
+#                    JPEG), uint8 fused exports at 1344 (batch 8 and 1); prep_data: the images only
+#   torch_parity     e2e_torch_cuda.py --phases parity in the foreground (torch_parity_bg: beside the build)
 #   torchvision      e2e_torchvision.py, the baseline
 #   torch_stream     e2e_torch_cuda.py --phases stream (fp16 CUDA graphs, batch 8 and 1, streamed, b1 latency)
 #   torch_profile    e2e_torch_cuda.py --phases profile (torch.profiler by pipeline stage, fp16, batch 1 and 8)
@@ -127,11 +128,13 @@ steps)
   for s in "$@"; do
     case $s in
     prep) step prep bash benchmarks/device_e2e.sh prep ;;
+    prep_data) step prep bash benchmarks/device_e2e.sh prep data ;;  # the images only (no exports: PyTorch steps)
     torchvision)
       step torchvision python3 benchmarks/e2e_torchvision.py --checkpoint $CK --size 1344 --images $E/data/images \
         --out $OUT/e2e_torchvision.json ;;
     torch_stream) step torch_stream torch_e2e e2e_torch_cuda stream ;;
     wait_trt) for _ in $(seq 120); do [ -f /tmp/trt86/env.sh ] && break; sleep 5; done ;;  # the chunk calls' setup
+    torch_parity) step torch_parity torch_e2e e2e_torch_cuda_parity parity --val $E/val ;;
     torch_parity_bg)  # mAP only: the build's GPU load beside it does not matter
       step torch_parity torch_e2e e2e_torch_cuda_parity parity --val $E/val &
       parity=$! ;;

@@ -237,6 +237,7 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=200)
     ap.add_argument("--processes", type=int, default=max((os.cpu_count() or 2) - 2, 1))
     ap.add_argument("--latency-images", type=int, default=60)
+    ap.add_argument("--parity-images", type=int, default=64, help="of --images: GPU against host decode at --size")
     ap.add_argument("--skip-faster", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fp16 only: the model alone and streamed (host decode)")
     ap.add_argument("--nms-rounds", type=int, default=32, help="NMS fixpoint rounds captured first")
@@ -593,11 +594,12 @@ def parity_of(ref: Any, cand: Any, files: List[str], compare: Any) -> Dict[str, 
     return out
 
 
-def decode_diff(paths: List[str]) -> Dict[str, Any]:
-    """Pixels of nvJPEG (``decode_jpeg`` on CUDA) against the host decoder (``load_rgb``) on the same files, and
-    on the same pictures re-encoded without chroma subsampling (4:4:4): if the second differs much less, the
+def decode_diff(paths: List[str], decoder: str = "torchvision") -> Dict[str, Any]:
+    """Pixels of a GPU decoder (``"torchvision"``: nvJPEG through ``decode_jpeg`` on CUDA; ``"nvimgcodec"``:
+    nvImageCodec as ``GpuLetterbox`` runs it) against the host decoder (``load_rgb``) on the same files, and on
+    the same pictures re-encoded without chroma subsampling (4:4:4): if the second differs much less, the
     decoders' chroma upsampling (libjpeg-turbo's "fancy" triangular filter against nvJPEG's) is the difference.
-    Run 17 measured GPU-decode detections matching only 91 % of the host-decode ones."""
+    Run 17 measured torchvision-decoded detections matching only 91 % of the host-decoded ones."""
     import io
 
     import torch
@@ -606,18 +608,32 @@ def decode_diff(paths: List[str]) -> Dict[str, Any]:
 
     from rcnn_deploy.runtime.preprocess import load_rgb
 
+    nvimg = None
+    if decoder == "nvimgcodec":
+        from rcnn_deploy.backends.nvimgcodec import NvImageCodec
+
+        nvimg = NvImageCodec()
+
+    def gpu_decode(b: bytes) -> np.ndarray:
+        if nvimg is not None:
+            stream = torch.cuda.current_stream()
+            (img,) = nvimg.decode([np.frombuffer(b, dtype=np.uint8)], stream.cuda_stream)
+            return torch.as_tensor(img, device="cuda").cpu().numpy()
+        t = decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB, device="cuda")
+        return t.permute(1, 2, 0).cpu().numpy()
+
     def diffs(blobs: List[bytes]) -> Dict[str, Any]:
         d = []
         for b in blobs:
             host = load_rgb(b).astype(np.int16)
-            gpu = decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB, device="cuda")
-            d.append(np.abs(gpu.permute(1, 2, 0).cpu().numpy().astype(np.int16) - host))
+            d.append(np.abs(gpu_decode(b).astype(np.int16) - host))
         a = np.concatenate([x.reshape(-1) for x in d])
         return {
             "max": int(a.max()),
             "mean": round(float(a.mean()), 4),
             "over_2": round(float((a > 2).mean()), 5),
             "over_16": round(float((a > 16).mean()), 5),
+            "identical": round(float((a == 0).mean()), 5),
         }
 
     from pathlib import Path
@@ -631,12 +647,19 @@ def decode_diff(paths: List[str]) -> Dict[str, Any]:
         Image.open(io.BytesIO(b)).convert("RGB").save(buf, "JPEG", quality=95, subsampling=0)
         s444.append(buf.getvalue())
     sampling = JpegImagePlugin.get_sampling(Image.open(io.BytesIO(raw[0])))  # 0: 4:4:4, 1: 4:2:2, 2: 4:2:0
-    return {"images": len(raw), "source_subsampling": sampling, "as_saved": diffs(raw), "reencoded_444": diffs(s444)}
+    return {
+        "decoder": decoder,
+        "images": len(raw),
+        "source_subsampling": sampling,
+        "as_saved": diffs(raw),
+        "reencoded_444": diffs(s444),
+    }
 
 
 def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
     """mAP on the synthetic validation set at the checkpoint's size, and graph-vs-eager detections."""
     from rcnn_deploy.api import Detector
+    from rcnn_deploy.backends.nvimgcodec import available as nvimgcodec_available
     from rcnn_deploy.evaluation.dataset import evaluate_detector
     from rcnn_deploy.evaluation.parity import compare_detections
     from rcnn_deploy.runtime.preprocess import find_images
@@ -684,6 +707,13 @@ def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
         par["decode_pixels_nvjpeg_vs_host"] = decode_diff([str(p) for p in find_images(jimages)][:20])
         print("decode pixels", par["decode_pixels_nvjpeg_vs_host"], flush=True)
         save()
+        if nvimgcodec_available():  # the decoder GpuLetterbox's "auto" takes when it is installed (session 18)
+            for key, folder in (("val_jpg", jimages), ("images", a.images)):
+                par[f"decode_pixels_nvimgcodec_vs_host_{key}"] = decode_diff(
+                    [str(p) for p in find_images(folder)][:20], "nvimgcodec"
+                )
+                print("decode pixels nvimgcodec", key, par[f"decode_pixels_nvimgcodec_vs_host_{key}"], flush=True)
+                save()
         for name, gd in (("host_decode_fp16", False), ("gpu_decode_fp16", True)):
             det = Detector.load(
                 a.checkpoint, batch=8, device="cuda", precision="fp16", gpu_decode=gd, gpu_decoder=a.gpu_decoder
@@ -708,6 +738,40 @@ def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
         par["gpu_decode_vs_host_decode_fp16"]["gpu_decoder"] = gpu.batch_model.letterbox.decoder
         doc["parity"] = par
         save()
+        del host, gpu
+        # the same on the benchmark's 1920x1080 JPEGs at the benchmark's size (--size): the letterbox resamples too
+        # (host: OpenCV / Pillow; GPU: F.interpolate in float32, rounded), as in e2e_trt.py's e2e_images rows
+        big = (a.size, a.size)
+        bpaths = [str(p) for p in find_images(a.images)][: a.parity_images]
+        host = Detector.load(a.checkpoint, input_hw=big, batch=8, device="cuda", precision="fp16")
+        gpu = Detector.load(
+            a.checkpoint,
+            input_hw=big,
+            batch=8,
+            device="cuda",
+            precision="fp16",
+            gpu_decode=True,
+            gpu_decoder=a.gpu_decoder,
+        )
+        precapture(gpu, 8)
+        rep = compare_detections(host(bpaths), gpu(bpaths))
+        key = f"gpu_decode_vs_host_decode_fp16_images_{a.size}"
+        par[key] = {k: v for k, v in rep.to_dict().items() if k != "unmatched"}
+        par[key]["unmatched"] = len(rep.unmatched)
+        par[key]["gpu_decoder"] = gpu.batch_model.letterbox.decoder
+        save()
+        print(key, json.dumps(par[key])[:400], flush=True)
+        bann = os.path.join(os.path.dirname(a.images.rstrip("/")), "annotations.json")
+        if os.path.isfile(bann):  # COCO mAP of both on those images (the synthetic set's own annotations)
+            for name, det in (("host_decode", host), ("gpu_decode", gpu)):
+                r = evaluate_detector(det, bann, a.images, max_images=a.parity_images)
+                par[f"{name}_fp16_images_{a.size}"] = {
+                    "bbox_AP": round(r["metrics"]["bbox"]["AP"], 4),
+                    "segm_AP": round(r["metrics"].get("segm", {}).get("AP", float("nan")), 4),
+                    "images": r["images"],
+                }
+                print(name, par[f"{name}_fp16_images_{a.size}"], flush=True)
+            save()
 
 
 if __name__ == "__main__":

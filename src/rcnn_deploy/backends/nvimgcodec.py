@@ -68,9 +68,9 @@ class NvImageCodec:
             kw["device_id"] = int(device_id)
         # fancy upsampling: the chroma of 4:2:0 / 4:2:2 JPEGs interpolated as libjpeg-turbo does by default
         self.decoder = nvimgcodec.Decoder(options=":fancy_upsampling=1", **kw)
-        self.params = nvimgcodec.DecodeParams(
-            apply_exif_orientation=True, color_spec=nvimgcodec.ColorSpec.RGB, allow_any_depth=False
-        )
+        # RGB: ColorSpec.RGB up to nvImageCodec 0.6, ColorSpec.SRGB (interleaved by default) from 0.7 on
+        rgb = getattr(nvimgcodec.ColorSpec, "RGB", None) or nvimgcodec.ColorSpec.SRGB
+        self.params = nvimgcodec.DecodeParams(apply_exif_orientation=True, color_spec=rgb, allow_any_depth=False)
         self.version = str(getattr(nvimgcodec, "__version__", "?"))
 
     def decode(self, datas: Sequence[np.ndarray], stream: int) -> List[Optional[Any]]:
@@ -87,6 +87,6 @@ class NvImageCodec:
             except Exception:  # noqa: BLE001 - a header nvImageCodec cannot parse: the host decoder says why
                 pass
         if streams:
-            for i, img in zip(where, self.decoder.decode(streams, self.params, cuda_stream=int(stream))):
+            for i, img in zip(where, self.decoder.decode(streams, params=self.params, cuda_stream=int(stream))):
                 out[i] = img
         return out
