@@ -70,7 +70,7 @@ libpython39_deb() {
   ls .cvcarry/debs/libpython3.9_*.deb
 }
 
-# nvimgcodec_carry: (here) nvImageCodec 0.6 and nvJPEG (CUDA 12) for the GPU machine's CPython 3.9, so the TensorRT
+# nvimgcodec_carry: (here) nvImageCodec 0.9 and nvJPEG (CUDA 12) for the GPU machine's CPython 3.9, so the TensorRT
 # process decodes JPEGs on the GPU (e2e_trt.py --gpu-decode; backends/tensorrt/gpu_pre.py). Only what CPython 3.9
 # and JPEG need (the cp39 binding, the core library, the nvJPEG and libjpeg-turbo extensions, libnvjpeg.so.12),
 # zipped into .nvimgcarry (git-ignored; a call of its own: `device_e2e.sh take_nvimg`).
@@ -79,11 +79,12 @@ nvimgcodec_carry() {
   dl=$(mktemp -d)
   site="$dl/site"
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.9 --platform manylinux2014_x86_64 \
-    -d "$dl" nvidia-nvimgcodec-cu12==0.6.1.37 nvidia-nvjpeg-cu12==12.4.0.76 || return 1
+    --platform manylinux_2_28_x86_64 -d "$dl" nvidia-nvimgcodec-cu12==0.9.0.20 nvidia-nvjpeg-cu12==12.4.0.76 || return 1
   mkdir -p "$site"
   for w in "$dl"/*.whl; do python3 -m zipfile -e "$w" "$site/"; done
   (cd "$site" && rm -f nvidia/nvimgcodec/nvimgcodec_impl.cpython-3[1-9][0-9]*.so nvidia/nvimgcodec/nvimgcodec_impl.cpython-38*.so \
-    nvidia/nvimgcodec/extensions/lib{nvjpeg2k,nvtiff,opencv,tiff,nvbmp,nvpnm}_ext.so.* && rm -rf nvidia/nvimgcodec/include)
+    nvidia/nvimgcodec/extensions/lib{nvjpeg2k,nvtiff,opencv,tiff,nvbmp,nvpnm}_ext.so.* &&
+    rm -rf nvidia/nvimgcodec/include nvidia/nvimgcodec/tools)
   rm -rf .nvimgcarry && mkdir -p .nvimgcarry
   (cd "$site" && python3 -m zipfile -c "$OLDPWD/.nvimgcarry/nvimgcodec_cp39.zip" nvidia)
   grep -qxF "/.nvimgcarry/" .git/info/exclude 2>/dev/null || echo "/.nvimgcarry/" >>.git/info/exclude

@@ -23,6 +23,7 @@ W=${WORK:-/tmp/e2e}
 OUT=${OUT:-$W/out}
 N=${E2E_IMAGES:-256}
 SIZE=${E2E_SIZE:-1344}
+BATCHES=${E2E_BATCHES:-1 8}  # the engines' batch sizes (E2E_BATCHES=8: the batch-8 engine alone, a shorter run)
 mkdir -p "$W" "$OUT"
 export PYTHONPATH=$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 CKPT=checkpoints/shapes_maskrcnn_r50fpn.pt
@@ -77,16 +78,16 @@ prep)
   fi
   echo "images: $(ls "$W/data/images" | wc -l), val: $(ls "$W/val/images" | wc -l) in $(( $(date +%s) - t0 )) s"
   [ "${2:-}" = "data" ] && exit 0
-  export_one 1 uint8 &
-  export_one 8 uint8 &
+  for b in $BATCHES; do export_one "$b" uint8 & done
   wait
   ls -la "$W"/b*_uint8/ 2>&1 | head -20
   tail -n 3 "$W"/export_*.log
   ;;
 build)
   t0=$(date +%s)
-  (build_one 1 uint8 || { export_one 1 float32 && build_one 1 float32; }) &
-  (build_one 8 uint8 || { export_one 8 float32 && build_one 8 float32; }) &
+  for b in $BATCHES; do
+    (build_one "$b" uint8 || { export_one "$b" float32 && build_one "$b" float32; }) &
+  done
   wait
   echo "builds: $(( $(date +%s) - t0 )) s"
   ls -la "$W"/b*/*.engine
