@@ -144,9 +144,76 @@ def test_the_decoders_pixel_comparison_renders_when_a_parity_run_measured_it(tmp
             }
         },
     }
+    doc["parity"]["decode_pixels_nvimgcodec_vs_host_images"] = {
+        "decoder": "nvimgcodec",
+        "images": 20,
+        "source_subsampling": 2,
+        "as_saved": dict(stats, max=1, mean=0.0003, over_2=0.0, over_16=0.0, identical=0.99974),
+        "reencoded_444": dict(stats, max=0, mean=0.0, over_2=0.0, over_16=0.0, identical=1.0),
+    }
     (results / "e2e_torch_cuda_parity_run99.json").write_text(json.dumps(doc))
     text = render(tmp_path)
-    assert "| e2e_torch_cuda_parity_run99.json | 20 | 2 | 40 / 0.9 / 0.05 / 0.001 | 1 / 0.01 / 0.05 / 0.001 |" in text
+    assert (
+        "| e2e_torch_cuda_parity_run99.json | nvjpeg_vs_host | 20 | 2 | 40 / 0.9 / 0.05 / 0.001 | — | 1 / 0.01" in text
+    )
+    assert (
+        "| e2e_torch_cuda_parity_run99.json | nvimgcodec_vs_host_images | 20 | 2 | 1 / 0.0003 / 0.0 / 0.0 | 0.99974 | "
+        "0 / 0.0 / 0.0 / 0.0 |" in text
+    )
+
+
+def test_gpu_decode_parity_targets_render_for_both_stacks(tmp_path):
+    """Issue 19's GPU-decode parity bars (≥ 99 % matched, mAP within 0.001) in the targets section: PyTorch's from
+    the parity file of its latest session (each comparison, named by decoder and image set), TensorRT's from the
+    engines' gpu_decode_parity."""
+    write = _e2e_writer(tmp_path)
+    stream = {"images_per_s": 120.0, "processes": 8, "detections": 5, "model_starved_s": 0.1, "seconds": 1.0}
+    full = {  # what compare_detections reports besides the counts
+        "images": 64,
+        "candidate_detections": 1000,
+        "min_box_iou": 0.5,
+        "max_score_diff": 0.4,
+        "mean_score_diff": 0.002,
+        "mean_mask_iou": 0.99,
+        "min_mask_iou": 0.0,
+        "unmatched": 20,
+    }
+    par = {
+        "e2e_images": dict(full, matched=974, reference_detections=1000, recall=0.974),
+        "host_decode_AP": {"bbox_AP": 0.3466, "segm_AP": 0.3048},
+        "gpu_decode_AP": {"bbox_AP": 0.3440, "segm_AP": 0.3045},
+    }
+    engine = {"engine": "e", "batch": 8, "trt": "t", "input_dtype": "uint8", "gpu_compute_ms": 20.0}
+    engine.update(gpu_images_per_s=400, stream=stream, gpu_decode_parity=par)
+    write("e2e_trt_run99_b8.json", {"engines": [engine], "machine": {"nvimgcodec": "0.9.0"}})
+    row = {"model": "mask_rcnn", "precision": "fp16", "cuda_graph": True, "batch": 8, "gpu_compute_ms": 80.0}
+    row.update(gpu_images_per_s=100, nms_rounds=96, stream=dict(stream, images_per_s=60.0))
+    write("e2e_torch_cuda_run99a.json", {"rows": [row]})
+    match = dict(full, matched=995, reference_detections=1000, recall=0.995, gpu_decoder="nvimgcodec")
+    parity = {
+        "gpu_decode_vs_host_decode_fp16_images_1344": match,
+        "host_decode_fp16_images_1344": {"bbox_AP": 0.6630, "segm_AP": 0.5805, "images": 64},
+        "gpu_decode_fp16_images_1344": {"bbox_AP": 0.6629, "segm_AP": 0.5800, "images": 64},
+    }
+    write("e2e_torch_cuda_parity_run99b.json", {"rows": [], "parity": parity})
+    tv = {"model": "tv", "images": 64, "latency_ms": {"p50": 1, "p90": 2, "p99": 3}}
+    write("e2e_torchvision_run99a.json", dict(tv, images_per_s=4.0))
+    targets = render(tmp_path).split("## Targets (issues 17 and 19)")[1].split("\n## ")[0]
+    trt, torch = targets.split("PyTorch, session run99")
+    assert (
+        "| TensorRT GPU decode ≥ 99 % of host-decode detections matched (nvImageCodec 0.9.0, 1920×1080 JPEGs, b8) "
+        "| 97.4 % | no | e2e_trt_run99_b8.json |" in trt
+    )
+    assert (
+        "| TensorRT GPU decode bbox mAP within 0.001 of host decode (nvImageCodec 0.9.0, 384² JPEG split, b8) " in trt
+    )
+    assert "| 0.0026 | no |" in trt and "| 0.0003 | yes |" in trt  # bbox, segm
+    assert (
+        "| PyTorch GPU decode ≥ 99 % of host-decode detections matched (nvImageCodec, 1920×1080 JPEGs at 1344²) "
+        "| 99.5 % | yes | e2e_torch_cuda_parity_run99b.json |" in torch
+    )
+    assert "| 0.0001 | yes | e2e_torch_cuda_parity_run99b.json |" in torch  # bbox
+    assert "| 0.0005 | yes | e2e_torch_cuda_parity_run99b.json |" in torch  # segm
 
 
 def test_each_stacks_targets_come_from_its_own_latest_session(tmp_path):

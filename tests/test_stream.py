@@ -770,8 +770,9 @@ def test_opencv_mask_paste_equals_the_numpy_reference(monkeypatch):
 @pytest.mark.parametrize(
     "backend, per_image, processes, cores, want",
     [
-        ("tensorrt", None, None, 6, 4),  # GPU decode: at most GPU_DECODE_PROCESSES by default (run 24)
-        ("tensorrt", str, None, 6, 4),  # with a per-image function as well
+        ("tensorrt", None, None, 12, 8),  # GPU decode: at most GPU_DECODE_PROCESSES by default (run 25)
+        ("tensorrt", str, None, 12, 8),  # with a per-image function as well
+        ("tensorrt", str, None, 6, 6),  # below the cap: the general default
         ("tensorrt", str, None, 2, 2),  # fewer by default on a smaller machine
         ("tensorrt", None, 0, 6, 0),  # asked for: as asked
         ("tensorrt", str, 14, 6, 14),
@@ -791,7 +792,7 @@ def test_gpu_decode_streams_start_few_worker_processes(monkeypatch, backend, per
     monkeypatch.setattr(api, "run_stream", fake_run_stream)
     monkeypatch.setattr(api, "WorkerPool", lambda n: ("pool", n))
     monkeypatch.setattr(api, "default_processes", lambda: cores)
-    assert api.GPU_DECODE_PROCESSES == 4
+    assert api.GPU_DECODE_PROCESSES == 8
     det = api.Detector(get_spec("torchvision-maskrcnn"), (64, 64), lambda x: {}, backend, batch=2)
     det.gpu_decode = True
     list(det.stream([Item(0, "a.jpg")], per_image=per_image, processes=processes))

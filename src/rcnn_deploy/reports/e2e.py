@@ -230,8 +230,9 @@ def _parity_section(results: Path) -> List[str]:
         "",
         "The synthetic validation split at the checkpoint's 384² (the first `images`), COCO mAP@[.5:.95] bbox / segm;",
         "Δ against the CUDA-graph fp32 row of the same file. The decode rows run on the same split saved as JPEGs",
-        "(host: Pillow/OpenCV on the CPU; GPU: nvJPEG through torchvision's `decode_jpeg`), so they differ from the",
-        "PNG rows by the JPEG compression too.",
+        "(host: Pillow/OpenCV on the CPU; GPU: nvJPEG through torchvision's `decode_jpeg` up to session 17, then",
+        "nvImageCodec where the comparisons below say so), so they differ from the PNG rows by the JPEG compression",
+        "too. The `_images_1344` rows: the benchmark's 1920×1080 JPEGs at 1344² (the letterbox resamples as well).",
         "",
         "| file | commit | row | images | bbox / segm mAP | Δ bbox / Δ segm vs graph fp32 | NMS fallbacks |",
         "|---|---|---|---|---|---|---|",
@@ -239,15 +240,19 @@ def _parity_section(results: Path) -> List[str]:
     for p, d in files:
         par = d["parity"]
         ref = par.get("graph_fp32")
-        for name in ("eager_fp32", "graph_fp32", "graph_fp16", "graph_bf16", "host_decode_fp16", "gpu_decode_fp16"):
+        big = [k[len("gpu_decode_fp16") :] for k in par if k.startswith("gpu_decode_fp16_images_")]
+        names = ["eager_fp32", "graph_fp32", "graph_fp16", "graph_bf16", "host_decode_fp16", "gpu_decode_fp16"]
+        names += [f"{side}_decode_fp16{b}" for b in big for side in ("host", "gpu")]
+        for name in names:
             e = par.get(name)
             if not e:
                 continue
             delta = "—"
-            if ref and not name.endswith("decode_fp16") and name != "graph_fp32":
+            if ref and "decode_fp16" not in name and name != "graph_fp32":
                 delta = f"{e['bbox_AP'] - ref['bbox_AP']:+.4f} / {e['segm_AP'] - ref['segm_AP']:+.4f}"
-            if name == "gpu_decode_fp16" and par.get("host_decode_fp16"):
-                h = par["host_decode_fp16"]
+            host_name = name.replace("gpu_decode", "host_decode")
+            if name.startswith("gpu_decode_fp16") and par.get(host_name):
+                h = par[host_name]
                 delta = f"{e['bbox_AP'] - h['bbox_AP']:+.4f} / {e['segm_AP'] - h['segm_AP']:+.4f} (vs host decode)"
             fb = e.get("nms_fallbacks")
             lines.append(
@@ -263,37 +268,40 @@ def _parity_section(results: Path) -> List[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for p, d in files:
-        for name in ("graph_fp32_vs_eager_fp32", "gpu_decode_vs_host_decode_fp16"):
+        compared = [k for k in d["parity"] if k.startswith("gpu_decode_vs_host_decode_fp16")]
+        for name in ["graph_fp32_vs_eager_fp32", *compared]:
             r = d["parity"].get(name)
             if not r:
                 continue
             tf32 = d["parity"].get(name + "_tf32")
             label = name + ("" if tf32 is None else f" (TF32 {'on' if tf32 else 'off'})")
+            if r.get("gpu_decoder"):
+                label += f" ({_GPU_DECODER_NAMES.get(r['gpu_decoder'], r['gpu_decoder'])})"
             lines.append(
                 f"| {p.name} | {label} | {r['reference_detections']} / {r['candidate_detections']} | {r['matched']} | "
                 f"{r['recall']:.4f} | {r['min_box_iou']:.3f} | {r['max_score_diff']:.3f} | "
                 f"{r['mean_mask_iou']:.4f} / {r['min_mask_iou']:.3f} | {r['unmatched']} |"
             )
-    pixels = [
-        (p, d["parity"]["decode_pixels_nvjpeg_vs_host"])
-        for p, d in files
-        if "decode_pixels_nvjpeg_vs_host" in d["parity"]
-    ]
+    pixels = [(p, k, v) for p, d in files for k, v in d["parity"].items() if k.startswith("decode_pixels_")]
     if pixels:
         lines += [
             "",
-            "nvJPEG against the host decoder, pixel by pixel (|difference| in grey levels over every channel of the",
-            "first `images` JPEGs, as saved and re-encoded without chroma subsampling):",
+            "GPU decoders against the host decoder (Pillow), pixel by pixel (|difference| in grey levels over every",
+            "channel of the first 20 JPEGs of a folder, as saved and re-encoded without chroma subsampling; `nvjpeg`:",
+            "torchvision's `decode_jpeg` on CUDA; `nvimgcodec_vs_host_val_jpg` / `_images`: nvImageCodec on the 384²",
+            "split / the 1920×1080 benchmark JPEGs):",
             "",
-            "| file | images | source subsampling (0: 4:4:4, 2: 4:2:0) | as saved: max / mean / > 2 / > 16 |"
-            " 4:4:4: max / mean / > 2 / > 16 |",
-            "|---|---|---|---|---|",
+            "| file | comparison | images | source subsampling (0: 4:4:4, 2: 4:2:0) |"
+            " as saved: max / mean / > 2 / > 16 | identical | 4:4:4: max / mean / > 2 / > 16 |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for p, q in pixels:
+        for p, k, q in pixels:
             a, b = q["as_saved"], q["reencoded_444"]
+            same = f"{a['identical']:.5f}" if "identical" in a else "—"
             lines.append(
-                f"| {p.name} | {q['images']} | {q['source_subsampling']} | {a['max']} / {a['mean']} / {a['over_2']} / "
-                f"{a['over_16']} | {b['max']} / {b['mean']} / {b['over_2']} / {b['over_16']} |"
+                f"| {p.name} | {k[len('decode_pixels_') :]} | {q['images']} | {q['source_subsampling']} | "
+                f"{a['max']} / {a['mean']} / {a['over_2']} / {a['over_16']} | {same} | "
+                f"{b['max']} / {b['mean']} / {b['over_2']} / {b['over_16']} |"
             )
     return lines
 
@@ -416,7 +424,7 @@ def targets_section(results: Path) -> List[str]:
     blocks = 0
 
     def row(out: List[str], what: str, value: float, unit: str, ok: bool, p: Path) -> None:
-        out.append(f"| {what} | {value:g} {unit} | {'yes' if ok else 'no'} | {p.name} |")
+        out.append(f"| {what} | {f'{value:g} {unit}'.strip()} | {'yes' if ok else 'no'} | {p.name} |")
 
     for stack, files in (("TensorRT", trt), ("PyTorch", torch)):
         run = _latest_run(files)
@@ -437,6 +445,8 @@ def targets_section(results: Path) -> List[str]:
             _trt_targets(here, base, out, row)
         else:
             _torch_targets(here, base, out, row)
+            parity = [(p, d) for p, d in _load(results, "e2e_torch_cuda_*.json") if d.get("parity")]
+            _torch_parity_targets([(p, d) for p, d in parity if _run_of(p) == run], out, row)
         lines += out
         blocks += 1
     return lines if blocks else []
@@ -445,6 +455,14 @@ def targets_section(results: Path) -> List[str]:
 def _trt_targets(files: List[Tuple[Path, Any]], base: float, out: List[str], row: Any) -> None:
     for p, d in files:
         for e in d["engines"]:
+            par = e.get("gpu_decode_parity") or {}
+            dec = f"nvImageCodec {d.get('machine', {}).get('nvimgcodec', '?')}"
+            for key, where in (("e2e_images", "1920×1080 JPEGs"), ("val_jpg", "384² JPEG split")):
+                if par.get(key):
+                    _parity_target_rows("TensorRT", f"{dec}, {where}, b{e['batch']}", par[key], None, None, out, row, p)
+            if par.get("host_decode_AP") and par.get("gpu_decode_AP"):
+                how = f"{dec}, 384² JPEG split, b{e['batch']}"
+                _parity_target_rows("TensorRT", how, None, par["host_decode_AP"], par["gpu_decode_AP"], out, row, p)
             for k, how in (("", "host decode"), ("_gpu_decode", "GPU decode")):
                 s = e.get("stream" + k + "_repeat") or e.get("stream" + k) or {}  # the longer pass where there is one
                 if e["batch"] == 8 and s:
@@ -465,6 +483,32 @@ def _trt_targets(files: List[Tuple[Path, Any]], base: float, out: List[str], row
                     if det:
                         q = round(det["p50"], 1)
                         row(out, f"TensorRT b1 latency to Detections (lazy masks; {how})", q, "ms", q <= 12, p)
+
+
+def _parity_target_rows(
+    stack: str, how: str, match: Any, host: Any, gpu: Any, out: List[str], row: Any, p: Path
+) -> None:
+    """Issue 19's GPU-decode parity targets: ≥ 99 % of the host path's detections matched, mAP within 0.001."""
+    if match:
+        pct = round(100.0 * match["matched"] / max(match["reference_detections"], 1), 2)
+        row(out, f"{stack} GPU decode ≥ 99 % of host-decode detections matched ({how})", pct, "%", pct >= 99, p)
+    if host and gpu:
+        for kind in ("bbox", "segm"):
+            d = round(abs(gpu[f"{kind}_AP"] - host[f"{kind}_AP"]), 4)
+            row(out, f"{stack} GPU decode {kind} mAP within 0.001 of host decode ({how})", d, "", d <= 0.001, p)
+
+
+def _torch_parity_targets(files: List[Tuple[Path, Any]], out: List[str], row: Any) -> None:
+    for p, d in files:
+        par = d["parity"]
+        for key in sorted(k for k in par if k.startswith("gpu_decode_vs_host_decode_fp16")):
+            m = par[key]
+            suffix = key[len("gpu_decode_vs_host_decode_fp16") :]
+            where = f"1920×1080 JPEGs at {suffix.rsplit('_', 1)[-1]}²" if suffix else "384² JPEG split"
+            dec = _GPU_DECODER_NAMES.get(m.get("gpu_decoder", "torchvision"), "?")
+            how = f"{dec}, {where}"
+            host, gpu = par.get(f"host_decode_fp16{suffix}"), par.get(f"gpu_decode_fp16{suffix}")
+            _parity_target_rows("PyTorch", how, m, host, gpu, out, row, p)
 
 
 def _torch_targets(files: List[Tuple[Path, Any]], base: float, out: List[str], row: Any) -> None:

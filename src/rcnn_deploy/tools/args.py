@@ -170,8 +170,9 @@ CUDA_GRAPH_HELP = (
     " replay each batch's engine run and output download from a CUDA graph (like trtexec --useCudaGraph)."
 )
 GPU_DECODE_HELP = (
-    "PyTorch on a GPU, or a fused TensorRT engine (with --device cuda; needs nvidia-nvimgcodec-cu12[nvjpeg]): decode"
-    " JPEGs and letterbox them on the GPU (nvJPEG); other formats on the host."
+    "PyTorch on a GPU, or a fused TensorRT engine (with --device cuda): decode JPEGs and letterbox them on the GPU;"
+    " other formats on the host. Decoder: nvImageCodec (the gpu-decode extra; a TensorRT engine needs it), else"
+    " torchvision's decode_jpeg for PyTorch."
 )
 GPU_POST_HELP = (
     "PyTorch on a GPU: map boxes back, paste and threshold masks and run-length encode them on the GPU; only boxes,"
