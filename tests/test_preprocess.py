@@ -470,3 +470,20 @@ def test_jpegs_simplejpeg_would_read_differently_are_left_to_pillow(monkeypatch)
         assert np.array_equal(load_rgb(corrupt), want)
     with pytest.raises(UserError, match="damaged or truncated"):
         load_rgb(good[:-200])
+
+
+def test_opencv_linear_resize_numpy_is_opencvs_resize_bit_for_bit():
+    """The GPU letterboxes reproduce the host's OpenCV INTER_LINEAR with this arithmetic (export.letterbox_graph's
+    "opencv" graph, GpuLetterbox's int32 path): down, up, both, tiny, thin, the benchmark's 1920x1080 -> 1344 and
+    an exact halving (which OpenCV could take by another path)."""
+    cv2 = pytest.importorskip("cv2")
+    from rcnn_deploy.runtime.preprocess import opencv_linear_resize_numpy
+
+    rng = np.random.default_rng(7)
+    cases = [(1080, 1920, 756, 1344), (100, 150, 345, 517), (37, 91, 64, 64), (1, 1, 5, 5), (3, 500, 9, 40)]
+    cases += [(400, 600, 200, 300), (384, 384, 384, 384)]
+    cases += [tuple(int(v) for v in rng.integers(1, 300, 4)) for _ in range(25)]
+    for h, w, oh, ow in cases:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        want = cv2.resize(img, (ow, oh), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_array_equal(opencv_linear_resize_numpy(img, (oh, ow)), want, err_msg=str((h, w, oh, ow)))

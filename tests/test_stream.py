@@ -487,27 +487,31 @@ def export_dir(tv_mask_model, tmp_path_factory):
 
 
 @pytest.mark.full
-def test_fused_export_has_the_letterbox_graph_of_its_model(export_dir, monkeypatch):
-    """export writes letterbox.onnx beside a fused graph (the TensorRT runtime's GPU letterbox); it letterboxes with
-    the model's input size and pixel-mean padding, as the host does; GPU decoding needs an engine, not an export."""
+def test_fused_export_has_the_letterbox_graph_of_its_model(export_dir):
+    """export writes letterbox.onnx beside a fused graph (the TensorRT runtime's GPU letterbox) and says in the
+    contract how it resamples ("opencv" since session 18); it letterboxes with the model's input size and
+    pixel-mean padding exactly as the host does with OpenCV; GPU decoding needs an engine, not an export."""
     from PIL import Image
 
     from rcnn_deploy.api import Detector
+    from rcnn_deploy.contract import Contract
     from rcnn_deploy.errors import UserError
     from rcnn_deploy.runtime import preprocess
 
     ort = pytest.importorskip("onnxruntime")
+    if preprocess.opencv() is None:
+        pytest.skip("the letterbox graph reproduces the host's OpenCV resize: needs OpenCV here")
     exp = export_dir / "export"
+    assert Contract.load(exp).notes["letterbox_resampler"] == "opencv"
     sess = ort.InferenceSession(str(exp / "letterbox.onnx"), providers=["CPUExecutionProvider"])
     det = Detector.load(exp)
     rgb = np.asarray(Image.open(export_dir / "images" / "im1.png").convert("RGB"))  # 256x336: resized, padded
-    feed = preprocess.letterbox_taps([rgb.shape[:2]], det.input_hw, rgb.shape[:2])
+    feed = preprocess.letterbox_taps([rgb.shape[:2]], det.input_hw, rgb.shape[:2], "opencv")
     feed["raw"] = rgb[None]
     got = sess.run(["images"], feed)[0][0]
-    monkeypatch.setattr(preprocess, "opencv", lambda: None)  # the numpy resize: the graph's sampling
     want, _ = preprocess.letterbox(rgb, det.input_hw, det.fill, dtype=det.input_dtype, resize=det.spec.resize)
     assert got.dtype == want.dtype and got.shape == want.shape
-    assert np.abs(got.astype(np.float64) - want).max() <= 1.0
+    np.testing.assert_array_equal(got, want)
     with pytest.raises(UserError, match="GPU decoding but for a fused TensorRT engine"):
         Detector.load(exp, gpu_decode=True)
 

@@ -176,8 +176,9 @@ def test_probe_gpu_jpeg_takes_only_what_nvjpeg_decodes_like_the_host(tmp_path):
 
 
 def test_gpu_letterbox_matches_the_host_letterbox_and_isolates_bad_bytes(tmp_path):
-    """GpuLetterbox runs on any torch device; on the CPU torchvision decodes with libjpeg like Pillow, so the
-    only difference left is the resize arithmetic (float vs OpenCV's fixed point): at most a grey level."""
+    """GpuLetterbox runs on any torch device; on the CPU torchvision decodes with libjpeg like Pillow, and the
+    resize reproduces the host's (OpenCV's fixed point where the host has OpenCV, since session 18; else the
+    float resize, within a grey level)."""
     pytest.importorskip("torchvision")
     from rcnn_deploy.backends.torch_cuda import GpuLetterbox
     from rcnn_deploy.runtime.preprocess import letterbox, load_rgb, probe_gpu_jpeg
@@ -195,6 +196,13 @@ def test_gpu_letterbox_matches_the_host_letterbox_and_isolates_bad_bytes(tmp_pat
     ref, _ = letterbox(load_rgb(a), (96, 128), fill, dtype=np.uint8)
     diff = np.abs(out[0].numpy().astype(int) - ref.astype(int))
     assert diff.max() <= 1
+    from rcnn_deploy.runtime.preprocess import opencv
+
+    if opencv() is not None:  # the CPU's torchvision decodes as Pillow does here: the same letterbox, exactly
+        from torchvision.io import decode_jpeg
+
+        assert np.array_equal(decode_jpeg(torch.from_numpy(items[0].copy())).permute(1, 2, 0).numpy(), load_rgb(a))
+        np.testing.assert_array_equal(out[0].numpy(), ref)
     assert np.array_equal(out[2].numpy(), host_arr)
     assert (out[1].numpy() == np.array([124, 116, 104], np.uint8).reshape(3, 1, 1)).all()  # failed slot: fill
     assert (out[3].numpy() == np.array([124, 116, 104], np.uint8).reshape(3, 1, 1)).all()  # padding slot
@@ -339,7 +347,12 @@ def test_gpu_letterbox_decoder_choice_and_the_nvimgcodec_path(tmp_path, monkeypa
     assert len(gl._keep) == 1  # the decoded image, alive until the next call
     host_a, _ = letterbox(load_rgb(a), (96, 128), fill, dtype=np.uint8)
     host_b, _ = letterbox(load_rgb(b), (96, 128), fill, dtype=np.uint8)
-    assert np.abs(out[0].numpy().astype(int) - host_a.astype(int)).max() <= 1  # Pillow's pixels, torch's resize
+    # Pillow's pixels, GpuLetterbox's resize: OpenCV's exactly where the host uses it, else within a grey level
+    assert np.abs(out[0].numpy().astype(int) - host_a.astype(int)).max() <= 1
+    from rcnn_deploy.runtime.preprocess import opencv
+
+    if opencv() is not None:
+        np.testing.assert_array_equal(out[0].numpy(), host_a)
     assert np.array_equal(out[1].numpy(), host_b)  # refused: decoded and letterboxed on the host
     assert (out[2].numpy() == np.array([124, 116, 104], np.uint8).reshape(3, 1, 1)).all()  # padding slot
 
@@ -370,3 +383,36 @@ def test_gpu_letterbox_auto_falls_back_to_torchvision_when_nvimgcodec_cannot_sta
     assert gl.decoder == "torchvision" and "libnvjpeg" in gl.decoder_note
     with pytest.raises(RuntimeError, match="libnvjpeg"):
         GpuLetterbox((96, 128), (0, 0, 0), "torchvision", "cuda", None, decoder="nvimgcodec")
+
+
+@pytest.mark.parametrize("resize", ["torchvision", "detectron2"])
+def test_gpu_letterbox_resize_is_the_hosts(monkeypatch, resize):
+    """GpuLetterbox's resize of decoded pixels against the host letterbox of the same pixels: with OpenCV here,
+    the "torchvision" resize is OpenCV's INTER_LINEAR bit for bit (int32 on the device); without it (the host then
+    resizes with numpy in float) and for "detectron2" (Pillow's antialiased filter), within a grey level."""
+    pytest.importorskip("torchvision")
+    import torch
+
+    from rcnn_deploy.backends.torch_cuda import GpuLetterbox
+    from rcnn_deploy.runtime import preprocess
+
+    rng = np.random.default_rng(5)
+    fill = (124.0, 116.0, 104.0)
+    gl = GpuLetterbox((96, 128), fill, resize, "cpu", None, decoder="torchvision")
+    for h, w in ((60, 200), (130, 70), (17, 301), (96, 128), (1, 1), (108, 192)):
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for cv in (True, False):
+            with monkeypatch.context() as m:
+                if not cv:
+                    m.setattr(preprocess, "opencv", lambda: None)
+                elif preprocess.opencv() is None:
+                    continue
+                dst = torch.zeros((3, 96, 128), dtype=torch.uint8)
+                gl._letterbox_into(dst, torch.from_numpy(rgb).permute(2, 0, 1))
+                want, lb = preprocess.letterbox(rgb, (96, 128), fill, dtype=np.uint8, resize=resize)
+                rh, rw = lb.size_in((96, 128))
+                got, want = dst.numpy()[:, :rh, :rw], want[:, :rh, :rw]
+                if cv and resize == "torchvision":
+                    np.testing.assert_array_equal(got, want, err_msg=str((h, w)))
+                else:
+                    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, (h, w, cv)

@@ -325,6 +325,7 @@ class Detector:
                 decode_backend=gpu_decode_backend,
                 cuda_graph=cuda_graph,
                 blocking_wait=blocking_wait,
+                resampler=str(c.notes.get("letterbox_resampler", "float")),
             )
             det.gpu_decode = True
             det.gpu_max_hw = LETTERBOX_MAX_HW

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -282,8 +282,9 @@ GPU_DECODERS = ("auto", "nvimgcodec", "torchvision")
 class GpuLetterbox:
     """JPEG bytes decoded on the GPU (a batch per call) and letterboxed there into a ``[B, 3, H, W]`` uint8
     buffer: the same geometry and resampling as the host :func:`~rcnn_deploy.runtime.preprocess.letterbox`
-    (``"torchvision"``: ``F.interpolate`` bilinear, no antialiasing; ``"detectron2"``: its antialiased mode,
-    which follows Pillow's filter), in float32, rounded. ``decoder``: one of :data:`GPU_DECODERS`
+    (``"torchvision"``: where the host resizes with OpenCV, its ``INTER_LINEAR`` reproduced bit for bit in int32,
+    else ``F.interpolate`` bilinear without antialiasing in float32, rounded, as the host's numpy resize;
+    ``"detectron2"``: its antialiased mode, which follows Pillow's filter). ``decoder``: one of :data:`GPU_DECODERS`
     (:attr:`decoder` says which one runs). Items that are already letterboxed host arrays ``[3, H, W]``
     (formats nvJPEG does not take) are uploaded. A JPEG the GPU decoder refuses is decoded on the host
     instead; one the host cannot decode either gets its error message in the returned list and leaves its slot
@@ -323,6 +324,7 @@ class GpuLetterbox:
                 warnings.warn(self.decoder_note, RuntimeWarning, stacklevel=2)
         self.decoder = "nvimgcodec" if self._nvimg is not None else "torchvision"
         self._keep: List[Any] = []  # the last batch's nvImageCodec images: their memory until the next call
+        self._taps: Dict[Tuple[int, int, bool], Tuple[Any, ...]] = {}  # _opencv_taps by (out, in, clamp)
 
     def __call__(self, items: Any, batch: int) -> Any:
         """``items``: per image, encoded JPEG bytes (1-D uint8) or a letterboxed ``[3, H, W]`` uint8 array ->
@@ -378,16 +380,52 @@ class GpuLetterbox:
     def _letterbox_into(self, dst: Any, img: Any) -> None:
         import torch.nn.functional as F
 
-        from ..runtime.preprocess import Letterbox
+        from ..runtime.preprocess import Letterbox, host_resize_is_opencv
 
         h, w = int(img.shape[1]), int(img.shape[2])
         rh, rw = Letterbox.fit(h, w, self.input_hw).size_in(self.input_hw)
         if (rh, rw) == (h, w):
             dst[:, :rh, :rw] = img
             return
+        if host_resize_is_opencv((h, w), (rh, rw), self.resize):  # the host's pixels exactly (session 18)
+            dst[:, :rh, :rw] = self._opencv_resize(img, rh, rw)
+            return
         antialias = self.resize == "detectron2"
         r = F.interpolate(img[None].float(), size=(rh, rw), mode="bilinear", align_corners=False, antialias=antialias)
         dst[:, :rh, :rw] = r[0].round_().clamp_(0, 255).to(dst.dtype)
+
+    def _opencv_resize(self, img: Any, rh: int, rw: int) -> Any:
+        """``[3, h, w]`` uint8 on the device resized to ``rh x rw`` as the host letterbox's OpenCV ``INTER_LINEAR``
+        does, bit for bit (:func:`~rcnn_deploy.runtime.preprocess.opencv_linear_resize_numpy`, in int32 here: the
+        largest product is below 2**27)."""
+        import torch
+
+        x0, x1, a0, a1 = self._opencv_taps(rw, int(img.shape[2]), True)
+        y0, y1, b0, b1 = self._opencv_taps(rh, int(img.shape[1]), False)
+        src = img.to(torch.int32)
+        t = (src.index_select(2, x0) * a0 + src.index_select(2, x1) * a1) >> 4  # [3, h, rw]
+        t0, t1 = t.index_select(1, y0), t.index_select(1, y1)  # [3, rh, rw]
+        out = (((b0[:, None] * t0) >> 16) + ((b1[:, None] * t1) >> 16) + 2) >> 2
+        return out.to(torch.uint8)
+
+    def _opencv_taps(self, n_out: int, n_in: int, clamp_fraction: bool) -> Tuple[Any, ...]:
+        """:func:`~rcnn_deploy.runtime.preprocess.opencv_linear_taps` on the device (indices int64, weights
+        int32), kept per size."""
+        import torch
+
+        from ..runtime.preprocess import opencv_linear_taps
+
+        key = (n_out, n_in, clamp_fraction)
+        got = self._taps.get(key)
+        if got is None:
+            i0, i1, c0, c1 = opencv_linear_taps(n_out, n_in, clamp_fraction)
+            got = self._taps[key] = (
+                torch.from_numpy(i0).to(self.device),
+                torch.from_numpy(i1).to(self.device),
+                torch.from_numpy(c0.astype(np.int32)).to(self.device),
+                torch.from_numpy(c1.astype(np.int32)).to(self.device),
+            )
+        return got
 
     def _host_fallback(self, dst: Any, data: np.ndarray) -> Optional[str]:
         import torch

@@ -26,6 +26,7 @@ from .staging import commit, crash_point, stage, write_file
 from .surgery import expand_placeholders
 
 DEFAULT_OPSET = 17
+LETTERBOX_RESAMPLER = "opencv"  # letterbox.onnx reproduces the host letterbox's OpenCV resize (session 18)
 FUSED_OUTPUTS = ("num_detections", "detection_boxes", "detection_scores", "detection_classes", "detection_masks")
 
 
@@ -276,7 +277,8 @@ def export_onnx(
             graphs.append(_write_graph(data, staged / f"{spec.name}_fused_{nms}.onnx", "fused", True))
             if spec.resize == "torchvision":  # for TensorRT with the JPEGs decoded on the GPU (export.letterbox_graph)
                 extra.append(LETTERBOX_FILE)
-                lb = letterbox_graph((height, width), rgb_fill(spec.pixel_mean, spec.channel_order), input_dtype)
+                fill = rgb_fill(spec.pixel_mean, spec.channel_order)
+                lb = letterbox_graph((height, width), fill, input_dtype, LETTERBOX_RESAMPLER)
                 write_file(staged / LETTERBOX_FILE, lb.SerializeToString())
         else:
             feat_names = [f"p{i}" for i in range(spec.roi_levels[0], spec.roi_levels[1] + 1)]
@@ -320,6 +322,8 @@ def export_onnx(
             graphs=graphs,
             opset=opset,
             producer=f"rcnn-deploy {__version__}, torch {torch.__version__}",
+            # how letterbox.onnx resamples (runtime.preprocess.letterbox_taps makes its inputs to match)
+            notes={"letterbox_resampler": LETTERBOX_RESAMPLER} if LETTERBOX_FILE in extra else {},
         )
         text = json.dumps(contract.to_dict(), indent=2) + "\n"
         try:  # the loader must accept what the exporter writes

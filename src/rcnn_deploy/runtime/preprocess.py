@@ -606,13 +606,67 @@ def resize_taps(n_out: int, n_in: int) -> Tuple[np.ndarray, np.ndarray, np.ndarr
     return i0, np.minimum(i0 + 1, n_in - 1), (src - i0).astype(np.float32)
 
 
+def host_resize_is_opencv(in_hw: Tuple[int, int], out_hw: Tuple[int, int], method: str = "torchvision") -> bool:
+    """Whether :func:`resize_rgb` resizes ``in_hw`` to ``out_hw`` with OpenCV's fixed-point ``INTER_LINEAR`` here
+    (else numpy's float resize, or Pillow's for ``"detectron2"``): what a GPU letterbox must reproduce."""
+    return method == "torchvision" and opencv() is not None and max(*in_hw, *out_hw) < MAX_SIDE
+
+
+# OpenCV's uint8 INTER_LINEAR, reproduced exactly (cv2.resize on 8-bit images; tests compare them bit for bit):
+# per axis each output sample reads source samples i0, i1 with weights c0, c1 out of 2048 (11 bits), the float32
+# fraction of (dst + 0.5) * in / out - 0.5 rounded to even, each weight on its own. The horizontal pass sums
+# S[i0] * c0 + S[i1] * c1 in int32; the vertical pass, as OpenCV's SIMD kernel and its scalar tail do,
+# ((c0 * (D0 >> 4)) >> 16) + ((c1 * (D1 >> 4)) >> 16) + 2 >> 2. Columns clamp at the edges (the fraction set to
+# 0 there); rows do not (both rows clamped into the image, the fraction kept).
+OPENCV_COEF_ONE = 2048
+
+
+def opencv_linear_taps(n_out: int, n_in: int, clamp_fraction: bool) -> Tuple[np.ndarray, ...]:
+    """OpenCV's ``INTER_LINEAR`` taps along one axis from ``n_in`` to ``n_out`` samples: ``(i0, i1, c0, c1)``,
+    int64; ``clamp_fraction``: True for columns, False for rows (see above)."""
+    d = np.arange(int(n_out), dtype=np.float64)
+    f = ((d + 0.5) * (1.0 / (int(n_out) / int(n_in))) - 0.5).astype(np.float32)
+    s = np.floor(f).astype(np.int64)
+    f = (f - s.astype(np.float32)).astype(np.float32)
+    if clamp_fraction:
+        low, high = s < 0, s >= n_in - 1
+        s[low], f[low] = 0, 0
+        s[high], f[high] = n_in - 1, 0
+    c0 = np.rint((np.float32(1) - f) * np.float32(OPENCV_COEF_ONE)).astype(np.int64)
+    c1 = np.rint(f * np.float32(OPENCV_COEF_ONE)).astype(np.int64)
+    return np.clip(s, 0, n_in - 1), np.clip(s + 1, 0, n_in - 1), c0, c1
+
+
+def opencv_linear_resize_numpy(image: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
+    """``cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)`` of an ``[H, W, C]`` uint8 image in numpy
+    integer arithmetic (the reference of the GPU letterboxes that reproduce the host's OpenCV resize)."""
+    x0, x1, a0, a1 = opencv_linear_taps(int(size_hw[1]), image.shape[1], True)
+    y0, y1, b0, b1 = opencv_linear_taps(int(size_hw[0]), image.shape[0], False)
+    src = image.astype(np.int32)
+    d = src[:, x0] * a0[None, :, None].astype(np.int32) + src[:, x1] * a1[None, :, None].astype(np.int32)
+    t0, t1 = d[y0] >> 4, d[y1] >> 4
+    out = ((b0[:, None, None] * t0) >> 16) + ((b1[:, None, None] * t1) >> 16) + 2 >> 2
+    return out.astype(np.uint8)
+
+
+LETTERBOX_RESAMPLERS = ("float", "opencv")
+
+
 def letterbox_taps(
-    sizes_hw: Sequence[Tuple[int, int]], input_hw: Tuple[int, int], buffer_hw: Tuple[int, int]
+    sizes_hw: Sequence[Tuple[int, int]],
+    input_hw: Tuple[int, int],
+    buffer_hw: Tuple[int, int],
+    resampler: str = "opencv",
 ) -> Dict[str, np.ndarray]:
     """The size-dependent inputs of the letterbox graph (:mod:`rcnn_deploy.export.letterbox_graph`) for a batch
     of decoded images of ``sizes_hw``, each at the top left of a ``buffer_hw`` slot: gather indices into the
-    batch's rows and columns, lerp weights and the inside-the-image masks. Its output then equals
-    :func:`letterbox` with the numpy resize (:func:`bilinear_resize_numpy`), up to float rounding."""
+    batch's rows and columns, weights and the inside-the-image masks. ``resampler`` is the graph's
+    (:data:`LETTERBOX_RESAMPLERS`): ``"float"``: ``wy``/``wx`` are lerp weights, and the graph's output equals
+    :func:`letterbox` with the numpy resize (:func:`bilinear_resize_numpy`) up to float rounding; ``"opencv"``:
+    they are OpenCV's two integer weights packed as ``c0 * 4096 + c1`` (exact in float32), and the output equals
+    :func:`letterbox` with OpenCV's resize exactly."""
+    if resampler not in LETTERBOX_RESAMPLERS:
+        raise ValueError(f"unknown letterbox resampler {resampler!r}; use one of {', '.join(LETTERBOX_RESAMPLERS)}")
     ih, iw = int(input_hw[0]), int(input_hw[1])
     bh, bw = int(buffer_hw[0]), int(buffer_hw[1])
     n = len(sizes_hw)
@@ -631,19 +685,34 @@ def letterbox_taps(
         if h > bh or w > bw:
             raise ValueError(f"image {b} of {h}x{w} does not fit the batch buffer of {bh}x{bw}")
         rh, rw = Letterbox.fit(h, w, (ih, iw)).size_in((ih, iw))
-        if (rh, rw) == (h, w):  # no resize (letterbox copies): taps that read each pixel with weight 0
+        if (rh, rw) == (h, w):  # no resize (letterbox copies): taps that read each pixel with weight 0 / all
             y0, y1, wy = np.arange(h), np.arange(h), np.zeros(h, np.float32)
             x0, x1, wx = np.arange(w), np.arange(w), np.zeros(w, np.float32)
+            if resampler == "opencv":
+                wy[:], wx[:] = _packed(OPENCV_COEF_ONE, 0), _packed(OPENCV_COEF_ONE, 0)
+        elif resampler == "opencv":
+            y0, y1, c0, c1 = opencv_linear_taps(rh, h, False)
+            wy = _packed(c0, c1)
+            x0, x1, c0, c1 = opencv_linear_taps(rw, w, True)
+            wx = _packed(c0, c1)
         else:
             y0, y1, wy = resize_taps(rh, h)
             x0, x1, wx = resize_taps(rw, w)
+        pad = _packed(OPENCV_COEF_ONE, 0) if resampler == "opencv" else 0.0
         out["y0"][b, :rh], out["y1"][b, :rh], out["wy"][b, :rh, 0] = b * bh + y0, b * bh + y1, wy
         out["y0"][b, rh:] = out["y1"][b, rh:] = b * bh  # padding rows read a valid row, then are masked
+        out["wy"][b, rh:, 0] = pad
         out["x0"][b, :rw], out["x1"][b, :rw], out["wx"][b, :rw, 0] = b * bw + x0, b * bw + x1, wx
         out["x0"][b, rw:] = out["x1"][b, rw:] = b * bw
+        out["wx"][b, rw:, 0] = pad
         out["vy"][b, 0, :rh, 0] = 1.0
         out["vx"][b, :rw, 0, 0] = 1.0
     return out
+
+
+def _packed(c0: Any, c1: Any) -> Any:
+    """Two OpenCV weights (0 .. 2049) in one float32: ``c0 * 4096 + c1``, below 2**24, so exact."""
+    return (np.asarray(c0, np.int64) * 4096 + np.asarray(c1, np.int64)).astype(np.float32)
 
 
 def bilinear_resize_numpy(image: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:

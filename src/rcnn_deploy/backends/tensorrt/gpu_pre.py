@@ -137,7 +137,8 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
     """:class:`TensorRTBatchModel` taking JPEG bytes (1-D uint8 arrays) or host-letterboxed ``[3, H, W]`` arrays,
     decoding and letterboxing the JPEGs on the GPU (module docstring). Outputs gain an ``errors`` column: None,
     or why that image failed (a JPEG neither nvJPEG nor the host decoder could read). ``decoders``: one per
-    slot (made with ``decode_backend`` when not given)."""
+    slot (made with ``decode_backend`` when not given). ``resampler``: the letterbox graph's
+    (``runtime.preprocess.LETTERBOX_RESAMPLERS``; the export's ``contract.notes["letterbox_resampler"]``)."""
 
     takes_letterboxes = True
 
@@ -157,6 +158,7 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
         nonblocking: bool = True,
         cuda_graph: bool = True,
         blocking_wait: bool = False,
+        resampler: str = "float",
     ) -> None:
         from .runtime import TensorRTBackend
 
@@ -186,6 +188,8 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
         self.fill, self.max_pixels = tuple(float(v) for v in fill), max_pixels
         self.max_hw = (int(max_hw[0]), int(max_hw[1]))
         self.resize = "torchvision"
+        # how the letterbox engine's graph resamples (the export's contract notes; "float" before session 18)
+        self.resampler = resampler
         taps_max = letterbox_profiles(self.input_hw, self.hi, self.max_hw)
         # one context for every slot: a context owns its engine's optimization profile (TensorRT 8.6 gives a
         # second context none), so the slots' letterbox runs are ordered on the GPU by an event instead
@@ -262,7 +266,7 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
             for i, (ptr, h, w, pitch) in dev.items():
                 self._copy2d(raw.ptr + i * bh * bw * 3, bw * 3, ptr, pitch, w * 3, h, sptr)
             sizes = [(dev[i][1], dev[i][2]) if i in dev else (1, 1) for i in range(n)]
-            taps = letterbox_taps(sizes, self.input_hw, (bh, bw))
+            taps = letterbox_taps(sizes, self.input_hw, (bh, bw), self.resampler)
             shapes: Dict[str, Tuple[int, ...]] = {"raw": (n, bh, bw, 3)}
             for name in _TAPS:
                 a = taps[name]
