@@ -160,7 +160,7 @@ take_nvimg)
     mkdir -p /tmp/py39nvimg && python3 -m zipfile -e .nvimgcarry/nvimgcodec_cp39.zip /tmp/py39nvimg/ || exit 1
     ls /tmp/py39nvimg/nvidia
   fi
-  if [ -f .nvimgcarry/nvimgcodec_cp312.zip ]; then  # the PyTorch steps' GPU decoding (device_session.sh torch_env)
+  if [ -f .nvimgcarry/nvimgcodec_cp312.zip ]; then  # the PyTorch steps' GPU decoding (device_session.sh torch_e2e)
     mkdir -p /tmp/site-nvimg312.part && python3 -m zipfile -e .nvimgcarry/nvimgcodec_cp312.zip /tmp/site-nvimg312.part/ &&
       mv /tmp/site-nvimg312.part /tmp/site-nvimg312 && ls /tmp/site-nvimg312
   fi

@@ -740,7 +740,8 @@ def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
         save()
         del host, gpu
         # the same on the benchmark's 1920x1080 JPEGs at the benchmark's size (--size): the letterbox resamples too
-        # (host: OpenCV / Pillow; GPU: F.interpolate in float32, rounded), as in e2e_trt.py's e2e_images rows
+        # (host: OpenCV; GPU: F.interpolate in float32 up to session 17, OpenCV's arithmetic in int32 since), as in
+        # e2e_trt.py's e2e_images rows
         big = (a.size, a.size)
         bpaths = [str(p) for p in find_images(a.images)][: a.parity_images]
         host = Detector.load(a.checkpoint, input_hw=big, batch=8, device="cuda", precision="fp16")
