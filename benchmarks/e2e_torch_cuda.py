@@ -44,8 +44,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 
 PHASES = ("stream", "parity", "precisions", "faster", "gpu_decode", "gpu_post", "profile", "compile", "roi_align")
-COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # rcnn_deploy.backends.torch_cuda.COMPILE_MODES
-GPU_DECODERS = ("auto", "nvimgcodec", "torchvision")  # rcnn_deploy.backends.torch_cuda.GPU_DECODERS
+from rcnn_deploy.backends.torch_cuda import COMPILE_MODES, GPU_DECODERS  # noqa: E402 (torch is imported lazily)
 
 
 def commit() -> str:

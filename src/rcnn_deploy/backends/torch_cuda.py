@@ -400,13 +400,11 @@ class GpuLetterbox:
         largest product is below 2**27)."""
         import torch
 
-        x0, x1, a0, a1 = self._opencv_taps(rw, int(img.shape[2]), True)
-        y0, y1, b0, b1 = self._opencv_taps(rh, int(img.shape[1]), False)
-        src = img.to(torch.int32)
-        t = (src.index_select(2, x0) * a0 + src.index_select(2, x1) * a1) >> 4  # [3, h, rw]
-        t0, t1 = t.index_select(1, y0), t.index_select(1, y1)  # [3, rh, rw]
-        out = (((b0[:, None] * t0) >> 16) + ((b1[:, None] * t1) >> 16) + 2) >> 2
-        return out.to(torch.uint8)
+        from ..runtime.preprocess import opencv_linear_resize_chw
+
+        x_taps = self._opencv_taps(rw, int(img.shape[2]), True)
+        y_taps = self._opencv_taps(rh, int(img.shape[1]), False)
+        return opencv_linear_resize_chw(img.to(torch.int32), x_taps, y_taps).to(torch.uint8)
 
     def _opencv_taps(self, n_out: int, n_in: int, clamp_fraction: bool) -> Tuple[Any, ...]:
         """:func:`~rcnn_deploy.runtime.preprocess.opencv_linear_taps` on the device (indices int64, weights

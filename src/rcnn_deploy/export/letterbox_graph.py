@@ -113,55 +113,48 @@ def _opencv_nodes(n: Any) -> List[Any]:
     product that could pass 2**24, ``b * T`` (T = D >> 4 < 2**15), is split as ``T = 256 th + tl``:
     ``(b T) >> 16 = q + ((256 r + b tl) >> 16)`` with ``b th = 256 q + r``. The weights come packed, ``wx = a0 *
     4096 + a1`` and ``wy = b0 * 4096 + b1``."""
+
+    def shift(x: str, k: int, out: str) -> List[Any]:  # out = x >> k
+        return [n("Mul", [x, f"pm{k}"], [out + "_scaled"]), n("Floor", [out + "_scaled"], [out])]
+
+    def divmod_(x: str, k: int, q: str, r: str) -> List[Any]:  # q = x >> k, r = x & (2**k - 1)
+        return [*shift(x, k, q), n("Mul", [q, f"p{k}"], [q + "_up"]), n("Sub", [x, q + "_up"], [r])]
+
+    def taps(table: str, i0: str, i1: str, packed: str, v0: str, v1: str, w0: str, w1: str) -> List[Any]:
+        # the two source samples of each output sample, and their weights unpacked (w0 * 4096 + w1)
+        gathers = [n("Gather", [table, i0], [v0], axis=0), n("Gather", [table, i1], [v1], axis=0)]
+        return gathers + divmod_(packed, 12, w0, w1)
+
     nodes = [
         n("Cast", ["raw"], ["x"], to=1),  # float32 [B, H, W, 3]
         n("Transpose", ["x"], ["x_t"], perm=[0, 2, 1, 3]),  # [B, W, H, 3]
         n("Flatten", ["x_t"], ["x_cols"], axis=2),  # [B*W, H*3]
-        n("Gather", ["x_cols", "x0"], ["c0"], axis=0),  # [B, IW, H*3]
-        n("Gather", ["x_cols", "x1"], ["c1"], axis=0),
-        n("Mul", ["wx", "pm12"], ["wx_hi"]),
-        n("Floor", ["wx_hi"], ["a0"]),  # [B, IW, 1]
-        n("Mul", ["a0", "p12"], ["a0s"]),
-        n("Sub", ["wx", "a0s"], ["a1"]),
+        *taps("x_cols", "x0", "x1", "wx", "c0", "c1", "a0", "a1"),  # [B, IW, H*3]; [B, IW, 1]
         n("Mul", ["c0", "a0"], ["c0a"]),
         n("Mul", ["c1", "a1"], ["c1a"]),
         n("Add", ["c0a", "c1a"], ["d"]),  # the horizontal pass, in OpenCV's int32 units
-        n("Mul", ["d", "pm4"], ["d16"]),
-        n("Floor", ["d16"], ["t"]),  # D >> 4
+        *shift("d", 4, "t"),  # D >> 4
         n("Reshape", ["t", "split3"], ["t4"]),  # [B, IW, H, 3]
         n("Transpose", ["t4"], ["t_t"], perm=[0, 2, 1, 3]),  # [B, H, IW, 3]
         n("Flatten", ["t_t"], ["t_rows"], axis=2),  # [B*H, IW*3]
-        n("Gather", ["t_rows", "y0"], ["r0"], axis=0),  # [B, IH, IW*3]
-        n("Gather", ["t_rows", "y1"], ["r1"], axis=0),
-        n("Mul", ["wy", "pm12"], ["wy_hi"]),
-        n("Floor", ["wy_hi"], ["b0"]),  # [B, IH, 1]
-        n("Mul", ["b0", "p12"], ["b0s"]),
-        n("Sub", ["wy", "b0s"], ["b1"]),
+        *taps("t_rows", "y0", "y1", "wy", "r0", "r1", "b0", "b1"),  # [B, IH, IW*3]; [B, IH, 1]
     ]
     for k in ("0", "1"):  # (b_k * r_k) >> 16 without a product past 2**24
         r, b, o = f"r{k}", f"b{k}", f"v{k}_"
         nodes += [
-            n("Mul", [r, "pm8"], [o + "r8"]),
-            n("Floor", [o + "r8"], [o + "th"]),  # r >> 8
-            n("Mul", [o + "th", "p8"], [o + "th256"]),
-            n("Sub", [r, o + "th256"], [o + "tl"]),  # r & 255
+            *divmod_(r, 8, o + "th", o + "tl"),  # r = 256 th + tl
             n("Mul", [b, o + "th"], [o + "x"]),  # below 2049 * 128
             n("Mul", [b, o + "tl"], [o + "y"]),  # below 2049 * 256
-            n("Mul", [o + "x", "pm8"], [o + "x8"]),
-            n("Floor", [o + "x8"], [o + "q"]),
-            n("Mul", [o + "q", "p8"], [o + "q256"]),
-            n("Sub", [o + "x", o + "q256"], [o + "rem"]),
+            *divmod_(o + "x", 8, o + "q", o + "rem"),  # b th = 256 q + rem
             n("Mul", [o + "rem", "p8"], [o + "rem256"]),
             n("Add", [o + "rem256", o + "y"], [o + "low"]),  # below 2**24
-            n("Mul", [o + "low", "pm16"], [o + "low16"]),
-            n("Floor", [o + "low16"], [o + "lowq"]),
+            *shift(o + "low", 16, o + "lowq"),
             n("Add", [o + "q", o + "lowq"], [f"term{k}"]),
         ]
     nodes += [
         n("Add", ["term0", "term1"], ["terms"]),
         n("Add", ["terms", "two"], ["terms2"]),
-        n("Mul", ["terms2", "pm2"], ["terms4"]),
-        n("Floor", ["terms4"], ["pix"]),  # [B, IH, IW*3], 0 .. 255
+        *shift("terms2", 2, "pix"),  # [B, IH, IW*3], 0 .. 255
         n("Reshape", ["pix", "split3"], ["pix4"]),  # [B, IH, IW, 3]
         n("Mul", ["vx", "vy"], ["inside_t"]),  # [B, IW, IH, 1]
         n("Transpose", ["inside_t"], ["inside"], perm=[0, 2, 1, 3]),  # [B, IH, IW, 1]

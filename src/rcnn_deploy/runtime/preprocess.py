@@ -637,16 +637,24 @@ def opencv_linear_taps(n_out: int, n_in: int, clamp_fraction: bool) -> Tuple[np.
     return np.clip(s, 0, n_in - 1), np.clip(s + 1, 0, n_in - 1), c0, c1
 
 
+def opencv_linear_resize_chw(src: Any, x_taps: Sequence[Any], y_taps: Sequence[Any]) -> Any:
+    """OpenCV's ``INTER_LINEAR`` arithmetic on a ``[C, H, W]`` int32 image, numpy or torch alike (the GPU
+    letterbox of the PyTorch backend runs it on the device): ``x_taps`` / ``y_taps`` are
+    :func:`opencv_linear_taps` of the columns and rows (``(i0, i1, c0, c1)``, in ``src``'s library); the result
+    is ``[C, h, w]`` integers 0 .. 255, still int32/int64."""
+    x0, x1, a0, a1 = x_taps
+    y0, y1, b0, b1 = y_taps
+    t = (src[:, :, x0] * a0 + src[:, :, x1] * a1) >> 4  # the horizontal pass, >> 4: [C, H, w]
+    return (((b0[:, None] * t[:, y0]) >> 16) + ((b1[:, None] * t[:, y1]) >> 16) + 2) >> 2
+
+
 def opencv_linear_resize_numpy(image: np.ndarray, size_hw: Tuple[int, int]) -> np.ndarray:
     """``cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)`` of an ``[H, W, C]`` uint8 image in numpy
     integer arithmetic (the reference of the GPU letterboxes that reproduce the host's OpenCV resize)."""
-    x0, x1, a0, a1 = opencv_linear_taps(int(size_hw[1]), image.shape[1], True)
-    y0, y1, b0, b1 = opencv_linear_taps(int(size_hw[0]), image.shape[0], False)
-    src = image.astype(np.int32)
-    d = src[:, x0] * a0[None, :, None].astype(np.int32) + src[:, x1] * a1[None, :, None].astype(np.int32)
-    t0, t1 = d[y0] >> 4, d[y1] >> 4
-    out = ((b0[:, None, None] * t0) >> 16) + ((b1[:, None, None] * t1) >> 16) + 2 >> 2
-    return out.astype(np.uint8)
+    x_taps = opencv_linear_taps(int(size_hw[1]), image.shape[1], True)
+    y_taps = opencv_linear_taps(int(size_hw[0]), image.shape[0], False)
+    out = opencv_linear_resize_chw(image.transpose(2, 0, 1).astype(np.int32), x_taps, y_taps)
+    return out.transpose(1, 2, 0).astype(np.uint8)
 
 
 LETTERBOX_RESAMPLERS = ("float", "opencv")
