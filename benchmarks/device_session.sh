@@ -39,8 +39,9 @@
 #   torch_more       e2e_torch_cuda.py --phases precisions,faster
 #   gpu_post         gpu_post_bench.py --device cuda
 #   torch_gpupost    e2e_torch_cuda.py --phases gpu_post (masks pasted and RLE-encoded on the GPU, end to end)
-#   torch_roi_align  e2e_torch_cuda.py --phases roi_align (the sync-free ROIAlign per level against stacked levels)
+#   torch_roi_align  e2e_torch_cuda.py --phases roi_align (the sync-free ROIAligns: per level, stacked, Triton)
 #   torch_compile_e2e e2e_torch_cuda.py --phases gpu_post --stream-compile default (the compiled forward end to end)
+#   torch_compile_triton the same with --roi-align triton (the Triton multi-level ROIAlign)
 #   torch_gpudecode  e2e_torch_cuda.py --phases gpu_decode (its first capture crashed its process in run 16; the chain goes on)
 set -uo pipefail
 S=/tmp/sess
@@ -157,6 +158,9 @@ steps)
     probe) step probe bash benchmarks/device_e2e.sh probe ;;
     torch_roi_align) step torch_roi_align torch_e2e e2e_torch_cuda_roi_align roi_align ;;
     torch_compile_e2e) step torch_compile_e2e torch_e2e e2e_torch_cuda_compiled gpu_post --stream-compile default ;;
+    torch_compile_triton)  # the same with the Triton multi-level ROIAlign (glue.roi_align_triton)
+      step torch_compile_triton torch_e2e e2e_torch_cuda_compiled_triton gpu_post --stream-compile default \
+        --roi-align triton ;;
     ray) [ -d /tmp/site-ray ] && step ray bash benchmarks/device_ray.sh bench ;;
     serve) [ -d /tmp/triton/pytriton ] && step serve bash benchmarks/device_serve.sh bench ;;
     serve_trt) [ -d /tmp/triton/pytriton ] && step serve_trt bash benchmarks/device_serve.sh bench_trt ;;

@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 PHASES = ("stream", "parity", "precisions", "faster", "gpu_decode", "gpu_post", "profile", "compile", "roi_align")
 from rcnn_deploy.backends.torch_cuda import COMPILE_MODES, GPU_DECODERS  # noqa: E402 (torch is imported lazily)
+from rcnn_deploy.glue.roi_align import SYNC_FREE_ROI_ALIGNS  # noqa: E402
 
 
 def commit() -> str:
@@ -262,12 +263,23 @@ def main() -> None:
         "in this mode (their rows then say 'compile'); it does not add the compile phase",
     )
     ap.add_argument(
+        "--roi-align",
+        choices=SYNC_FREE_ROI_ALIGNS,
+        default=None,
+        help="the sync-free ROIAlign of every row but the roi_align phase's (glue.roi_align.SYNC_FREE_ROI_ALIGN; "
+        "default: the package's); each row says which one ran",
+    )
+    ap.add_argument(
         "--phases",
         default=",".join(p for p in PHASES if p != "compile"),
         help=f"comma-separated subset of {','.join(PHASES)} (each can run in a process of its own: a crash in one "
         "then loses only its rows; compile needs --compile MODE, which adds it)",
     )
     a = ap.parse_args()
+    if a.roi_align:
+        from rcnn_deploy.glue import roi_align as roi_align_mod
+
+        roi_align_mod.SYNC_FREE_ROI_ALIGN = a.roi_align
     phases = [p for p in a.phases.split(",") if p]
     unknown = sorted(set(phases) - set(PHASES))
     if unknown:
@@ -437,28 +449,35 @@ def main() -> None:
 
 def roi_align_rows(doc: Dict[str, Any], save: Any, mask_rcnn: Any, compute_row: Any, images: Any) -> None:
     """Phase ``roi_align``: per batch (8, 1) the fp16 CUDA-graph model with each sync-free ROIAlign
-    (``glue.roi_align.SYNC_FREE_ROI_ALIGN``), timed like the other rows, and the stacked one's padded outputs
-    against the per-level one's on the same batch."""
+    (``glue.roi_align.SYNC_FREE_ROI_ALIGN``), timed like the other rows, and the stacked and Triton ones' padded
+    outputs against the per-level one's on the same batch (``parity_padded_vs_levels``)."""
     import torch
 
     from rcnn_deploy.glue import roi_align as roi_align_mod
 
     sec: Dict[str, Any] = {"rows": []}
     doc["roi_align"] = sec
+    default = roi_align_mod.SYNC_FREE_ROI_ALIGN
     try:
         for batch in (8, 1):
             x = torch.from_numpy(np.ascontiguousarray(images[:batch])).cuda()
             outs = {}
-            for mode in ("levels", "stacked"):
+            for mode in ("levels", "stacked", "triton"):
                 roi_align_mod.SYNC_FREE_ROI_ALIGN = mode
-                det, _ = compute_row("mask_rcnn", mask_rcnn, "fp16", batch, rows=sec["rows"])
+                try:
+                    det, _ = compute_row("mask_rcnn", mask_rcnn, "fp16", batch, rows=sec["rows"])
+                except Exception as e:  # noqa: BLE001 - a mode that fails is recorded, the others still run
+                    sec["rows"].append({"roi_align": mode, "batch": batch, "error": f"{type(e).__name__}: {e}"})
+                    save()
+                    continue
                 outs[mode] = {k: v.cpu().numpy() for k, v in det.cuda_model(x).items()}
+                if mode != "levels" and "levels" in outs:
+                    sec["rows"][-1]["parity_padded_vs_levels"] = padded_parity(outs["levels"], outs[mode])
                 del det
                 torch.cuda.empty_cache()
-            sec["rows"][-1]["parity_padded_vs_levels"] = padded_parity(outs["levels"], outs["stacked"])
             save()
     finally:
-        roi_align_mod.SYNC_FREE_ROI_ALIGN = "stacked"
+        roi_align_mod.SYNC_FREE_ROI_ALIGN = default
 
 
 def padded_parity(ref: Dict[str, Any], out: Dict[str, Any]) -> Dict[str, Any]:

@@ -155,9 +155,9 @@ def main():
     ap.add_argument("--latency-images", type=int, default=100)
     ap.add_argument(
         "--split-rle",
-        type=int,
-        default=4,
-        help="batch-1 engines: also latency_split_rle_ms, each image's RLE in this many pieces over worker processes",
+        default="4",
+        help="batch-1 engines: also latency_split_rle_ms, each image's RLE in this many pieces over worker "
+        "processes; a comma-separated list (4,8) adds latency_split_rle_p8_ms and so on for the others",
     )
     ap.add_argument("--processes", type=int, default=None, help="worker processes (default: the runner's)")
     ap.add_argument(
@@ -257,8 +257,10 @@ def stream_rows(a, det, paths, single=True):
     if hi == 1:
         det.stop_workers()  # the latency rows without the stream's idle worker processes (run 22 had them)
         out["latency_ms"], out["latency_detections_ms"] = latency(det, paths[: a.latency_images])
-        if a.split_rle > 1:
-            out["latency_split_rle_ms"] = split_rle_latency(det, paths[: a.latency_images], a.split_rle)
+        for i, parts in enumerate(int(x) for x in str(a.split_rle).split(",") if x):
+            if parts > 1:
+                key = "latency_split_rle_ms" if i == 0 else f"latency_split_rle_p{parts}_ms"
+                out[key] = split_rle_latency(det, paths[: a.latency_images], parts)
     return out
 
 

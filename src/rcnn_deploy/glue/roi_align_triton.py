@@ -1,0 +1,124 @@
+"""Multi-level ROIAlign as one Triton kernel: each box pooled straight from the FPN level it is assigned to.
+
+The sync-free forward (a CUDA graph, no host synchronisation) cannot gather the boxes of each level (``nonzero``), so
+:func:`rcnn_deploy.glue.roi_align._roi_align_stacked` copies the levels into one ``[B * L, C, H_0, W_0]`` tensor and
+pools every box once from it; torchvision's ``roi_align`` then makes that copy contiguous again and pools one
+output element per thread. Here one program pools one output bin of one box over a block of channels, reading the
+box's own level in place (any strides: the channels-last maps of the fp16 model load as contiguous vectors), with
+torchvision's arithmetic (``roi_align_forward_kernel_impl``: the same sample points, the same bilinear weights,
+the same clamping at the map's edges, the samples summed in the same order and divided by their count, in float32,
+divisions IEEE-rounded). The numbers are those of ``roi_align`` on each level with ``spatial_scale = 1 / stride``
+(the eager path), up to the compilers' contraction of multiply-adds; the stacked path matches them only up to
+rounding at a level's last row and column.
+
+Only for CUDA tensors (Triton); :func:`available` says whether it can run. Registered as the custom op
+``rcnn_deploy::multiscale_roi_align`` so that ``torch.compile`` keeps it whole. The tests run the kernel on the
+CPU in Triton's interpreter (``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, List, Sequence
+
+import torch
+from torch import Tensor
+
+MAX_LEVELS = 5  # the kernel's level arguments (torchvision and Detectron2 pool P2-P5: 4)
+
+
+def available(device: Any) -> bool:
+    """Whether the kernel can run on ``device``: a CUDA device and an importable Triton (or Triton's
+    interpreter, for the tests)."""
+    if torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _launch(
+    features: Sequence[Tensor],
+    boxes: Tensor,
+    levels: Tensor,
+    strides: Sequence[int],
+    output_size: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    import triton
+
+    b, k = int(boxes.shape[0]), int(boxes.shape[1])
+    c = int(features[0].shape[1])
+    s = int(output_size)
+    out = torch.empty((b * k, c, s, s), dtype=features[0].dtype, device=boxes.device)
+    if b * k == 0:
+        return out
+    args: List[Any] = []
+    for lvl in range(MAX_LEVELS):
+        f = features[min(lvl, len(features) - 1)]
+        stride = strides[min(lvl, len(strides) - 1)]
+        sn, sc, sh, sw = f.stride()
+        args += [f, int(f.shape[2]), int(f.shape[3]), sn, sc, sh, sw, 1.0 / float(stride)]
+    block_c = min(triton.next_power_of_2(c), 256)
+    grid = (b * k * s * s, triton.cdiv(c, block_c))
+    from ._roi_align_kernel import multiscale_roi_align_kernel
+
+    multiscale_roi_align_kernel[grid](
+        out,
+        boxes.float().contiguous(),
+        levels.to(torch.int32).contiguous(),
+        k,
+        c,
+        *args,
+        0.5 if aligned else 0.0,
+        LEVELS=len(features),
+        POOLED=s,
+        SAMPLING=int(sampling_ratio),
+        ALIGNED=bool(aligned),
+        BLOCK_C=block_c,
+    )
+    return out
+
+
+@torch.library.custom_op("rcnn_deploy::multiscale_roi_align", mutates_args=())
+def _op(
+    features: List[Tensor],
+    boxes: Tensor,
+    levels: Tensor,
+    strides: List[int],
+    output_size: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    return _launch(features, boxes, levels, strides, output_size, sampling_ratio, aligned)
+
+
+@_op.register_fake
+def _(features, boxes, levels, strides, output_size, sampling_ratio, aligned):  # type: ignore[no-untyped-def]
+    b, k = boxes.shape[0], boxes.shape[1]
+    return features[0].new_empty((b * k, features[0].shape[1], output_size, output_size))
+
+
+def multiscale_roi_align(
+    features: Sequence[Tensor],
+    boxes: Tensor,
+    levels: Tensor,
+    strides: Sequence[int],
+    output_size: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
+    """Pool box ``[b, k]`` of ``boxes [B, K, 4]`` (input pixels) from ``features[levels[b, k]]`` (``[B, C, H_l,
+    W_l]`` each, finest first, at most :data:`MAX_LEVELS`; stride ``strides[l]``) -> ``[B, K, C, S, S]`` in the
+    features' dtype (computed in float32), as ``roi_align(features[l], ..., S, 1 / strides[l], sampling_ratio,
+    aligned)`` would."""
+    if not 1 <= len(features) <= MAX_LEVELS or len(strides) != len(features):
+        raise ValueError(f"multiscale_roi_align: 1..{MAX_LEVELS} levels with one stride each, got "
+                         f"{len(features)} maps and strides {list(strides)}")  # fmt: skip
+    b, k = int(boxes.shape[0]), int(boxes.shape[1])
+    pooled = _op(list(features), boxes, levels, [int(x) for x in strides], int(output_size), int(sampling_ratio),
+                 bool(aligned))  # fmt: skip
+    return pooled.view(b, k, pooled.shape[1], int(output_size), int(output_size))
