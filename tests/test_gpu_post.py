@@ -328,6 +328,48 @@ def test_the_wired_path_passes_letterboxes_and_returns_host_detections(method):
     _same_coco(host, device, spec)
 
 
+def test_a_model_that_launches_is_post_processed_in_the_waiter():
+    """``GpuBatchModel`` with a model that has ``launch`` (``CudaGraphModel``'s: queue the batch, finish later):
+    ``submit`` only launches, the returned waiter finishes and post-processes; the detections are those of the
+    same model called synchronously, in both output modes."""
+    from rcnn_deploy import get_spec
+
+    spec = get_spec("torchvision-maskrcnn")
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(60, 90), (128, 160), (300, 120)]]
+    events = []
+
+    def run(x):
+        r = np.random.default_rng(int(x.double().sum()))
+        out = _outputs(r, b=int(x.shape[0]), num=r.integers(0, 10, int(x.shape[0])))
+        return {k: torch.from_numpy(v) for k, v in out.items()}
+
+    class Launching:
+        def __call__(self, x):
+            raise AssertionError("a model with launch is not called synchronously")
+
+        def launch(self, x):
+            events.append("launch")
+            x = x.clone()  # the letterbox buffer is reused by the next batch
+
+            def finish():
+                events.append("finish")
+                return run(x)
+
+            return finish
+
+    sync_host, sync_device = _detect_both_ways(run, spec, (128, 160), images, batch=2)
+    events.clear()
+    host, device = _detect_both_ways(Launching(), spec, (128, 160), images, batch=2)
+    assert events.count("launch") == events.count("finish") == 4
+    for a, b in ((sync_host, host), (sync_device, device)):
+        assert [len(d) for d in a] == [len(d) for d in b]
+        for da, db in zip(a, b):
+            np.testing.assert_array_equal(da.boxes, db.boxes)
+            np.testing.assert_array_equal(da.scores, db.scores)
+    _same_coco(host, device, spec)
+
+
 @pytest.fixture(scope="module")
 def shapes_net():
     from rcnn_deploy.models.build import build_model

@@ -22,6 +22,7 @@ own CUDA graphs stay off: the compiled forward is what ``torch.cuda.graph`` capt
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
@@ -191,6 +192,7 @@ class CudaGraphModel:
         torch.backends.cudnn.benchmark = True  # static shapes: the fastest convolution per layer, chosen once
         ieee_fp32(precision)
         self._graphs: Dict[tuple, _Captured] = {}
+        self._lock = threading.Lock()  # launch (the model thread) against a fallback in a finish (another thread)
         self.fallbacks = 0  # batches re-run because an NMS had not converged within nms_rounds
         self.replays = 0
         self.forward = SyncFreeForward(self.net, compile)
@@ -263,6 +265,45 @@ class CudaGraphModel:
             return self._exact(cap.static_in)
         return cap.static_out
 
+    def launch(self, x: Any) -> Any:
+        """Queue one batch (``x`` as for ``__call__``) without waiting for the GPU; returns ``finish()``, which
+        gives the batch's padded outputs on the device later, from any thread, on that thread's current stream:
+        private copies of the graph's outputs (the next replay overwrites those), made on this stream right after
+        the replay, and the convergence check that ``__call__`` makes at once (the batch again without the round
+        limit, from a copy of its input, where an NMS had not converged). What lets the next batch's decoding and
+        replay start while this one is post-processed (:class:`GpuBatchModel`). Without ``cuda_graph``: the
+        batch runs now, as ``__call__``."""
+        import torch
+
+        if not self.cuda_graph:
+            out = self(x)
+            return lambda: out
+        with self._lock:
+            key = (tuple(x.shape), x.dtype)
+            cap = self._graphs.get(key)
+            if cap is None:
+                cap = self._graphs[key] = self._capture(x)
+            else:
+                cap.static_in.copy_(x)
+            cap.graph.replay()
+            self.replays += 1
+            out = {k: v.clone() for k, v in cap.static_out.items()}
+            converged, kept = cap.converged.clone(), cap.static_in.clone()
+            done = torch.cuda.Event()
+            done.record()
+
+        def finish() -> Dict[str, Any]:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(done)
+            for v in (*out.values(), converged, kept):  # made on the launching stream, used on this one
+                v.record_stream(stream)
+            if bool(converged):
+                return out
+            with self._lock:  # nms_rounds and the graphs change: not beside a launch
+                return self._exact(kept)
+
+        return finish
+
     def run_numpy(self, images: Any) -> Dict[str, Any]:
         """Host ``[B, 3, H, W]`` array in, host arrays out (what ``Detector`` runners take)."""
         import torch
@@ -324,6 +365,7 @@ class GpuLetterbox:
                 warnings.warn(self.decoder_note, RuntimeWarning, stacklevel=2)
         self.decoder = "nvimgcodec" if self._nvimg is not None else "torchvision"
         self._keep: List[Any] = []  # the last batch's nvImageCodec images: their memory until the next call
+        self._done: Any = None  # an event after the last batch's letterbox kernels (CUDA): _keep may go after it
         self._taps: Dict[Tuple[int, int, bool], Tuple[Any, ...]] = {}  # _opencv_taps by (out, in, clamp)
 
     def __call__(self, items: Any, batch: int) -> Any:
@@ -358,18 +400,23 @@ class GpuLetterbox:
                 self._letterbox_into(out[i], decoded[i])
             else:
                 errors[i] = self._host_fallback(out[i], a)
+        if self._nvimg is not None and self._keep:
+            self._done = torch.cuda.Event()
+            self._done.record(torch.cuda.current_stream(self.device))
         return out, errors
 
     def _decode_nvimgcodec(self, items: Any, encoded: List[int]) -> Dict[int, Any]:
         """nvImageCodec on the device's current stream -> ``{item: [3, h, w] uint8 view}``; an item it refused is
-        absent (the host decoder tries it). The views alias nvImageCodec's images, kept until the next call: the
-        letterbox kernels reading them are queued on the same stream, and the caller (``GpuBatchModel.submit``)
-        waits for its batch's outputs before it decodes the next batch."""
+        absent (the host decoder tries it). The views alias nvImageCodec's images, kept until the next call has
+        decoded and waited for the event recorded after this batch's letterbox kernels (queued on the same
+        stream): ``GpuBatchModel.submit`` does not wait for a batch before the next."""
         import torch
 
         assert self._nvimg is not None
         stream = torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
         images = self._nvimg.decode([np.asarray(items[i]) for i in encoded], stream)
+        if self._done is not None:  # the last batch's letterbox has read its images (GpuBatchModel no longer
+            self._done.synchronize()  # waits for a batch before decoding the next one)
         self._keep = [img for img in images if img is not None]
         out: Dict[int, Any] = {}
         for i, img in zip(encoded, images):
@@ -451,23 +498,49 @@ class GpuBatchModel:
     ``[B, 3, H, W]`` uint8 batch on the device to the padded outputs there (the tests run the eager model on the
     CPU)."""
 
+    #: batches in flight in the runner: one post-processed (or copied back) while the next ones decode and replay
+    depth = 3
+
     def __init__(self, model: Any, letterbox: GpuLetterbox, batch: int, post: Any = None) -> None:
         self.model, self.letterbox, self.lo, self.hi = model, letterbox, 1, batch
         self.post = post
         self.takes_letterboxes = post is not None
+        # a model that queues a batch without waiting (CudaGraphModel.launch) on a CUDA device: the batch's
+        # post-processing (or copy back) runs in the runner's waiter thread, on a stream of its own, while the
+        # model thread decodes and replays the next batch; else everything happens in submit, as before
+        self._launch = getattr(model, "launch", None)
+        self._stream: Any = None  # (None on the CPU: the tests' models)
+        if callable(self._launch) and letterbox.device.type == "cuda":
+            import torch
+
+            self._stream = torch.cuda.Stream(letterbox.device)
 
     def submit(self, items: List[np.ndarray], letterboxes: Optional[List[Any]] = None) -> Any:
-        x, errors = self.letterbox(items, self.hi)
-        out = self.model(x)
         n = len(items)
+        if self.post is not None and (letterboxes is None or len(letterboxes) != n):
+            raise ValueError("GpuBatchModel with post-processing on the device needs each image's letterbox")
+        x, errors = self.letterbox(items, self.hi)
+        if not callable(self._launch):
+            host = self._host(self.model(x), n, letterboxes)
+            host["errors"] = np.array(errors, dtype=object)
+            return lambda: host
+        finish = self._launch(x)
+
+        def wait() -> Dict[str, Any]:
+            import torch
+
+            with torch.cuda.stream(self._stream):
+                host = self._host(finish(), n, letterboxes)
+            host["errors"] = np.array(errors, dtype=object)
+            return host
+
+        return wait
+
+    def _host(self, out: Dict[str, Any], n: int, letterboxes: Optional[List[Any]]) -> Dict[str, Any]:
+        """The batch's first ``n`` outputs post-processed on the device (``post``) or copied back."""
         if self.post is not None:
-            if letterboxes is None or len(letterboxes) != n:
-                raise ValueError("GpuBatchModel with post-processing on the device needs each image's letterbox")
-            host = self.post({k: v[:n] for k, v in out.items()}, letterboxes)
-        else:
-            host = {k: v[:n].cpu().numpy() for k, v in out.items()}
-        host["errors"] = np.array(errors, dtype=object)
-        return lambda: host
+            return self.post({k: v[:n] for k, v in out.items()}, letterboxes)
+        return {k: v[:n].cpu().numpy() for k, v in out.items()}
 
     def close(self) -> None:
         pass
