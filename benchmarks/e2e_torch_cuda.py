@@ -195,13 +195,18 @@ def latency(det: Any, paths: List[str], n: int) -> Dict[str, Any]:
     from rcnn_deploy.runtime.coco import detections_to_coco
     from rcnn_deploy.runtime.stream import percentiles
 
-    walls = []
-    for p in paths[:n]:
+    walls, stages = [], getattr(det.batch_model, "stage_s", None)
+    for i, p in enumerate(paths[:n]):
+        if i == 3 and stages is not None:  # GpuBatchModel's host seconds by stage, over the timed images
+            stages.update(dict.fromkeys(stages, 0.0))
         t0 = time.perf_counter()
         d = det([p])[0]
         detections_to_coco(d, 1, det.spec.category_ids, det.spec.label_ids)
         walls.append((time.perf_counter() - t0) * 1e3)
-    return dict(percentiles(walls[3:], (50, 90, 99)), images=len(walls) - 3)
+    res = dict(percentiles(walls[3:], (50, 90, 99)), images=len(walls) - 3)
+    if stages is not None and len(walls) > 3:  # mean ms per image (finish: waiting for the GPU)
+        res["stages_mean_ms"] = {k: round(v * 1e3 / (len(walls) - 3), 3) for k, v in stages.items()}
+    return res
 
 
 def faster_rcnn_from(checkpoint: str) -> Any:

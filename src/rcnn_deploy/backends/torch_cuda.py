@@ -400,7 +400,7 @@ class GpuLetterbox:
                 self._letterbox_into(out[i], decoded[i])
             else:
                 errors[i] = self._host_fallback(out[i], a)
-        if self._nvimg is not None and self._keep:
+        if self._nvimg is not None and self._keep and self.device.type == "cuda":
             self._done = torch.cuda.Event()
             self._done.record(torch.cuda.current_stream(self.device))
         return out, errors
@@ -508,6 +508,9 @@ class GpuBatchModel:
         # a model that queues a batch without waiting (CudaGraphModel.launch) on a CUDA device: the batch's
         # post-processing (or copy back) runs in the runner's waiter thread, on a stream of its own, while the
         # model thread decodes and replays the next batch; else everything happens in submit, as before
+        # host seconds by stage, summed over batches (benchmarks read and reset them): letterbox (decode included),
+        # launch (the whole model call where it has no launch), finish (waits for the GPU), post (or the copy back)
+        self.stage_s: Dict[str, float] = dict.fromkeys(("letterbox", "launch", "finish", "post"), 0.0)
         self._launch = getattr(model, "launch", None)
         self._stream: Any = None  # (None on the CPU: the tests' models)
         if callable(self._launch) and letterbox.device.type == "cuda":
@@ -519,18 +522,31 @@ class GpuBatchModel:
         n = len(items)
         if self.post is not None and (letterboxes is None or len(letterboxes) != n):
             raise ValueError("GpuBatchModel with post-processing on the device needs each image's letterbox")
+        t0 = time.perf_counter()
         x, errors = self.letterbox(items, self.hi)
+        t1 = time.perf_counter()
+        self.stage_s["letterbox"] += t1 - t0
         if not callable(self._launch):
-            host = self._host(self.model(x), n, letterboxes)
+            out = self.model(x)
+            t2 = time.perf_counter()
+            host = self._host(out, n, letterboxes)
+            self.stage_s["launch"] += t2 - t1
+            self.stage_s["post"] += time.perf_counter() - t2
             host["errors"] = np.array(errors, dtype=object)
             return lambda: host
         finish = self._launch(x)
+        self.stage_s["launch"] += time.perf_counter() - t1
 
         def wait() -> Dict[str, Any]:
             import torch
 
             with torch.cuda.stream(self._stream):
-                host = self._host(finish(), n, letterboxes)
+                t3 = time.perf_counter()
+                out = finish()
+                t4 = time.perf_counter()
+                host = self._host(out, n, letterboxes)
+            self.stage_s["finish"] += t4 - t3
+            self.stage_s["post"] += time.perf_counter() - t4
             host["errors"] = np.array(errors, dtype=object)
             return host
 

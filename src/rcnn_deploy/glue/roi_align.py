@@ -13,7 +13,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import export_hooks, sync_free
+from . import export_hooks, roi_align_triton, sync_free
 from .boxes import box_area
 
 
@@ -66,13 +66,10 @@ def multiscale_roi_align(features: Sequence[Tensor], boxes: Tensor, p: PoolerPar
         # levels are traced as ordinary ops; a lowering that assigns levels itself (a plugin) ignores them
         return export_hooks.RoIAlignNode.apply(boxes, levels, p, *feats)
     if sync_free.active() is not None:
-        if SYNC_FREE_ROI_ALIGN == "triton":
-            from . import roi_align_triton
-
-            if roi_align_triton.available(boxes.device):
-                levels = assign_levels(boxes, p)
-                args = (p.strides, p.output_size, p.sampling_ratio, p.aligned)
-                return roi_align_triton.multiscale_roi_align(feats, boxes, levels, *args)
+        if SYNC_FREE_ROI_ALIGN == "triton" and roi_align_triton.available(boxes.device):
+            levels = assign_levels(boxes, p)
+            args = (p.strides, p.output_size, p.sampling_ratio, p.aligned)
+            return roi_align_triton.multiscale_roi_align(feats, boxes, levels, *args)
         if SYNC_FREE_ROI_ALIGN in ("stacked", "triton"):  # "triton" where it cannot run (a CPU tensor, no Triton)
             return _roi_align_stacked(feats, boxes, p)
         return _roi_align_eager(feats, boxes, p, static=True)

@@ -18,6 +18,7 @@ CPU in Triton's interpreter (``TRITON_INTERPRET=1``).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Any, List, Sequence
 
@@ -27,16 +28,15 @@ from torch import Tensor
 MAX_LEVELS = 5  # the kernel's level arguments (torchvision and Detectron2 pool P2-P5: 4)
 
 
+# decided once, at import: the sync-free forward asks per call, inside torch.compile's tracing
+_TRITON = importlib.util.find_spec("triton") is not None
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def available(device: Any) -> bool:
-    """Whether the kernel can run on ``device``: a CUDA device and an importable Triton (or Triton's
-    interpreter, for the tests)."""
-    if torch.device(device).type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the kernel can run on ``device``: a CUDA device (or Triton's interpreter, for the tests, set
+    before this module is imported) and an installed Triton."""
+    return _TRITON and (torch.device(device).type == "cuda" or _INTERPRET)
 
 
 def _launch(
