@@ -95,7 +95,7 @@ nvimgcodec_carry() {
 
 # nvimgcodec312_carry: (here) nvImageCodec 0.9 and nvJPEG 13 for the GPU machine's python3 (3.12, torch with CUDA
 # 13), so the PyTorch backend's GPU decoding (backends/torch_cuda.py GpuLetterbox) uses nvImageCodec there as a
-# user who installed it would: the cp312 binding, the core library, the nvJPEG and libjpeg-turbo extensions and
+# user who installed it would: the cp312 and cp39 bindings, the core library, the nvJPEG and libjpeg-turbo extensions and
 # libnvjpeg.so.13, zipped beside the cp39 one (`device_e2e.sh take_nvimg` unpacks both; /tmp/site-nvimg312).
 nvimgcodec312_carry() {
   local dl site
@@ -104,7 +104,9 @@ nvimgcodec312_carry() {
   download_cp312 "$dl" nvidia-nvimgcodec-cu13==0.9.0.20 nvidia-nvjpeg==13.3.2.43 || return 1
   mkdir -p "$site"
   for w in "$dl"/*.whl; do python3 -m zipfile -e "$w" "$site/"; done
-  (cd "$site" && find nvidia/nvimgcodec -name 'nvimgcodec_impl.cpython-*.so' ! -name '*cpython-312-*' -delete &&
+  # the cp39 binding too: the TensorRT process can decode with this nvImageCodec (device_e2e.sh bench E2E_NVIMG=cu13)
+  (cd "$site" && find nvidia/nvimgcodec -name 'nvimgcodec_impl.cpython-*.so' ! -name '*cpython-312-*' \
+    ! -name '*cpython-39-*' -delete &&
     rm -f nvidia/nvimgcodec/extensions/lib{nvjpeg2k,nvtiff,opencv,tiff,nvbmp,nvpnm}_ext.so.* &&
     rm -rf nvidia/nvimgcodec/include nvidia/nvimgcodec/tools &&
     mkdir nvjpeg13 && mv nvidia/cu13/lib/libnvjpeg.so.13 nvjpeg13/ && rm -rf nvidia/cu13)  # not beside torch's cu13

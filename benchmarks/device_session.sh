@@ -42,6 +42,7 @@
 #   torch_roi_align  e2e_torch_cuda.py --phases roi_align (the sync-free ROIAligns: per level, stacked, Triton)
 #   torch_compile_e2e e2e_torch_cuda.py --phases gpu_post --stream-compile default (the compiled forward end to end)
 #   torch_compile_triton the same with --roi-align triton (the Triton multi-level ROIAlign)
+#   torch_triton     e2e_torch_cuda.py --phases gpu_decode,gpu_post, compiled, --roi-align triton (else triton_eager)
 #   torch_gpudecode  e2e_torch_cuda.py --phases gpu_decode (its first capture crashed its process in run 16; the chain goes on)
 set -uo pipefail
 S=/tmp/sess
@@ -161,6 +162,12 @@ steps)
     torch_compile_triton)  # the same with the Triton multi-level ROIAlign (glue.roi_align_triton)
       step torch_compile_triton torch_e2e e2e_torch_cuda_compiled_triton gpu_post --stream-compile default \
         --roi-align triton ;;
+    torch_triton)  # compiled, Triton ROIAlign: GPU decode with host post in processes, then the GPU-post rows; the
+      # kernel launched outside the compiled graph (triton_eager) where Inductor launching it failed
+      step torch_triton torch_e2e e2e_torch_cuda_triton gpu_decode,gpu_post --stream-compile default \
+        --roi-align triton ||
+        step torch_triton_eager torch_e2e e2e_torch_cuda_triton_eager gpu_decode,gpu_post --stream-compile default \
+          --roi-align triton_eager ;;
     ray) [ -d /tmp/site-ray ] && step ray bash benchmarks/device_ray.sh bench ;;
     serve) [ -d /tmp/triton/pytriton ] && step serve bash benchmarks/device_serve.sh bench ;;
     serve_trt) [ -d /tmp/triton/pytriton ] && step serve_trt bash benchmarks/device_serve.sh bench_trt ;;

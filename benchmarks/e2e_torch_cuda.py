@@ -184,7 +184,7 @@ def precapture(det: Any, batch: int) -> None:
     torch.cuda.synchronize()
 
 
-def stream_pass(det: Any, paths: List[str], batch: int, processes: int, out_dir: str) -> Dict[str, Any]:
+def stream_pass(det: Any, paths: List[str], batch: int, processes: Optional[int], out_dir: str) -> Dict[str, Any]:
     """One pass of ``Detector.stream`` writing like ``infer`` (no PNG): the TensorRT benchmark's, shared."""
     from e2e_trt import stream_pass as trt_stream_pass  # this folder; torch-free, for the py39 TensorRT side
 
@@ -242,6 +242,13 @@ def main() -> None:
     ap.add_argument("--val-images", type=int, default=200)
     ap.add_argument("--processes", type=int, default=max((os.cpu_count() or 2) - 2, 1))
     ap.add_argument("--latency-images", type=int, default=60)
+    ap.add_argument(
+        "--gpu-decode-processes",
+        type=int,
+        default=None,
+        help="worker processes of the GPU-decode rows (default: the detector's: api.GPU_DECODE_PROCESSES, none "
+        "with GPU post-processing)",
+    )
     ap.add_argument("--parity-images", type=int, default=64, help="of --images: GPU against host decode at --size")
     ap.add_argument("--skip-faster", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fp16 only: the model alone and streamed (host decode)")
@@ -350,7 +357,7 @@ def main() -> None:
         print(row, flush=True)
         return det, row
 
-    def stream_rows(det: Any, row: Dict[str, Any], key: str, batch: int, processes: int) -> None:
+    def stream_rows(det: Any, row: Dict[str, Any], key: str, batch: int, processes: Optional[int]) -> None:
         files = paths[: a.stream_images]
         with tempfile.TemporaryDirectory() as tmp:
             stream_pass(det, files, batch, processes, os.path.join(tmp, "warm"))
@@ -419,7 +426,7 @@ def main() -> None:
     if "gpu_decode" in phases:
         for batch in (8, 1):
             det, row = compute_row("mask_rcnn_gpu_decode", partial(mask_rcnn, gpu_decode=True), "fp16", batch)
-            stream_rows(det, row, "stream_gpu_decode", batch, 0)
+            stream_rows(det, row, "stream_gpu_decode", batch, a.gpu_decode_processes)
             del det
             torch.cuda.empty_cache()
     # 6. where the graph's time goes: the same kernels run eagerly under torch.profiler, fp16, batch 1 and 8
@@ -436,7 +443,8 @@ def main() -> None:
     # 7. fp16 with the masks pasted and run-length encoded on the GPU (glue.gpu_post), host decode in processes and
     #    then GPU decode too: only boxes, scores, classes and RLE runs come back to the host
     if "gpu_post" in phases:
-        for label, gd, procs in (("mask_rcnn_gpu_post", False, a.processes), ("mask_rcnn_gpu_decode_post", True, 0)):
+        rows = (("mask_rcnn_gpu_post", False, a.processes), ("mask_rcnn_gpu_decode_post", True, a.gpu_decode_processes))
+        for label, gd, procs in rows:
             for batch in (8, 1):
                 make = partial(mask_rcnn, gpu_decode=gd, gpu_post=True)
                 det, row = compute_row(label, make, "fp16", batch)

@@ -403,7 +403,11 @@ def gpu_decode_rows(a, engine, ref, paths, row, doc):
     det = Detector.from_engine(engine, gpu_decode=True, gpu_decode_backend=backend, slots=slots)
     row["gpu_decode_setup_s"] = round(time.perf_counter() - t0, 2)
     row["gpu_decode_backend"], row["gpu_decode_slots"] = backend, slots
-    doc["machine"]["nvimgcodec"] = det.batch_model.decoder.version
+    # which nvJPEG the decoder loaded: the first libnvjpeg.so.N on LD_LIBRARY_PATH (device_e2e.sh sets it)
+    libs = [d for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d and os.path.isdir(d)]
+    found = [f for d in libs for f in sorted(os.listdir(d)) if f.startswith("libnvjpeg.so.")]
+    nvjpeg = f", nvJPEG {found[0].rsplit('.', 1)[-1]}" if found else ""
+    doc["machine"]["nvimgcodec"] = f"{det.batch_model.decoder.version}{nvjpeg}"
     for key, value in stream_rows(a, det, paths).items():  # stream -> stream_gpu_decode, latency_ms -> ...
         row[key.replace("stream", "stream_gpu_decode").replace("latency", "latency_gpu_decode")] = value
     graph_note(row, det.batch_model, "gpu_decode_")

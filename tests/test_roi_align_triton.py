@@ -43,10 +43,11 @@ SCRIPT = textwrap.dedent(
                 ref = roi_align(feats[lvl][b : b + 1], box, size, 1.0 / strides[lvl], sampling, aligned)[0]
                 assert torch.equal(out[b, k], ref), (size, sampling, aligned, b, k, (out[b, k] - ref).abs().max())
                 checked += 1
-    # torch.compile keeps the custom op whole (no graph break) and gives the same numbers
-    f = torch.compile(lambda *a: rt.multiscale_roi_align(*a), backend="aot_eager", fullgraph=True)
+    # launched from Python inside a compiled function (a graph break), the same numbers; Inductor launching the
+    # Triton op itself needs a GPU (benchmarks/e2e_torch_cuda.py --roi-align triton)
     args = (feats, boxes, levels, strides, 3, 2, False)
-    assert torch.equal(f(*args), rt.multiscale_roi_align(*args))
+    f = torch.compile(lambda *a: rt.multiscale_roi_align(*a, graph_break=True) + 1, backend="aot_eager")
+    assert torch.equal(f(*args), rt.multiscale_roi_align(*args) + 1)
     print("checked", checked)
     """
 )
@@ -79,11 +80,11 @@ def test_triton_mode_falls_back_to_stacked_on_the_cpu() -> None:
         with sync_free.sync_free():
             ra.SYNC_FREE_ROI_ALIGN = "stacked"
             stacked = ra.multiscale_roi_align(feats, boxes, p)
-            ra.SYNC_FREE_ROI_ALIGN = "triton"
-            fallback = ra.multiscale_roi_align(feats, boxes, p)
+            for mode in ("triton", "triton_eager"):
+                ra.SYNC_FREE_ROI_ALIGN = mode
+                assert torch.equal(stacked, ra.multiscale_roi_align(feats, boxes, p)), mode
     finally:
         ra.SYNC_FREE_ROI_ALIGN = old
-    assert torch.equal(stacked, fallback)
 
 
 def test_level_count_is_checked() -> None:

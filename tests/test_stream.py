@@ -780,7 +780,10 @@ def test_opencv_mask_paste_equals_the_numpy_reference(monkeypatch):
         ("tensorrt", str, None, 2, 2),  # fewer by default on a smaller machine
         ("tensorrt", None, 0, 6, 0),  # asked for: as asked
         ("tensorrt", str, 14, 6, 14),
-        ("torch", str, 3, 6, 0),  # PyTorch with GPU decode: threads always
+        ("torch", str, 3, 6, 3),  # PyTorch with GPU decode: as asked
+        ("torch", None, None, 12, 8),  # by default as TensorRT: the processes paste the masks and encode them
+        ("torch+post", None, None, 12, 0),  # with GPU post-processing: threads by default (RLE runs come back)
+        ("torch+post", str, 8, 12, 8),  # as asked
     ],
 )
 def test_gpu_decode_streams_start_few_worker_processes(monkeypatch, backend, per_image, processes, cores, want):
@@ -797,8 +800,10 @@ def test_gpu_decode_streams_start_few_worker_processes(monkeypatch, backend, per
     monkeypatch.setattr(api, "WorkerPool", lambda n: ("pool", n))
     monkeypatch.setattr(api, "default_processes", lambda: cores)
     assert api.GPU_DECODE_PROCESSES == 8
-    det = api.Detector(get_spec("torchvision-maskrcnn"), (64, 64), lambda x: {}, backend, batch=2)
+    det = api.Detector(get_spec("torchvision-maskrcnn"), (64, 64), lambda x: {}, backend.split("+")[0], batch=2)
     det.gpu_decode = True
+    if backend.endswith("+post"):
+        det.batch_model = type("PostModel", (), {"post": object(), "hi": 2, "lo": 1})()
     list(det.stream([Item(0, "a.jpg")], per_image=per_image, processes=processes))
     assert seen["processes"] == want
     assert seen["pool"] == (("pool", want) if want else None)

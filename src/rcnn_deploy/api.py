@@ -474,8 +474,9 @@ class Detector:
         ``error`` set and the run goes on. ``keep_images``: results carry the decoded RGB (for drawing).
         ``per_image(result)`` runs in a worker per finished image (e.g. write its files). ``processes``: decode
         and postprocess in that many worker processes (default: half the cores on machines with 8 or more,
-        else threads only; at most :data:`GPU_DECODE_PROCESSES` for JPEGs decoded on the GPU by TensorRT, which
-        leave the processes only postprocessing); ``per_image`` must then be picklable. The processes stay up for
+        else threads only; at most :data:`GPU_DECODE_PROCESSES` for JPEGs decoded on the GPU, which leave the
+        processes only postprocessing; none, threads, with PyTorch's GPU post-processing); ``per_image`` must then
+        be picklable. The processes stay up for
         the detector's next run (:meth:`stop_workers` ends them; so does the program's end). ``return_masks=False``
         (with a ``per_image``): the results' detections come without masks once ``per_image`` has run, so the
         worker processes do not send them back (``infer`` writes them as COCO RLE in the workers)."""
@@ -511,12 +512,14 @@ class Detector:
     def stream_processes(self, processes: Optional[int] = None) -> int:
         """The worker processes :meth:`stream` uses when asked for ``processes`` (None: its default)."""
         procs = default_processes() if processes is None else int(processes)
-        if self.gpu_decode and self.backend != "tensorrt":
-            procs = 0  # torch: threads (its GPU post-processing leaves little host work)
-        elif self.gpu_decode and processes is None:
-            # TensorRT: the model takes encoded bytes read in threads here, so the worker processes only
-            # post-process, and many of them slow this process's decode threads (trt_runner_probe_run24/25a.json)
-            procs = min(procs, GPU_DECODE_PROCESSES)
+        if self.gpu_decode and processes is None:
+            if getattr(self.batch_model, "post", None) is not None:
+                procs = 0  # PyTorch's GPU post-processing: RLE runs come back, threads finish them
+            else:
+                # the model takes encoded bytes read in threads here, so the worker processes only post-process
+                # (paste and encode the masks), and many of them slow this process's decode threads
+                # (trt_runner_probe_run24/25a.json)
+                procs = min(procs, GPU_DECODE_PROCESSES)
         return procs
 
     def stop_workers(self) -> None:

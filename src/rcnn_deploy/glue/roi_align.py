@@ -66,11 +66,12 @@ def multiscale_roi_align(features: Sequence[Tensor], boxes: Tensor, p: PoolerPar
         # levels are traced as ordinary ops; a lowering that assigns levels itself (a plugin) ignores them
         return export_hooks.RoIAlignNode.apply(boxes, levels, p, *feats)
     if sync_free.active() is not None:
-        if SYNC_FREE_ROI_ALIGN == "triton" and roi_align_triton.available(boxes.device):
+        triton = SYNC_FREE_ROI_ALIGN.startswith("triton")
+        if triton and roi_align_triton.available(boxes.device):
             levels = assign_levels(boxes, p)
-            args = (p.strides, p.output_size, p.sampling_ratio, p.aligned)
+            args = (p.strides, p.output_size, p.sampling_ratio, p.aligned, SYNC_FREE_ROI_ALIGN == "triton_eager")
             return roi_align_triton.multiscale_roi_align(feats, boxes, levels, *args)
-        if SYNC_FREE_ROI_ALIGN in ("stacked", "triton"):  # "triton" where it cannot run (a CPU tensor, no Triton)
+        if SYNC_FREE_ROI_ALIGN == "stacked" or triton:  # Triton where it cannot run (a CPU tensor, no Triton)
             return _roi_align_stacked(feats, boxes, p)
         return _roi_align_eager(feats, boxes, p, static=True)
     from .emulate import rounds, to_fp16
@@ -82,10 +83,11 @@ def multiscale_roi_align(features: Sequence[Tensor], boxes: Tensor, p: PoolerPar
 
 #: how the sync-free forward (a CUDA graph, no host synchronisation) pools: "stacked" (one ``roi_align`` over the
 #: levels stacked as images, :func:`_roi_align_stacked`), "levels" (every box on every level, then a select:
-#: about L times the pooling work) or "triton" (one Triton kernel reading each box's own level in place,
-#: :mod:`rcnn_deploy.glue.roi_align_triton`; "stacked" where it cannot run). A module setting so that a benchmark
-#: can time each in one process.
-SYNC_FREE_ROI_ALIGNS = ("stacked", "levels", "triton")
+#: about L times the pooling work), "triton" (one Triton kernel reading each box's own level in place,
+#: :mod:`rcnn_deploy.glue.roi_align_triton`; "stacked" where it cannot run) or "triton_eager" (the same kernel,
+#: launched from Python outside a torch.compile graph). A module setting so that a benchmark can time each in one
+#: process.
+SYNC_FREE_ROI_ALIGNS = ("stacked", "levels", "triton", "triton_eager")
 SYNC_FREE_ROI_ALIGN = "stacked"
 
 

@@ -11,9 +11,11 @@ divisions IEEE-rounded). The numbers are those of ``roi_align`` on each level wi
 (the eager path), up to the compilers' contraction of multiply-adds; the stacked path matches them only up to
 rounding at a level's last row and column.
 
-Only for CUDA tensors (Triton); :func:`available` says whether it can run. Registered as the custom op
-``rcnn_deploy::multiscale_roi_align`` so that ``torch.compile`` keeps it whole. The tests run the kernel on the
-CPU in Triton's interpreter (``TRITON_INTERPRET=1``).
+Only for CUDA tensors (Triton); :func:`available` says whether it can run. Registered as the Triton op
+``rcnn_deploy::multiscale_roi_align`` (``torch.library.triton_op``): ``torch.compile`` traces into it and Inductor
+launches the kernel; ``graph_break=True`` launches it from Python outside the compiled graph instead (run 26: the
+compiled forward with the kernel as an opaque custom op crashed its process at batch 1, after batch 8 had run).
+The tests run the kernel on the CPU in Triton's interpreter (``TRITON_INTERPRET=1``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def _launch(
     output_size: int,
     sampling_ratio: int,
     aligned: bool,
+    wrap: bool,
 ) -> Tensor:
     import triton
 
@@ -64,9 +67,13 @@ def _launch(
         args += [f, int(f.shape[2]), int(f.shape[3]), sn, sc, sh, sw, 1.0 / float(stride)]
     block_c = min(triton.next_power_of_2(c), 256)
     grid = (b * k * s * s, triton.cdiv(c, block_c))
-    from ._roi_align_kernel import multiscale_roi_align_kernel
+    from ._roi_align_kernel import multiscale_roi_align_kernel as kernel
 
-    multiscale_roi_align_kernel[grid](
+    if wrap:
+        from torch.library import wrap_triton
+
+        kernel = wrap_triton(kernel)
+    kernel[grid](
         out,
         boxes.float().contiguous(),
         levels.to(torch.int32).contiguous(),
@@ -83,7 +90,7 @@ def _launch(
     return out
 
 
-@torch.library.custom_op("rcnn_deploy::multiscale_roi_align", mutates_args=())
+@torch.library.triton_op("rcnn_deploy::multiscale_roi_align", mutates_args=())
 def _op(
     features: List[Tensor],
     boxes: Tensor,
@@ -93,13 +100,15 @@ def _op(
     sampling_ratio: int,
     aligned: bool,
 ) -> Tensor:
-    return _launch(features, boxes, levels, strides, output_size, sampling_ratio, aligned)
+    # a Triton op: torch.compile traces into it and Inductor launches the kernel itself, beside its own kernels
+    # (wrap_triton; in eager mode the kernel is launched as it is)
+    return _launch(features, boxes, levels, strides, output_size, sampling_ratio, aligned, wrap=not _INTERPRET)
 
 
-@_op.register_fake
-def _(features, boxes, levels, strides, output_size, sampling_ratio, aligned):  # type: ignore[no-untyped-def]
-    b, k = boxes.shape[0], boxes.shape[1]
-    return features[0].new_empty((b * k, features[0].shape[1], output_size, output_size))
+@torch.compiler.disable
+def _eager(*args: Any) -> Tensor:
+    """The kernel launched from Python, outside any compiled graph (a graph break in a compiled forward)."""
+    return _launch(*args, wrap=False)
 
 
 def multiscale_roi_align(
@@ -110,15 +119,18 @@ def multiscale_roi_align(
     output_size: int,
     sampling_ratio: int,
     aligned: bool,
+    graph_break: bool = False,
 ) -> Tensor:
     """Pool box ``[b, k]`` of ``boxes [B, K, 4]`` (input pixels) from ``features[levels[b, k]]`` (``[B, C, H_l,
     W_l]`` each, finest first, at most :data:`MAX_LEVELS`; stride ``strides[l]``) -> ``[B, K, C, S, S]`` in the
     features' dtype (computed in float32), as ``roi_align(features[l], ..., S, 1 / strides[l], sampling_ratio,
-    aligned)`` would."""
+    aligned)`` would. ``graph_break``: launched from Python outside ``torch.compile``'s graph (else the Triton op,
+    which Inductor launches)."""
     if not 1 <= len(features) <= MAX_LEVELS or len(strides) != len(features):
         raise ValueError(f"multiscale_roi_align: 1..{MAX_LEVELS} levels with one stride each, got "
                          f"{len(features)} maps and strides {list(strides)}")  # fmt: skip
     b, k = int(boxes.shape[0]), int(boxes.shape[1])
-    pooled = _op(list(features), boxes, levels, [int(x) for x in strides], int(output_size), int(sampling_ratio),
-                 bool(aligned))  # fmt: skip
+    args = (list(features), boxes, levels, [int(x) for x in strides], int(output_size), int(sampling_ratio),
+            bool(aligned))  # fmt: skip
+    pooled = _eager(*args) if graph_break else _op(*args)
     return pooled.view(b, k, pooled.shape[1], int(output_size), int(output_size))
