@@ -44,6 +44,8 @@
 #   torch_compile_triton the same with --roi-align triton (the Triton multi-level ROIAlign)
 #   torch_triton     e2e_torch_cuda.py --phases gpu_decode,gpu_post, compiled, --roi-align triton (else triton_eager)
 #   torch_gpudecode  e2e_torch_cuda.py --phases gpu_decode (its first capture crashed its process in run 16; the chain goes on)
+#   torch_gpudecode_compiled  the same, --stream-compile default
+# (TORCH_ROI_ALIGN=MODE in start's environment: every PyTorch step's rows with that sync-free ROIAlign)
 set -uo pipefail
 S=/tmp/sess
 case "${1:-}" in
@@ -112,9 +114,10 @@ steps)
     echo "$(date +%T) $name: exit $rc in $(( $(date +%s) - t0 )) s" >>$S/steps.txt
     return $rc
   }
-  torch_e2e() {  # torch_e2e OUT_NAME PHASES [ARGS...]
+  torch_e2e() {  # torch_e2e OUT_NAME PHASES [ARGS...] (TORCH_ROI_ALIGN=MODE: --roi-align MODE for every row)
     local name=$1 phases=$2
     shift 2
+    [ -n "${TORCH_ROI_ALIGN:-}" ] && set -- "$@" --roi-align "$TORCH_ROI_ALIGN"
     # nvImageCodec for the GPU-decode rows once take_nvimg has unpacked it (else they use torchvision's decode_jpeg;
     # each row's gpu_decoder says which), as a user who installed nvidia-nvimgcodec-cu13 + nvidia-nvjpeg would run
     if [ -d /tmp/site-nvimg312/nvidia ]; then
@@ -176,6 +179,8 @@ steps)
     torch_profile) step torch_profile torch_e2e e2e_torch_cuda_profile profile ;;
     torch_gpupost) step torch_gpupost torch_e2e e2e_torch_cuda_gpupost gpu_post ;;
     torch_gpudecode) step torch_gpudecode torch_e2e e2e_torch_cuda_gpudecode gpu_decode ;;
+    torch_gpudecode_compiled)  # the same, compiled (with TORCH_ROI_ALIGN's ROIAlign)
+      step torch_gpudecode_compiled torch_e2e e2e_torch_cuda_gpudecode_compiled gpu_decode --stream-compile default ;;
     *) echo "unknown step $s" >>$S/steps.txt ;;
     esac
   done

@@ -27,15 +27,17 @@ def _pool_bin(
     else:
         grid_h = tl.math.ceil(tl.math.div_rn(roi_h, POOLED * 1.0)).to(tl.int32)
         grid_w = tl.math.ceil(tl.math.div_rn(roi_w, POOLED * 1.0)).to(tl.int32)
-    count = tl.maximum(grid_h * grid_w, 1).to(tl.float32)
-    hf = height.to(tl.float32)
-    wf = width.to(tl.float32)
+    # "* 1.0", not ".to(tl.float32)": these may be Python ints (a constexpr grid; torch.compile's analysis of the
+    # kernel specialises integer arguments)
+    count = tl.maximum(grid_h * grid_w, 1) * 1.0
+    hf = height * 1.0
+    wf = width * 1.0
     base = ptr + n.to(tl.int64) * s_n + c.to(tl.int64) * s_c
     acc = tl.zeros([BLOCK_C], dtype=tl.float32)
     for iy in range(0, grid_h):
-        y = start_h + ph * bin_h + tl.math.div_rn((iy + 0.5) * bin_h, grid_h.to(tl.float32))
+        y = start_h + ph * bin_h + tl.math.div_rn((iy + 0.5) * bin_h, grid_h * 1.0)
         for ix in range(0, grid_w):
-            x = start_w + pw * bin_w + tl.math.div_rn((ix + 0.5) * bin_w, grid_w.to(tl.float32))
+            x = start_w + pw * bin_w + tl.math.div_rn((ix + 0.5) * bin_w, grid_w * 1.0)
             inside = (y >= -1.0) & (y <= hf) & (x >= -1.0) & (x <= wf)
             # outside (or NaN): sample pixel (0, 0) and weigh it 0, so that every load is in bounds
             yc = tl.where(inside, tl.maximum(y, 0.0), 0.0)
