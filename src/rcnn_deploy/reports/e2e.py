@@ -388,6 +388,8 @@ def _roi_align_section(results: Path) -> List[str]:
             match = f"{par['matched']} / {par['reference_detections']}" if par else "—"
             if par and par.get("identical"):
                 match += " (outputs identical)"
+            elif par:  # the largest differences of the matched detections' boxes and scores
+                match += f" (max box Δ {par['max_box_abs_diff']:.3g} px, score Δ {par['max_score_diff']:.2g})"
             rows.append(
                 f"| {p.name} | {_commit(d)} | {r['roi_align']} | {r['precision']} | {r['batch']} | "
                 f"{r['gpu_compute_ms']:.2f} | {match} |"
@@ -397,9 +399,11 @@ def _roi_align_section(results: Path) -> List[str]:
         "| file | commit | ROIAlign | precision | batch | GPU compute ms | matched / reference |",
         "## The sync-free ROIAlign (`e2e_torch_cuda.py --phases roi_align`)",
         "",
-        "The fp16 CUDA-graph model with each multi-level ROIAlign of the sync-free forward: `levels` pools every box",
-        "on every FPN level and keeps its own; `stacked` pools each box once from the levels stacked as images. GPU",
-        "compute ms (median); matched: the stacked model's padded outputs against the per-level one's, same batch.",
+        "The fp16 CUDA-graph model (uncompiled) with each multi-level ROIAlign of the sync-free forward: `levels`",
+        "pools every box on every FPN level and keeps its own; `stacked` pools each box once from the levels stacked",
+        "as images; `triton` is one Triton kernel that pools each box from its own level in place",
+        "(`glue.roi_align_triton`; torchvision's arithmetic, multiply-adds contracted differently). GPU compute ms",
+        "(median); matched: that model's padded outputs against the per-level one's, same batch.",
     )
 
 
@@ -526,16 +530,21 @@ def _torch_targets(files: List[Tuple[Path, Any]], base: float, out: List[str], r
             label = _TORCH_E2E[r["model"]]
             if r.get("gpu_decoder"):  # rows since session 18 say which decoder ran (before: torchvision's)
                 label = label.replace("GPU decode", f"GPU decode ({_GPU_DECODER_NAMES.get(r['gpu_decoder'], '?')})")
-            how = ", ".join(
-                ([label] if label else []) + ([f"torch.compile {r['compile']}"] if r.get("compile") else [])
-            )
-            how = f" ({how})" if how else ""
-            s = r.get("stream") or {}
+            s = r.get("stream") or r.get("stream_gpu_decode") or {}
+            parts = [label] if label else []
+            if r.get("compile"):
+                parts.append(f"torch.compile {r['compile']}")
+            if r.get("roi_align") not in (None, "stacked"):  # the rows say which sync-free ROIAlign ran
+                parts.append(f"ROIAlign {r['roi_align']}")
+            if s and r["batch"] == 8:
+                parts.append(f"{s['processes']} worker processes" if s.get("processes") else "threads")
+            how = f" ({', '.join(parts)})" if parts else ""
             if r["batch"] == 1:
                 what = f"PyTorch fp16 b1 GPU compute ≤ 8 ms{how}"
                 row(out, what, r["gpu_compute_ms"], "ms", r["gpu_compute_ms"] <= 8, p)
-                if r.get("latency_ms"):
-                    q = round(r["latency_ms"]["p50"], 1)
+                lat = r.get("latency_ms") or r.get("latency_gpu_decode_ms")
+                if lat:
+                    q = round(lat["p50"], 1)
                     row(out, f"PyTorch b1 end-to-end latency ≤ 12 ms median{how}", q, "ms", q <= 12, p)
             if r["batch"] == 8 and s:
                 ips = s["images_per_s"]
@@ -545,7 +554,12 @@ def _torch_targets(files: List[Tuple[Path, Any]], base: float, out: List[str], r
 
 
 # the e2e_torch_cuda.py row models that run Mask R-CNN end to end, and how they differ from the plain one
-_TORCH_E2E = {"mask_rcnn": "", "mask_rcnn_gpu_post": "GPU post", "mask_rcnn_gpu_decode_post": "GPU decode + post"}
+_TORCH_E2E = {
+    "mask_rcnn": "",
+    "mask_rcnn_gpu_post": "GPU post",
+    "mask_rcnn_gpu_decode": "GPU decode",
+    "mask_rcnn_gpu_decode_post": "GPU decode + post",
+}
 _GPU_DECODER_NAMES = {"nvimgcodec": "nvImageCodec", "torchvision": "torchvision decode_jpeg"}
 
 
