@@ -105,10 +105,10 @@ bench)
   source /tmp/trt86/env.sh
   gpu=()
   pp=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv
-  # nvImageCodec for CUDA 12 (the cp39 carry) or, with E2E_NVIMG=cu13, for CUDA 13 with nvJPEG 13 (the cp312
-  # carry, which holds the cp39 binding too; its libraries link the CUDA runtime statically)
-  nv=/tmp/py39nvimg nvlib=/tmp/py39nvimg/nvidia/nvjpeg/lib
-  [ "${E2E_NVIMG:-cu12}" = cu13 ] && nv=/tmp/site-nvimg312 nvlib=/tmp/site-nvimg312/nvjpeg13
+  # nvImageCodec for CUDA 13 with nvJPEG 13 (the cp312 carry, which holds the cp39 binding too; its libraries link
+  # the CUDA runtime statically), or with E2E_NVIMG=cu12 the CUDA 12 build (the cp39 carry; run 26a: 97.5 % parity)
+  nv=/tmp/site-nvimg312 nvlib=/tmp/site-nvimg312/nvjpeg13
+  [ "${E2E_NVIMG:-cu13}" = cu12 ] && nv=/tmp/py39nvimg nvlib=/tmp/py39nvimg/nvidia/nvjpeg/lib
   if [ -d $nv/nvidia/nvimgcodec ]; then  # take_nvimg ran: also decode + letterbox on the GPU
     gpu=(--gpu-decode --parity-dir "$W/val_jpg" --parity-images "${E2E_PARITY_IMAGES:-64}")
     pp=$pp:$nv

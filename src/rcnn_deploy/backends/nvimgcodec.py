@@ -20,8 +20,8 @@ from ..errors import UserError
 from .base import BackendUnavailable
 
 NVIMGCODEC_FIX = (
-    "pip install 'nvidia-nvimgcodec-cu12[nvjpeg]' (CUDA 12; for CUDA 13: nvidia-nvimgcodec-cu13 nvidia-nvjpeg), "
-    "or run without --gpu-decode"
+    "pip install nvidia-nvimgcodec-cu13 nvidia-nvjpeg (the gpu-decode extra; a CUDA 13 driver; with an older one "
+    "'nvidia-nvimgcodec-cu12[nvjpeg]', whose decoder matches the host's less closely), or run without --gpu-decode"
 )
 # nvImageCodec backends by name (Detector.from_engine(gpu_decode_backend=...)): "default" lets nvImageCodec
 # choose per image among all of them (the GPU's hardware JPEG decoder first where it has one: run 20 on the H200);

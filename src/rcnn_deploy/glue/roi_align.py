@@ -86,9 +86,12 @@ def multiscale_roi_align(features: Sequence[Tensor], boxes: Tensor, p: PoolerPar
 #: about L times the pooling work), "triton" (one Triton kernel reading each box's own level in place,
 #: :mod:`rcnn_deploy.glue.roi_align_triton`; "stacked" where it cannot run) or "triton_eager" (the same kernel,
 #: launched from Python outside a torch.compile graph). A module setting so that a benchmark can time each in one
-#: process.
+#: process. The default since session 19 is "triton_eager" (run 26: compiled fp16 forward 29.5-30.3 ms per batch
+#: of 8 against 35.2 stacked, 5.7 against 6.3 ms at batch 1; the fp32 graph found all 4533 detections of the eager
+#: model; "triton", the kernel inside the compiled graph, failed torch.compile's kernel analysis there and its fix
+#: has not run on a GPU).
 SYNC_FREE_ROI_ALIGNS = ("stacked", "levels", "triton", "triton_eager")
-SYNC_FREE_ROI_ALIGN = "stacked"
+SYNC_FREE_ROI_ALIGN = "triton_eager"
 
 
 def _roi_align_stacked(features: Sequence[Tensor], boxes: Tensor, p: PoolerParams) -> Tensor:

@@ -10,12 +10,14 @@ The eager glue asks the host for data-dependent sizes twice: torchvision's NMS (
   GPU; :attr:`SyncFree.converged` holds that flag (a 0-dim bool tensor, every NMS of the forward ANDed), read by
   the caller after the graph ran. A forward whose flag is False is not exact and must be re-run without the
   round limit (:class:`rcnn_deploy.backends.torch_cuda.CudaGraphModel` does that).
-* ROIAlign: torchvision's ``roi_align`` kernel once over the pooled levels stacked as images, coarser ones
+* ROIAlign (``glue.roi_align.SYNC_FREE_ROI_ALIGN``): on CUDA with Triton, one Triton kernel that pools each box
+  from its own level in place with torchvision's arithmetic (``glue.roi_align_triton``, the default since session
+  19); elsewhere torchvision's ``roi_align`` kernel once over the pooled levels stacked as images, coarser ones
   edge-replicated to the finest level's size, each box pooled from its own level's image with its coordinates
-  scaled beforehand (``glue.roi_align._roi_align_stacked``): the eager path's numbers up to rounding at a level's
-  last row and column (adaptive sampling, Detectron2's ROIAlignV2, included). ``glue.roi_align.SYNC_FREE_ROI_ALIGN
-  = "levels"`` pools every box on every level and keeps its own instead (the same numbers as the eager path,
-  about L times the pooling work; the only way before session 15).
+  scaled beforehand (``"stacked"``, ``glue.roi_align._roi_align_stacked``): the eager path's numbers up to
+  rounding at a level's last row and column (adaptive sampling, Detectron2's ROIAlignV2, included). ``"levels"``
+  pools every box on every level and keeps its own instead (the same numbers as the eager path, about L times the
+  pooling work; the only way before session 15).
 
 Outside the context nothing changes. The context is per thread (a ContextVar).
 """
