@@ -276,9 +276,20 @@ class CudaGraphModel:
         batch runs now, as ``__call__``."""
         import torch
 
-        if not self.cuda_graph:
+        if not self.cuda_graph:  # queued on this stream (uncaptured): x is read, and out made, before these pass
             out = self(x)
-            return lambda: out
+            self.input_copied = torch.cuda.Event()
+            self.input_copied.record()
+            ready = self.input_copied
+
+            def finish_uncaptured() -> Dict[str, Any]:
+                stream = torch.cuda.current_stream(self.device)
+                stream.wait_event(ready)
+                for v in out.values():
+                    v.record_stream(stream)
+                return out
+
+            return finish_uncaptured
         with self._lock:
             key = (tuple(x.shape), x.dtype)
             cap = self._graphs.get(key)
@@ -509,18 +520,19 @@ class GpuBatchModel:
         self.model, self.letterbox, self.lo, self.hi = model, letterbox, 1, batch
         self.post = post
         self.takes_letterboxes = post is not None
-        # a model that queues a batch without waiting (CudaGraphModel.launch) on a CUDA device: the batch's
-        # post-processing (or copy back) runs in the runner's waiter thread, on a stream of its own, while the
-        # model thread decodes and replays the next batch; else everything happens in submit, as before
         # host seconds by stage, summed over batches (benchmarks read and reset them): letterbox (decode included),
         # launch (the whole model call where it has no launch), finish (waits for the GPU), post (or the copy back)
         self.stage_s: Dict[str, float] = dict.fromkeys(("letterbox", "launch", "finish", "post"), 0.0)
+        self._stage_lock = threading.Lock()  # the waiters of several batches add to it from their threads
+        # a model that queues a batch without waiting (CudaGraphModel.launch) on a CUDA device: the batch's
+        # post-processing (or copy back) runs in the runner's waiter thread, on a stream of its own (_stream),
+        # while the model thread decodes and replays the next batch; else everything happens in submit, as before.
+        # The decoding and letterboxing run on a stream of their own too (_pre_stream), so that the next batch's
+        # decode (nvJPEG, the GPU's JPEG engines) and letterbox kernels run beside this batch's replay: they wait
+        # only until the graph has copied the letterbox buffer, the replay only for its batch's letterbox (run
+        # 26b: one stream, 42 ms a batch of 8 for a 29.5 ms forward; run 26c: two, 38 ms)
         self._launch = getattr(model, "launch", None)
         self._stream: Any = None  # (None on the CPU: the tests' models)
-        # and the decoding and letterboxing on a stream of their own, so that the next batch's decode (nvJPEG,
-        # the GPU's JPEG engines) and letterbox kernels run beside this batch's replay: they wait only until the
-        # graph has copied the letterbox buffer, the replay only for its batch's letterbox (run 27: one stream,
-        # 42 ms a batch of 8 for a 29.5 ms forward)
         self._pre_stream: Any = None
         self._copied: Any = None
         if callable(self._launch) and letterbox.device.type == "cuda":
@@ -539,18 +551,16 @@ class GpuBatchModel:
         else:
             x, errors = self.letterbox(items, self.hi)
         t1 = time.perf_counter()
-        self.stage_s["letterbox"] += t1 - t0
         if not callable(self._launch):
             out = self.model(x)
             t2 = time.perf_counter()
             host = self._host(out, n, letterboxes)
-            self.stage_s["launch"] += t2 - t1
-            self.stage_s["post"] += time.perf_counter() - t2
+            self._add_stage_s(letterbox=t1 - t0, launch=t2 - t1, post=time.perf_counter() - t2)
             host["errors"] = np.array(errors, dtype=object)
             return lambda: host
         finish = self._launch(x)
         self._copied = getattr(self.model, "input_copied", None)
-        self.stage_s["launch"] += time.perf_counter() - t1
+        self._add_stage_s(letterbox=t1 - t0, launch=time.perf_counter() - t1)
 
         def wait() -> Dict[str, Any]:
             import torch
@@ -560,12 +570,16 @@ class GpuBatchModel:
                 out = finish()
                 t4 = time.perf_counter()
                 host = self._host(out, n, letterboxes)
-            self.stage_s["finish"] += t4 - t3
-            self.stage_s["post"] += time.perf_counter() - t4
+            self._add_stage_s(finish=t4 - t3, post=time.perf_counter() - t4)
             host["errors"] = np.array(errors, dtype=object)
             return host
 
         return wait
+
+    def _add_stage_s(self, **seconds: float) -> None:
+        with self._stage_lock:
+            for k, v in seconds.items():
+                self.stage_s[k] += v
 
     def _letterbox_beside(self, items: List[np.ndarray]) -> Any:
         """The letterbox on the decode stream, after the last batch's buffer was copied into the graph's input;
