@@ -106,9 +106,17 @@ def _op(
 
 
 @torch.compiler.disable
-def _eager(*args: Any) -> Tensor:
+def _eager(
+    features: List[Tensor],
+    boxes: Tensor,
+    levels: Tensor,
+    strides: List[int],
+    output_size: int,
+    sampling_ratio: int,
+    aligned: bool,
+) -> Tensor:
     """The kernel launched from Python, outside any compiled graph (a graph break in a compiled forward)."""
-    return _launch(*args, wrap=False)
+    return _launch(features, boxes, levels, strides, output_size, sampling_ratio, aligned, wrap=False)
 
 
 def multiscale_roi_align(
