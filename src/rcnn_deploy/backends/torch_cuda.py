@@ -253,18 +253,28 @@ class CudaGraphModel:
                     return self.net(x.float() if x.dtype == torch.uint8 else x)
             out, converged = self._forward(x, self.nms_rounds)  # compiled, sync-free, not captured
             return out if bool(converged) else self._exact(x)
+        cap = self._replay(x)
+        if not bool(cap.converged):  # a host sync, once per batch, after the work is queued
+            # exact without the round limit for this batch; the next call captures twice the rounds
+            return self._exact(cap.static_in)
+        return cap.static_out
+
+    def _replay(self, x: Any) -> _Captured:
+        """Copy ``x`` into its batch size's graph (captured on first use) and replay it; ``input_copied`` is an
+        event after the copy (``x`` may be written again once it has passed)."""
+        import torch
+
         key = (tuple(x.shape), x.dtype)
         cap = self._graphs.get(key)
         if cap is None:
             cap = self._graphs[key] = self._capture(x)
         else:
             cap.static_in.copy_(x)
+        self.input_copied = torch.cuda.Event()
+        self.input_copied.record()
         cap.graph.replay()
         self.replays += 1
-        if not bool(cap.converged):  # a host sync, once per batch, after the work is queued
-            # exact without the round limit for this batch; the next call captures twice the rounds
-            return self._exact(cap.static_in)
-        return cap.static_out
+        return cap
 
     def launch(self, x: Any) -> Any:
         """Queue one batch (``x`` as for ``__call__``) without waiting for the GPU; returns ``finish()``, which
@@ -276,34 +286,15 @@ class CudaGraphModel:
         batch runs now, as ``__call__``."""
         import torch
 
-        if not self.cuda_graph:  # queued on this stream (uncaptured): x is read, and out made, before these pass
-            out = self(x)
-            self.input_copied = torch.cuda.Event()
-            self.input_copied.record()
-            ready = self.input_copied
-
-            def finish_uncaptured() -> Dict[str, Any]:
-                stream = torch.cuda.current_stream(self.device)
-                stream.wait_event(ready)
-                for v in out.values():
-                    v.record_stream(stream)
-                return out
-
-            return finish_uncaptured
         with self._lock:
-            key = (tuple(x.shape), x.dtype)
-            cap = self._graphs.get(key)
-            if cap is None:
-                cap = self._graphs[key] = self._capture(x)
-            else:
-                cap.static_in.copy_(x)
-            # x may be written again once this has passed (GpuBatchModel letterboxes the next batch meanwhile)
-            self.input_copied = torch.cuda.Event()
-            self.input_copied.record()
-            cap.graph.replay()
-            self.replays += 1
-            out = {k: v.clone() for k, v in cap.static_out.items()}
-            converged, kept = cap.converged.clone(), cap.static_in.clone()
+            if self.cuda_graph:
+                cap = self._replay(x)
+                out = {k: v.clone() for k, v in cap.static_out.items()}
+                converged, kept = cap.converged.clone(), cap.static_in.clone()
+            else:  # queued uncaptured (__call__ checks the convergence itself): x is read once this passes
+                out, converged, kept = self(x), None, None
+                self.input_copied = torch.cuda.Event()
+                self.input_copied.record()
             done = torch.cuda.Event()
             done.record()
 
@@ -311,8 +302,9 @@ class CudaGraphModel:
             stream = torch.cuda.current_stream(self.device)
             stream.wait_event(done)
             for v in (*out.values(), converged, kept):  # made on the launching stream, used on this one
-                v.record_stream(stream)
-            if bool(converged):
+                if v is not None:
+                    v.record_stream(stream)
+            if converged is None or bool(converged):
                 return out
             with self._lock:  # nms_rounds and the graphs change: not beside a launch
                 return self._exact(kept)

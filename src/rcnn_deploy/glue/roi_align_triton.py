@@ -20,6 +20,7 @@ The tests run the kernel on the CPU in Triton's interpreter (``TRITON_INTERPRET=
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Any, List, Sequence
@@ -105,18 +106,8 @@ def _op(
     return _launch(features, boxes, levels, strides, output_size, sampling_ratio, aligned, wrap=not _INTERPRET)
 
 
-@torch.compiler.disable
-def _eager(
-    features: List[Tensor],
-    boxes: Tensor,
-    levels: Tensor,
-    strides: List[int],
-    output_size: int,
-    sampling_ratio: int,
-    aligned: bool,
-) -> Tensor:
-    """The kernel launched from Python, outside any compiled graph (a graph break in a compiled forward)."""
-    return _launch(features, boxes, levels, strides, output_size, sampling_ratio, aligned, wrap=False)
+# the kernel launched from Python, outside any compiled graph (a graph break in a compiled forward)
+_eager = torch.compiler.disable(functools.partial(_launch, wrap=False))
 
 
 def multiscale_roi_align(
