@@ -45,14 +45,16 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 Runner = Callable[[np.ndarray], Dict[str, np.ndarray]]
 
 
-#: Worker processes a TensorRT GPU-decode stream starts at most by default (machines with 8 cores or more): run 24
+#: Worker processes a GPU-decode stream starts at most by default (machines with 8 cores or more): run 24
 #: on the H200's 16 cores streamed the batch-8 engine at 351-354 img/s with 2-4 processes against 296 with 14 (329
 #: with threads) without per-image work, and at 280-286 img/s with 3-8 against 249 with 14 (run 23) with the COCO
 #: RLE writer; more processes slowed the decode threads (their batch steps' p50 19.5 ms against 14-15 ms). With
 #: the writer's lighter caller side (session 17), run 25's writer streams ran at 275.2 img/s with 4 processes and
 #: 321.1 with 8 in one probe process, 291.8 / 303.4 / 288.4 with 6 / 8 / 12 in another, and e2e_trt.py at 257.7 with
 #: 4 and 266.3 with 8 (trt_runner_probe_run25a.json, e2e_trt_run25a_b8*.json): 8 (half the H200's cores, the
-#: general default there) since session 18. 8 without per-image work was not measured.
+#: general default there) since session 18. 8 without per-image work was not measured. Since session 19 PyTorch's
+#: GPU decoding without GPU post-processing takes the same default (run 26c: 209.5 img/s at batch 8 with 8; it used
+#: threads only before).
 GPU_DECODE_PROCESSES = 8
 
 
