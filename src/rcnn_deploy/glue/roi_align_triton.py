@@ -91,8 +91,7 @@ def _launch(
     return out
 
 
-@torch.library.triton_op("rcnn_deploy::multiscale_roi_align", mutates_args=())
-def _op(
+def _op_impl(
     features: List[Tensor],
     boxes: Tensor,
     levels: Tensor,
@@ -106,8 +105,13 @@ def _op(
     return _launch(features, boxes, levels, strides, output_size, sampling_ratio, aligned, wrap=not _INTERPRET)
 
 
+# torch.library.triton_op and wrap_triton came with torch 2.6 (the package takes torch >= 2.1): before, only the
+# graph-break launch
+_triton_op = getattr(torch.library, "triton_op", None)
+_op = _triton_op("rcnn_deploy::multiscale_roi_align", mutates_args=())(_op_impl) if _triton_op else None
+
 # the kernel launched from Python, outside any compiled graph (a graph break in a compiled forward)
-_eager = torch.compiler.disable(functools.partial(_launch, wrap=False))
+_eager = torch._dynamo.disable(functools.partial(_launch, wrap=False))
 
 
 def multiscale_roi_align(
@@ -131,5 +135,5 @@ def multiscale_roi_align(
     b, k = int(boxes.shape[0]), int(boxes.shape[1])
     args = (list(features), boxes, levels, [int(x) for x in strides], int(output_size), int(sampling_ratio),
             bool(aligned))  # fmt: skip
-    pooled = _eager(*args) if graph_break else _op(*args)
+    pooled = _eager(*args) if graph_break or _op is None else _op(*args)
     return pooled.view(b, k, pooled.shape[1], int(output_size), int(output_size))
