@@ -95,8 +95,9 @@ nvimgcodec_carry() {
 
 # nvimgcodec312_carry: (here) nvImageCodec 0.9 and nvJPEG 13 for the GPU machine's python3 (3.12, torch with CUDA
 # 13), so the PyTorch backend's GPU decoding (backends/torch_cuda.py GpuLetterbox) uses nvImageCodec there as a
-# user who installed it would: the cp312 and cp39 bindings, the core library, the nvJPEG and libjpeg-turbo extensions and
-# libnvjpeg.so.13, zipped beside the cp39 one (`device_e2e.sh take_nvimg` unpacks both; /tmp/site-nvimg312).
+# user who installed it would: the cp312 and cp39 bindings, the core library, the nvJPEG and libjpeg-turbo
+# extensions and libnvjpeg.so.13, zipped beside the cp39 one (`device_e2e.sh take_nvimg` unpacks both;
+# /tmp/site-nvimg312). Since session 19 the TensorRT process decodes with it too (device_e2e.sh bench).
 nvimgcodec312_carry() {
   local dl site
   dl=$(mktemp -d)
