@@ -158,13 +158,20 @@ def _opencv_nodes(n: Any) -> List[Any]:
         n("Reshape", ["pix", "split3"], ["pix4"]),  # [B, IH, IW, 3]
         n("Mul", ["vx", "vy"], ["inside_t"]),  # [B, IW, IH, 1]
         n("Transpose", ["inside_t"], ["inside"], perm=[0, 2, 1, 3]),  # [B, IH, IW, 1]
-        n("Sub", ["one", "inside"], ["outside"]),
-        n("Mul", ["pix4", "inside"], ["kept"]),
-        n("Mul", ["fill", "outside"], ["padding"]),
-        n("Add", ["kept", "padding"], ["hwc"]),
-        n("Transpose", ["hwc"], ["chw"], perm=[0, 3, 1, 2]),  # [B, 3, IH, IW]
+        *_fill_outside(n, "pix4", [0, 3, 1, 2]),  # [B, IH, IW, 3] -> [B, 3, IH, IW]
     ]
     return nodes
+
+
+def _fill_outside(n: Any, pixels: str, perm: List[int]) -> List[Any]:
+    """``pixels`` where ``inside`` is 1, the fill colour where it is 0, transposed by ``perm`` to ``chw``."""
+    return [
+        n("Sub", ["one", "inside"], ["outside"]),
+        n("Mul", [pixels, "inside"], ["kept"]),
+        n("Mul", ["fill", "outside"], ["padding"]),
+        n("Add", ["kept", "padding"], ["hwc"]),
+        n("Transpose", ["hwc"], ["chw"], perm=perm),
+    ]
 
 
 def _float_nodes(n: Any) -> List[Any]:
@@ -191,11 +198,7 @@ def _float_nodes(n: Any) -> List[Any]:
         n("Round", ["cols4"], ["rounded"]),  # half to even, as np.rint
         n("Clip", ["rounded", "lo", "hi"], ["pixels"]),
         n("Mul", ["vx", "vy"], ["inside"]),  # [B, IW, IH, 1]
-        n("Sub", ["one", "inside"], ["outside"]),
-        n("Mul", ["pixels", "inside"], ["kept"]),
-        n("Mul", ["fill", "outside"], ["padding"]),
-        n("Add", ["kept", "padding"], ["hwc"]),
-        n("Transpose", ["hwc"], ["chw"], perm=[0, 3, 2, 1]),  # [B, 3, IH, IW]
+        *_fill_outside(n, "pixels", [0, 3, 2, 1]),  # [B, IW, IH, 3] -> [B, 3, IH, IW]
     ]
     return nodes
 
