@@ -434,3 +434,76 @@ def test_a_mask_threshold_set_after_loading_reaches_the_gpu_post_processing():
     host = Detector(spec, (64, 64), lambda a: {}, "torch", 2)
     host.set_mask_threshold(0.3)  # no GPU post-processing: the spec alone
     assert host.spec.mask_threshold == 0.3
+
+
+# ------------------------------------------------------------------------------- the Triton kernel (GPU default)
+KERNEL_SCRIPT = """
+import sys
+import numpy as np, torch
+sys.path.insert(0, {tests!r})
+from test_gpu_post import METHODS, _boxes, _check_against_host, _probs
+from rcnn_deploy.glue import gpu_post
+
+assert gpu_post._kernel_runs("cpu")  # the interpreter: the default path on the CPU too
+rng = np.random.default_rng(7)
+pixels = differing = overflowed = 0
+for method in METHODS:
+    for h, w in [(64, 64), (100, 320), (320, 90), (257, 193)]:
+        boxes = _boxes(rng, 14, h, w)
+        probs = _probs(rng, len(boxes))
+        # the default, and a limit of 2 changes a column: most masks go through the groups instead
+        for limit in (gpu_post.KERNEL_MAX_RUNS, 2):
+            gpu_post.KERNEL_MAX_RUNS = limit
+            out = gpu_post.paste_runs(torch.from_numpy(probs), torch.from_numpy(boxes), (h, w), method, 0.5)
+            differing += _check_against_host(out.masks(0, len(boxes), (h, w)), probs, boxes, (h, w), method)
+            sides = np.maximum(out.regions[:, [1, 3]] - out.regions[:, [0, 2]], 0)
+            pixels += int(sides.prod(1).sum())
+            found = []
+            over = gpu_post._kernel_transitions(
+                torch.nn.functional.pad(torch.from_numpy(probs), (1, 2, 1, 2)),
+                torch.as_tensor(out.regions), torch.tensor([[h, w]] * len(boxes)),
+                gpu_post._geometry(torch.from_numpy(boxes), torch.tensor([[h, w]] * len(boxes)), 28, method,
+                                   torch.float64)[1],
+                (sides[:, 0], sides[:, 1]), method, 0.5, torch.float64, found)
+            overflowed += int(over.sum()) if limit == 2 else 0  # (a few noisy masks pass 16 too)
+        gpu_post.KERNEL_MAX_RUNS = 16
+    # one call for masks of images of different sizes
+    sizes = [(80, 200), (240, 64)]
+    bs = [_boxes(rng, 5, h, w) for h, w in sizes]
+    ps = [_probs(rng, len(b)) for b in bs]
+    hw = np.concatenate([np.repeat([s], len(b), 0) for s, b in zip(sizes, bs)])
+    out = gpu_post.paste_runs(torch.from_numpy(np.concatenate(ps)), torch.from_numpy(np.concatenate(bs)), hw, method)
+    start = 0
+    for s, b, p in zip(sizes, bs, ps):
+        _check_against_host(out.masks(start, start + len(b), s), p, b, s, method)
+        start += len(b)
+# the threshold rules exactly: all-zero probabilities at threshold 0
+h, w = 90, 120
+boxes = np.array([[10, 5, 30, 80], [0, 0, 120, 90], [50.5, 40.2, 52.1, 41.0]], np.float32)
+for method in METHODS:
+    got = gpu_post.paste_runs(torch.zeros((3, 28, 28)), torch.from_numpy(boxes), (h, w), method, 0.0)
+    rle = got.masks(0, 3, (h, w))
+    if method == "detectron2":
+        assert rle.runs_of(1).tolist() == [[0, h * w]]
+    else:
+        assert all(rle.area(i) == 0 for i in range(3))
+assert pixels > 200_000 and differing <= pixels * 1e-4 and overflowed > 10, (pixels, differing, overflowed)
+print("kernel ok", pixels, differing, overflowed)
+"""
+
+
+@pytest.mark.slow
+def test_the_triton_kernel_pastes_as_the_host_does():
+    """The kernel (the default on a GPU) in Triton's interpreter, against the host paste as the groups are, including
+    masks with more row changes in a column than it keeps (those go through the groups), images of different sizes
+    in one call, and the exact threshold rules. A subprocess: ``triton.jit`` reads ``TRITON_INTERPRET`` at import."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    script = KERNEL_SCRIPT.format(tests=str(Path(__file__).parent))
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "kernel ok" in r.stdout

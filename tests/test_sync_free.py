@@ -416,3 +416,49 @@ def test_gpu_letterbox_resize_is_the_hosts(monkeypatch, resize):
                     np.testing.assert_array_equal(got, want, err_msg=str((h, w)))
                 else:
                     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1, (h, w, cv)
+
+
+LETTERBOX_KERNEL_SCRIPT = """
+import numpy as np, torch
+from rcnn_deploy.backends.torch_cuda import GpuLetterbox
+from rcnn_deploy.runtime.preprocess import letterbox, opencv
+
+assert opencv() is not None
+rng = np.random.default_rng(0)
+checked = 0
+for (h, w), ihw in [((108, 192), (64, 64)), ((50, 37), (64, 80)), ((300, 123), (96, 96)), ((7, 260), (40, 130))]:
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    gl = GpuLetterbox(ihw, (124, 116, 104), "torchvision", "cpu", None, decoder="torchvision")
+    assert gl.kernel
+    ref, _ = letterbox(img, ihw, [124, 116, 104], dtype=np.uint8, resize="torchvision")
+    hwc = torch.from_numpy(img).permute(2, 0, 1)  # nvImageCodec's layout: a view with strides (1, 3 w, 3)
+    chw = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))  # torchvision's decode_jpeg
+    for src in (hwc, chw):
+        dst = torch.full((3, *ihw), 7, dtype=torch.uint8)  # the kernel writes the fill too
+        gl._letterbox_into(dst, src)
+        assert np.array_equal(dst.numpy(), ref), (h, w, ihw)
+        checked += 1
+print("letterbox kernel ok", checked)
+"""
+
+
+@pytest.mark.slow
+def test_gpu_letterbox_kernel_is_the_hosts_opencv_resize():
+    """The Triton letterbox kernel (GpuLetterbox's default on a GPU) in Triton's interpreter: OpenCV's INTER_LINEAR
+    bit for bit and the fill around it, for both source layouts (nvImageCodec's HWC view, torchvision's CHW), down-
+    and upscaling. A subprocess: ``triton.jit`` reads ``TRITON_INTERPRET`` at import."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    pytest.importorskip("torchvision")
+    from rcnn_deploy.runtime.preprocess import opencv
+
+    if opencv() is None:
+        pytest.skip("the host letterbox resizes with OpenCV only where it is installed")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", LETTERBOX_KERNEL_SCRIPT], env=env, capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "letterbox kernel ok 8" in r.stdout

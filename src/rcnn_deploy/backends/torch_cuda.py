@@ -325,6 +325,7 @@ class CudaGraphModel:
 # hybrid decoder, Huffman decoding on the calling thread, its own chroma upsampling), "auto" (nvImageCodec when it
 # is installed and the device is a GPU, else torchvision)
 GPU_DECODERS = ("auto", "nvimgcodec", "torchvision")
+_LETTERBOX_BLOCK = (8, 128)  # rows x columns of the letterbox kernel's tiles
 
 
 class GpuLetterbox:
@@ -374,6 +375,10 @@ class GpuLetterbox:
         self._keep: List[Any] = []  # the last batch's nvImageCodec images: their memory until the next call
         self._done: Any = None  # an event after the last batch's letterbox kernels (CUDA): _keep may go after it
         self._taps: Dict[Tuple[int, int, bool], Tuple[Any, ...]] = {}  # _opencv_taps by (out, in, clamp)
+        from ..glue.roi_align_triton import available
+
+        #: the OpenCV-exact resize by the Triton kernel (on a CUDA device with Triton), else by torch ops
+        self.kernel = available(self.device)
 
     def __call__(self, items: Any, batch: int) -> Any:
         """``items``: per image, encoded JPEG bytes (1-D uint8) or a letterboxed ``[3, H, W]`` uint8 array ->
@@ -442,7 +447,10 @@ class GpuLetterbox:
             dst[:, :rh, :rw] = img
             return
         if host_resize_is_opencv((h, w), (rh, rw), self.resize):  # the host's pixels exactly (session 18)
-            dst[:, :rh, :rw] = self._opencv_resize(img, rh, rw)
+            if self.kernel:  # resize and fill in one launch
+                self._opencv_kernel(dst, img, rh, rw)
+            else:
+                dst[:, :rh, :rw] = self._opencv_resize(img, rh, rw)
             return
         antialias = self.resize == "detectron2"
         r = F.interpolate(img[None].float(), size=(rh, rw), mode="bilinear", align_corners=False, antialias=antialias)
@@ -459,6 +467,22 @@ class GpuLetterbox:
         x_taps = self._opencv_taps(rw, int(img.shape[2]), True)
         y_taps = self._opencv_taps(rh, int(img.shape[1]), False)
         return opencv_linear_resize_chw(img.to(torch.int32), x_taps, y_taps).to(torch.uint8)
+
+    def _opencv_kernel(self, dst: Any, img: Any, rh: int, rw: int) -> None:
+        """:meth:`_opencv_resize` into ``dst``'s top-left ``rh x rw`` and the fill around it, by one Triton
+        launch (:mod:`._letterbox_kernel`): the same integer arithmetic with the same taps, no int32 copies."""
+        import triton
+
+        from ._letterbox_kernel import letterbox_opencv_kernel
+
+        x_taps = self._opencv_taps(rw, int(img.shape[2]), True)
+        y_taps = self._opencv_taps(rh, int(img.shape[1]), False)
+        out_h, out_w = int(dst.shape[1]), int(dst.shape[2])
+        grid = (triton.cdiv(out_h, _LETTERBOX_BLOCK[0]), triton.cdiv(out_w, _LETTERBOX_BLOCK[1]))
+        letterbox_opencv_kernel[grid](
+            img, *img.stride(), dst, *x_taps, *y_taps, rh, rw, out_h, out_w, self.fill,
+            BLOCK_H=_LETTERBOX_BLOCK[0], BLOCK_W=_LETTERBOX_BLOCK[1],
+        )  # fmt: skip
 
     def _opencv_taps(self, n_out: int, n_in: int, clamp_fraction: bool) -> Tuple[Any, ...]:
         """:func:`~rcnn_deploy.runtime.preprocess.opencv_linear_taps` on the device (indices int64, weights

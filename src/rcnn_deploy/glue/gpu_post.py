@@ -151,6 +151,68 @@ def _chunks(rh: np.ndarray, rw: np.ndarray, max_elements: int, min_fill: float) 
     return out
 
 
+#: Row changes per region column the kernel keeps (a mask-head column is usually 0-4); a mask with a column of more
+#: goes through the groups instead.
+KERNEL_MAX_RUNS = 16
+_KERNEL_BLOCK_H, _KERNEL_BLOCK_W = 64, 32
+
+
+def _kernel_runs(device: Any) -> bool:
+    """Whether :func:`paste_runs` takes the Triton kernel on ``device`` by default (as the Triton ROIAlign)."""
+    from .roi_align_triton import available
+
+    return available(device)
+
+
+def _kernel_transitions(
+    padded: Tensor,
+    regions: Tensor,
+    hw: Tensor,
+    axes: Tuple[Any, Any],
+    sides: Tuple[np.ndarray, np.ndarray],
+    method: str,
+    threshold: float,
+    cdtype: Any,
+    found: List[Tuple[Tensor, Tensor, Tensor]],
+) -> np.ndarray:
+    """Every mask pasted, thresholded and its row changes found per region column by one Triton launch
+    (:mod:`._paste_kernel`): appends ``(image position, mask, whether a run starts)`` of each change to ``found``,
+    masks in order, each one's changes in COCO's column-major order, and returns ``[N]`` bool: the masks that had
+    a column of more than :data:`KERNEL_MAX_RUNS` changes (none of whose changes were appended). The same taps
+    (:func:`_taps`), the same float32 products in the same grouping as the groups' gather and ``bmm``."""
+    import triton
+
+    from ._paste_kernel import paste_transitions_kernel
+
+    dev = padded.device
+    n, k1 = int(padded.shape[0]), int(padded.shape[1])
+    m = k1 - 3
+    rh, rw = sides
+    max_h, max_w = (int(s.max()) if n else 0 for s in (rh, rw))
+    if max_h <= 0 or max_w <= 0:
+        return np.zeros(n, bool)
+    (ay, ax), y0, x0 = axes, regions[:, 0:1], regions[:, 2:3]
+    yi, yw0, yw1 = _taps(y0 + torch.arange(max_h, device=dev), ay[0][:, None], ay[1][:, None], method, m, cdtype)
+    xi, xw0, xw1 = _taps(x0 + torch.arange(max_w, device=dev), ax[0][:, None], ax[1][:, None], method, m, cdtype)
+    rows_t = torch.int16 if max_h < 2**15 else torch.int32
+    out = torch.empty((n, max_w, KERNEL_MAX_RUNS), dtype=rows_t, device=dev)
+    count = torch.zeros((n, max_w), dtype=torch.int32, device=dev)
+    side = torch.as_tensor(np.stack([rh, rw]).astype(np.int32), device=dev)
+    grid = (n, triton.cdiv(max_w, _KERNEL_BLOCK_W))
+    paste_transitions_kernel[grid](
+        padded.float().contiguous(), yi.int().contiguous(), yw0.contiguous(), yw1.contiguous(),
+        xi.int().contiguous(), xw0.contiguous(), xw1.contiguous(), side[0], side[1], out, count,
+        float(threshold), max_h, max_w,
+        K1=k1, MAX_RUNS=KERNEL_MAX_RUNS, GE=method == "detectron2", BLOCK_H=_KERNEL_BLOCK_H, BLOCK_W=_KERNEL_BLOCK_W,
+    )  # fmt: skip
+    over_d = (count > KERNEL_MAX_RUNS).any(1)
+    count.masked_fill_(over_d[:, None], 0)
+    det, col, j = torch.nonzero(torch.arange(KERNEL_MAX_RUNS, device=dev) < count[..., None]).unbind(1)
+    row = out[det, col, j].long()
+    found.append(((regions[det, 2] + col) * hw[det, 0] + regions[det, 0] + row, det, j % 2 == 0))
+    return over_d.cpu().numpy()
+
+
 @torch.no_grad()
 def paste_runs(
     probs: Tensor,
@@ -160,13 +222,15 @@ def paste_runs(
     threshold: float = 0.5,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     min_fill: Optional[float] = None,
+    kernel: Optional[bool] = None,
 ) -> PastedRuns:
     """Paste ``probs [N, M, M]`` (mask probabilities in box coordinates) for ``boxes [N, 4]`` (original image
     pixels) into images of ``image_hw`` (one ``(H, W)`` or one per mask), threshold them and run-length encode
     them, on ``probs``' device; returns the host :class:`PastedRuns`. Equals ``PastedMasks(probs, boxes, hw,
     method, threshold)`` up to pixels within about 1e-6 of the threshold (see the module docstring).
     ``max_elements``, ``min_fill``: how regions are grouped into padded batches (:func:`_chunks`; ``min_fill``
-    defaults by device type, :data:`MIN_FILL`)."""
+    defaults by device type, :data:`MIN_FILL`). ``kernel``: paste with the Triton kernel (:func:`_kernel_transitions`;
+    default: on a CUDA device with Triton installed), the groups only for the masks it cannot take."""
     if method not in METHODS:
         raise ValueError(f"unknown mask paste method {method!r}; use 'torchvision' or 'detectron2'")
     dev = probs.device
@@ -190,13 +254,14 @@ def paste_runs(
     by_col = padded.transpose(1, 2).reshape(n * (k + 1), k + 1)
     y0, x0, h_img = regions[:, 0], regions[:, 2], hw[:, 0]
     rh_d, rw_d = (regions[:, 1] - regions[:, 0]).clamp(min=0), (regions[:, 3] - regions[:, 2]).clamp(min=0)
+    found: List[Tuple[Tensor, Tensor, Tensor]] = []  # run starts and ends: image position, mask, whether a start
+    if _kernel_runs(dev) if kernel is None else kernel:
+        over = _kernel_transitions(padded, regions, hw, (ax_y, ax_x), (rh, rw), method, threshold, cdtype, found)
+        rh, rw = np.where(over, rh, 0), np.where(over, rw, 0)  # the groups below paste only the masks it could not
     fill = MIN_FILL.get(dev.type, DEFAULT_MIN_FILL) if min_fill is None else min_fill
     groups = _chunks(rh, rw, max_elements, fill)
     order = torch.as_tensor(np.concatenate(groups) if groups else np.zeros(0, np.int64), device=dev)
 
-    found_pos: List[Tensor] = []  # run starts and ends: image position, mask, start or end
-    found_det: List[Tensor] = []
-    found_up: List[Tensor] = []
     start = 0
     for group in groups:
         g = len(group)
@@ -230,12 +295,10 @@ def paste_runs(
         d_loc, f_in = f // per_region, f % per_region
         col, row = f_in // (big_h + 1), f_in % (big_h + 1)
         det = idx[d_loc]
-        found_pos.append((x0[det] + col) * h_img[det] + y0[det] + row)
-        found_det.append(det)
-        found_up.append(step[f] > 0)
-    if not found_pos:
+        found.append(((x0[det] + col) * h_img[det] + y0[det] + row, det, step[f] > 0))
+    if not found:
         return PastedRuns(regions_h, np.zeros((0, 2), np.int64), np.zeros(n + 1, np.int64))
-    pos, det_t, up = torch.cat(found_pos), torch.cat(found_det), torch.cat(found_up)
+    pos, det_t, up = (torch.cat(t) for t in zip(*found))
     # a run ending at the bottom of a column that goes on at the top of the next is one run (full-height region);
     # each mask's transitions are consecutive and in order (masks come in size order)
     if pos.shape[0] > 1:

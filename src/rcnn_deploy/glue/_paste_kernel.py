@@ -1,0 +1,63 @@
+"""The Triton kernel of :func:`rcnn_deploy.glue.gpu_post.paste_runs` on a GPU (imported on first use: ``triton.jit``
+reads ``TRITON_INTERPRET`` when this module is imported)."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _bits(base, yi, yw0, yw1, xi, xw0, xw1, live, threshold, K1: tl.constexpr, GE: tl.constexpr):
+    # the x pass, then the y pass, as gpu_post's bmm groups them: (P[yi, xi] xw0 + P[yi, xi + 1] xw1) yw0 + ...
+    top = base + yi[:, None] * K1 + xi[None, :]
+    bottom = top + K1
+    a = tl.load(top, mask=live, other=0.0) * xw0[None, :] + tl.load(top + 1, mask=live, other=0.0) * xw1[None, :]
+    b = tl.load(bottom, mask=live, other=0.0) * xw0[None, :] + tl.load(bottom + 1, mask=live, other=0.0) * xw1[None, :]
+    v = a * yw0[:, None] + b * yw1[:, None]
+    if GE:
+        return (v >= threshold) & live
+    return (v > threshold) & live
+
+
+@triton.jit
+def paste_transitions_kernel(
+    padded_ptr, yi_ptr, yw0_ptr, yw1_ptr, xi_ptr, xw0_ptr, xw1_ptr, rh_ptr, rw_ptr, out_ptr, count_ptr,
+    threshold, max_h, max_w,
+    K1: tl.constexpr, MAX_RUNS: tl.constexpr, GE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+):  # fmt: skip
+    """Mask ``n`` (program 0), region columns ``BLOCK_W`` at a time (program 1): every row of each column, pasted
+    and thresholded, and the rows where the value changes (0 -> 1: a run starts; 1 -> 0: the row after it ends,
+    up to row ``rh``, the first past the region) written in order to ``out[n, column, :MAX_RUNS]``; the number
+    of them to ``count[n, column]`` (more than ``MAX_RUNS``: only the first are written)."""
+    n = tl.program_id(0)
+    rw = tl.load(rw_ptr + n)
+    rh = tl.load(rh_ptr + n)
+    first = tl.program_id(1) * BLOCK_W
+    if first < rw:
+        cols = first + tl.arange(0, BLOCK_W)
+        col_live = cols < rw
+        at = n.to(tl.int64) * max_w + cols
+        xi = tl.load(xi_ptr + at, mask=col_live, other=0)
+        xw0 = tl.load(xw0_ptr + at, mask=col_live, other=0.0)
+        xw1 = tl.load(xw1_ptr + at, mask=col_live, other=0.0)
+        base = padded_ptr + n.to(tl.int64) * K1 * K1
+        count = tl.zeros([BLOCK_W], dtype=tl.int32)
+        for start in range(0, rh + 1, BLOCK_H):
+            rows = start + tl.arange(0, BLOCK_H)
+            # each row's bit and the bit of the row above it (0 above row 0 and from row rh on)
+            here = rows < rh
+            above = (rows >= 1) & (rows <= rh)
+            r_at = n.to(tl.int64) * max_h + rows
+            yi = tl.load(yi_ptr + r_at, mask=here, other=0)
+            yw0 = tl.load(yw0_ptr + r_at, mask=here, other=0.0)
+            yw1 = tl.load(yw1_ptr + r_at, mask=here, other=0.0)
+            bit = _bits(base, yi, yw0, yw1, xi, xw0, xw1, here[:, None] & col_live[None, :], threshold, K1, GE)
+            yi = tl.load(yi_ptr + r_at - 1, mask=above, other=0)
+            yw0 = tl.load(yw0_ptr + r_at - 1, mask=above, other=0.0)
+            yw1 = tl.load(yw1_ptr + r_at - 1, mask=above, other=0.0)
+            prev = _bits(base, yi, yw0, yw1, xi, xw0, xw1, above[:, None] & col_live[None, :], threshold, K1, GE)
+            change = (bit != prev).to(tl.int32)
+            slot = count[None, :] + tl.cumsum(change, axis=0) - change
+            dst = out_ptr + at[None, :] * MAX_RUNS + slot
+            tl.store(dst, rows[:, None].to(out_ptr.dtype.element_ty), mask=(change != 0) & (slot < MAX_RUNS))
+            count += tl.sum(change, axis=0)
+        tl.store(count_ptr + at, count, mask=col_live)
