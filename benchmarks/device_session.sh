@@ -45,6 +45,7 @@
 #   torch_triton     e2e_torch_cuda.py --phases gpu_decode,gpu_post, compiled, --roi-align triton (else triton_eager)
 #   torch_gpudecode  e2e_torch_cuda.py --phases gpu_decode (its first capture crashed its process in run 16; the chain goes on)
 #   torch_gpudecode_compiled  the same, --stream-compile default
+#   torch_e2e_compiled  e2e_torch_cuda.py --phases gpu_decode,gpu_post --stream-compile default (the defaults)
 # (TORCH_ROI_ALIGN=MODE in start's environment: every PyTorch step's rows with that sync-free ROIAlign)
 set -uo pipefail
 S=/tmp/sess
@@ -179,6 +180,9 @@ steps)
     torch_profile) step torch_profile torch_e2e e2e_torch_cuda_profile profile ;;
     torch_gpupost) step torch_gpupost torch_e2e e2e_torch_cuda_gpupost gpu_post ;;
     torch_gpudecode) step torch_gpudecode torch_e2e e2e_torch_cuda_gpudecode gpu_decode ;;
+    torch_e2e_compiled)  # compiled, the package's defaults (ROIAlign, paste and letterbox kernels): GPU decode with host
+      # post in processes, then host and GPU decode with GPU post
+      step torch_e2e_compiled torch_e2e e2e_torch_cuda_e2e_compiled gpu_decode,gpu_post --stream-compile default ;;
     torch_gpudecode_compiled)  # the same, compiled (with TORCH_ROI_ALIGN's ROIAlign)
       step torch_gpudecode_compiled torch_e2e e2e_torch_cuda_gpudecode_compiled gpu_decode --stream-compile default ;;
     *) echo "unknown step $s" >>$S/steps.txt ;;

@@ -175,6 +175,31 @@ def profile_forward(
     }
 
 
+def mask_agreement(host: List[Any], gpu: List[Any]) -> Dict[str, Any]:
+    """Two detectors' results on the same images, the same model outputs but masks pasted on the host and on the
+    GPU: how many images have the same boxes, and of their masks how many have the same COCO RLE string; where
+    strings differ, the pixels that differ and the masks' smallest IoU (pycocotools)."""
+    from pycocotools import mask as mask_util
+
+    same_boxes = masks = identical = differing_pixels = 0
+    min_iou = 1.0
+    for h, g in zip(host, gpu):
+        if len(h) != len(g) or not np.array_equal(h.boxes, g.boxes):
+            continue
+        same_boxes += 1
+        for i in range(len(h)):
+            a, b = h.pasted.rle(i), g.pasted.rle(i)
+            masks += 1
+            if a == b:
+                identical += 1
+                continue
+            ra, rb = ({"size": r["size"], "counts": r["counts"].encode("ascii")} for r in (a, b))
+            differing_pixels += int(abs(int(mask_util.area(ra)) - int(mask_util.area(rb))))
+            min_iou = min(min_iou, float(mask_util.iou([ra], [rb], [0])[0, 0]))
+    return {"images": len(host), "images_same_boxes": same_boxes, "masks": masks, "masks_identical": identical,
+            "area_difference_pixels": differing_pixels, "min_iou_of_differing": round(min_iou, 6)}  # fmt: skip
+
+
 def precapture(det: Any, batch: int) -> None:
     """Capture ``det``'s CUDA graph for ``batch`` uint8 images here, on the calling (main) thread, rather than in
     the runner's model thread at the first batch (run 16's GPU-decode detector crashed capturing there)."""
@@ -769,7 +794,23 @@ def parity_rows(a: Any, doc: Dict[str, Any], save: Any) -> None:
         par["gpu_decode_vs_host_decode_fp16"]["gpu_decoder"] = gpu.batch_model.letterbox.decoder
         doc["parity"] = par
         save()
-        del host, gpu
+        # masks pasted and RLE-encoded on the GPU (glue.gpu_post: the Triton kernel where it runs) against the
+        # host's paste of the same model's outputs: mask by mask, and the mAP
+        post = Detector.load(
+            a.checkpoint, batch=8, device="cuda", precision="fp16", gpu_decode=True, gpu_post=True,
+            gpu_decoder=a.gpu_decoder,
+        )  # fmt: skip
+        precapture(post, 8)
+        par["gpu_post_vs_host_post_fp16"] = mask_agreement(gpu(jpaths), post(jpaths))
+        r = evaluate_detector(post, jann, jimages, max_images=a.val_images)
+        par["gpu_decode_gpu_post_fp16"] = {
+            "bbox_AP": round(r["metrics"]["bbox"]["AP"], 4),
+            "segm_AP": round(r["metrics"].get("segm", {}).get("AP", float("nan")), 4),
+            "images": r["images"],
+        }
+        print("gpu post", par["gpu_post_vs_host_post_fp16"], par["gpu_decode_gpu_post_fp16"], flush=True)
+        save()
+        del host, gpu, post
         # the same on the benchmark's 1920x1080 JPEGs at the benchmark's size (--size): the letterbox resamples too
         # (host: OpenCV; GPU: F.interpolate in float32 up to session 17, OpenCV's arithmetic in int32 since), as in
         # e2e_trt.py's e2e_images rows

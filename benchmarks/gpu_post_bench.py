@@ -12,7 +12,9 @@ and median are reported; on CUDA with a synchronize around each call) for:
   host_counts      PastedMasks.region + rle_counts per detection (what the host does for COCO results before
                    pycocotools compresses the counts; OpenCV's resize for torchvision when installed)
   host_rle         PastedMasks.rle per detection (the compressed COCO strings)
-  device_counts    paste_runs (masks and boxes already on the device, the runs copied back) + RleMasks.counts
+  device_counts    paste_runs (masks and boxes already on the device, the runs copied back) + RleMasks.counts;
+                   on CUDA with Triton its default is the Triton kernel (``kernel`` in the row says which ran)
+  device_counts_groups  the same with ``kernel=False``: the padded groups and ``bmm`` (the CPU's path)
   device_rle       paste_runs + RleMasks.rle per detection
   ragged_gather    an alternative without padding (regions' pixels in one flat ragged array, a two-tap gather
                    per pixel; see its docstring): the paste and the diff / nonzero only, no positions
@@ -20,9 +22,9 @@ and median are reported; on CUDA with a synchronize around each call) for:
                    nonzero per detection (the paste and the transitions only)
 
 device_counts must give the host's counts: the script checks every mask and records the number that differ
-(``mismatched_masks``; a pixel within about 1e-6 of the threshold may fall the other way, see gpu_post's
-docstring). ``--threads`` sets torch's, OpenCV's and numpy's BLAS CPU threads (on a loaded machine 1 gives
-steadier numbers).
+(``mismatched_masks``, ``mismatched_masks_groups``; a pixel within about 1e-6 of the threshold may fall the other
+way, see gpu_post's docstring). ``--threads`` sets torch's, OpenCV's and numpy's BLAS CPU threads (on a loaded
+machine 1 gives steadier numbers).
 """
 
 from __future__ import annotations
@@ -181,7 +183,7 @@ def run_case(
 ) -> Dict[str, Any]:
     import torch
 
-    from rcnn_deploy.glue.gpu_post import _chunks, paste_runs
+    from rcnn_deploy.glue.gpu_post import _chunks, _kernel_runs, paste_runs
     from rcnn_deploy.runtime.masks import PastedMasks, rle_counts
 
     probs_d = torch.from_numpy(data["probs"]).to(dev)
@@ -196,15 +198,15 @@ def run_case(
             out.append([hw[0] * hw[1]] if r is None else rle_counts(r[4], r[0], r[2], hw))
         return out
 
-    def device_counts() -> list:
-        masks = paste_runs(probs_d, boxes_d, hw, method, 0.5, max_elements, fill).masks(0, n, hw)
+    def device_counts(kernel: Any = None) -> list:
+        masks = paste_runs(probs_d, boxes_d, hw, method, 0.5, max_elements, fill, kernel).masks(0, n, hw)
         return [masks.counts(i) for i in range(n)]
 
     def device_rle() -> list:
         masks = paste_runs(probs_d, boxes_d, hw, method, 0.5, max_elements, fill).masks(0, n, hw)
         return [masks.rle(i) for i in range(n)]
 
-    want, got = host_counts(), device_counts()
+    want, got, got_groups = host_counts(), device_counts(), device_counts(False)
     runs = paste_runs(probs_d, boxes_d, hw, method, 0.5, max_elements, fill)
     rh = np.maximum(runs.regions[:, 1] - runs.regions[:, 0], 0)
     rw = np.maximum(runs.regions[:, 3] - runs.regions[:, 2], 0)
@@ -214,6 +216,8 @@ def run_case(
         "method": method,
         "region_pixels": int((rh * rw).sum()),
         "mismatched_masks": sum(w != g for w, g in zip(want, got)),
+        "kernel": bool(_kernel_runs(dev)),
+        "mismatched_masks_groups": sum(w != g for w, g in zip(want, got_groups)),
         "groups": len(groups),
         "padded_pixels": int(sum(len(g) * (rh[g].max() + 1) * rw[g].max() for g in groups)),
         "runs": int(runs.runs.shape[0]),
@@ -222,6 +226,7 @@ def run_case(
         "host_counts": timed(host_counts, repeat, sync),
         "host_rle": timed(lambda: [ref.rle(i) for i in range(n)], repeat, sync),
         "device_counts": timed(device_counts, repeat, sync),
+        "device_counts_groups": timed(lambda: device_counts(False), repeat, sync),
         "device_rle": timed(device_rle, repeat, sync),
     }
     if alternatives:
