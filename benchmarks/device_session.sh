@@ -46,6 +46,7 @@
 #   torch_gpudecode  e2e_torch_cuda.py --phases gpu_decode (its first capture crashed its process in run 16; the chain goes on)
 #   torch_gpudecode_compiled  the same, --stream-compile default
 #   torch_e2e_compiled  e2e_torch_cuda.py --phases gpu_decode,gpu_post --stream-compile default (the defaults)
+#   torch_decode_post_compiled  the same with --phases gpu_decode_post (GPU decode + GPU post rows only)
 # (TORCH_ROI_ALIGN=MODE in start's environment: every PyTorch step's rows with that sync-free ROIAlign)
 set -uo pipefail
 S=/tmp/sess
@@ -183,6 +184,9 @@ steps)
     torch_e2e_compiled)  # compiled, the package's defaults (ROIAlign, paste and letterbox kernels): GPU decode with host
       # post in processes, then host and GPU decode with GPU post
       step torch_e2e_compiled torch_e2e e2e_torch_cuda_e2e_compiled gpu_decode,gpu_post --stream-compile default ;;
+    torch_decode_post_compiled)  # compiled, the defaults: GPU decode and GPU post only (the fewest rows)
+      step torch_decode_post_compiled torch_e2e e2e_torch_cuda_decode_post_compiled gpu_decode_post \
+        --stream-compile default ;;
     torch_gpudecode_compiled)  # the same, compiled (with TORCH_ROI_ALIGN's ROIAlign)
       step torch_gpudecode_compiled torch_e2e e2e_torch_cuda_gpudecode_compiled gpu_decode --stream-compile default ;;
     *) echo "unknown step $s" >>$S/steps.txt ;;

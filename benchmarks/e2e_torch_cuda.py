@@ -43,7 +43,10 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 
-PHASES = ("stream", "parity", "precisions", "faster", "gpu_decode", "gpu_post", "profile", "compile", "roi_align")
+PHASES = (
+    "stream", "parity", "precisions", "faster", "gpu_decode", "gpu_post", "gpu_decode_post", "profile", "compile",
+    "roi_align",
+)  # fmt: skip
 from rcnn_deploy.backends.torch_cuda import COMPILE_MODES, GPU_DECODERS  # noqa: E402 (torch is imported lazily)
 from rcnn_deploy.glue.roi_align import SYNC_FREE_ROI_ALIGNS  # noqa: E402
 
@@ -467,9 +470,9 @@ def main() -> None:
             torch.cuda.empty_cache()
     # 7. fp16 with the masks pasted and run-length encoded on the GPU (glue.gpu_post), host decode in processes and
     #    then GPU decode too: only boxes, scores, classes and RLE runs come back to the host
-    if "gpu_post" in phases:
+    if "gpu_post" in phases or "gpu_decode_post" in phases:
         rows = (("mask_rcnn_gpu_post", False, a.processes), ("mask_rcnn_gpu_decode_post", True, a.gpu_decode_processes))
-        for label, gd, procs in rows:
+        for label, gd, procs in rows if "gpu_post" in phases else rows[1:]:  # gpu_decode_post: GPU decode only
             for batch in (8, 1):
                 make = partial(mask_rcnn, gpu_decode=gd, gpu_post=True)
                 det, row = compute_row(label, make, "fp16", batch)

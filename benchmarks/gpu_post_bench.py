@@ -12,7 +12,8 @@ and median are reported; on CUDA with a synchronize around each call) for:
   host_counts      PastedMasks.region + rle_counts per detection (what the host does for COCO results before
                    pycocotools compresses the counts; OpenCV's resize for torchvision when installed)
   host_rle         PastedMasks.rle per detection (the compressed COCO strings)
-  device_counts    paste_runs (masks and boxes already on the device, the runs copied back) + RleMasks.counts;
+  device_runs      paste_runs alone (masks and boxes already on the device, the runs copied back)
+  device_counts    paste_runs + RleMasks.counts of each mask;
                    on CUDA with Triton its default is the Triton kernel (``kernel`` in the row says which ran)
   device_counts_groups  the same with ``kernel=False``: the padded groups and ``bmm`` (the CPU's path)
   device_rle       paste_runs + RleMasks.rle per detection
@@ -225,6 +226,7 @@ def run_case(
         "probabilities_bytes": int(data["probs"].nbytes),
         "host_counts": timed(host_counts, repeat, sync),
         "host_rle": timed(lambda: [ref.rle(i) for i in range(n)], repeat, sync),
+        "device_runs": timed(lambda: paste_runs(probs_d, boxes_d, hw, method, 0.5, max_elements, fill), repeat, sync),
         "device_counts": timed(device_counts, repeat, sync),
         "device_counts_groups": timed(lambda: device_counts(False), repeat, sync),
         "device_rle": timed(device_rle, repeat, sync),

@@ -8,11 +8,16 @@ import triton.language as tl
 @triton.jit
 def _bits(base, yi, yw0, yw1, xi, xw0, xw1, live, threshold, K1: tl.constexpr, GE: tl.constexpr):
     # the x pass, then the y pass, as gpu_post's bmm groups them: (P[yi, xi] xw0 + P[yi, xi + 1] xw1) yw0 + ...
+    # Explicit FMAs: every evaluation of a pixel is the same instructions (the kernel evaluates each row twice, as
+    # itself and as the row above the next; a compiler free to contract a * b + c either way gave the two different
+    # bits near the threshold, and a column an odd number of changes)
     top = base + yi[:, None] * K1 + xi[None, :]
     bottom = top + K1
-    a = tl.load(top, mask=live, other=0.0) * xw0[None, :] + tl.load(top + 1, mask=live, other=0.0) * xw1[None, :]
-    b = tl.load(bottom, mask=live, other=0.0) * xw0[None, :] + tl.load(bottom + 1, mask=live, other=0.0) * xw1[None, :]
-    v = a * yw0[:, None] + b * yw1[:, None]
+    a = tl.fma(tl.load(top, mask=live, other=0.0), xw0[None, :], tl.load(top + 1, mask=live, other=0.0) * xw1[None, :])
+    b = tl.fma(
+        tl.load(bottom, mask=live, other=0.0), xw0[None, :], tl.load(bottom + 1, mask=live, other=0.0) * xw1[None, :]
+    )
+    v = tl.fma(a, yw0[:, None], b * yw1[:, None])
     if GE:
         return (v >= threshold) & live
     return (v > threshold) & live

@@ -178,8 +178,9 @@ def _kernel_transitions(
     """Every mask pasted, thresholded and its row changes found per region column by one Triton launch
     (:mod:`._paste_kernel`): appends ``(image position, mask, whether a run starts)`` of each change to ``found``,
     masks in order, each one's changes in COCO's column-major order, and returns ``[N]`` bool: the masks that had
-    a column of more than :data:`KERNEL_MAX_RUNS` changes (none of whose changes were appended). The same taps
-    (:func:`_taps`), the same float32 products in the same grouping as the groups' gather and ``bmm``."""
+    a column of more than :data:`KERNEL_MAX_RUNS` changes or of an odd number (none of whose changes were
+    appended). The same taps (:func:`_taps`), the same float32 products in the same grouping as the groups' gather
+    and ``bmm`` (as FMAs)."""
     import triton
 
     from ._paste_kernel import paste_transitions_kernel
@@ -205,7 +206,8 @@ def _kernel_transitions(
         float(threshold), max_h, max_w,
         K1=k1, MAX_RUNS=KERNEL_MAX_RUNS, GE=method == "detectron2", BLOCK_H=_KERNEL_BLOCK_H, BLOCK_W=_KERNEL_BLOCK_W,
     )  # fmt: skip
-    over_d = (count > KERNEL_MAX_RUNS).any(1)
+    # an odd count would be a run without its end (never seen since the kernel's explicit FMAs; checked all the same)
+    over_d = ((count > KERNEL_MAX_RUNS) | (count % 2 == 1)).any(1)
     count.masked_fill_(over_d[:, None], 0)
     det, col, j = torch.nonzero(torch.arange(KERNEL_MAX_RUNS, device=dev) < count[..., None]).unbind(1)
     row = out[det, col, j].long()
