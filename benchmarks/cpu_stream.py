@@ -59,13 +59,15 @@ def commit() -> str:
 def make_model(work: Path, size: int, kind: str, images: Path) -> Path:
     ckpt = ROOT / "src" / "rcnn_deploy" / "checkpoints" / "shapes_maskrcnn_r50fpn.pt"
     export = work / "export"
+    # a CPU build starts from the fused graph with ONNX Runtime's NonMaxSuppression (docs/cpu.md)
+    nms = [] if kind == "export" else ["--nms", "onnx"]
     sh([*CLI, "export", "-m", "torchvision-maskrcnn", "-w", ckpt, "--height", size, "--width", size]
-       + ["--graph", "fused", "-o", export])  # fmt: skip
+       + ["--graph", "fused", *nms, "-o", export])  # fmt: skip
     if kind == "export":
         return export
     build = work / kind
     extra = ["--precision", "int8", "--calib-input", images, "--calib-images", "16"] if kind == "cpu-int8" else []
-    sh([*CLI, "build", export / "torchvision-maskrcnn_fused.onnx", "--target", "onnxruntime", "-o", build, *extra])
+    sh([*CLI, "build", export / "torchvision-maskrcnn_fused_onnx.onnx", "--target", "onnxruntime", "-o", build, *extra])
     return build
 
 
