@@ -642,11 +642,14 @@ def _gpu_post_section(results: Path) -> List[str]:
         "",
         "One 1920×1080 image with 100 detections (random boxes, random 28×28 probabilities), ms per image",
         "(median of the repeats): the host path (numpy/OpenCV, one thread) against `glue.gpu_post.paste_runs` on",
-        "the GPU (runs copied back; `+ RLE` adds pycocotools' string compression on the host). *Mismatched*: masks",
-        "whose RLE differs from the host's.",
+        "the GPU: *GPU runs* is the call alone (runs copied back), *GPU counts* adds each mask's COCO counts on",
+        "the host one call per mask, `+ RLE` each mask's compressed string; *groups* is the padded-groups `bmm`",
+        "path (the paste kernel's fallback) where the row has one; *kernel*: whether the Triton paste kernel ran.",
+        "*Mismatched*: masks whose counts differ from the host's.",
         "",
-        "| file | boxes | paste | host counts | host RLE | GPU counts | GPU + RLE | ragged gather (GPU) | mismatched |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| file | boxes | paste | kernel | host counts | host RLE | GPU runs | GPU counts | GPU counts, groups |"
+        " GPU + RLE | ragged gather (GPU) | mismatched |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p, d in files:
         for c in d["cases"]:
@@ -654,9 +657,11 @@ def _gpu_post_section(results: Path) -> List[str]:
             def ms(k: str, c: Any = c) -> str:
                 return f"{c[k]['median_ms']:.1f}" if k in c else "—"
 
+            kernel = {True: "yes", False: "no"}.get(c.get("kernel"), "—")  # rows before session 20: none
             lines.append(
-                f"| {p.name} | {c['sizes']} | {c['method']} | {ms('host_counts')} | {ms('host_rle')} | "
-                f"{ms('device_counts')} | {ms('device_rle')} | {ms('ragged_gather')} | {c['mismatched_masks']} |"
+                f"| {p.name} | {c['sizes']} | {c['method']} | {kernel} | {ms('host_counts')} | {ms('host_rle')} | "
+                f"{ms('device_runs')} | {ms('device_counts')} | {ms('device_counts_groups')} | {ms('device_rle')} | "
+                f"{ms('ragged_gather')} | {c['mismatched_masks']} |"
             )
     return lines
 
