@@ -164,55 +164,85 @@ def _kernel_runs(device: Any) -> bool:
     return available(device)
 
 
-def _kernel_transitions(
-    padded: Tensor,
-    regions: Tensor,
-    hw: Tensor,
-    axes: Tuple[Any, Any],
-    sides: Tuple[np.ndarray, np.ndarray],
+def _image_sizes(image_hw: Any, n: int) -> np.ndarray:
+    hw = (image_hw.cpu().numpy() if isinstance(image_hw, Tensor) else np.asarray(image_hw)).astype(np.int64)
+    return np.broadcast_to(hw.reshape(-1, 2), (n, 2)).copy()
+
+
+def _paste_runs_kernel(
+    probs: Tensor,
+    boxes: Tensor,
+    image_hw: Any,
     method: str,
     threshold: float,
-    cdtype: Any,
-    found: List[Tuple[Tensor, Tensor, Tensor]],
-) -> np.ndarray:
-    """Every mask pasted, thresholded and its row changes found per region column by one Triton launch
-    (:mod:`._paste_kernel`): appends ``(image position, mask, whether a run starts)`` of each change to ``found``,
-    masks in order, each one's changes in COCO's column-major order, and returns ``[N]`` bool: the masks that had
-    a column of more than :data:`KERNEL_MAX_RUNS` changes or of an odd number (none of whose changes were
-    appended). The same taps (:func:`_taps`), the same float32 products in the same grouping as the groups' gather
-    and ``bmm`` (as FMAs)."""
+    max_elements: int,
+    min_fill: Optional[float],
+) -> PastedRuns:
+    """:func:`paste_runs` by one Triton launch (:mod:`._paste_kernel`): every mask pasted, thresholded and its row
+    changes found per region column on the device; the box regions and the taps (:func:`_geometry`,
+    :func:`_taps`: the same code, in float64) computed on the host in torch's CPU ops, and the changes turned into
+    runs on the host in numpy: a handful of device operations in all (the groups path launches about 150 small
+    kernels for 100 masks, which took 2.9 ms on an H200, host-bound). The float32 products are the groups'
+    ``bmm`` grouping as FMAs. A mask with a column of more than :data:`KERNEL_MAX_RUNS` changes (or, never seen,
+    of an odd number) goes through the groups."""
     import triton
 
     from ._paste_kernel import paste_transitions_kernel
 
-    dev = padded.device
-    n, k1 = int(padded.shape[0]), int(padded.shape[1])
-    m = k1 - 3
-    rh, rw = sides
+    dev = probs.device
+    n, m = int(probs.shape[0]), int(probs.shape[-1])
+    k1 = m + 3
+    hw_h = _image_sizes(image_hw, n)
+    boxes_c = boxes.detach().to("cpu", torch.float32).reshape(n, 4)
+    regions, (ay, ax) = _geometry(boxes_c, torch.from_numpy(hw_h), m, method, torch.float64)
+    regions_h = regions.numpy()
+    rh = np.maximum(regions_h[:, 1] - regions_h[:, 0], 0)
+    rw = np.maximum(regions_h[:, 3] - regions_h[:, 2], 0)
     max_h, max_w = (int(s.max()) if n else 0 for s in (rh, rw))
+    empty = PastedRuns(regions_h, np.zeros((0, 2), np.int64), np.zeros(n + 1, np.int64))
     if max_h <= 0 or max_w <= 0:
-        return np.zeros(n, bool)
-    (ay, ax), y0, x0 = axes, regions[:, 0:1], regions[:, 2:3]
-    yi, yw0, yw1 = _taps(y0 + torch.arange(max_h, device=dev), ay[0][:, None], ay[1][:, None], method, m, cdtype)
-    xi, xw0, xw1 = _taps(x0 + torch.arange(max_w, device=dev), ax[0][:, None], ax[1][:, None], method, m, cdtype)
-    rows_t = torch.int16 if max_h < 2**15 else torch.int32
-    out = torch.empty((n, max_w, KERNEL_MAX_RUNS), dtype=rows_t, device=dev)
+        return empty
+    taps = []
+    for (a, b), start, size in ((ay, regions[:, 0:1], max_h), (ax, regions[:, 2:3], max_w)):
+        i, w0, w1 = _taps(start + torch.arange(size), a[:, None], b[:, None], method, m, torch.float64)
+        taps.append(torch.stack([i.float(), w0, w1]).to(dev, non_blocking=True))  # [3, N, size]: index, weights
+    side = torch.from_numpy(np.stack([rh, rw]).astype(np.int32)).to(dev, non_blocking=True)
+    padded = torch.zeros((n, k1, k1), dtype=torch.float32, device=dev)
+    padded[:, 1 : m + 1, 1 : m + 1] = probs
+    out = torch.empty((n, max_w, KERNEL_MAX_RUNS), dtype=torch.int16 if max_h < 2**15 else torch.int32, device=dev)
     count = torch.zeros((n, max_w), dtype=torch.int32, device=dev)
-    side = torch.as_tensor(np.stack([rh, rw]).astype(np.int32), device=dev)
     grid = (n, triton.cdiv(max_w, _KERNEL_BLOCK_W))
     paste_transitions_kernel[grid](
-        padded.float().contiguous(), yi.int().contiguous(), yw0.contiguous(), yw1.contiguous(),
-        xi.int().contiguous(), xw0.contiguous(), xw1.contiguous(), side[0], side[1], out, count,
-        float(threshold), max_h, max_w,
+        padded, taps[0], taps[1], side, out, count, float(threshold), max_h, max_w,
         K1=k1, MAX_RUNS=KERNEL_MAX_RUNS, GE=method == "detectron2", BLOCK_H=_KERNEL_BLOCK_H, BLOCK_W=_KERNEL_BLOCK_W,
     )  # fmt: skip
+    count_h, out_h = count.cpu().numpy(), out.cpu().numpy()
     # an odd count would be a run without its end (never seen since the kernel's explicit FMAs; checked all the same)
-    over_d = ((count > KERNEL_MAX_RUNS) | (count % 2 == 1)).any(1)
-    count.masked_fill_(over_d[:, None], 0)
-    det, col, j = torch.nonzero(torch.arange(KERNEL_MAX_RUNS, device=dev) < count[..., None]).unbind(1)
-    row = out[det, col, j].long()
-    found.append(((regions[det, 2] + col) * hw[det, 0] + regions[det, 0] + row, det, j % 2 == 0))
-    return over_d.cpu().numpy()
+    over = ((count_h > KERNEL_MAX_RUNS) | (count_h % 2 == 1)).any(1)
+    count_h[over] = 0
+    det, col, j = np.nonzero(np.arange(KERNEL_MAX_RUNS) < count_h[..., None])  # masks, columns, rows in order
+    pos = (regions_h[det, 2] + col) * hw_h[det, 0] + regions_h[det, 0] + out_h[det, col, j]
+    starts, ends, run_det = pos[0::2], pos[1::2], det[0::2]
+    # a run ending at the bottom of a column that goes on at the top of the next is one run (full-height region)
+    join = (ends[:-1] == starts[1:]) & (run_det[:-1] == run_det[1:])
+    if join.any():
+        keep_start, keep_end = np.ones(starts.shape[0], bool), np.ones(starts.shape[0], bool)
+        keep_start[1:][join] = False
+        keep_end[:-1][join] = False
+        starts, ends, run_det = starts[keep_start], ends[keep_end], run_det[keep_start]
+    runs = np.stack([starts, ends], 1).astype(np.int64)
+    if over.any():  # those masks by the groups, their runs put in mask order with the others'
+        redo = np.flatnonzero(over)
+        sel = torch.as_tensor(redo, device=dev)
+        sub = paste_runs(probs[sel], boxes[torch.as_tensor(redo, device=boxes.device)], hw_h[redo], method,
+                         threshold, max_elements, min_fill, kernel=False)  # fmt: skip
+        sub_det = redo[np.repeat(np.arange(redo.shape[0]), np.diff(sub.offsets))]
+        order = np.argsort(np.concatenate([run_det, sub_det]), kind="stable")
+        runs = np.concatenate([runs, sub.runs])[order]
+        run_det = np.concatenate([run_det, sub_det])[order]
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(run_det, minlength=n), out=offsets[1:])
+    return PastedRuns(regions_h, runs, offsets)
 
 
 @torch.no_grad()
@@ -231,18 +261,20 @@ def paste_runs(
     them, on ``probs``' device; returns the host :class:`PastedRuns`. Equals ``PastedMasks(probs, boxes, hw,
     method, threshold)`` up to pixels within about 1e-6 of the threshold (see the module docstring).
     ``max_elements``, ``min_fill``: how regions are grouped into padded batches (:func:`_chunks`; ``min_fill``
-    defaults by device type, :data:`MIN_FILL`). ``kernel``: paste with the Triton kernel (:func:`_kernel_transitions`;
-    default: on a CUDA device with Triton installed), the groups only for the masks it cannot take."""
+    defaults by device type, :data:`MIN_FILL`). ``kernel``: paste with the Triton kernel
+    (:func:`_paste_runs_kernel`; default: on a CUDA device with Triton installed), the groups only for the masks
+    it cannot take."""
     if method not in METHODS:
         raise ValueError(f"unknown mask paste method {method!r}; use 'torchvision' or 'detectron2'")
+    if _kernel_runs(probs.device) if kernel is None else kernel:
+        return _paste_runs_kernel(probs, boxes, image_hw, method, threshold, max_elements, min_fill)
     dev = probs.device
     n, m = int(probs.shape[0]), int(probs.shape[-1])
     k = m + 2
     cdtype = torch.float32 if dev.type == "mps" else torch.float64
     # float32 matmuls exactly as written: never TF32 / bf16 passes, which would move pixels across the threshold
     mdtype = torch.float32 if torch.get_float32_matmul_precision() == "highest" else cdtype
-    hw_h = (image_hw.cpu().numpy() if isinstance(image_hw, Tensor) else np.asarray(image_hw)).astype(np.int64)
-    hw_h = np.broadcast_to(hw_h.reshape(-1, 2), (n, 2)).copy()
+    hw_h = _image_sizes(image_hw, n)
     hw = torch.as_tensor(hw_h, device=dev)
     boxes = boxes.to(dev, torch.float32).reshape(n, 4)
     regions, (ax_y, ax_x) = _geometry(boxes, hw, m, method, cdtype)
@@ -256,14 +288,13 @@ def paste_runs(
     by_col = padded.transpose(1, 2).reshape(n * (k + 1), k + 1)
     y0, x0, h_img = regions[:, 0], regions[:, 2], hw[:, 0]
     rh_d, rw_d = (regions[:, 1] - regions[:, 0]).clamp(min=0), (regions[:, 3] - regions[:, 2]).clamp(min=0)
-    found: List[Tuple[Tensor, Tensor, Tensor]] = []  # run starts and ends: image position, mask, whether a start
-    if _kernel_runs(dev) if kernel is None else kernel:
-        over = _kernel_transitions(padded, regions, hw, (ax_y, ax_x), (rh, rw), method, threshold, cdtype, found)
-        rh, rw = np.where(over, rh, 0), np.where(over, rw, 0)  # the groups below paste only the masks it could not
     fill = MIN_FILL.get(dev.type, DEFAULT_MIN_FILL) if min_fill is None else min_fill
     groups = _chunks(rh, rw, max_elements, fill)
     order = torch.as_tensor(np.concatenate(groups) if groups else np.zeros(0, np.int64), device=dev)
 
+    found_pos: List[Tensor] = []  # run starts and ends: image position, mask, start or end
+    found_det: List[Tensor] = []
+    found_up: List[Tensor] = []
     start = 0
     for group in groups:
         g = len(group)
@@ -297,10 +328,12 @@ def paste_runs(
         d_loc, f_in = f // per_region, f % per_region
         col, row = f_in // (big_h + 1), f_in % (big_h + 1)
         det = idx[d_loc]
-        found.append(((x0[det] + col) * h_img[det] + y0[det] + row, det, step[f] > 0))
-    if not found:
+        found_pos.append((x0[det] + col) * h_img[det] + y0[det] + row)
+        found_det.append(det)
+        found_up.append(step[f] > 0)
+    if not found_pos:
         return PastedRuns(regions_h, np.zeros((0, 2), np.int64), np.zeros(n + 1, np.int64))
-    pos, det_t, up = (torch.cat(t) for t in zip(*found))
+    pos, det_t, up = torch.cat(found_pos), torch.cat(found_det), torch.cat(found_up)
     # a run ending at the bottom of a column that goes on at the top of the next is one run (full-height region);
     # each mask's transitions are consecutive and in order (masks come in size order)
     if pos.shape[0] > 1:
@@ -362,7 +395,8 @@ def postprocess_batch(
         hw = np.repeat(np.array([[lb.orig_h, lb.orig_w] for lb in letterboxes], np.int64).reshape(-1, 2), counts, 0)
         sel = torch.as_tensor(index, device=dev)
         probs = masks.reshape(b * d, *masks.shape[2:])[sel]
-        pasted = paste_runs(probs, orig.reshape(b * d, 4)[sel], hw, method, threshold, max_elements)
+        boxes_sel = torch.from_numpy(boxes_h.reshape(b * d, 4)[index])  # on the host already: no sync for them
+        pasted = paste_runs(probs, boxes_sel, hw, method, threshold, max_elements)
     dets = np.empty(b, dtype=object)
     for i, lb in enumerate(letterboxes):
         n = int(num_h[i])
