@@ -187,6 +187,9 @@ steps)
     torch_decode_post_compiled)  # compiled, the defaults: GPU decode and GPU post only (the fewest rows)
       step torch_decode_post_compiled torch_e2e e2e_torch_cuda_decode_post_compiled gpu_decode_post \
         --stream-compile default ;;
+    torch_decode_post_b1)  # the same at batch 1 only (its latency)
+      step torch_decode_post_b1 torch_e2e e2e_torch_cuda_decode_post_b1 gpu_decode_post --stream-compile default \
+        --batches 1 ;;
     torch_gpudecode_compiled)  # the same, compiled (with TORCH_ROI_ALIGN's ROIAlign)
       step torch_gpudecode_compiled torch_e2e e2e_torch_cuda_gpudecode_compiled gpu_decode --stream-compile default ;;
     *) echo "unknown step $s" >>$S/steps.txt ;;

@@ -277,6 +277,12 @@ def main() -> None:
         help="worker processes of the GPU-decode rows (default: the detector's: api.GPU_DECODE_PROCESSES, none "
         "with GPU post-processing)",
     )
+    ap.add_argument(
+        "--batches",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[8, 1],
+        help="the gpu_post / gpu_decode_post phases' batch sizes, in this order (default 8,1)",
+    )
     ap.add_argument("--parity-images", type=int, default=64, help="of --images: GPU against host decode at --size")
     ap.add_argument("--skip-faster", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fp16 only: the model alone and streamed (host decode)")
@@ -473,7 +479,7 @@ def main() -> None:
     if "gpu_post" in phases or "gpu_decode_post" in phases:
         rows = (("mask_rcnn_gpu_post", False, a.processes), ("mask_rcnn_gpu_decode_post", True, a.gpu_decode_processes))
         for label, gd, procs in rows if "gpu_post" in phases else rows[1:]:  # gpu_decode_post: GPU decode only
-            for batch in (8, 1):
+            for batch in a.batches:
                 make = partial(mask_rcnn, gpu_decode=gd, gpu_post=True)
                 det, row = compute_row(label, make, "fp16", batch)
                 stream_rows(det, row, "stream", batch, procs)

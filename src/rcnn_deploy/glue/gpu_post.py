@@ -216,12 +216,14 @@ def _paste_runs_kernel(
         padded, taps[0], taps[1], side, out, count, float(threshold), max_h, max_w,
         K1=k1, MAX_RUNS=KERNEL_MAX_RUNS, GE=method == "detectron2", BLOCK_H=_KERNEL_BLOCK_H, BLOCK_W=_KERNEL_BLOCK_W,
     )  # fmt: skip
-    count_h, out_h = count.cpu().numpy(), out.cpu().numpy()
     # an odd count would be a run without its end (never seen since the kernel's explicit FMAs; checked all the same)
-    over = ((count_h > KERNEL_MAX_RUNS) | (count_h % 2 == 1)).any(1)
-    count_h[over] = 0
-    det, col, j = np.nonzero(np.arange(KERNEL_MAX_RUNS) < count_h[..., None])  # masks, columns, rows in order
-    pos = (regions_h[det, 2] + col) * hw_h[det, 0] + regions_h[det, 0] + out_h[det, col, j]
+    over_d = ((count > KERNEL_MAX_RUNS) | (count % 2 == 1)).any(1)
+    count.masked_fill_(over_d[:, None], 0)
+    rows = out[torch.arange(KERNEL_MAX_RUNS, device=dev) < count[..., None]]  # by mask, column, then row: in order
+    over, flat, rows_h = over_d.cpu().numpy(), count.cpu().numpy().reshape(-1), rows.cpu().numpy()
+    cells = np.flatnonzero(flat)
+    det, col = np.divmod(np.repeat(cells, flat[cells]), max_w)
+    pos = (regions_h[det, 2] + col) * hw_h[det, 0] + regions_h[det, 0] + rows_h
     starts, ends, run_det = pos[0::2], pos[1::2], det[0::2]
     # a run ending at the bottom of a column that goes on at the top of the next is one run (full-height region)
     join = (ends[:-1] == starts[1:]) & (run_det[:-1] == run_det[1:])
