@@ -242,6 +242,7 @@ def _parity_section(results: Path) -> List[str]:
         ref = par.get("graph_fp32")
         big = [k[len("gpu_decode_fp16") :] for k in par if k.startswith("gpu_decode_fp16_images_")]
         names = ["eager_fp32", "graph_fp32", "graph_fp16", "graph_bf16", "host_decode_fp16", "gpu_decode_fp16"]
+        names += ["gpu_decode_gpu_post_fp16"]  # since session 20: masks pasted and RLE-encoded on the GPU too
         names += [f"{side}_decode_fp16{b}" for b in big for side in ("host", "gpu")]
         for name in names:
             e = par.get(name)
@@ -251,7 +252,10 @@ def _parity_section(results: Path) -> List[str]:
             if ref and "decode_fp16" not in name and name != "graph_fp32":
                 delta = f"{e['bbox_AP'] - ref['bbox_AP']:+.4f} / {e['segm_AP'] - ref['segm_AP']:+.4f}"
             host_name = name.replace("gpu_decode", "host_decode")
-            if name.startswith("gpu_decode_fp16") and par.get(host_name):
+            if name == "gpu_decode_gpu_post_fp16" and par.get("gpu_decode_fp16"):
+                h = par["gpu_decode_fp16"]
+                delta = f"{e['bbox_AP'] - h['bbox_AP']:+.4f} / {e['segm_AP'] - h['segm_AP']:+.4f} (vs host post)"
+            elif name.startswith("gpu_decode_fp16") and par.get(host_name):
                 h = par[host_name]
                 delta = f"{e['bbox_AP'] - h['bbox_AP']:+.4f} / {e['segm_AP'] - h['segm_AP']:+.4f} (vs host decode)"
             fb = e.get("nms_fallbacks")
@@ -281,6 +285,24 @@ def _parity_section(results: Path) -> List[str]:
                 f"| {p.name} | {label} | {r['reference_detections']} / {r['candidate_detections']} | {r['matched']} | "
                 f"{r['recall']:.4f} | {r['min_box_iou']:.3f} | {r['max_score_diff']:.3f} | "
                 f"{r['mean_mask_iou']:.4f} / {r['min_mask_iou']:.3f} | {r['unmatched']} |"
+            )
+    key = "gpu_post_vs_host_post_fp16"
+    post = [(p, d["parity"][key]) for p, d in files if key in d["parity"]]
+    if post:
+        lines += [
+            "",
+            "Masks pasted, thresholded and RLE-encoded on the GPU (`glue.gpu_post`, the Triton paste kernel) against",
+            "the host's paste of the same model outputs (the GPU-decode fp16 detector with and without `gpu_post`, the",
+            "384² JPEG split): images whose boxes are the same, and of their masks how many COCO RLE strings are",
+            "identical; where not, the pixels of area that differ and the smallest mask IoU:",
+            "",
+            "| file | images | same boxes | masks | identical RLE | area Δ pixels | min IoU where different |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p, q in post:
+            lines.append(
+                f"| {p.name} | {q['images']} | {q['images_same_boxes']} | {q['masks']} | {q['masks_identical']} | "
+                f"{q['area_difference_pixels']} | {q['min_iou_of_differing']} |"
             )
     pixels = [(p, k, v) for p, d in files for k, v in d["parity"].items() if k.startswith("decode_pixels_")]
     if pixels:
