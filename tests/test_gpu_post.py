@@ -436,6 +436,30 @@ def test_a_mask_threshold_set_after_loading_reaches_the_gpu_post_processing():
     assert host.spec.mask_threshold == 0.3
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_host_taps_equal_the_torch_taps_bit_for_bit(method):
+    """The kernel path's numpy taps (_taps_host) against the groups path's torch ones (_taps), float64 both: the
+    same indices and the same float32 weights, for random boxes and the hard cases of _boxes in several images."""
+    from rcnn_deploy.glue.gpu_post import _geometry, _taps, _taps_host
+
+    rng = np.random.default_rng(5)
+    for h, w in [(64, 64), (1080, 1920), (37, 500)]:
+        boxes = torch.from_numpy(_boxes(rng, 40, h, w))
+        n = len(boxes)
+        regions, axes = _geometry(boxes, torch.tensor([[h, w]] * n), 28, method, torch.float64)
+        for (a, b), lo, hi in zip(axes, (0, 2), (1, 3)):
+            size = np.maximum(regions[:, hi].numpy() - regions[:, lo].numpy(), 0)
+            owner = np.repeat(np.arange(n), size)
+            first = np.concatenate([[0], np.cumsum(size)])
+            pix = np.arange(first[-1]) - first[owner] + regions[:, lo].numpy()[owner]
+            want = _taps(torch.from_numpy(pix), a[torch.from_numpy(owner)], b[torch.from_numpy(owner)], method, 28,
+                         torch.float64)  # fmt: skip
+            got = _taps_host(pix, a.numpy()[owner], b.numpy()[owner], method, 28)
+            assert pix.size > 0
+            for x, y in zip(want, got):
+                assert x.numpy().dtype == y.dtype and np.array_equal(x.numpy(), y), (method, h, w)
+
+
 # ------------------------------------------------------------------------------- the Triton kernel (GPU default)
 KERNEL_SCRIPT = """
 import sys

@@ -25,45 +25,45 @@ def _bits(base, yi, yw0, yw1, xi, xw0, xw1, live, threshold, K1: tl.constexpr, G
 
 @triton.jit
 def paste_transitions_kernel(
-    padded_ptr, ytaps_ptr, xtaps_ptr, side_ptr, out_ptr, count_ptr, threshold, max_h, max_w,
+    padded_ptr, ytaps_ptr, xtaps_ptr, side_ptr, out_ptr, count_ptr, threshold, rows_total, cols_total,
     K1: tl.constexpr, MAX_RUNS: tl.constexpr, GE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):  # fmt: skip
     """Mask ``n`` (program 0) of ``N`` (``padded [N, K1, K1]``: its probabilities with a zero border), region
     columns ``BLOCK_W`` at a time (program 1): every row of each column, pasted and thresholded, and the rows where
     the value changes (0 -> 1: a run starts; 1 -> 0: the row after it ends, up to row ``rh``, the first past the
-    region) written in order to ``out[n, column, :MAX_RUNS]``; the number of them to ``count[n, column]`` (more
-    than ``MAX_RUNS``: only the first are written). ``ytaps [3, N, max_h]``, ``xtaps [3, N, max_w]`` float32: per
-    region row / column, the first tap's index into the bordered mask and the two taps' weights; ``side [2, N]``
-    int32: each region's rows ``rh`` and columns ``rw``."""
+    region) written in order to ``out[column, :MAX_RUNS]``; the number of them to ``count[column]`` (more than
+    ``MAX_RUNS``: only the first are written). Region rows and columns of all masks one after the other:
+    ``side [4, N]`` int64 holds each mask's rows ``rh``, columns ``rw`` and where its first row and first column
+    are in ``ytaps [3, rows_total]`` and ``xtaps [3, cols_total]`` (float32: the first tap's index into the
+    bordered mask, the two taps' weights) and in ``out`` / ``count`` (by column)."""
     n = tl.program_id(0)
     masks = tl.num_programs(0)
     rh = tl.load(side_ptr + n)
     rw = tl.load(side_ptr + masks + n)
     first = tl.program_id(1) * BLOCK_W
     if first < rw:
+        y_off = tl.load(side_ptr + 2 * masks + n)
         cols = first + tl.arange(0, BLOCK_W)
         col_live = cols < rw
-        at = n.to(tl.int64) * max_w + cols
-        plane_w = masks.to(tl.int64) * max_w
+        at = tl.load(side_ptr + 3 * masks + n) + cols  # the columns' places in xtaps, out and count
         xi = tl.load(xtaps_ptr + at, mask=col_live, other=0.0).to(tl.int32)
-        xw0 = tl.load(xtaps_ptr + plane_w + at, mask=col_live, other=0.0)
-        xw1 = tl.load(xtaps_ptr + 2 * plane_w + at, mask=col_live, other=0.0)
+        xw0 = tl.load(xtaps_ptr + cols_total + at, mask=col_live, other=0.0)
+        xw1 = tl.load(xtaps_ptr + 2 * cols_total + at, mask=col_live, other=0.0)
         base = padded_ptr + n.to(tl.int64) * K1 * K1
-        plane_h = masks.to(tl.int64) * max_h
         count = tl.zeros([BLOCK_W], dtype=tl.int32)
         for start in range(0, rh + 1, BLOCK_H):
             rows = start + tl.arange(0, BLOCK_H)
             # each row's bit and the bit of the row above it (0 above row 0 and from row rh on)
             here = rows < rh
             above = (rows >= 1) & (rows <= rh)
-            r_at = n.to(tl.int64) * max_h + rows
+            r_at = y_off + rows
             yi = tl.load(ytaps_ptr + r_at, mask=here, other=0.0).to(tl.int32)
-            yw0 = tl.load(ytaps_ptr + plane_h + r_at, mask=here, other=0.0)
-            yw1 = tl.load(ytaps_ptr + 2 * plane_h + r_at, mask=here, other=0.0)
+            yw0 = tl.load(ytaps_ptr + rows_total + r_at, mask=here, other=0.0)
+            yw1 = tl.load(ytaps_ptr + 2 * rows_total + r_at, mask=here, other=0.0)
             bit = _bits(base, yi, yw0, yw1, xi, xw0, xw1, here[:, None] & col_live[None, :], threshold, K1, GE)
             yi = tl.load(ytaps_ptr + r_at - 1, mask=above, other=0.0).to(tl.int32)
-            yw0 = tl.load(ytaps_ptr + plane_h + r_at - 1, mask=above, other=0.0)
-            yw1 = tl.load(ytaps_ptr + 2 * plane_h + r_at - 1, mask=above, other=0.0)
+            yw0 = tl.load(ytaps_ptr + rows_total + r_at - 1, mask=above, other=0.0)
+            yw1 = tl.load(ytaps_ptr + 2 * rows_total + r_at - 1, mask=above, other=0.0)
             prev = _bits(base, yi, yw0, yw1, xi, xw0, xw1, above[:, None] & col_live[None, :], threshold, K1, GE)
             change = (bit != prev).to(tl.int32)
             slot = count[None, :] + tl.cumsum(change, axis=0) - change

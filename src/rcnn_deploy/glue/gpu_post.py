@@ -130,6 +130,30 @@ def _taps(pix: Tensor, a: Tensor, b: Tensor, method: str, m: int, cdtype: Any) -
     return i, w0.float(), w1.float()
 
 
+def _taps_host(
+    pix: np.ndarray, a: np.ndarray, b: np.ndarray, method: str, m: int
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_taps` in numpy on the host, float64 (the Triton kernel's path): the same operations in the same
+    order, so the same values (tests/test_gpu_post.py checks them against :func:`_taps` bit for bit); about three
+    times faster than torch's CPU ops on one image's region rows."""
+    k = m + 2
+    if method == "torchvision":
+        scale = np.float64(k) / b.astype(np.float64)
+        src = np.maximum(((pix - a).astype(np.float64) + 0.5) * scale - 0.5, 0.0)
+        i = np.minimum(np.floor(src).astype(np.int64), k - 1)
+        w1 = src - i
+        w0 = 1 - w1
+    else:
+        src = (pix.astype(np.float64) + 0.5 - a) / np.maximum(b - a, 1e-12) * m - 0.5
+        f = np.floor(src)
+        w1 = src - f
+        w0 = 1 - w1
+        i = f.astype(np.int64) + 1
+        out = (i < 0) | (i > k - 1)
+        i[out], w0[out], w1[out] = 0, 0.0, 0.0
+    return i, w0.astype(np.float32), w1.astype(np.float32)
+
+
 def _chunks(rh: np.ndarray, rw: np.ndarray, max_elements: int, min_fill: float) -> List[np.ndarray]:
     """Groups of the non-empty regions, each padded to its largest height + 1 and width: by size (the longer side),
     a new group when the padded elements would pass ``max_elements`` or the regions would fill less than
@@ -179,10 +203,11 @@ def _paste_runs_kernel(
     min_fill: Optional[float],
 ) -> PastedRuns:
     """:func:`paste_runs` by one Triton launch (:mod:`._paste_kernel`): every mask pasted, thresholded and its row
-    changes found per region column on the device; the box regions and the taps (:func:`_geometry`,
-    :func:`_taps`: the same code, in float64) computed on the host in torch's CPU ops, and the changes turned into
-    runs on the host in numpy: a handful of device operations in all (the groups path launches about 150 small
-    kernels for 100 masks, which took 2.9 ms on an H200, host-bound). The float32 products are the groups'
+    changes found per region column on the device; the box regions (:func:`_geometry`, torch's CPU ops) and the
+    taps (:func:`_taps_host`, numpy, float64) computed on the host for the regions' own rows and columns (all
+    masks' one after the other, no padding to the largest), and the changes turned into runs on
+    the host in numpy: a handful of device operations in all (the groups path launches about 150 small kernels
+    for 100 masks, which took 2.9 ms on an H200, host-bound). The float32 products are the groups'
     ``bmm`` grouping as FMAs. A mask with a column of more than :data:`KERNEL_MAX_RUNS` changes (or, never seen,
     of an odd number) goes through the groups."""
     import triton
@@ -202,27 +227,39 @@ def _paste_runs_kernel(
     empty = PastedRuns(regions_h, np.zeros((0, 2), np.int64), np.zeros(n + 1, np.int64))
     if max_h <= 0 or max_w <= 0:
         return empty
-    taps = []
-    for (a, b), start, size in ((ay, regions[:, 0:1], max_h), (ax, regions[:, 2:3], max_w)):
-        i, w0, w1 = _taps(start + torch.arange(size), a[:, None], b[:, None], method, m, torch.float64)
-        taps.append(torch.stack([i.float(), w0, w1]).to(dev, non_blocking=True))  # [3, N, size]: index, weights
-    side = torch.from_numpy(np.stack([rh, rw]).astype(np.int32)).to(dev, non_blocking=True)
+    # every mask's region rows (and columns) one after the other: taps for real pixels only, no padding
+    taps, owners, firsts = [], [], []
+    for (a, b), start, size in ((ay, regions_h[:, 0], rh), (ax, regions_h[:, 2], rw)):
+        first = np.zeros(n + 1, np.int64)
+        np.cumsum(size, out=first[1:])
+        owner = np.repeat(np.arange(n), size)  # the mask of each row (column)
+        pix = np.arange(first[-1]) - first[owner] + start[owner]
+        i, w0, w1 = _taps_host(pix, a.numpy()[owner], b.numpy()[owner], method, m)
+        taps.append(torch.from_numpy(np.stack([i.astype(np.float32), w0, w1])).to(dev))  # [3, total]: index, weights
+        owners.append(owner)
+        firsts.append(first)
+    (first_y, first_x), owner_x, cols_total = firsts, owners[1], int(firsts[1][-1])
+    side = torch.from_numpy(np.stack([rh, rw, first_y[:-1], first_x[:-1]]).astype(np.int64)).to(dev)
     padded = torch.zeros((n, k1, k1), dtype=torch.float32, device=dev)
     padded[:, 1 : m + 1, 1 : m + 1] = probs
-    out = torch.empty((n, max_w, KERNEL_MAX_RUNS), dtype=torch.int16 if max_h < 2**15 else torch.int32, device=dev)
-    count = torch.zeros((n, max_w), dtype=torch.int32, device=dev)
+    out = torch.empty((cols_total, KERNEL_MAX_RUNS), dtype=torch.int16 if max_h < 2**15 else torch.int32, device=dev)
+    count = torch.zeros(cols_total, dtype=torch.int32, device=dev)
     grid = (n, triton.cdiv(max_w, _KERNEL_BLOCK_W))
     paste_transitions_kernel[grid](
-        padded, taps[0], taps[1], side, out, count, float(threshold), max_h, max_w,
+        padded, taps[0], taps[1], side, out, count, float(threshold), int(first_y[-1]), cols_total,
         K1=k1, MAX_RUNS=KERNEL_MAX_RUNS, GE=method == "detectron2", BLOCK_H=_KERNEL_BLOCK_H, BLOCK_W=_KERNEL_BLOCK_W,
     )  # fmt: skip
+    kept = count.clamp(max=KERNEL_MAX_RUNS)
+    rows = out[torch.arange(KERNEL_MAX_RUNS, device=dev) < kept[:, None]]  # by mask, column, then row: in order
+    count_h, rows_h = count.cpu().numpy(), rows.cpu().numpy()
     # an odd count would be a run without its end (never seen since the kernel's explicit FMAs; checked all the same)
-    over_d = ((count > KERNEL_MAX_RUNS) | (count % 2 == 1)).any(1)
-    count.masked_fill_(over_d[:, None], 0)
-    rows = out[torch.arange(KERNEL_MAX_RUNS, device=dev) < count[..., None]]  # by mask, column, then row: in order
-    over, flat, rows_h = over_d.cpu().numpy(), count.cpu().numpy().reshape(-1), rows.cpu().numpy()
-    cells = np.flatnonzero(flat)
-    det, col = np.divmod(np.repeat(cells, flat[cells]), max_w)
+    over = np.zeros(n, bool)
+    over[owner_x[(count_h > KERNEL_MAX_RUNS) | (count_h % 2 == 1)]] = True
+    cells = np.repeat(np.arange(cols_total), np.minimum(count_h, KERNEL_MAX_RUNS))  # the column of each change
+    det = owner_x[cells]
+    fine = ~over[det]
+    cells, det, rows_h = cells[fine], det[fine], rows_h[fine]
+    col = cells - first_x[det]
     pos = (regions_h[det, 2] + col) * hw_h[det, 0] + regions_h[det, 0] + rows_h
     starts, ends, run_det = pos[0::2], pos[1::2], det[0::2]
     # a run ending at the bottom of a column that goes on at the top of the next is one run (full-height region)
