@@ -375,10 +375,10 @@ class GpuLetterbox:
         self._keep: List[Any] = []  # the last batch's nvImageCodec images: their memory until the next call
         self._done: Any = None  # an event after the last batch's letterbox kernels (CUDA): _keep may go after it
         self._taps: Dict[Tuple[int, int, bool], Tuple[Any, ...]] = {}  # _opencv_taps by (out, in, clamp)
-        from ..glue.roi_align_triton import available
+        from ..glue.roi_align_triton import kernels_run
 
         #: the OpenCV-exact resize by the Triton kernel (on a CUDA device with Triton), else by torch ops
-        self.kernel = available(self.device)
+        self.kernel = kernels_run(self.device)
 
     def __call__(self, items: Any, batch: int) -> Any:
         """``items``: per image, encoded JPEG bytes (1-D uint8) or a letterboxed ``[3, H, W]`` uint8 array ->

@@ -182,10 +182,10 @@ _KERNEL_BLOCK_H, _KERNEL_BLOCK_W = 64, 32
 
 
 def _kernel_runs(device: Any) -> bool:
-    """Whether :func:`paste_runs` takes the Triton kernel on ``device`` by default (as the Triton ROIAlign)."""
-    from .roi_align_triton import available
+    """Whether :func:`paste_runs` takes the Triton kernel on ``device`` by default."""
+    from .roi_align_triton import kernels_run
 
-    return available(device)
+    return kernels_run(device)
 
 
 def _image_sizes(image_hw: Any, n: int) -> np.ndarray:

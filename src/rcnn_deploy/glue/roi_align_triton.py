@@ -42,6 +42,16 @@ def available(device: Any) -> bool:
     return _TRITON and (torch.device(device).type == "cuda" or _INTERPRET)
 
 
+def kernels_run(device: Any) -> bool:
+    """:func:`available`, and on CUDA a GPU Triton compiles for (compute capability 7.0 or newer): what the
+    project's other Triton kernels (mask paste, letterbox), launched outside any compiled graph, check before
+    they are chosen; on an older GPU those paths keep their torch ops."""
+    dev = torch.device(device)
+    if not available(dev) or dev.type != "cuda":
+        return available(dev)
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(dev) >= (7, 0)
+
+
 def _launch(
     features: Sequence[Tensor],
     boxes: Tensor,
