@@ -54,7 +54,9 @@ case "${1:-}" in
 start)
   if [ -f $S/chain.pid ] && kill -0 "$(cat $S/chain.pid)" 2>/dev/null; then echo "chain already running"; exit 0; fi
   [ -f checkpoints/shapes_maskrcnn_r50fpn.pt ] || { echo "start needs the checkpoint in the tree"; exit 1; }
-  mkdir -p $S/logs $S/out $S/repo && rm -rf "${S:?}"/repo/* "${S:?}"/repo/.[!.]*
+  # a machine can be lent again with an earlier session's /tmp: its results, logs and steps must not mix with these
+  mkdir -p $S/logs $S/out $S/repo && rm -rf "${S:?}"/repo/* "${S:?}"/repo/.[!.]* "${S:?}"/out/* "${S:?}"/logs/* \
+    "$S/steps.txt" "$S/DONE"
   tar -ch --exclude=./.venv --exclude=./.trt86 --exclude=./.raywhl --exclude=./.servewhl --exclude=./.cvcarry --exclude=./.nvimgcarry . |
     tar -x -C $S/repo
   cd $S/repo && git rev-parse --short HEAD >$S/out/commit.txt 2>/dev/null
