@@ -181,7 +181,7 @@ def profile_forward(
 def mask_agreement(host: List[Any], gpu: List[Any]) -> Dict[str, Any]:
     """Two detectors' results on the same images, the same model outputs but masks pasted on the host and on the
     GPU: how many images have the same boxes, and of their masks how many have the same COCO RLE string; where
-    strings differ, the pixels that differ and the masks' smallest IoU (pycocotools)."""
+    strings differ, the summed difference of the two masks' areas and their smallest IoU (pycocotools)."""
     from pycocotools import mask as mask_util
 
     same_boxes = masks = identical = differing_pixels = 0
