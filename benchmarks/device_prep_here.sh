@@ -21,5 +21,10 @@ source benchmarks/device_common.sh
 [ -f .trt86/READY ] || bash ../shared/tools/trt86/prepare.sh .trt86
 [ -d .raywhl/c1 ] || bash benchmarks/device_ray.sh prep
 [ -d .servewhl/c1 ] || bash benchmarks/device_serve.sh prep
+# the tree this session's start call sends (run this script again right before it): the device's git does not
+# follow local commits, so the benchmarks record this (RCNN_DEPLOY_TREE, set by device_session.sh)
+echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src benchmarks || echo ' + uncommitted changes')" \
+  >.devcarry/tree.txt
+echo "tree: $(cat .devcarry/tree.txt)"
 du -sh .whl .devcarry .cvcarry .nvimgcarry .trt86 .raywhl .servewhl
 echo "chunks: $(ls -d .trt86/c* | wc -l) (the last holds setup.sh)"

@@ -5,7 +5,8 @@
 # no local work between them (run 17 lost its first machine, with the data, engines and wheels on it, to a
 # 40-second pause between two polls).
 #
-#   here:   bash benchmarks/device_prep_here.sh                # every carry below, made before the first call
+#   here:   bash benchmarks/device_prep_here.sh                # every carry below, and the tree sent (run it
+#                                                            # again right before each start)
 #   device: bash benchmarks/device_session.sh start [STEP...]  # carry [".whl", ".devcarry"]; checkpoint in the tree
 #   device: mkdir -p /tmp/trt86/in && cp .trt86/cK/part.* /tmp/trt86/in/   # carry [".trt86/cK"], K = 0..N
 #           ... && bash .trt86/cN/setup.sh                                 # the last chunk's call
@@ -103,6 +104,9 @@ steps)
   shift
   cd $S/repo || exit 1
   export OUT=$S/out WORK=/tmp/e2e PYTHONUNBUFFERED=1
+  # the tree the session sent, as the development machine's git named it (device_prep_here.sh writes it): the git
+  # here is a copy that does not follow local commits, so the scripts record this instead (RCNN_DEPLOY_TREE)
+  [ -f .devcarry/tree.txt ] && RCNN_DEPLOY_TREE="$(cat .devcarry/tree.txt)" && export RCNN_DEPLOY_TREE
   source benchmarks/device_common.sh
   site_wheels
   export PYTHONPATH=$PWD/src:/tmp/site

@@ -52,6 +52,10 @@ from rcnn_deploy.glue.roi_align import SYNC_FREE_ROI_ALIGNS  # noqa: E402
 
 
 def commit() -> str:
+    """The tree this runs: ``RCNN_DEPLOY_TREE`` where a device session sets it (its git is not the development
+    machine's, see benchmarks/device_session.sh), else git's HEAD."""
+    if os.environ.get("RCNN_DEPLOY_TREE"):
+        return os.environ["RCNN_DEPLOY_TREE"]
     try:
         return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
     except Exception:  # noqa: BLE001

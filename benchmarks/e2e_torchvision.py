@@ -64,7 +64,8 @@ def main() -> None:
         dets += once(p)
         walls.append((time.perf_counter() - t0) * 1e3)
     total = time.perf_counter() - t_all
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = os.environ.get("RCNN_DEPLOY_TREE") or git  # the tree sent (set by device_session.sh), else git's
     doc = {
         "script": "benchmarks/e2e_torchvision.py",
         "machine": {"host": socket.gethostname(), "gpu": torch.cuda.get_device_name(0), "cpus": os.cpu_count()},

@@ -59,6 +59,9 @@ from rcnn_deploy.runtime.writers import InferWriter  # noqa: E402
 
 
 def commit():
+    # the tree sent (benchmarks/device_session.sh sets it: the device's git is not the development machine's)
+    if os.environ.get("RCNN_DEPLOY_TREE"):
+        return os.environ["RCNN_DEPLOY_TREE"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:

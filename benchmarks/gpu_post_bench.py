@@ -283,6 +283,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             cases.append(row)
     info = {
+        "commit": os.environ.get("RCNN_DEPLOY_TREE"),  # the tree sent, where device_session.sh set it
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
