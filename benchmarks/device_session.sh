@@ -67,6 +67,7 @@ start)
   setsid nohup bash benchmarks/device_session.sh "$@" >$S/logs/chain.log 2>&1 </dev/null &
   echo $! >$S/chain.pid
   echo "chain started (pid $!) from $(cat $S/out/commit.txt | head -1); nproc $(nproc)"
+  echo "tree recorded: $(cat .devcarry/tree.txt 2>/dev/null || echo 'none (run device_prep_here.sh before start)')"
   nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
   ;;
 poll)
