@@ -47,9 +47,9 @@ def kernels_run(device: Any) -> bool:
     project's other Triton kernels (mask paste, letterbox), launched outside any compiled graph, check before
     they are chosen; on an older GPU those paths keep their torch ops."""
     dev = torch.device(device)
-    if not available(dev) or dev.type != "cuda":
-        return available(dev)
-    return torch.cuda.is_available() and torch.cuda.get_device_capability(dev) >= (7, 0)
+    if not available(dev):
+        return False
+    return dev.type != "cuda" or (torch.cuda.is_available() and torch.cuda.get_device_capability(dev) >= (7, 0))
 
 
 def _launch(
