@@ -13,6 +13,12 @@ boxes back to the image, masks as COCO RLE from their box regions, a TSV per ima
 Each path runs twice over the folder, alternating (sequential, streamed, sequential, streamed); the best of each is
 reported with the machine's load average, and the files each wrote are checked equal (same detections).
 
+``model_only`` is the ceiling the host stages leave aside: the model alone on the same letterboxed images (decoded
+once, beforehand), one session with every core one image after another (``one_session``) against the streamed
+path's sessions side by side, one image each (``side_by_side``; with --replicas 1 the same one session).
+When the model is nearly all of the time, ``model_only``'s ratio plus the share of the host stages is about the most
+any overlap can give on these cores.
+
 The images are 1920x1080 JPEGs made by ``rcnn-deploy data synth`` (seed 3) unless --images names a folder; the
 model is the project's checkpoint exported at --size (``export``: the fused ONNX graph as exported; ``cpu-build``:
 ``rcnn-deploy build --target onnxruntime``; ``cpu-int8``: the same with int8, calibrated on 16 of the images).
@@ -105,6 +111,33 @@ def streamed(det: Detector, paths: list, out: Path, visualize: bool) -> dict:
     }
 
 
+def model_only(det: Detector, det_streamed: Detector, paths: list) -> dict:
+    """The model alone (no decode, post-processing or writing): images per second of one session, one image after
+    another, and of the streamed path's model (its replicas side by side), over the same letterboxed arrays."""
+    arrays = []
+    for i, p in enumerate(paths):
+        prepared = det.prepare(Item(i, str(p), path=p))
+        assert prepared.error is None, prepared.error
+        arrays.append(prepared.array)
+    t0 = time.perf_counter()
+    for a in arrays:
+        det.run_padded(a[None])
+    one = time.perf_counter() - t0
+    model = det_streamed.batch_model
+    side = one
+    if model is not None:  # replicas: a ReplicatedModel, which queues the images for its copies
+        t0 = time.perf_counter()
+        waits = [model.submit([a]) for a in arrays]
+        for w in waits:
+            w()
+        side = time.perf_counter() - t0
+    return {
+        "one_session_images_per_s": round(len(arrays) / one, 3),
+        "side_by_side_images_per_s": round(len(arrays) / side, 3),
+        "ratio": round(one / side, 3),
+    }
+
+
 def same_results(a: Path, b: Path) -> bool:
     ra, rb = json.loads((a / "results.json").read_text()), json.loads((b / "results.json").read_text())
     key = ("image_id", "category_id", "bbox", "score", "segmentation")
@@ -149,6 +182,9 @@ def main() -> None:
                 load.append(os.getloadavg()[0])
                 runs[name].append(fn(d, paths, work / f"{name}{rep}", a.visualize))
                 print(name, rep, runs[name][-1], flush=True)
+        load.append(os.getloadavg()[0])
+        ceiling = model_only(det, det_streamed, paths)
+        print("model_only", ceiling, flush=True)
         best = {k: max(v, key=lambda r: r["images_per_s"]) for k, v in runs.items()}
         doc = {
             "script": "benchmarks/cpu_stream.py",
@@ -165,9 +201,10 @@ def main() -> None:
             "best": best,
             "speedup": round(best["streamed"]["images_per_s"] / best["sequential"]["images_per_s"], 3),
             "same_results": same_results(work / "sequential0", work / "streamed0"),
+            "model_only": ceiling,
         }
     atomic_write_json(Path(a.out), doc)
-    print(json.dumps({k: doc[k] for k in ("best", "speedup", "same_results")}, indent=1))
+    print(json.dumps({k: doc[k] for k in ("best", "speedup", "same_results", "model_only")}, indent=1))
 
 
 if __name__ == "__main__":
