@@ -57,9 +57,13 @@ def sh(args: list) -> None:
 
 
 def commit() -> str:
+    """HEAD, and which files of src/ and benchmarks/ differ from it (the tree that ran)."""
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    dirty = subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True, cwd=ROOT)
-    return out.stdout.strip() + (" (src modified)" if dirty.stdout.strip() else "")
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "src", "benchmarks/cpu_stream.py"], capture_output=True, text=True, cwd=ROOT
+    )
+    changed = [line[3:] for line in dirty.stdout.splitlines() if line.strip()]
+    return out.stdout.strip() + (f" (modified: {', '.join(changed)})" if changed else "")
 
 
 def make_model(work: Path, size: int, kind: str, images: Path) -> Path:

@@ -189,11 +189,15 @@ def render(root: Path) -> str:
             "back to the image, masks as COCO RLE, a TSV; a PNG too where the row says so): `sequential` one image",
             "after another on one thread, `streamed` through `Detector.stream` (with *replicas* > 1, that many ONNX",
             "Runtime sessions sharing the cores run images side by side; the sequential path keeps one session with",
-            "every core). Best of two alternating passes each; results checked equal.",
+            "every core). Best of two alternating passes each; results checked equal. *model alone*: the model",
+            "without the host stages on the same letterboxed images, one session one image after another against",
+            "the streamed path's sessions side by side (where the file has it): what overlap can gain when the model",
+            "is nearly all of the time.",
             "",
             "| file | machine | commit | model | input | images | PNG | streamed replicas | load before passes |"
-            " sequential img/s | streamed img/s | streamed / sequential | same results |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            " sequential img/s | streamed img/s | streamed / sequential | same results |"
+            " model alone img/s: one session / side by side (ratio) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p, d in streams:
             m, best = d["machine"], d["best"]
@@ -202,9 +206,15 @@ def render(root: Path) -> str:
                 f"{d['input_hw'][0]}² | {d['images']} | {'yes' if d['visualize'] else 'no'} | "
                 f"{d.get('streamed_replicas', 1)} | {', '.join(str(x) for x in d['load_average_before_each_pass'])} | "
                 f"{best['sequential']['images_per_s']} | {best['streamed']['images_per_s']} | {d['speedup']} | "
-                f"{d['same_results']} |"
+                f"{d['same_results']} | {_model_only(d.get('model_only'))} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _model_only(m: Any) -> str:
+    if not m:
+        return "—"
+    return f"{m['one_session_images_per_s']} / {m['side_by_side_images_per_s']} ({m['ratio']})"
 
 
 def _table(rows: List[str], header: str, *prose: str) -> List[str]:
