@@ -2,10 +2,11 @@
 384², streamed >= 1.3x the sequential path's img/s on the 2-core CPU machine).
 
     python benchmarks/cpu_stream.py --out benchmarks/results/cpu/cpu_stream.json [--images DIR] [-n 24]
-        [--size 384] [--model export|cpu-build|cpu-int8] [--visualize]
+        [--size 384] [--model export|cpu-build|cpu-int8] [--visualize [--vis-format auto|png|jpg]]
 
 Both paths do the same work per image and write the same files: decode the JPEG, letterbox, run the model (batch 1),
-boxes back to the image, masks as COCO RLE from their box regions, a TSV per image (a PNG too with --visualize).
+boxes back to the image, masks as COCO RLE from their box regions, a TSV per image (with --visualize a picture too,
+as ``infer`` draws it by default: JPEG for these JPEGs unless --vis-format png).
   sequential  one image after another on the calling thread: ``Detector.prepare`` -> ``run_padded`` ->
               ``detections_for`` -> the writer (what the runtime did before the streaming runner)
   streamed    ``Detector.stream`` (decode + letterbox in worker threads, the model on its own thread, post-processing
@@ -81,8 +82,10 @@ def make_model(work: Path, size: int, kind: str, images: Path) -> Path:
     return build
 
 
-def sequential(det: Detector, paths: list, out: Path, visualize: bool) -> dict:
-    writer = InferWriter(out, det.spec, backend=det.backend, visualize=visualize, total=len(paths))
+def sequential(det: Detector, paths: list, out: Path, visualize: bool, vis_format: str) -> dict:
+    writer = InferWriter(
+        out, det.spec, backend=det.backend, visualize=visualize, total=len(paths), vis_format=vis_format
+    )
     t0 = time.perf_counter()
     for i, p in enumerate(paths):
         prepared = det.prepare(Item(i, str(p), path=p), keep_image=visualize)
@@ -97,8 +100,10 @@ def sequential(det: Detector, paths: list, out: Path, visualize: bool) -> dict:
     return {"seconds": round(seconds, 3), "images_per_s": round(len(paths) / seconds, 3)}
 
 
-def streamed(det: Detector, paths: list, out: Path, visualize: bool) -> dict:
-    writer = InferWriter(out, det.spec, backend=det.backend, visualize=visualize, total=len(paths))
+def streamed(det: Detector, paths: list, out: Path, visualize: bool, vis_format: str) -> dict:
+    writer = InferWriter(
+        out, det.spec, backend=det.backend, visualize=visualize, total=len(paths), vis_format=vis_format
+    )
     stats = StreamStats()
     t0 = time.perf_counter()
     for r in det.stream([str(p) for p in paths], batch=1, keep_images=visualize, per_image=writer.per_image,
@@ -155,7 +160,8 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=24, help="images (made when --images is not given)")
     ap.add_argument("--size", type=int, default=384)
     ap.add_argument("--model", choices=("export", "cpu-build", "cpu-int8"), default="export")
-    ap.add_argument("--visualize", action="store_true", help="both paths also write a PNG per image")
+    ap.add_argument("--visualize", action="store_true", help="both paths also write a picture per image")
+    ap.add_argument("--vis-format", default="auto", choices=("auto", "png", "jpg"), help="the pictures' format")
     ap.add_argument(
         "--replicas",
         type=int,
@@ -184,7 +190,7 @@ def main() -> None:
         for rep in range(2):
             for name, fn, d in (("sequential", sequential, det), ("streamed", streamed, det_streamed)):
                 load.append(os.getloadavg()[0])
-                runs[name].append(fn(d, paths, work / f"{name}{rep}", a.visualize))
+                runs[name].append(fn(d, paths, work / f"{name}{rep}", a.visualize, a.vis_format))
                 print(name, rep, runs[name][-1], flush=True)
         load.append(os.getloadavg()[0])
         ceiling = model_only(det, det_streamed, paths)
@@ -199,6 +205,7 @@ def main() -> None:
             "images": len(paths),
             "image_hw": [1080, 1920] if a.images is None else None,
             "visualize": a.visualize,
+            "vis_format": a.vis_format if a.visualize else None,
             "streamed_replicas": a.replicas,
             "load_average_before_each_pass": [round(x, 2) for x in load],
             "runs": runs,

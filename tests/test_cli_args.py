@@ -81,6 +81,7 @@ EXPORT = ["export", "-m", "torchvision-maskrcnn"]
         (["infer", "export", "images", "-o", "out", "--nms-threshold", "nan"], "--nms-threshold", "got nan"),
         (["infer", "export", "images", "-o", "out", "--nms-threshold", "2"], "--nms-threshold", "0 and 1"),
         (["infer", "export", "images", "-o", "out", "--mask-threshold", "-0.1"], "--mask-threshold", "0 and 1"),
+        (["infer", "export", "images", "-o", "out", "--vis-format", "gif"], "--vis-format", "choose auto, png or jpg"),
         (["infer", "export", "images", "-o", "out", "--batch", "0"], "--batch", ">= 1, got 0"),
         (["infer", "export", "images", "-o", "out", "--backend", "foo"], "--backend", "torch, onnxruntime or tensorrt"),
         (["infer", "export", "images", "-o", "out", "--height", "33"], "--height", "try 32"),

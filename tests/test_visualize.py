@@ -172,3 +172,67 @@ def test_infer_writers_draw_only_detections_above_the_draw_threshold(tmp_path, m
         assert len(entries) == len(json.loads(extra["coco_json"])) == extra["detections"] == len(det)  # all five
         for tsv in (tmp_path / "ray" / "a.tsv", tmp_path / "local" / "a.tsv"):
             assert len(tsv.read_text().splitlines()) == 1 + len(det)
+
+
+def test_picture_suffix_keeps_a_jpeg_source_jpeg() -> None:
+    """``infer --vis-format auto``: JPEG pictures for JPEG images and video frames, PNG for the rest (lossless
+    sources and in-memory arrays); ``png`` / ``jpg`` force one; anything else is refused."""
+    from rcnn_deploy.runtime.visualize import picture_suffix
+
+    assert picture_suffix("x/photo.JPG") == picture_suffix("a.jpeg") == ".jpg"
+    assert picture_suffix("a.png") == picture_suffix("a.webp") == picture_suffix(None) == ".png"
+    assert picture_suffix("clip.mp4", frame=True) == ".jpg"
+    assert picture_suffix("a.jpg", "png") == ".png" and picture_suffix("a.png", "jpg") == ".jpg"
+    with pytest.raises(ValueError, match="picture format must be one of auto, png, jpg"):
+        picture_suffix("a.jpg", "webp")
+
+
+def test_draw_writes_the_format_its_suffix_names(tmp_path) -> None:
+    from PIL import Image
+
+    from rcnn_deploy.runtime.visualize import draw
+
+    img, det = _scene(120, 160)
+    for name, fmt in (("a.jpg", "JPEG"), ("b.JPEG", "JPEG"), ("c.png", "PNG")):
+        draw(img.copy(), det, SPEC.class_names, SPEC.label_ids, tmp_path / name)
+        with Image.open(tmp_path / name) as im:
+            assert im.format == fmt and im.size == (160, 120) and im.mode == "RGB"
+    # the same picture either way: JPEG at quality 95 without chroma subsampling stays close to the PNG
+    jpg = np.asarray(Image.open(tmp_path / "a.jpg"), dtype=np.int16)
+    png = np.asarray(Image.open(tmp_path / "c.png"), dtype=np.int16)
+    assert np.abs(jpg - png).mean() < 2.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jpg", "b.JPEG", "c.png"]  # no temporary files left
+
+
+@pytest.mark.parametrize("vis_format", ["auto", "png", "jpg"])
+def test_infer_writers_name_pictures_by_vis_format(tmp_path, vis_format) -> None:
+    """Both writers (the local runner's InferWriter and the Ray runner's ImageOutputs) write a JPEG image's picture
+    as STEM.jpg by default, a PNG image's as STEM.png, and follow --vis-format when it is given."""
+    from rcnn_deploy.runtime.sinks import ImageOutputs
+    from rcnn_deploy.runtime.sources import Item
+    from rcnn_deploy.runtime.stream import StreamResult
+    from rcnn_deploy.runtime.writers import InferWriter
+
+    img, det = _scene(64, 96)
+    det.scores = np.full(len(det), 0.9, np.float32)
+    want = {"auto": {"a": ".jpg", "b": ".png"}, "png": {"a": ".png", "b": ".png"}, "jpg": {"a": ".jpg", "b": ".jpg"}}
+    ray_out = ImageOutputs(tmp_path / "ray", SPEC, vis_format=vis_format)
+    w = InferWriter(tmp_path / "local", SPEC, backend="test", vis_format=vis_format)
+    for i, name in enumerate(("a.jpg", "b.png")):
+        ray_out.write(i + 1, tmp_path / name, img, det)
+        w.per_image(StreamResult(Item(i, name, tmp_path / name), detections=det, image=img))
+    w.jsonl.close()
+    for folder in ("ray", "local"):
+        pictures = sorted(p.name for p in (tmp_path / folder).iterdir() if p.suffix in (".jpg", ".png"))
+        assert pictures == sorted(f"{stem}{suffix}" for stem, suffix in want[vis_format].items()), folder
+
+
+def test_infer_writers_refuse_an_unknown_picture_format(tmp_path) -> None:
+    from rcnn_deploy.runtime.sinks import ImageOutputs
+    from rcnn_deploy.runtime.writers import InferWriter
+
+    for make in (lambda: ImageOutputs(tmp_path / "r", SPEC, vis_format="gif"),
+                 lambda: InferWriter(tmp_path / "l", SPEC, backend="test", vis_format="gif")):  # fmt: skip
+        with pytest.raises(ValueError, match="picture format"):
+            make()
+    assert not (tmp_path / "l").exists()  # refused before the output folder was made

@@ -186,15 +186,15 @@ def render(root: Path) -> str:
             "## Streamed against sequential on the CPU (`benchmarks/cpu_stream.py`)",
             "",
             "The same work per image on both paths (decode a 1920×1080 JPEG, letterbox, the model at batch 1, boxes",
-            "back to the image, masks as COCO RLE, a TSV; a PNG too where the row says so): `sequential` one image",
-            "after another on one thread, `streamed` through `Detector.stream` (with *replicas* > 1, that many ONNX",
-            "Runtime sessions sharing the cores run images side by side; the sequential path keeps one session with",
-            "every core). Best of two alternating passes each; results checked equal. *model alone*: the model",
-            "without the host stages on the same letterboxed images, one session one image after another against",
-            "the streamed path's sessions side by side (where the file has it): what overlap can gain when the model",
-            "is nearly all of the time.",
+            "back to the image, masks as COCO RLE, a TSV; a picture too where the row names its format): `sequential`",
+            "one image after another on one thread, `streamed` through `Detector.stream` (with *replicas* > 1, that",
+            "many ONNX Runtime sessions sharing the cores run images side by side; the sequential path keeps one",
+            "session with every core). Best of two alternating passes each; results checked equal. *model alone*: the",
+            "model without the host stages on the same letterboxed images, one session one image after another",
+            "against the streamed path's sessions side by side (where the file has it): what overlap can gain when",
+            "the model is nearly all of the time.",
             "",
-            "| file | machine | commit | model | input | images | PNG | streamed replicas | load before passes |"
+            "| file | machine | commit | model | input | images | picture | streamed replicas | load before passes |"
             " sequential img/s | streamed img/s | streamed / sequential | same results |"
             " model alone img/s: one session / side by side (ratio) |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -203,12 +203,20 @@ def render(root: Path) -> str:
             m, best = d["machine"], d["best"]
             lines.append(
                 f"| {p.name} | {m['platform']}, {m['cpus']} CPUs | {_commit(d)} | ONNX Runtime, {d['model']} | "
-                f"{d['input_hw'][0]}² | {d['images']} | {'yes' if d['visualize'] else 'no'} | "
+                f"{d['input_hw'][0]}² | {d['images']} | {_picture(d)} | "
                 f"{d.get('streamed_replicas', 1)} | {', '.join(str(x) for x in d['load_average_before_each_pass'])} | "
                 f"{best['sequential']['images_per_s']} | {best['streamed']['images_per_s']} | {d['speedup']} | "
                 f"{d['same_results']} | {_model_only(d.get('model_only'))} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _picture(d: Dict[str, Any]) -> str:
+    """The picture a cpu_stream row wrote per image: none, or its format (files before --vis-format wrote PNG; auto
+    is JPEG for these JPEG inputs)."""
+    if not d["visualize"]:
+        return "no"
+    return {"auto": "JPEG (auto)", "jpg": "JPEG", "png": "PNG", None: "PNG"}[d.get("vis_format")]
 
 
 def _model_only(m: Any) -> str:

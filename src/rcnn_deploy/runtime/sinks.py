@@ -1,9 +1,10 @@
 """What ``rcnn-deploy infer`` writes, in one place, for the local runner and the Ray runner alike (numpy + Pillow;
 Python 3.9 compatible, no torch).
 
-Per image (:class:`ImageOutputs`): ``NAME.tsv`` (:func:`~rcnn_deploy.runtime.visualize.write_tsv`), ``NAME.png``
-(:func:`~rcnn_deploy.runtime.visualize.draw`, unless ``visualize=False``) and the image's COCO results entries
-(:func:`coco_entries`: :func:`~rcnn_deploy.runtime.coco.detections_to_coco` plus ``file_name``). Per run:
+Per image (:class:`ImageOutputs`): ``NAME.tsv`` (:func:`~rcnn_deploy.runtime.visualize.write_tsv`), ``NAME.jpg``
+or ``NAME.png`` (:func:`~rcnn_deploy.runtime.visualize.draw`, unless ``visualize=False``; ``vis_format``) and the
+image's COCO results entries (:func:`coco_entries`: :func:`~rcnn_deploy.runtime.coco.detections_to_coco` plus
+``file_name``). Per run:
 ``results.json`` (every entry, image id order) and ``summary.json`` (:func:`infer_summary`), written by
 :func:`write_run_outputs`. An unreadable image is recorded with :func:`failure_record`.
 
@@ -30,7 +31,7 @@ from .._io import atomic_write_json
 from ..config import ModelSpec
 from .detections import Detections
 from .sources import frame_fields, frame_stem
-from .visualize import DRAW_THRESHOLD, draw, write_tsv
+from .visualize import DRAW_THRESHOLD, draw, picture_suffix, write_tsv
 
 PathLike = Union[str, Path]
 
@@ -45,10 +46,11 @@ def coco_entries(det: Detections, spec: ModelSpec, image_id: int, file_name: Opt
 
 
 class ImageOutputs:
-    """Writes one image's ``STEM.tsv`` and ``STEM.png`` into ``output`` and returns its COCO results entries.
+    """Writes one image's ``STEM.tsv`` and its picture (``STEM.jpg`` or ``STEM.png``, ``vis_format``: see
+    :func:`~rcnn_deploy.runtime.visualize.picture_suffix`) into ``output`` and returns its COCO results entries.
 
-    ``score_threshold`` (``infer --nms-threshold``) drops detections below it before anything is written; the PNG
-    draws those scoring at least ``draw_threshold`` (``infer --draw-threshold``)."""
+    ``score_threshold`` (``infer --nms-threshold``) drops detections below it before anything is written; the
+    picture draws those scoring at least ``draw_threshold`` (``infer --draw-threshold``)."""
 
     def __init__(
         self,
@@ -58,10 +60,12 @@ class ImageOutputs:
         visualize: bool = True,
         score_threshold: Optional[float] = None,
         draw_threshold: float = DRAW_THRESHOLD,
+        vis_format: str = "auto",
     ) -> None:
+        picture_suffix(None, vis_format)  # refuses an unknown format at once
         self.output = Path(output)
         self.spec = spec
-        self.visualize = visualize
+        self.visualize, self.vis_format = visualize, vis_format
         self.score_threshold, self.draw_threshold = score_threshold, draw_threshold
         self.output.mkdir(parents=True, exist_ok=True)
 
@@ -84,7 +88,8 @@ class ImageOutputs:
         write_tsv(self.output / f"{stem}.tsv", det, spec.class_names, spec.label_ids)
         if self.visualize and frame is None:
             drawn = det.above(self.draw_threshold)
-            draw(rgb, drawn, spec.class_names, spec.label_ids, self.output / f"{stem}.png")
+            picture = self.output / f"{stem}{picture_suffix(path, self.vis_format)}"
+            draw(rgb, drawn, spec.class_names, spec.label_ids, picture)
         entries = coco_entries(det, spec, image_id, path.name)
         if frame is not None:
             entries = [dict(e, **frame_fields(frame, time_s)) for e in entries]

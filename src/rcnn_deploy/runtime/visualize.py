@@ -72,6 +72,27 @@ def write_tsv(path: Union[str, Path], det: Detections, names: Sequence[str], lab
     atomic_write_text(path, "\n".join(rows) + "\n")
 
 
+#: How ``infer`` saves its pictures (``--vis-format``): ``auto`` is JPEG for a JPEG source and PNG for the rest
+#: (as Ultralytics' and MMDetection's demos keep the source's format): encoding a 1920x1080 picture took 265 ms as
+#: PNG against 13 ms as JPEG on the 2-core CPU machine, where the int8 model at 384² takes about 300 ms.
+VIS_FORMATS = ("auto", "png", "jpg")
+#: JPEG pictures: quality 95 without chroma subsampling (4:4:4), so the coloured label text stays sharp.
+JPEG_QUALITY = 95
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
+def picture_suffix(source: Optional[Union[str, Path]], vis_format: str = "auto", frame: bool = False) -> str:
+    """The file suffix of the picture of an image read from ``source`` (None: an in-memory array; ``frame``: a
+    video's frame, whose pixels were lossy-compressed like a JPEG's) for ``vis_format`` (:data:`VIS_FORMATS`):
+    ``.jpg`` or ``.png``."""
+    if vis_format not in VIS_FORMATS:
+        raise ValueError(f"picture format must be one of {', '.join(VIS_FORMATS)}, got {vis_format!r}")
+    if vis_format == "auto":
+        jpeg = frame or (source is not None and Path(source).suffix.lower() in _JPEG_SUFFIXES)
+        return ".jpg" if jpeg else ".png"
+    return "." + vis_format
+
+
 def draw(
     image: np.ndarray,
     det: Detections,
@@ -81,12 +102,16 @@ def draw(
     library: str = "auto",
     inplace: bool = False,
 ) -> None:
-    """Boxes, class names, scores and coloured masks over the ``[H, W, 3]`` uint8 RGB image; saved as PNG.
+    """Boxes, class names, scores and coloured masks over the ``[H, W, 3]`` uint8 RGB image; saved as JPEG
+    (:data:`JPEG_QUALITY`, 4:4:4) when ``path`` ends in ``.jpg`` / ``.jpeg``, else as PNG.
     ``inplace``: draw on ``image`` itself (see :func:`render`)."""
     from PIL import Image
 
     im = Image.fromarray(render(image, det, names, label_ids, library=library, inplace=inplace))
-    atomic_write(path, lambda p: im.save(p, format="PNG"))
+    if Path(path).suffix.lower() in _JPEG_SUFFIXES:
+        atomic_write(path, lambda p: im.save(p, format="JPEG", quality=JPEG_QUALITY, subsampling=0))
+    else:
+        atomic_write(path, lambda p: im.save(p, format="PNG"))
 
 
 def instance_colours(n: int) -> List[Tuple[int, int, int]]:

@@ -1,12 +1,12 @@
 """What ``infer`` writes for a stream of results, and how it never loses them (numpy + Pillow).
 
 Per image (in the runner's worker threads): ``NAME.tsv`` (class, label, score, box in original pixels) and
-``NAME.png`` (the visualisation, drawn on the image decoded again from its file when the run did not keep the
-pixels: ``infer`` does not, so a photo is not held through the model while others decode; the second decode is
-drawn on in place). In input order (the caller's thread): one line per image appended and flushed
-to ``results.jsonl`` as it finishes, so whatever was done is on disk even if the run is killed; at the end,
-also after Ctrl-C or an error, ``results.json`` (COCO results) and ``summary.json`` (counts, failures, how far
-the run got, img/s) are written atomically.
+``NAME.jpg`` or ``NAME.png`` (the visualisation; ``vis_format``: by default JPEG for a JPEG image, else PNG), drawn
+on the image decoded again from its file when the run did not keep the pixels (``infer`` does not, so a photo is
+not held through the model while others decode; the second decode is drawn on in place). In input order (the
+caller's thread): one line per image appended and flushed to ``results.jsonl`` as it finishes, so whatever was
+done is on disk even if the run is killed; at the end, also after Ctrl-C or an error, ``results.json`` (COCO
+results) and ``summary.json`` (counts, failures, how far the run got, img/s) are written atomically.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .coco import detections_to_coco
 from .preprocess import load_rgb
 from .sources import frame_stem
 from .stream import StreamResult, StreamStats
-from .visualize import DRAW_THRESHOLD, draw, render, write_tsv
+from .visualize import DRAW_THRESHOLD, draw, picture_suffix, render, write_tsv
 
 
 def output_stem(r: StreamResult) -> str:
@@ -52,11 +52,14 @@ class InferWriter:
         render_frames: bool = False,
         total: Optional[int] = None,
         max_pixels: Optional[int] = None,
+        vis_format: str = "auto",
     ) -> None:
-        """``max_pixels``: the pixel limit an image file is decoded again with for its PNG (None: the default,
-        as the detector's ``max_pixels``)."""
+        """``max_pixels``: the pixel limit an image file is decoded again with for its picture (None: the default,
+        as the detector's ``max_pixels``); ``vis_format``: the pictures' format
+        (:data:`~rcnn_deploy.runtime.visualize.VIS_FORMATS`)."""
+        picture_suffix(None, vis_format)  # refuses an unknown format before anything is written
         self.output, self.spec, self.backend = Path(output), spec, backend
-        self.max_pixels = max_pixels
+        self.max_pixels, self.vis_format = max_pixels, vis_format
         self.visualize, self.score_threshold, self.render_frames = visualize, score_threshold, render_frames
         self.total, self.draw_threshold = total, draw_threshold
         self.output.mkdir(parents=True, exist_ok=True)
@@ -101,8 +104,9 @@ class InferWriter:
                 extra["frame"] = render(image, drawn, self.spec.class_names, self.spec.label_ids)
             elif image is not None and self.visualize:
                 # a photo decoded from its file is not needed past this point: drawn on in place
-                png = self.output / f"{stem}.png"
-                draw(image, drawn, self.spec.class_names, self.spec.label_ids, png, inplace=ours)
+                suffix = picture_suffix(r.item.path, self.vis_format, frame=r.item.frame is not None)
+                picture = self.output / f"{stem}{suffix}"
+                draw(image, drawn, self.spec.class_names, self.spec.label_ids, picture, inplace=ours)
         return extra
 
     def _picture(self, r: StreamResult) -> Tuple[Optional[np.ndarray], bool]:

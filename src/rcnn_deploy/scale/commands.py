@@ -82,6 +82,7 @@ def run_ray_infer(
     gpus_per_worker: Optional[float],
     resume: bool,
     stride: int = 1,
+    vis_format: str = "auto",
 ) -> None:
     """``rcnn-deploy infer ... --ray``: the local command's outputs, computed on Ray."""
     import typer
@@ -104,6 +105,7 @@ def run_ray_infer(
             score_threshold=nms_threshold,
             mask_threshold=mask_threshold,
             visualize=visualize,
+            vis_format=vis_format,
             draw_threshold=draw_threshold,
             workers=workers,
             gpus_per_worker=gpus_per_worker,

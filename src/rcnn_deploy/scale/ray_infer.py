@@ -10,7 +10,7 @@ The pipeline (``rcnn-deploy infer/eval --ray``, or :func:`infer_on_ray` / :func:
   into contiguous *shards*. ``shards/plan.json`` records the list, the shard
   size and the settings that change the results, so ``--resume`` can refuse a different job.
 * **Workers.** Actors run :class:`RayDetector` (the public callable class for a user's own Ray pipeline); the
-  command's subclass also writes each image's ``NAME.tsv`` / ``NAME.png`` (``rcnn_deploy.runtime.sinks``,
+  command's subclass also writes each image's ``NAME.tsv`` / picture (``rcnn_deploy.runtime.sinks``,
   exactly as the local ``infer``) and returns the image's COCO results entries as JSON lines (text the driver
   stores without parsing).
 * **Shards.** The driver collects rows per shard; a shard whose images have all arrived is committed: its COCO
@@ -597,7 +597,7 @@ def _decode_shards(batch: Dict[str, np.ndarray], mode: str) -> Dict[str, Any]:
 
 
 class _ShardWorker(RayDetector):
-    """The commands' actor: ``infer`` also writes each image's TSV / PNG (``ImageOutputs``); every row comes back
+    """The commands' actor: ``infer`` also writes each image's TSV / picture (``ImageOutputs``); every row comes back
     with its COCO results entries (JSON lines) and their count, the worker's label and the backend."""
 
     def __init__(
@@ -609,6 +609,7 @@ class _ShardWorker(RayDetector):
         visualize: bool,
         score_threshold: Optional[float],
         draw_threshold: float = DRAW_THRESHOLD,
+        vis_format: str = "auto",
         **load: Any,
     ) -> None:
         super().__init__(model_path, **load)
@@ -624,6 +625,7 @@ class _ShardWorker(RayDetector):
                 visualize=visualize,
                 score_threshold=score_threshold,
                 draw_threshold=draw_threshold,
+                vis_format=vis_format,
             )
 
     def __call__(self, batch: Dict[str, np.ndarray]) -> Dict[str, Any]:
@@ -790,6 +792,7 @@ def _run_plan(
     gpus_per_worker: float,
     batch: int,
     progress: Optional[Progress],
+    vis_format: str = "auto",
 ) -> _RunStats:
     """Run the shards not in ``done``; commit each as its last image arrives."""
     import ray
@@ -832,6 +835,7 @@ def _run_plan(
                 visualize=visualize,
                 score_threshold=score_threshold,
                 draw_threshold=draw_threshold,
+                vis_format=vis_format,
             ),
             batch_size=batch,
             compute=ray.data.ActorPoolStrategy(size=workers),
@@ -929,6 +933,7 @@ def infer_on_ray(
     score_threshold: Optional[float] = None,
     mask_threshold: Optional[float] = None,
     visualize: bool = True,
+    vis_format: str = "auto",
     draw_threshold: float = DRAW_THRESHOLD,
     workers: Optional[int] = None,
     gpus_per_worker: Optional[float] = None,
@@ -938,7 +943,7 @@ def infer_on_ray(
     stride: int = 1,
     progress: Optional[Progress] = None,
 ) -> Tuple[Dict[str, Any], RunReport]:
-    """``rcnn-deploy infer --ray``: the outputs a local ``infer`` writes into ``output`` (per-image TSV / PNG,
+    """``rcnn-deploy infer --ray``: the outputs a local ``infer`` writes into ``output`` (per-image TSV / picture,
     ``results.json``, ``summary.json``), computed on Ray; ``output/shards/`` keeps the shards (``--resume``)
     and ``run.json`` (the :class:`RunReport`). Video inputs are split into frame ranges (every ``stride``-th
     frame; the shards are ranges of one video). Returns ``(summary, report)``."""
@@ -959,6 +964,7 @@ def infer_on_ray(
         "score_threshold": score_threshold,
         "mask_threshold": mask_threshold,
         "visualize": visualize,
+        "vis_format": vis_format,
         "draw_threshold": draw_threshold,
         "stride": stride,
     }
@@ -975,6 +981,7 @@ def infer_on_ray(
             load=_load_kwargs(model, input_hw, backend, batch, mask_threshold),
             output=str(out),
             visualize=visualize,
+            vis_format=vis_format,
             score_threshold=score_threshold,
             draw_threshold=draw_threshold,
             workers=n,
