@@ -236,3 +236,18 @@ def test_infer_writers_refuse_an_unknown_picture_format(tmp_path) -> None:
         with pytest.raises(ValueError, match="picture format"):
             make()
     assert not (tmp_path / "l").exists()  # refused before the output folder was made
+
+
+def test_a_picture_too_wide_for_jpeg_is_a_user_error(tmp_path) -> None:
+    """libjpeg writes at most 65500 pixels a side (Pillow raises OSError part-way): ``--vis-format jpg`` on a wider
+    image fails that image with what to do, and leaves no file."""
+    from rcnn_deploy.errors import UserError
+    from rcnn_deploy.runtime.visualize import JPEG_MAX_SIDE, draw
+
+    img = np.zeros((4, JPEG_MAX_SIDE + 1, 3), np.uint8)
+    none = Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    with pytest.raises(UserError, match="at most 65500 pixels a side.*--vis-format png"):
+        draw(img, none, SPEC.class_names, SPEC.label_ids, tmp_path / "wide.jpg")
+    assert not list(tmp_path.iterdir())
+    draw(img, none, SPEC.class_names, SPEC.label_ids, tmp_path / "wide.png")  # PNG has no such limit
+    assert [p.name for p in tmp_path.iterdir()] == ["wide.png"]

@@ -24,6 +24,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .._io import atomic_write, atomic_write_text
+from ..errors import UserError
 from ._opencv import MAX_SIDE, opencv
 from .detections import Detections
 
@@ -78,6 +79,7 @@ def write_tsv(path: Union[str, Path], det: Detections, names: Sequence[str], lab
 VIS_FORMATS = ("auto", "png", "jpg")
 #: JPEG pictures: quality 95 without chroma subsampling (4:4:4), so the coloured label text stays sharp.
 JPEG_QUALITY = 95
+JPEG_MAX_SIDE = 65500  # the largest side libjpeg writes
 _JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
@@ -107,8 +109,16 @@ def draw(
     ``inplace``: draw on ``image`` itself (see :func:`render`)."""
     from PIL import Image
 
+    jpeg = Path(path).suffix.lower() in _JPEG_SUFFIXES
+    if jpeg and max(image.shape[:2]) > JPEG_MAX_SIDE:  # libjpeg's limit; Pillow would raise OSError mid-write
+        raise UserError(
+            f"a JPEG picture can be at most {JPEG_MAX_SIDE} pixels a side; this image is "
+            f"{image.shape[1]}x{image.shape[0]} (WxH)",
+            where=path,
+            fix="pass --vis-format png (or auto: PNG for every image that is not a JPEG)",
+        )
     im = Image.fromarray(render(image, det, names, label_ids, library=library, inplace=inplace))
-    if Path(path).suffix.lower() in _JPEG_SUFFIXES:
+    if jpeg:
         atomic_write(path, lambda p: im.save(p, format="JPEG", quality=JPEG_QUALITY, subsampling=0))
     else:
         atomic_write(path, lambda p: im.save(p, format="PNG"))
