@@ -343,3 +343,29 @@ def test_rles_split_across_worker_processes():
     with ProcessPoolExecutor(2) as pool:
         got = detections_to_coco(det, 7, [0, 1], [0, 1], executor=pool, parts=3)
     assert got == detections_to_coco(det, 7, [0, 1], [0, 1])
+
+
+def test_batched_torchvision_regions_equal_the_per_mask_paste(monkeypatch):
+    """``_torchvision_regions`` (the box arithmetic and zero borders for all masks at once, what ``PastedMasks.rles``
+    reads) yields exactly ``_paste_region``'s regions: boxes of every kind, boxes on half and whole pixels (where the
+    expanded box's truncation could go either way), and the masks too large for OpenCV, which take the per-mask path
+    (MAX_SIDE lowered so small boxes exercise it)."""
+    if masks.opencv() is None:
+        pytest.skip("the batched path is OpenCV's")
+    rng = np.random.default_rng(21)
+    probs, boxes = _case(rng, 300, 260, 60)
+    grid = rng.integers(-20, 280, (40, 4)).astype(np.float32) * 0.5  # half and whole pixels
+    grid[:, 2:] = grid[:, :2] + np.abs(grid[:, 2:] - grid[:, :2])
+    probs = np.concatenate([probs, probs[:40]])
+    boxes = np.concatenate([boxes, grid])
+    monkeypatch.setattr(masks, "MAX_SIDE", 120)
+    assert any(max(b[2] - b[0], b[3] - b[1]) * 30 / 28 >= 120 for b in boxes)  # some take the per-mask path
+    hw = (300, 260)
+    plain = [masks._paste_region(p, b, hw, "torchvision") for p, b in zip(probs, boxes)]
+    batched = masks._torchvision_regions(probs, boxes, hw, masks._Scratch())
+    for i, (want, got) in enumerate(zip(plain, batched)):
+        assert (want is None) == (got is None), i
+        if want is not None:
+            assert want[:4] == got[:4] and np.array_equal(want[4], got[4]), i
+    geometry = masks._torchvision_geometry(boxes, 28, hw)
+    assert geometry.dtype == np.int64 and geometry.shape == (len(boxes), 8)

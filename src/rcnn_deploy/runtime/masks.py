@@ -161,6 +161,49 @@ def _paste_region(
     raise ValueError(f"unknown mask paste method {method!r}; use 'torchvision' or 'detectron2'")
 
 
+def _torchvision_geometry(boxes: np.ndarray, m: int, image_hw: Tuple[int, int]) -> np.ndarray:
+    """:func:`_paste_region`'s torchvision box arithmetic for every box at once: ``[N, 8]`` int64 rows ``(ex0, ey0,
+    w, h, x0, x1, y0, y1)``, the expanded box's truncated corner, the resize size and the region in the image. The
+    same float32 operations element by element, so the same integers (with NumPy 2; NumPy 1 computed
+    :func:`_paste_region`'s scalars in float64, where torchvision's ``expand_boxes`` and this are float32)."""
+    h_img, w_img = int(image_hw[0]), int(image_hw[1])
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    scale = (m + 2) / m
+    cx, cy = (b[:, 0] + b[:, 2]) * 0.5, (b[:, 1] + b[:, 3]) * 0.5
+    hw, hh = (b[:, 2] - b[:, 0]) * 0.5 * scale, (b[:, 3] - b[:, 1]) * 0.5 * scale
+    ebox = np.stack([cx - hw, cy - hh, cx + hw, cy + hh], axis=1).astype(np.int64)
+    out = np.empty((b.shape[0], 8), dtype=np.int64)
+    out[:, 0], out[:, 1] = ebox[:, 0], ebox[:, 1]
+    out[:, 2] = np.maximum(ebox[:, 2] - ebox[:, 0] + 1, 1)
+    out[:, 3] = np.maximum(ebox[:, 3] - ebox[:, 1] + 1, 1)
+    out[:, 4], out[:, 5] = np.maximum(ebox[:, 0], 0), np.minimum(ebox[:, 2] + 1, w_img)
+    out[:, 6], out[:, 7] = np.maximum(ebox[:, 1], 0), np.minimum(ebox[:, 3] + 1, h_img)
+    return out
+
+
+def _torchvision_regions(
+    probs: np.ndarray, boxes: np.ndarray, image_hw: Tuple[int, int], scratch: _Scratch
+) -> Iterator[Optional[_Region]]:
+    """:func:`_paste_region` (torchvision, with OpenCV) of every mask, one after another, in ``scratch``'s buffers:
+    the box arithmetic and the zero-bordered masks made for all masks at once (per mask, only OpenCV's resize)."""
+    cv2 = opencv()
+    n, m = int(probs.shape[0]), int(probs.shape[-1])
+    geometry = _torchvision_geometry(boxes, m, image_hw).tolist()
+    padded = np.zeros((n, m + 2, m + 2), dtype=np.float32)
+    padded[:, 1:-1, 1:-1] = probs  # rounds like _paste_region's copy: the same values
+    for i, (ex0, ey0, w, h, x0, x1, y0, y1) in enumerate(geometry):
+        if x1 <= x0 or y1 <= y0:
+            yield None
+        elif cv2 is None or max(h, w) >= MAX_SIDE:
+            yield _paste_region(probs[i], boxes[i], image_hw, "torchvision", scratch)
+        else:
+            full = scratch.take("paste32", np.float32, (h, w))
+            got = cv2.resize(padded[i], (w, h), dst=full, interpolation=cv2.INTER_LINEAR)
+            if got is not full:  # OpenCV made an array of its own
+                full = got
+            yield y0, y1, x0, x1, full[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
+
+
 def paste_mask(mask: np.ndarray, box: np.ndarray, image_hw: Tuple[int, int], method: str = "torchvision") -> np.ndarray:
     """Paste one ``[M, M]`` probability mask for ``box`` into a float ``[H, W]`` image-sized canvas."""
     canvas = np.zeros(image_hw, dtype=np.float32)
@@ -553,6 +596,10 @@ class PastedMasks(LazyMasks):
 
     def _regions(self, index: Iterable[int]) -> Iterator[Optional[_Region]]:
         """The box regions of masks ``index`` with their probabilities (:func:`_paste_region`), one at a time."""
+        if self.method == "torchvision" and opencv() is not None:
+            picked = np.fromiter(index, dtype=np.int64)
+            yield from _torchvision_regions(self.probs[picked], self.boxes[picked], self.image_hw, _SCRATCH)
+            return
         for i in index:
             yield _paste_region(self.probs[i], self.boxes[i], self.image_hw, self.method, _SCRATCH)
 
