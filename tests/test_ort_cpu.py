@@ -74,6 +74,23 @@ def test_fp32_cpu_graph_gives_the_exports_outputs(builds: Dict[str, Path]) -> No
     assert counts[-1] == 0 and max(counts) > 0  # the blank image detects nothing, the others something
 
 
+def test_box_head_reads_the_pooled_rows_in_level_order(builds: Dict[str, Path]) -> None:
+    """The box pool's rows go back into their order after the box head's first Gemm (a [n, 1024] Gather), not
+    before it (a [n, 256, 7, 7] one), in both builds; the outputs test above shows nothing else changed."""
+    import onnx
+
+    from rcnn_deploy.contract import Contract
+
+    for kind in ("fp32", "int8"):
+        c = Contract.load(builds[kind])
+        assert c.notes["cpu"]["rewrite"]["row_order_after"] == "/net/box_head/fc6/Gemm", kind
+        graph = onnx.load(str(builds[kind] / c.graphs[0].file)).graph
+        gemm = next(n for n in graph.node if n.name.startswith("/net/box_head/fc6/Gemm") and "Gemm" in n.op_type)
+        readers = [n for n in graph.node if any(o in n.input for o in gemm.output)]
+        reorder = [n for n in graph.node if n.op_type == "Gather" and "box_head_rows_by_level" in n.input[0]]
+        assert len(reorder) == 1 and readers, kind
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     lt, rb = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.prod(np.clip(rb - lt, 0, None), axis=2)

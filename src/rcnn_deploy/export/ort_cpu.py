@@ -8,8 +8,10 @@ ROIAlign pools *every* ROI from *every* FPN level and keeps one with ``Where``, 
 handles natively:
 
 * each multi-level ROIAlign pools each ROI once, from its own level: per level ``NonZero(level == l)``,
-  ``Gather`` of those ROIs, one ``RoiAlign``, ``ScatterND`` into the output rows (exactly the values the
-  ``Where`` merge selected, so the outputs do not change);
+  ``Gather`` of those ROIs, one ``RoiAlign``; the levels' rows concatenated, and one ``Gather`` puts them back in
+  their order (exactly the values the ``Where`` merge selected, so the outputs do not change). For the box head
+  that ``Gather`` comes after its first layer (reshapes and the fc6 ``Gemm`` treat each row alike), so it moves
+  ``[1000, 1024]`` values rather than ``[1000, 256 * 7 * 7]`` (50 MB at 384²);
 * the mask branch pools and runs the mask head on the valid detection slots only (``NonZero`` of
   ``slot < num_detections``) and scatters the mask logits back into the padded ``[B * K, C, M, M]`` rows
   (padded slots were multiplied by 0 at the end anyway), so the mask head costs what torchvision's does.
@@ -137,6 +139,18 @@ def _find_pools(graph: Any) -> List[_Pool]:
 def _pool_nodes(helper: Any, name: _GraphNames, pool: _Pool, rows: Optional[str], out: str) -> List[Any]:
     """Nodes that compute ``out = [n, C, S, S]``: each row pooled once, from its own level. ``rows``: an
     int64 [n] index of the pool's rows to compute (None: all of them)."""
+    nodes, stacked, inverse = _pool_nodes_by_level(helper, name, pool, rows, out)
+    if inverse is not None:  # one Gather puts the rows back in their order
+        nodes.append(helper.make_node("Gather", [stacked, inverse], [out], axis=0))
+    return nodes
+
+
+def _pool_nodes_by_level(
+    helper: Any, name: _GraphNames, pool: _Pool, rows: Optional[str], out: str
+) -> Tuple[List[Any], str, Optional[str]]:
+    """:func:`_pool_nodes` without its last Gather: ``(nodes, stacked, inverse)``, where ``stacked`` holds the
+    pooled rows in level order and ``Gather(stacked, inverse)`` (axis 0) is ``out``; a pool of one level writes
+    ``out`` itself, in row order (``stacked == out``, ``inverse`` None)."""
     nodes: List[Any] = []
     rois, bidx, levels = pool.rois, pool.batch_index, name("levels")
     if pool.levels:
@@ -156,8 +170,8 @@ def _pool_nodes(helper: Any, name: _GraphNames, pool: _Pool, rows: Optional[str]
         ra = pool.per_level[0][1]
         attrs = {a.name: helper.get_attribute_value(a) for a in ra.attribute}
         nodes.append(helper.make_node("RoiAlign", [ra.input[0], rois, bidx], [out], name=ra.name, **attrs))
-        return nodes
-    # pool each level's rows, concatenate in level order, then one Gather puts the rows back in their order
+        return nodes, out, None
+    # pool each level's rows, concatenate in level order; a Gather by `inverse` puts the rows back in their order
     # (cheaper than scattering into a zero tensor per level: one copy of the pooled features, not one a level)
     sels, pooled_all = [], []
     for lvl, ra in sorted(pool.per_level, key=lambda x: x[0]):
@@ -191,9 +205,42 @@ def _pool_nodes(helper: Any, name: _GraphNames, pool: _Pool, rows: Optional[str]
         helper.make_node("Range", [name.const("scalar_0"), n_scalar, name.const("scalar_1")], [order]),
         helper.make_node("ConstantOfShape", [n], [zeros], value=name.zero_int()),
         helper.make_node("ScatterElements", [zeros, perm, order], [inverse], axis=0),  # inverse[perm[i]] = i
-        helper.make_node("Gather", [stacked, inverse], [out], axis=0),
     ]
-    return nodes
+    return nodes, stacked, inverse
+
+
+def _rows_to_gemm(graph: Any, pooled: str, size: int) -> Optional[Tuple[Any, Any]]:
+    """Where the box head reads a pool's output ``pooled`` (``[n, C, size, size]``): ``(first, gemm)`` when only
+    Reshapes and Flattens lead from it to one Gemm's input ``A`` (``first``: the node reading ``pooled``; Shape
+    nodes beside them read the shapes only) and that Gemm takes ``C * size * size`` values per row, so each row
+    of ``A`` is one pooled row, in the same order (a reshape keeps the elements' order); else None. Every op from
+    ``pooled`` to the Gemm's output then commutes with a reordering of the rows."""
+    consumers: Dict[str, List[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    weights = {t.name: list(t.dims) for t in graph.initializer}
+    cur, first = pooled, None
+    for _ in range(6):
+        data = [c for c in consumers.get(cur, []) if c.op_type != "Shape"]
+        if len(data) != 1 or data[0].input[0] != cur or any(o.name == cur for o in graph.output):
+            return None
+        node = data[0]
+        if first is None:
+            first = node
+        if node.op_type == "Gemm":
+            attrs = {a.name: a.i for a in node.attribute if a.name in ("transA", "transB")}
+            w = weights.get(node.input[1])
+            if attrs.get("transA", 0) or w is None or len(w) != 2:
+                return None
+            k = w[1] if attrs.get("transB", 0) else w[0]
+            return (first, node) if k % (size * size) == 0 else None
+        if node.op_type not in ("Reshape", "Flatten"):
+            return None
+        if node.op_type == "Flatten" and any(a.name == "axis" and a.i != 1 for a in node.attribute):
+            return None
+        cur = node.output[0]
+    return None
 
 
 class _GraphNames(_Names):
@@ -313,7 +360,7 @@ def cpu_graph(model: Any, detections_per_img: int, masks: bool) -> Tuple[Any, Di
     name = _GraphNames("/cpu")
     new_nodes: List[Any] = []
     dead: List[Any] = []
-    report: Dict[str, Any] = {"roi_align_pools": len(pools), "mask_head_on_valid_only": False}
+    report: Dict[str, Any] = {"roi_align_pools": len(pools), "mask_head_on_valid_only": False, "row_order_after": None}
     mask_pool = None
     mask_conv = _first_in_scope(graph, "Conv", "mask_head") if masks else None
     mask_logits = _last_in_scope(graph, "Conv", "mask_predictor") if masks else None
@@ -330,7 +377,20 @@ def cpu_graph(model: Any, detections_per_img: int, masks: bool) -> Tuple[Any, Di
         if pool is mask_pool:  # its old nodes become unused (the mask head reads the new rows) and are pruned
             continue
         dead += pool.dead  # the new nodes write the same output tensor: the old producers must go
-        new_nodes += _pool_nodes(helper, name, pool, None, pool.output)
+        head = _rows_to_gemm(graph, pool.output, pool.size) if pool.levels else None
+        if head is None:
+            new_nodes += _pool_nodes(helper, name, pool, None, pool.output)
+            continue
+        # the box head's first layer reads the rows in level order and its output goes back into row order: the
+        # Gather moves [n, 1024] values instead of [n, 256 * 7 * 7] (the same rows: see _rows_to_gemm)
+        first, gemm = head
+        nodes, stacked, inverse = _pool_nodes_by_level(helper, name, pool, None, pool.output)
+        assert inverse is not None  # a pool of several levels
+        first.input[0] = stacked
+        by_level, gemm_out = name("box_head_rows_by_level"), gemm.output[0]
+        gemm.output[0] = by_level
+        new_nodes += nodes + [helper.make_node("Gather", [by_level, inverse], [gemm_out], axis=0)]
+        report["row_order_after"] = gemm.name
     if mask_pool is not None:
         assert mask_conv is not None and mask_logits is not None  # found above, with the mask pool
         # valid slots: slot index < num_detections, per image, flattened in (B, K) order like the pool's rows
