@@ -63,7 +63,7 @@ def infer_command(
     draw_threshold: float = typer.Option(
         DRAW_THRESHOLD,
         callback=args.probability,
-        help="The PNGs (and --save-video frames) draw detections with score >= this, in [0, 1]; the TSV and COCO"
+        help="The pictures (and --save-video frames) draw detections with score >= this, in [0, 1]; the TSV and COCO"
         " results keep every detection.",
     ),
     backend: Optional[str] = typer.Option(
@@ -86,7 +86,7 @@ def infer_command(
     ),
     stride: int = typer.Option(1, min=1, help="Video input: every Nth frame."),
     save_video: Optional[Path] = typer.Option(
-        None, "--save-video", help="Video input: write the annotated frames as this mp4 (instead of PNGs)."
+        None, "--save-video", help="Video input: write the annotated frames as this mp4 (not a picture per frame)."
     ),
     ray: bool = typer.Option(
         False,
@@ -204,7 +204,7 @@ def infer_command(
     try:
         # the pixels are not kept through the model: the writer draws on the item's array (video frames) or on
         # the file decoded again (one decoded photo less per image in flight: 72 MB for 6000x4000). With
-        # --gpu-decode they are kept as before, which keeps that run decoding on the host when it draws PNGs.
+        # --gpu-decode they are kept as before, which keeps that run decoding on the host when it draws pictures.
         keep = bool(visualize and det.gpu_decode)
         # the writer makes each image's RLE in the workers; only boxes, scores and classes need to come back
         results = det.stream(
