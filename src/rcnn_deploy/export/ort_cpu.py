@@ -209,12 +209,23 @@ def _pool_nodes_by_level(
     return nodes, stacked, inverse
 
 
-def _rows_to_gemm(graph: Any, pooled: str, size: int) -> Optional[Tuple[Any, Any]]:
-    """Where the box head reads a pool's output ``pooled`` (``[n, C, size, size]``): ``(first, gemm)`` when only
-    Reshapes and Flattens lead from it to one Gemm's input ``A`` (``first``: the node reading ``pooled``; Shape
-    nodes beside them read the shapes only) and that Gemm takes ``C * size * size`` values per row, so each row
-    of ``A`` is one pooled row, in the same order (a reshape keeps the elements' order); else None. Every op from
-    ``pooled`` to the Gemm's output then commutes with a reordering of the rows."""
+def _pool_channels(graph: Any, pool: _Pool) -> Optional[int]:
+    """``C`` of a pool's ``[n, C, S, S]`` output: the output channels of the Conv that makes the first level's
+    feature map (an FPN output), or None when that is not a Conv with its weight in the graph."""
+    feature = pool.per_level[0][1].input[0]
+    conv = next((n for n in graph.node if feature in n.output), None)
+    if conv is None or conv.op_type != "Conv":
+        return None
+    dims = next((list(t.dims) for t in graph.initializer if t.name == conv.input[1]), None)
+    return int(dims[0]) if dims else None
+
+
+def _rows_to_gemm(graph: Any, pooled: str, values_per_row: int) -> Optional[Tuple[Any, Any]]:
+    """Where the box head reads a pool's output ``pooled`` (``[n, C, S, S]``, ``values_per_row`` = C * S * S):
+    ``(first, gemm)`` when only Reshapes and Flattens lead from it to one Gemm's input ``A`` (``first``: the node
+    reading ``pooled``; Shape nodes beside them read the shapes only) and that Gemm takes ``values_per_row``
+    values per row, so each row of ``A`` is one pooled row, in the same order (a reshape keeps the elements'
+    order); else None. Every op from ``pooled`` to the Gemm's output then commutes with a reordering of the rows."""
     consumers: Dict[str, List[Any]] = {}
     for n in graph.node:
         for i in n.input:
@@ -234,7 +245,7 @@ def _rows_to_gemm(graph: Any, pooled: str, size: int) -> Optional[Tuple[Any, Any
             if attrs.get("transA", 0) or w is None or len(w) != 2:
                 return None
             k = w[1] if attrs.get("transB", 0) else w[0]
-            return (first, node) if k % (size * size) == 0 else None
+            return (first, node) if k == values_per_row else None
         if node.op_type not in ("Reshape", "Flatten"):
             return None
         if node.op_type == "Flatten" and any(a.name == "axis" and a.i != 1 for a in node.attribute):
@@ -377,7 +388,8 @@ def cpu_graph(model: Any, detections_per_img: int, masks: bool) -> Tuple[Any, Di
         if pool is mask_pool:  # its old nodes become unused (the mask head reads the new rows) and are pruned
             continue
         dead += pool.dead  # the new nodes write the same output tensor: the old producers must go
-        head = _rows_to_gemm(graph, pool.output, pool.size) if pool.levels else None
+        channels = _pool_channels(graph, pool) if pool.levels else None
+        head = _rows_to_gemm(graph, pool.output, channels * pool.size**2) if channels else None
         if head is None:
             new_nodes += _pool_nodes(helper, name, pool, None, pool.output)
             continue
