@@ -58,7 +58,7 @@ def sh(args: list) -> None:
 
 
 def commit() -> str:
-    """HEAD, and which files of src/ and benchmarks/ differ from it (the tree that ran)."""
+    """HEAD, and which files of src/ and this script differ from it (the tree that ran)."""
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "src", "benchmarks/cpu_stream.py"], capture_output=True, text=True, cwd=ROOT
