@@ -95,6 +95,36 @@ class _Scratch(threading.local):
 _SCRATCH = _Scratch()
 
 
+def _resize32(padded32: np.ndarray, w: int, h: int, scratch: Optional[_Scratch]) -> np.ndarray:
+    """OpenCV's ``INTER_LINEAR`` resize of a float32 mask to ``h x w``, into ``scratch``'s buffer when given (valid
+    until its next use)."""
+    cv2 = opencv()
+    if scratch is None:
+        return cv2.resize(padded32, (w, h), interpolation=cv2.INTER_LINEAR)
+    full = scratch.take("paste32", np.float32, (h, w))
+    got = cv2.resize(padded32, (w, h), dst=full, interpolation=cv2.INTER_LINEAR)
+    return full if got is full else got  # OpenCV may make an array of its own
+
+
+def _torchvision_geometry(boxes: np.ndarray, m: int, image_hw: Tuple[int, int]) -> np.ndarray:
+    """The torchvision paste's box arithmetic for every box (``[N, 4]``, or one ``[4]``) at once: ``[N, 8]`` int64
+    rows ``(ex0, ey0, w, h, x0, x1, y0, y1)``, the expanded box's truncated corner, the resize size and the region
+    in the image; float32 like torchvision's ``expand_boxes``, with NumPy 1 and 2 alike (array operations)."""
+    h_img, w_img = int(image_hw[0]), int(image_hw[1])
+    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    scale = (m + 2) / m
+    cx, cy = (b[:, 0] + b[:, 2]) * 0.5, (b[:, 1] + b[:, 3]) * 0.5
+    hw, hh = (b[:, 2] - b[:, 0]) * 0.5 * scale, (b[:, 3] - b[:, 1]) * 0.5 * scale
+    ebox = np.stack([cx - hw, cy - hh, cx + hw, cy + hh], axis=1).astype(np.int64)
+    out = np.empty((b.shape[0], 8), dtype=np.int64)
+    out[:, 0], out[:, 1] = ebox[:, 0], ebox[:, 1]
+    out[:, 2] = np.maximum(ebox[:, 2] - ebox[:, 0] + 1, 1)
+    out[:, 3] = np.maximum(ebox[:, 3] - ebox[:, 1] + 1, 1)
+    out[:, 4], out[:, 5] = np.maximum(ebox[:, 0], 0), np.minimum(ebox[:, 2] + 1, w_img)
+    out[:, 6], out[:, 7] = np.maximum(ebox[:, 1], 0), np.minimum(ebox[:, 3] + 1, h_img)
+    return out
+
+
 def _paste_region(
     mask: np.ndarray,
     box: np.ndarray,
@@ -108,36 +138,22 @@ def _paste_region(
     h_img, w_img = image_hw
     m = mask.shape[0]
     if method == "torchvision":
-        scale = (m + 2) / m
-        cx, cy = (box[0] + box[2]) * 0.5, (box[1] + box[3]) * 0.5
-        hw, hh = (box[2] - box[0]) * 0.5 * scale, (box[3] - box[1]) * 0.5 * scale
         # float32 like torchvision's expand_boxes, then truncation toward zero like .to(torch.int64)
-        ebox = np.array([cx - hw, cy - hh, cx + hw, cy + hh], dtype=np.float32).astype(np.int64)
-        w = max(int(ebox[2] - ebox[0] + 1), 1)
-        h = max(int(ebox[3] - ebox[1] + 1), 1)
-        x0, x1 = int(max(ebox[0], 0)), int(min(ebox[2] + 1, w_img))
-        y0, y1 = int(max(ebox[1], 0)), int(min(ebox[3] + 1, h_img))
+        ex0, ey0, w, h, x0, x1, y0, y1 = _torchvision_geometry(box, m, image_hw)[0].tolist()
         if x1 <= x0 or y1 <= y0:
             return None
-        cv2 = opencv()
-        if cv2 is not None and max(h, w) < MAX_SIDE:
+        if opencv() is not None and max(h, w) < MAX_SIDE:
             # the same sampling as _resize_weights, in float32 like torchvision's interpolate: about 30x faster
             # than the matmuls below (which stay the reference, and the path without OpenCV)
             padded32 = np.zeros((m + 2, m + 2), dtype=np.float32)
             padded32[1:-1, 1:-1] = mask  # rounds like float64 -> float32 would: the same values
-            if scratch is None:
-                full = cv2.resize(padded32, (w, h), interpolation=cv2.INTER_LINEAR)
-            else:
-                full = scratch.take("paste32", np.float32, (h, w))
-                got = cv2.resize(padded32, (w, h), dst=full, interpolation=cv2.INTER_LINEAR)
-                if got is not full:  # OpenCV made an array of its own
-                    full = got
-            return y0, y1, x0, x1, full[y0 - ebox[1] : y1 - ebox[1], x0 - ebox[0] : x1 - ebox[0]]
+            full = _resize32(padded32, w, h, scratch)
+            return y0, y1, x0, x1, full[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
         padded = np.zeros((m + 2, m + 2), dtype=np.float64)
         padded[1:-1, 1:-1] = mask
         # only the rows and columns of the resize that land inside the image
-        wy = _resize_weights(h, m + 2)[y0 - ebox[1] : y1 - ebox[1]]
-        wx = _resize_weights(w, m + 2)[x0 - ebox[0] : x1 - ebox[0]]
+        wy = _resize_weights(h, m + 2)[y0 - ey0 : y1 - ey0]
+        wx = _resize_weights(w, m + 2)[x0 - ex0 : x1 - ex0]
         return y0, y1, x0, x1, wy @ padded @ wx.T
     if method == "detectron2":
         x0 = int(max(np.floor(box[0]) - 1, 0))
@@ -161,26 +177,6 @@ def _paste_region(
     raise ValueError(f"unknown mask paste method {method!r}; use 'torchvision' or 'detectron2'")
 
 
-def _torchvision_geometry(boxes: np.ndarray, m: int, image_hw: Tuple[int, int]) -> np.ndarray:
-    """:func:`_paste_region`'s torchvision box arithmetic for every box at once: ``[N, 8]`` int64 rows ``(ex0, ey0,
-    w, h, x0, x1, y0, y1)``, the expanded box's truncated corner, the resize size and the region in the image. The
-    same float32 operations element by element, so the same integers (with NumPy 2; NumPy 1 computed
-    :func:`_paste_region`'s scalars in float64, where torchvision's ``expand_boxes`` and this are float32)."""
-    h_img, w_img = int(image_hw[0]), int(image_hw[1])
-    b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    scale = (m + 2) / m
-    cx, cy = (b[:, 0] + b[:, 2]) * 0.5, (b[:, 1] + b[:, 3]) * 0.5
-    hw, hh = (b[:, 2] - b[:, 0]) * 0.5 * scale, (b[:, 3] - b[:, 1]) * 0.5 * scale
-    ebox = np.stack([cx - hw, cy - hh, cx + hw, cy + hh], axis=1).astype(np.int64)
-    out = np.empty((b.shape[0], 8), dtype=np.int64)
-    out[:, 0], out[:, 1] = ebox[:, 0], ebox[:, 1]
-    out[:, 2] = np.maximum(ebox[:, 2] - ebox[:, 0] + 1, 1)
-    out[:, 3] = np.maximum(ebox[:, 3] - ebox[:, 1] + 1, 1)
-    out[:, 4], out[:, 5] = np.maximum(ebox[:, 0], 0), np.minimum(ebox[:, 2] + 1, w_img)
-    out[:, 6], out[:, 7] = np.maximum(ebox[:, 1], 0), np.minimum(ebox[:, 3] + 1, h_img)
-    return out
-
-
 def _torchvision_regions(
     probs: np.ndarray, boxes: np.ndarray, image_hw: Tuple[int, int], scratch: _Scratch
 ) -> Iterator[Optional[_Region]]:
@@ -197,10 +193,7 @@ def _torchvision_regions(
         elif cv2 is None or max(h, w) >= MAX_SIDE:
             yield _paste_region(probs[i], boxes[i], image_hw, "torchvision", scratch)
         else:
-            full = scratch.take("paste32", np.float32, (h, w))
-            got = cv2.resize(padded[i], (w, h), dst=full, interpolation=cv2.INTER_LINEAR)
-            if got is not full:  # OpenCV made an array of its own
-                full = got
+            full = _resize32(padded[i], w, h, scratch)
             yield y0, y1, x0, x1, full[y0 - ey0 : y1 - ey0, x0 - ex0 : x1 - ex0]
 
 
