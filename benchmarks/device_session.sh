@@ -48,6 +48,7 @@
 #   torch_gpudecode_compiled  the same, --stream-compile default
 #   torch_e2e_compiled  e2e_torch_cuda.py --phases gpu_decode,gpu_post --stream-compile default (the defaults)
 #   torch_decode_post_compiled  the same with --phases gpu_decode_post (GPU decode + GPU post rows only)
+#   torch_decode_post_procs  its batch-8 row with the post's host part and the sinks in 8 worker processes
 # (TORCH_ROI_ALIGN=MODE in start's environment: every PyTorch step's rows with that sync-free ROIAlign)
 set -uo pipefail
 S=/tmp/sess
@@ -197,6 +198,10 @@ steps)
     torch_decode_post_b1)  # the same at batch 1 only (its latency)
       step torch_decode_post_b1 torch_e2e e2e_torch_cuda_decode_post_b1 gpu_decode_post --stream-compile default \
         --batches 1 ;;
+    torch_decode_post_procs)  # GPU decode + GPU post at batch 8, the post's host part and the sinks in 8 worker
+      # processes (--gpu-decode-processes) instead of the stream's threads
+      step torch_decode_post_procs torch_e2e e2e_torch_cuda_decode_post_procs gpu_decode_post --stream-compile default \
+        --batches 8 --gpu-decode-processes 8 ;;
     torch_gpudecode_compiled)  # the same, compiled (with TORCH_ROI_ALIGN's ROIAlign)
       step torch_gpudecode_compiled torch_e2e e2e_torch_cuda_gpudecode_compiled gpu_decode --stream-compile default ;;
     *) echo "unknown step $s" >>$S/steps.txt ;;
