@@ -48,6 +48,7 @@
 #   torch_gpudecode_compiled  the same, --stream-compile default
 #   torch_e2e_compiled  e2e_torch_cuda.py --phases gpu_decode,gpu_post --stream-compile default (the defaults)
 #   torch_decode_post_compiled  the same with --phases gpu_decode_post (GPU decode + GPU post rows only)
+#   latency_profile, paste_profile  diagnostics: benchmarks/latency_profile.py, paste_profile.py (logs, $OUT)
 #   torch_decode_post_procs  its batch-8 row with the post's host part and the sinks in 8 worker processes
 # (TORCH_ROI_ALIGN=MODE in start's environment: every PyTorch step's rows with that sync-free ROIAlign)
 set -uo pipefail
@@ -202,6 +203,16 @@ steps)
       # processes (--gpu-decode-processes) instead of the stream's threads
       step torch_decode_post_procs torch_e2e e2e_torch_cuda_decode_post_procs gpu_decode_post --stream-compile default \
         --batches 8 --gpu-decode-processes 8 ;;
+    latency_profile)  # where batch 1's time goes (GPU decode + GPU post, compiled): stages, cProfile, torch.profiler
+      if [ -d /tmp/site-nvimg312/nvidia ]; then
+        step latency_profile env PYTHONPATH=$PYTHONPATH:/tmp/site-nvimg312 \
+          LD_LIBRARY_PATH=/tmp/site-nvimg312/nvjpeg13${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+          python3 benchmarks/latency_profile.py --checkpoint $CK --images $E/data/images --out-dir $OUT/latency_profile
+      else
+        step latency_profile python3 benchmarks/latency_profile.py --checkpoint $CK --images $E/data/images \
+          --out-dir $OUT/latency_profile
+      fi ;;
+    paste_profile) step paste_profile python3 benchmarks/paste_profile.py ;;  # paste_runs' kernel path, cProfile
     torch_gpudecode_compiled)  # the same, compiled (with TORCH_ROI_ALIGN's ROIAlign)
       step torch_gpudecode_compiled torch_e2e e2e_torch_cuda_gpudecode_compiled gpu_decode --stream-compile default ;;
     *) echo "unknown step $s" >>$S/steps.txt ;;

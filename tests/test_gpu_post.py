@@ -515,6 +515,15 @@ for method in METHODS:
         assert rle.runs_of(1).tolist() == [[0, h * w]]
     else:
         assert all(rle.area(i) == 0 for i in range(3))
+# an image of more than 2**31 pixels: the kernel's positions in int64 (boxes near its last columns)
+h, w = 50_000, 50_000
+boxes = np.array([[49_900.0, 49_800.0, 49_990.5, 49_999.0], [10.0, 20.0, 60.0, 45.0]], np.float32)
+probs = _probs(rng, 2)
+for method in METHODS:
+    got = gpu_post.paste_runs(torch.from_numpy(probs), torch.from_numpy(boxes), (h, w), method)
+    ref = gpu_post.paste_runs(torch.from_numpy(probs), torch.from_numpy(boxes), (h, w), method, kernel=False)
+    assert got.runs.max() > 2**31 and np.array_equal(got.runs, ref.runs), method
+    assert np.array_equal(got.offsets, ref.offsets), method
 assert pixels > 200_000 and differing <= pixels * 1e-4 and overflowed > 10, (pixels, differing, overflowed)
 print("kernel ok", pixels, differing, overflowed)
 """

@@ -31,11 +31,13 @@ def paste_transitions_kernel(
     """Mask ``n`` (program 0) of ``N`` (``padded [N, K1, K1]``: its probabilities with a zero border), region
     columns ``BLOCK_W`` at a time (program 1): every row of each column, pasted and thresholded, and the rows where
     the value changes (0 -> 1: a run starts; 1 -> 0: the row after it ends, up to row ``rh``, the first past the
-    region) written in order to ``out[column, :MAX_RUNS]``; the number of them to ``count[column]`` (more than
-    ``MAX_RUNS``: only the first are written). Region rows and columns of all masks one after the other:
-    ``side [4, N]`` int64 holds each mask's rows ``rh``, columns ``rw`` and where its first row and first column
-    are in ``ytaps [3, rows_total]`` and ``xtaps [3, cols_total]`` (float32: the first tap's index into the
-    bordered mask, the two taps' weights) and in ``out`` / ``count`` (by column)."""
+    region) written in order to ``out[column, :MAX_RUNS]`` as column-major positions in the mask's image
+    (``(x0 + column) * image_h + y0 + row``: the runs' starts and ends as COCO RLE counts them); the number of them
+    to ``count[column]`` (more than ``MAX_RUNS``: only the first are written). Region rows and columns of all masks
+    one after the other: ``side [7, N]`` int64 holds each mask's rows ``rh``, columns ``rw``, where its first row
+    and first column are in ``ytaps [3, rows_total]`` and ``xtaps [3, cols_total]`` (float32: the first tap's
+    index into the bordered mask, the two taps' weights) and in ``out`` / ``count`` (by column), and its region's
+    first row ``y0``, first column ``x0`` and its image's height."""
     n = tl.program_id(0)
     masks = tl.num_programs(0)
     rh = tl.load(side_ptr + n)
@@ -50,6 +52,9 @@ def paste_transitions_kernel(
         xw0 = tl.load(xtaps_ptr + cols_total + at, mask=col_live, other=0.0)
         xw1 = tl.load(xtaps_ptr + 2 * cols_total + at, mask=col_live, other=0.0)
         base = padded_ptr + n.to(tl.int64) * K1 * K1
+        # each column's position in the image (column-major) at the region's first row
+        col_pos = (tl.load(side_ptr + 5 * masks + n) + cols) * tl.load(side_ptr + 6 * masks + n)
+        col_pos += tl.load(side_ptr + 4 * masks + n)
         count = tl.zeros([BLOCK_W], dtype=tl.int32)
         for start in range(0, rh + 1, BLOCK_H):
             rows = start + tl.arange(0, BLOCK_H)
@@ -68,6 +73,7 @@ def paste_transitions_kernel(
             change = (bit != prev).to(tl.int32)
             slot = count[None, :] + tl.cumsum(change, axis=0) - change
             dst = out_ptr + at[None, :] * MAX_RUNS + slot
-            tl.store(dst, rows[:, None].to(out_ptr.dtype.element_ty), mask=(change != 0) & (slot < MAX_RUNS))
+            pos = col_pos[None, :] + rows[:, None]
+            tl.store(dst, pos.to(out_ptr.dtype.element_ty), mask=(change != 0) & (slot < MAX_RUNS))
             count += tl.sum(change, axis=0)
         tl.store(count_ptr + at, count, mask=col_live)

@@ -239,29 +239,34 @@ def _paste_runs_kernel(
         owners.append(owner)
         firsts.append(first)
     (first_y, first_x), owner_x, cols_total = firsts, owners[1], int(firsts[1][-1])
-    side = torch.from_numpy(np.stack([rh, rw, first_y[:-1], first_x[:-1]]).astype(np.int64)).to(dev)
+    side = np.stack([rh, rw, first_y[:-1], first_x[:-1], regions_h[:, 0], regions_h[:, 2], hw_h[:, 0]])
+    side_d = torch.from_numpy(side.astype(np.int64)).to(dev)
     padded = torch.zeros((n, k1, k1), dtype=torch.float32, device=dev)
     padded[:, 1 : m + 1, 1 : m + 1] = probs
-    out = torch.empty((cols_total, KERNEL_MAX_RUNS), dtype=torch.int16 if max_h < 2**15 else torch.int32, device=dev)
+    # the changes as image positions: int32 where every image has fewer than 2**31 pixels
+    wide = int((hw_h[:, 0] * hw_h[:, 1]).max()) >= 2**31
+    out = torch.empty((cols_total, KERNEL_MAX_RUNS), dtype=torch.int64 if wide else torch.int32, device=dev)
     count = torch.zeros(cols_total, dtype=torch.int32, device=dev)
     grid = (n, triton.cdiv(max_w, _KERNEL_BLOCK_W))
     paste_transitions_kernel[grid](
-        padded, taps[0], taps[1], side, out, count, float(threshold), int(first_y[-1]), cols_total,
+        padded, taps[0], taps[1], side_d, out, count, float(threshold), int(first_y[-1]), cols_total,
         K1=k1, MAX_RUNS=KERNEL_MAX_RUNS, GE=method == "detectron2", BLOCK_H=_KERNEL_BLOCK_H, BLOCK_W=_KERNEL_BLOCK_W,
     )  # fmt: skip
     kept = count.clamp(max=KERNEL_MAX_RUNS)
-    rows = out[torch.arange(KERNEL_MAX_RUNS, device=dev) < kept[:, None]]  # by mask, column, then row: in order
-    count_h, rows_h = count.cpu().numpy(), rows.cpu().numpy()
-    # an odd count would be a run without its end (never seen since the kernel's explicit FMAs; checked all the same)
+    changes = out[torch.arange(KERNEL_MAX_RUNS, device=dev) < kept[:, None]]  # by mask, column, then row: in order
+    count_h, pos = count.cpu().numpy(), changes.cpu().numpy().astype(np.int64, copy=False)
+    # changes per mask (columns of mask i: first_x[i]:first_x[i + 1])
+    cum = np.zeros(cols_total + 1, np.int64)
+    np.cumsum(np.minimum(count_h, KERNEL_MAX_RUNS), out=cum[1:])
+    per_mask = cum[first_x[1:]] - cum[first_x[:-1]]
+    # a column with more changes than the kernel keeps, or (never seen since the kernel's explicit FMAs; checked all
+    # the same) an odd count, a run without its end: that mask goes through the groups
     over = np.zeros(n, bool)
     over[owner_x[(count_h > KERNEL_MAX_RUNS) | (count_h % 2 == 1)]] = True
-    cells = np.repeat(np.arange(cols_total), np.minimum(count_h, KERNEL_MAX_RUNS))  # the column of each change
-    det = owner_x[cells]
-    fine = ~over[det]
-    cells, det, rows_h = cells[fine], det[fine], rows_h[fine]
-    col = cells - first_x[det]
-    pos = (regions_h[det, 2] + col) * hw_h[det, 0] + regions_h[det, 0] + rows_h
-    starts, ends, run_det = pos[0::2], pos[1::2], det[0::2]
+    if over.any():
+        pos = pos[~np.repeat(over, per_mask)]
+        per_mask[over] = 0
+    starts, ends, run_det = pos[0::2], pos[1::2], np.repeat(np.arange(n), per_mask // 2)
     # a run ending at the bottom of a column that goes on at the top of the next is one run (full-height region)
     join = (ends[:-1] == starts[1:]) & (run_det[:-1] == run_det[1:])
     if join.any():
@@ -418,11 +423,12 @@ def postprocess_batch(
     finite = ((torch.isfinite(boxes).all(-1) & torch.isfinite(scores)) | ~valid).all(1)
     orig = (boxes * torch.as_tensor(ratio, device=dev)[:, None, :]).clamp(min=0)
     orig = torch.minimum(orig, torch.as_tensor(limit, device=dev)[:, None, :])
-    num_h = num.cpu().numpy().astype(np.int64)
-    finite_h = finite.cpu().numpy()
-    boxes_h = orig.cpu().numpy()
-    scores_h = scores.cpu().numpy()
-    classes_h = outputs["classes"].cpu().numpy()
+    # one copy to the host (one synchronisation) for all of them: classes and counts are exact in float32
+    columns = [orig.reshape(b, d * 4), scores, outputs["classes"].reshape(b, d).float(), num[:, None].float()]
+    packed = torch.cat(columns + [finite[:, None].float()], 1).cpu().numpy()
+    boxes_h = packed[:, : d * 4].reshape(b, d, 4)
+    scores_h, classes_h = packed[:, d * 4 : d * 5], packed[:, d * 5 : d * 6]
+    num_h, finite_h = packed[:, d * 6].astype(np.int64), packed[:, d * 6 + 1] > 0
 
     pasted = None
     first = np.zeros(b + 1, np.int64)  # image i's masks are pasted[first[i]:first[i + 1]]
