@@ -48,6 +48,7 @@
 #   torch_gpudecode_compiled  the same, --stream-compile default
 #   torch_e2e_compiled  e2e_torch_cuda.py --phases gpu_decode,gpu_post --stream-compile default (the defaults)
 #   torch_decode_post_compiled  the same with --phases gpu_decode_post (GPU decode + GPU post rows only)
+#   torch_stream_compiled  the stream phase compiled: host decode and host post in processes, no GPU decode
 #   latency_profile, paste_profile  diagnostics: benchmarks/latency_profile.py, paste_profile.py (logs, $OUT)
 #   torch_decode_post_procs  its batch-8 row with the post's host part and the sinks in 8 worker processes
 # (TORCH_ROI_ALIGN=MODE in start's environment: every PyTorch step's rows with that sync-free ROIAlign)
@@ -213,6 +214,8 @@ steps)
           --out-dir $OUT/latency_profile
       fi ;;
     paste_profile) step paste_profile python3 benchmarks/paste_profile.py ;;  # paste_runs' kernel path, cProfile
+    torch_stream_compiled)  # host decode + letterbox and host post in worker processes, compiled (batch 8 and 1)
+      step torch_stream_compiled torch_e2e e2e_torch_cuda_stream_compiled stream --stream-compile default ;;
     torch_gpudecode_compiled)  # the same, compiled (with TORCH_ROI_ALIGN's ROIAlign)
       step torch_gpudecode_compiled torch_e2e e2e_torch_cuda_gpudecode_compiled gpu_decode --stream-compile default ;;
     *) echo "unknown step $s" >>$S/steps.txt ;;
