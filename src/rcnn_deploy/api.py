@@ -222,21 +222,22 @@ class Detector:
             det = cls(net.spec, input_hw, _fixed_batch(gpu.run_numpy, batch, batch), "torch", batch)
             det.input_dtype = np.dtype(np.uint8)  # a quarter of float32's upload; the graph casts on the GPU
             det.module, det.cuda_model = gpu.net, gpu
-            if gpu_decode or gpu_post:
-                from .glue.gpu_post import GpuPost
+            from .glue.gpu_post import GpuPost
 
-                # with gpu_post alone the items are host-letterboxed arrays, which GpuLetterbox uploads
-                lb = GpuLetterbox(
-                    input_hw,
-                    det.fill,
-                    net.spec.resize,
-                    device,
-                    det.max_pixels,
-                    gpu_decoder if gpu_decode else "torchvision",
-                )
-                post = GpuPost(net.spec.mask_paste, net.spec.mask_threshold) if gpu_post else None
-                det.batch_model = GpuBatchModel(gpu, lb, batch, post)
-                det.gpu_decode = gpu_decode
+            # the runner's model: each batch uploaded (host-letterboxed arrays; JPEG bytes with gpu_decode) and
+            # letterboxed on a stream of its own and the graph launched without waiting, its outputs copied back
+            # (or post-processed, gpu_post) in the runner's waiter thread while the next batch uploads and runs
+            lb = GpuLetterbox(
+                input_hw,
+                det.fill,
+                net.spec.resize,
+                device,
+                det.max_pixels,
+                gpu_decoder if gpu_decode else "torchvision",
+            )
+            post = GpuPost(net.spec.mask_paste, net.spec.mask_threshold) if gpu_post else None
+            det.batch_model = GpuBatchModel(gpu, lb, batch, post)
+            det.gpu_decode = gpu_decode
             return det
         if gpu_decode:
             raise UserError("GPU decoding needs a CUDA device", where="--gpu-decode", fix="pass --device cuda")
