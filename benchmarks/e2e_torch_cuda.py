@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from functools import partial
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import numpy as np
+from _tree import tree  # this folder (on sys.path when run as a script)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
@@ -52,14 +52,8 @@ from rcnn_deploy.glue.roi_align import SYNC_FREE_ROI_ALIGNS  # noqa: E402
 
 
 def commit() -> str:
-    """The tree this runs: ``RCNN_DEPLOY_TREE`` where a device session sets it (its git is not the development
-    machine's, see benchmarks/device_session.sh), else git's HEAD."""
-    if os.environ.get("RCNN_DEPLOY_TREE"):
-        return os.environ["RCNN_DEPLOY_TREE"]
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True).strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
+    """The tree this runs (:func:`_tree.tree`)."""
+    return tree() or "unknown"
 
 
 def gpu_compute(det: Any, batch: int, images: np.ndarray, iterations: int = 100) -> Dict[str, Any]:

@@ -12,11 +12,11 @@ import argparse
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 
 import numpy as np
+from _tree import tree  # this folder (on sys.path when run as a script)
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
@@ -64,8 +64,7 @@ def main() -> None:
         dets += once(p)
         walls.append((time.perf_counter() - t0) * 1e3)
     total = time.perf_counter() - t_all
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    commit = os.environ.get("RCNN_DEPLOY_TREE") or git  # the tree sent (set by device_session.sh), else git's
+    commit = tree()  # the tree sent (set by device_session.sh), else git's
     doc = {
         "script": "benchmarks/e2e_torchvision.py",
         "machine": {"host": socket.gethostname(), "gpu": torch.cuda.get_device_name(0), "cpus": os.cpu_count()},

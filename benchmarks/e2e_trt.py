@@ -48,6 +48,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # thread_cpu.py beside this file
 
+from _tree import tree  # this folder (on sys.path when run as a script)
 from thread_cpu import ThreadCPU  # noqa: E402
 
 from rcnn_deploy._io import atomic_write_json  # noqa: E402
@@ -59,13 +60,7 @@ from rcnn_deploy.runtime.writers import InferWriter  # noqa: E402
 
 
 def commit():
-    # the tree sent (benchmarks/device_session.sh sets it: the device's git is not the development machine's)
-    if os.environ.get("RCNN_DEPLOY_TREE"):
-        return os.environ["RCNN_DEPLOY_TREE"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        return None
+    return tree()  # the tree sent (benchmarks/device_session.sh), else git's
 
 
 def gpu_name():

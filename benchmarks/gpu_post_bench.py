@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict
 
 import numpy as np
+from _tree import tree  # this folder (on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -283,7 +284,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             cases.append(row)
     info = {
-        "commit": os.environ.get("RCNN_DEPLOY_TREE"),  # the tree sent, where device_session.sh set it
+        "commit": tree(),  # the tree sent, where device_session.sh set it, else git's
         "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from _tree import tree  # noqa: E402 - this folder (on sys.path when run as a script)
 
 
 def main() -> None:
@@ -59,7 +60,7 @@ def main() -> None:
     for p in paths[:5]:
         one(p)
     torch.cuda.synchronize()
-    doc = {"load_and_warm_s": round(time.perf_counter() - t0, 1), "images": len(paths)}
+    doc = {"commit": tree(), "load_and_warm_s": round(time.perf_counter() - t0, 1), "images": len(paths)}
     stages = det.batch_model.stage_s
     stages.update(dict.fromkeys(stages, 0.0))
     walls = []

@@ -36,6 +36,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from _tree import sent_tree  # this folder (on sys.path when run as a script)
+
 ROOT = Path(__file__).resolve().parents[1]
 CKPT = ROOT / "checkpoints" / "shapes_maskrcnn_r50fpn.pt"
 
@@ -100,7 +102,12 @@ def machine() -> Dict[str, Any]:
 
 
 def commit() -> Dict[str, Any]:
-    return {"sha": _sh("git", "rev-parse", "HEAD"), "dirty": bool(_sh("git", "status", "--porcelain", "--", "src"))}
+    # on a device machine git's copy does not follow local commits: the tree the session sent says which ran
+    return {
+        "sha": _sh("git", "rev-parse", "HEAD"),
+        "dirty": bool(_sh("git", "status", "--porcelain", "--", "src")),
+        "tree_sent": sent_tree(),
+    }
 
 
 def prepare_model(a: argparse.Namespace, work: Path) -> Tuple[str, Optional[str]]:

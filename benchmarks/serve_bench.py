@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
+from _tree import sent_tree  # this folder (on sys.path when run as a script)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -74,7 +75,12 @@ def commit() -> Dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
-    return {"sha": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    # on a device machine git's copy does not follow local commits: the tree the session sent says which ran
+    return {
+        "sha": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "tree_sent": sent_tree(),
+    }
 
 
 def load_images(folder: Path, limit: int) -> List[bytes]:
