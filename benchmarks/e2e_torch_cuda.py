@@ -340,6 +340,8 @@ def main() -> None:
 
     stacks = open(os.path.splitext(a.out)[0] + ".stacks.txt", "w")  # noqa: SIM115 - open for the whole run
     faulthandler.dump_traceback_later(90, repeat=True, file=stacks)  # where a slow or stuck phase is
+    # and where a crash is: run 28b's first stream_compiled pass died of a segmentation fault with no Python stack
+    faulthandler.enable(file=stacks, all_threads=True)
     paths = [str(p) for p in find_images(a.images)]
     hw = (a.size, a.size)
     doc: Dict[str, Any] = {
