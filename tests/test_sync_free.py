@@ -208,6 +208,34 @@ def test_gpu_letterbox_matches_the_host_letterbox_and_isolates_bad_bytes(tmp_pat
     assert (out[3].numpy() == np.array([124, 116, 104], np.uint8).reshape(3, 1, 1)).all()  # padding slot
 
 
+def test_gpu_letterbox_uploads_host_arrays_through_its_staging_batches_in_turn():
+    """Host-letterboxed arrays go through GpuLetterbox's staging batches (pinned on CUDA), used in turn: over more
+    calls than it has batches, with arrays that are not contiguous and at other slots than the first, every call's
+    buffer holds that call's arrays and the fill elsewhere (a staging batch rewritten too early, or a slot copied
+    from the wrong one, shows here)."""
+    pytest.importorskip("torchvision")
+    from rcnn_deploy.backends import torch_cuda
+    from rcnn_deploy.backends.torch_cuda import GpuLetterbox
+
+    fill = np.array([124, 116, 104], np.uint8).reshape(3, 1, 1)
+    gl = GpuLetterbox((24, 32), (124.0, 116.0, 104.0), "torchvision", "cpu", None)
+    rng = np.random.default_rng(5)
+    for call in range(2 * torch_cuda._STAGING + 1):
+        arrays = [np.ascontiguousarray(rng.integers(0, 255, (32, 24, 3), dtype=np.uint8)).transpose(2, 1, 0)
+                  for _ in range(2)]  # fmt: skip
+        assert not arrays[0].flags.c_contiguous
+        items = [arrays[0], np.zeros(5, np.uint8), arrays[1]] if call % 2 else arrays
+        out, errors = gl(items, batch=4)
+        got = out.numpy()
+        slots = [0, 2] if call % 2 else [0, 1]
+        for a, i in zip(arrays, slots):
+            np.testing.assert_array_equal(got[i], a)
+        assert (got[3] == fill).all()
+        if call % 2:
+            assert errors[1] is not None and (got[1] == fill).all()  # 5 bytes: no JPEG; its slot keeps the fill
+    assert len(gl._staging[4]) == torch_cuda._STAGING
+
+
 def test_host_stages_send_jpeg_bytes_when_decoding_on_the_gpu(tmp_path):
     from rcnn_deploy import get_spec
     from rcnn_deploy.api import HostStages
