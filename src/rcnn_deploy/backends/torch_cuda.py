@@ -430,7 +430,8 @@ class GpuLetterbox:
         waiting for it. A pageable upload waits until that stream reaches it, and GpuBatchModel's letterbox stream
         first waits for the previous batch's input to have been taken by its graph: the model thread then sat in
         each batch's submit until the GPU had nearly finished the batch before (the likely cause of run 28b's 29 ms
-        in submit per batch of 8, beside a 30 ms graph). The pinned batches are used in turn, each rewritten only after its last uploads have finished."""
+        in submit per batch of 8, beside a 30 ms graph). The pinned batches are used in turn, each rewritten only
+        after its last uploads have finished."""
         import torch
 
         cuda = self.device.type == "cuda"
