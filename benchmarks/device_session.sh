@@ -126,20 +126,22 @@ steps)
     echo "$(date +%T) $name: exit $rc in $(( $(date +%s) - t0 )) s" >>$S/steps.txt
     return $rc
   }
+  with_nvimg() {  # with_nvimg COMMAND...: nvImageCodec on the paths once take_nvimg has unpacked it (else the GPU-decode
+    # rows use torchvision's decode_jpeg; each row's gpu_decoder says which), as a user who installed
+    # nvidia-nvimgcodec-cu13 + nvidia-nvjpeg would run
+    if [ -d /tmp/site-nvimg312/nvidia ]; then
+      PYTHONPATH=$PYTHONPATH:/tmp/site-nvimg312 LD_LIBRARY_PATH=/tmp/site-nvimg312/nvjpeg13${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+        "$@"
+    else
+      "$@"
+    fi
+  }
   torch_e2e() {  # torch_e2e OUT_NAME PHASES [ARGS...] (TORCH_ROI_ALIGN=MODE: --roi-align MODE for every row)
     local name=$1 phases=$2
     shift 2
     [ -n "${TORCH_ROI_ALIGN:-}" ] && set -- "$@" --roi-align "$TORCH_ROI_ALIGN"
-    # nvImageCodec for the GPU-decode rows once take_nvimg has unpacked it (else they use torchvision's decode_jpeg;
-    # each row's gpu_decoder says which), as a user who installed nvidia-nvimgcodec-cu13 + nvidia-nvjpeg would run
-    if [ -d /tmp/site-nvimg312/nvidia ]; then
-      PYTHONPATH=$PYTHONPATH:/tmp/site-nvimg312 LD_LIBRARY_PATH=/tmp/site-nvimg312/nvjpeg13${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
-        python3 benchmarks/e2e_torch_cuda.py --checkpoint $CK --size 1344 --images $E/data/images --phases "$phases" \
-        --nms-rounds 96 --out "$OUT/$name.json" "$@"
-      return
-    fi
-    python3 benchmarks/e2e_torch_cuda.py --checkpoint $CK --size 1344 --images $E/data/images --phases "$phases" \
-      --nms-rounds 96 --out "$OUT/$name.json" "$@"
+    with_nvimg python3 benchmarks/e2e_torch_cuda.py --checkpoint $CK --size 1344 --images $E/data/images \
+      --phases "$phases" --nms-rounds 96 --out "$OUT/$name.json" "$@"
   }
   parity=
   for s in "$@"; do
@@ -205,14 +207,8 @@ steps)
       step torch_decode_post_procs torch_e2e e2e_torch_cuda_decode_post_procs gpu_decode_post --stream-compile default \
         --batches 8 --gpu-decode-processes 8 ;;
     latency_profile)  # where batch 1's time goes (GPU decode + GPU post, compiled): stages, cProfile, torch.profiler
-      if [ -d /tmp/site-nvimg312/nvidia ]; then
-        step latency_profile env PYTHONPATH=$PYTHONPATH:/tmp/site-nvimg312 \
-          LD_LIBRARY_PATH=/tmp/site-nvimg312/nvjpeg13${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
-          python3 benchmarks/latency_profile.py --checkpoint $CK --images $E/data/images --out-dir $OUT/latency_profile
-      else
-        step latency_profile python3 benchmarks/latency_profile.py --checkpoint $CK --images $E/data/images \
-          --out-dir $OUT/latency_profile
-      fi ;;
+      step latency_profile with_nvimg python3 benchmarks/latency_profile.py --checkpoint $CK --images $E/data/images \
+        --out-dir $OUT/latency_profile ;;
     paste_profile) step paste_profile python3 benchmarks/paste_profile.py ;;  # paste_runs' kernel path, cProfile
     torch_stream_compiled)  # host decode + letterbox and host post in worker processes, compiled (batch 8 and 1)
       step torch_stream_compiled torch_e2e e2e_torch_cuda_stream_compiled stream --stream-compile default ;;

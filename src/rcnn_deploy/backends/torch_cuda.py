@@ -375,7 +375,6 @@ class GpuLetterbox:
                 warnings.warn(self.decoder_note, RuntimeWarning, stacklevel=2)
         self.decoder = "nvimgcodec" if self._nvimg is not None else "torchvision"
         self._staging: Dict[int, List[Any]] = {}  # by batch size: [pinned host batch, event after its uploads]
-        self._turns: Dict[int, int] = {}
         self._keep: List[Any] = []  # the last batch's nvImageCodec images: their memory until the next call
         self._done: Any = None  # an event after the last batch's letterbox kernels (CUDA): _keep may go after it
         self._taps: Dict[Tuple[int, int, bool], Tuple[Any, ...]] = {}  # _opencv_taps by (out, in, clamp)
@@ -435,14 +434,13 @@ class GpuLetterbox:
         import torch
 
         cuda = self.device.type == "cuda"
-        ring = self._staging.setdefault(batch, [])
-        turn = self._turns.get(batch, 0)
-        self._turns[batch] = turn + 1
+        ring = self._staging.setdefault(batch, [])  # the least recently used first
+        slot: List[Any]
         if len(ring) < _STAGING:
-            ring.append([torch.empty((batch, 3, *self.input_hw), dtype=torch.uint8, pin_memory=cuda), None])
-            slot = ring[-1]
+            slot = [torch.empty((batch, 3, *self.input_hw), dtype=torch.uint8, pin_memory=cuda), None]
         else:
-            slot = ring[turn % _STAGING]
+            slot = ring.pop(0)
+        ring.append(slot)
         host, uploaded = slot
         if uploaded is not None:
             uploaded.synchronize()
