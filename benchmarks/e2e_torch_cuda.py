@@ -214,7 +214,17 @@ def stream_pass(det: Any, paths: List[str], batch: int, processes: Optional[int]
     """One pass of ``Detector.stream`` writing like ``infer`` (no PNG): the TensorRT benchmark's, shared."""
     from e2e_trt import stream_pass as trt_stream_pass  # this folder; torch-free, for the py39 TensorRT side
 
-    return trt_stream_pass(det, paths, batch, None, out_dir, processes)
+    # GpuBatchModel's host seconds by stage, and its GpuLetterbox's (decode call, waits before reusing memory)
+    stages = getattr(det.batch_model, "stage_s", None)
+    lb_s = getattr(getattr(det.batch_model, "letterbox", None), "host_s", None)
+    for d in (stages, lb_s):
+        if d is not None:
+            d.update(dict.fromkeys(d, 0.0))
+    res = trt_stream_pass(det, paths, batch, None, out_dir, processes)
+    if stages is not None:  # ms per batch: where submit's time goes (letterbox holds decode and reuse_wait)
+        both = {**stages, **(lb_s or {})}
+        res["stage_ms_per_batch"] = {k: round(v * 1e3 / max(res["batches"], 1), 2) for k, v in both.items()}
+    return res
 
 
 def latency(det: Any, paths: List[str], n: int) -> Dict[str, Any]:

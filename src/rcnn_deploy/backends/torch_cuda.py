@@ -378,6 +378,9 @@ class GpuLetterbox:
         self._keep: List[Any] = []  # the last batch's nvImageCodec images: their memory until the next call
         self._done: Any = None  # an event after the last batch's letterbox kernels (CUDA): _keep may go after it
         self._taps: Dict[Tuple[int, int, bool], Tuple[Any, ...]] = {}  # _opencv_taps by (out, in, clamp)
+        #: host seconds, summed over calls: in the GPU decoder's decode call, and waiting for an earlier batch's
+        #: letterbox or uploads before reusing their memory (benchmarks read and reset them)
+        self.host_s: Dict[str, float] = {"decode": 0.0, "reuse_wait": 0.0}
         from ..glue.roi_align_triton import kernels_run
 
         #: the OpenCV-exact resize by the Triton kernel (on a CUDA device with Triton), else by torch ops
@@ -443,7 +446,9 @@ class GpuLetterbox:
         ring.append(slot)
         host, uploaded = slot
         if uploaded is not None:
+            t0 = time.perf_counter()
             uploaded.synchronize()
+            self.host_s["reuse_wait"] += time.perf_counter() - t0
         view = host.numpy()
         for i in arrays:
             np.copyto(view[i], items[i])
@@ -461,9 +466,13 @@ class GpuLetterbox:
 
         assert self._nvimg is not None
         stream = torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
+        t0 = time.perf_counter()
         images = self._nvimg.decode([np.asarray(items[i]) for i in encoded], stream)
+        t1 = time.perf_counter()
         if self._done is not None:  # the last batch's letterbox has read its images (GpuBatchModel no longer
             self._done.synchronize()  # waits for a batch before decoding the next one)
+        self.host_s["decode"] += t1 - t0
+        self.host_s["reuse_wait"] += time.perf_counter() - t1
         self._keep = [img for img in images if img is not None]
         out: Dict[int, Any] = {}
         for i, img in zip(encoded, images):
