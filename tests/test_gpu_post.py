@@ -370,6 +370,80 @@ def test_a_model_that_launches_is_post_processed_in_the_waiter():
     _same_coco(host, device, spec)
 
 
+class _PointerEngine:
+    """A stand-in for a fused TensorRTBackend with ``infer_device``'s contract: it reads its input and writes its
+    outputs (the fused graph's names) through raw pointers into memory it does not own, here host memory (device
+    "cpu"), so what TensorRTTorchModel hands a real engine (pointers, shapes, dtypes, names) is what it is checked
+    on. The outputs are ``run``'s for the pixels it read."""
+
+    def __init__(self, run, input_dtype, d=9, m=28):
+        self.run, self.input_dtype, self.d, self.m = run, np.dtype(input_dtype), d, m
+        self.input_names = ["images"]
+        self.calls = []
+
+    def tensor_dtype(self, name):
+        dtypes = {"images": self.input_dtype, "num_detections": np.int32, "detection_classes": np.int32}
+        return np.dtype(dtypes.get(name, np.float32))
+
+    def output_shapes(self, shapes):
+        b, d, m = int(shapes["images"][0]), self.d, self.m
+        return {"num_detections": (b,), "detection_boxes": (b, d, 4), "detection_scores": (b, d),
+                "detection_classes": (b, d), "detection_masks": (b, d, m, m)}  # fmt: skip
+
+    @staticmethod
+    def _view(t):
+        import ctypes
+
+        n = int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize
+        raw = np.ctypeslib.as_array((ctypes.c_uint8 * n).from_address(t.ptr))
+        return raw.view(t.dtype).reshape(t.shape)
+
+    def infer_device(self, inputs, outputs, stream):
+        x = self._view(inputs["images"])
+        assert x.dtype == self.input_dtype and stream == 0
+        self.calls.append(tuple(x.shape))
+        out = self.run(torch.from_numpy(x.astype(np.uint8)))  # the pixels as the model saw them
+        assert sorted(outputs) == sorted(self.output_shapes({"images": x.shape}))
+        for name, t in outputs.items():
+            self._view(t)[...] = out[name.replace("detection_", "")].numpy()
+
+
+@pytest.mark.parametrize("input_dtype", [np.uint8, np.float32])
+def test_an_engine_on_torch_tensors_gives_the_models_detections(input_dtype):
+    """``engine_on_torch`` (``Detector.from_engine(..., gpu_post=True)``'s model): a fused engine fed from and
+    writing into torch tensors through their pointers (TensorRTTorchModel), between the GPU letterbox and
+    GpuPost, gives the detections of the same outputs from a torch model in GpuBatchModel, and those of the host
+    path; an engine taking float32 gets the uint8 pixels cast. On the CPU, with a stand-in engine: not TensorRT."""
+    from rcnn_deploy import get_spec
+    from rcnn_deploy.api import Detector, engine_on_torch
+
+    spec = get_spec("torchvision-maskrcnn")
+    rng = np.random.default_rng(6)
+    images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in [(60, 90), (128, 160), (300, 120)]]
+
+    def run(x):
+        r = np.random.default_rng(int(x.double().sum()))
+        num = r.integers(0, 10, int(x.shape[0]))
+        out = _outputs(r, b=int(x.shape[0]), num=num)
+        out["num_detections"], out["classes"] = out["num_detections"].astype(np.int32), out["classes"].astype(np.int32)
+        return {k: torch.from_numpy(v) for k, v in out.items()}
+
+    host, device = _detect_both_ways(run, spec, (128, 160), images, batch=2)
+    engine = _PointerEngine(run, input_dtype)
+    det = Detector(spec, (128, 160), lambda a: {}, "tensorrt", 2)
+    det.input_dtype = np.dtype(np.uint8)
+    det.batch_model = engine_on_torch(engine, spec, (128, 160), det.fill, None, 2, False, device="cpu")
+    got = det(images)
+    assert engine.calls == [(2, 3, 128, 160)] * 2  # every batch padded to the profile's largest
+    assert all(isinstance(d.pasted, RleMasks) for d in got)
+    for a, b in zip(device, got):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.classes, b.classes)
+        assert a.pasted.rles() == b.pasted.rles()
+    _same_coco(host, got, spec)
+
+
 @pytest.fixture(scope="module")
 def shapes_net():
     from rcnn_deploy.models.build import build_model
@@ -383,9 +457,13 @@ def test_gpu_post_needs_a_cuda_device_and_a_checkpoint(tmp_path):
 
     with pytest.raises(UserError, match="needs a CUDA device"):
         Detector.from_module(object(), (128, 128), gpu_post=True)  # refused before the model is looked at
+    (tmp_path / "contract.json").write_text("{}")
+    with pytest.raises(UserError, match="but for a fused TensorRT engine"):
+        Detector.load(tmp_path, gpu_post=True)  # an export directory (ONNX Runtime): not there
     (tmp_path / "model.engine").write_bytes(b"")
-    with pytest.raises(UserError, match="options of the PyTorch backend"):
-        Detector.load(tmp_path / "model.engine", gpu_post=True)
+    if not torch.cuda.is_available():  # an engine: its outputs post-processed by torch on the GPU
+        with pytest.raises(UserError, match="needs torch with a CUDA GPU"):
+            Detector.load(tmp_path / "model.engine", gpu_post=True)
 
 
 @pytest.mark.full  # four model calls of the R50 Mask R-CNN on the CPU: about 15 s on 2 cores

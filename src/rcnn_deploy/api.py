@@ -98,20 +98,21 @@ class Detector:
         ``device="cuda"``, ``precision`` (fp32 / fp16 / bf16), ``cuda_graph``, ``gpu_decode`` (JPEGs decoded and
         letterboxed on the GPU; ``gpu_decoder`` picks the decoder, see :meth:`from_module`) and ``gpu_post`` (boxes
         mapped back, masks pasted and RLE-encoded on the GPU): the PyTorch backend on a GPU
-        (:class:`rcnn_deploy.backends.torch_cuda`). ``replicas``: ONNX Runtime on
+        (:class:`rcnn_deploy.backends.torch_cuda`); ``gpu_decode`` and ``gpu_post`` also for a fused TensorRT engine
+        (``gpu_post`` with torch in the process: :meth:`from_engine`). ``replicas``: ONNX Runtime on
         a fused export only, that many sessions sharing the cores, run side by side by :meth:`stream`."""
         p = Path(path)
         directory = p if p.is_dir() else p.parent
         is_engine = p.suffix.lower() in ENGINE_SUFFIXES
-        if (precision != "fp32" or (gpu_decode and not is_engine) or gpu_post) and (
+        if (precision != "fp32" or ((gpu_decode or gpu_post) and not is_engine)) and (
             is_engine or (directory / "contract.json").is_file()
         ):
             raise UserError(
-                "precision and GPU post-processing are options of the PyTorch backend, and so is GPU decoding but for "
-                "a fused TensorRT engine; an export or engine runs at the precision it was built with",
+                "precision is an option of the PyTorch backend, and so are GPU decoding and GPU post-processing but "
+                "for a fused TensorRT engine; an export or engine runs at the precision it was built with",
                 where=path,
-                fix="pass the checkpoint instead (CLI: --device cuda --precision fp16), or drop --precision and "
-                "--gpu-post (--gpu-decode: pass the .engine file)",
+                fix="pass the checkpoint instead (CLI: --device cuda --precision fp16), or drop --precision "
+                "(--gpu-decode, --gpu-post: pass the .engine file)",
             )
         onnxruntime_export = (directory / "contract.json").is_file() and backend in (None, "onnxruntime")
         if replicas != 1 and not (onnxruntime_export and p.suffix.lower() not in ENGINE_SUFFIXES):
@@ -121,7 +122,9 @@ class Detector:
                 fix="pass an export directory (onnxruntime), or drop --replicas and raise --batch",
             )
         if is_engine and backend in (None, "tensorrt"):
-            return cls.from_engine(p, gpu_decode=gpu_decode, cuda_graph=cuda_graph)
+            return cls.from_engine(
+                p, gpu_decode=gpu_decode, cuda_graph=cuda_graph, gpu_post=gpu_post, gpu_decoder=gpu_decoder
+            )
         if (directory / "contract.json").is_file() and backend == "tensorrt":
             return cls.from_split_engines(directory, device=device if device.startswith("cuda") else "cuda")
         if onnxruntime_export:
@@ -272,6 +275,8 @@ class Detector:
         slots: Optional[int] = None,
         cuda_graph: bool = True,
         blocking_wait: bool = False,
+        gpu_post: bool = False,
+        gpu_decoder: str = "auto",
     ) -> Detector:
         """A fused TensorRT / TensorRT-RTX engine built by ``rcnn-deploy build`` into its export directory (the
         contract.json beside it gives the model spec). ``detector.engine`` is the TensorRTBackend. ``pipelined``:
@@ -282,12 +287,19 @@ class Detector:
         decoded in a thread of its own; else 2). ``cuda_graph``: each slot replays the engine run from a CUDA graph
         (captured on its second run of a batch size); ``blocking_wait``: threads waiting for a batch sleep on a
         blocking-sync event instead of spinning in ``cudaStreamSynchronize`` (both:
-        :mod:`rcnn_deploy.backends.tensorrt.pipelined`)."""
+        :mod:`rcnn_deploy.backends.tensorrt.pipelined`). ``gpu_post`` (needs torch with CUDA in this process): the
+        engine runs on torch CUDA tensors between the PyTorch backend's GPU pre- and post-processing
+        (:mod:`rcnn_deploy.backends.tensorrt.torch_io`): host-letterboxed batches uploaded as uint8, or with
+        ``gpu_decode`` JPEGs decoded and letterboxed by :class:`~rcnn_deploy.backends.torch_cuda.GpuLetterbox`
+        (``gpu_decoder``), and boxes, masks and RLE made on the GPU; ``pipelined``, ``gpu_decode_backend``,
+        ``slots``, ``cuda_graph`` and ``blocking_wait`` are the torch-free paths' and do not apply."""
         from .backends.tensorrt.runtime import TensorRTBackend
         from .contract import Contract
         from .runtime.split import fused_outputs
 
         path = Path(path)
+        if gpu_post:  # before anything is read: the option cannot work in this process
+            _need_torch_cuda("post-processing a TensorRT engine's outputs on the GPU", "--gpu-post")
         if not (path.parent / "contract.json").is_file():
             raise ValueError(
                 f"no contract.json beside {path}: build the engine into its export directory "
@@ -305,6 +317,12 @@ class Detector:
         det = cls(c.spec, c.input_hw, run, "tensorrt", lo)
         det.engine = be
         det.input_dtype = be.tensor_dtype(be.input_names[0])
+        if gpu_post:
+            det.batch_model = engine_on_torch(be, c.spec, c.input_hw, det.fill, det.max_pixels, hi, gpu_decode,
+                                              gpu_decoder, "cuda")  # fmt: skip
+            det.input_dtype = np.dtype(np.uint8)  # host-letterboxed images upload as uint8, cast on the GPU
+            det.gpu_decode = gpu_decode
+            return det
         if gpu_decode:
             from .backends.tensorrt.gpu_pre import LETTERBOX_MAX_HW, TensorRTGpuDecodeModel, ensure_letterbox_engine
 
@@ -645,6 +663,45 @@ def _is_items(source: Any) -> bool:
     if isinstance(source, (list, tuple)):
         return bool(source) and all(isinstance(x, Item) for x in source)
     return not isinstance(source, (str, Path, np.ndarray))
+
+
+def _need_torch_cuda(what: str, option: str) -> None:
+    """A UserError unless torch with a CUDA GPU can be imported here."""
+    try:
+        import torch
+    except ImportError:
+        raise UserError(
+            f"{what} needs torch in this process", where=option, fix="pip install torch, or drop the option"
+        ) from None
+    if not torch.cuda.is_available():
+        raise UserError(f"{what} needs torch with a CUDA GPU; torch here sees none", where=option,
+                        fix="install a CUDA build of torch, or drop the option")  # fmt: skip
+
+
+def engine_on_torch(
+    backend: Any,
+    spec: Any,
+    input_hw: Tuple[int, int],
+    fill: Any,
+    max_pixels: Optional[int],
+    batch: int,
+    gpu_decode: bool,
+    gpu_decoder: str = "auto",
+    device: str = "cuda",
+) -> Any:
+    """The runner's model for a fused engine on torch tensors (``Detector.from_engine(..., gpu_post=True)``): the
+    PyTorch backend's :class:`~rcnn_deploy.backends.torch_cuda.GpuBatchModel` around
+    :class:`~rcnn_deploy.backends.tensorrt.torch_io.TensorRTTorchModel`, with its GPU letterbox (``gpu_decode``:
+    JPEG bytes decoded by ``gpu_decoder``, else host-letterboxed uint8 arrays uploaded) and
+    :class:`~rcnn_deploy.glue.gpu_post.GpuPost`; every batch padded to ``batch`` (the engine profile's largest)."""
+    from .backends.tensorrt.torch_io import TensorRTTorchModel
+    from .backends.torch_cuda import GpuBatchModel, GpuLetterbox
+    from .glue.gpu_post import GpuPost
+    from .runtime.split import fused_outputs
+
+    lb = GpuLetterbox(input_hw, fill, spec.resize, device, max_pixels, gpu_decoder if gpu_decode else "torchvision")
+    post = GpuPost(spec.mask_paste, spec.mask_threshold)
+    return GpuBatchModel(TensorRTTorchModel(backend, fused_outputs, device), lb, batch, post)
 
 
 def _fixed_batch(run: Runner, lo: int, hi: int) -> Runner:
