@@ -21,6 +21,10 @@ and median are reported; on CUDA with a synchronize around each call) for:
                    per pixel; see its docstring): the paste and the diff / nonzero only, no positions
   interp_loop      another alternative (torchvision method only): F.interpolate per detection, then diff /
                    nonzero per detection (the paste and the transitions only)
+  postprocess_{grid,ragged}_b{1,8}  postprocess_batch (GpuPost's call per batch) on the case as one image's
+                   outputs, and 8 copies of it: the grid layout (no synchronisation before the one copy back; the
+                   default where the kernel runs) and the ragged one; mismatched_masks_post_* count masks whose
+                   counts differ from the host's
 
 device_counts must give the host's counts: the script checks every mask and records the number that differ
 (``mismatched_masks``, ``mismatched_masks_groups``; a pixel within about 1e-6 of the threshold may fall the other
@@ -232,11 +236,53 @@ def run_case(
         "device_counts_groups": timed(lambda: device_counts(False), repeat, sync),
         "device_rle": timed(device_rle, repeat, sync),
     }
+    row.update(postprocess_rows(data, method, hw, dev, sync, repeat, want))
     if alternatives:
         row["ragged_gather"] = timed(lambda: ragged_gather(probs_d, boxes_d, hw, method, 0.5), repeat, sync)
         if method == "torchvision":
             row["interp_loop"] = timed(lambda: interp_loop(probs_d, boxes_d, hw, 0.5), repeat, sync)
     return row
+
+
+def postprocess_rows(
+    data: Dict[str, np.ndarray], method: str, hw: tuple, dev: Any, sync: Callable[[], None], repeat: int, want: list
+) -> Dict[str, Any]:
+    """``postprocess_batch`` (what GpuPost runs per batch: boxes back to the image, masks pasted, runs back on the
+    host) on the case as one image's padded outputs, at batch 1 and as 8 copies of it: the grid layout (the
+    default where the kernel runs: no synchronisation before the one copy back) and the ragged one
+    (``GRID_MAX_ELEMENTS = 0``), each mask's counts checked against the host's (``want``)."""
+    import torch
+
+    from rcnn_deploy.glue import gpu_post
+    from rcnn_deploy.runtime.preprocess import Letterbox
+
+    n = len(data["boxes"])
+    lb = Letterbox.fit(hw[0], hw[1], hw)  # the boxes are in the image's pixels already
+    one = {
+        "num_detections": torch.tensor([n], dtype=torch.int32),
+        "boxes": torch.from_numpy(data["boxes"])[None],
+        "scores": torch.linspace(1, 0.05, n)[None],
+        "classes": torch.ones((1, n), dtype=torch.int32),
+        "masks": torch.from_numpy(data["probs"])[None],
+    }
+    rows: Dict[str, Any] = {}
+    budget = gpu_post.GRID_MAX_ELEMENTS
+    try:
+        for b in (1, 8):
+            outs = {k: v.repeat(b, *([1] * (v.dim() - 1))).to(dev) for k, v in one.items()}
+            for layout, limit in (("grid", budget), ("ragged", 0)):
+                gpu_post.GRID_MAX_ELEMENTS = limit
+                got = gpu_post.postprocess_batch(outs, [lb] * b, method, 0.5)["detections"]
+                masks = [d.pasted for d in got]
+                rows[f"mismatched_masks_post_{layout}_b{b}"] = sum(
+                    sum(w != m.counts(i) for i, w in enumerate(want)) for m in masks
+                )
+                rows[f"postprocess_{layout}_b{b}"] = timed(
+                    lambda outs=outs, b=b: gpu_post.postprocess_batch(outs, [lb] * b, method, 0.5), repeat, sync
+                )
+    finally:
+        gpu_post.GRID_MAX_ELEMENTS = budget
+    return rows
 
 
 def main() -> None:

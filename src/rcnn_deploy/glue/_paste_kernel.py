@@ -77,3 +77,18 @@ def paste_transitions_kernel(
             tl.store(dst, pos.to(out_ptr.dtype.element_ty), mask=(change != 0) & (slot < MAX_RUNS))
             count += tl.sum(change, axis=0)
         tl.store(count_ptr + at, count, mask=col_live)
+
+
+@triton.jit
+def compact_changes_kernel(out_ptr, count_ptr, start_ptr, dst_ptr, cols, MAX_RUNS: tl.constexpr, BLOCK: tl.constexpr):
+    """Columns ``BLOCK`` at a time: the first ``count[c]`` changes of column ``c`` (``out [cols, MAX_RUNS]``, as
+    :func:`paste_transitions_kernel` wrote them) copied to ``dst[start[c]:]`` (``start``: the exclusive cumulative
+    sum of ``count``), so every column's changes end up one after the other, in column order."""
+    c = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = c < cols
+    n = tl.load(count_ptr + c, mask=live, other=0)
+    start = tl.load(start_ptr + c, mask=live, other=0)
+    slot = tl.arange(0, MAX_RUNS)
+    keep = live[:, None] & (slot[None, :] < n[:, None])
+    v = tl.load(out_ptr + c[:, None].to(tl.int64) * MAX_RUNS + slot[None, :], mask=keep, other=0)
+    tl.store(dst_ptr + start[:, None] + slot[None, :], v, mask=keep)

@@ -22,6 +22,14 @@ run never crosses a column's extra slot); only their image positions (``x * H + 
 counts are their differences (:class:`~rcnn_deploy.runtime.masks.RleMasks`). A run that ends at the bottom of one
 column and goes on at the top of the next (a region of the image's full height) is merged on the device.
 
+Where the Triton kernel runs (a GPU; ``TRITON_INTERPRET=1`` on the CPU), :func:`postprocess_batch` pastes a whole
+batch with no host synchronisation before its one copy back (:func:`_grid_changes`): box regions and taps are
+computed on the device for every detection slot over the batch's largest image's rows and columns (so no
+buffer size depends on the boxes), the kernel writes each column's row changes, and a second kernel compacts them
+column after column; the boxes, scores, classes, counts, regions and changes then come back together. Before it,
+the host computed the regions and taps from boxes it had copied back first, and the changes took two more
+synchronisations (:func:`_paste_runs_kernel`, still :func:`paste_runs`' kernel path).
+
 The matmul runs in float32 when torch's float32 matmul precision is "highest" (its default), else in float64: a
 TF32 or bf16 pass would move pixels within about 1e-3 of the threshold across it.
 
@@ -266,6 +274,26 @@ def _paste_runs_kernel(
     if over.any():
         pos = pos[~np.repeat(over, per_mask)]
         per_mask[over] = 0
+    runs, offsets = _runs_of_changes(pos, per_mask, over, probs, boxes, hw_h, method, threshold, max_elements, min_fill)
+    return PastedRuns(regions_h, runs, offsets)
+
+
+def _runs_of_changes(
+    pos: np.ndarray,
+    per_mask: np.ndarray,
+    over: np.ndarray,
+    probs: Tensor,
+    boxes: Tensor,
+    hw_h: np.ndarray,
+    method: str,
+    threshold: float,
+    max_elements: int,
+    min_fill: Optional[float],
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The runs ``[R, 2]`` and per-mask offsets ``[N + 1]`` of ``N`` masks from the kernel's row changes ``pos``
+    (image positions, mask after mask, each mask's in order; ``per_mask`` of them each), with the masks marked
+    ``over`` (none of their changes in ``pos``) pasted by the groups from ``probs`` / ``boxes`` instead."""
+    n = int(per_mask.shape[0])
     starts, ends, run_det = pos[0::2], pos[1::2], np.repeat(np.arange(n), per_mask // 2)
     # a run ending at the bottom of a column that goes on at the top of the next is one run (full-height region)
     join = (ends[:-1] == starts[1:]) & (run_det[:-1] == run_det[1:])
@@ -277,7 +305,7 @@ def _paste_runs_kernel(
     runs = np.stack([starts, ends], 1).astype(np.int64)
     if over.any():  # those masks by the groups, their runs put in mask order with the others'
         redo = np.flatnonzero(over)
-        sel = torch.as_tensor(redo, device=dev)
+        sel = torch.as_tensor(redo, device=probs.device)
         sub = paste_runs(probs[sel], boxes[torch.as_tensor(redo, device=boxes.device)], hw_h[redo], method,
                          threshold, max_elements, min_fill, kernel=False)  # fmt: skip
         sub_det = redo[np.repeat(np.arange(redo.shape[0]), np.diff(sub.offsets))]
@@ -286,7 +314,7 @@ def _paste_runs_kernel(
         run_det = np.concatenate([run_det, sub_det])[order]
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(run_det, minlength=n), out=offsets[1:])
-    return PastedRuns(regions_h, runs, offsets)
+    return runs, offsets
 
 
 @torch.no_grad()
@@ -394,6 +422,80 @@ def paste_runs(
     return PastedRuns(regions_h, runs_h, np.concatenate([[0], np.cumsum(per_mask)]).astype(np.int64))
 
 
+#: The most (mask slot, column, change) entries of a batch's grid paste (:func:`_grid_changes`: its change buffer,
+#: 4 or 8 bytes each, and as much again for the compacted copy); a batch needing more pastes with the ragged layout.
+GRID_MAX_ELEMENTS = 1 << 28
+#: Row changes per image copied back with the batch's other results before the host knows how many there are (a
+#: 1920x1080 image with 60 detections had about 44,000); more take a second copy.
+GRID_CHANGES_PER_IMAGE = 1 << 16
+_COMPACT_BLOCK = 128
+
+
+def _grid_taps(pix: Tensor, axis: Tuple[Any, Any], method: str, m: int) -> Tensor:
+    """:func:`_taps` for a grid of pixels ``[S, L]`` (``axis``: the ``[S]`` parameters of :func:`_geometry`) as the
+    kernel reads them: ``[3, S * L]`` float32, the first tap's index, then the two weights."""
+    a, b = axis
+    i, w0, w1 = _taps(pix, a[:, None], b[:, None], method, m, torch.float64)
+    return torch.stack([i.float(), w0, w1]).reshape(3, -1)
+
+
+def _grid_changes(
+    probs: Tensor,
+    boxes: Tensor,
+    live: Tensor,
+    hw: Tensor,
+    hw_max: Tuple[int, int],
+    wide: bool,
+    method: str,
+    threshold: float,
+) -> Tuple[Tensor, Tensor]:
+    """The paste kernel over every detection slot of a batch with no host synchronisation: ``probs [S, M, M]``,
+    ``boxes [S, 4]`` (original pixels), ``live [S]`` (slots to paste), ``hw [S, 2]`` each slot's image size (int64),
+    all on the device; ``hw_max``: the largest image height and width. Box regions (:func:`_geometry`) and taps
+    (:func:`_taps`, float64: the ragged layout's values) are computed on the device for every slot over the largest
+    image's rows and columns (slot ``s``'s columns at ``s * W``), so their number is known without looking at the
+    boxes; the kernel's changes are then compacted on the device, column after column (:mod:`._paste_kernel`).
+    Returns ``meta`` int64 ``[6 S + 1]`` (changes per slot, 1 where a slot needs the groups instead, the ``[S, 4]``
+    regions, the total) and the compacted changes (their first ``total`` entries), both still on the device."""
+    import triton
+
+    from ._paste_kernel import compact_changes_kernel, paste_transitions_kernel
+
+    dev = probs.device
+    n, m = int(probs.shape[0]), int(probs.shape[-1])
+    h_max, w_max = int(hw_max[0]), int(hw_max[1])
+    regions, (ay, ax) = _geometry(boxes, hw, m, method, torch.float64)
+    zero = torch.zeros((), dtype=regions.dtype, device=dev)
+    rh = torch.where(live, regions[:, 1] - regions[:, 0], zero).clamp(min=0)
+    rw = torch.where(live, regions[:, 3] - regions[:, 2], zero).clamp(min=0)
+    ytaps = _grid_taps(regions[:, 0:1] + torch.arange(h_max, device=dev), ay, method, m)
+    xtaps = _grid_taps(regions[:, 2:3] + torch.arange(w_max, device=dev), ax, method, m)
+    slot = torch.arange(n, device=dev)
+    side = torch.stack([rh, rw, slot * h_max, slot * w_max, regions[:, 0], regions[:, 2], hw[:, 0].to(regions.dtype)])
+    k1 = m + 3
+    padded = torch.zeros((n, k1, k1), dtype=torch.float32, device=dev)
+    padded[:, 1 : m + 1, 1 : m + 1] = probs
+    cols = n * w_max
+    out = torch.empty((cols, KERNEL_MAX_RUNS), dtype=torch.int64 if wide else torch.int32, device=dev)
+    count = torch.zeros(cols, dtype=torch.int32, device=dev)
+    paste_transitions_kernel[(n, triton.cdiv(w_max, _KERNEL_BLOCK_W))](
+        padded, ytaps, xtaps, side, out, count, float(threshold), n * h_max, cols,
+        K1=k1, MAX_RUNS=KERNEL_MAX_RUNS, GE=method == "detectron2", BLOCK_H=_KERNEL_BLOCK_H, BLOCK_W=_KERNEL_BLOCK_W,
+    )  # fmt: skip
+    per_col = count.view(n, w_max)
+    # a column with more changes than the kernel keeps, or an odd count: that slot goes through the groups
+    over = ((per_col > KERNEL_MAX_RUNS) | (per_col % 2 == 1)).any(1)
+    kept = torch.where(over[:, None], torch.zeros_like(per_col), per_col).reshape(-1).to(torch.int64)
+    start = torch.cumsum(kept, 0) - kept
+    per_slot = kept.view(n, w_max).sum(1)
+    compact = torch.empty_like(out).view(-1)
+    compact_changes_kernel[(triton.cdiv(cols, _COMPACT_BLOCK),)](
+        out, kept, start, compact, cols, MAX_RUNS=KERNEL_MAX_RUNS, BLOCK=_COMPACT_BLOCK
+    )
+    meta = torch.cat([per_slot, over.to(torch.int64), regions.reshape(-1), per_slot.sum().view(1)])
+    return meta, compact
+
+
 @torch.no_grad()
 def postprocess_batch(
     outputs: Mapping[str, Tensor],
@@ -425,19 +527,52 @@ def postprocess_batch(
     orig = torch.minimum(orig, torch.as_tensor(limit, device=dev)[:, None, :])
     # one copy to the host (one synchronisation) for all of them: classes and counts are exact in float32
     columns = [orig.reshape(b, d * 4), scores, outputs["classes"].reshape(b, d).float(), num[:, None].float()]
-    packed = torch.cat(columns + [finite[:, None].float()], 1).cpu().numpy()
+    packed_d = torch.cat(columns + [finite[:, None].float()], 1)
+    masks = outputs.get("masks")
+    hw_img = np.array([[lb.orig_h, lb.orig_w] for lb in letterboxes], np.int64).reshape(-1, 2)
+    grid = None
+    fits = b * d * int(hw_img[:, 1].max()) * KERNEL_MAX_RUNS <= GRID_MAX_ELEMENTS
+    if masks is not None and fits and _kernel_runs(dev):
+        # every slot pasted with no synchronisation before the one copy back (the changes with it)
+        live = (valid & finite[:, None]).reshape(-1)
+        hw_slots = torch.as_tensor(np.repeat(hw_img, d, 0), device=dev)
+        wide = int((hw_img[:, 0] * hw_img[:, 1]).max()) >= 2**31
+        probs = masks.reshape(b * d, *masks.shape[2:]).float()
+        meta, compact = _grid_changes(probs, orig.reshape(-1, 4), live, hw_slots, tuple(hw_img.max(0)), wide, method,
+                                      threshold)  # fmt: skip
+        guess = min(int(compact.shape[0]), GRID_CHANGES_PER_IMAGE * b)
+        copies = [t.to("cpu", non_blocking=True) for t in (packed_d, meta, compact[:guess])]
+        if dev.type == "cuda":
+            torch.cuda.current_stream(dev).synchronize()
+        packed, meta_h, changes_h = (t.numpy() for t in copies)
+        grid = (probs, meta_h, changes_h, compact)
+    else:
+        packed = packed_d.cpu().numpy()
     boxes_h = packed[:, : d * 4].reshape(b, d, 4)
     scores_h, classes_h = packed[:, d * 4 : d * 5], packed[:, d * 5 : d * 6]
     num_h, finite_h = packed[:, d * 6].astype(np.int64), packed[:, d * 6 + 1] > 0
 
     pasted = None
     first = np.zeros(b + 1, np.int64)  # image i's masks are pasted[first[i]:first[i + 1]]
-    masks = outputs.get("masks")
-    if masks is not None:
+    if grid is not None:
+        probs, meta_h, changes_h, compact = grid
+        slots = b * d
+        per_slot, over = meta_h[:slots], meta_h[slots : 2 * slots] > 0
+        total = int(meta_h[-1])
+        pos = changes_h[:total]
+        if total > changes_h.shape[0]:  # more than the first copy took
+            pos = np.concatenate([changes_h, compact[changes_h.shape[0] : total].cpu().numpy()])
+        hw_slots_h = np.repeat(hw_img, d, 0)
+        runs, offsets = _runs_of_changes(pos.astype(np.int64, copy=False), per_slot.copy(), over, probs,
+                                         torch.from_numpy(boxes_h.reshape(slots, 4)), hw_slots_h, method, threshold,
+                                         max_elements, None)  # fmt: skip
+        pasted = PastedRuns(meta_h[2 * slots : 6 * slots].reshape(slots, 4), runs, offsets)
+        first = np.arange(b + 1, dtype=np.int64) * d  # image i's slots
+    elif masks is not None:
         counts = np.where(finite_h, num_h, 0)
         first[1:] = np.cumsum(counts)
         index = np.concatenate([i * d + np.arange(c) for i, c in enumerate(counts)]).astype(np.int64)
-        hw = np.repeat(np.array([[lb.orig_h, lb.orig_w] for lb in letterboxes], np.int64).reshape(-1, 2), counts, 0)
+        hw = np.repeat(hw_img, counts, 0)
         sel = torch.as_tensor(index, device=dev)
         probs = masks.reshape(b * d, *masks.shape[2:])[sel]
         boxes_sel = torch.from_numpy(boxes_h.reshape(b * d, 4)[index])  # on the host already: no sync for them
@@ -447,7 +582,7 @@ def postprocess_batch(
         n = int(num_h[i])
         rle = None
         if pasted is not None and finite_h[i]:
-            rle = pasted.masks(int(first[i]), int(first[i + 1]), (lb.orig_h, lb.orig_w))
+            rle = pasted.masks(int(first[i]), int(first[i]) + n, (lb.orig_h, lb.orig_w))
         dets[i] = Detections(
             boxes_h[i, :n].astype(np.float32),
             scores_h[i, :n].astype(np.float32),
