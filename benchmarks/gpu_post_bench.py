@@ -23,8 +23,9 @@ and median are reported; on CUDA with a synchronize around each call) for:
                    nonzero per detection (the paste and the transitions only)
   postprocess_{grid,ragged}_b{1,8}  postprocess_batch (GpuPost's call per batch) on the case as one image's
                    outputs, and 8 copies of it: the grid layout (no synchronisation before the one copy back; the
-                   default where the kernel runs) and the ragged one; mismatched_masks_post_* count masks whose
-                   counts differ from the host's
+                   default where the kernel runs, COCO strings made on the device) and the ragged one;
+                   mismatched_masks_post_* / mismatched_strings_post_* count masks whose counts / strings
+                   differ from the host's
 
 device_counts must give the host's counts: the script checks every mask and records the number that differ
 (``mismatched_masks``, ``mismatched_masks_groups``; a pixel within about 1e-6 of the threshold may fall the other
@@ -236,7 +237,7 @@ def run_case(
         "device_counts_groups": timed(lambda: device_counts(False), repeat, sync),
         "device_rle": timed(device_rle, repeat, sync),
     }
-    row.update(postprocess_rows(data, method, hw, dev, sync, repeat, want))
+    row.update(postprocess_rows(data, method, hw, dev, sync, repeat, want, [ref.rle(i)["counts"] for i in range(n)]))
     if alternatives:
         row["ragged_gather"] = timed(lambda: ragged_gather(probs_d, boxes_d, hw, method, 0.5), repeat, sync)
         if method == "torchvision":
@@ -245,12 +246,20 @@ def run_case(
 
 
 def postprocess_rows(
-    data: Dict[str, np.ndarray], method: str, hw: tuple, dev: Any, sync: Callable[[], None], repeat: int, want: list
+    data: Dict[str, np.ndarray],
+    method: str,
+    hw: tuple,
+    dev: Any,
+    sync: Callable[[], None],
+    repeat: int,
+    want: list,
+    strings: list,
 ) -> Dict[str, Any]:
     """``postprocess_batch`` (what GpuPost runs per batch: boxes back to the image, masks pasted, runs back on the
     host) on the case as one image's padded outputs, at batch 1 and as 8 copies of it: the grid layout (the
     default where the kernel runs: no synchronisation before the one copy back) and the ragged one
-    (``GRID_MAX_ELEMENTS = 0``), each mask's counts checked against the host's (``want``)."""
+    (``GRID_MAX_ELEMENTS = 0``), each mask's counts and COCO RLE string (made on the device in the grid layout)
+    checked against the host's (``want``, ``strings``)."""
     import torch
 
     from rcnn_deploy.glue import gpu_post
@@ -277,6 +286,10 @@ def postprocess_rows(
                 rows[f"mismatched_masks_post_{layout}_b{b}"] = sum(
                     sum(w != m.counts(i) for i, w in enumerate(want)) for m in masks
                 )
+                rows[f"mismatched_strings_post_{layout}_b{b}"] = sum(
+                    sum(w != r["counts"] for w, r in zip(strings, m.rles())) for m in masks
+                )
+                rows[f"strings_on_device_post_{layout}_b{b}"] = all(m.texts is not None for m in masks)
                 rows[f"postprocess_{layout}_b{b}"] = timed(
                     lambda outs=outs, b=b: gpu_post.postprocess_batch(outs, [lb] * b, method, 0.5), repeat, sync
                 )

@@ -746,6 +746,8 @@ for method in METHODS:
             have = got["detections"][i]
             assert len(have) == len(want) == out["num_detections"][i]
             assert np.array_equal(have.boxes, want.boxes) and np.array_equal(have.scores, want.scores)
+            # the strings made on the device, unless masks went to the groups or the changes took a second copy
+            assert (have.pasted.texts is not None) == (budget > 1000 and runs == 16 and guess > 40)
             differing += _check_against_host(have.pasted, want.pasted.probs, want.pasted.boxes, sizes[i], method)
             pixels += sum(want.pasted.area(j) for j in range(len(want)))
     gpu_post.KERNEL_MAX_RUNS, gpu_post.GRID_CHANGES_PER_IMAGE, gpu_post.GRID_MAX_ELEMENTS = 16, 1 << 16, 1 << 28
@@ -778,3 +780,55 @@ def test_postprocess_batch_pastes_a_batch_on_the_grid_as_the_host_does():
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     assert "grid ok" in r.stdout
+
+
+def test_rle_strings_made_on_the_device_are_pycocotools_strings():
+    """``rle_strings_device`` (the grid post-processing's strings, torch ops with no host synchronisation) gives
+    RleMasks.rles' strings for the same runs: random masks in images of random sizes and three 1920x1080 ones,
+    empty and full masks, masks starting at pixel 0 or ending at the last, runs split in two where they go on
+    across a column end (one run in COCO), and a capacity with room to spare."""
+    from rcnn_deploy.glue.gpu_post import rle_strings_device
+
+    rng = np.random.default_rng(0)
+    for trial in range(150):
+        hws = [tuple(int(v) for v in rng.integers(1, 60, 2)) for _ in range(int(rng.integers(1, 8)))]
+        if trial % 7 == 0:
+            hws = [(1080, 1920)] * 3
+        changes, per_mask, runs, offsets = [], [], [], [0]
+        for h, w in hws:
+            p = h * w
+            kind = int(rng.integers(0, 5))
+            if kind == 0:
+                points = []
+            elif kind == 1 or p < 2:
+                points = [0, p]
+            else:
+                k = min(int(rng.integers(1, 12)) * 2, (p + 1) // 2 * 2)
+                points = sorted(rng.choice(p + 1, size=k, replace=False).tolist())
+                if kind == 3:
+                    points[0] = 0
+                if kind == 4:
+                    points[-1] = p
+            mine = [(points[i], points[i + 1]) for i in range(0, len(points), 2)]
+            made = []
+            for a, b in mine:  # some runs handed over in two pieces, as the kernel finds them across a column end
+                if b - a > 2 and rng.random() < 0.5:
+                    cut = int(rng.integers(a + 1, b))
+                    made += [a, cut, cut, b]
+                else:
+                    made += [a, b]
+            changes += made
+            per_mask.append(len(made))
+            runs += mine
+            offsets.append(len(runs))
+        pixels = np.array([h * w for h, w in hws])
+        capacity = len(changes) + int(rng.integers(0, 5))
+        text, bounds = rle_strings_device(
+            torch.tensor(changes + [0] * 5, dtype=torch.int64), torch.tensor(per_mask), torch.from_numpy(pixels),
+            capacity, int(pixels.max()),
+        )  # fmt: skip
+        whole = bytes(text.numpy()[: int(bounds[-1])]).decode("ascii")
+        for i, (h, w) in enumerate(hws):
+            r = np.array(runs[offsets[i] : offsets[i + 1]], np.int64).reshape(-1, 2)
+            want = RleMasks(r, [0, len(r)], np.array([[0, h, 0, w]]), (h, w)).rles()[0]["counts"]
+            assert whole[int(bounds[i]) : int(bounds[i + 1])] == want, (trial, i, r)

@@ -281,7 +281,7 @@ def test_gpu_options_need_a_gpu_and_a_checkpoint(tmp_path):
     export = tmp_path / "export"
     export.mkdir()
     (export / "contract.json").write_text("{}")
-    with pytest.raises(UserError, match="options of the PyTorch backend"):
+    with pytest.raises(UserError, match="precision is an option of the PyTorch backend"):
         Detector.load(export, device="cuda", precision="fp16")
 
 

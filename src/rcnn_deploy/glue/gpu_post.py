@@ -77,11 +77,13 @@ class PastedRuns:
     regions: np.ndarray
     runs: np.ndarray
     offsets: np.ndarray
+    texts: Optional[List[str]] = None  # each mask's COCO RLE string, where they were made on the device
 
     def masks(self, start: int, stop: int, image_hw: Tuple[int, int]) -> RleMasks:
         """Masks ``start:stop`` (all in one image of ``image_hw``) as :class:`RleMasks`."""
         a, b = int(self.offsets[start]), int(self.offsets[stop])
-        return RleMasks(self.runs[a:b], self.offsets[start : stop + 1] - a, self.regions[start:stop], image_hw)
+        texts = None if self.texts is None else self.texts[start:stop]
+        return RleMasks(self.runs[a:b], self.offsets[start : stop + 1] - a, self.regions[start:stop], image_hw, texts)
 
 
 def _geometry(boxes: Tensor, hw: Tensor, m: int, method: str, cdtype: Any) -> Tuple[Tensor, Tuple[Any, Any]]:
@@ -428,6 +430,9 @@ GRID_MAX_ELEMENTS = 1 << 28
 #: Row changes per image copied back with the batch's other results before the host knows how many there are (a
 #: 1920x1080 image with 60 detections had about 44,000); more take a second copy.
 GRID_CHANGES_PER_IMAGE = 1 << 16
+#: Characters of the slots' COCO RLE strings copied back with the rest, per change (and per slot) the first copy
+#: takes; more take a second copy.
+GRID_CHARS_PER_CHANGE = 3
 _COMPACT_BLOCK = 128
 
 
@@ -448,15 +453,19 @@ def _grid_changes(
     wide: bool,
     method: str,
     threshold: float,
-) -> Tuple[Tensor, Tensor]:
+    capacity: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
     """The paste kernel over every detection slot of a batch with no host synchronisation: ``probs [S, M, M]``,
     ``boxes [S, 4]`` (original pixels), ``live [S]`` (slots to paste), ``hw [S, 2]`` each slot's image size (int64),
     all on the device; ``hw_max``: the largest image height and width. Box regions (:func:`_geometry`) and taps
     (:func:`_taps`, float64: the ragged layout's values) are computed on the device for every slot over the largest
     image's rows and columns (slot ``s``'s columns at ``s * W``), so their number is known without looking at the
-    boxes; the kernel's changes are then compacted on the device, column after column (:mod:`._paste_kernel`).
-    Returns ``meta`` int64 ``[6 S + 1]`` (changes per slot, 1 where a slot needs the groups instead, the ``[S, 4]``
-    regions, the total) and the compacted changes (their first ``total`` entries), both still on the device."""
+    boxes; the kernel's changes are then compacted on the device, column after column (:mod:`._paste_kernel`), and
+    every slot's COCO RLE string made from its first ``capacity`` (:func:`rle_strings_device`). Returns ``meta``
+    int64 ``[7 S + 2]`` (changes per slot, 1 where a slot needs the groups instead, the ``[S, 4]`` regions, the
+    total, the ``S + 1`` offsets of the slots' strings), the compacted changes (their first ``total`` entries) and
+    the strings' characters (valid where the total is at most ``capacity`` and no slot needs the groups), all still
+    on the device."""
     import triton
 
     from ._paste_kernel import compact_changes_kernel, paste_transitions_kernel
@@ -492,8 +501,89 @@ def _grid_changes(
     compact_changes_kernel[(triton.cdiv(cols, _COMPACT_BLOCK),)](
         out, kept, start, compact, cols, MAX_RUNS=KERNEL_MAX_RUNS, BLOCK=_COMPACT_BLOCK
     )
-    meta = torch.cat([per_slot, over.to(torch.int64), regions.reshape(-1), per_slot.sum().view(1)])
-    return meta, compact
+    pixels = hw[:, 0].to(torch.int64) * hw[:, 1].to(torch.int64)
+    max_pixels = h_max * w_max  # at least any slot's image
+    text, text_offsets = rle_strings_device(compact, per_slot, pixels, min(capacity, int(compact.shape[0])), max_pixels)
+    meta = torch.cat([per_slot, over.to(torch.int64), regions.reshape(-1), per_slot.sum().view(1), text_offsets])
+    return meta, compact, text
+
+
+def _exclusive_cumsum(x: Tensor) -> Tensor:
+    return torch.cumsum(x, 0) - x
+
+
+def rle_strings_device(
+    changes: Tensor, per_mask: Tensor, pixels: Tensor, capacity: int, max_pixels: int
+) -> Tuple[Tensor, Tensor]:
+    """pycocotools' compressed COCO RLE strings of ``N`` masks from their row changes, on the changes' device
+    with no host synchronisation (every size below is ``capacity``'s, not the data's): ``changes`` int: each
+    mask's run starts and ends (image positions, column-major; end exclusive), mask after mask, ``per_mask [N]``
+    of them each (even), the first ``capacity`` of them used; ``pixels [N]`` each mask's image size ``H * W``
+    (``max_pixels``: the largest, which bounds the characters per count).
+    A run ending where the next starts (across a column end, a region of the image's full height) is one run.
+    Returns the strings' characters one after the other (uint8, ASCII; ``capacity`` sized, the valid ones first)
+    and ``[N + 1]`` int64 offsets into them (mask ``i``: ``chars[offsets[i]:offsets[i + 1]]``). Valid only when
+    ``per_mask.sum() <= capacity``: the caller checks. The same strings as :meth:`RleMasks.rles
+    <rcnn_deploy.runtime.masks.RleMasks.rles>` of the same runs (``_counts_batch`` and ``_rle_strings``)."""
+    dev = changes.device
+    n, g = int(per_mask.shape[0]), int(capacity)
+    per_mask = per_mask.to(torch.int64)
+    nb = g + 2 * n  # boundaries: per mask 0, its changes, its pixels
+    bounds = torch.zeros(nb + 1, dtype=torch.int64, device=dev)  # the last: where out-of-range writes go
+    j = torch.arange(g, device=dev)
+    mask_j = torch.searchsorted(torch.cumsum(per_mask, 0), j, right=True).clamp(max=max(n - 1, 0))
+    total = per_mask.sum()
+    bstart = _exclusive_cumsum(per_mask + 2)  # each mask's first boundary
+    at = torch.where(j < total, j + 2 * mask_j + 1, nb).clamp(max=nb)
+    bounds.scatter_(0, at, changes[:g].to(torch.int64))
+    bounds[bstart.clamp(max=nb)] = 0
+    bounds[(bstart + per_mask + 1).clamp(max=nb)] = pixels.to(torch.int64)
+    # each boundary's mask and place in it (0: the leading 0; odd: a run's start; even from 2: a run's end)
+    b = torch.arange(nb, device=dev)
+    mask_b = torch.searchsorted(bstart + per_mask + 2, b, right=True).clamp(max=max(n - 1, 0))
+    local = b - bstart[mask_b]
+    used = b < total + 2 * n
+    # a run's end equal to the next run's start: both go (the two runs are one)
+    join = used & (local >= 2) & (local % 2 == 0) & (local + 1 <= per_mask[mask_b]) & (bounds[:-1] == bounds[1:])
+    keep = used & ~join
+    keep[1:] &= ~join[:-1]
+    kidx = torch.cumsum(keep.to(torch.int64), 0) - 1
+    kept = torch.zeros(nb + 1, dtype=torch.int64, device=dev)
+    kept.scatter_(0, torch.where(keep, kidx, nb), bounds[:-1])
+    kept_per_mask = torch.zeros(n, dtype=torch.int64, device=dev).scatter_add_(0, mask_b, keep.to(torch.int64))
+    kstart = _exclusive_cumsum(kept_per_mask)
+    # counts: differences of a mask's kept boundaries (kept_per_mask - 1 of them; mask i's start at kstart - i)
+    t = torch.arange(nb, device=dev)
+    mask_t = torch.searchsorted(kstart + kept_per_mask, t, right=True).clamp(max=max(n - 1, 0))
+    i_local = t - kstart[mask_t]
+    counts = kept[1:] - kept[:-1]
+    ncounts = kept_per_mask - 1
+    in_mask = (t < kstart[mask_t] + ncounts[mask_t]) & (t < int(nb))
+    # a mask ending in 1s has no closing run of 0s (pycocotools)
+    last = i_local == ncounts[mask_t] - 1
+    in_mask &= ~(last & (counts == 0) & (ncounts[mask_t] > 1))
+    # pycocotools' rleToString: from the fourth count on, the difference with the count two before
+    before = torch.cat([torch.zeros(2, dtype=torch.int64, device=dev), counts[:-2]])
+    x = torch.where(i_local >= 3, counts - before, counts)
+    # characters per value: the fewest 5-bit groups that hold it as a signed number
+    groups = (int(max_pixels).bit_length() + 1 + 4) // 5  # a count (or a difference of two) and its sign
+    mag = x ^ (x >> 63)
+    chars = torch.ones_like(x)
+    for bits in range(4, 5 * groups - 1, 5):
+        chars += (mag >= (1 << bits)).to(torch.int64)
+    chars = torch.where(in_mask, chars, 0)
+    cpos = _exclusive_cumsum(chars)
+    k = torch.arange(groups, device=dev)
+    digit = (x[:, None] >> (5 * k)) & 0x1F
+    digit |= (k < chars[:, None] - 1).to(torch.int64) << 5
+    digit += 48
+    out_len = groups * nb
+    where_c = torch.where(k < chars[:, None], cpos[:, None] + k, out_len).clamp(max=out_len)
+    text = torch.zeros(out_len + 1, dtype=torch.uint8, device=dev)
+    text.scatter_(0, where_c.reshape(-1), digit.to(torch.uint8).reshape(-1))
+    per_mask_chars = torch.zeros(n, dtype=torch.int64, device=dev).scatter_add_(0, mask_t, chars)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=dev), torch.cumsum(per_mask_chars, 0)])
+    return text[:out_len], offsets
 
 
 @torch.no_grad()
@@ -538,14 +628,15 @@ def postprocess_batch(
         hw_slots = torch.as_tensor(np.repeat(hw_img, d, 0), device=dev)
         wide = int((hw_img[:, 0] * hw_img[:, 1]).max()) >= 2**31
         probs = masks.reshape(b * d, *masks.shape[2:]).float()
-        meta, compact = _grid_changes(probs, orig.reshape(-1, 4), live, hw_slots, tuple(hw_img.max(0)), wide, method,
-                                      threshold)  # fmt: skip
-        guess = min(int(compact.shape[0]), GRID_CHANGES_PER_IMAGE * b)
-        copies = [t.to("cpu", non_blocking=True) for t in (packed_d, meta, compact[:guess])]
+        guess = GRID_CHANGES_PER_IMAGE * b
+        meta, compact, text = _grid_changes(probs, orig.reshape(-1, 4), live, hw_slots, tuple(hw_img.max(0)), wide,
+                                            method, threshold, guess)  # fmt: skip
+        text_guess = min(int(text.shape[0]), GRID_CHARS_PER_CHANGE * (guess + 2 * b * d))
+        copies = [t.to("cpu", non_blocking=True) for t in (packed_d, meta, compact[:guess], text[:text_guess])]
         if dev.type == "cuda":
             torch.cuda.current_stream(dev).synchronize()
-        packed, meta_h, changes_h = (t.numpy() for t in copies)
-        grid = (probs, meta_h, changes_h, compact)
+        packed, meta_h, changes_h, text_h = (t.numpy() for t in copies)
+        grid = (probs, meta_h, changes_h, compact, text_h, text, guess)
     else:
         packed = packed_d.cpu().numpy()
     boxes_h = packed[:, : d * 4].reshape(b, d, 4)
@@ -555,10 +646,10 @@ def postprocess_batch(
     pasted = None
     first = np.zeros(b + 1, np.int64)  # image i's masks are pasted[first[i]:first[i + 1]]
     if grid is not None:
-        probs, meta_h, changes_h, compact = grid
+        probs, meta_h, changes_h, compact, text_h, text, guess = grid
         slots = b * d
         per_slot, over = meta_h[:slots], meta_h[slots : 2 * slots] > 0
-        total = int(meta_h[-1])
+        total = int(meta_h[6 * slots])
         pos = changes_h[:total]
         if total > changes_h.shape[0]:  # more than the first copy took
             pos = np.concatenate([changes_h, compact[changes_h.shape[0] : total].cpu().numpy()])
@@ -566,7 +657,13 @@ def postprocess_batch(
         runs, offsets = _runs_of_changes(pos.astype(np.int64, copy=False), per_slot.copy(), over, probs,
                                          torch.from_numpy(boxes_h.reshape(slots, 4)), hw_slots_h, method, threshold,
                                          max_elements, None)  # fmt: skip
-        pasted = PastedRuns(meta_h[2 * slots : 6 * slots].reshape(slots, 4), runs, offsets)
+        texts = None
+        if total <= guess and not over.any():  # the strings made on the device are every slot's
+            bounds = meta_h[6 * slots + 1 :]
+            chars = text_h if int(bounds[-1]) <= text_h.shape[0] else text[: int(bounds[-1])].cpu().numpy()
+            whole = chars[: int(bounds[-1])].tobytes().decode("ascii")
+            texts = [whole[int(bounds[i]) : int(bounds[i + 1])] for i in range(slots)]
+        pasted = PastedRuns(meta_h[2 * slots : 6 * slots].reshape(slots, 4), runs, offsets, texts)
         first = np.arange(b + 1, dtype=np.int64) * d  # image i's slots
     elif masks is not None:
         counts = np.where(finite_h, num_h, 0)

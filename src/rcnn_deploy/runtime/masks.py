@@ -691,10 +691,20 @@ class RleMasks(LazyMasks):
     ``runs [R, 2]`` int: ``(start, end)`` (end exclusive) in COCO's column-major pixel order (``x * H + y``),
     sorted and maximal within each mask; ``offsets [N + 1]``: mask ``i``'s runs are
     ``runs[offsets[i]:offsets[i + 1]]``; ``regions [N, 4]`` int ``(y0, y1, x0, x1)``: the box region each mask
-    was pasted into (every run lies inside it; empty when ``y1 <= y0`` or ``x1 <= x0``).
+    was pasted into (every run lies inside it; empty when ``y1 <= y0`` or ``x1 <= x0``). ``texts``: each mask's
+    compressed COCO RLE string where it was made with the runs (the GPU post-processing makes them on the device),
+    else they are made from the runs when asked for.
     """
 
-    def __init__(self, runs: np.ndarray, offsets: np.ndarray, regions: np.ndarray, image_hw: Tuple[int, int]) -> None:
+    def __init__(
+        self,
+        runs: np.ndarray,
+        offsets: np.ndarray,
+        regions: np.ndarray,
+        image_hw: Tuple[int, int],
+        texts: Optional[Sequence[str]] = None,
+    ) -> None:
+        self.texts = None if texts is None else list(texts)
         self.runs = np.asarray(runs, dtype=np.int64).reshape(-1, 2)
         self.offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
         self.regions = np.asarray(regions, dtype=np.int64).reshape(-1, 4)
@@ -705,6 +715,8 @@ class RleMasks(LazyMasks):
                 f"RleMasks: offsets {self.offsets.shape[0]} for {n} masks and {self.runs.shape[0]} runs; "
                 "want N + 1 offsets from 0 to the number of runs"
             )
+        if self.texts is not None and len(self.texts) != n:
+            raise ValueError(f"RleMasks: {len(self.texts)} RLE strings for {n} masks")
 
     @classmethod
     def from_masks(cls, masks: LazyMasks) -> RleMasks:
@@ -739,10 +751,14 @@ class RleMasks(LazyMasks):
 
     def rle(self, i: int) -> Dict[str, Any]:
         """Mask ``i`` as COCO RLE (``{"size": [H, W], "counts": str}``, pycocotools' compressed form)."""
+        if self.texts is not None:
+            return _rle_dicts([self.texts[i]], self.image_hw)[0]
         return _compress(self.counts(i), self.image_hw)
 
     def rles(self) -> List[Dict[str, Any]]:
         """Every mask as COCO RLE, made together."""
+        if self.texts is not None:
+            return _rle_dicts(self.texts, self.image_hw)
         n = len(self)
         which = np.repeat(np.arange(n, dtype=np.int64), np.diff(self.offsets))
         total = self.image_hw[0] * self.image_hw[1]
@@ -779,7 +795,8 @@ class RleMasks(LazyMasks):
         # every selected mask's run indices, in selection order
         first = np.repeat(self.offsets[idx] - offsets[:-1], lengths)
         take = np.arange(int(offsets[-1]), dtype=np.int64) + first
-        return RleMasks(self.runs[take], offsets, self.regions[idx], self.image_hw)
+        texts = None if self.texts is None else [self.texts[i] for i in idx]
+        return RleMasks(self.runs[take], offsets, self.regions[idx], self.image_hw, texts)
 
     def __repr__(self) -> str:
         return f"RleMasks(n={len(self)}, image_hw={self.image_hw}, runs={self.runs.shape[0]})"
