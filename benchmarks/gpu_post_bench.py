@@ -25,7 +25,8 @@ and median are reported; on CUDA with a synchronize around each call) for:
                    outputs, and 8 copies of it: the grid layout (no synchronisation before the one copy back; the
                    default where the kernel runs, COCO strings made on the device) and the ragged one;
                    mismatched_masks_post_* / mismatched_strings_post_* count masks whose counts / strings
-                   differ from the host's
+                   differ from the host's; syncs_post_* (CUDA) the synchronising calls torch reports in one call
+                   (torch.cuda.set_sync_debug_mode; the grid's explicit stream synchronize is not one of them)
 
 device_counts must give the host's counts: the script checks every mask and records the number that differ
 (``mismatched_masks``, ``mismatched_masks_groups``; a pixel within about 1e-6 of the threshold may fall the other
@@ -290,6 +291,17 @@ def postprocess_rows(
                     sum(w != r["counts"] for w, r in zip(strings, m.rles())) for m in masks
                 )
                 rows[f"strings_on_device_post_{layout}_b{b}"] = all(m.texts is not None for m in masks)
+                if dev.type == "cuda":  # synchronising calls torch reports inside one call (the grid's: none)
+                    import warnings
+
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        torch.cuda.set_sync_debug_mode("warn")
+                        try:
+                            gpu_post.postprocess_batch(outs, [lb] * b, method, 0.5)
+                        finally:
+                            torch.cuda.set_sync_debug_mode("default")
+                    rows[f"syncs_post_{layout}_b{b}"] = sum("synchroniz" in str(w.message) for w in caught)
                 rows[f"postprocess_{layout}_b{b}"] = timed(
                     lambda outs=outs, b=b: gpu_post.postprocess_batch(outs, [lb] * b, method, 0.5), repeat, sync
                 )

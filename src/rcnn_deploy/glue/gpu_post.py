@@ -91,7 +91,8 @@ def _geometry(boxes: Tensor, hw: Tensor, m: int, method: str, cdtype: Any) -> Tu
     sampling positions need: torchvision's expanded integer box start and resize length, Detectron2's box ends."""
     if method == "torchvision":
         # torchvision's expand_boxes in float32, then truncation toward zero (as _paste_region)
-        scale = torch.tensor((m + 2) / m, dtype=torch.float32, device=boxes.device)
+        # filled on the device (no copy from the host, which would wait for the stream): the float32 of (m + 2) / m
+        scale = torch.full((), (m + 2) / m, dtype=torch.float32, device=boxes.device)
         cx = (boxes[:, 0] + boxes[:, 2]) * 0.5
         cy = (boxes[:, 1] + boxes[:, 3]) * 0.5
         half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
@@ -508,6 +509,15 @@ def _grid_changes(
     return meta, compact, text
 
 
+def _upload(a: np.ndarray, dev: Any) -> Tensor:
+    """A small host array on ``dev`` without waiting: on CUDA through pinned memory, asynchronously (a copy from
+    pageable memory first waits for everything queued on the stream, here the graph that made the outputs)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if torch.device(dev).type != "cuda":
+        return t.to(dev)
+    return t.pin_memory().to(dev, non_blocking=True)
+
+
 def _exclusive_cumsum(x: Tensor) -> Tensor:
     return torch.cumsum(x, 0) - x
 
@@ -536,7 +546,7 @@ def rle_strings_device(
     bstart = _exclusive_cumsum(per_mask + 2)  # each mask's first boundary
     at = torch.where(j < total, j + 2 * mask_j + 1, nb).clamp(max=nb)
     bounds.scatter_(0, at, changes[:g].to(torch.int64))
-    bounds[bstart.clamp(max=nb)] = 0
+    bounds.index_fill_(0, bstart.clamp(max=nb), 0)  # a scalar fill: no value tensor copied to the device
     bounds[(bstart + per_mask + 1).clamp(max=nb)] = pixels.to(torch.int64)
     # each boundary's mask and place in it (0: the leading 0; odd: a run's start; even from 2: a run's end)
     b = torch.arange(nb, device=dev)
@@ -613,8 +623,8 @@ def postprocess_batch(
     num = outputs["num_detections"].reshape(-1).to(dev)
     valid = torch.arange(d, device=dev)[None, :] < num[:, None]
     finite = ((torch.isfinite(boxes).all(-1) & torch.isfinite(scores)) | ~valid).all(1)
-    orig = (boxes * torch.as_tensor(ratio, device=dev)[:, None, :]).clamp(min=0)
-    orig = torch.minimum(orig, torch.as_tensor(limit, device=dev)[:, None, :])
+    orig = (boxes * _upload(ratio, dev)[:, None, :]).clamp(min=0)
+    orig = torch.minimum(orig, _upload(limit, dev)[:, None, :])
     # one copy to the host (one synchronisation) for all of them: classes and counts are exact in float32
     columns = [orig.reshape(b, d * 4), scores, outputs["classes"].reshape(b, d).float(), num[:, None].float()]
     packed_d = torch.cat(columns + [finite[:, None].float()], 1)
@@ -625,7 +635,7 @@ def postprocess_batch(
     if masks is not None and fits and _kernel_runs(dev):
         # every slot pasted with no synchronisation before the one copy back (the changes with it)
         live = (valid & finite[:, None]).reshape(-1)
-        hw_slots = torch.as_tensor(np.repeat(hw_img, d, 0), device=dev)
+        hw_slots = _upload(np.repeat(hw_img, d, 0), dev)
         wide = int((hw_img[:, 0] * hw_img[:, 1]).max()) >= 2**31
         probs = masks.reshape(b * d, *masks.shape[2:]).float()
         guess = GRID_CHANGES_PER_IMAGE * b
