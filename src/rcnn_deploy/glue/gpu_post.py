@@ -426,8 +426,9 @@ def paste_runs(
 
 
 #: The most (mask slot, column, change) entries of a batch's grid paste (:func:`_grid_changes`: its change buffer,
-#: 4 or 8 bytes each, and as much again for the compacted copy); a batch needing more pastes with the ragged layout.
-GRID_MAX_ELEMENTS = 1 << 28
+#: 4 or 8 bytes each, and as much again for the compacted copy: 1 GiB at most in int32); a batch needing more pastes
+#: with the ragged layout. Batch 8 of 1920x1080 images with 100 detection slots each takes 24.6 million.
+GRID_MAX_ELEMENTS = 1 << 27
 #: Row changes per image copied back with the batch's other results before the host knows how many there are (a
 #: 1920x1080 image with 60 detections had about 44,000); more take a second copy.
 GRID_CHANGES_PER_IMAGE = 1 << 16
