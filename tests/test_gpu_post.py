@@ -675,16 +675,22 @@ def test_the_triton_kernel_pastes_as_the_host_does():
     """The kernel (the default on a GPU) in Triton's interpreter, against the host paste as the groups are, including
     masks with more row changes in a column than it keeps (those go through the groups), images of different sizes
     in one call, and the exact threshold rules. A subprocess: ``triton.jit`` reads ``TRITON_INTERPRET`` at import."""
+    _run_interpreted(KERNEL_SCRIPT, "kernel ok")
+
+
+def _run_interpreted(script: str, done: str) -> None:
+    """``script`` (with ``{tests}`` for this folder) in a Python of its own under Triton's interpreter; it must
+    print ``done``."""
     import os
     import subprocess
     import sys
 
     pytest.importorskip("triton")
-    script = KERNEL_SCRIPT.format(tests=str(Path(__file__).parent))
     env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    code = script.format(tests=str(Path(__file__).parent))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert "kernel ok" in r.stdout
+    assert done in r.stdout
 
 
 GRID_SCRIPT = """
@@ -770,16 +776,7 @@ def test_postprocess_batch_pastes_a_batch_on_the_grid_as_the_host_does():
     empty): the same boxes bit for bit and the same masks but for pixels at the threshold; with masks the kernel
     cannot take (the groups paste them), with more changes than the first copy takes, with a grid over its budget
     (the ragged layout), and with a non-finite image (not pasted)."""
-    import os
-    import subprocess
-    import sys
-
-    pytest.importorskip("triton")
-    script = GRID_SCRIPT.format(tests=str(Path(__file__).parent))
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert "grid ok" in r.stdout
+    _run_interpreted(GRID_SCRIPT, "grid ok")
 
 
 def test_rle_strings_made_on_the_device_are_pycocotools_strings():
