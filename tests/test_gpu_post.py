@@ -829,3 +829,21 @@ def test_rle_strings_made_on_the_device_are_pycocotools_strings():
             r = np.array(runs[offsets[i] : offsets[i + 1]], np.int64).reshape(-1, 2)
             want = RleMasks(r, [0, len(r)], np.array([[0, h, 0, w]]), (h, w)).rles()[0]["counts"]
             assert whole[int(bounds[i]) : int(bounds[i + 1])] == want, (trial, i, r)
+
+
+def test_rle_masks_carry_strings_made_elsewhere_through_subsets():
+    """RleMasks given each mask's string (the device's) returns them for rle / rles, keeps them through subset
+    (Detections.above), and refuses a list of the wrong length."""
+    rng = np.random.default_rng(3)
+    hw = (40, 30)
+    out = paste_runs(torch.from_numpy(_probs(rng, 6)), torch.from_numpy(_boxes(rng, 6, *hw)[:6]), hw)
+    plain = out.masks(0, 6, hw)
+    strings = [r["counts"] for r in plain.rles()]
+    marked = [f"{s}#{i}" for i, s in enumerate(strings)]  # not strings the runs would give: where they come from
+    given = RleMasks(plain.runs, plain.offsets, plain.regions, hw, marked)
+    assert [r["counts"] for r in given.rles()] == marked and given.rle(4)["counts"] == marked[4]
+    keep = np.array([True, False, True, True, False, True])
+    assert [r["counts"] for r in given[keep].rles()] == [m for m, k in zip(marked, keep) if k]
+    assert [r["counts"] for r in plain[keep].rles()] == [s for s, k in zip(strings, keep) if k]
+    with pytest.raises(ValueError, match="5 RLE strings for 6 masks"):
+        RleMasks(plain.runs, plain.offsets, plain.regions, hw, marked[:5])
