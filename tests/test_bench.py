@@ -270,9 +270,13 @@ def test_bench_export_end_to_end_and_torchvision_baseline(setup) -> None:  # typ
         assert im.format == "PNG" and im.width > 0 and im.height > 0
     from rcnn_deploy.reports.bench import speedup_line
 
-    for d in doc["speedup"]:  # the console says what the number says: "slower than" below 1, never "faster"
-        assert speedup_line(d) in _flat(res.output)
-        assert ("faster than" in speedup_line(d)) == (d["speedup_model"] > 1)
+    for d in doc["speedup"]:  # the console says what each number says: "slower than" below 1, never "faster"
+        line = speedup_line(d)
+        assert line in _flat(res.output)
+        model_part, _, end_to_end_part = line.partition(" (model-only)")
+        assert ("faster than" in model_part) == (d["speedup_model"] > 1), line
+        assert d["speedup_end_to_end"] is not None  # this run has end-to-end rows
+        assert ("faster than" in end_to_end_part) == (d["speedup_end_to_end"] > 1), line
 
 
 @pytest.mark.full

@@ -512,7 +512,7 @@ def test_fused_export_has_the_letterbox_graph_of_its_model(export_dir):
     want, _ = preprocess.letterbox(rgb, det.input_hw, det.fill, dtype=det.input_dtype, resize=det.spec.resize)
     assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
-    with pytest.raises(UserError, match="GPU decoding but for a fused TensorRT engine"):
+    with pytest.raises(UserError, match="GPU decoding and GPU post-processing but for a fused TensorRT engine"):
         Detector.load(exp, gpu_decode=True)
 
 
