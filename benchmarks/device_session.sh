@@ -50,6 +50,7 @@
 #   torch_decode_post_compiled  the same with --phases gpu_decode_post (GPU decode + GPU post rows only)
 #   torch_stream_compiled  the stream phase compiled: host decode and host post in processes, no GPU decode
 #   latency_profile, paste_profile  diagnostics: benchmarks/latency_profile.py, paste_profile.py (logs, $OUT)
+#   torch_decode_post_b1_ragged  torch_decode_post_b1 with --post-layout ragged (the GPU post before session 23)
 #   torch_decode_post_procs  its batch-8 row with the post's host part and the sinks in 8 worker processes
 # (TORCH_ROI_ALIGN=MODE in start's environment: every PyTorch step's rows with that sync-free ROIAlign)
 set -uo pipefail
@@ -202,6 +203,9 @@ steps)
     torch_decode_post_b1)  # the same at batch 1 only (its latency)
       step torch_decode_post_b1 torch_e2e e2e_torch_cuda_decode_post_b1 gpu_decode_post --stream-compile default \
         --batches 1 ;;
+    torch_decode_post_b1_ragged)  # the same with the GPU post's layout before session 23 (an A/B on this machine)
+      step torch_decode_post_b1_ragged torch_e2e e2e_torch_cuda_decode_post_b1_ragged gpu_decode_post \
+        --stream-compile default --batches 1 --post-layout ragged ;;
     torch_decode_post_procs)  # GPU decode + GPU post at batch 8, the post's host part and the sinks in 8 worker
       # processes (--gpu-decode-processes) instead of the stream's threads
       step torch_decode_post_procs torch_e2e e2e_torch_cuda_decode_post_procs gpu_decode_post --stream-compile default \

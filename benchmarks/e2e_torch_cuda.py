@@ -324,12 +324,24 @@ def main() -> None:
         "default: the package's); each row says which one ran",
     )
     ap.add_argument(
+        "--post-layout",
+        choices=("grid", "ragged"),
+        default="grid",
+        help="GPU post-processing's layout (glue.gpu_post): grid, the default (one copy back, strings made on the "
+        "device), or ragged (the layout before session 23: the host computes regions and taps between "
+        "synchronisations), for an A/B on one machine; each GPU-post row says which ran",
+    )
+    ap.add_argument(
         "--phases",
         default=",".join(p for p in PHASES if p != "compile"),
         help=f"comma-separated subset of {','.join(PHASES)} (each can run in a process of its own: a crash in one "
         "then loses only its rows; compile needs --compile MODE, which adds it)",
     )
     a = ap.parse_args()
+    if a.post_layout == "ragged":
+        from rcnn_deploy.glue import gpu_post as gpu_post_mod
+
+        gpu_post_mod.GRID_MAX_ELEMENTS = 0  # no grid fits: postprocess_batch takes the ragged layout
     if a.roi_align:
         from rcnn_deploy.glue import roi_align as roi_align_mod
 
@@ -387,6 +399,8 @@ def main() -> None:
 
         row: Dict[str, Any] = {"model": label, "precision": precision, "batch": batch, "cuda_graph": graph}
         row["roi_align"] = roi_align_mod.SYNC_FREE_ROI_ALIGN
+        if getattr(det.batch_model, "post", None) is not None:
+            row["post_layout"] = a.post_layout
         if a.stream_compile and rows is None and label.startswith("mask_rcnn"):
             row["compile"] = a.stream_compile
         if det.gpu_decode:

@@ -35,7 +35,13 @@ def main() -> None:
     ap.add_argument("--compile", default="default", help="torch.compile mode, or 'none'")
     ap.add_argument("--images-timed", type=int, default=60)
     ap.add_argument("--nms-rounds", type=int, default=96)
+    ap.add_argument("--post-layout", choices=("grid", "ragged"), default="grid",
+                    help="GPU post-processing's layout (e2e_torch_cuda.py --post-layout)")  # fmt: skip
     a = ap.parse_args()
+    if a.post_layout == "ragged":
+        from rcnn_deploy.glue import gpu_post
+
+        gpu_post.GRID_MAX_ELEMENTS = 0  # no grid fits: postprocess_batch takes the ragged layout
 
     import torch
 
@@ -60,7 +66,8 @@ def main() -> None:
     for p in paths[:5]:
         one(p)
     torch.cuda.synchronize()
-    doc = {"commit": tree(), "load_and_warm_s": round(time.perf_counter() - t0, 1), "images": len(paths)}
+    doc = {"commit": tree(), "load_and_warm_s": round(time.perf_counter() - t0, 1), "images": len(paths),
+           "post_layout": a.post_layout}  # fmt: skip
     stages = det.batch_model.stage_s
     stages.update(dict.fromkeys(stages, 0.0))
     walls = []

@@ -576,6 +576,8 @@ def _torch_targets(files: List[Tuple[Path, Any]], base: float, out: List[str], r
                 parts.append(f"torch.compile {r['compile']}")
             if r.get("roi_align") not in (None, "stacked"):  # the rows say which sync-free ROIAlign ran
                 parts.append(f"ROIAlign {r['roi_align']}")
+            if r.get("post_layout"):  # GPU-post rows since session 23 say which layout ran
+                parts.append(f"{r['post_layout']} post")
             if s and r["batch"] == 8:
                 parts.append(f"{s['processes']} worker processes" if s.get("processes") else "threads")
             how = f" ({', '.join(parts)})" if parts else ""
