@@ -497,7 +497,7 @@ def _grid_changes(
     # a column with more changes than the kernel keeps, or an odd count: that slot goes through the groups
     over = ((per_col > KERNEL_MAX_RUNS) | (per_col % 2 == 1)).any(1)
     kept = torch.where(over[:, None], torch.zeros_like(per_col), per_col).reshape(-1).to(torch.int64)
-    start = torch.cumsum(kept, 0) - kept
+    start = _exclusive_cumsum(kept)
     per_slot = kept.view(n, w_max).sum(1)
     compact = torch.empty_like(out).view(-1)
     compact_changes_kernel[(triton.cdiv(cols, _COMPACT_BLOCK),)](
@@ -564,12 +564,12 @@ def rle_strings_device(
     kept_per_mask = torch.zeros(n, dtype=torch.int64, device=dev).scatter_add_(0, mask_b, keep.to(torch.int64))
     kstart = _exclusive_cumsum(kept_per_mask)
     # counts: differences of a mask's kept boundaries (kept_per_mask - 1 of them; mask i's start at kstart - i)
-    t = torch.arange(nb, device=dev)
+    t = b  # count t lies between kept boundaries t and t + 1
     mask_t = torch.searchsorted(kstart + kept_per_mask, t, right=True).clamp(max=max(n - 1, 0))
     i_local = t - kstart[mask_t]
     counts = kept[1:] - kept[:-1]
     ncounts = kept_per_mask - 1
-    in_mask = (t < kstart[mask_t] + ncounts[mask_t]) & (t < int(nb))
+    in_mask = t < kstart[mask_t] + ncounts[mask_t]
     # a mask ending in 1s has no closing run of 0s (pycocotools)
     last = i_local == ncounts[mask_t] - 1
     in_mask &= ~(last & (counts == 0) & (ncounts[mask_t] > 1))
@@ -636,7 +636,8 @@ def postprocess_batch(
     if masks is not None and fits and _kernel_runs(dev):
         # every slot pasted with no synchronisation before the one copy back (the changes with it)
         live = (valid & finite[:, None]).reshape(-1)
-        hw_slots = _upload(np.repeat(hw_img, d, 0), dev)
+        hw_slots_h = np.repeat(hw_img, d, 0)  # each slot's image size
+        hw_slots = _upload(hw_slots_h, dev)
         wide = int((hw_img[:, 0] * hw_img[:, 1]).max()) >= 2**31
         probs = masks.reshape(b * d, *masks.shape[2:]).float()
         guess = GRID_CHANGES_PER_IMAGE * b
@@ -647,7 +648,7 @@ def postprocess_batch(
         if dev.type == "cuda":
             torch.cuda.current_stream(dev).synchronize()
         packed, meta_h, changes_h, text_h = (t.numpy() for t in copies)
-        grid = (probs, meta_h, changes_h, compact, text_h, text, guess)
+        grid = (probs, hw_slots_h, meta_h, changes_h, compact, text_h, text, guess)
     else:
         packed = packed_d.cpu().numpy()
     boxes_h = packed[:, : d * 4].reshape(b, d, 4)
@@ -657,14 +658,13 @@ def postprocess_batch(
     pasted = None
     first = np.zeros(b + 1, np.int64)  # image i's masks are pasted[first[i]:first[i + 1]]
     if grid is not None:
-        probs, meta_h, changes_h, compact, text_h, text, guess = grid
+        probs, hw_slots_h, meta_h, changes_h, compact, text_h, text, guess = grid
         slots = b * d
         per_slot, over = meta_h[:slots], meta_h[slots : 2 * slots] > 0
         total = int(meta_h[6 * slots])
         pos = changes_h[:total]
         if total > changes_h.shape[0]:  # more than the first copy took
             pos = np.concatenate([changes_h, compact[changes_h.shape[0] : total].cpu().numpy()])
-        hw_slots_h = np.repeat(hw_img, d, 0)
         runs, offsets = _runs_of_changes(pos.astype(np.int64, copy=False), per_slot.copy(), over, probs,
                                          torch.from_numpy(boxes_h.reshape(slots, 4)), hw_slots_h, method, threshold,
                                          max_elements, None)  # fmt: skip

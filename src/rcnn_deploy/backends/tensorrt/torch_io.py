@@ -78,14 +78,12 @@ class TensorRTTorchModel:
                 self.input_copied = torch.cuda.Event()
                 self.input_copied.record()
             shapes = self.backend.output_shapes({self.input_name: shape})
-            outs = {
-                n: torch.empty(s, dtype=torch_dtype_of(self.backend.tensor_dtype(n)), device=self.device)
-                for n, s in shapes.items()
-            }
+            dtypes = {n: np.dtype(self.backend.tensor_dtype(n)) for n in shapes}
+            outs = {n: torch.empty(s, dtype=torch_dtype_of(dtypes[n]), device=self.device) for n, s in shapes.items()}
             stream = torch.cuda.current_stream(self.device).cuda_stream if cuda else 0
             self.backend.infer_device(
                 {self.input_name: DeviceTensor(buf.data_ptr(), shape, self.input_np_dtype)},
-                {n: DeviceTensor(t.data_ptr(), tuple(t.shape), self.backend.tensor_dtype(n)) for n, t in outs.items()},
+                {n: DeviceTensor(t.data_ptr(), tuple(t.shape), dtypes[n]) for n, t in outs.items()},
                 stream,
             )
             done: Optional[Any] = None
