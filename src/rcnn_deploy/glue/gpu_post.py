@@ -429,8 +429,9 @@ def paste_runs(
 #: 4 or 8 bytes each, and as much again for the compacted copy: 1 GiB at most in int32); a batch needing more pastes
 #: with the ragged layout. Batch 8 of 1920x1080 images with 100 detection slots each takes 24.6 million.
 GRID_MAX_ELEMENTS = 1 << 27
-#: Row changes per image copied back with the batch's other results before the host knows how many there are (a
-#: 1920x1080 image with 60 detections had about 44,000); more take a second copy.
+#: Row changes per image copied back with the batch's other results before the host knows how many there are (60
+#: random masks with boxes of about 120 px on 1920x1080, as gpu_post_bench's lognormal case draws them, had about
+#: 44,000: a CPU count, not a model's output); more take a second copy.
 GRID_CHANGES_PER_IMAGE = 1 << 16
 #: Characters of the slots' COCO RLE strings copied back with the rest, per change (and per slot) the first copy
 #: takes; more take a second copy.
