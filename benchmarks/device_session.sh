@@ -51,6 +51,9 @@
 #   torch_stream_compiled  the stream phase compiled: host decode and host post in processes, no GPU decode
 #   latency_profile, paste_profile  diagnostics: benchmarks/latency_profile.py, paste_profile.py (logs, $OUT)
 #   torch_decode_post_b1_ragged  torch_decode_post_b1 with --post-layout ragged (the GPU post before session 23)
+#   nms_fixpoint     nms_fixpoint_bench.py: the sync-free NMS rounds as products and on bits, alone
+#   torch_decode_post_b1_matmul, torch_decode_post_compiled_matmul  those steps with the NMS rounds as products
+#                    (--nms-fixpoint matmul, the way before session 24), an A/B on one machine
 #   torch_decode_post_procs  its batch-8 row with the post's host part and the sinks in 8 worker processes
 # (TORCH_ROI_ALIGN=MODE in start's environment: every PyTorch step's rows with that sync-free ROIAlign)
 set -uo pipefail
@@ -210,6 +213,14 @@ steps)
       # processes (--gpu-decode-processes) instead of the stream's threads
       step torch_decode_post_procs torch_e2e e2e_torch_cuda_decode_post_procs gpu_decode_post --stream-compile default \
         --batches 8 --gpu-decode-processes 8 ;;
+    nms_fixpoint)  # the sync-free NMS rounds both ways, alone (benchmarks/nms_fixpoint_bench.py)
+      step nms_fixpoint python3 benchmarks/nms_fixpoint_bench.py --out $OUT/nms_fixpoint_cuda.json ;;
+    torch_decode_post_b1_matmul)  # torch_decode_post_b1 with the NMS rounds as products (before session 24)
+      step torch_decode_post_b1_matmul torch_e2e e2e_torch_cuda_decode_post_b1_matmul gpu_decode_post \
+        --stream-compile default --batches 1 --nms-fixpoint matmul ;;
+    torch_decode_post_compiled_matmul)  # torch_decode_post_compiled with the NMS rounds as products
+      step torch_decode_post_compiled_matmul torch_e2e e2e_torch_cuda_decode_post_compiled_matmul gpu_decode_post \
+        --stream-compile default --nms-fixpoint matmul ;;
     latency_profile)  # where batch 1's time goes (GPU decode + GPU post, compiled): stages, cProfile, torch.profiler
       step latency_profile with_nvimg python3 benchmarks/latency_profile.py --checkpoint $CK --images $E/data/images \
         --out-dir $OUT/latency_profile ;;

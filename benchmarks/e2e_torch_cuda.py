@@ -332,6 +332,13 @@ def main() -> None:
         "synchronisations), for an A/B on one machine; each GPU-post row says which ran",
     )
     ap.add_argument(
+        "--nms-fixpoint",
+        choices=("bits", "matmul"),
+        default=None,
+        help="how the sync-free NMS runs its rounds (glue.sync_free.SYNC_FREE_FIXPOINT; default: the package's, "
+        "bits since session 24): an A/B on one machine; each row says which ran",
+    )
+    ap.add_argument(
         "--phases",
         default=",".join(p for p in PHASES if p != "compile"),
         help=f"comma-separated subset of {','.join(PHASES)} (each can run in a process of its own: a crash in one "
@@ -342,6 +349,10 @@ def main() -> None:
         from rcnn_deploy.glue import gpu_post as gpu_post_mod
 
         gpu_post_mod.GRID_MAX_ELEMENTS = 0  # no grid fits: postprocess_batch takes the ragged layout
+    if a.nms_fixpoint:
+        from rcnn_deploy.glue import sync_free as sync_free_mod
+
+        sync_free_mod.SYNC_FREE_FIXPOINT = a.nms_fixpoint
     if a.roi_align:
         from rcnn_deploy.glue import roi_align as roi_align_mod
 
@@ -399,6 +410,9 @@ def main() -> None:
 
         row: Dict[str, Any] = {"model": label, "precision": precision, "batch": batch, "cuda_graph": graph}
         row["roi_align"] = roi_align_mod.SYNC_FREE_ROI_ALIGN
+        from rcnn_deploy.glue import sync_free as sync_free_mod
+
+        row["nms_fixpoint"] = sync_free_mod.SYNC_FREE_FIXPOINT
         if getattr(det.batch_model, "post", None) is not None:
             row["post_layout"] = a.post_layout
         if a.stream_compile and rows is None and label.startswith("mask_rcnn"):

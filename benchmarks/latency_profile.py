@@ -37,7 +37,12 @@ def main() -> None:
     ap.add_argument("--nms-rounds", type=int, default=96)
     ap.add_argument("--post-layout", choices=("grid", "ragged"), default="grid",
                     help="GPU post-processing's layout (e2e_torch_cuda.py --post-layout)")  # fmt: skip
+    ap.add_argument("--nms-fixpoint", choices=("bits", "matmul"), default="bits",
+                    help="how the sync-free NMS runs its rounds (e2e_torch_cuda.py --nms-fixpoint)")  # fmt: skip
     a = ap.parse_args()
+    from rcnn_deploy.glue import sync_free
+
+    sync_free.SYNC_FREE_FIXPOINT = a.nms_fixpoint
     if a.post_layout == "ragged":
         from rcnn_deploy.glue import gpu_post
 
@@ -67,7 +72,7 @@ def main() -> None:
         one(p)
     torch.cuda.synchronize()
     doc = {"commit": tree(), "load_and_warm_s": round(time.perf_counter() - t0, 1), "images": len(paths),
-           "post_layout": a.post_layout}  # fmt: skip
+           "post_layout": a.post_layout, "nms_fixpoint": a.nms_fixpoint}  # fmt: skip
     stages = det.batch_model.stage_s
     stages.update(dict.fromkeys(stages, 0.0))
     walls = []

@@ -52,12 +52,16 @@ def _fixpoint_eager(suppress: Tensor, valid: Tensor) -> Tensor:
 
 
 def fixpoint_keep(suppress: Tensor, valid: Tensor) -> Tensor:
+    """``suppress [B, M, M]`` bool (True where j suppresses i), ``valid [B, M]`` float -> keep ``[B, M]`` float.
+    The products take ``suppress`` in ``valid``'s dtype (cast here: the graph :func:`nms_fixpoint` exports casts
+    where it always did); the sync-free rounds on bits take the bools as they are."""
     if torch.onnx.is_in_onnx_export():
-        return FixpointNode.apply(suppress, valid, int(valid.shape[-1]) + 1)  # static bound: every candidate
+        s = suppress.to(valid.dtype)
+        return FixpointNode.apply(s, valid, int(valid.shape[-1]) + 1)  # static bound: every candidate
     state = sync_free.active()
     if state is not None:
         return sync_free.fixpoint_rounds(suppress, valid, state)
-    return _fixpoint_eager(suppress, valid)
+    return _fixpoint_eager(suppress.to(valid.dtype), valid)
 
 
 def _pairwise_iou(boxes: Tensor) -> Tensor:
@@ -111,7 +115,7 @@ def nms_fixpoint(
     s_i, s_j = cand_scores.unsqueeze(2), cand_scores.unsqueeze(1)
     above = (s_j > s_i) | ((s_j == s_i) & (rank.view(1, 1, m) < rank.view(1, m, 1)))
     same = cand_groups.unsqueeze(2) == cand_groups.unsqueeze(1)
-    suppress = ((_pairwise_iou(cand_boxes) > iou_threshold) & same & above).to(boxes.dtype)
+    suppress = (_pairwise_iou(cand_boxes) > iou_threshold) & same & above
     keep = fixpoint_keep(suppress, cand_valid.to(boxes.dtype))
     ranked = torch.where(keep > 0.5, cand_scores, torch.full_like(cand_scores, -2.0))
     out_scores, slot = ranked.topk(k, dim=1)  # kept candidates first, in score order

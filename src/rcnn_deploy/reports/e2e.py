@@ -578,6 +578,8 @@ def _torch_targets(files: List[Tuple[Path, Any]], base: float, out: List[str], r
                 parts.append(f"ROIAlign {r['roi_align']}")
             if r.get("post_layout"):  # GPU-post rows since session 23 say which layout ran
                 parts.append(f"{r['post_layout']} post")
+            if r.get("nms_fixpoint"):  # rows since session 24 say how the NMS rounds ran
+                parts.append(f"NMS rounds {r['nms_fixpoint']}")
             if s and r["batch"] == 8:
                 parts.append(f"{s['processes']} worker processes" if s.get("processes") else "threads")
             how = f" ({', '.join(parts)})" if parts else ""
