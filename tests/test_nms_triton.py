@@ -97,6 +97,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.full  # Triton's interpreter: about 3.5 min on 2 cores
 @pytest.mark.slow
 def test_nms_rounds_on_bits_equal_the_products_and_torchvisions_nms():
     env = dict(os.environ, TRITON_INTERPRET="1")
