@@ -104,3 +104,41 @@ def test_nms_rounds_on_bits_equal_the_products_and_torchvisions_nms():
     r = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     assert "nms bits ok 48" in r.stdout
+
+
+COMPILED = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, "tests")
+    import test_torch_compile as t
+    import rcnn_deploy.glue.sync_free as sf
+    from rcnn_deploy.backends.torch_cuda import SyncFreeForward
+
+    short = t._clustered_boxes(2, 96)
+    long = t._chained(short)
+    sf.SYNC_FREE_FIXPOINT = "matmul"
+    eager = SyncFreeForward(t._BlockedNMS())
+    refs = [eager(x, 4) for x in (short, long)]
+    sf.SYNC_FREE_FIXPOINT = "bits"
+    comp = SyncFreeForward(t._BlockedNMS(), "default")
+    for (ref, ref_flag), x, converges in zip(refs, (short, long), (True, False)):
+        out, flag = comp(x, 4)
+        assert bool(ref_flag) is converges and bool(flag) is converges
+        t._assert_same(out, ref)
+    assert len(comp.compile_seconds) == 1
+    print("compiled bits ok")
+    """
+)
+
+
+@pytest.mark.full  # Inductor on the CPU and Triton's interpreter: about 1 min on 2 cores
+@pytest.mark.slow
+def test_compiled_forward_runs_the_bits_rounds_outside_its_graph():
+    """``torch.compile`` of a sync-free NMS with the rounds on bits (launched outside the compiled graph): the
+    products' boxes and convergence flags, a flag of False computed when the chain is longer than the rounds."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-c", COMPILED], env=env, capture_output=True, text=True, timeout=900,
+                       cwd=root)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "compiled bits ok" in r.stdout
