@@ -713,42 +713,40 @@ def _gpu_post_section(results: Path) -> List[str]:
 
 def _post_batch_lines(files: List[Tuple[Path, Any]]) -> List[str]:
     """gpu_post_bench.py's postprocess_batch rows (since session 23): both layouts at batch 1 and 8."""
-    keys = [f"postprocess_{lay}_b{b}" for lay in ("grid", "ragged") for b in (1, 8)]
-    rows = [(p, c) for p, d in files for c in d["cases"] if any(k in c for k in keys)]
-    if not rows:
-        return []
-    lines = [
-        "",
+    keys = [f"postprocess_{lay}_b{b}" for b in (1, 8) for lay in ("grid", "ragged")]  # the columns' order
+    rows = []
+    for p, d in files:
+        for c in d["cases"]:
+            if not any(k in c for k in keys):
+                continue
+            times = " | ".join(f"{c[k]['median_ms']:.2f}" if k in c else "—" for k in keys)
+            mism = f"{c.get('mismatched_masks_post_grid_b1', '—')} / {c.get('mismatched_strings_post_grid_b1', '—')}"
+            syncs = f"{c.get('syncs_post_grid_b1', '—')} / {c.get('syncs_post_grid_b8', '—')}"
+            rows.append(f"| {p.name} | {c['sizes']} | {c['method']} | {times} | {mism} | {syncs} |")
+    return _table(
+        rows,
+        "| file | boxes | paste | grid b1 | ragged b1 | grid b8 | ragged b8 | mismatched (grid b1: counts / strings) |"
+        " syncs (grid b1 / b8) |",
         "`postprocess_batch` (`GpuPost`'s call per batch: boxes back to the image, every mask pasted and encoded, one",
         "copy back) on the case as one image's outputs and as 8 copies of it, ms per call (median): the *grid* layout",
         "(no synchronisation before the one copy back, COCO strings made on the device) and the *ragged* one (the",
         "host computes regions and taps between synchronisations). *Mismatched*: masks whose counts / strings differ",
         "from the host's; *syncs*: synchronising calls torch reported inside one grid call.",
-        "",
-        "| file | boxes | paste | grid b1 | ragged b1 | grid b8 | ragged b8 | mismatched (grid b1: counts / strings) |"
-        " syncs (grid b1 / b8) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for p, c in rows:
-
-        def ms(k: str, c: Any = c) -> str:
-            return f"{c[k]['median_ms']:.2f}" if k in c else "—"
-
-        mism = f"{c.get('mismatched_masks_post_grid_b1', '—')} / {c.get('mismatched_strings_post_grid_b1', '—')}"
-        syncs = f"{c.get('syncs_post_grid_b1', '—')} / {c.get('syncs_post_grid_b8', '—')}"
-        lines.append(
-            f"| {p.name} | {c['sizes']} | {c['method']} | {' | '.join(ms(k) for k in keys[::2] + keys[1::2])} | "
-            f"{mism} | {syncs} |"
-        )
-    return lines
+    )
 
 
 def _nms_fixpoint_section(results: Path) -> List[str]:
-    files = _load(results, "nms_fixpoint_cuda_*.json")
-    if not files:
-        return []
-    lines = [
-        "",
+    rows = [
+        f"| {p.name} | {d.get('device', '?')} | {_commit(d)} | {r['case']} | {r['batch_rows']} × {r['candidates']} | "
+        f"{r['rounds']} | {r['matmul_ms']} | {r['bits_ms']} | {r.get('pack_ms', '—')} | "
+        f"{'yes' if r['same'] else '**no**'} |"
+        for p, d in _load(results, "nms_fixpoint_cuda_*.json")
+        for r in d["rows"]
+    ]
+    return _table(
+        rows,
+        "| file | machine | commit | case | matrices × candidates | rounds | matmul ms | bits ms | of it pack ms |"
+        " same |",
         "## The sync-free NMS rounds (`benchmarks/nms_fixpoint_bench.py`)",
         "",
         "The fixed rounds of the CUDA-graph forward's NMS (`glue.sync_free.fixpoint_rounds`) on the model's shapes at",
@@ -756,19 +754,7 @@ def _nms_fixpoint_section(results: Path) -> List[str]:
         "suppression matrix packed into bits once (*pack*) and one Triton kernel per round (`glue.nms_triton`); the",
         "rounds plus the convergence round captured in one CUDA graph, ms per call. *Same*: both kept the same",
         "candidates and gave the same convergence flag.",
-        "",
-        "| file | machine | commit | case | matrices × candidates | rounds | matmul ms | bits ms | of it pack ms |"
-        " same |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for p, d in files:
-        for r in d["rows"]:
-            lines.append(
-                f"| {p.name} | {d.get('device', '?')} | {_commit(d)} | {r['case']} | {r['batch_rows']} × "
-                f"{r['candidates']} | {r['rounds']} | {r['matmul_ms']} | {r['bits_ms']} | {r.get('pack_ms', '—')} | "
-                f"{'yes' if r['same'] else '**no**'} |"
-            )
-    return lines
+    )
 
 
 def serve_section(results: Path) -> List[str]:
