@@ -212,3 +212,30 @@ def test_faster_rcnn_cpu_graph_gives_the_exports_outputs(tv_faster_model, tmp_pa
     assert int(a[0].sum()) > 0
     for o, u, v in zip(ref.get_outputs(), a, b):
         np.testing.assert_allclose(v, u, rtol=0, atol=1e-5, err_msg=o.name)
+
+
+def test_calibration_feeds_the_graphs_fixed_batch() -> None:
+    """A graph exported for a fixed batch of 2 is calibrated with batches of 2 (it rejects one image): every image
+    seen, the last batch filled up with the first images; a dynamic batch gets one image per call."""
+    from onnx import TensorProto, helper
+
+    from rcnn_deploy.export.ort_cpu import _Reader, graph_batch
+
+    def model(dim0: object) -> object:
+        x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [dim0, 3, 8, 8])
+        y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [dim0, 3, 8, 8])
+        return helper.make_model(helper.make_graph([helper.make_node("Identity", ["images"], ["out"])], "g", [x], [y]))
+
+    assert graph_batch(model(2)) == 2 and graph_batch(model("batch")) == 1 and graph_batch(model(None)) == 1
+    images = np.arange(5, dtype=np.uint8)[:, None, None, None] * np.ones((1, 3, 8, 8), np.uint8)
+    seen = []
+    reader = _Reader(images, np.dtype(np.float32), seen.append, batch=2)
+    firsts = []
+    while (feed := reader.get_next()) is not None:
+        assert feed["images"].shape == (2, 3, 8, 8) and feed["images"].dtype == np.float32
+        firsts.append(feed["images"][:, 0, 0, 0].tolist())
+    assert firsts == [[0, 1], [2, 3], [4, 0]] and seen == [2, 4, 5]
+    reader.rewind()
+    assert reader.get_next()["images"].shape == (2, 3, 8, 8)
+    one = _Reader(images, np.dtype(np.uint8), None)
+    assert [one.get_next()["images"].shape for _ in range(5)] == [(1, 3, 8, 8)] * 5 and one.get_next() is None

@@ -498,17 +498,31 @@ def network_nodes(model: Any, op_types: Sequence[str] = QUANTIZED_OP_TYPES) -> L
     ]
 
 
-class _Reader:
-    """ONNX Runtime's CalibrationDataReader over ``[N, 3, H, W]`` images, one image per call."""
+def graph_batch(model: Any) -> int:
+    """The batch size an ONNX model's first input is fixed to, or 1 where it is dynamic (a symbolic dimension)."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+        return int(dims[0].dim_value)
+    return 1
 
-    def __init__(self, images: np.ndarray, dtype: np.dtype, progress: Optional[Callable[[int], None]]) -> None:
-        self.images, self.dtype, self.i, self.progress = images, dtype, 0, progress
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader over ``[N, 3, H, W]`` images, ``batch`` images per call (a graph
+    exported for a fixed batch takes exactly that many; the last call's batch is filled up with the first images
+    again, so every image is seen at least once)."""
+
+    def __init__(
+        self, images: np.ndarray, dtype: np.dtype, progress: Optional[Callable[[int], None]], batch: int = 1
+    ) -> None:
+        self.images, self.dtype, self.i, self.progress, self.batch = images, dtype, 0, progress, max(int(batch), 1)
 
     def get_next(self) -> Optional[Dict[str, np.ndarray]]:
-        if self.i >= len(self.images):
+        n = len(self.images)
+        if self.i >= n:
             return None
-        x = np.ascontiguousarray(self.images[self.i : self.i + 1]).astype(self.dtype)
-        self.i += 1
+        index = np.arange(self.i, self.i + self.batch) % n
+        x = np.ascontiguousarray(self.images[index]).astype(self.dtype)
+        self.i = min(self.i + self.batch, n)
         if self.progress is not None:
             self.progress(self.i)
         return {"images": x}
@@ -542,6 +556,7 @@ def quantize_cpu(
         raise UserError(f"calibration images must be [N >= 1, 3, H, W], got {list(images.shape)}")
     elem = model.graph.input[0].type.tensor_type.elem_type
     dtype = np.dtype(np.uint8) if elem == onnx.TensorProto.UINT8 else np.dtype(np.float32)
+    batch = graph_batch(model)
     del model
     calib = {
         "minmax": CalibrationMethod.MinMax,
@@ -557,7 +572,7 @@ def quantize_cpu(
         quantize_static(
             str(folded),
             str(staged),
-            _Reader(images, dtype, progress),
+            _Reader(images, dtype, progress, batch),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(QUANTIZED_OP_TYPES),
             nodes_to_quantize=nodes,
