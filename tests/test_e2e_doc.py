@@ -116,7 +116,7 @@ def test_targets_compare_the_latest_session_with_its_own_torchvision_baseline(tm
     )
     text = render(tmp_path)
     targets = text.split("## Targets (issues 17 and 19)")[1].split("\n## ")[0]
-    assert "TensorRT, session run99; baseline 20.0 img/s (e2e_torchvision_run99a.json)" in targets
+    assert "TensorRT, session run99 on GPU; baseline 20.0 img/s (e2e_torchvision_run99a.json)" in targets
     targets = targets.split("TensorRT, session run99")[1]
     b8 = "| TensorRT fp16 b8 end to end ≥ 300 img/s (host decode) | 320 img/s | yes | e2e_trt_run99b_b8.json |"
     assert b8 in targets
@@ -223,16 +223,19 @@ def test_each_stacks_targets_come_from_its_own_latest_session(tmp_path):
     write("e2e_trt_run99_b8.json", {"engines": [dict(engine, gpu_images_per_s=400, stream=stream)]})
     row = {"model": "mask_rcnn", "precision": "fp16", "cuda_graph": True, "batch": 8, "gpu_compute_ms": 80.0}
     row.update(gpu_images_per_s=100, nms_rounds=96, stream=dict(stream, images_per_s=60.0))
-    write("e2e_torch_cuda_run97.json", {"rows": [row]})
+    # a median just over the target is shown rounded (12 ms) but judged unrounded: not met
+    b1 = dict(row, batch=1, gpu_compute_ms=5.0, gpu_images_per_s=200, latency_ms={"p50": 12.04, "p99": 20.0})
+    write("e2e_torch_cuda_run97.json", {"rows": [row, b1]})
     tv = {"model": "tv", "images": 64, "latency_ms": {"p50": 1, "p90": 2, "p99": 3}}
     write("e2e_torchvision_run97.json", dict(tv, images_per_s=3.0))
     write("e2e_torchvision_run99.json", dict(tv, images_per_s=4.0))
     targets = render(tmp_path).split("## Targets (issues 17 and 19)")[1].split("\n## ")[0]
-    trt, torch = targets.split("PyTorch, session run97; baseline 3.0 img/s (e2e_torchvision_run97.json):")
-    assert "TensorRT, session run99; baseline 4.0 img/s (e2e_torchvision_run99.json):" in trt
+    trt, torch = targets.split("PyTorch, session run97 on GPU; baseline 3.0 img/s (e2e_torchvision_run97.json):")
+    assert "TensorRT, session run99 on GPU; baseline 4.0 img/s (e2e_torchvision_run99.json):" in trt
     assert "| TensorRT end to end ≥ 15× torchvision (host decode) | 30 × | yes |" in trt  # 120 / 4
     assert (
         "| PyTorch b8 end to end ≥ 250 img/s (14 worker processes) | 60 img/s | no | e2e_torch_cuda_run97.json |"
         in torch
     )
     assert "| PyTorch end to end ≥ 10× torchvision (14 worker processes) | 20 × | yes |" in torch  # 60 / 3
+    assert "| PyTorch b1 end-to-end latency ≤ 12 ms median | 12 ms | no | e2e_torch_cuda_run97.json |" in torch
