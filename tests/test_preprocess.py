@@ -39,6 +39,28 @@ def test_letterbox_geometry_and_fill():
     np.testing.assert_allclose(lb.boxes_to_original(boxes), [[20.0, 10.0, 200.0, 100.0]])  # clipped to 100
 
 
+@pytest.mark.parametrize("hw", [(90, 160), (160, 90), (320, 320), (5, 7)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_letterbox_into_a_reused_array_matches_a_new_one(hw, dtype, monkeypatch):
+    """``out=`` (a worker's shared-memory slot, holding the last image): every element rewritten, the values of a
+    new array; the uint8 planes written by OpenCV's split equal numpy's transposed copy (OpenCV hidden)."""
+    import rcnn_deploy.runtime.preprocess as pre
+
+    rng = np.random.default_rng(hw[0])
+    img = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    fresh, lb = letterbox(img, (64, 64), (1.4, 2.6, 250.0), dtype=dtype)
+    slot = np.full((3, 64, 64), 77, dtype=dtype)  # stale contents
+    got, lb2 = letterbox(img, (64, 64), (1.4, 2.6, 250.0), dtype=dtype, out=slot)
+    assert got is slot and lb2 == lb and np.array_equal(got, fresh)
+    # the transposed copy without OpenCV (the resize itself as before: resize_rgb is not what changes here)
+    resized = pre.resize_rgb(img, lb.resized_hw)
+    monkeypatch.setattr(pre, "resize_rgb", lambda *a, **k: resized)
+    monkeypatch.setattr(pre, "opencv", lambda: None)
+    assert np.array_equal(letterbox(img, (64, 64), (1.4, 2.6, 250.0), dtype=dtype)[0], fresh)
+    with pytest.raises(ValueError, match="out="):
+        letterbox(img, (64, 64), (0, 0, 0), dtype=dtype, out=np.zeros((3, 64, 65), dtype=dtype))
+
+
 def test_batches_skip_broken_images(tmp_path):
     for i in range(3):
         Image.fromarray(np.full((40, 60, 3), i * 50, dtype=np.uint8)).save(tmp_path / f"im{i}.png")

@@ -171,6 +171,35 @@ def test_worker_processes_share_inputs_through_slots_and_keep_order():
     assert all(r.extra != os.getpid() for r in out)  # per_image ran in the workers
 
 
+def _proc_prepare_into(it: Item, out=None) -> Prepared:
+    """Letterboxes into ``out`` like HostStages.prepare; refuses to run without it (so the test sees that the
+    worker passed its slot), and makes a new array for one item (which the worker then copies)."""
+    if out is None:
+        return Prepared(it, error=f"{it.name}: no slot given")
+    if it.index == 5:
+        return Prepared(it, np.full((2, 3), it.index, np.float32), None)
+    out[...] = it.index
+    return Prepared(it, out, None)
+
+
+def test_worker_processes_write_straight_into_the_slot_when_prepare_takes_out():
+    items = [Item(i, f"img{i}") for i in range(13)]
+    out = list(
+        run_stream(
+            items,
+            _proc_prepare_into,
+            BatchModel(_double, 1, 4),
+            _proc_post,
+            batch=3,
+            processes=2,
+            input_shape=(2, 3),
+            input_dtype=np.float32,
+        )  # fmt: skip
+    )
+    assert [r.index for r in out] == list(range(13)) and all(r.ok for r in out), [r.error for r in out]
+    assert all(r.detections == 2 * r.index for r in out)
+
+
 def _proc_per_image_tagged(r) -> tuple:
     import os
 

@@ -608,7 +608,10 @@ class HostStages:
     gpu_decode = False
     gpu_max_hw: Optional[Tuple[int, int]] = None  # larger JPEGs are decoded here (the GPU letterbox's limit)
 
-    def prepare(self, item: Item) -> Prepared:
+    def prepare(self, item: Item, out: Optional[np.ndarray] = None) -> Prepared:
+        """Decode + letterbox one item (a failure is recorded on the result, never raised); ``out``: a
+        ``[3, H, W]`` array of the input's dtype to letterbox into (a worker process's shared-memory slot), used
+        when the image is letterboxed here (not for JPEG bytes left to the GPU)."""
         if self.gpu_decode and item.path is not None and item.array is None and not self.keep_images:
             try:
                 probed = probe_gpu_jpeg(item.path, self.max_pixels)
@@ -621,9 +624,11 @@ class HostStages:
                 data, (h, w) = probed
                 encoded = np.frombuffer(bytearray(data), dtype=np.uint8)  # writable: torch.from_numpy takes it
                 return Prepared(item, encoded, Letterbox.fit(h, w, self.input_hw))
+        if out is not None and (out.shape != (3, *self.input_hw) or out.dtype != np.dtype(self.input_dtype)):
+            out = None  # not this model's input: a new array (the caller copies it)
         try:
             rgb = item.load(self._decode)
-            a, lb = letterbox(rgb, self.input_hw, self.fill, dtype=self.input_dtype, resize=self.spec.resize)
+            a, lb = letterbox(rgb, self.input_hw, self.fill, dtype=self.input_dtype, resize=self.spec.resize, out=out)
         except MemoryError:
             return Prepared(item, error=f"{item.name}: out of memory while decoding")
         except ValueError as e:  # UserError included

@@ -287,6 +287,7 @@ def _use(run: Tuple[int, bytes]) -> Dict[str, Any]:
         if old is not None:
             old.close()
         _WORKER.update(token=token, prepare=prepare, postprocess=postprocess, per_image=per_image)
+        _WORKER["prepare_out"] = prepare is not None and _takes_out(prepare)
         if shm_name is not None:  # None: this run's workers only post-process
             shm = shared_memory.SharedMemory(name=shm_name)
             _WORKER["shm"] = shm
@@ -294,11 +295,25 @@ def _use(run: Tuple[int, bytes]) -> Dict[str, Any]:
     return _WORKER
 
 
+def _takes_out(fn: Callable[..., Any]) -> bool:
+    """Whether a prepare callable takes ``out=`` (an array to letterbox into, as :meth:`HostStages.prepare
+    <rcnn_deploy.api.HostStages.prepare>` does): the worker then writes the image straight into its shared-memory
+    slot rather than into a new array copied there."""
+    import inspect
+
+    try:
+        return "out" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _worker_prepare(run: Tuple[int, bytes], item: Item, slot: int) -> Prepared:
     w = _use(run)
-    p = w["prepare"](item)
+    dst = w["slots"][slot]
+    p = w["prepare"](item, out=dst) if w["prepare_out"] else w["prepare"](item)
     if p.error is None:
-        w["slots"][slot][...] = p.array
+        if p.array is not dst:  # made elsewhere (e.g. not letterboxed here): copied into the slot
+            dst[...] = p.array
         p.array = None
     p.slot = slot  # a failed item's slot goes back to the free list too
     return p
