@@ -194,7 +194,7 @@ def test_worker_processes_write_straight_into_the_slot_when_prepare_takes_out():
             processes=2,
             input_shape=(2, 3),
             input_dtype=np.float32,
-        )  # fmt: skip
+        )
     )
     assert [r.index for r in out] == list(range(13)) and all(r.ok for r in out), [r.error for r in out]
     assert all(r.detections == 2 * r.index for r in out)
