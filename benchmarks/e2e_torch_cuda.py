@@ -49,6 +49,7 @@ PHASES = (
 )  # fmt: skip
 from rcnn_deploy.backends.torch_cuda import COMPILE_MODES, GPU_DECODERS  # noqa: E402 (torch is imported lazily)
 from rcnn_deploy.glue.roi_align import SYNC_FREE_ROI_ALIGNS  # noqa: E402
+from rcnn_deploy.glue.sync_free import SYNC_FREE_FIXPOINTS  # noqa: E402
 
 
 def commit() -> str:
@@ -333,7 +334,7 @@ def main() -> None:
     )
     ap.add_argument(
         "--nms-fixpoint",
-        choices=("bits", "matmul"),
+        choices=SYNC_FREE_FIXPOINTS,
         default=None,
         help="how the sync-free NMS runs its rounds (glue.sync_free.SYNC_FREE_FIXPOINT; default: the package's, "
         "bits since session 24): an A/B on one machine; each row says which ran",

@@ -37,11 +37,11 @@ def main() -> None:
     ap.add_argument("--nms-rounds", type=int, default=96)
     ap.add_argument("--post-layout", choices=("grid", "ragged"), default="grid",
                     help="GPU post-processing's layout (e2e_torch_cuda.py --post-layout)")  # fmt: skip
-    ap.add_argument("--nms-fixpoint", choices=("bits", "matmul"), default="bits",
-                    help="how the sync-free NMS runs its rounds (e2e_torch_cuda.py --nms-fixpoint)")  # fmt: skip
-    a = ap.parse_args()
     from rcnn_deploy.glue import sync_free
 
+    ap.add_argument("--nms-fixpoint", choices=sync_free.SYNC_FREE_FIXPOINTS, default="bits",
+                    help="how the sync-free NMS runs its rounds (e2e_torch_cuda.py --nms-fixpoint)")  # fmt: skip
+    a = ap.parse_args()
     sync_free.SYNC_FREE_FIXPOINT = a.nms_fixpoint
     if a.post_layout == "ragged":
         from rcnn_deploy.glue import gpu_post
