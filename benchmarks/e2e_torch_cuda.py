@@ -211,6 +211,12 @@ def precapture(det: Any, batch: int) -> None:
     torch.cuda.synchronize()
 
 
+def copy_slots_pass(run_pass: Any, tmp: str, pinned: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    from e2e_trt import copy_slots_pass as trt_copy_slots_pass  # this folder; torch-free
+
+    return trt_copy_slots_pass(run_pass, tmp, pinned)
+
+
 def stream_pass(det: Any, paths: List[str], batch: int, processes: Optional[int], out_dir: str) -> Dict[str, Any]:
     """One pass of ``Detector.stream`` writing like ``infer`` (no PNG): the TensorRT benchmark's, shared."""
     from e2e_trt import stream_pass as trt_stream_pass  # this folder; torch-free, for the py39 TensorRT side
@@ -435,6 +441,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             stream_pass(det, files, batch, processes, os.path.join(tmp, "warm"))
             row[key] = stream_pass(det, files, batch, processes, os.path.join(tmp, "run"))
+            if batch > 1:  # the slots copied on the model thread instead, when this pass uploaded from them
+                copy = copy_slots_pass(lambda d: stream_pass(det, files, batch, processes, d), tmp, row[key])
+                if copy is not None:
+                    row[key + "_copy_slots"] = copy
         row[key]["nms_fallbacks_total"] = det.cuda_model.fallbacks
         if batch == 1:
             row[key.replace("stream", "latency") + "_ms"] = latency(det, paths, a.latency_images)

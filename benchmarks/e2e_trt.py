@@ -110,9 +110,32 @@ def stream_pass(det, paths, batch, workers, out_dir, processes=None):
         # CPU seconds of this process (all its threads; not the worker processes') over the pass: near
         # "seconds" means the calling process is what limits the stream
         "main_cpu_s": round(main_cpu, 3),
+        # the model uploaded straight from the page-locked shared-memory slots (runtime.stream.host_inputs_pinned)
+        "pinned_slots": stats.pinned_slots,
         # the same by thread of this process (thread_cpu.py), and the worker processes' (kept from the warm pass)
         "cpu_s_by_thread": cpu_by_thread,
     }
+
+
+def copy_slots_pass(run_pass, tmp, pinned):
+    """With ``pinned`` (a pass whose model uploaded from the page-locked slots, written to ``tmp/run``): the same
+    pass again, ``run_pass(out_dir)``, with the slots copied into the model's pinned buffer on the model thread
+    (``RCNN_DEPLOY_PINNED_SLOTS=0``; written to ``tmp/copy``), and whether its COCO results equal the pinned pass's
+    entry for entry; None without."""
+    if not pinned.get("pinned_slots"):
+        return None
+    os.environ["RCNN_DEPLOY_PINNED_SLOTS"] = "0"
+    try:
+        row = run_pass(os.path.join(tmp, "copy"))
+    finally:
+        del os.environ["RCNN_DEPLOY_PINNED_SLOTS"]
+    with open(os.path.join(tmp, "run", "results.json")) as f:
+        ref = json.load(f)
+    with open(os.path.join(tmp, "copy", "results.json")) as f:
+        got = json.load(f)
+    same = sum(x == y for x, y in zip(ref, got))
+    row["results_equal_to_pinned"] = {"entries": len(ref), "copy_entries": len(got), "equal": same}
+    return row
 
 
 def stage_costs(det, paths, n=16):
@@ -248,6 +271,9 @@ def stream_rows(a, det, paths, single=True):
         stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "warm"), a.processes)
         if single or a.repeat <= 1:
             out["stream"] = stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "run"), a.processes)
+            copy = copy_slots_pass(lambda d: stream_pass(det, paths, hi, a.workers, d, a.processes), tmp, out["stream"])
+            if copy is not None:
+                out["stream_copy_slots"] = copy
         if a.repeat > 1:  # the same files again: per-image outputs are rewritten with the same bytes
             many = list(paths) * a.repeat
             rep = stream_pass(det, many, hi, a.workers, os.path.join(tmp, "rep"), a.processes)

@@ -12,7 +12,7 @@ import pytest
 
 from rcnn_deploy.runtime.masks import PastedMasks, paste_masks
 from rcnn_deploy.runtime.sources import Item
-from rcnn_deploy.runtime.stream import BatchModel, Prepared, ReplicatedModel, run_stream
+from rcnn_deploy.runtime.stream import BatchModel, Prepared, ReplicatedModel, lies_within, run_stream
 
 
 # ------------------------------------------------------------------------------- the runner with a toy model
@@ -931,3 +931,97 @@ def test_detector_stream_return_masks_false_wraps_the_per_image_function(monkeyp
     assert seen["per_image"] is str
     list(det.stream([Item(0, "a.jpg")], per_image=str, processes=0, return_masks=False))
     assert isinstance(seen["per_image"], DropMasksAfter) and seen["per_image"].per_image is str
+
+
+class _SlotReader(BatchModel):
+    """Reads its inputs only when waited on (as an upload queued from page-locked slots), after a delay; records
+    which slots it read, when, and what they held."""
+
+    def __init__(self, delay_s: float = 0.02, fail_batch: int = -1) -> None:
+        super().__init__(_double, 1, 3)
+        self.delay_s, self.fail_batch = delay_s, fail_batch
+        self.base = self.nbytes = self.slot_bytes = 0
+        self.undone = 0
+        self.read_at: dict = {}  # slot -> times its contents were read
+        self.inside: list = []  # whether each submitted image lies in the offered memory
+        self.batches = 0
+        self.lock = threading.Lock()
+
+    def read_host_inputs(self, array):
+        self.base, self.nbytes = array.__array_interface__["data"][0], array.nbytes
+        self.slot_bytes = array[0].nbytes
+
+        def undo():
+            self.undone += 1
+
+        return undo
+
+    def submit(self, images):
+        self.inside += [lies_within(a, self.base, self.nbytes) for a in images]
+        views, b = list(images), self.batches
+        self.batches += 1
+
+        def wait():
+            time.sleep(self.delay_s)
+            if b == self.fail_batch:
+                raise RuntimeError("device lost")
+            stacked = np.stack(views)  # the "upload": the slots must still hold this batch's images
+            with self.lock:
+                for a in views if self.slot_bytes else []:
+                    slot = (a.__array_interface__["data"][0] - self.base) // self.slot_bytes
+                    self.read_at.setdefault(slot, []).append(time.perf_counter())
+            return self.run(stacked)
+
+        return wait
+
+
+def test_a_model_reading_the_slots_late_gets_them_until_its_outputs_are_back(monkeypatch):
+    import rcnn_deploy.runtime.stream as stream
+
+    released: dict = {}
+
+    class _Free(stream.deque):
+        def append(self, slot):
+            released.setdefault(slot, []).append(time.perf_counter())
+            super().append(slot)
+
+    class _Recording(stream._Slots):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.free = _Free(self.free)
+
+    monkeypatch.setattr(stream, "_Slots", _Recording)
+    model = _SlotReader()
+    stats = stream.StreamStats()
+    items = [Item(i, f"img{i}") for i in range(17)]
+    kw = dict(batch=3, workers=2, processes=2, input_shape=(2, 3), input_dtype=np.float32, stats=stats)
+    out = list(run_stream(items, _proc_prepare_into, model, _proc_post, **kw))
+    assert [r.index for r in out] == list(range(17)) and all(r.ok for r in out), [r.error for r in out]
+    assert all(r.detections == 2 * r.index for r in out)  # each batch read its own images, not a later batch's
+    assert model.inside and all(model.inside) and stats.pinned_slots and model.undone == 1
+    for slot, reads in model.read_at.items():  # every read came before the slot's next release
+        rel = sorted(released.get(slot, []))
+        for t in reads:
+            assert any(r >= t for r in rel), (slot, t, rel)
+
+
+def test_slots_are_not_offered_when_turned_off_and_the_undo_runs_on_errors(monkeypatch):
+    items = [Item(i, f"img{i}") for i in range(10)]
+    kw = dict(batch=3, workers=2, processes=2, input_shape=(2, 3), input_dtype=np.float32)
+    monkeypatch.setenv("RCNN_DEPLOY_PINNED_SLOTS", "0")
+    model = _SlotReader(delay_s=0.0)
+    out = list(run_stream(items, _proc_prepare_into, model, _proc_post, **kw))
+    assert all(r.detections == 2 * r.index for r in out) and model.undone == 0 and model.nbytes == 0
+    monkeypatch.delenv("RCNN_DEPLOY_PINNED_SLOTS")
+    failing = _SlotReader(delay_s=0.0, fail_batch=1)
+    with pytest.raises(RuntimeError, match="device lost"):
+        list(run_stream(items, _proc_prepare_into, failing, _proc_post, **kw))
+    assert failing.undone == 1  # the slots were given back to the model before their memory went
+
+
+def test_lies_within():
+    a = np.zeros((4, 6), np.uint8)
+    base = a.__array_interface__["data"][0]
+    assert lies_within(a[1], base, a.nbytes) and lies_within(a, base, a.nbytes)
+    assert not lies_within(a, base + 1, a.nbytes) and not lies_within(a[:, ::2], base, a.nbytes)
+    assert not lies_within(np.zeros(3, np.uint8), base, a.nbytes)

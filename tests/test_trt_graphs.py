@@ -19,6 +19,8 @@ class FakeCudaRT:
 
     def __init__(self) -> None:
         self.calls: list = []
+        self.copies: list = []  # (dst, src, bytes, kind)
+        self.registered: dict = {}
         self.capturing = False
         self.next_handle = 100
 
@@ -28,6 +30,15 @@ class FakeCudaRT:
 
     def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):  # noqa: N802 - the CUDA name
         self.calls.append(("copy_in_capture" if self.capturing else "copy", int(nbytes.value)))
+        self.copies.append((dst.value, src.value, int(nbytes.value), kind))
+        return 0
+
+    def cudaHostRegister(self, ptr, nbytes, flags):  # noqa: N802
+        self.registered[ptr.value] = int(nbytes.value)
+        return 0
+
+    def cudaHostUnregister(self, ptr):  # noqa: N802
+        del self.registered[ptr.value]
         return 0
 
     def cudaStreamBeginCapture(self, stream, mode):  # noqa: N802
@@ -177,3 +188,32 @@ def test_without_blocking_wait_the_caller_synchronises_the_stream():
     lib.calls.clear()
     m._waiter(slot, shapes, 2)()
     assert lib.calls == [("stream_sync",)]
+
+
+def test_images_in_registered_memory_are_uploaded_from_there_without_the_host_copy():
+    m, slot, lib = model()
+    m.rename = lambda d: d
+    m.in_dtype, m.slots, m._next, m._registered = np.dtype(np.uint8), [slot], 0, []
+    slot.free.set()
+    pinned = np.zeros(48 * 8, np.uint8)  # page-locked by the fake, 8 images' bytes
+    slot.host["images"] = SimpleNamespace(array=np.full((8, 3, 4, 4), 9, np.uint8), ptr=ctypes.c_void_p(4096))
+    slots = pinned.reshape(8, 3, 4, 4)
+    base = slots.__array_interface__["data"][0]
+    undo = m.read_host_inputs(slots)
+    assert undo is not None and lib.registered == {base: 48 * 8}
+    m.submit([slots[5], slots[2]])()
+    ups = [c for c in lib.copies if c[3] == 1]  # host to device
+    assert ups == [(2, base + 5 * 48, 48, 1), (2 + 48, base + 2 * 48, 48, 1)]
+    assert (slot.host["images"].array == 9).all(), "the slot's own pinned input was not written"
+    lib.copies.clear()
+    slot.free.set()
+    m.submit([np.ones((3, 4, 4), np.uint8)])()  # an image elsewhere: copied into the pinned input as before
+    assert [c for c in lib.copies if c[3] == 1] == [(2, 4096, 48, 1)] and (slot.host["images"].array[0] == 1).all()
+    undo()
+    assert lib.registered == {} and m._registered == [] and ("stream_sync",) in lib.calls
+
+
+def test_registration_is_declined_for_another_dtype():
+    m, slot, lib = model()
+    m.in_dtype, m.slots, m._registered = np.dtype(np.uint8), [slot], []
+    assert m.read_host_inputs(np.zeros((2, 3, 4, 4), np.float32)) is None and lib.registered == {}

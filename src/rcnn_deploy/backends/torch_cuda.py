@@ -25,9 +25,11 @@ import contextlib
 import threading
 import time
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from ..runtime.stream import lies_within
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 # torch.compile modes of the sync-free forward; both leave Inductor's CUDA graphs off (we capture the graph)
@@ -389,6 +391,7 @@ class GpuLetterbox:
                 warnings.warn(self.decoder_note, RuntimeWarning, stacklevel=2)
         self.decoder = "nvimgcodec" if self._nvimg is not None else "torchvision"
         self._staging: Dict[int, List[Any]] = {}  # by batch size: [pinned host batch, event after its uploads]
+        self._registered: List[Tuple[int, int]] = []  # (address, bytes) page-locked by register_host
         self._keep: List[Any] = []  # the last batch's nvImageCodec images: their memory until the next call
         self._done: Any = None  # an event after the last batch's letterbox kernels (CUDA): _keep may go after it
         self._taps: Dict[Tuple[int, int, bool], Tuple[Any, ...]] = {}  # _opencv_taps by (out, in, clamp)
@@ -465,11 +468,43 @@ class GpuLetterbox:
             self.host_s["reuse_wait"] += time.perf_counter() - t0
         view = host.numpy()
         for i in arrays:
+            if cuda and any(lies_within(items[i], base, nbytes) for base, nbytes in self._registered):
+                out[i].copy_(torch.from_numpy(items[i]), non_blocking=True)  # page-locked already: no host copy
+                continue
             np.copyto(view[i], items[i])
             out[i].copy_(host[i], non_blocking=cuda)
         if cuda:
             slot[1] = torch.cuda.Event()
             slot[1].record(torch.cuda.current_stream(self.device))
+
+    def register_host(self, array: np.ndarray) -> Optional[Callable[[], None]]:
+        """Page-lock ``array``'s memory (``cudaHostRegister``; the streaming runner's shared-memory slots) so that
+        :meth:`_upload` copies letterboxed items lying in it straight to the device, without the pinned staging
+        batch. Returns the undo (it waits for the device first), or None off CUDA or when CUDA refuses."""
+        import torch
+
+        if self.device.type != "cuda" or array.nbytes == 0:
+            return None
+        base, nbytes = int(array.__array_interface__["data"][0]), int(array.nbytes)
+        cudart = torch.cuda.cudart()
+        with torch.cuda.device(self.device):
+            status = cudart.cudaHostRegister(base, nbytes, 0)
+        if int(status) != 0:  # e.g. memory that cannot be locked: the staging copy as before
+            warnings.warn(
+                f"cudaHostRegister of {nbytes} bytes failed ({status}); inputs go through a pinned copy",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return None
+        self._registered.append((base, nbytes))
+
+        def undo() -> None:
+            torch.cuda.synchronize(self.device)
+            self._registered.remove((base, nbytes))
+            with torch.cuda.device(self.device):
+                cudart.cudaHostUnregister(base)
+
+        return undo
 
     def _decode_nvimgcodec(self, items: Any, encoded: List[int]) -> Dict[int, Any]:
         """nvImageCodec on the device's current stream -> ``{item: [3, h, w] uint8 view}``; an item it refused is
@@ -680,6 +715,12 @@ class GpuBatchModel:
             ready.record(self._pre_stream)
         torch.cuda.current_stream(self._pre_stream.device).wait_event(ready)
         return x, errors
+
+    def read_host_inputs(self, array: np.ndarray) -> Optional[Callable[[], None]]:
+        """The streaming runner's offer (:func:`rcnn_deploy.runtime.stream.host_inputs_pinned`): letterboxed items
+        in ``array`` are uploaded from it directly (:meth:`GpuLetterbox.register_host`). Their uploads are queued
+        before the replay whose outputs :meth:`submit`'s waiter returns, so a slot is free once they are back."""
+        return self.letterbox.register_host(array)
 
     def _host(self, out: Dict[str, Any], n: int, letterboxes: Optional[List[Any]]) -> Dict[str, Any]:
         """The batch's first ``n`` outputs post-processed on the device (``post``) or copied back."""

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
-from ...runtime.stream import BatchModel
+from ...runtime.stream import BatchModel, lies_within
 
 _H2D, _D2H = 1, 2  # cudaMemcpyKind
 _CAPTURE_THREAD_LOCAL = 1  # cudaStreamCaptureModeThreadLocal: other threads' CUDA calls are not checked
@@ -165,6 +165,7 @@ class TensorRTBatchModel(BatchModel):
         self.in_dtype = backend.tensor_dtype(self.input)
         self.slots: List[_Slot] = [_Slot(self, i) for i in range(max(1, slots))]
         self.depth = len(self.slots)  # batches the streaming runner keeps in flight: one per slot
+        self._registered: List[Tuple[int, int]] = []  # (address, bytes) page-locked by read_host_inputs
         self._next = 0
 
     def _shapes(self, slot: _Slot, n: int) -> Dict[str, Tuple[int, ...]]:
@@ -182,16 +183,52 @@ class TensorRTBatchModel(BatchModel):
         n = self._batch_size(k)
         slot = self._take_slot()
         try:
-            host_in = slot.host[self.input].array
-            for i in range(n):
-                np.copyto(host_in[i], images[min(i, k - 1)], casting="unsafe")  # a short batch repeats its last
-            nbytes = n * self.image_bytes
-            self._copy(slot.device[self.input].ptr, slot.host[self.input].ptr.value, nbytes, _H2D, slot.stream.ptr)
+            if self._all_registered(images):  # page-locked already (the runner's slots): each straight up
+                dev, size = slot.device[self.input].ptr, self.image_bytes
+                for i in range(n):
+                    src = images[min(i, k - 1)].__array_interface__["data"][0]
+                    self._copy(dev + i * size, src, size, _H2D, slot.stream.ptr)
+            else:
+                host_in = slot.host[self.input].array
+                for i in range(n):
+                    np.copyto(host_in[i], images[min(i, k - 1)], casting="unsafe")  # a short batch repeats its last
+                nbytes = n * self.image_bytes
+                self._copy(slot.device[self.input].ptr, slot.host[self.input].ptr.value, nbytes, _H2D, slot.stream.ptr)
             shapes = self._enqueue_model(slot, n)
         except BaseException:
             slot.free.set()
             raise
         return self._waiter(slot, shapes, k)
+
+    def _all_registered(self, images: List[np.ndarray]) -> bool:
+        return bool(self._registered) and all(
+            a.dtype == self.in_dtype
+            and tuple(a.shape) == self.image_shape
+            and any(lies_within(a, base, nb) for base, nb in self._registered)
+            for a in images
+        )
+
+    def read_host_inputs(self, array: np.ndarray) -> Optional[Callable[[], None]]:
+        """The streaming runner's offer (:func:`rcnn_deploy.runtime.stream.host_inputs_pinned`): page-lock
+        ``array`` (``cudaHostRegister``) and upload images lying in it straight from there, without the copy into
+        the slot's pinned input. Each upload is queued on its slot's stream before the engine and the download
+        that the waiter waits for. Returns the undo (waits for every slot's stream first), or None when CUDA
+        refuses."""
+        if array.nbytes == 0 or array.dtype != self.in_dtype:
+            return None
+        base, nbytes = int(array.__array_interface__["data"][0]), int(array.nbytes)
+        status = self.lib.cudaHostRegister(ctypes.c_void_p(base), ctypes.c_size_t(nbytes), ctypes.c_uint(0))
+        if status != 0:
+            return None
+        self._registered.append((base, nbytes))
+
+        def undo() -> None:
+            for s in self.slots:
+                s.stream.synchronize()
+            self._registered.remove((base, nbytes))
+            self.lib.cudaHostUnregister(ctypes.c_void_p(base))
+
+        return undo
 
     @property
     def image_bytes(self) -> int:
