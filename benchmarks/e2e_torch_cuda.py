@@ -211,6 +211,25 @@ def precapture(det: Any, batch: int) -> None:
     torch.cuda.synchronize()
 
 
+def slots_ab(det: Any, paths: List[str], batch: int, processes: Optional[int], tmp: str, pairs: int) -> List[Any]:
+    """``pairs`` pairs of stream passes, the page-locked slots and the copy, alternating which goes first: each
+    pass's img/s and GpuBatchModel's host ms per batch by stage."""
+    out = []
+    for i in range(pairs):
+        for mode in ("pinned", "copy") if i % 2 == 0 else ("copy", "pinned"):
+            if mode == "copy":
+                os.environ["RCNN_DEPLOY_PINNED_SLOTS"] = "0"
+            try:
+                r = stream_pass(det, paths, batch, processes, os.path.join(tmp, f"ab{i}_{mode}"))
+            finally:
+                os.environ.pop("RCNN_DEPLOY_PINNED_SLOTS", None)
+            keep = ("images_per_s", "pinned_slots", "model_submit_s", "model_wait_s", "main_cpu_s")
+            keep += ("model_starved_s", "stage_ms_per_batch")
+            out.append(dict({k: r.get(k) for k in keep}, pair=i, mode=mode))
+            print("slots_ab", out[-1], flush=True)
+    return out
+
+
 def copy_slots_pass(run_pass: Any, tmp: str, pinned: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     from e2e_trt import copy_slots_pass as trt_copy_slots_pass  # this folder; torch-free
 
@@ -296,7 +315,14 @@ def main() -> None:
         "--batches",
         type=lambda v: [int(x) for x in v.split(",") if x],
         default=[8, 1],
-        help="the gpu_post / gpu_decode_post phases' batch sizes, in this order (default 8,1)",
+        help="the stream, gpu_post and gpu_decode_post phases' batch sizes, in this order (default 8,1)",
+    )
+    ap.add_argument(
+        "--slots-ab",
+        type=int,
+        default=0,
+        help="host-decode stream rows at batch > 1: this many more pairs of passes, page-locked slots and the copy "
+        "(RCNN_DEPLOY_PINNED_SLOTS=0) alternating which goes first (stream_slots_ab)",
     )
     ap.add_argument("--parity-images", type=int, default=64, help="of --images: GPU against host decode at --size")
     ap.add_argument("--skip-faster", action="store_true")
@@ -445,6 +471,7 @@ def main() -> None:
                 copy = copy_slots_pass(lambda d: stream_pass(det, files, batch, processes, d), tmp, row[key])
                 if copy is not None:
                     row[key + "_copy_slots"] = copy
+                    row[key + "_slots_ab"] = slots_ab(det, files, batch, processes, tmp, a.slots_ab)
         row[key]["nms_fallbacks_total"] = det.cuda_model.fallbacks
         if batch == 1:
             row[key.replace("stream", "latency") + "_ms"] = latency(det, paths, a.latency_images)
@@ -477,7 +504,7 @@ def main() -> None:
 
     # 1. fp16 (the default GPU precision): the model alone, then end to end with host decode in processes
     if "stream" in phases:
-        for batch in (8, 1):
+        for batch in a.batches:
             det, row = compute_row("mask_rcnn", mask_rcnn, "fp16", batch)
             stream_rows(det, row, "stream", batch, a.processes)
             del det

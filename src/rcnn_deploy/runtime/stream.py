@@ -634,12 +634,15 @@ def run_stream(
                 for res in done if isinstance(done, list) else [done]:
                     settle(res)
                 progressed = True
-            # 4. fetched outputs -> per-image postprocessing
+            # 4. fetched outputs -> per-image postprocessing (a model reading the slots is done with them once its
+            # outputs are back, also while postprocessing is at its limit)
+            if late_release:
+                for fut, group in fetching:
+                    if fut.done():
+                        release(group)
             while fetching and fetching[0][0].done() and sum(post.values()) < post_limit:
                 fut, group = fetching.popleft()
                 outs = fut.result()
-                if late_release:  # the outputs are in: the uploads from the slots, queued before them, are done
-                    release(group)
                 if procs is None:
                     for i, p in enumerate(group):
                         post[submit_finish(p, _image_outputs(outs, i, False), None)] = 1
