@@ -217,8 +217,7 @@ def slots_ab(det: Any, paths: List[str], batch: int, processes: Optional[int], t
     out = []
     for i in range(pairs):
         for mode in ("pinned", "copy") if i % 2 == 0 else ("copy", "pinned"):
-            if mode == "copy":
-                os.environ["RCNN_DEPLOY_PINNED_SLOTS"] = "0"
+            os.environ["RCNN_DEPLOY_PINNED_SLOTS"] = "1" if mode == "pinned" else "0"
             try:
                 r = stream_pass(det, paths, batch, processes, os.path.join(tmp, f"ab{i}_{mode}"))
             finally:
@@ -228,12 +227,6 @@ def slots_ab(det: Any, paths: List[str], batch: int, processes: Optional[int], t
             out.append(dict({k: r.get(k) for k in keep}, pair=i, mode=mode))
             print("slots_ab", out[-1], flush=True)
     return out
-
-
-def copy_slots_pass(run_pass: Any, tmp: str, pinned: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    from e2e_trt import copy_slots_pass as trt_copy_slots_pass  # this folder; torch-free
-
-    return trt_copy_slots_pass(run_pass, tmp, pinned)
 
 
 def stream_pass(det: Any, paths: List[str], batch: int, processes: Optional[int], out_dir: str) -> Dict[str, Any]:
@@ -322,7 +315,7 @@ def main() -> None:
         type=int,
         default=0,
         help="host-decode stream rows at batch > 1: this many more pairs of passes, page-locked slots and the copy "
-        "(RCNN_DEPLOY_PINNED_SLOTS=0) alternating which goes first (stream_slots_ab)",
+        "(RCNN_DEPLOY_PINNED_SLOTS=1 and 0) alternating which goes first (stream_slots_ab)",
     )
     ap.add_argument("--parity-images", type=int, default=64, help="of --images: GPU against host decode at --size")
     ap.add_argument("--skip-faster", action="store_true")
@@ -467,11 +460,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             stream_pass(det, files, batch, processes, os.path.join(tmp, "warm"))
             row[key] = stream_pass(det, files, batch, processes, os.path.join(tmp, "run"))
-            if batch > 1:  # the slots copied on the model thread instead, when this pass uploaded from them
-                copy = copy_slots_pass(lambda d: stream_pass(det, files, batch, processes, d), tmp, row[key])
-                if copy is not None:
-                    row[key + "_copy_slots"] = copy
-                    row[key + "_slots_ab"] = slots_ab(det, files, batch, processes, tmp, a.slots_ab)
+            if batch > 1 and key == "stream":  # host decode: the input slots the other way (page-locked or copied)
+                from e2e_trt import slots_variant_pass  # this folder; torch-free
+
+                variant = slots_variant_pass(lambda d: stream_pass(det, files, batch, processes, d), tmp, row[key])
+                if variant is not None:
+                    row[variant[0]] = variant[1]
+                    if a.slots_ab:
+                        row[key + "_slots_ab"] = slots_ab(det, files, batch, processes, tmp, a.slots_ab)
         row[key]["nms_fallbacks_total"] = det.cuda_model.fallbacks
         if batch == 1:
             row[key.replace("stream", "latency") + "_ms"] = latency(det, paths, a.latency_images)

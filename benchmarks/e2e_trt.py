@@ -117,25 +117,26 @@ def stream_pass(det, paths, batch, workers, out_dir, processes=None):
     }
 
 
-def copy_slots_pass(run_pass, tmp, pinned):
-    """With ``pinned`` (a pass whose model uploaded from the page-locked slots, written to ``tmp/run``): the same
-    pass again, ``run_pass(out_dir)``, with the slots copied into the model's pinned buffer on the model thread
-    (``RCNN_DEPLOY_PINNED_SLOTS=0``; written to ``tmp/copy``), and whether its COCO results equal the pinned pass's
-    entry for entry; None without."""
-    if not pinned.get("pinned_slots"):
-        return None
-    os.environ["RCNN_DEPLOY_PINNED_SLOTS"] = "0"
+def slots_variant_pass(run_pass, tmp, ref):
+    """``ref``: a stream pass written to ``tmp/run``. The same pass again, ``run_pass(out_dir)``, the other way round
+    for the input slots (``RCNN_DEPLOY_PINNED_SLOTS``: page-locked and uploaded from, or copied on the model thread,
+    the default), written to ``tmp/variant``; with whether its COCO results equal ``ref``'s entry for entry. Returns
+    (key, row), or None when the model took the slots neither way (no worker processes, or GPU decoding)."""
+    flip = "0" if ref.get("pinned_slots") else "1"
+    os.environ["RCNN_DEPLOY_PINNED_SLOTS"] = flip
     try:
-        row = run_pass(os.path.join(tmp, "copy"))
+        row = run_pass(os.path.join(tmp, "variant"))
     finally:
         del os.environ["RCNN_DEPLOY_PINNED_SLOTS"]
+    if row.get("pinned_slots") == bool(ref.get("pinned_slots")):
+        return None
     with open(os.path.join(tmp, "run", "results.json")) as f:
-        ref = json.load(f)
-    with open(os.path.join(tmp, "copy", "results.json")) as f:
+        want = json.load(f)
+    with open(os.path.join(tmp, "variant", "results.json")) as f:
         got = json.load(f)
-    same = sum(x == y for x, y in zip(ref, got))
-    row["results_equal_to_pinned"] = {"entries": len(ref), "copy_entries": len(got), "equal": same}
-    return row
+    same = sum(x == y for x, y in zip(want, got))
+    row["results_equal_to_stream"] = {"entries": len(want), "variant_entries": len(got), "equal": same}
+    return ("stream_pinned_slots" if flip == "1" else "stream_copy_slots"), row
 
 
 def stage_costs(det, paths, n=16):
@@ -271,9 +272,12 @@ def stream_rows(a, det, paths, single=True):
         stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "warm"), a.processes)
         if single or a.repeat <= 1:
             out["stream"] = stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "run"), a.processes)
-            copy = copy_slots_pass(lambda d: stream_pass(det, paths, hi, a.workers, d, a.processes), tmp, out["stream"])
-            if copy is not None:
-                out["stream_copy_slots"] = copy
+            if hi > 1:  # the input slots the other way (page-locked or copied), same pass
+                variant = slots_variant_pass(
+                    lambda d: stream_pass(det, paths, hi, a.workers, d, a.processes), tmp, out["stream"]
+                )
+                if variant is not None:
+                    out[variant[0]] = variant[1]
         if a.repeat > 1:  # the same files again: per-image outputs are rewritten with the same bytes
             many = list(paths) * a.repeat
             rep = stream_pass(det, many, hi, a.workers, os.path.join(tmp, "rep"), a.processes)

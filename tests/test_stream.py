@@ -991,6 +991,7 @@ def test_a_model_reading_the_slots_late_gets_them_until_its_outputs_are_back(mon
             self.free = _Free(self.free)
 
     monkeypatch.setattr(stream, "_Slots", _Recording)
+    monkeypatch.setenv("RCNN_DEPLOY_PINNED_SLOTS", "1")
     model = _SlotReader()
     stats = stream.StreamStats()
     items = [Item(i, f"img{i}") for i in range(17)]
@@ -1005,14 +1006,23 @@ def test_a_model_reading_the_slots_late_gets_them_until_its_outputs_are_back(mon
             assert any(r >= t for r in rel), (slot, t, rel)
 
 
-def test_slots_are_not_offered_when_turned_off_and_the_undo_runs_on_errors(monkeypatch):
+@pytest.mark.parametrize("setting", [None, "0"])
+def test_slots_are_offered_only_when_asked_for(monkeypatch, setting):
     items = [Item(i, f"img{i}") for i in range(10)]
     kw = dict(batch=3, workers=2, processes=2, input_shape=(2, 3), input_dtype=np.float32)
-    monkeypatch.setenv("RCNN_DEPLOY_PINNED_SLOTS", "0")
+    if setting is None:
+        monkeypatch.delenv("RCNN_DEPLOY_PINNED_SLOTS", raising=False)
+    else:
+        monkeypatch.setenv("RCNN_DEPLOY_PINNED_SLOTS", setting)
     model = _SlotReader(delay_s=0.0)
     out = list(run_stream(items, _proc_prepare_into, model, _proc_post, **kw))
     assert all(r.detections == 2 * r.index for r in out) and model.undone == 0 and model.nbytes == 0
-    monkeypatch.delenv("RCNN_DEPLOY_PINNED_SLOTS")
+
+
+def test_the_undo_runs_on_errors(monkeypatch):
+    items = [Item(i, f"img{i}") for i in range(10)]
+    kw = dict(batch=3, workers=2, processes=2, input_shape=(2, 3), input_dtype=np.float32)
+    monkeypatch.setenv("RCNN_DEPLOY_PINNED_SLOTS", "1")
     failing = _SlotReader(delay_s=0.0, fail_batch=1)
     with pytest.raises(RuntimeError, match="device lost"):
         list(run_stream(items, _proc_prepare_into, failing, _proc_post, **kw))

@@ -64,14 +64,19 @@ class SubmitModel(Protocol):
 
 
 def host_inputs_pinned(model: Any, array: np.ndarray) -> Optional[Callable[[], None]]:
-    """Offer ``model`` the host memory its inputs will come from (the worker processes' shared-memory slots):
-    a model with ``read_host_inputs(array)`` may page-lock it (``cudaHostRegister``) and upload each image
-    straight from its slot, asynchronously, instead of copying it into a pinned buffer of its own on the model
-    thread (run 29: 20.8 ms of every batch of 8 at 1344², 43 MB). It returns the undo (which first waits for
-    the device), or None when it declines; while it reads the slots, a slot may be reused only once its batch's
-    outputs have been waited for. ``RCNN_DEPLOY_PINNED_SLOTS=0`` turns this off (the copy instead: an A/B in the
-    benchmarks)."""
-    if os.environ.get("RCNN_DEPLOY_PINNED_SLOTS", "1") == "0":
+    """Offer ``model`` the host memory its inputs will come from (the worker processes' shared-memory slots),
+    only when ``RCNN_DEPLOY_PINNED_SLOTS=1``: a model with ``read_host_inputs(array)`` may then page-lock it
+    (``cudaHostRegister``) and upload each image straight from its slot, asynchronously, instead of copying the
+    batch into a pinned buffer of its own on the model thread. It returns the undo (which first waits for the
+    device), or None when it declines; while it reads the slots, a slot is reused only once its batch's outputs
+    are back.
+
+    Off by default because it measured slower end to end (run 30, H100, 256 1920x1080 JPEGs at 1344², batch 8, host
+    decode in 14 processes): PyTorch 198-213 img/s page-locked against 224-250 with the copy, four pairs of passes
+    alternating which went first; TensorRT 8.6 277.5 against 289.2, one pair; the same COCO results both ways. The
+    upload alone was faster (``benchmarks/host_register_bench.py``: 0.83 against 5.8 ms a batch), so the copy was
+    not what limited those rows; why page-locking costs throughput was not found."""
+    if os.environ.get("RCNN_DEPLOY_PINNED_SLOTS", "0") != "1":
         return None
     read = getattr(model, "read_host_inputs", None)
     return read(array) if callable(read) else None
@@ -643,6 +648,8 @@ def run_stream(
             while fetching and fetching[0][0].done() and sum(post.values()) < post_limit:
                 fut, group = fetching.popleft()
                 outs = fut.result()
+                if late_release:  # (done since the scan above)
+                    release(group)
                 if procs is None:
                     for i, p in enumerate(group):
                         post[submit_finish(p, _image_outputs(outs, i, False), None)] = 1
