@@ -229,6 +229,12 @@ steps)
       step torch_stream_compiled torch_e2e e2e_torch_cuda_stream_compiled stream --stream-compile default ;;
     torch_slots_ab)  # torch_stream_compiled at batch 8 only, with 4 more pairs of passes: page-locked slots vs the copy
       step torch_slots_ab torch_e2e e2e_torch_cuda_slots_ab stream --stream-compile default --batches 8 --slots-ab 4 ;;
+    torch_gpudecode_sampled)  # torch_gpudecode_compiled at batch 8 only, plus a pass with thread_sampler.py
+      step torch_gpudecode_sampled torch_e2e e2e_torch_cuda_gpudecode_sampled gpu_decode --stream-compile default \
+        --batches 8 --sample-threads ;;
+    torch_stream_sampled)  # torch_stream_compiled at batch 8 only, plus a pass with thread_sampler.py
+      step torch_stream_sampled torch_e2e e2e_torch_cuda_stream_sampled stream --stream-compile default --batches 8 \
+        --sample-threads ;;
     torch_gpudecode_compiled)  # the same, compiled (with TORCH_ROI_ALIGN's ROIAlign)
       step torch_gpudecode_compiled torch_e2e e2e_torch_cuda_gpudecode_compiled gpu_decode --stream-compile default ;;
     *) echo "unknown step $s" >>$S/steps.txt ;;

@@ -308,7 +308,13 @@ def main() -> None:
         "--batches",
         type=lambda v: [int(x) for x in v.split(",") if x],
         default=[8, 1],
-        help="the stream, gpu_post and gpu_decode_post phases' batch sizes, in this order (default 8,1)",
+        help="the stream, gpu_decode, gpu_post and gpu_decode_post phases' batch sizes, in this order (default 8,1)",
+    )
+    ap.add_argument(
+        "--sample-threads",
+        action="store_true",
+        help="after each batch-8 stream row, one more pass with thread_sampler.py sampling where the process's "
+        "threads sit (its img/s is not a result: the sampler takes the GIL every 2 ms); in the row as thread_samples",
     )
     ap.add_argument(
         "--slots-ab",
@@ -460,6 +466,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             stream_pass(det, files, batch, processes, os.path.join(tmp, "warm"))
             row[key] = stream_pass(det, files, batch, processes, os.path.join(tmp, "run"))
+            if a.sample_threads and batch > 1:
+                from thread_sampler import ThreadSampler  # this folder
+
+                sampler = ThreadSampler().start()
+                sampled = stream_pass(det, files, batch, processes, os.path.join(tmp, "sampled"))
+                row[key + "_thread_samples"] = dict(sampler.stop(), images_per_s=sampled["images_per_s"])
             if batch > 1 and key == "stream":  # host decode: the input slots the other way (page-locked or copied)
                 from e2e_trt import slots_variant_pass  # this folder; torch-free
 
@@ -530,7 +542,7 @@ def main() -> None:
     # 5. fp16 end to end with JPEGs decoded on the GPU (nvJPEG): its graph is captured here, on the main thread,
     #    before the stream (run 16's process crashed capturing it in the runner's model thread)
     if "gpu_decode" in phases:
-        for batch in (8, 1):
+        for batch in a.batches:
             det, row = compute_row("mask_rcnn_gpu_decode", partial(mask_rcnn, gpu_decode=True), "fp16", batch)
             stream_rows(det, row, "stream_gpu_decode", batch, a.gpu_decode_processes)
             del det

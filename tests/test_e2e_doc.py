@@ -239,3 +239,51 @@ def test_each_stacks_targets_come_from_its_own_latest_session(tmp_path):
     )
     assert "| PyTorch end to end ≥ 10× torchvision (14 worker processes) | 20 × | yes |" in torch  # 60 / 3
     assert "| PyTorch b1 end-to-end latency ≤ 12 ms median | 12 ms | no | e2e_torch_cuda_run97.json |" in torch
+
+
+def test_targets_say_how_host_decode_handed_over_its_slots_and_take_parity_from_its_latest_session(tmp_path):
+    """Since session 26 a host-decode stream pass says whether the input slots were page-locked or copied, and the
+    benchmarks run the other way too (a variant pass; PyTorch's --slots-ab pairs): each gets its target rows,
+    labelled; GPU-decode rows have no slots. PyTorch's parity rows come from the latest session that ran parity,
+    also when a later session ran only the throughput steps."""
+    write = _e2e_writer(tmp_path)
+    stream = {"images_per_s": 280.0, "processes": 14, "detections": 5, "model_starved_s": 0.1, "seconds": 1.0}
+    engine = {"engine": "e", "batch": 8, "trt": "t", "input_dtype": "uint8", "gpu_compute_ms": 20.0}
+    engine.update(gpu_images_per_s=400, stream=dict(stream, pinned_slots=False))
+    engine.update(stream_pinned_slots=dict(stream, images_per_s=270.0, pinned_slots=True))
+    engine.update(stream_gpu_decode=dict(stream, images_per_s=300.0, pinned_slots=False))
+    write("e2e_trt_run99_b8.json", {"engines": [engine]})
+    row = {"model": "mask_rcnn", "precision": "fp16", "cuda_graph": True, "batch": 8, "gpu_compute_ms": 25.0}
+    row.update(gpu_images_per_s=300, nms_rounds=96, stream=dict(stream, images_per_s=240.0, pinned_slots=False))
+    row["stream_pinned_slots"] = dict(stream, images_per_s=200.0, pinned_slots=True)
+    row["stream_slots_ab"] = [
+        {"mode": m, "pair": i // 2, "images_per_s": v}
+        for i, (m, v) in enumerate([("pinned", 210.0), ("copy", 230.0), ("copy", 250.0), ("pinned", 190.0)])
+    ]
+    gd = dict(row, model="mask_rcnn_gpu_decode", gpu_decoder="nvimgcodec", stream={})
+    gd = {k: v for k, v in gd.items() if not k.startswith("stream")}
+    gd["stream_gpu_decode"] = dict(stream, images_per_s=245.0, processes=8, pinned_slots=False)
+    write("e2e_torch_cuda_run99.json", {"rows": [row, gd]})
+    match = {"matched": 995, "reference_detections": 1000, "recall": 0.995, "gpu_decoder": "nvimgcodec"}
+    match.update(images=64, candidate_detections=1000, min_box_iou=0.5, max_score_diff=0.4, mean_score_diff=0.002)
+    match.update(mean_mask_iou=0.99, min_mask_iou=0.0, unmatched=5)
+    write("e2e_torch_cuda_parity_run98.json", {"rows": [], "parity": {"gpu_decode_vs_host_decode_fp16": match}})
+    tv = {"model": "tv", "images": 64, "latency_ms": {"p50": 1, "p90": 2, "p99": 3}}
+    write("e2e_torchvision_run99.json", dict(tv, images_per_s=2.5))
+    targets = render(tmp_path).split("## Targets (issues 17 and 19)")[1].split("\n## ")[0]
+    trt, torch = targets.split("PyTorch, session run99")
+    assert "| TensorRT fp16 b8 end to end ≥ 300 img/s (host decode, copied slots) | 280 img/s | no |" in trt
+    assert "| TensorRT fp16 b8 end to end ≥ 300 img/s (host decode, page-locked slots) | 270 img/s | no |" in trt
+    assert "| TensorRT fp16 b8 end to end ≥ 300 img/s (GPU decode) | 300 img/s | yes |" in trt
+    assert "| PyTorch b8 end to end ≥ 250 img/s (14 worker processes, copied slots) | 240 img/s | no |" in torch
+    assert "| PyTorch b8 end to end ≥ 250 img/s (14 worker processes, page-locked slots) | 200 img/s | no |" in torch
+    assert (
+        "| PyTorch b8 end to end ≥ 250 img/s (14 worker processes, copied slots, median of 2 A/B passes) "
+        "| 240 img/s | no |" in torch
+    )
+    assert "(14 worker processes, page-locked slots, median of 2 A/B passes) | 200 img/s |" in torch
+    assert "| PyTorch b8 end to end ≥ 250 img/s (GPU decode (nvImageCodec), 8 worker processes) | 245 img/s |" in torch
+    assert (
+        "| PyTorch GPU decode ≥ 99 % of host-decode detections matched (nvImageCodec, 384² JPEG split) | 99.5 % | yes "
+        "| e2e_torch_cuda_parity_run98.json |" in torch
+    )

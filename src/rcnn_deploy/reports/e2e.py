@@ -4,6 +4,7 @@ script on one named machine and commit). ``benchmarks/e2e_report.py`` writes it;
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -462,9 +463,13 @@ def targets_section(results: Path) -> List[str]:
         "",
         "## Targets (issues 17 and 19)",
         "",
-        "Each stack's targets from the latest session that measured it. *Met* compares the measured figure with the",
-        "issue's target; × torchvision divides streamed img/s by torchvision's eager model end to end in the same",
-        "session (same 256 images: `data synth` with the same seed on each machine of the session).",
+        "Each stack's targets from the latest session that measured it (PyTorch's GPU-decode parity from the latest",
+        "that ran the parity step: the file names it). *Met* compares the measured figure with the issue's target;",
+        "× torchvision divides streamed img/s by torchvision's eager model end to end in the same session (same 256",
+        "images: `data synth` with the same seed on each machine of the session). *page-locked slots*: the worker",
+        "processes' input slots registered with `cudaHostRegister` and uploaded from (`RCNN_DEPLOY_PINNED_SLOTS=1`;",
+        "the default until session 26); *copied slots*: copied into the model's pinned buffer (the default since).",
+        "*median of N A/B passes*: the same stream pass repeated, the two ways alternating which went first.",
     ]
     blocks = 0
 
@@ -495,7 +500,8 @@ def targets_section(results: Path) -> List[str]:
         else:
             _torch_targets(here, base, out, row)
             parity = [(p, d) for p, d in _load(results, "e2e_torch_cuda_*.json") if d.get("parity")]
-            _torch_parity_targets([(p, d) for p, d in parity if _run_of(p) == run], out, row)
+            par_run = _latest_run(parity)  # the latest session that ran the parity step (its files name it)
+            _torch_parity_targets([(p, d) for p, d in parity if _run_of(p) == par_run], out, row)
         lines += out
         blocks += 1
     return lines if blocks else []
@@ -514,11 +520,15 @@ def _trt_targets(files: List[Tuple[Path, Any]], base: float, out: List[str], row
                 _parity_target_rows("TensorRT", how, None, par["host_decode_AP"], par["gpu_decode_AP"], out, row, p)
             for k, how in (("", "host decode"), ("_gpu_decode", "GPU decode")):
                 s = e.get("stream" + k + "_repeat") or e.get("stream" + k) or {}  # the longer pass where there is one
-                if e["batch"] == 8 and s:
-                    ips = s["images_per_s"]
-                    row(out, f"TensorRT fp16 b8 end to end ≥ 300 img/s ({how})", ips, "img/s", ips >= 300, p)
+                host = k == ""  # (GPU decoding has no input slots)
+                passes = [(s, _slots(s) if host else "")] + [
+                    (e[v], _slots(e[v])) for v in _SLOT_VARIANTS if host and e.get(v)
+                ]
+                for one, slots in passes if e["batch"] == 8 and s else []:
+                    ips, how_s = one["images_per_s"], f"{how}{slots}"
+                    row(out, f"TensorRT fp16 b8 end to end ≥ 300 img/s ({how_s})", ips, "img/s", ips >= 300, p)
                     x = round(ips / base, 1)
-                    row(out, f"TensorRT end to end ≥ 15× torchvision ({how})", x, "×", ips / base >= 15, p)
+                    row(out, f"TensorRT end to end ≥ 15× torchvision ({how_s})", x, "×", ips / base >= 15, p)
                 lat = e.get("latency" + k + "_ms")
                 if e["batch"] == 1 and lat:
                     q = round(lat["p50"], 1)  # shown rounded, judged unrounded
@@ -534,6 +544,17 @@ def _trt_targets(files: List[Tuple[Path, Any]], base: float, out: List[str], row
                     if det:
                         q = round(det["p50"], 1)
                         row(out, f"TensorRT b1 latency to Detections (lazy masks; {how})", q, "ms", det["p50"] <= 12, p)
+
+
+#: the stream pass again with the input slots the other way (benchmarks/e2e_trt.py slots_variant_pass)
+_SLOT_VARIANTS = ("stream_copy_slots", "stream_pinned_slots")
+
+
+def _slots(stream: Dict[str, Any]) -> str:
+    """How a host-decode stream pass handed its inputs over, where its file says (since session 26)."""
+    if "pinned_slots" not in stream:
+        return ""
+    return ", page-locked slots" if stream["pinned_slots"] else ", copied slots"
 
 
 def _parity_target_rows(
@@ -598,10 +619,19 @@ def _torch_targets(files: List[Tuple[Path, Any]], base: float, out: List[str], r
                     q = round(lat["p50"], 1)  # shown rounded, judged unrounded
                     row(out, f"PyTorch b1 end-to-end latency ≤ 12 ms median{how}", q, "ms", lat["p50"] <= 12, p)
             if r["batch"] == 8 and s:
-                ips = s["images_per_s"]
-                row(out, f"PyTorch b8 end to end ≥ 250 img/s{how}", ips, "img/s", ips >= 250, p)
-                x = round(ips / base, 1)
-                row(out, f"PyTorch end to end ≥ 10× torchvision{how}", x, "×", ips / base >= 10, p)
+                host = "gpu_decode" not in r["model"]  # (GPU decoding has no input slots)
+                passes = [(s["images_per_s"], _slots(s) if host else "")]
+                passes += [(r[v]["images_per_s"], _slots(r[v])) for v in _SLOT_VARIANTS if r.get(v)]
+                for mode in ("pinned", "copy"):  # e2e_torch_cuda.py --slots-ab: the median of each way's passes
+                    ab = [x["images_per_s"] for x in r.get("stream_slots_ab") or [] if x["mode"] == mode]
+                    if ab:
+                        way = "page-locked slots" if mode == "pinned" else "copied slots"
+                        passes.append((round(statistics.median(ab), 1), f", {way}, median of {len(ab)} A/B passes"))
+                for ips, slots in passes:
+                    how_s = f" ({', '.join(parts)}{slots})" if parts else f" ({slots[2:]})" if slots else ""
+                    row(out, f"PyTorch b8 end to end ≥ 250 img/s{how_s}", ips, "img/s", ips >= 250, p)
+                    x = round(ips / base, 1)
+                    row(out, f"PyTorch end to end ≥ 10× torchvision{how_s}", x, "×", ips / base >= 10, p)
 
 
 # the e2e_torch_cuda.py row models that run Mask R-CNN end to end, and how they differ from the plain one
