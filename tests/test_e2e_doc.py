@@ -287,3 +287,22 @@ def test_targets_say_how_host_decode_handed_over_its_slots_and_take_parity_from_
         "| PyTorch GPU decode ≥ 99 % of host-decode detections matched (nvImageCodec, 384² JPEG split) | 99.5 % | yes "
         "| e2e_torch_cuda_parity_run98.json |" in torch
     )
+
+
+def test_a_latest_session_without_torchvision_gets_its_block_and_the_last_one_with_a_baseline_too(tmp_path):
+    write = _e2e_writer(tmp_path)
+    stream = {"images_per_s": 240.0, "processes": 14, "detections": 5, "model_starved_s": 0.1, "seconds": 1.0}
+    row = {"model": "mask_rcnn", "precision": "fp16", "cuda_graph": True, "batch": 8, "gpu_compute_ms": 25.0}
+    row.update(gpu_images_per_s=300, nms_rounds=96, stream=stream)
+    b1 = dict(row, batch=1, gpu_compute_ms=5.0, gpu_images_per_s=200, latency_ms={"p50": 10.0, "p99": 20.0})
+    write("e2e_torch_cuda_run97.json", {"rows": [row, b1]})
+    write("e2e_torch_cuda_run98.json", {"rows": [dict(row, stream=dict(stream, images_per_s=270.0))]})
+    tv = {"model": "tv", "images": 64, "latency_ms": {"p50": 1, "p90": 2, "p99": 3}}
+    write("e2e_torchvision_run97.json", dict(tv, images_per_s=3.0))
+    targets = render(tmp_path).split("## Targets (issues 17 and 19)")[1].split("\n## ")[0]
+    new, old = targets.split("PyTorch, session run97 on GPU; baseline 3.0 img/s (e2e_torchvision_run97.json):")
+    assert "PyTorch, session run98 on GPU; torchvision not run in this session:" in new
+    assert "| PyTorch b8 end to end ≥ 250 img/s (14 worker processes) | 270 img/s | yes | e2e_torch_cuda_run98" in new
+    assert "torchvision |" not in new.split("session run98")[1]  # no × rows without a baseline
+    assert "| PyTorch end to end ≥ 10× torchvision (14 worker processes) | 80 × | yes |" in old  # 240 / 3
+    assert "| PyTorch b1 end-to-end latency ≤ 12 ms median | 10 ms | yes | e2e_torch_cuda_run97.json |" in old
