@@ -402,6 +402,37 @@ def test_worker_processes_from_a_script_on_stdin_fail_with_what_to_do(tmp_path):
     assert "USER ERROR:" in proc.stdout and "<stdin>" in proc.stdout and "save the script to a file" in proc.stdout
 
 
+def test_a_script_that_starts_worker_processes_without_a_main_guard_gets_what_to_do(tmp_path):
+    """A script file that starts a run at module level: each spawned worker imports it, starts the run again while
+    bootstrapping and dies; the parent's ``BrokenProcessPool`` comes as a UserError naming the guard (before: the
+    bare ``BrokenProcessPool`` traceback)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "from test_stream import _ListModel, _first_times_two, _proc_post_flat, _variable_size_prepare\n"
+        "from concurrent.futures.process import BrokenProcessPool\n"
+        "from rcnn_deploy.errors import UserError\n"
+        "from rcnn_deploy.runtime.sources import Item\n"
+        "from rcnn_deploy.runtime.stream import run_stream\n"
+        "items = [Item(i, str(i)) for i in range(3)]\n"
+        "try:\n"
+        "    list(run_stream(items, _variable_size_prepare, _ListModel(_first_times_two, 1, 4), _proc_post_flat,\n"
+        "        batch=2, processes=1, prepare_in_processes=False))\n"
+        "except UserError as e:\n"
+        "    print('USER ERROR:', e, '| still a BrokenProcessPool:', isinstance(e, BrokenProcessPool))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script), str(Path(__file__).parent)], capture_output=True, text=True, timeout=180
+    )
+    assert "USER ERROR:" in proc.stdout, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert 'if __name__ == "__main__":' in proc.stdout and "processes=0" in proc.stdout
+    assert "still a BrokenProcessPool: True" in proc.stdout
+
+
 def test_worker_processes_get_a_batch_per_task_without_the_model_inputs():
     items = [Item(i, f"img{i}") for i in range(11)]
     out = list(

@@ -290,6 +290,28 @@ def _check_spawnable(**stages: Any) -> None:
             ) from None
 
 
+_DIED: List[type] = []  # WorkerProcessesDied, made on first use (concurrent.futures.process costs ~40 ms to import)
+
+
+def worker_processes_died(e: BaseException) -> Optional[BaseException]:
+    """For a ``BrokenProcessPool`` from the worker processes: the same failure as a :class:`UserError` that says
+    the likely causes and what to do (still a ``BrokenProcessPool``: ``except BrokenProcessPool`` keeps catching
+    it); None for anything else."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    if not isinstance(e, BrokenProcessPool) or isinstance(e, UserError):
+        return None
+    if not _DIED:
+        _DIED.append(type("WorkerProcessesDied", (UserError, BrokenProcessPool), {"__module__": __name__}))
+    return _DIED[0](
+        f"a worker process ended while the run needed it ({e})",
+        where="processes=",
+        fix="worker processes start by importing the main script: code that starts a run at module level must sit "
+        'under `if __name__ == "__main__":`, or each worker starts the run again and dies; a worker the system '
+        "killed (out of memory) ends the same way. Guard the script's main code, or pass processes=0 (worker threads)",
+    )
+
+
 def _worker_init() -> None:
     import signal
 
@@ -698,6 +720,11 @@ def run_stream(
                     time.sleep(0.001)
                 if idle_model:
                     stats.starved_s += time.perf_counter() - t0
+    except Exception as e:
+        died = worker_processes_died(e) if procs is not None else None
+        if died is not None:
+            raise died from e
+        raise
     finally:
         stats.finished = time.perf_counter()
         outstanding = list(decode_q) + [f for f, _ in submitted] + [f for f, _ in fetching] + list(post)
