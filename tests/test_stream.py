@@ -433,6 +433,20 @@ def test_a_script_that_starts_worker_processes_without_a_main_guard_gets_what_to
     assert "still a BrokenProcessPool: True" in proc.stdout
 
 
+def test_the_worker_pool_error_pickles_and_is_both_kinds():
+    import pickle
+    from concurrent.futures.process import BrokenProcessPool
+
+    from rcnn_deploy.errors import UserError
+    from rcnn_deploy.runtime.stream import worker_processes_died
+
+    e = worker_processes_died(BrokenProcessPool("A child process terminated abruptly"))
+    assert isinstance(e, UserError) and isinstance(e, BrokenProcessPool) and "__main__" in str(e)
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is type(e) and str(back) == str(e)
+    assert worker_processes_died(ValueError("x")) is None and worker_processes_died(e) is None
+
+
 def test_worker_processes_get_a_batch_per_task_without_the_model_inputs():
     items = [Item(i, f"img{i}") for i in range(11)]
     out = list(

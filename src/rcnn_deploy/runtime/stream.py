@@ -293,6 +293,22 @@ def _check_spawnable(**stages: Any) -> None:
 _DIED: List[type] = []  # WorkerProcessesDied, made on first use (concurrent.futures.process costs ~40 ms to import)
 
 
+def _died_class() -> type:
+    if not _DIED:
+        from concurrent.futures.process import BrokenProcessPool
+
+        doc = "A worker process of the streaming runner ended: a UserError that is also a BrokenProcessPool."
+        attrs = {"__module__": __name__, "__qualname__": "WorkerProcessesDied", "__doc__": doc}
+        _DIED.append(type("WorkerProcessesDied", (UserError, BrokenProcessPool), attrs))
+    return _DIED[0]
+
+
+def __getattr__(name: str) -> Any:  # WorkerProcessesDied by name (pickle finds the class here), made when asked
+    if name == "WorkerProcessesDied":
+        return _died_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def worker_processes_died(e: BaseException) -> Optional[BaseException]:
     """For a ``BrokenProcessPool`` from the worker processes: the same failure as a :class:`UserError` that says
     the likely causes and what to do (still a ``BrokenProcessPool``: ``except BrokenProcessPool`` keeps catching
@@ -301,9 +317,7 @@ def worker_processes_died(e: BaseException) -> Optional[BaseException]:
 
     if not isinstance(e, BrokenProcessPool) or isinstance(e, UserError):
         return None
-    if not _DIED:
-        _DIED.append(type("WorkerProcessesDied", (UserError, BrokenProcessPool), {"__module__": __name__}))
-    return _DIED[0](
+    return _died_class()(
         f"a worker process ended while the run needed it ({e})",
         where="processes=",
         fix="worker processes start by importing the main script: code that starts a run at module level must sit "
@@ -736,11 +750,13 @@ def run_stream(
             own_pool.close()
         elif procs is not None:  # a kept pool: this run's tasks that already started finish before its memory goes
             wait([f for f in outstanding if not f.cancelled()])
-        if unpin is not None:  # waits for the device: no upload still reads the slots when they go
-            unpin()
-        if slots is not None:
-            slots.close()
-        blas.restore()
+        try:
+            if unpin is not None:  # waits for the device: no upload still reads the slots when they go
+                unpin()
+        finally:
+            if slots is not None:
+                slots.close()
+            blas.restore()
 
 
 def check_finite(d: Detections, name: str) -> None:
