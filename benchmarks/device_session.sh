@@ -55,6 +55,9 @@
 #   torch_decode_post_b1_matmul, torch_decode_post_compiled_matmul  those steps with the NMS rounds as products
 #                    (--nms-fixpoint matmul, the way before session 24), an A/B on one machine
 #   torch_decode_post_procs  its batch-8 row with the post's host part and the sinks in 8 worker processes
+#   torch_slots_ab   torch_stream_compiled at batch 8 with 4 more pairs of passes: page-locked slots vs the copy
+#   torch_gpudecode_sampled, torch_stream_sampled  batch 8 with a thread_sampler.py pass (where the threads sit)
+#   issue19, issue17 (start only)  presets: the steps each issue's targets need, in one session (see start)
 # (TORCH_ROI_ALIGN=MODE in start's environment: every PyTorch step's rows with that sync-free ROIAlign)
 set -uo pipefail
 S=/tmp/sess
@@ -70,6 +73,18 @@ start)
   cd $S/repo && git rev-parse --short HEAD >$S/out/commit.txt 2>/dev/null
   git -C $S/repo status --short >>$S/out/commit.txt 2>/dev/null
   shift
+  # presets: every measurement one issue's targets need, in one session (torchvision, the baseline, first)
+  #   issue19  PyTorch: batch-1 latency (GPU decode + post), batch 8 with GPU decode and with host decode (each with
+  #            its batch-1 rows), Faster R-CNN and the precisions, GPU-decode parity
+  #   issue17  TensorRT: exports, builds, e2e_trt.py (needs the chunk calls, take_cv and take_nvimg meanwhile)
+  set -- $(for s in "$@"; do
+    case $s in
+    issue19) echo prep_data torchvision torch_decode_post_b1 torch_gpudecode_compiled torch_stream_compiled \
+      torch_more torch_parity ;;
+    issue17) echo prep torchvision wait_trt build trt ;;
+    *) echo "$s" ;;
+    esac
+  done)
   if [ $# -gt 0 ]; then set -- steps "$@"; else set -- chain; fi  # start STEP...: only these steps
   setsid nohup bash benchmarks/device_session.sh "$@" >$S/logs/chain.log 2>&1 </dev/null &
   echo $! >$S/chain.pid
