@@ -196,6 +196,12 @@ def main():
         "less of it in the stream's start and end (since session 16 the worker processes are started by the "
         "warm-up pass and kept by the detector; before, each stream() call started its own)",
     )
+    ap.add_argument(
+        "--sample-threads",
+        action="store_true",
+        help="engines of batch > 1: one more host-decode pass with thread_sampler.py sampling where this process's "
+        "threads sit (stream_thread_samples; its img/s is not a result: the sampler takes the GIL every 2 ms)",
+    )
     ap.add_argument("--gpu-decode", action="store_true", help="also the rows with JPEGs decoded on the GPU")
     ap.add_argument(
         "--gpu-decode-variants",
@@ -278,6 +284,12 @@ def stream_rows(a, det, paths, single=True):
                 )
                 if variant is not None:
                     out[variant[0]] = variant[1]
+            if hi > 1 and getattr(a, "sample_threads", False):
+                from thread_sampler import ThreadSampler  # this folder
+
+                sampler = ThreadSampler().start()
+                sampled = stream_pass(det, paths, hi, a.workers, os.path.join(tmp, "sampled"), a.processes)
+                out["stream_thread_samples"] = dict(sampler.stop(), images_per_s=sampled["images_per_s"])
         if a.repeat > 1:  # the same files again: per-image outputs are rewritten with the same bytes
             many = list(paths) * a.repeat
             rep = stream_pass(det, many, hi, a.workers, os.path.join(tmp, "rep"), a.processes)
