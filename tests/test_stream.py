@@ -375,6 +375,21 @@ def test_worker_processes_refuse_a_stage_that_does_not_pickle_with_a_clear_error
     assert "postprocess" in str(e.value) and "processes=0" in str(e.value)
 
 
+# a script (argv[1]: this folder) that starts a run with worker processes at module level, catching UserError as e
+_SCRIPT_STARTING_WORKERS = (
+    "import sys; sys.path.insert(0, sys.argv[1])\n"
+    "from test_stream import _ListModel, _first_times_two, _proc_post_flat, _variable_size_prepare\n"
+    "from rcnn_deploy.errors import UserError\n"
+    "from rcnn_deploy.runtime.sources import Item\n"
+    "from rcnn_deploy.runtime.stream import run_stream\n"
+    "items = [Item(i, str(i)) for i in range(3)]\n"
+    "try:\n"
+    "    list(run_stream(items, _variable_size_prepare, _ListModel(_first_times_two, 1, 4), _proc_post_flat,\n"
+    "        batch=2, processes=1, prepare_in_processes=False))\n"
+    "except UserError as e:\n"
+)
+
+
 def test_worker_processes_from_a_script_on_stdin_fail_with_what_to_do(tmp_path):
     """``python -`` (a script read from standard input): spawn workers would import ``<stdin>`` and die
     (``BrokenProcessPool``); the runner says so before starting them."""
@@ -382,19 +397,7 @@ def test_worker_processes_from_a_script_on_stdin_fail_with_what_to_do(tmp_path):
     import sys
     from pathlib import Path
 
-    script = (
-        "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "from test_stream import _ListModel, _first_times_two, _proc_post_flat, _variable_size_prepare\n"
-        "from rcnn_deploy.errors import UserError\n"
-        "from rcnn_deploy.runtime.sources import Item\n"
-        "from rcnn_deploy.runtime.stream import run_stream\n"
-        "items = [Item(i, str(i)) for i in range(3)]\n"
-        "try:\n"
-        "    list(run_stream(items, _variable_size_prepare, _ListModel(_first_times_two, 1, 4), _proc_post_flat,\n"
-        "        batch=2, processes=1, prepare_in_processes=False))\n"
-        "except UserError as e:\n"
-        "    print('USER ERROR:', e)\n"
-    )
+    script = _SCRIPT_STARTING_WORKERS + "    print('USER ERROR:', e)\n"
     proc = subprocess.run(
         [sys.executable, "-", str(Path(__file__).parent)], input=script, capture_output=True, text=True, timeout=120
     )
@@ -412,17 +415,7 @@ def test_a_script_that_starts_worker_processes_without_a_main_guard_gets_what_to
 
     script = tmp_path / "unguarded.py"
     script.write_text(
-        "import sys; sys.path.insert(0, sys.argv[1])\n"
-        "from test_stream import _ListModel, _first_times_two, _proc_post_flat, _variable_size_prepare\n"
-        "from concurrent.futures.process import BrokenProcessPool\n"
-        "from rcnn_deploy.errors import UserError\n"
-        "from rcnn_deploy.runtime.sources import Item\n"
-        "from rcnn_deploy.runtime.stream import run_stream\n"
-        "items = [Item(i, str(i)) for i in range(3)]\n"
-        "try:\n"
-        "    list(run_stream(items, _variable_size_prepare, _ListModel(_first_times_two, 1, 4), _proc_post_flat,\n"
-        "        batch=2, processes=1, prepare_in_processes=False))\n"
-        "except UserError as e:\n"
+        _SCRIPT_STARTING_WORKERS + "    from concurrent.futures.process import BrokenProcessPool\n"
         "    print('USER ERROR:', e, '| still a BrokenProcessPool:', isinstance(e, BrokenProcessPool))\n"
     )
     proc = subprocess.run(
