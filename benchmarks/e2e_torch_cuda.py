@@ -214,14 +214,13 @@ def precapture(det: Any, batch: int) -> None:
 def slots_ab(det: Any, paths: List[str], batch: int, processes: Optional[int], tmp: str, pairs: int) -> List[Any]:
     """``pairs`` pairs of stream passes, the page-locked slots and the copy, alternating which goes first: each
     pass's img/s and GpuBatchModel's host ms per batch by stage."""
+    from e2e_trt import slots_way  # this folder; torch-free
+
     out = []
     for i in range(pairs):
         for mode in ("pinned", "copy") if i % 2 == 0 else ("copy", "pinned"):
-            os.environ["RCNN_DEPLOY_PINNED_SLOTS"] = "1" if mode == "pinned" else "0"
-            try:
+            with slots_way(mode == "pinned"):
                 r = stream_pass(det, paths, batch, processes, os.path.join(tmp, f"ab{i}_{mode}"))
-            finally:
-                os.environ.pop("RCNN_DEPLOY_PINNED_SLOTS", None)
             keep = ("images_per_s", "pinned_slots", "model_submit_s", "model_wait_s", "main_cpu_s")
             keep += ("model_starved_s", "stage_ms_per_batch")
             out.append(dict({k: r.get(k) for k in keep}, pair=i, mode=mode))

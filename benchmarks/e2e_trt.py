@@ -32,6 +32,7 @@ Writes the JSON atomically after each engine (a killed run keeps what it measure
 """
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -117,18 +118,25 @@ def stream_pass(det, paths, batch, workers, out_dir, processes=None):
     }
 
 
+@contextlib.contextmanager
+def slots_way(pinned):
+    """Streams started inside page-lock their input slots (``pinned``) or copy them (``RCNN_DEPLOY_PINNED_SLOTS``)."""
+    os.environ["RCNN_DEPLOY_PINNED_SLOTS"] = "1" if pinned else "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("RCNN_DEPLOY_PINNED_SLOTS", None)
+
+
 def slots_variant_pass(run_pass, tmp, ref):
     """``ref``: a stream pass written to ``tmp/run``. The same pass again, ``run_pass(out_dir)``, the other way round
     for the input slots (``RCNN_DEPLOY_PINNED_SLOTS``: page-locked and uploaded from, or copied on the model thread,
     the default), written to ``tmp/variant``; with whether its COCO results equal ``ref``'s entry for entry. Returns
     (key, row), or None when the model took the slots neither way (no worker processes, or GPU decoding)."""
-    flip = "0" if ref.get("pinned_slots") else "1"
-    os.environ["RCNN_DEPLOY_PINNED_SLOTS"] = flip
-    try:
+    pinned = not ref.get("pinned_slots")
+    with slots_way(pinned):
         row = run_pass(os.path.join(tmp, "variant"))
-    finally:
-        del os.environ["RCNN_DEPLOY_PINNED_SLOTS"]
-    if row.get("pinned_slots") == bool(ref.get("pinned_slots")):
+    if bool(row.get("pinned_slots")) != pinned:
         return None
     with open(os.path.join(tmp, "run", "results.json")) as f:
         want = json.load(f)
@@ -136,7 +144,7 @@ def slots_variant_pass(run_pass, tmp, ref):
         got = json.load(f)
     same = sum(x == y for x, y in zip(want, got))
     row["results_equal_to_stream"] = {"entries": len(want), "variant_entries": len(got), "equal": same}
-    return ("stream_pinned_slots" if flip == "1" else "stream_copy_slots"), row
+    return ("stream_pinned_slots" if pinned else "stream_copy_slots"), row
 
 
 def stage_costs(det, paths, n=16):

@@ -79,7 +79,7 @@ def main() -> None:
 
     res["pinned_copy"] = timed(copy_then_upload)
     res["pageable"] = timed(pageable)
-    base = slots.__array_interface__["data"][0]
+    base = slots.ctypes.data
     t0 = time.perf_counter()
     status = cudart.cudaHostRegister(base, slots.nbytes, 0)
     res["register_ms"] = round((time.perf_counter() - t0) * 1e3, 1)

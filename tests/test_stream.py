@@ -986,7 +986,7 @@ class _SlotReader(BatchModel):
         self.lock = threading.Lock()
 
     def read_host_inputs(self, array):
-        self.base, self.nbytes = array.__array_interface__["data"][0], array.nbytes
+        self.base, self.nbytes = array.ctypes.data, array.nbytes
         self.slot_bytes = array[0].nbytes
 
         def undo():
@@ -1006,7 +1006,7 @@ class _SlotReader(BatchModel):
             stacked = np.stack(views)  # the "upload": the slots must still hold this batch's images
             with self.lock:
                 for a in views if self.slot_bytes else []:
-                    slot = (a.__array_interface__["data"][0] - self.base) // self.slot_bytes
+                    slot = (a.ctypes.data - self.base) // self.slot_bytes
                     self.read_at.setdefault(slot, []).append(time.perf_counter())
             return self.run(stacked)
 
@@ -1069,7 +1069,7 @@ def test_the_undo_runs_on_errors(monkeypatch):
 
 def test_lies_within():
     a = np.zeros((4, 6), np.uint8)
-    base = a.__array_interface__["data"][0]
+    base = a.ctypes.data
     assert lies_within(a[1], base, a.nbytes) and lies_within(a, base, a.nbytes)
     assert not lies_within(a, base + 1, a.nbytes) and not lies_within(a[:, ::2], base, a.nbytes)
     assert not lies_within(np.zeros(3, np.uint8), base, a.nbytes)

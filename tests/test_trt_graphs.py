@@ -198,7 +198,7 @@ def test_images_in_registered_memory_are_uploaded_from_there_without_the_host_co
     pinned = np.zeros(48 * 8, np.uint8)  # page-locked by the fake, 8 images' bytes
     slot.host["images"] = SimpleNamespace(array=np.full((8, 3, 4, 4), 9, np.uint8), ptr=ctypes.c_void_p(4096))
     slots = pinned.reshape(8, 3, 4, 4)
-    base = slots.__array_interface__["data"][0]
+    base = slots.ctypes.data
     undo = m.read_host_inputs(slots)
     assert undo is not None and lib.registered == {base: 48 * 8}
     m.submit([slots[5], slots[2]])()

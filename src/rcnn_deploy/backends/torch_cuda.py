@@ -454,6 +454,13 @@ class GpuLetterbox:
         import torch
 
         cuda = self.device.type == "cuda"
+        if cuda and self._registered:  # page-locked already (register_host): straight up, no host copy
+            direct = [i for i in arrays if any(lies_within(items[i], b, nb) for b, nb in self._registered)]
+            for i in direct:
+                out[i].copy_(torch.from_numpy(items[i]), non_blocking=True)
+            arrays = [i for i in arrays if i not in direct]
+            if not arrays:
+                return
         ring = self._staging.setdefault(batch, [])  # the least recently used first
         slot: List[Any]
         if len(ring) < _STAGING:
@@ -468,9 +475,6 @@ class GpuLetterbox:
             self.host_s["reuse_wait"] += time.perf_counter() - t0
         view = host.numpy()
         for i in arrays:
-            if cuda and any(lies_within(items[i], base, nbytes) for base, nbytes in self._registered):
-                out[i].copy_(torch.from_numpy(items[i]), non_blocking=True)  # page-locked already: no host copy
-                continue
             np.copyto(view[i], items[i])
             out[i].copy_(host[i], non_blocking=cuda)
         if cuda:
@@ -485,7 +489,7 @@ class GpuLetterbox:
 
         if self.device.type != "cuda" or array.nbytes == 0:
             return None
-        base, nbytes = int(array.__array_interface__["data"][0]), int(array.nbytes)
+        base, nbytes = array.ctypes.data, int(array.nbytes)
         cudart = torch.cuda.cudart()
         with torch.cuda.device(self.device):
             status = cudart.cudaHostRegister(base, nbytes, 0)

@@ -84,7 +84,7 @@ def host_inputs_pinned(model: Any, array: np.ndarray) -> Optional[Callable[[], N
 
 def lies_within(a: np.ndarray, base: int, nbytes: int) -> bool:
     """Whether ``a`` is C-contiguous and all its bytes lie in ``[base, base + nbytes)``."""
-    start = int(a.__array_interface__["data"][0])
+    start = a.ctypes.data
     return bool(a.flags.c_contiguous) and base <= start and start + a.nbytes <= base + nbytes
 
 
@@ -562,6 +562,7 @@ def run_stream(
         _check_spawnable(prepare=in_procs, postprocess=postprocess, per_image=per_image)
     blas = _SingleThreadedBlas(processes)
     own_pool = None
+    unpin: Optional[Callable[[], None]] = None
     run: Tuple[int, bytes] = (0, b"")
     if processes > 0:
         import pickle
@@ -576,21 +577,13 @@ def run_stream(
             if pool is None or pool.processes != processes:
                 pool = own_pool = WorkerPool(processes)
             procs = pool.executor()
+            if slots is not None:
+                unpin = host_inputs_pinned(model, slots.array)
         except BaseException:  # nothing runs yet: undo what the setup did
             if own_pool is not None:
                 own_pool.close()
             if slots is not None:
                 slots.close()
-            blas.restore()
-            raise
-    unpin: Optional[Callable[[], None]] = None
-    if slots is not None:
-        try:
-            unpin = host_inputs_pinned(model, slots.array)
-        except BaseException:
-            if own_pool is not None:
-                own_pool.close()
-            slots.close()
             blas.restore()
             raise
     late_release = unpin is not None  # the model reads the slots after submit returns: free them after its outputs

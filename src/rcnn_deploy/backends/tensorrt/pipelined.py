@@ -186,7 +186,7 @@ class TensorRTBatchModel(BatchModel):
             if self._all_registered(images):  # page-locked already (the runner's slots): each straight up
                 dev, size = slot.device[self.input].ptr, self.image_bytes
                 for i in range(n):
-                    src = images[min(i, k - 1)].__array_interface__["data"][0]
+                    src = images[min(i, k - 1)].ctypes.data
                     self._copy(dev + i * size, src, size, _H2D, slot.stream.ptr)
             else:
                 host_in = slot.host[self.input].array
@@ -216,7 +216,7 @@ class TensorRTBatchModel(BatchModel):
         refuses."""
         if array.nbytes == 0 or array.dtype != self.in_dtype:
             return None
-        base, nbytes = int(array.__array_interface__["data"][0]), int(array.nbytes)
+        base, nbytes = array.ctypes.data, int(array.nbytes)
         status = self.lib.cudaHostRegister(ctypes.c_void_p(base), ctypes.c_size_t(nbytes), ctypes.c_uint(0))
         if status != 0:
             return None
