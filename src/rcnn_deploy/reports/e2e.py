@@ -478,7 +478,7 @@ def targets_section(results: Path) -> List[str]:
         out.append(f"| {what} | {f'{value:g} {unit}'.strip()} | {'yes' if ok else 'no'} | {p.name} |")
 
     tv_runs = {_run_of(p) for p, _ in tv}
-    for stack, run, files, last in _target_blocks(trt, torch, tv_runs):
+    for stack, run, files, last, why in _target_blocks(trt, torch, tv_runs):
         tv_run = [(p, d) for p, d in tv if _run_of(p) == run]
         base: Optional[float] = float(tv_run[-1][1]["images_per_s"]) if tv_run else None
         baseline = f"baseline {base} img/s ({tv_run[-1][0].name})" if tv_run else "torchvision not run in this session"
@@ -489,7 +489,7 @@ def targets_section(results: Path) -> List[str]:
         on = f" on {', '.join(gpus)}" if gpus else ""
         out = [
             "",
-            f"{stack}, session {run}{on}; {baseline}:",
+            f"{stack}, session {run}{on}{why}; {baseline}:",
             "",
             "| target | measured | met | file |",
             "|---|---|---|---|",
@@ -509,21 +509,34 @@ def targets_section(results: Path) -> List[str]:
 
 def _target_blocks(
     trt: List[Tuple[Path, Any]], torch: List[Tuple[Path, Any]], tv_runs: Any
-) -> List[Tuple[str, str, List[Tuple[Path, Any]], bool]]:
-    """(stack, session, its files, whether it is the stack's last block): each stack's latest session, and where
-    that one ran no torchvision baseline, also the latest one that did (its × torchvision and the rest)."""
+) -> List[Tuple[str, str, List[Tuple[Path, Any]], bool, str]]:
+    """(stack, session, its files, whether it is the stack's last block, why it is shown beside the latest): each
+    stack's latest session; where that one ran no torchvision baseline, also the latest one that did (its ×
+    torchvision and the rest); where it measured no batch-1 latency, also the latest one that did (the latency
+    targets)."""
     blocks = []
     for stack, files in (("TensorRT", trt), ("PyTorch", torch)):
         run = _latest_run(files)
         if not run:
             continue
-        runs = [run]
+        runs = [(run, "")]
         if run not in tv_runs:
-            runs += [_latest_run([(p, d) for p, d in files if _run_of(p) in tv_runs])]
-        runs = [r for r in runs if r]
-        for i, r in enumerate(runs):
-            blocks.append((stack, r, files, i == len(runs) - 1))
+            runs += [(_latest_run([(p, d) for p, d in files if _run_of(p) in tv_runs]), "")]
+        if not any(_run_of(p) == run and _has_b1_latency(d) for p, d in files):
+            latency = _latest_run([(p, d) for p, d in files if _has_b1_latency(d)])
+            if latency not in [r for r, _ in runs]:
+                runs += [(latency, " (the latest session that measured batch-1 latency)")]
+        runs = [(r, why) for r, why in runs if r]
+        for i, (r, why) in enumerate(runs):
+            blocks.append((stack, r, files, i == len(runs) - 1, why))
     return blocks
+
+
+def _has_b1_latency(d: Any) -> bool:
+    """Whether a result file has batch-1 latency rows (a TensorRT engine or a PyTorch row of batch 1)."""
+    return any(r.get("batch") == 1 and any(k.startswith("latency") for k in r) for r in d.get("engines") or []) or any(
+        r.get("batch") == 1 and any(k.startswith("latency") for k in r) for r in d.get("rows") or []
+    )
 
 
 def _trt_targets(files: List[Tuple[Path, Any]], base: Optional[float], out: List[str], row: Any) -> None:
@@ -543,6 +556,9 @@ def _trt_targets(files: List[Tuple[Path, Any]], base: Optional[float], out: List
                 passes = [(s, _slots(s) if host else "")] + [
                     (e[v], _slots(e[v])) for v in _SLOT_VARIANTS if host and e.get(v)
                 ]
+                sampled = e.get("stream_thread_samples") if host else None  # one more pass, threads sampled
+                if sampled and sampled.get("images_per_s") and e.get("stream"):
+                    passes.append((sampled, f"{_slots(e['stream'])}, a later pass with the thread sampler on"))
                 for one, slots in passes if e["batch"] == 8 and s else []:
                     ips, how_s = one["images_per_s"], f"{how}{slots}"
                     row(out, f"TensorRT fp16 b8 end to end ≥ 300 img/s ({how_s})", ips, "img/s", ips >= 300, p)
