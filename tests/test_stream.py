@@ -1044,6 +1044,71 @@ def test_a_model_reading_the_slots_late_gets_them_until_its_outputs_are_back(mon
             assert any(r >= t for r in rel), (slot, t, rel)
 
 
+class _EarlyReader(_SlotReader):
+    """Reads its inputs within submit (as TensorRTBatchModel waits for its uploads): the slots may go back then."""
+
+    host_inputs_read_late = False
+
+    def submit(self, images):
+        with self.lock:
+            for a in images:
+                slot = (a.ctypes.data - self.base) // self.slot_bytes
+                self.read_at.setdefault(slot, []).append(time.perf_counter())
+        out = self.run(np.stack(images))  # read here: a slot reused after submit returns cannot change this batch
+
+        def wait():
+            time.sleep(self.delay_s)
+            return out
+
+        return wait
+
+
+def test_a_model_that_reads_the_slots_within_submit_gets_them_back_before_its_outputs(monkeypatch):
+    import rcnn_deploy.runtime.stream as stream
+
+    released: dict = {}
+
+    class _Free(stream.deque):
+        def append(self, slot):
+            released.setdefault(slot, []).append(time.perf_counter())
+            super().append(slot)
+
+    class _Recording(stream._Slots):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.free = _Free(self.free)
+
+    monkeypatch.setattr(stream, "_Slots", _Recording)
+    monkeypatch.setenv("RCNN_DEPLOY_PINNED_SLOTS", "1")
+    model = _EarlyReader(delay_s=0.05)
+    stats = stream.StreamStats()
+    items = [Item(i, f"img{i}") for i in range(12)]
+    kw = dict(batch=3, workers=2, processes=2, input_shape=(2, 3), input_dtype=np.float32, stats=stats)
+    waits = []
+    orig_submit = stream.submit_batch
+
+    def timed(model_, images, letterboxes):
+        w = orig_submit(model_, images, letterboxes)
+        t = time.perf_counter()
+
+        def wait():
+            out = w()
+            waits.append((t, time.perf_counter(), [(a.ctypes.data - model.base) // model.slot_bytes for a in images]))
+            return out
+
+        return wait
+
+    monkeypatch.setattr(stream, "submit_batch", timed)
+    out = list(run_stream(items, _proc_prepare_into, model, _proc_post, **kw))
+    assert [r.index for r in out] == list(range(12)) and all(r.detections == 2 * r.index for r in out)
+    assert stats.pinned_slots and model.undone == 1
+    # some slot went back to the workers while its batch's outputs were still being waited for (0.05 s each)
+    early = [
+        s for t_submit, t_out, group in waits for s in group if any(t_submit <= r < t_out for r in released.get(s, []))
+    ]
+    assert early, "every slot was held until its batch's outputs were back"
+
+
 @pytest.mark.parametrize("setting", [None, "0"])
 def test_slots_are_offered_only_when_asked_for(monkeypatch, setting):
     items = [Item(i, f"img{i}") for i in range(10)]

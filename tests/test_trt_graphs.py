@@ -73,6 +73,11 @@ class FakeCudaRT:
         self.calls.append(("event_sync", event.value))
         return 0
 
+    def cudaEventCreateWithFlags(self, event, flags):  # noqa: N802
+        self._handle(event)
+        self.calls.append(("event_create", flags))
+        return 0
+
 
 class FakeContext:
     def __init__(self, lib: FakeCudaRT, fail_in_capture: bool = False) -> None:
@@ -114,6 +119,7 @@ def model(cuda_graph: bool = True, fail_in_capture: bool = False, event: int = 0
         graphs={},
         ran=set(),
         done=ctypes.c_void_p(event or None),
+        uploaded=ctypes.c_void_p(),
         free=threading.Event(),
         owner_lib=lib,
     )
@@ -201,9 +207,17 @@ def test_images_in_registered_memory_are_uploaded_from_there_without_the_host_co
     base = slots.ctypes.data
     undo = m.read_host_inputs(slots)
     assert undo is not None and lib.registered == {base: 48 * 8}
-    m.submit([slots[5], slots[2]])()
+    lib.calls.clear()
+    wait = m.submit([slots[5], slots[2]])
     ups = [c for c in lib.copies if c[3] == 1]  # host to device
     assert ups == [(2, base + 5 * 48, 48, 1), (2 + 48, base + 2 * 48, 48, 1)]
+    # before submit returned: an event recorded after the uploads, the engine enqueued, then that event waited on
+    # (not the engine): the runner may give the slots back to its workers at once (host_inputs_read_late False)
+    event = slot.uploaded.value
+    assert event and lib.calls[:4] == [("copy", 48), ("copy", 48), ("event_create", 3), ("record", event)]
+    assert lib.calls[-1] == ("event_sync", event) and ("execute", 2) in lib.calls
+    assert ("stream_sync",) not in lib.calls and m.host_inputs_read_late is False
+    wait()
     assert (slot.host["images"].array == 9).all(), "the slot's own pinned input was not written"
     lib.copies.clear()
     slot.free.set()

@@ -68,8 +68,12 @@ def host_inputs_pinned(model: Any, array: np.ndarray) -> Optional[Callable[[], N
     only when ``RCNN_DEPLOY_PINNED_SLOTS=1``: a model with ``read_host_inputs(array)`` may then page-lock it
     (``cudaHostRegister``) and upload each image straight from its slot, asynchronously, instead of copying the
     batch into a pinned buffer of its own on the model thread. It returns the undo (which first waits for the
-    device), or None when it declines; while it reads the slots, a slot is reused only once its batch's outputs
-    are back.
+    device), or None when it declines. A slot is reused only once its batch's outputs are back, unless the model's
+    ``host_inputs_read_late`` is False: its ``submit`` returns after the uploads are done (TensorRT's
+    ``TensorRTBatchModel`` waits for them), and the slots go back at submit as with the copy. Holding every in-flight
+    batch's slots through its compute leaves fewer slots for the workers to decode into; whether that is what made
+    the page-locked passes below slower is not measured yet (the TensorRT model gives them back early since
+    session 27).
 
     Off by default because it measured slower end to end (run 30, H100, 256 1920x1080 JPEGs at 1344², batch 8, host
     decode in 14 processes): PyTorch 198-213 img/s page-locked against 224-250 with the copy, four pairs of passes
@@ -586,8 +590,10 @@ def run_stream(
                 slots.close()
             blas.restore()
             raise
-    late_release = unpin is not None  # the model reads the slots after submit returns: free them after its outputs
-    stats.pinned_slots = late_release
+    # a model reading the slots after submit returns gets them until its outputs are back; one that has read them
+    # by then (host_inputs_read_late = False) gives them back at submit, as a copying model does
+    late_release = unpin is not None and bool(getattr(model, "host_inputs_read_late", True))
+    stats.pinned_slots = unpin is not None
     threads = ThreadPoolExecutor(workers, thread_name_prefix="rcnn-stream")
     model_thread = ThreadPoolExecutor(1, thread_name_prefix="rcnn-model")
 

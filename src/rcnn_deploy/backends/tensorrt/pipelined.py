@@ -100,6 +100,7 @@ class _Slot:
         self.graphs: Dict[int, ctypes.c_void_p] = {}  # batch size -> the instantiated graph of run + download
         self.ran: Set[int] = set()  # batch sizes enqueued once without capture (TensorRT sets up state then)
         self.done = ctypes.c_void_p()  # with blocking_wait: recorded after each batch's work, waited on by its caller
+        self.uploaded = ctypes.c_void_p()  # after uploads straight from registered memory (made at the first one)
         if owner.blocking_wait:
             status = owner.lib.cudaEventCreateWithFlags(ctypes.byref(self.done), _EVENT_BLOCKING)
             if status != 0:
@@ -119,9 +120,10 @@ class _Slot:
         for exe in self.graphs.values():
             self.owner_lib.cudaGraphExecDestroy(exe)
         self.graphs.clear()
-        if self.done.value:
-            self.owner_lib.cudaEventDestroy(self.done)
-            self.done = ctypes.c_void_p()
+        for event in (self.done, self.uploaded):
+            if event.value:
+                self.owner_lib.cudaEventDestroy(event)
+        self.done, self.uploaded = ctypes.c_void_p(), ctypes.c_void_p()
         for d in self.device.values():
             d.free()
         for h in self.host.values():
@@ -188,13 +190,16 @@ class TensorRTBatchModel(BatchModel):
                 for i in range(n):
                     src = images[min(i, k - 1)].ctypes.data
                     self._copy(dev + i * size, src, size, _H2D, slot.stream.ptr)
+                self._record_uploaded(slot)
+                shapes = self._enqueue_model(slot, n)
+                self._sync(slot.uploaded)  # the images are on the device: their memory may be reused from here on
             else:
                 host_in = slot.host[self.input].array
                 for i in range(n):
                     np.copyto(host_in[i], images[min(i, k - 1)], casting="unsafe")  # a short batch repeats its last
                 nbytes = n * self.image_bytes
                 self._copy(slot.device[self.input].ptr, slot.host[self.input].ptr.value, nbytes, _H2D, slot.stream.ptr)
-            shapes = self._enqueue_model(slot, n)
+                shapes = self._enqueue_model(slot, n)
         except BaseException:
             slot.free.set()
             raise
@@ -208,12 +213,17 @@ class TensorRTBatchModel(BatchModel):
             for a in images
         )
 
+    #: :meth:`submit` returns only once the uploads from registered memory are done (it waits on an event recorded
+    #: after them, while the engine runs on): the runner may reuse a slot as soon as submit returns, instead of
+    #: holding every in-flight batch's slots until its outputs are back (see ``runtime.stream.host_inputs_pinned``)
+    host_inputs_read_late = False
+
     def read_host_inputs(self, array: np.ndarray) -> Optional[Callable[[], None]]:
         """The streaming runner's offer (:func:`rcnn_deploy.runtime.stream.host_inputs_pinned`): page-lock
         ``array`` (``cudaHostRegister``) and upload images lying in it straight from there, without the copy into
         the slot's pinned input. Each upload is queued on its slot's stream before the engine and the download
-        that the waiter waits for. Returns the undo (waits for every slot's stream first), or None when CUDA
-        refuses."""
+        that the waiter waits for; :meth:`submit` waits for the uploads (not the engine) before it returns.
+        Returns the undo (waits for every slot's stream first), or None when CUDA refuses."""
         if array.nbytes == 0 or array.dtype != self.in_dtype:
             return None
         base, nbytes = array.ctypes.data, int(array.nbytes)
@@ -239,6 +249,22 @@ class TensorRTBatchModel(BatchModel):
         if not 1 <= k <= self.hi:
             raise ValueError(f"batch of {k} images; {self.backend.path.name} takes {self.lo}..{self.hi}")
         return max(k, self.lo)
+
+    def _record_uploaded(self, slot: _Slot) -> None:
+        """Record ``slot.uploaded`` on the slot's stream after the uploads queued there (made at the first use:
+        blocking-sync, so the model thread sleeps until the copy engine is done, and no timing)."""
+        if not slot.uploaded.value:
+            status = self.lib.cudaEventCreateWithFlags(ctypes.byref(slot.uploaded), _EVENT_BLOCKING)
+            if status != 0:
+                raise RuntimeError(f"CUDA error {status} in cudaEventCreateWithFlags")
+        status = self.lib.cudaEventRecord(slot.uploaded, ctypes.c_void_p(slot.stream.ptr))
+        if status != 0:
+            raise RuntimeError(f"CUDA error {status} in cudaEventRecord")
+
+    def _sync(self, event: ctypes.c_void_p) -> None:
+        status = self.lib.cudaEventSynchronize(event)
+        if status != 0:
+            raise RuntimeError(f"CUDA error {status} in cudaEventSynchronize")
 
     def _take_slot(self) -> _Slot:
         slot = self.slots[self._next]
