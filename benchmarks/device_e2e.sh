@@ -125,6 +125,7 @@ bench)
     b=$(basename "$(dirname "$e")")
     PYTHONPATH=$pp py39 benchmarks/e2e_trt.py --engine "$e" --images "$W/data/images" "${gpu[@]}" \
       --processes "${E2E_PROCESSES:-14}" --repeat "${E2E_REPEAT:-4}" --split-rle "${E2E_SPLIT_RLE:-4,8}" --sample-threads \
+      --slots-ab "${E2E_SLOTS_AB:-0}" \
       --out "$OUT/e2e_trt_$b.json" 2>&1 | tail -12
     echo "exit status $b: ${PIPESTATUS[0]}"
   done

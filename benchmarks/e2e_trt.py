@@ -147,6 +147,21 @@ def slots_variant_pass(run_pass, tmp, ref):
     return ("stream_pinned_slots" if pinned else "stream_copy_slots"), row
 
 
+def slots_ab(run_pass, tmp, pairs):
+    """``pairs`` pairs of stream passes, ``run_pass(out_dir)``, with the input slots page-locked and copied,
+    alternating which goes first (e2e_torch_cuda.py's ``--slots-ab`` for this process): each pass's img/s and
+    where its time went."""
+    out = []
+    keep = ("images_per_s", "pinned_slots", "model_submit_s", "model_wait_s", "main_cpu_s", "model_starved_s")
+    for i in range(pairs):
+        for mode in ("pinned", "copy") if i % 2 == 0 else ("copy", "pinned"):
+            with slots_way(mode == "pinned"):
+                r = run_pass(os.path.join(tmp, f"ab{i}_{mode}"))
+            out.append(dict({k: r.get(k) for k in keep}, pair=i, mode=mode))
+            print("slots_ab", out[-1], flush=True)
+    return out
+
+
 def stage_costs(det, paths, n=16):
     dec, lbx, post = [], [], []
     for p in paths[:n]:
@@ -209,6 +224,13 @@ def main():
         action="store_true",
         help="engines of batch > 1: one more host-decode pass with thread_sampler.py sampling where this process's "
         "threads sit (stream_thread_samples; its img/s is not a result: the sampler takes the GIL every 2 ms)",
+    )
+    ap.add_argument(
+        "--slots-ab",
+        type=int,
+        default=0,
+        help="engines of batch > 1: this many more pairs of host-decode passes, the input slots page-locked and "
+        "copied (RCNN_DEPLOY_PINNED_SLOTS=1 and 0), alternating which goes first (stream_slots_ab)",
     )
     ap.add_argument("--gpu-decode", action="store_true", help="also the rows with JPEGs decoded on the GPU")
     ap.add_argument(
@@ -292,6 +314,9 @@ def stream_rows(a, det, paths, single=True):
                 )
                 if variant is not None:
                     out[variant[0]] = variant[1]
+            if hi > 1 and getattr(a, "slots_ab", 0):
+                out["stream_slots_ab"] = slots_ab(lambda d: stream_pass(det, paths, hi, a.workers, d, a.processes),
+                                                  tmp, a.slots_ab)  # fmt: skip
             if hi > 1 and getattr(a, "sample_threads", False):
                 from thread_sampler import ThreadSampler  # this folder
 

@@ -556,9 +556,7 @@ def _trt_targets(files: List[Tuple[Path, Any]], base: Optional[float], out: List
                 passes = [(s, _slots(s) if host else "")] + [
                     (e[v], _slots(e[v])) for v in _SLOT_VARIANTS if host and e.get(v)
                 ]
-                sampled = e.get("stream_thread_samples") if host else None  # one more pass, threads sampled
-                if sampled and sampled.get("images_per_s") and e.get("stream"):
-                    passes.append((sampled, f"{_slots(e['stream'])}, a later pass with the thread sampler on"))
+                passes += [({"images_per_s": ips}, f", {way}") for ips, way in _ab_medians(e) if host]
                 for one, slots in passes if e["batch"] == 8 and s else []:
                     ips, how_s = one["images_per_s"], f"{how}{slots}"
                     row(out, f"TensorRT fp16 b8 end to end ≥ 300 img/s ({how_s})", ips, "img/s", ips >= 300, p)
@@ -584,6 +582,17 @@ def _trt_targets(files: List[Tuple[Path, Any]], base: Optional[float], out: List
 
 #: the stream pass again with the input slots the other way (benchmarks/e2e_trt.py slots_variant_pass)
 _SLOT_VARIANTS = ("stream_copy_slots", "stream_pinned_slots")
+
+
+def _ab_medians(row: Dict[str, Any]) -> List[Tuple[float, str]]:
+    """``--slots-ab`` (e2e_torch_cuda.py, e2e_trt.py): the median img/s of each way's passes, with its label."""
+    out = []
+    for mode in ("pinned", "copy"):
+        ab = [x["images_per_s"] for x in row.get("stream_slots_ab") or [] if x["mode"] == mode]
+        if ab:
+            way = "page-locked slots" if mode == "pinned" else "copied slots"
+            out.append((round(statistics.median(ab), 1), f"{way}, median of {len(ab)} A/B passes"))
+    return out
 
 
 def _slots(stream: Dict[str, Any]) -> str:
@@ -658,11 +667,7 @@ def _torch_targets(files: List[Tuple[Path, Any]], base: Optional[float], out: Li
                 host = "gpu_decode" not in r["model"]  # (GPU decoding has no input slots)
                 passes = [(s["images_per_s"], _slots(s) if host else "")]
                 passes += [(r[v]["images_per_s"], _slots(r[v])) for v in _SLOT_VARIANTS if r.get(v)]
-                for mode in ("pinned", "copy"):  # e2e_torch_cuda.py --slots-ab: the median of each way's passes
-                    ab = [x["images_per_s"] for x in r.get("stream_slots_ab") or [] if x["mode"] == mode]
-                    if ab:
-                        way = "page-locked slots" if mode == "pinned" else "copied slots"
-                        passes.append((round(statistics.median(ab), 1), f", {way}, median of {len(ab)} A/B passes"))
+                passes += [(ips, f", {way}") for ips, way in _ab_medians(r)]
                 for ips, slots in passes:
                     how_s = f" ({', '.join(parts)}{slots})" if parts else f" ({slots[2:]})" if slots else ""
                     row(out, f"PyTorch b8 end to end ≥ 250 img/s{how_s}", ips, "img/s", ips >= 250, p)
