@@ -71,9 +71,10 @@ def host_inputs_pinned(model: Any, array: np.ndarray) -> Optional[Callable[[], N
     device), or None when it declines. A slot is reused only once its batch's outputs are back, unless the model's
     ``host_inputs_read_late`` is False: its ``submit`` returns after the uploads are done (TensorRT's
     ``TensorRTBatchModel`` waits for them), and the slots go back at submit as with the copy. Holding every in-flight
-    batch's slots through its compute leaves fewer slots for the workers to decode into; whether that is what made
-    the page-locked passes below slower is not measured yet (the TensorRT model gives them back early since
-    session 27).
+    batch's slots through its compute leaves fewer slots for the workers to decode into, but that was not what made
+    the page-locked passes below slower: with the slots given back at submit, TensorRT 8.6 still ran 230-247 img/s
+    page-locked against 257-272 copied (run 34, H100, three pairs alternating; the workers starved the model about
+    as long both ways).
 
     Off by default because it measured slower end to end (run 30, H100, 256 1920x1080 JPEGs at 1344², batch 8, host
     decode in 14 processes): PyTorch 198-213 img/s page-locked against 224-250 with the copy, four pairs of passes
