@@ -534,9 +534,8 @@ def _target_blocks(
 
 def _has_b1_latency(d: Any) -> bool:
     """Whether a result file has batch-1 latency rows (a TensorRT engine or a PyTorch row of batch 1)."""
-    return any(r.get("batch") == 1 and any(k.startswith("latency") for k in r) for r in d.get("engines") or []) or any(
-        r.get("batch") == 1 and any(k.startswith("latency") for k in r) for r in d.get("rows") or []
-    )
+    rows = (d.get("engines") or []) + (d.get("rows") or [])
+    return any(r.get("batch") == 1 and any(k.startswith("latency") for k in r) for r in rows)
 
 
 def _trt_targets(files: List[Tuple[Path, Any]], base: Optional[float], out: List[str], row: Any) -> None:
