@@ -214,18 +214,11 @@ def precapture(det: Any, batch: int) -> None:
 def slots_ab(det: Any, paths: List[str], batch: int, processes: Optional[int], tmp: str, pairs: int) -> List[Any]:
     """``pairs`` pairs of stream passes, the page-locked slots and the copy, alternating which goes first: each
     pass's img/s and GpuBatchModel's host ms per batch by stage."""
-    from e2e_trt import slots_way  # this folder; torch-free
+    from e2e_trt import _AB_KEEP  # this folder; torch-free
+    from e2e_trt import slots_ab as passes
 
-    out = []
-    for i in range(pairs):
-        for mode in ("pinned", "copy") if i % 2 == 0 else ("copy", "pinned"):
-            with slots_way(mode == "pinned"):
-                r = stream_pass(det, paths, batch, processes, os.path.join(tmp, f"ab{i}_{mode}"))
-            keep = ("images_per_s", "pinned_slots", "model_submit_s", "model_wait_s", "main_cpu_s")
-            keep += ("model_starved_s", "stage_ms_per_batch")
-            out.append(dict({k: r.get(k) for k in keep}, pair=i, mode=mode))
-            print("slots_ab", out[-1], flush=True)
-    return out
+    keep = (*_AB_KEEP, "stage_ms_per_batch")
+    return passes(partial(stream_pass, det, paths, batch, processes), tmp, pairs, keep=keep)
 
 
 def stream_pass(det: Any, paths: List[str], batch: int, processes: Optional[int], out_dir: str) -> Dict[str, Any]:

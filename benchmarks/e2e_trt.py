@@ -147,12 +147,14 @@ def slots_variant_pass(run_pass, tmp, ref):
     return ("stream_pinned_slots" if pinned else "stream_copy_slots"), row
 
 
-def slots_ab(run_pass, tmp, pairs):
+_AB_KEEP = ("images_per_s", "pinned_slots", "model_submit_s", "model_wait_s", "main_cpu_s", "model_starved_s")
+
+
+def slots_ab(run_pass, tmp, pairs, keep=_AB_KEEP):
     """``pairs`` pairs of stream passes, ``run_pass(out_dir)``, with the input slots page-locked and copied,
-    alternating which goes first (e2e_torch_cuda.py's ``--slots-ab`` for this process): each pass's img/s and
-    where its time went."""
+    alternating which goes first (``--slots-ab`` here and in e2e_torch_cuda.py): each pass's img/s and where its
+    time went (``keep``: the pass's keys kept)."""
     out = []
-    keep = ("images_per_s", "pinned_slots", "model_submit_s", "model_wait_s", "main_cpu_s", "model_starved_s")
     for i in range(pairs):
         for mode in ("pinned", "copy") if i % 2 == 0 else ("copy", "pinned"):
             with slots_way(mode == "pinned"):

@@ -22,6 +22,11 @@ def _e2e_writer(tmp_path):
     return write
 
 
+def _targets(root):
+    """The targets section of the page rendered from ``root``'s results."""
+    return render(root).split("## Targets (issues 17 and 19)")[1].split("\n## ")[0]
+
+
 def test_e2e_doc_matches_the_results():
     assert (ROOT / "docs" / "e2e.md").read_text() == render(ROOT), "run: python benchmarks/e2e_report.py"
 
@@ -198,7 +203,7 @@ def test_gpu_decode_parity_targets_render_for_both_stacks(tmp_path):
     write("e2e_torch_cuda_parity_run99b.json", {"rows": [], "parity": parity})
     tv = {"model": "tv", "images": 64, "latency_ms": {"p50": 1, "p90": 2, "p99": 3}}
     write("e2e_torchvision_run99a.json", dict(tv, images_per_s=4.0))
-    targets = render(tmp_path).split("## Targets (issues 17 and 19)")[1].split("\n## ")[0]
+    targets = _targets(tmp_path)
     trt, torch = targets.split("PyTorch, session run99")
     assert (
         "| TensorRT GPU decode ≥ 99 % of host-decode detections matched (nvImageCodec 0.9.0, 1920×1080 JPEGs, b8) "
@@ -229,7 +234,7 @@ def test_each_stacks_targets_come_from_its_own_latest_session(tmp_path):
     tv = {"model": "tv", "images": 64, "latency_ms": {"p50": 1, "p90": 2, "p99": 3}}
     write("e2e_torchvision_run97.json", dict(tv, images_per_s=3.0))
     write("e2e_torchvision_run99.json", dict(tv, images_per_s=4.0))
-    targets = render(tmp_path).split("## Targets (issues 17 and 19)")[1].split("\n## ")[0]
+    targets = _targets(tmp_path)
     trt, torch = targets.split("PyTorch, session run97 on GPU; baseline 3.0 img/s (e2e_torchvision_run97.json):")
     assert "TensorRT, session run99 on GPU; baseline 4.0 img/s (e2e_torchvision_run99.json):" in trt
     assert "| TensorRT end to end ≥ 15× torchvision (host decode) | 30 × | yes |" in trt  # 120 / 4
@@ -270,7 +275,7 @@ def test_targets_say_how_host_decode_handed_over_its_slots_and_take_parity_from_
     write("e2e_torch_cuda_parity_run98.json", {"rows": [], "parity": {"gpu_decode_vs_host_decode_fp16": match}})
     tv = {"model": "tv", "images": 64, "latency_ms": {"p50": 1, "p90": 2, "p99": 3}}
     write("e2e_torchvision_run99.json", dict(tv, images_per_s=2.5))
-    targets = render(tmp_path).split("## Targets (issues 17 and 19)")[1].split("\n## ")[0]
+    targets = _targets(tmp_path)
     trt, torch = targets.split("PyTorch, session run99")
     assert "| TensorRT fp16 b8 end to end ≥ 300 img/s (host decode, copied slots) | 280 img/s | no |" in trt
     assert "| TensorRT fp16 b8 end to end ≥ 300 img/s (host decode, page-locked slots) | 270 img/s | no |" in trt
@@ -299,7 +304,7 @@ def test_a_latest_session_without_torchvision_gets_its_block_and_the_last_one_wi
     write("e2e_torch_cuda_run98.json", {"rows": [dict(row, stream=dict(stream, images_per_s=270.0))]})
     tv = {"model": "tv", "images": 64, "latency_ms": {"p50": 1, "p90": 2, "p99": 3}}
     write("e2e_torchvision_run97.json", dict(tv, images_per_s=3.0))
-    targets = render(tmp_path).split("## Targets (issues 17 and 19)")[1].split("\n## ")[0]
+    targets = _targets(tmp_path)
     new, old = targets.split("PyTorch, session run97 on GPU; baseline 3.0 img/s (e2e_torchvision_run97.json):")
     assert "PyTorch, session run98 on GPU; torchvision not run in this session:" in new
     assert "| PyTorch b8 end to end ≥ 250 img/s (14 worker processes) | 270 img/s | yes | e2e_torch_cuda_run98" in new
@@ -327,7 +332,7 @@ def test_a_latest_session_without_batch_1_latency_also_shows_the_last_one_that_m
     tv = {"model": "tv", "images": 64, "latency_ms": {"p50": 1, "p90": 2, "p99": 3}}
     write("e2e_torchvision_run98.json", dict(tv, images_per_s=2.0))
     write("e2e_torchvision_run99.json", dict(tv, images_per_s=4.0))
-    targets = render(tmp_path).split("## Targets (issues 17 and 19)")[1].split("\n## ")[0]
+    targets = _targets(tmp_path)
     new, old = targets.split(
         "TensorRT, session run98 on GPU (the latest session that measured batch-1 latency); baseline 2.0 img/s"
     )

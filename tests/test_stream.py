@@ -1013,7 +1013,8 @@ class _SlotReader(BatchModel):
         return wait
 
 
-def test_a_model_reading_the_slots_late_gets_them_until_its_outputs_are_back(monkeypatch):
+def _record_releases(monkeypatch) -> dict:
+    """The runner's slots record when each is given back to the workers: ``{slot: [perf_counter times]}``."""
     import rcnn_deploy.runtime.stream as stream
 
     released: dict = {}
@@ -1029,6 +1030,13 @@ def test_a_model_reading_the_slots_late_gets_them_until_its_outputs_are_back(mon
             self.free = _Free(self.free)
 
     monkeypatch.setattr(stream, "_Slots", _Recording)
+    return released
+
+
+def test_a_model_reading_the_slots_late_gets_them_until_its_outputs_are_back(monkeypatch):
+    import rcnn_deploy.runtime.stream as stream
+
+    released = _record_releases(monkeypatch)
     monkeypatch.setenv("RCNN_DEPLOY_PINNED_SLOTS", "1")
     model = _SlotReader()
     stats = stream.StreamStats()
@@ -1066,19 +1074,7 @@ class _EarlyReader(_SlotReader):
 def test_a_model_that_reads_the_slots_within_submit_gets_them_back_before_its_outputs(monkeypatch):
     import rcnn_deploy.runtime.stream as stream
 
-    released: dict = {}
-
-    class _Free(stream.deque):
-        def append(self, slot):
-            released.setdefault(slot, []).append(time.perf_counter())
-            super().append(slot)
-
-    class _Recording(stream._Slots):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            self.free = _Free(self.free)
-
-    monkeypatch.setattr(stream, "_Slots", _Recording)
+    released = _record_releases(monkeypatch)
     monkeypatch.setenv("RCNN_DEPLOY_PINNED_SLOTS", "1")
     model = _EarlyReader(delay_s=0.05)
     stats = stream.StreamStats()
