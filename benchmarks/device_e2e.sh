@@ -117,6 +117,12 @@ bench)
     for ((i = 1; i < ${#engines[@]}; i += 2)); do lb+=("${engines[$i]}"); done
     letterbox_engines "$pp" "${lb[@]}"
   fi
+  # NVRTC for the torch-free mask paste kernel (variants ending in :post): the machine's torch wheels bring one
+  if [ -z "${RCNN_DEPLOY_NVRTC:-}" ]; then
+    RCNN_DEPLOY_NVRTC=$(python3 -c 'import glob, sys; f = [x for p in sys.path for x in sorted(glob.glob(p + "/nvidia/cu13/lib/libnvrtc.so.13*") + glob.glob(p + "/nvidia/cuda_nvrtc/lib/libnvrtc.so.1[23]"))]; print(f[0] if f else "")' 2>/dev/null || true)
+    export RCNN_DEPLOY_NVRTC
+    echo "NVRTC: ${RCNN_DEPLOY_NVRTC:-none found}"
+  fi
   # GPU-decode configurations (nvImageCodec backend:slots; the first gives the gpu_decode rows)
   [ ${#gpu[@]} -gt 0 ] && gpu+=(--gpu-decode-variants "${E2E_GPU_VARIANTS:-default:3,default:2}")
   # one process per engine (run 13's batch-1 engine segfaulted after the batch-8 engine in the same process)

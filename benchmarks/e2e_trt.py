@@ -238,7 +238,9 @@ def main():
     ap.add_argument(
         "--gpu-decode-variants",
         default="default:3",
-        help="nvImageCodec backend:slots pairs, comma-separated; the first fills the gpu_decode rows",
+        help="nvImageCodec backend:slots pairs, comma-separated; the first fills the gpu_decode rows; a third "
+        "field 'post' (default:3:post) pastes the masks on the GPU with the torch-free CUDA kernel "
+        "(gpu_post='kernel'; its masks also checked against the host paste of the same outputs on the parity images)",
     )
     ap.add_argument("--parity-images", type=int, default=64)
     ap.add_argument("--gpu-decode-child", default=None, help=argparse.SUPPRESS)  # internal: see gpu_decode_in_child
@@ -449,21 +451,36 @@ def gpu_decode_in_child(a, engine, ref, row, doc):
 
 
 def parse_variants(text):
+    """``backend:slots[:post]`` entries -> ``(backend, slots, post)``."""
     out = []
     for part in text.split(","):
-        backend, _, slots = part.strip().partition(":")
-        out.append((backend or "default", int(slots or 3)))
+        backend, slots, post = (part.strip().split(":") + ["", ""])[:3]
+        if post not in ("", "post"):
+            raise SystemExit(f"--gpu-decode-variants: {part!r}: the third field is 'post' or nothing")
+        out.append((backend or "default", int(slots or 3), post == "post"))
     return out
 
 
-def gpu_decode_variant(a, engine, ref, paths, backend, slots):
-    """A further GPU-decode configuration: its stream rows, batch-1 latency and parity on the folder."""
+def gpu_decode_variant(a, engine, ref, paths, backend, slots, post=False):
+    """A further GPU-decode configuration: its stream rows, batch-1 latency and parity on the folder; with
+    ``post``, the masks pasted by the CUDA kernel (``gpu_post="kernel"``) and, on the parity images, each mask's
+    RLE string compared with the host paste's of the same outputs (``kernel_paste_check``)."""
     v = {"backend": backend, "slots": slots}
     try:
-        det = Detector.from_engine(engine, gpu_decode=True, gpu_decode_backend=backend, slots=slots)
+        det = Detector.from_engine(engine, gpu_decode=True, gpu_decode_backend=backend, slots=slots,
+                                   gpu_post="kernel" if post else False)  # fmt: skip
+        if post:
+            v["gpu_post"] = "kernel"
         v.update(stream_rows(a, det, paths, single=False))
         files = [str(p) for p in paths[: a.parity_images]]
+        paste = det.batch_model.post
+        if paste is not None:
+            v["kernel_host_pasted_images"] = paste.host_pasted  # over all the passes above
+            paste.check_host, paste.checked, paste.identical, paste.host_pasted = True, 0, 0, 0
         v["parity_e2e_images"] = parity_row(ref["detections"]["e2e_images"], det, files)
+        if paste is not None:
+            v["kernel_paste_check"] = {"masks": paste.checked, "identical_rle": paste.identical,
+                                       "host_pasted_images": paste.host_pasted, "images": len(files)}  # fmt: skip
         det.batch_model.close()
     except Exception as e:  # noqa: BLE001 - recorded: a backend this GPU or nvImageCodec build lacks
         v["error"] = f"{type(e).__name__}: {e}"
@@ -472,7 +489,7 @@ def gpu_decode_variant(a, engine, ref, paths, backend, slots):
 
 def gpu_decode_rows(a, engine, ref, paths, row, doc):
     variants = parse_variants(a.gpu_decode_variants)
-    backend, slots = variants[0]
+    backend, slots, _ = variants[0]
     t0 = time.perf_counter()
     # builds the letterbox engine on first use
     det = Detector.from_engine(engine, gpu_decode=True, gpu_decode_backend=backend, slots=slots)
@@ -495,8 +512,8 @@ def gpu_decode_rows(a, engine, ref, paths, row, doc):
         par["gpu_decode_AP"] = coco_ap(det, os.path.join(a.parity_dir, "annotations.json"), a)
     row["gpu_decode_parity"] = par
     det.batch_model.close()
-    for backend, slots in variants[1:]:
-        v = gpu_decode_variant(a, engine, ref, paths, backend, slots)
+    for backend, slots, post in variants[1:]:
+        v = gpu_decode_variant(a, engine, ref, paths, backend, slots, post)
         row.setdefault("gpu_decode_variants", []).append(v)
         atomic_write_json(a.out, doc)
         print("gpu decode variant", json.dumps(v)[:600], flush=True)

@@ -526,7 +526,24 @@ def test_gpu_post_needs_a_cuda_device_and_a_checkpoint(tmp_path):
     (tmp_path / "model.engine").write_bytes(b"")
     if not torch.cuda.is_available():  # an engine: its outputs post-processed by torch on the GPU
         with pytest.raises(UserError, match="needs torch with a CUDA GPU"):
-            Detector.load(tmp_path / "model.engine", gpu_post=True)
+            Detector.load(tmp_path / "model.engine", gpu_post="torch")
+
+
+def test_gpu_post_of_an_engine_without_torch_cuda_takes_the_kernel_and_needs_nvrtc(tmp_path, monkeypatch):
+    """``gpu_post=True`` on an engine where torch has no CUDA: the torch-free kernel paste, which needs NVRTC (a
+    clear error before anything is read when there is none); any other value is refused."""
+    from rcnn_deploy import api
+    from rcnn_deploy.backends import cuda_rtc
+    from rcnn_deploy.errors import UserError
+
+    (tmp_path / "model.engine").write_bytes(b"")
+    monkeypatch.setattr(api, "_torch_cuda_here", lambda: False)
+    monkeypatch.setattr(cuda_rtc, "find_nvrtc", lambda: None)
+    for value in (True, "kernel"):
+        with pytest.raises(UserError, match="needs NVRTC"):
+            api.Detector.from_engine(tmp_path / "model.engine", gpu_post=value)
+    with pytest.raises(ValueError, match="gpu_post='gpu'"):
+        api.Detector.from_engine(tmp_path / "model.engine", gpu_post="gpu")
 
 
 @pytest.mark.full  # four model calls of the R50 Mask R-CNN on the CPU: about 15 s on 2 cores

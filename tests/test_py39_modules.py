@@ -29,7 +29,7 @@ for i, tool in enumerate({tools!r}):
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 import rcnn_deploy.backends.tensorrt.runtime, rcnn_deploy.backends.tensorrt.calibrator, rcnn_deploy.contract
 import rcnn_deploy.backends.tensorrt.pipelined, rcnn_deploy.api, rcnn_deploy.runtime.writers
-import rcnn_deploy.backends.tensorrt.gpu_pre, rcnn_deploy.evaluation.parity
+import rcnn_deploy.backends.tensorrt.gpu_pre, rcnn_deploy.evaluation.parity, rcnn_deploy.backends.tensorrt.paste
 import rcnn_deploy.evaluation.dataset
 import rcnn_deploy.serve.__main__, rcnn_deploy.serve.server, rcnn_deploy.serve.contract  # served from CPython 3.9
 mods = [m for n, m in sys.modules.items() if n.startswith("rcnn_deploy") and getattr(m, "__file__", None)]
@@ -46,6 +46,7 @@ def test_tensorrt_side_imports_without_torch_and_parses_as_python39():
     assert any(f.endswith("runtime.py") for f in files) and any(f.endswith("builder.py") for f in files)
     assert any(f.endswith("stream.py") for f in files) and any(f.endswith("pipelined.py") for f in files)
     assert any(f.endswith("contract.py") for f in files)  # the runtimes check graphs and engines against it
+    assert any(f.endswith("cuda_rtc.py") for f in files)  # the mask paste kernel's NVRTC / driver calls
     assert any(f.endswith("__main__.py") for f in files)  # python -m rcnn_deploy.serve (device_serve.sh bench_trt)
     for f in files:
         ast.parse(Path(f).read_text(), filename=f, feature_version=(3, 9))

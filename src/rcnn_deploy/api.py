@@ -275,7 +275,7 @@ class Detector:
         slots: Optional[int] = None,
         cuda_graph: bool = True,
         blocking_wait: bool = False,
-        gpu_post: bool = False,
+        gpu_post: Union[bool, str] = False,
         gpu_decoder: str = "auto",
     ) -> Detector:
         """A fused TensorRT / TensorRT-RTX engine built by ``rcnn-deploy build`` into its export directory (the
@@ -292,14 +292,32 @@ class Detector:
         (:mod:`rcnn_deploy.backends.tensorrt.torch_io`): host-letterboxed batches uploaded as uint8, or with
         ``gpu_decode`` JPEGs decoded and letterboxed by :class:`~rcnn_deploy.backends.torch_cuda.GpuLetterbox`
         (``gpu_decoder``), and boxes, masks and RLE made on the GPU; ``pipelined``, ``gpu_decode_backend``,
-        ``slots``, ``cuda_graph`` and ``blocking_wait`` are the torch-free paths' and do not apply."""
+        ``slots``, ``cuda_graph`` and ``blocking_wait`` are the torch-free paths' and do not apply. Without torch
+        (CUDA) in the process, or with ``gpu_post="kernel"``, ``gpu_post`` keeps the torch-free path and pastes the
+        masks there with a CUDA kernel compiled by NVRTC (:mod:`rcnn_deploy.backends.tensorrt.paste`; boxes are
+        mapped back and the RLE strings made on the host)."""
         from .backends.tensorrt.runtime import TensorRTBackend
         from .contract import Contract
         from .runtime.split import fused_outputs
 
         path = Path(path)
-        if gpu_post:  # before anything is read: the option cannot work in this process
+        if gpu_post not in (False, True, "torch", "kernel"):
+            raise ValueError(
+                f"gpu_post={gpu_post!r}: use False, True (torch when it has CUDA here), 'torch' or 'kernel'"
+            )
+        kernel_post = gpu_post == "kernel" or (gpu_post is True and not _torch_cuda_here())
+        if gpu_post == "torch":  # before anything is read: the option cannot work in this process
             _need_torch_cuda("post-processing a TensorRT engine's outputs on the GPU", "--gpu-post")
+        if kernel_post:
+            from .backends.cuda_rtc import find_nvrtc
+
+            if find_nvrtc() is None:
+                raise UserError(
+                    "pasting masks on the GPU without torch needs NVRTC (libnvrtc.so), which was not found",
+                    where="--gpu-post",
+                    fix="pip install nvidia-cuda-nvrtc (CUDA 13) or nvidia-cuda-nvrtc-cu12, set RCNN_DEPLOY_NVRTC to "
+                    "libnvrtc.so's path, or drop --gpu-post",
+                )
         if not (path.parent / "contract.json").is_file():
             raise ValueError(
                 f"no contract.json beside {path}: build the engine into its export directory "
@@ -317,7 +335,12 @@ class Detector:
         det = cls(c.spec, c.input_hw, run, "tensorrt", lo)
         det.engine = be
         det.input_dtype = be.tensor_dtype(be.input_names[0])
-        if gpu_post:
+        post = None
+        if kernel_post and "detection_masks" in be.output_names:
+            from .backends.tensorrt.paste import KernelPaste
+
+            post = KernelPaste(be.cuda.wrapper().handle, c.spec.mask_paste, c.spec.mask_threshold)
+        elif gpu_post and not kernel_post:
             det.batch_model = engine_on_torch(be, c.spec, c.input_hw, det.fill, det.max_pixels, hi, gpu_decode,
                                               gpu_decoder, "cuda")  # fmt: skip
             det.input_dtype = np.dtype(np.uint8)  # host-letterboxed images upload as uint8, cast on the GPU
@@ -347,14 +370,15 @@ class Detector:
                 cuda_graph=cuda_graph,
                 blocking_wait=blocking_wait,
                 resampler=str(c.notes.get("letterbox_resampler", "float")),
+                post=post,
             )
             det.gpu_decode = True
             det.gpu_max_hw = LETTERBOX_MAX_HW
-        elif pipelined:
+        elif pipelined or post is not None:
             from .backends.tensorrt.pipelined import TensorRTBatchModel
 
             det.batch_model = TensorRTBatchModel(
-                be, lo, hi, slots=slots or 2, rename=fused_outputs, cuda_graph=cuda_graph, blocking_wait=blocking_wait
+                be, lo, hi, slots or 2, fused_outputs, cuda_graph=cuda_graph, blocking_wait=blocking_wait, post=post
             )
         return det
 
@@ -668,6 +692,15 @@ def _is_items(source: Any) -> bool:
     if isinstance(source, (list, tuple)):
         return bool(source) and all(isinstance(x, Item) for x in source)
     return not isinstance(source, (str, Path, np.ndarray))
+
+
+def _torch_cuda_here() -> bool:
+    """Whether torch with a CUDA GPU can be imported in this process."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 def _need_torch_cuda(what: str, option: str) -> None:

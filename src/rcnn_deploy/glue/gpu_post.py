@@ -54,6 +54,7 @@ from torch import Tensor
 
 from ..runtime.detections import Detections
 from ..runtime.masks import RleMasks
+from ..runtime.paste_plan import taps
 
 METHODS = ("torchvision", "detectron2")
 #: Padded region pixels per batched paste of :func:`paste_runs` (about 7 bytes of device memory each, 11 in float64).
@@ -141,28 +142,10 @@ def _taps(pix: Tensor, a: Tensor, b: Tensor, method: str, m: int, cdtype: Any) -
     return i, w0.float(), w1.float()
 
 
-def _taps_host(
-    pix: np.ndarray, a: np.ndarray, b: np.ndarray, method: str, m: int
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_taps` in numpy on the host, float64 (the Triton kernel's path): the same operations in the same
-    order, so the same values (tests/test_gpu_post.py checks them against :func:`_taps` bit for bit); about three
-    times faster than torch's CPU ops on one image's region rows."""
-    k = m + 2
-    if method == "torchvision":
-        scale = np.float64(k) / b.astype(np.float64)
-        src = np.maximum(((pix - a).astype(np.float64) + 0.5) * scale - 0.5, 0.0)
-        i = np.minimum(np.floor(src).astype(np.int64), k - 1)
-        w1 = src - i
-        w0 = 1 - w1
-    else:
-        src = (pix.astype(np.float64) + 0.5 - a) / np.maximum(b - a, 1e-12) * m - 0.5
-        f = np.floor(src)
-        w1 = src - f
-        w0 = 1 - w1
-        i = f.astype(np.int64) + 1
-        out = (i < 0) | (i > k - 1)
-        i[out], w0[out], w1[out] = 0, 0.0, 0.0
-    return i, w0.astype(np.float32), w1.astype(np.float32)
+#: :func:`_taps` in numpy on the host, float64 (the Triton kernel's path): the same operations in the same order, so
+#: the same values (tests/test_gpu_post.py checks them against :func:`_taps` bit for bit); about three times faster
+#: than torch's CPU ops on one image's region rows. Shared with the torch-free CUDA kernel's host half.
+_taps_host = taps
 
 
 def _chunks(rh: np.ndarray, rw: np.ndarray, max_elements: int, min_fill: float) -> List[np.ndarray]:

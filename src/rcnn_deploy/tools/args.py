@@ -175,9 +175,10 @@ GPU_DECODE_HELP = (
     " torchvision's decode_jpeg for PyTorch."
 )
 GPU_POST_HELP = (
-    "PyTorch on a GPU, or a fused TensorRT engine with torch (CUDA) installed (with --device cuda): map boxes back,"
-    " paste and threshold masks and run-length encode them on the GPU; only boxes, scores, classes and RLE runs come"
-    " back to the host. With an engine, --gpu-decode then decodes with the PyTorch backend's GPU letterbox."
+    "PyTorch on a GPU, or a fused TensorRT engine (with --device cuda): map boxes back, paste and threshold masks"
+    " and run-length encode them on the GPU; only boxes, scores, classes and RLE runs come back to the host. With an"
+    " engine and torch (CUDA) installed, --gpu-decode then decodes with the PyTorch backend's GPU letterbox; without"
+    " torch, the masks are pasted by a CUDA kernel compiled with NVRTC (nvidia-cuda-nvrtc)."
 )
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # backends.torch_cuda.COMPILE_MODES
 COMPILE_HELP = (

@@ -159,6 +159,7 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
         cuda_graph: bool = True,
         blocking_wait: bool = False,
         resampler: str = "float",
+        post: Any = None,
     ) -> None:
         from .runtime import TensorRTBackend
 
@@ -174,6 +175,7 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
             nonblocking=nonblocking,
             cuda_graph=cuda_graph,
             blocking_wait=blocking_wait,
+            post=post,
         )
         self.decoders = list(decoders) if decoders else [NvImageCodec(decode_backend) for _ in self.slots]
         if len(self.decoders) != len(self.slots):
@@ -227,7 +229,7 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
             except BaseException:
                 slot.free.set()
                 raise
-            return errors, self._waiter(slot, shapes, k, keep=(keep, host_items))
+            return errors, self._waiter(slot, shapes, k, keep=(keep, host_items), letterboxes=letterboxes)
 
         job = self.jobs.submit(enqueue)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
 
 import numpy as np
 
@@ -148,6 +148,7 @@ class TensorRTBatchModel(BatchModel):
         nonblocking: bool = False,
         cuda_graph: bool = True,
         blocking_wait: bool = False,
+        post: Any = None,
     ) -> None:
         self.backend, self.lo, self.hi = backend, int(lo), int(hi)
         self.cuda_graph, self.blocking_wait = cuda_graph, blocking_wait
@@ -169,6 +170,15 @@ class TensorRTBatchModel(BatchModel):
         self.depth = len(self.slots)  # batches the streaming runner keeps in flight: one per slot
         self._registered: List[Tuple[int, int]] = []  # (address, bytes) page-locked by read_host_inputs
         self._next = 0
+        # the masks pasted on the device after each batch (paste.KernelPaste): the runner passes each image's letterbox
+        self.post = post
+        self._masks_out: Optional[str] = None
+        if post is not None:
+            self.takes_letterboxes = True
+            found = [o for o in backend.output_names if "masks" in self.rename({o: np.empty(0)})]
+            if not found:
+                raise ValueError(f"{backend.path.name} has no masks output to paste on the device")
+            self._masks_out = found[0]
 
     def _shapes(self, slot: _Slot, n: int) -> Dict[str, Tuple[int, ...]]:
         shapes = slot.out_shapes.get(n)
@@ -180,7 +190,14 @@ class TensorRTBatchModel(BatchModel):
             slot.out_shapes[n] = shapes
         return shapes
 
-    def submit(self, images: List[np.ndarray]) -> Callable[[], Dict[str, np.ndarray]]:
+    #: whether :meth:`submit` wants each image's letterbox (with ``post``)
+    takes_letterboxes = False
+    post: Any = None
+    _masks_out: Optional[str] = None
+
+    def submit(
+        self, images: List[np.ndarray], letterboxes: Optional[List[Any]] = None
+    ) -> Callable[[], Dict[str, np.ndarray]]:
         k = len(images)
         n = self._batch_size(k)
         slot = self._take_slot()
@@ -203,7 +220,7 @@ class TensorRTBatchModel(BatchModel):
         except BaseException:
             slot.free.set()
             raise
-        return self._waiter(slot, shapes, k)
+        return self._waiter(slot, shapes, k, letterboxes=letterboxes)
 
     def _all_registered(self, images: List[np.ndarray]) -> bool:
         return bool(self._registered) and all(
@@ -348,10 +365,19 @@ class TensorRTBatchModel(BatchModel):
         self.graph_error = f"CUDA graph capture of {self.backend.path.name} failed ({why}); runs are enqueued instead"
 
     def _waiter(
-        self, slot: _Slot, shapes: Dict[str, Tuple[int, ...]], k: int, keep: Any = None
+        self,
+        slot: _Slot,
+        shapes: Dict[str, Tuple[int, ...]],
+        k: int,
+        keep: Any = None,
+        letterboxes: Optional[List[Any]] = None,
     ) -> Callable[[], Dict[str, np.ndarray]]:
         """The callable that waits for the slot's stream and returns the first ``k`` images' outputs; ``keep``
-        holds what the enqueued work reads until then (device buffers owned by others)."""
+        holds what the enqueued work reads until then (device buffers owned by others). With ``post`` and
+        ``letterboxes``: the masks pasted from the slot's device outputs, ``detections`` and ``finite`` instead."""
+        if self.post is not None and (letterboxes is None or len(letterboxes) != k):
+            slot.free.set()
+            raise ValueError("TensorRTBatchModel with post-processing on the device needs each image's letterbox")
 
         def result() -> Dict[str, np.ndarray]:
             try:
@@ -360,7 +386,13 @@ class TensorRTBatchModel(BatchModel):
                 for o, shape in shapes.items():
                     flat = slot.host[o].array.reshape(-1)[: int(np.prod(shape))]
                     out[o] = flat.reshape(shape)[:k].copy()
-                return self.rename(out)
+                out = self.rename(out)
+                if self.post is not None and self._masks_out is not None:
+                    masks_ptr = slot.device[self._masks_out].ptr
+                    return cast(
+                        Dict[str, np.ndarray], self.post(out, masks_ptr, slot.stream.ptr, letterboxes, id(slot))
+                    )
+                return out
             finally:
                 del keep_alive[:]
                 slot.free.set()
@@ -379,3 +411,5 @@ class TensorRTBatchModel(BatchModel):
         for s in self.slots:
             s.stream.synchronize()
             s.close()
+        if self.post is not None:
+            self.post.close()

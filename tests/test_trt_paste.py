@@ -1,0 +1,182 @@
+"""The torch-free GPU mask paste of the TensorRT process (backends/tensorrt/paste.py) on a machine without a GPU:
+its CUDA source compiles with NVRTC for an H100/H200 (sm_90), and the same source built for the CPU (``RD_CPU``,
+g++) pastes every mask as the host paste does (the tolerance of tests/test_gpu_post.py: only pixels within 1e-5
+of the threshold may differ), through :class:`KernelPaste`'s host half (plan, changes -> runs, per-image
+detections, the fallback to the host paste). The GPU run itself is ``benchmarks/e2e_trt.py``'s ``post`` variant."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("pycocotools.mask")
+
+from rcnn_deploy.backends.cuda_rtc import Arg, compile_cuda, find_nvrtc, kernel_params  # noqa: E402
+from rcnn_deploy.backends.tensorrt.paste import KERNEL_SOURCE, KernelPaste, kernel_name  # noqa: E402
+from rcnn_deploy.glue.gpu_post import _geometry  # noqa: E402
+from rcnn_deploy.runtime.masks import PastedMasks, RleMasks  # noqa: E402
+from rcnn_deploy.runtime.paste_plan import MAX_RUNS, plan_paste, region_geometry, runs_from_changes  # noqa: E402
+from rcnn_deploy.runtime.preprocess import Letterbox  # noqa: E402
+from test_gpu_post import METHODS, _boxes, _check_against_host, _probs  # noqa: E402
+
+
+@pytest.mark.skipif(find_nvrtc() is None, reason="no NVRTC library (torch's CUDA wheels bring one)")
+def test_kernel_compiles_with_nvrtc_for_hopper():
+    cubin = compile_cuda(KERNEL_SOURCE, "sm_90", "paste.cu")
+    assert cubin[:4] == b"\x7fELF"
+    for name in ("paste_changes_f32", "paste_changes_f16"):
+        assert name.encode() in cubin
+
+
+def test_kernel_params_point_at_each_value_in_its_c_type():
+    params = kernel_params([Arg.ptr(0xDEADBEEF), Arg.i32(-7), Arg.i64(2**40), Arg.f32(0.5)])
+    assert ctypes.c_void_p.from_address(params[0]).value == 0xDEADBEEF
+    assert ctypes.c_int32.from_address(params[1]).value == -7
+    assert ctypes.c_int64.from_address(params[2]).value == 2**40
+    assert ctypes.c_float.from_address(params[3]).value == 0.5
+
+
+@pytest.fixture(scope="module")
+def cpu_kernel(tmp_path_factory):
+    """KERNEL_SOURCE built for the CPU: the kernel's arithmetic with the host's libm fmaf, no FMA contraction."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    d = tmp_path_factory.mktemp("paste_cpu")
+    (d / "paste.cpp").write_text(KERNEL_SOURCE)
+    so = d / "paste.so"
+    flags = ["-DRD_CPU", "-O2", "-ffp-contract=off", "-shared", "-fPIC"]
+    subprocess.run([cxx, *flags, "-o", str(so), str(d / "paste.cpp")], check=True)
+    return ctypes.CDLL(str(so))
+
+
+class CpuKernelPaste(KernelPaste):
+    """KernelPaste whose kernel is the CPU build, reading host masks (``masks_ptr``: a numpy array's address)."""
+
+    def __init__(self, lib, method="torchvision", threshold=0.5):
+        super().__init__(None, method, threshold, module=object())
+        self.cpu = lib
+
+    def run(self, plan, slot_of, masks_ptr, dtype, m, stream, key=None):
+        cols = plan.cols
+        changes = np.full((cols, MAX_RUNS), -1, np.int32)
+        count = np.full(cols, -1, np.int32)
+        parts = [np.ascontiguousarray(a) for a in (slot_of, plan.col_owner, plan.ytaps, plan.xtaps, plan.side)]
+        ptr = [ctypes.c_void_p(a.ctypes.data) for a in parts]
+        getattr(self.cpu, kernel_name(dtype))(
+            ctypes.c_void_p(masks_ptr), *ptr, ctypes.c_void_p(changes.ctypes.data), ctypes.c_void_p(count.ctypes.data),
+            ctypes.c_float(self.threshold), ctypes.c_int(plan.side.shape[1]), ctypes.c_int64(plan.rows),
+            ctypes.c_int64(cols), ctypes.c_int(m), ctypes.c_int(self.method == "detectron2"), ctypes.c_int(MAX_RUNS),
+        )  # fmt: skip
+        assert (count >= 0).all()  # every column written
+        return changes, count
+
+
+def _outputs(rng, hw_list, input_hw, dtype, d_slots=30, m=28):
+    """A batch of padded engine outputs in letterbox space for images of ``hw_list``, and their letterboxes."""
+    lbs = [Letterbox.fit(h, w, input_hw) for h, w in hw_list]
+    k = len(hw_list)
+    out = {
+        "boxes": np.zeros((k, d_slots, 4), np.float32),
+        "scores": np.zeros((k, d_slots), np.float32),
+        "classes": np.zeros((k, d_slots), np.int32),
+        "num_detections": np.zeros((k, 1), np.int32),
+        "masks": np.zeros((k, d_slots, m, m), dtype),
+    }
+    for i, ((h, w), lb) in enumerate(zip(hw_list, lbs)):
+        boxes = _boxes(rng, d_slots - 13, h, w) * np.float32(lb.scale)  # original pixels -> the input's
+        n = len(boxes)
+        out["boxes"][i, :n] = boxes
+        out["scores"][i, :n] = rng.uniform(0.05, 1, n)
+        out["masks"][i, :n] = _probs(rng, n, m).astype(dtype)
+        out["num_detections"][i] = n
+    return out, lbs
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_cpu_build_of_the_kernel_pastes_as_the_host(cpu_kernel, method, dtype):
+    rng = np.random.default_rng(11)
+    out, lbs = _outputs(rng, [(270, 480), (300, 200), (128, 128)], (320, 320), dtype)
+    out["num_detections"][2] = 0  # an image without detections
+    paste = CpuKernelPaste(cpu_kernel, method)
+    got = paste(out, out["masks"].ctypes.data, 0, lbs)
+    assert got["finite"].all() and paste.host_pasted == 0
+    pixels = differing = 0
+    for i, lb in enumerate(lbs):
+        d = got["detections"][i]
+        n = int(out["num_detections"][i, 0])
+        assert len(d.boxes) == n
+        np.testing.assert_array_equal(d.boxes, lb.boxes_to_original(out["boxes"][i, :n]))
+        if not n:
+            continue
+        assert isinstance(d.pasted, RleMasks)
+        probs = out["masks"][i, :n].astype(np.float32)
+        hw = (lb.orig_h, lb.orig_w)
+        differing += _check_against_host(d.pasted, probs, d.boxes, hw, method)
+        pixels += sum(d.pasted.area(j) for j in range(n))
+    assert pixels > 50_000
+    assert differing <= pixels * 1e-4
+
+
+def test_a_column_of_many_changes_goes_to_the_host_paste(cpu_kernel):
+    """A checkerboard mask over a tall box: each region column flips more often than the kernel keeps, so that
+    image's masks are the host paste's (and the other image's the kernel's)."""
+    rng = np.random.default_rng(5)
+    out, lbs = _outputs(rng, [(300, 300), (300, 300)], (300, 300), np.float32)
+    out["masks"][0, 0] = (np.indices((28, 28)).sum(0) % 2).astype(np.float32)
+    out["boxes"][0, 0] = [10, 10, 60, 290]
+    paste = CpuKernelPaste(cpu_kernel)
+    got = paste(out, out["masks"].ctypes.data, 0, lbs)
+    assert paste.host_pasted == 1
+    assert isinstance(got["detections"][0].pasted, PastedMasks)
+    assert isinstance(got["detections"][1].pasted, RleMasks)
+
+
+def test_non_finite_outputs_are_flagged_and_not_pasted(cpu_kernel):
+    rng = np.random.default_rng(2)
+    out, lbs = _outputs(rng, [(200, 300), (200, 300)], (256, 256), np.float32)
+    out["boxes"][1, 3, 2] = np.nan
+    got = CpuKernelPaste(cpu_kernel)(out, out["masks"].ctypes.data, 0, lbs)
+    assert got["finite"].tolist() == [True, False]
+    assert got["detections"][1].masks is None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_region_geometry_equals_the_torch_paths(method):
+    """The numpy regions and axes (float32 box arithmetic) against glue.gpu_post._geometry, bit for bit."""
+    rng = np.random.default_rng(4)
+    for h, w in [(64, 64), (1080, 1920), (257, 193)]:
+        boxes = _boxes(rng, 40, h, w)
+        hw = np.repeat([[h, w]], len(boxes), 0)
+        regions, axes = region_geometry(boxes, hw, 28, method)
+        want, want_axes = _geometry(torch.from_numpy(boxes), torch.from_numpy(hw), 28, method, torch.float64)
+        np.testing.assert_array_equal(regions, want.numpy())
+        for got_ab, want_ab in zip(axes, want_axes):
+            for g, t in zip(got_ab, want_ab):
+                np.testing.assert_array_equal(np.asarray(g), t.numpy())
+
+
+def test_runs_from_changes_joins_runs_across_column_ends_and_flags_odd_columns():
+    plan = plan_paste(np.array([[0, 0, 2, 4], [5, 0, 7, 4]], np.float32), np.array([[4, 10], [4, 10]]), 2,
+                      "detectron2")  # fmt: skip
+    cols = plan.cols
+    changes = np.zeros((cols, MAX_RUNS), np.int32)
+    count = np.zeros(cols, np.int32)
+    first = plan.side[3]
+    # mask 0: its first column all 1 (rows 0..4 of x = x0), the next also all 1: one run across the column end
+    x0, h = int(plan.regions[0, 2]), 4
+    changes[first[0], :2] = [x0 * h, x0 * h + 4]
+    changes[first[0] + 1, :2] = [(x0 + 1) * h, (x0 + 1) * h + 4]
+    count[first[0] : first[0] + 2] = 2
+    count[first[1]] = 1  # mask 1: a column with a run that never ends: flagged
+    changes[first[1], 0] = int(plan.regions[1, 2]) * h
+    runs, offsets, over = runs_from_changes(plan, changes, count)
+    assert over.tolist() == [False, True]
+    assert offsets.tolist() == [0, 1, 1]
+    assert runs.tolist() == [[x0 * h, (x0 + 2) * h]]
