@@ -124,7 +124,8 @@ bench)
     echo "NVRTC: ${RCNN_DEPLOY_NVRTC:-none found}"
   fi
   # GPU-decode configurations (nvImageCodec backend:slots; the first gives the gpu_decode rows)
-  [ ${#gpu[@]} -gt 0 ] && gpu+=(--gpu-decode-variants "${E2E_GPU_VARIANTS:-default:3,default:2}")
+  # (:post: masks pasted by the torch-free CUDA kernel; host:N:post: host decoding with that paste)
+  [ ${#gpu[@]} -gt 0 ] && gpu+=(--gpu-decode-variants "${E2E_GPU_VARIANTS:-default:3,default:3:post,host:2:post}")
   # one process per engine (run 13's batch-1 engine segfaulted after the batch-8 engine in the same process)
   for ((i = 1; i < ${#engines[@]}; i += 2)); do
     e=${engines[$i]}

@@ -57,7 +57,8 @@
 #   torch_decode_post_procs  its batch-8 row with the post's host part and the sinks in 8 worker processes
 #   torch_slots_ab   torch_stream_compiled at batch 8 with 4 more pairs of passes: page-locked slots vs the copy
 #   torch_gpudecode_sampled, torch_stream_sampled  batch 8 with a thread_sampler.py pass (where the threads sit)
-#   issue19, issue17 (start only)  presets: the steps each issue's targets need, in one session (see start)
+#   issue19, issue17 (start only)  presets: the steps each issue's targets need, in one session (see start);
+#                    issue17's trt step includes the GPU mask paste variants (device_e2e.sh E2E_GPU_VARIANTS)
 # (TORCH_ROI_ALIGN=MODE in start's environment: every PyTorch step's rows with that sync-free ROIAlign)
 set -uo pipefail
 S=/tmp/sess

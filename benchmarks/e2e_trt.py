@@ -240,10 +240,12 @@ def main():
         default="default:3",
         help="nvImageCodec backend:slots pairs, comma-separated; the first fills the gpu_decode rows; a third "
         "field 'post' (default:3:post) pastes the masks on the GPU with the torch-free CUDA kernel "
-        "(gpu_post='kernel'; its masks also checked against the host paste of the same outputs on the parity images)",
+        "(gpu_post='kernel'; its masks also checked against the host paste of the same outputs on the parity images); "
+        "backend 'host' (host:2:post): the JPEGs decoded on the host (--processes worker processes) instead",
     )
     ap.add_argument("--parity-images", type=int, default=64)
     ap.add_argument("--gpu-decode-child", default=None, help=argparse.SUPPRESS)  # internal: see gpu_decode_in_child
+    ap.add_argument("--host-processes", type=int, default=None, help=argparse.SUPPRESS)  # the child's host: variants
     ap.add_argument("--parity-dir", default=None, help="a COCO-format folder (images/, annotations.json) for parity")
     a = ap.parse_args()
     paths = find_images(a.images)
@@ -436,7 +438,8 @@ def gpu_decode_in_child(a, engine, ref, row, doc):
         cmd += ["--latency-images", str(a.latency_images), "--parity-images", str(a.parity_images)]
         cmd += ["--split-rle", str(a.split_rle)]
         cmd += ["--gpu-decode-variants", a.gpu_decode_variants]
-        flags = (("--processes", a.gpu_decode_processes), ("--workers", a.workers), ("--parity-dir", a.parity_dir))
+        flags = (("--processes", a.gpu_decode_processes), ("--workers", a.workers), ("--parity-dir", a.parity_dir),
+                 ("--host-processes", a.processes))  # fmt: skip
         for flag, value in flags:
             if value is not None:
                 cmd += [flag, str(value)]
@@ -467,10 +470,14 @@ def gpu_decode_variant(a, engine, ref, paths, backend, slots, post=False):
     RLE string compared with the host paste's of the same outputs (``kernel_paste_check``)."""
     v = {"backend": backend, "slots": slots}
     try:
-        det = Detector.from_engine(engine, gpu_decode=True, gpu_decode_backend=backend, slots=slots,
-                                   gpu_post="kernel" if post else False)  # fmt: skip
+        gpu = backend != "host"  # host: decoded on the host, in the host rows' worker processes
+        det = Detector.from_engine(engine, gpu_decode=gpu, gpu_decode_backend=backend if gpu else "default",
+                                   slots=slots, gpu_post="kernel" if post else False)  # fmt: skip
         if post:
             v["gpu_post"] = "kernel"
+        if not gpu:
+            a = argparse.Namespace(**dict(vars(a), processes=a.host_processes))
+            v["processes"] = a.processes
         v.update(stream_rows(a, det, paths, single=False))
         files = [str(p) for p in paths[: a.parity_images]]
         paste = det.batch_model.post

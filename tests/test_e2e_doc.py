@@ -345,3 +345,35 @@ def test_a_latest_session_without_batch_1_latency_also_shows_the_last_one_that_m
     )
     assert "| TensorRT fp16 b8 end to end ≥ 300 img/s (host decode, copied slots, median of 1 A/B passes) | 290" in new
     assert "| TensorRT b1 end-to-end latency ≤ 12 ms median (host decode, RLE masks) | 14.3 ms | no |" in old
+
+
+def test_kernel_paste_variants_get_table_rows_and_targets(tmp_path):
+    """``--gpu-decode-variants ...:post`` (masks pasted by the torch-free CUDA kernel): each such variant is a row of
+    the TensorRT table and is judged against the batch-8 and batch-1 targets; variants without it are not rows."""
+    write = _e2e_writer(tmp_path)
+    stream = {"images_per_s": 310.0, "processes": 14, "detections": 5, "model_starved_s": 0.1, "seconds": 1.0}
+    lat = {"p50": 11.0, "p90": 12.0, "p99": 13.0, "images": 97}
+    engine = {"engine": "e", "trt": "t", "input_dtype": "uint8", "gpu_compute_ms": 1.0, "gpu_images_per_s": 800}
+    variants = [
+        {"backend": "default", "slots": 2, "stream": dict(stream, images_per_s=1.0)},  # no kernel paste: no row
+        {"backend": "default", "slots": 3, "gpu_post": "kernel", "stream": stream, "latency_ms": lat},
+        {
+            "backend": "host",
+            "slots": 2,
+            "processes": 14,
+            "gpu_post": "kernel",
+            "stream": dict(stream, images_per_s=290.0),
+        },
+    ]
+    for batch in (8, 1):
+        e = dict(engine, batch=batch, stream=dict(stream, images_per_s=100.0), gpu_decode_variants=variants)
+        write(f"e2e_trt_run97_b{batch}.json", {"engines": [e]})
+    text = render(tmp_path)
+    rows = [line for line in text.splitlines() if "masks pasted on the GPU (CUDA kernel)" in line]
+    assert len(rows) == 4 and not any("| 1.0 |" in r for r in rows), rows  # two variants x two engines
+    assert any("14 processes" in r for r in rows) and any("default decoder, 3 slots" in r for r in rows)
+    targets = _targets(tmp_path)
+    kernel = [line for line in targets.splitlines() if "masks pasted by the CUDA kernel" in line]
+    assert any("≥ 300 img/s (GPU decode, masks pasted by the CUDA kernel)" in t and "310 img/s" in t for t in kernel)
+    assert any("≥ 300 img/s (host decode, masks pasted by the CUDA kernel)" in t and "290 img/s" in t for t in kernel)
+    assert any("≤ 12 ms median (GPU decode, masks pasted by the CUDA kernel, RLE masks)" in t for t in kernel)

@@ -231,3 +231,26 @@ def test_registration_is_declined_for_another_dtype():
     m, slot, lib = model()
     m.in_dtype, m.slots, m._registered = np.dtype(np.uint8), [slot], []
     assert m.read_host_inputs(np.zeros((2, 3, 4, 4), np.float32)) is None and lib.registered == {}
+
+
+def test_post_pastes_from_the_slots_device_outputs_before_the_slot_is_freed():
+    """With ``post`` (the GPU mask paste): the waiter hands it the batch's host outputs, the masks' device buffer,
+    the slot's stream and each image's letterbox, while the slot is still taken (its device outputs are read), and
+    returns what it returns; a batch without its letterboxes is refused and frees its slot."""
+    m, slot, lib = model()
+    m.rename = lambda d: d
+    seen = []
+
+    def post(out, masks_ptr, stream, letterboxes, key):
+        seen.append((sorted(out), masks_ptr, stream, letterboxes, slot.free.is_set()))
+        return {"detections": np.array(["d0", "d1"], dtype=object), "finite": np.array([True, True])}
+
+    m.post, m._masks_out = post, "boxes"  # the fakes' one output stands in for the masks
+    shapes = m._enqueue_model(slot, 2)
+    got = m._waiter(slot, shapes, 2, letterboxes=["lb0", "lb1"])()
+    assert seen == [(["boxes"], 3, 7, ["lb0", "lb1"], False)]
+    assert got["detections"].tolist() == ["d0", "d1"] and slot.free.is_set()
+    slot.free.clear()
+    with pytest.raises(ValueError, match="needs each image's letterbox"):
+        m._waiter(slot, shapes, 2)
+    assert slot.free.is_set()

@@ -69,31 +69,22 @@ def render(root: Path) -> str:
     for p, d in _load(results, "e2e_trt_*.json"):
         m = d["machine"]
         for e in d["engines"]:
-            for gpu in (False, True):
-                k = "_gpu_decode" if gpu else ""
-                s, st = e.get("stream" + k, {}), e.get("stages", {}) if not gpu else {}
-                if gpu and not s:
-                    continue
-                what = f"{e['trt']} fp16, {e['input_dtype']} input"
-                if gpu:
-                    what += f", JPEGs decoded + letterboxed on the GPU (nvImageCodec {m.get('nvimgcodec', '?')}"
-                    if e.get("gpu_decode_slots"):
-                        what += f", {e.get('gpu_decode_backend')} decoder, {e['gpu_decode_slots']} slots"
-                    what += ")"
+            for view in _trt_views(e, m):
+                s, st = view["stream"], view["stages"]
                 host = (
                     f"{st.get('decode_ms', 0):.1f} / {st.get('letterbox_ms', 0):.1f} / "
                     f"{st.get('postprocess_rle_ms', 0):.1f}"
                     if st
                     else "—"
                 )
-                r = e.get("stream" + k + "_repeat")
+                r = view["repeat"]
                 rep = f"{r['images_per_s']} ({r['images']} images)" if r else "—"
                 lines.append(
                     f"| {p.name} | {d['script']} | {m.get('gpu')}, {m.get('cpus')} CPUs, Python {m.get('python')} | "
-                    f"{_commit(d)} | {_opencv(m)} | {what} | {e['batch']} | "
+                    f"{_commit(d)} | {_opencv(m)} | {view['what']} | {e['batch']} | "
                     f"{e['gpu_compute_ms']:.2f} | {e['gpu_images_per_s']} | {s.get('images_per_s')} | {rep} | "
-                    f"{_starved(s)} | {_latency(e.get('latency' + k + '_ms'))} | "
-                    f"{_latency(e.get('latency' + k + '_detections_ms'))} | {s.get('detections')} | {host} |"
+                    f"{_starved(s)} | {_latency(view['latency'])} | "
+                    f"{_latency(view['latency_detections'])} | {s.get('detections')} | {host} |"
                 )
     lines += _trt_gpu_decode_parity(results) + _decoder_section(results) + _probe_section(results)
     lines += [
@@ -211,6 +202,63 @@ def render(root: Path) -> str:
                 f"{d['same_results']} | {_model_only(d.get('model_only'))} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _trt_views(e: Dict[str, Any], m: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The streamed configurations of one engine's entry in an e2e_trt file: host decode, GPU decode, and each
+    ``--gpu-decode-variants`` entry with masks pasted by the CUDA kernel (``gpu_post``, since session 28): its
+    label (``what``, ``how`` for the targets), stream pass, repeated pass, host stages and batch-1 latencies."""
+    base = f"{e['trt']} fp16, {e['input_dtype']} input"
+    dec = f"nvImageCodec {m.get('nvimgcodec', '?')}"
+    views = []
+    for gpu in (False, True):
+        k = "_gpu_decode" if gpu else ""
+        s = e.get("stream" + k, {})
+        if gpu and not s:
+            continue
+        what = base
+        if gpu:
+            what += f", JPEGs decoded + letterboxed on the GPU ({dec}"
+            if e.get("gpu_decode_slots"):
+                what += f", {e.get('gpu_decode_backend')} decoder, {e['gpu_decode_slots']} slots"
+            what += ")"
+        views.append(
+            dict(
+                what=what,
+                how="GPU decode" if gpu else "host decode",
+                stream=s,
+                host=not gpu,
+                repeat=e.get("stream" + k + "_repeat"),
+                stages={} if gpu else e.get("stages", {}),
+                latency=e.get("latency" + k + "_ms"),
+                latency_detections=e.get("latency" + k + "_detections_ms"),
+                splits=[v for key, v in e.items() if key.startswith("latency" + k + "_split_rle")],
+            )
+        )
+    for v in e.get("gpu_decode_variants") or []:
+        s = v.get("stream") or v.get("stream_repeat")
+        if not v.get("gpu_post") or not s:
+            continue
+        on_host = v["backend"] == "host"
+        how = ("host decode" if on_host else "GPU decode") + ", masks pasted by the CUDA kernel"
+        if on_host:
+            where = f", {v.get('processes')} processes"
+        else:
+            where = f", JPEGs decoded + letterboxed on the GPU ({dec}, {v['backend']} decoder, {v['slots']} slots)"
+        views.append(
+            dict(
+                what=base + where + ", masks pasted on the GPU (CUDA kernel)",
+                how=how,
+                stream=s,
+                host=False,
+                repeat=v.get("stream_repeat"),
+                stages={},
+                latency=v.get("latency_ms"),
+                latency_detections=v.get("latency_detections_ms"),
+                splits=[],
+            )
+        )
+    return views
 
 
 def _picture(d: Dict[str, Any]) -> str:
@@ -549,9 +597,8 @@ def _trt_targets(files: List[Tuple[Path, Any]], base: Optional[float], out: List
             if par.get("host_decode_AP") and par.get("gpu_decode_AP"):
                 how = f"{dec}, 384² JPEG split, b{e['batch']}"
                 _parity_target_rows("TensorRT", how, None, par["host_decode_AP"], par["gpu_decode_AP"], out, row, p)
-            for k, how in (("", "host decode"), ("_gpu_decode", "GPU decode")):
-                s = e.get("stream" + k + "_repeat") or e.get("stream" + k) or {}  # the longer pass where there is one
-                host = k == ""  # (GPU decoding has no input slots)
+            for view in _trt_views(e, d.get("machine", {})):
+                s, how, host = view["repeat"] or view["stream"], view["how"], view["host"]  # the longer pass
                 passes = [(s, _slots(s) if host else "")] + [
                     (e[v], _slots(e[v])) for v in _SLOT_VARIANTS if host and e.get(v)
                 ]
@@ -562,18 +609,19 @@ def _trt_targets(files: List[Tuple[Path, Any]], base: Optional[float], out: List
                     if base:
                         x = round(ips / base, 1)
                         row(out, f"TensorRT end to end ≥ 15× torchvision ({how_s})", x, "×", ips / base >= 15, p)
-                lat = e.get("latency" + k + "_ms")
+                lat = view["latency"]
                 if e["batch"] == 1 and lat:
                     q = round(lat["p50"], 1)  # shown rounded, judged unrounded
                     row(out, f"TensorRT b1 end-to-end latency ≤ 12 ms median ({how}, RLE masks)", q, "ms",
                         lat["p50"] <= 12, p)  # fmt: skip
-                    splits = [v for key, v in e.items() if key.startswith("latency" + k + "_split_rle")]
-                    for split in splits:  # latency_split_rle_ms, then latency_split_rle_p8_ms, ... (other parts)
+                    for split in view[
+                        "splits"
+                    ]:  # latency_split_rle_ms, then latency_split_rle_p8_ms, ... (other parts)
                         q = round(split["p50"], 1)
                         what = f"RLE in {split['parts']} pieces over worker processes"
                         row(out, f"TensorRT b1 end-to-end latency ≤ 12 ms median ({how}, {what})", q, "ms",
                             split["p50"] <= 12, p)  # fmt: skip
-                    det = e.get("latency" + k + "_detections_ms")
+                    det = view["latency_detections"]
                     if det:
                         q = round(det["p50"], 1)
                         row(out, f"TensorRT b1 latency to Detections (lazy masks; {how})", q, "ms", det["p50"] <= 12, p)
