@@ -54,7 +54,7 @@ from torch import Tensor
 
 from ..runtime.detections import Detections
 from ..runtime.masks import RleMasks
-from ..runtime.paste_plan import taps
+from ..runtime.paste_plan import join_changes, taps
 
 METHODS = ("torchvision", "detectron2")
 #: Padded region pixels per batched paste of :func:`paste_runs` (about 7 bytes of device memory each, 11 in float64).
@@ -280,15 +280,7 @@ def _runs_of_changes(
     (image positions, mask after mask, each mask's in order; ``per_mask`` of them each), with the masks marked
     ``over`` (none of their changes in ``pos``) pasted by the groups from ``probs`` / ``boxes`` instead."""
     n = int(per_mask.shape[0])
-    starts, ends, run_det = pos[0::2], pos[1::2], np.repeat(np.arange(n), per_mask // 2)
-    # a run ending at the bottom of a column that goes on at the top of the next is one run (full-height region)
-    join = (ends[:-1] == starts[1:]) & (run_det[:-1] == run_det[1:])
-    if join.any():
-        keep_start, keep_end = np.ones(starts.shape[0], bool), np.ones(starts.shape[0], bool)
-        keep_start[1:][join] = False
-        keep_end[:-1][join] = False
-        starts, ends, run_det = starts[keep_start], ends[keep_end], run_det[keep_start]
-    runs = np.stack([starts, ends], 1).astype(np.int64)
+    runs, run_det = join_changes(pos, per_mask)  # runs across a column end (full-height regions) joined
     if over.any():  # those masks by the groups, their runs put in mask order with the others'
         redo = np.flatnonzero(over)
         sel = torch.as_tensor(redo, device=probs.device)

@@ -136,6 +136,18 @@ def runs_from_changes(
     kept = np.where(over[plan.col_owner], 0, count)
     pos = np.asarray(changes).reshape(-1, max_runs)[np.arange(max_runs)[None, :] < kept[:, None]].astype(np.int64)
     per_mask = np.bincount(plan.col_owner, weights=kept, minlength=n).astype(np.int64)
+    runs, run_det = join_changes(pos, per_mask)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(run_det, minlength=n), out=offsets[1:])
+    return runs, offsets, over
+
+
+def join_changes(pos: np.ndarray, per_mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Runs ``[R, 2]`` int64 ``(start, end)`` and each run's mask from the row changes ``pos`` of ``N`` masks (image
+    positions, mask after mask, each mask's in order, ``per_mask [N]`` of them each: a run's start, then its end).
+    A run ending at the bottom of one column that goes on at the top of the next (a region of the image's full
+    height) is one run."""
+    n = int(per_mask.shape[0])
     starts, ends, run_det = pos[0::2], pos[1::2], np.repeat(np.arange(n), per_mask // 2)
     join = (ends[:-1] == starts[1:]) & (run_det[:-1] == run_det[1:])
     if join.any():
@@ -143,6 +155,4 @@ def runs_from_changes(
         keep_start[1:][join] = False
         keep_end[:-1][join] = False
         starts, ends, run_det = starts[keep_start], ends[keep_end], run_det[keep_start]
-    offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(run_det, minlength=n), out=offsets[1:])
-    return np.stack([starts, ends], 1).astype(np.int64), offsets, over
+    return np.stack([starts, ends], 1).astype(np.int64), run_det
