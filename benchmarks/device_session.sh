@@ -33,6 +33,7 @@
 #   build            device_e2e.sh build: fp16 engines at batch 8 and 1 (about 6.5 min together on the H200)
 #   nvjpeg           device_e2e.sh nvjpeg: nvImageCodec's decoders alone and beside the batch-8 engine
 #   probe            device_e2e.sh probe: trt_runner_probe.py (where the batch-8 GPU-decode stream's time goes)
+#   paste_check      paste_kernel_check.py: the torch-free CUDA mask paste against the host paste (no TensorRT)
 #   trt              device_e2e.sh bench: e2e_trt.py in CPython 3.9 + TensorRT 8.6 (OpenCV after take_cv; the
 #                    GPU-decode rows after take_nvimg)
 #   serve_trt        device_serve.sh bench_trt: the batch-8 engine served by Triton from CPython 3.9
@@ -82,7 +83,7 @@ start)
     case $s in
     issue19) echo prep_data torchvision torch_decode_post_b1 torch_gpudecode_compiled torch_stream_compiled \
       torch_more torch_parity ;;
-    issue17) echo prep torchvision wait_trt build trt ;;
+    issue17) echo paste_check prep torchvision wait_trt build trt ;;
     *) echo "$s" ;;
     esac
   done)
@@ -192,6 +193,8 @@ steps)
       cp $E/timing.cache $OUT/timing.cache 2>/dev/null
       [ -n "$parity" ] && wait "$parity" ;;
     trt) step trt bash benchmarks/device_e2e.sh bench ;;
+    paste_check)  # the torch-free GPU mask paste alone (no TensorRT needed): RLE equality and time
+      step paste_check python3 benchmarks/paste_kernel_check.py --out $OUT/paste_kernel_check.json ;;
     nvjpeg) step nvjpeg bash benchmarks/device_e2e.sh nvjpeg ;;
     probe) step probe bash benchmarks/device_e2e.sh probe ;;
     torch_roi_align) step torch_roi_align torch_e2e e2e_torch_cuda_roi_align roi_align ;;
