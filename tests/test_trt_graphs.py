@@ -236,7 +236,7 @@ def test_registration_is_declined_for_another_dtype():
 def test_post_pastes_from_the_slots_device_outputs_before_the_slot_is_freed():
     """With ``post`` (the GPU mask paste): the waiter hands it the batch's host outputs, the masks' device buffer,
     the slot's stream and each image's letterbox, while the slot is still taken (its device outputs are read), and
-    returns what it returns; a batch without its letterboxes is refused and frees its slot."""
+    returns what it returns; a batch without its letterboxes is refused before it takes a slot."""
     m, slot, lib = model()
     m.rename = lambda d: d
     seen = []
@@ -250,7 +250,7 @@ def test_post_pastes_from_the_slots_device_outputs_before_the_slot_is_freed():
     got = m._waiter(slot, shapes, 2, letterboxes=["lb0", "lb1"])()
     assert seen == [(["boxes"], 3, 7, ["lb0", "lb1"], False)]
     assert got["detections"].tolist() == ["d0", "d1"] and slot.free.is_set()
-    slot.free.clear()
+    m.slots, m._next = [slot], 0
     with pytest.raises(ValueError, match="needs each image's letterbox"):
-        m._waiter(slot, shapes, 2)
-    assert slot.free.is_set()
+        m.submit([np.zeros((3, 4, 4), np.uint8)] * 2)  # refused before a slot is taken or anything enqueued
+    assert slot.free.is_set() and m._next == 0

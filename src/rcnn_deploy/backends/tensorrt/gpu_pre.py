@@ -219,6 +219,7 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
     ) -> Callable[[], Dict[str, np.ndarray]]:
         k = len(items)
         n = self._batch_size(k)
+        self._check_letterboxes(k, letterboxes)
         slot = self._take_slot()
 
         def enqueue() -> Tuple[List[Any], Callable[[], Dict[str, np.ndarray]]]:

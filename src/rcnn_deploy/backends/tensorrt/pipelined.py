@@ -200,6 +200,7 @@ class TensorRTBatchModel(BatchModel):
     ) -> Callable[[], Dict[str, np.ndarray]]:
         k = len(images)
         n = self._batch_size(k)
+        self._check_letterboxes(k, letterboxes)
         slot = self._take_slot()
         try:
             if self._all_registered(images):  # page-locked already (the runner's slots): each straight up
@@ -221,6 +222,11 @@ class TensorRTBatchModel(BatchModel):
             slot.free.set()
             raise
         return self._waiter(slot, shapes, k, letterboxes=letterboxes)
+
+    def _check_letterboxes(self, k: int, letterboxes: Optional[List[Any]]) -> None:
+        """With ``post``, a batch needs each image's letterbox (checked before a slot is taken)."""
+        if self.post is not None and (letterboxes is None or len(letterboxes) != k):
+            raise ValueError("TensorRTBatchModel with post-processing on the device needs each image's letterbox")
 
     def _all_registered(self, images: List[np.ndarray]) -> bool:
         return bool(self._registered) and all(
@@ -375,9 +381,6 @@ class TensorRTBatchModel(BatchModel):
         """The callable that waits for the slot's stream and returns the first ``k`` images' outputs; ``keep``
         holds what the enqueued work reads until then (device buffers owned by others). With ``post`` and
         ``letterboxes``: the masks pasted from the slot's device outputs, ``detections`` and ``finite`` instead."""
-        if self.post is not None and (letterboxes is None or len(letterboxes) != k):
-            slot.free.set()
-            raise ValueError("TensorRTBatchModel with post-processing on the device needs each image's letterbox")
 
         def result() -> Dict[str, np.ndarray]:
             try:
