@@ -369,7 +369,12 @@ def latency(det, paths, split=None):
 
     executor, parts = split if split else (None, 1)
     walls, to_det = [], []
-    for p in paths:
+    model = det.batch_model
+    stages = getattr(model, "stage_s", None)  # the batch model's host seconds by stage (TensorRT models)
+    before = None
+    for i, p in enumerate(paths):
+        if i == 3 and stages is not None:  # after the three warm-up images the percentiles leave out
+            before = dict(stages)
         t0 = time.perf_counter()
         d = det([str(p)])[0]
         t1 = time.perf_counter()
@@ -377,7 +382,10 @@ def latency(det, paths, split=None):
         walls.append((time.perf_counter() - t0) * 1e3)
         to_det.append((t1 - t0) * 1e3)
     n = len(walls) - 3
-    return dict(percentiles(walls[3:], (50, 90, 99)), images=n), dict(percentiles(to_det[3:], (50, 90, 99)), images=n)
+    rle = dict(percentiles(walls[3:], (50, 90, 99)), images=n)
+    if before is not None and n > 0:  # mean host ms per image in each stage of the model (stage_s)
+        rle["model_stage_ms"] = {k: round((stages[k] - before[k]) / n * 1e3, 3) for k in before}
+    return rle, dict(percentiles(to_det[3:], (50, 90, 99)), images=n)
 
 
 def split_rle_latency(det, paths, parts):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -225,8 +226,11 @@ class TensorRTGpuDecodeModel(TensorRTBatchModel):
         def enqueue() -> Tuple[List[Any], Callable[[], Dict[str, np.ndarray]]]:
             """In the slot's thread: decode, letterbox and enqueue the engine (the slot is freed on failure)."""
             try:
+                t0 = time.perf_counter()
                 errors, keep, host_items = self._prepare_on_device(slot, items, n)
+                t1 = time.perf_counter()
                 shapes = self._enqueue_model(slot, n)
+                self._add_stage_s(prepare=t1 - t0, enqueue=time.perf_counter() - t1)
             except BaseException:
                 slot.free.set()
                 raise

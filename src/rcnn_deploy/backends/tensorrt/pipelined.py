@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, cast
 
 import numpy as np
@@ -170,6 +171,11 @@ class TensorRTBatchModel(BatchModel):
         self.depth = len(self.slots)  # batches the streaming runner keeps in flight: one per slot
         self._registered: List[Tuple[int, int]] = []  # (address, bytes) page-locked by read_host_inputs
         self._next = 0
+        # host seconds by stage, summed over batches (benchmarks read and reset them): prepare (the copy into the
+        # pinned batch; with GPU decoding the decode and letterbox enqueue), enqueue (the engine), wait (until the
+        # batch's work is done), post (outputs copied out, and the GPU paste with ``post``)
+        self.stage_s: Optional[Dict[str, float]] = dict.fromkeys(("prepare", "enqueue", "wait", "post"), 0.0)
+        self._stage_lock = threading.Lock()
         # the masks pasted on the device after each batch (paste.KernelPaste): the runner passes each image's letterbox
         self.post = post
         self._masks_out: Optional[str] = None
@@ -194,6 +200,13 @@ class TensorRTBatchModel(BatchModel):
     takes_letterboxes = False
     post: Any = None
     _masks_out: Optional[str] = None
+    stage_s: Optional[Dict[str, float]] = None
+
+    def _add_stage_s(self, **seconds: float) -> None:
+        if self.stage_s is not None:
+            with self._stage_lock:
+                for k, v in seconds.items():
+                    self.stage_s[k] += v
 
     def submit(
         self, images: List[np.ndarray], letterboxes: Optional[List[Any]] = None
@@ -203,12 +216,14 @@ class TensorRTBatchModel(BatchModel):
         self._check_letterboxes(k, letterboxes)
         slot = self._take_slot()
         try:
+            t0 = time.perf_counter()
             if self._all_registered(images):  # page-locked already (the runner's slots): each straight up
                 dev, size = slot.device[self.input].ptr, self.image_bytes
                 for i in range(n):
                     src = images[min(i, k - 1)].ctypes.data
                     self._copy(dev + i * size, src, size, _H2D, slot.stream.ptr)
                 self._record_uploaded(slot)
+                t1 = time.perf_counter()
                 shapes = self._enqueue_model(slot, n)
                 self._sync(slot.uploaded)  # the images are on the device: their memory may be reused from here on
             else:
@@ -217,7 +232,9 @@ class TensorRTBatchModel(BatchModel):
                     np.copyto(host_in[i], images[min(i, k - 1)], casting="unsafe")  # a short batch repeats its last
                 nbytes = n * self.image_bytes
                 self._copy(slot.device[self.input].ptr, slot.host[self.input].ptr.value, nbytes, _H2D, slot.stream.ptr)
+                t1 = time.perf_counter()
                 shapes = self._enqueue_model(slot, n)
+            self._add_stage_s(prepare=t1 - t0, enqueue=time.perf_counter() - t1)
         except BaseException:
             slot.free.set()
             raise
@@ -384,7 +401,9 @@ class TensorRTBatchModel(BatchModel):
 
         def result() -> Dict[str, np.ndarray]:
             try:
+                t0 = time.perf_counter()
                 slot.wait()
+                t1 = time.perf_counter()
                 out = {}
                 for o, shape in shapes.items():
                     flat = slot.host[o].array.reshape(-1)[: int(np.prod(shape))]
@@ -392,9 +411,8 @@ class TensorRTBatchModel(BatchModel):
                 out = self.rename(out)
                 if self.post is not None and self._masks_out is not None:
                     masks_ptr = slot.device[self._masks_out].ptr
-                    return cast(
-                        Dict[str, np.ndarray], self.post(out, masks_ptr, slot.stream.ptr, letterboxes, id(slot))
-                    )
+                    out = cast(Dict[str, np.ndarray], self.post(out, masks_ptr, slot.stream.ptr, letterboxes, id(slot)))
+                self._add_stage_s(wait=t1 - t0, post=time.perf_counter() - t1)
                 return out
             finally:
                 del keep_alive[:]
