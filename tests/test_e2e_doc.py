@@ -354,9 +354,20 @@ def test_kernel_paste_variants_get_table_rows_and_targets(tmp_path):
     stream = {"images_per_s": 310.0, "processes": 14, "detections": 5, "model_starved_s": 0.1, "seconds": 1.0}
     lat = {"p50": 11.0, "p90": 12.0, "p99": 13.0, "images": 97}
     engine = {"engine": "e", "trt": "t", "input_dtype": "uint8", "gpu_compute_ms": 1.0, "gpu_images_per_s": 800}
+    check = {"masks": 440, "identical_rle": 439, "host_pasted_images": 1, "images": 64}
+    parity = {"images": 64, "matched": 3850, "reference_detections": 3885, "recall": 0.99, "mean_mask_iou": 0.9,
+              "mean_score_diff": 0.002}  # fmt: skip
     variants = [
         {"backend": "default", "slots": 2, "stream": dict(stream, images_per_s=1.0)},  # no kernel paste: no row
-        {"backend": "default", "slots": 3, "gpu_post": "kernel", "stream": stream, "latency_ms": lat},
+        {
+            "backend": "default",
+            "slots": 3,
+            "gpu_post": "kernel",
+            "stream": stream,
+            "latency_ms": lat,
+            "kernel_paste_check": check,
+            "parity_e2e_images": parity,
+        },  # fmt: skip
         {
             "backend": "host",
             "slots": 2,
@@ -377,3 +388,16 @@ def test_kernel_paste_variants_get_table_rows_and_targets(tmp_path):
     assert any("≥ 300 img/s (GPU decode, masks pasted by the CUDA kernel)" in t and "310 img/s" in t for t in kernel)
     assert any("≥ 300 img/s (host decode, masks pasted by the CUDA kernel)" in t and "290 img/s" in t for t in kernel)
     assert any("≤ 12 ms median (GPU decode, masks pasted by the CUDA kernel, RLE masks)" in t for t in kernel)
+    checks = [line for line in text.splitlines() if "variant default:3" in line]
+    assert len(checks) == 2 and all("| 439 / 440 (1) | 3850 / 3885 |" in line for line in checks), checks
+
+
+def test_paste_kernel_check_rows(tmp_path):
+    write = _e2e_writer(tmp_path)
+    ok = {"method": "torchvision", "dtype": "float16", "images": 8, "n": 55, "masks": 440, "identical_rle": 440,
+          "host_pasted_images": 0, "paste_ms": 1.25, "host_ms": 9.5}  # fmt: skip
+    bad = {"method": "detectron2", "dtype": "float32", "images": 1, "n": 55, "error": "CudaRtcError: no"}
+    write("paste_kernel_check_run97.json", {"rows": [ok, bad]})
+    lines = [line for line in render(tmp_path).splitlines() if line.startswith("| paste_kernel_check_run97.json |")]
+    assert lines[0].endswith("| torchvision float16, 55 masks an image | 8 | 440 / 440 (0) | — | 1.25 | 9.5 |")
+    assert "detectron2 float32 — CudaRtcError: no" in lines[1]

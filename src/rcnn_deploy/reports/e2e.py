@@ -86,7 +86,8 @@ def render(root: Path) -> str:
                     f"{_starved(s)} | {_latency(view['latency'])} | "
                     f"{_latency(view['latency_detections'])} | {s.get('detections')} | {host} |"
                 )
-    lines += _trt_gpu_decode_parity(results) + _decoder_section(results) + _probe_section(results)
+    lines += _trt_gpu_decode_parity(results) + _kernel_paste_section(results) + _decoder_section(results)
+    lines += _probe_section(results)
     lines += [
         "",
         "## PyTorch on the GPU, no TensorRT (`benchmarks/e2e_torch_cuda.py`)",
@@ -431,6 +432,40 @@ def _trt_gpu_decode_parity(results: Path) -> List[str]:
         "host-decoded detections as the reference; bbox AP host / GPU on the annotated JPEG split). The decoders",
         "differ (nvJPEG's IDCT and chroma upsampling against libjpeg-turbo's) and so do the resamplers (the",
         "letterbox engine samples as the numpy reference in fp32; the host path uses OpenCV's 11-bit fixed point).",
+    )
+
+
+def _kernel_paste_section(results: Path) -> List[str]:
+    """The torch-free GPU mask paste: e2e_trt.py's ``:post`` variants (RLE strings against the host paste of the same
+    outputs, detections against the host path) and paste_kernel_check.py (the kernel alone on a GPU)."""
+    rows = []
+    for p, d in _load(results, "e2e_trt_*.json"):
+        for e in d["engines"]:
+            for v in e.get("gpu_decode_variants") or []:
+                if not v.get("gpu_post"):
+                    continue
+                chk, par = v.get("kernel_paste_check") or {}, v.get("parity_e2e_images") or {}
+                how = f"{v['backend']}:{v['slots']}" + (f" — {v['error']}" if v.get("error") else "")
+                rle = f"{chk['identical_rle']} / {chk['masks']} ({chk['host_pasted_images']})" if chk else "—"
+                det = f"{par['matched']} / {par['reference_detections']}" if par else "—"
+                rows.append(f"| {p.name} | e2e_trt.py variant {how} | {e['batch']} | {rle} | {det} | — | — |")
+    for p, d in _load(results, "paste_kernel_check*.json"):
+        for r in d["rows"]:
+            if r.get("error"):
+                rows.append(f"| {p.name} | {r['method']} {r['dtype']} — {r['error']} | {r['images']} | — | — | — | — |")
+                continue
+            rows.append(
+                f"| {p.name} | {r['method']} {r['dtype']}, {r['n']} masks an image | {r['images']} | "
+                f"{r['identical_rle']} / {r['masks']} ({r['host_pasted_images']}) | — | {r['paste_ms']} | "
+                f"{r['host_ms']} |"
+            )
+    return _table(
+        rows,
+        "| file | what | batch (images) | RLE strings equal to the host paste's / masks (images pasted on the host) |"
+        " detections matched / host path's | GPU paste ms (a batch, strings included) | host paste + RLE ms |",
+        "Masks pasted by the torch-free CUDA kernel (`backends/tensorrt/paste.py`) against the host paste",
+        "(`PastedMasks`) of the same outputs; an image with a column of more than 16 row changes is pasted on the",
+        "host.",
     )
 
 
