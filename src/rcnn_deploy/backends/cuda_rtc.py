@@ -82,7 +82,7 @@ def compile_cuda(source: str, arch: str, name: str = "kernel.cu", options: Seque
     _check_nvrtc(lib, lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None),
                  "nvrtcCreateProgram")  # fmt: skip
     try:
-        opts = [f"-arch={arch}".encode(), b"-std=c++14", *(o.encode() for o in options)]
+        opts = [f"-arch={arch}".encode(), *(o.encode() for o in options)]
         argv = (ctypes.c_char_p * len(opts))(*opts)
         status = lib.nvrtcCompileProgram(prog, len(opts), argv)
         size = ctypes.c_size_t()
