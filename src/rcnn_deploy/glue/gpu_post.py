@@ -54,7 +54,7 @@ from torch import Tensor
 
 from ..runtime.detections import Detections
 from ..runtime.masks import RleMasks
-from ..runtime.paste_plan import join_changes, taps
+from ..runtime.paste_plan import join_changes, plan_paste, taps
 
 METHODS = ("torchvision", "detectron2")
 #: Padded region pixels per batched paste of :func:`paste_runs` (about 7 bytes of device memory each, 11 in float64).
@@ -197,9 +197,9 @@ def _paste_runs_kernel(
     min_fill: Optional[float],
 ) -> PastedRuns:
     """:func:`paste_runs` by one Triton launch (:mod:`._paste_kernel`): every mask pasted, thresholded and its row
-    changes found per region column on the device; the box regions (:func:`_geometry`, torch's CPU ops) and the
-    taps (:func:`_taps_host`, numpy, float64) computed on the host for the regions' own rows and columns (all
-    masks' one after the other, no padding to the largest), and the changes turned into runs on
+    changes found per region column on the device; the box regions and the taps
+    (:func:`~rcnn_deploy.runtime.paste_plan.plan_paste`, numpy, float64) computed on the host for the regions' own
+    rows and columns (all masks' one after the other, no padding to the largest), and the changes turned into runs on
     the host in numpy: a handful of device operations in all (the groups path launches about 150 small kernels
     for 100 masks, which took 2.9 ms on an H200, host-bound). The float32 products are the groups'
     ``bmm`` grouping as FMAs. A mask with a column of more than :data:`KERNEL_MAX_RUNS` changes (or, never seen,
@@ -213,27 +213,19 @@ def _paste_runs_kernel(
     k1 = m + 3
     hw_h = _image_sizes(image_hw, n)
     boxes_c = boxes.detach().to("cpu", torch.float32).reshape(n, 4)
-    regions, (ay, ax) = _geometry(boxes_c, torch.from_numpy(hw_h), m, method, torch.float64)
-    regions_h = regions.numpy()
-    rh = np.maximum(regions_h[:, 1] - regions_h[:, 0], 0)
-    rw = np.maximum(regions_h[:, 3] - regions_h[:, 2], 0)
+    # regions and taps of every mask's region rows (and columns) one after the other: real pixels only, no padding
+    # (runtime.paste_plan, shared with the torch-free CUDA kernel; its regions equal _geometry's bit for bit)
+    plan = plan_paste(boxes_c.numpy(), hw_h, m, method)
+    regions_h = plan.regions
+    rh, rw = plan.side[0], plan.side[1]
     max_h, max_w = (int(s.max()) if n else 0 for s in (rh, rw))
     empty = PastedRuns(regions_h, np.zeros((0, 2), np.int64), np.zeros(n + 1, np.int64))
     if max_h <= 0 or max_w <= 0:
         return empty
-    # every mask's region rows (and columns) one after the other: taps for real pixels only, no padding
-    taps, owners, firsts = [], [], []
-    for (a, b), start, size in ((ay, regions_h[:, 0], rh), (ax, regions_h[:, 2], rw)):
-        first = np.zeros(n + 1, np.int64)
-        np.cumsum(size, out=first[1:])
-        owner = np.repeat(np.arange(n), size)  # the mask of each row (column)
-        pix = np.arange(first[-1]) - first[owner] + start[owner]
-        i, w0, w1 = _taps_host(pix, a.numpy()[owner], b.numpy()[owner], method, m)
-        taps.append(torch.from_numpy(np.stack([i.astype(np.float32), w0, w1])).to(dev))  # [3, total]: index, weights
-        owners.append(owner)
-        firsts.append(first)
-    (first_y, first_x), owner_x, cols_total = firsts, owners[1], int(firsts[1][-1])
-    side = np.stack([rh, rw, first_y[:-1], first_x[:-1], regions_h[:, 0], regions_h[:, 2], hw_h[:, 0]])
+    taps = [torch.from_numpy(t).to(dev) for t in (plan.ytaps, plan.xtaps)]  # [3, total]: index, weights
+    first_x, owner_x, cols_total = np.append(plan.side[3], plan.cols), plan.col_owner, plan.cols
+    first_y = np.append(plan.side[2], plan.rows)
+    side = plan.side
     side_d = torch.from_numpy(side.astype(np.int64)).to(dev)
     padded = torch.zeros((n, k1, k1), dtype=torch.float32, device=dev)
     padded[:, 1 : m + 1, 1 : m + 1] = probs
