@@ -126,11 +126,11 @@ def test_cpu_build_of_the_kernel_pastes_as_the_host(cpu_kernel, method, dtype):
 
 
 def test_a_column_of_many_changes_goes_to_the_host_paste(cpu_kernel):
-    """A checkerboard mask over a tall box: each region column flips more often than the kernel keeps, so that
-    image's masks are the host paste's (and the other image's the kernel's)."""
+    """A 64 x 64 checkerboard mask over a tall box: each region column flips more often than the kernel keeps
+    (about 64 times), so that image's masks are the host paste's (and the other image's the kernel's)."""
     rng = np.random.default_rng(5)
-    out, lbs = _outputs(rng, [(300, 300), (300, 300)], (300, 300), np.float32)
-    out["masks"][0, 0] = (np.indices((28, 28)).sum(0) % 2).astype(np.float32)
+    out, lbs = _outputs(rng, [(300, 300), (300, 300)], (300, 300), np.float32, m=64)
+    out["masks"][0, 0] = (np.indices((64, 64)).sum(0) % 2).astype(np.float32)
     out["boxes"][0, 0] = [10, 10, 60, 290]
     paste = CpuKernelPaste(cpu_kernel)
     got = paste(out, out["masks"].ctypes.data, 0, lbs)
@@ -209,3 +209,20 @@ def test_the_host_check_counts_every_mask_when_waiters_paste_side_by_side(cpu_ke
     assert paste.host_pasted == 0
     assert paste.checked == calls * threads * n
     assert paste.identical == paste.checked
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_busiest_28_x_28_mask_stays_on_the_kernel(cpu_kernel, method):
+    """MAX_RUNS covers every column of an M = 28 mask: a checkerboard (a threshold crossing between every two
+    samples), over a tall box cut by the image's bottom edge, is pasted by the kernel, as the host pastes it."""
+    rng = np.random.default_rng(6)
+    out, lbs = _outputs(rng, [(300, 300)], (300, 300), np.float32)
+    out["masks"][0, 0] = (np.indices((28, 28)).sum(0) % 2).astype(np.float32) * 0.9 + 0.05
+    out["boxes"][0, 0] = [10, 10, 60, 340]  # past the image's bottom: the region is cut there
+    got = CpuKernelPaste(cpu_kernel, method)(out, out["masks"].ctypes.data, 0, lbs)
+    d, lb = got["detections"][0], lbs[0]
+    assert isinstance(d.pasted, RleMasks)  # not the host paste
+    n = int(out["num_detections"][0, 0])
+    # the checkerboard's crossings fall on exact midpoints (0.5): only pixels within 1e-5 of the threshold may differ
+    _check_against_host(d.pasted, out["masks"][0, :n], d.boxes, (lb.orig_h, lb.orig_w), method)
+    assert d.pasted.area(0) > 1000
