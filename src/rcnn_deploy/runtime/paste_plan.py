@@ -22,9 +22,10 @@ from .masks import _torchvision_geometry
 METHODS = ("torchvision", "detectron2")
 #: Row changes per region column a kernel keeps. A column of an ``M x M`` mask pasted with bilinear taps is linear
 #: between ``M + 2`` samples (the zero border included), so it crosses the threshold at most ``M + 1`` times, plus
-#: one closing change where the image cuts the region: at most 30 for the usual ``M = 28``, so no image of such a
-#: head goes to the host paste. 16 was too few: this project's checkpoint reached 16 in low-score masks on the CPU,
-#: and in run 35 (TensorRT fp16, H100) about 10 % of the images had a column with more.
+#: one closing change where the image cuts the region: at most 30 for the usual ``M = 28`` (in exact arithmetic;
+#: float rounding right at the threshold could add a pair, which the host paste then covers). 16 was too few: this
+#: project's checkpoint reached 16 in low-score masks on the CPU, and in run 35 (TensorRT fp16, H100) about 10 % of
+#: the images had a column with more.
 MAX_RUNS = 32
 
 
