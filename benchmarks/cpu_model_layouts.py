@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from rcnn_deploy._io import atomic_write_json  # noqa: E402
 from rcnn_deploy.api import Detector  # noqa: E402
+from rcnn_deploy.contract import Contract  # noqa: E402
 from rcnn_deploy.runtime.preprocess import find_images  # noqa: E402
 from rcnn_deploy.runtime.sources import Item  # noqa: E402
 
@@ -40,15 +41,18 @@ def main() -> None:
     ap.add_argument("--images", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
-    det = Detector.load(a.model)
-    onnx = next(p for p in sorted(a.model.glob("*.onnx")))
-    paths = find_images(a.images)
-    arrays = [det.prepare(Item(i, str(p), path=Path(p))).array for i, p in enumerate(paths)]
+    from rcnn_deploy.backends.onnxruntime import session_options
 
-    def session(threads: int):
-        o = ort.SessionOptions()
-        o.intra_op_num_threads, o.inter_op_num_threads = threads, 1
-        return ort.InferenceSession(str(onnx), o, providers=["CPUExecutionProvider"])
+    det = Detector.load(a.model, backend="onnxruntime")
+    onnx = a.model / Contract.load(a.model).graphs[0].file
+    arrays = []
+    for i, p in enumerate(find_images(a.images)):
+        prepared = det.prepare(Item(i, str(p), path=p))
+        assert prepared.error is None, prepared.error
+        arrays.append(prepared.array)
+
+    def session(threads: int):  # the runtime's own settings (backends/onnxruntime.py), only the threads differ
+        return ort.InferenceSession(str(onnx), session_options(ort, threads), providers=["CPUExecutionProvider"])
 
     name = session(1).get_inputs()[0].name
 
