@@ -13,6 +13,7 @@
 #                                           # and for python3 (PyTorch's GPU decoding) into /tmp/site-nvimg312
 #   bash benchmarks/device_e2e.sh nvjpeg # nvjpeg_bench.py: nvImageCodec's backends alone and beside the b8 engine
 #   bash benchmarks/device_e2e.sh probe  # trt_runner_probe.py: the b8 GPU-decode stream with less and less around it
+#   bash benchmarks/device_e2e.sh user_check  # trt_user_check.py: the b1 engine over JPEGs with bad files among them
 #
 # Carry .whl (cp312: pycocotools, onnx_graphsurgeon; `device_results_table.sh wheels`) and .devcarry (py39/:
 # pycocotools and Pillow for CPython 3.9; `source benchmarks/device_common.sh && py39_wheels` makes both it and
@@ -60,6 +61,28 @@ import ensure_letterbox_engine as e; print(e(Path(sys.argv[1]), int(sys.argv[2])
   done
 }
 
+trt_process_env() {  # the TensorRT process's environment (bench, user_check): TensorRT 8.6 + CPython 3.9, pp (its
+  # PYTHONPATH: the package, Pillow, OpenCV), nvImageCodec when take_nvimg ran (nv: its folder, else empty) and NVRTC
+  source /tmp/trt86/env.sh
+  pp=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv
+  # nvImageCodec for CUDA 13 with nvJPEG 13 (the cp312 carry, which holds the cp39 binding too; its libraries link
+  # the CUDA runtime statically), or with E2E_NVIMG=cu12 the CUDA 12 build (the cp39 carry; run 26a: 97.5 % parity)
+  nv=/tmp/site-nvimg312 nvlib=/tmp/site-nvimg312/nvjpeg13
+  [ "${E2E_NVIMG:-cu13}" = cu12 ] && nv=/tmp/py39nvimg nvlib=/tmp/py39nvimg/nvidia/nvjpeg/lib
+  if [ -d $nv/nvidia/nvimgcodec ]; then
+    pp=$pp:$nv
+    export LD_LIBRARY_PATH=$nvlib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  else
+    nv=
+  fi
+  # NVRTC for the torch-free mask paste kernel (gpu_post="kernel"): the machine's torch wheels bring one
+  if [ -z "${RCNN_DEPLOY_NVRTC:-}" ]; then
+    RCNN_DEPLOY_NVRTC=$(python3 -c 'import glob, sys; f = [x for p in sys.path for x in sorted(glob.glob(p + "/nvidia/cu13/lib/libnvrtc.so.13*") + glob.glob(p + "/nvidia/cuda_nvrtc/lib/libnvrtc.so.1[23]"))]; print(f[0] if f else "")' 2>/dev/null || true)
+    export RCNN_DEPLOY_NVRTC
+    echo "NVRTC: ${RCNN_DEPLOY_NVRTC:-none found}"
+  fi
+}
+
 case "${1:-}" in
 prep)
   site_wheels
@@ -102,26 +125,13 @@ bench)
       if [ -f "$e" ]; then engines+=(--engine "$e"); break; fi
     done
   done
-  source /tmp/trt86/env.sh
+  trt_process_env
   gpu=()
-  pp=$PWD/src:$PWD/.devcarry/py39:/tmp/py39cv
-  # nvImageCodec for CUDA 13 with nvJPEG 13 (the cp312 carry, which holds the cp39 binding too; its libraries link
-  # the CUDA runtime statically), or with E2E_NVIMG=cu12 the CUDA 12 build (the cp39 carry; run 26a: 97.5 % parity)
-  nv=/tmp/site-nvimg312 nvlib=/tmp/site-nvimg312/nvjpeg13
-  [ "${E2E_NVIMG:-cu13}" = cu12 ] && nv=/tmp/py39nvimg nvlib=/tmp/py39nvimg/nvidia/nvjpeg/lib
-  if [ -d $nv/nvidia/nvimgcodec ]; then  # take_nvimg ran: also decode + letterbox on the GPU
+  if [ -n "$nv" ]; then  # take_nvimg ran: also decode + letterbox on the GPU
     gpu=(--gpu-decode --parity-dir "$W/val_jpg" --parity-images "${E2E_PARITY_IMAGES:-64}")
-    pp=$pp:$nv
-    export LD_LIBRARY_PATH=$nvlib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     lb=()
     for ((i = 1; i < ${#engines[@]}; i += 2)); do lb+=("${engines[$i]}"); done
     letterbox_engines "$pp" "${lb[@]}"
-  fi
-  # NVRTC for the torch-free mask paste kernel (variants ending in :post): the machine's torch wheels bring one
-  if [ -z "${RCNN_DEPLOY_NVRTC:-}" ]; then
-    RCNN_DEPLOY_NVRTC=$(python3 -c 'import glob, sys; f = [x for p in sys.path for x in sorted(glob.glob(p + "/nvidia/cu13/lib/libnvrtc.so.13*") + glob.glob(p + "/nvidia/cuda_nvrtc/lib/libnvrtc.so.1[23]"))]; print(f[0] if f else "")' 2>/dev/null || true)
-    export RCNN_DEPLOY_NVRTC
-    echo "NVRTC: ${RCNN_DEPLOY_NVRTC:-none found}"
   fi
   # GPU-decode configurations (nvImageCodec backend:slots; the first gives the gpu_decode rows)
   # (:post: masks pasted by the torch-free CUDA kernel; host:N:post: host decoding with that paste)
@@ -136,6 +146,16 @@ bench)
       --out "$OUT/e2e_trt_$b.json" 2>&1 | tail -12
     echo "exit status $b: ${PIPESTATUS[0]}"
   done
+  ;;
+user_check)
+  # trt_user_check.py: the batch-1 engine over a folder of good JPEGs with bad files among them, as infer writes
+  # it (host paste, kernel paste, GPU decode + kernel paste)
+  trt_process_env
+  e=$(ls "$W"/b1_*/model_fp16.engine 2>/dev/null | head -1)
+  [ -n "$e" ] || { echo "no batch-1 engine under $W"; exit 1; }
+  [ -n "$nv" ] && letterbox_engines "$pp" "$e"
+  PYTHONPATH=$pp py39 benchmarks/trt_user_check.py --engine "$e" --images "$W/data/images" \
+    --out "$OUT/trt_user_check.json" 2>&1 | tail -8
   ;;
 nvjpeg)
   source /tmp/trt86/env.sh

@@ -36,6 +36,8 @@
 #   paste_check      paste_kernel_check.py: the torch-free CUDA mask paste against the host paste (no TensorRT)
 #   trt              device_e2e.sh bench: e2e_trt.py in CPython 3.9 + TensorRT 8.6 (OpenCV after take_cv; the
 #                    GPU-decode rows after take_nvimg)
+#   user_check       device_e2e.sh user_check: trt_user_check.py, the batch-1 engine over JPEGs with bad files
+#                    among them as infer writes it (host paste, kernel paste, GPU decode + kernel paste)
 #   serve_trt        device_serve.sh bench_trt: the batch-8 engine served by Triton from CPython 3.9
 #   ray, serve       device_ray.sh bench, device_serve.sh bench (each only when its wheels were installed)
 #   torch_more       e2e_torch_cuda.py --phases precisions,faster
@@ -83,7 +85,7 @@ start)
     case $s in
     issue19) echo prep_data torchvision torch_decode_post_b1 torch_gpudecode_compiled torch_stream_compiled \
       torch_more torch_parity ;;
-    issue17) echo paste_check prep torchvision wait_trt build trt ;;
+    issue17) echo paste_check prep torchvision wait_trt build user_check trt ;;
     *) echo "$s" ;;
     esac
   done)
@@ -193,6 +195,7 @@ steps)
       cp $E/timing.cache $OUT/timing.cache 2>/dev/null
       [ -n "$parity" ] && wait "$parity" ;;
     trt) step trt bash benchmarks/device_e2e.sh bench ;;
+    user_check) step user_check bash benchmarks/device_e2e.sh user_check ;;
     paste_check)  # the torch-free GPU mask paste alone (no TensorRT needed): RLE equality and time
       step paste_check python3 benchmarks/paste_kernel_check.py --out $OUT/paste_kernel_check.json ;;
     nvjpeg) step nvjpeg bash benchmarks/device_e2e.sh nvjpeg ;;
