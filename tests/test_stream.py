@@ -259,6 +259,55 @@ def test_a_kept_worker_pool_serves_runs_with_their_own_stages_and_is_replaced_wh
         pool.close()
 
 
+_ORPHAN_PARENT = """
+import os, signal, sys
+from rcnn_deploy.runtime.stream import WorkerPool
+pool = WorkerPool(2)
+ex = pool.executor()
+assert [f.result() for f in [ex.submit(abs, -1) for _ in range(4)]] == [1] * 4
+with open(sys.argv[1], "w") as f:
+    f.write(" ".join(map(str, pool.pids())))
+os.kill(os.getpid(), signal.SIGKILL)  # a crash: no shutdown, no atexit
+"""
+
+
+def test_worker_processes_end_when_their_parent_dies_without_closing_the_pool(tmp_path):
+    """A process that dies holding a kept pool (run 36: a SIGSEGV in the TensorRT process) leaves no workers
+    behind: each one watches its parent and exits, instead of waiting on its task queue with the parent's pipes
+    open (the caller reading the dead process's output through a pipe hung on them, so the child's output goes to
+    files here)."""
+    import os
+    import subprocess
+    import sys
+
+    pid_file, err_file = tmp_path / "pids.txt", tmp_path / "stderr.txt"
+    with open(err_file, "w") as err:
+        code = subprocess.call([sys.executable, "-c", _ORPHAN_PARENT, str(pid_file)], stdout=err, stderr=err,
+                               timeout=120)  # fmt: skip
+    assert code == -9, err_file.read_text()[-2000:]
+    pids = [int(p) for p in pid_file.read_text().split()]
+    assert pids, err_file.read_text()[-2000:]
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        try:  # a zombie (exited, not yet reaped by init) counts as ended
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in pids if alive(p)]
+    for p in left:  # do not leave them running after a failure
+        os.kill(p, 9)
+    assert not left, f"worker processes {left} outlived their parent"
+
+
 def test_a_run_stopped_early_on_a_kept_pool_frees_its_memory_and_the_next_run_is_whole():
     """Leaving a run after three results (a ``break``, Ctrl-C in the caller) with a kept pool: the run's tasks end,
     its shared memory is unlinked, the processes stay, and the next run on them returns every image."""

@@ -338,6 +338,26 @@ def _worker_init() -> None:
     cv2 = opencv()
     if cv2 is not None:
         cv2.setNumThreads(1)  # one worker, one core: OpenCV's own pool would oversubscribe them
+    _exit_with_parent()
+
+
+def _exit_with_parent() -> None:
+    """End this worker process when its parent dies without shutting the pool down (a crash, SIGKILL). Otherwise
+    the worker waits on its task queue for ever, and it holds whatever the parent gave it open: run 36's TensorRT
+    process died with SIGSEGV and its 14 idle workers kept the caller's stdout pipe open, so the caller hung. A
+    daemon thread waits on the parent's sentinel (``multiprocessing.parent_process()``, readable once the
+    parent is gone)."""
+    import multiprocessing as mp
+
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        parent.join()  # returns when the sentinel is readable: the parent has exited
+        os._exit(1)
+
+    threading.Thread(target=watch, name="rcnn-deploy-parent-watch", daemon=True).start()
 
 
 def _use(run: Tuple[int, bytes]) -> Dict[str, Any]:
