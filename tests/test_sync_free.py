@@ -175,6 +175,45 @@ def test_probe_gpu_jpeg_takes_only_what_nvjpeg_decodes_like_the_host(tmp_path):
         probe_gpu_jpeg(tmp_path / "missing.jpg")
 
 
+def test_probe_gpu_jpeg_leaves_a_file_cut_short_to_the_host_decoder(tmp_path):
+    """nvJPEG decodes a JPEG cut short without an error (run 36: GPU decode returned detections for a file cut in
+    half, the host path reported it truncated). ``jpeg_complete`` finds the EOI after the first scan's header:
+    every cut of a baseline, a progressive and a restart-marker JPEG, and of one whose APP1 segment holds an EOI
+    of its own (an EXIF thumbnail's), is incomplete and goes to the host decoder, which names the problem; whole
+    files, also with bytes appended after the EOI, stay on the GPU path."""
+    import io
+
+    from PIL import Image
+
+    from rcnn_deploy.errors import UserError
+    from rcnn_deploy.runtime.preprocess import jpeg_complete, load_rgb, probe_gpu_jpeg
+
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    files = {}
+    ways = {"baseline": {}, "progressive": {"progressive": True}, "restart": {"restart_marker_rows": 1}}
+    for name, kw in ways.items():
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90, **kw)
+        files[name] = buf.getvalue()
+    thumb = b"Exif\x00\x00" + b"\xff\xd8\xff\xdb\x00\x04\x01\x02\xff\xd9"  # a payload holding an EOI
+    app1 = b"\xff\xe1" + (len(thumb) + 2).to_bytes(2, "big") + thumb
+    files["app1_eoi"] = files["baseline"][:2] + app1 + files["baseline"][2:]
+    for name, data in files.items():
+        assert jpeg_complete(data), name
+        assert jpeg_complete(data + b"appended\xff\xd8 by a camera"), name
+        cuts = range(3, len(data) - 1, max(1, len(data) // 200))
+        assert not any(jpeg_complete(data[:k]) for k in cuts), name
+        assert not jpeg_complete(data[:-1]), name
+        whole, half = tmp_path / f"{name}.jpg", tmp_path / f"{name}_half.jpg"
+        whole.write_bytes(data)
+        half.write_bytes(data[: len(data) // 2])
+        assert probe_gpu_jpeg(whole) is not None, name
+        assert probe_gpu_jpeg(half) is None, name
+        with pytest.raises(UserError, match="truncated"):
+            load_rgb(half)
+
+
 def test_gpu_letterbox_matches_the_host_letterbox_and_isolates_bad_bytes(tmp_path):
     """GpuLetterbox runs on any torch device; on the CPU torchvision decodes with libjpeg like Pillow, and the
     resize reproduces the host's (OpenCV's fixed point where the host has OpenCV, since session 18; else the

@@ -287,9 +287,10 @@ def probe_gpu_jpeg(
 ) -> Optional[Tuple[bytes, Tuple[int, int]]]:
     """The file's bytes and (height, width) when a GPU JPEG decoder (nvJPEG) decodes it to the image
     :func:`load_rgb` gives (up to the decoders' IDCT and chroma upsampling rounding): a JPEG whose header
-    parses, within ``max_pixels``, 3-channel colour (Pillow mode RGB) and no EXIF rotation. None otherwise
-    (decode it on the host); a missing file or a header beyond the limit raises the UserError :func:`load_rgb`
-    would."""
+    parses, within ``max_pixels``, 3-channel colour (Pillow mode RGB), no EXIF rotation, and whole
+    (:func:`jpeg_complete`: nvJPEG decodes a file cut short without an error). None otherwise (decode it on the
+    host, which gives the reason a bad file fails); a missing file or a header beyond the limit raises the
+    UserError :func:`load_rgb` would."""
     where = str(path)
     try:
         data = Path(path).read_bytes()
@@ -297,7 +298,7 @@ def probe_gpu_jpeg(
         raise UserError("cannot read image: the file does not exist", where=where, fix="check the path") from None
     except OSError:
         return None  # load_rgb tells the reason
-    if data[:3] != b"\xff\xd8\xff":
+    if data[:3] != b"\xff\xd8\xff" or not jpeg_complete(data):
         return None
     _raise_pillow_limit(max_pixels)
     try:
@@ -312,6 +313,34 @@ def probe_gpu_jpeg(
     except Exception:  # noqa: BLE001 - anything odd: the host decoder decides, with its own message
         return None
     return data, (int(h), int(w))
+
+
+def jpeg_complete(data: bytes) -> bool:
+    """Whether a JPEG file's bytes reach its end: an EOI marker (FF D9) after the first scan's header. The
+    header segments before the scan are stepped over by their lengths (an EXIF thumbnail in APP1 holds an EOI of
+    its own), and entropy-coded data never holds FF D9 (an FF there is followed by 00 or a restart marker), so a
+    file cut short anywhere before its end has none after that point. Bytes after the EOI (data some cameras
+    append) are allowed, as the host decoders allow them. False also for a layout this walk does not know (the
+    host decoder then decides). Run 36: nvJPEG decoded a JPEG cut in half without an error, and the GPU-decode
+    path returned detections for it where the host path reported the file truncated."""
+    pos, n = 2, len(data)  # after SOI
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # a fill byte before the marker
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # TEM, RSTn, SOI, EOI: no length (EOI here: no scan)
+            if marker == 0xD9:
+                return False
+            pos += 2
+            continue
+        end = pos + 2 + ((data[pos + 2] << 8) | data[pos + 3])
+        if marker == 0xDA:  # start of scan: the rest is scans (and the segments between them) up to the EOI
+            return data.rfind(b"\xff\xd9", end) >= 0  # from the end: where the EOI of a whole file is
+        pos = end
+    return False  # the file ends inside its header segments
 
 
 def _openers() -> List[Tuple[str, Callable[..., Any], Optional[Callable[[bytes], Any]]]]:
