@@ -21,7 +21,13 @@ from rcnn_deploy.backends.cuda_rtc import Arg, compile_cuda, find_nvrtc, kernel_
 from rcnn_deploy.backends.tensorrt.paste import KERNEL_SOURCE, KernelPaste, kernel_name  # noqa: E402
 from rcnn_deploy.glue.gpu_post import _geometry  # noqa: E402
 from rcnn_deploy.runtime.masks import PastedMasks, RleMasks  # noqa: E402
-from rcnn_deploy.runtime.paste_plan import MAX_RUNS, plan_paste, region_geometry, runs_from_changes  # noqa: E402
+from rcnn_deploy.runtime.paste_plan import (  # noqa: E402
+    MAX_RUNS,
+    join_changes,
+    plan_paste,
+    region_geometry,
+    runs_from_changes,
+)
 from rcnn_deploy.runtime.preprocess import Letterbox  # noqa: E402
 from test_gpu_post import METHODS, _boxes, _check_against_host, _probs  # noqa: E402
 
@@ -181,6 +187,36 @@ def test_runs_from_changes_joins_runs_across_column_ends_and_flags_odd_columns()
     assert over.tolist() == [False, True]
     assert offsets.tolist() == [0, 1, 1]
     assert runs.tolist() == [[x0 * h, (x0 + 2) * h]]
+
+
+def test_runs_from_changes_takes_each_columns_counted_changes_in_order():
+    """The changes gathered by index (in time with the changes kept, not a ``[cols, MAX_RUNS]`` mask): every
+    column's first ``count`` entries, column after column, for columns of 0 to MAX_RUNS changes, columns past
+    MAX_RUNS or odd (their masks flagged, none of their runs kept), and no columns at all."""
+    rng = np.random.default_rng(5)
+    boxes = np.array([[10, 5, 60, 40], [100, 20, 130, 90], [0, 0, 30, 30], [200, 100, 260, 120]], np.float32)
+    plan = plan_paste(boxes, np.broadcast_to(np.array([150, 300]), (4, 2)), 28, "torchvision")
+    cols, h = plan.cols, 150
+    count = (2 * rng.integers(0, MAX_RUNS // 2 + 1, cols)).astype(np.int32)
+    count[rng.random(cols) < 0.5] = 2  # the usual column
+    mine = [np.flatnonzero(plan.col_owner == i) for i in range(4)]
+    count[mine[2][3]] = MAX_RUNS + 2  # mask 2 has a column past what the kernel keeps
+    count[mine[3][0]] = 3  # mask 3 an odd one
+    changes = np.full((cols, MAX_RUNS), -1, np.int32)
+    for c in range(cols):  # increasing positions inside each column's own image column
+        x = int(plan.regions[plan.col_owner[c], 2]) + c - int(plan.side[3, plan.col_owner[c]])
+        k = min(int(count[c]), MAX_RUNS)
+        changes[c, :k] = x * h + np.sort(rng.choice(h, k, replace=False))
+    runs, offsets, over = runs_from_changes(plan, changes, count)
+    assert over.tolist() == [False, False, True, True]
+    for i in range(4):
+        want = [changes[c, : count[c]] for c in mine[i]] if not over[i] else []
+        flat = np.concatenate(want).astype(np.int64) if want else np.zeros(0, np.int64)
+        joined, _ = join_changes(flat, np.array([flat.size]))  # pairs (start, end), joined where they meet
+        np.testing.assert_array_equal(runs[offsets[i] : offsets[i + 1]], joined.reshape(-1, 2))
+    empty = plan_paste(np.zeros((0, 4), np.float32), np.zeros((0, 2), np.int64), 28, "torchvision")
+    runs, offsets, over = runs_from_changes(empty, np.zeros((0, MAX_RUNS), np.int32), np.zeros(0, np.int32))
+    assert runs.shape == (0, 2) and offsets.tolist() == [0] and over.size == 0
 
 
 def test_the_host_check_counts_every_mask_when_waiters_paste_side_by_side(cpu_kernel):

@@ -139,7 +139,12 @@ def runs_from_changes(
     over = np.zeros(n, bool)
     over[plan.col_owner[bad]] = True
     kept = np.where(over[plan.col_owner], 0, count)
-    pos = np.asarray(changes).reshape(-1, max_runs)[np.arange(max_runs)[None, :] < kept[:, None]].astype(np.int64)
+    # each column's first kept[c] changes, column after column: gathered by index, in time with the changes kept
+    # (a column has 0-4 of its max_runs slots filled, mostly), not by a [cols, max_runs] mask
+    first = np.cumsum(kept) - kept  # where column c's changes start in pos
+    at = np.arange(int(first[-1] + kept[-1]) if kept.size else 0, dtype=np.int64)
+    at += np.repeat(np.arange(kept.size, dtype=np.int64) * max_runs - first, kept)
+    pos = np.asarray(changes).reshape(-1)[at].astype(np.int64)
     per_mask = np.bincount(plan.col_owner, weights=kept, minlength=n).astype(np.int64)
     runs, run_det = join_changes(pos, per_mask)
     offsets = np.zeros(n + 1, np.int64)
