@@ -84,6 +84,42 @@ class CpuKernelPaste(KernelPaste):
         return changes, count
 
 
+class HostCuda:
+    """The CUDA runtime calls :class:`KernelPaste` makes, on host memory (device pointers are host addresses,
+    copies are memmoves, the stream is synchronous), so its own ``run`` (buffer layout, copies up and back, the
+    view of the changes it returns) runs on the CPU; ``module.launch`` calls the kernel's CPU build with the
+    launch's arguments."""
+
+    def __init__(self, cpu):
+        self.blocks, self.cpu = {}, cpu
+        self.launches = 0
+
+    def _alloc(self, pptr, size):
+        buf = ctypes.create_string_buffer(int(size.value))
+        pptr._obj.value = ctypes.addressof(buf)
+        self.blocks[ctypes.addressof(buf)] = buf
+        return 0
+
+    cudaMalloc = cudaHostAlloc = lambda self, pptr, size, *flags: self._alloc(pptr, size)  # noqa: E731
+
+    def _free(self, ptr):
+        self.blocks.pop(ptr.value, None)
+        return 0
+
+    cudaFree = cudaFreeHost = _free
+
+    def cudaMemcpyAsync(self, dst, src, nbytes, kind, stream):
+        ctypes.memmove(dst.value, src.value, nbytes.value)
+        return 0
+
+    def cudaStreamSynchronize(self, stream):
+        return 0
+
+    def launch(self, name, grid, block, args, stream):
+        self.launches += 1
+        getattr(self.cpu, name)(*[a.value for a in args])
+
+
 def _outputs(rng, hw_list, input_hw, dtype, d_slots=30, m=28):
     """A batch of padded engine outputs in letterbox space for images of ``hw_list``, and their letterboxes."""
     lbs = [Letterbox.fit(h, w, input_hw) for h, w in hw_list]
@@ -129,6 +165,27 @@ def test_cpu_build_of_the_kernel_pastes_as_the_host(cpu_kernel, method, dtype):
         pixels += sum(d.pasted.area(j) for j in range(n))
     assert pixels > 50_000
     assert differing <= pixels * 1e-4
+
+
+def test_kernel_paste_run_through_its_buffers_gives_the_cpu_builds_masks(cpu_kernel):
+    """``KernelPaste.run`` itself (not the tests' override): the plan packed into its upload buffer, the changes
+    read back from its page-locked buffer (returned as a view of it), on a host-memory CUDA runtime with the
+    kernel's CPU build; calls with two keys and growing sizes give the same RLE as the CPU build through
+    ``CpuKernelPaste``, call after call."""
+    cuda = HostCuda(cpu_kernel)
+    paste = KernelPaste(cuda, module=cuda)
+    ref = CpuKernelPaste(cpu_kernel)
+    rng = np.random.default_rng(21)
+    for call, hw_list in enumerate([[(270, 480)], [(540, 960), (300, 200)], [(128, 128)], [(1080, 1920)]]):
+        out, lbs = _outputs(rng, hw_list, (320, 320), np.float16)
+        got = paste(out, out["masks"].ctypes.data, 0, lbs, key=call % 2)
+        want = ref(out, out["masks"].ctypes.data, 0, lbs)
+        assert paste.host_pasted == 0
+        for g, w in zip(got["detections"], want["detections"]):
+            assert isinstance(g.pasted, RleMasks) and g.pasted.rles() == w.pasted.rles()
+    assert cuda.launches == 4 and set(paste._buffers) == {0, 1}
+    paste.close()
+    assert not cuda.blocks  # every buffer freed
 
 
 def test_a_column_of_many_changes_goes_to_the_host_paste(cpu_kernel):
