@@ -179,8 +179,7 @@ GPU_POST_HELP = (
     " and run-length encode them on the GPU; only boxes, scores, classes and RLE runs come back to the host. With an"
     " engine and torch (CUDA) installed, --gpu-decode then decodes with the PyTorch backend's GPU letterbox; without"
     " torch, the masks are pasted by a CUDA kernel compiled with NVRTC (nvidia-cuda-nvrtc): lower latency per image,"
-    " lower throughput over a folder (its host half runs in the main process; on an H100: 11 against 12.5 ms at batch"
-    " 1, 286 against 318 img/s at batch 8)."
+    " lower throughput over a folder (its host half runs in the main process; measured in docs/e2e.md)."
 )
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # backends.torch_cuda.COMPILE_MODES
 COMPILE_HELP = (

@@ -140,12 +140,13 @@ def kernel_name(dtype: Any) -> str:
     raise ValueError(f"the paste kernel reads float32 or float16 masks, not {dt}")
 
 
-def _layout(parts: Sequence[np.ndarray]) -> Tuple[List[int], int]:
-    """Byte offsets of ``parts`` packed one after another (each at a multiple of 256), and the total."""
+def _layout(sizes: Sequence[int]) -> Tuple[List[int], int]:
+    """Byte offsets of parts of ``sizes`` bytes packed one after another (each at a multiple of 256), and the
+    total."""
     offsets, at = [], 0
-    for p in parts:
+    for size in sizes:
         offsets.append(at)
-        at += -(-int(p.nbytes) // _ALIGN) * _ALIGN
+        at += -(-int(size) // _ALIGN) * _ALIGN
     return offsets, max(at, _ALIGN)
 
 
@@ -285,10 +286,9 @@ class KernelPaste:
         if cols == 0:
             return np.zeros((0, MAX_RUNS), np.int32), np.zeros(0, np.int32)
         parts = [plan.ytaps, plan.xtaps, plan.side, plan.col_owner, slot_of]
-        in_off, in_bytes = _layout(parts)
-        changes = np.empty((cols, MAX_RUNS), np.int32)  # for the layout: the result is a view of the buffer
-        count = np.empty(cols, np.int32)
-        out_off, out_bytes = _layout([changes, count])
+        in_off, in_bytes = _layout([p.nbytes for p in parts])
+        changes_bytes, count_bytes = cols * MAX_RUNS * 4, cols * 4  # int32 each
+        out_off, out_bytes = _layout([changes_bytes, count_bytes])
         with self._lock:
             buf = self._buffers.get(key)
             if buf is None:
@@ -305,13 +305,13 @@ class KernelPaste:
                 Arg.i64(plan.rows), Arg.i64(cols), Arg.i32(m), Arg.i32(self.method == "detectron2"),
                 Arg.i32(MAX_RUNS)]  # fmt: skip
         self.module.launch(kernel_name(dtype), (-(-cols // _BLOCK), 1, 1), (_BLOCK, 1, 1), args, stream)
-        self._copy(buf.host_out.ptr.value, buf.dev_out.value, out_off[-1] + count.nbytes, _D2H, stream)
+        self._copy(buf.host_out.ptr.value, buf.dev_out.value, out_off[-1] + count_bytes, _D2H, stream)
         status = self.lib.cudaStreamSynchronize(ctypes.c_void_p(stream))
         if status != 0:
             raise RuntimeError(f"CUDA error {status} in cudaStreamSynchronize after the mask paste")
         got = buf.host_out.array
-        count.view(np.uint8)[:] = got[out_off[1] : out_off[1] + count.nbytes]
-        return got[out_off[0] : out_off[0] + changes.nbytes].view(np.int32).reshape(cols, MAX_RUNS), count
+        count = got[out_off[1] : out_off[1] + count_bytes].view(np.int32).copy()
+        return got[out_off[0] : out_off[0] + changes_bytes].view(np.int32).reshape(cols, MAX_RUNS), count
 
     def _copy(self, dst: Optional[int], src: Optional[int], nbytes: int, kind: int, stream: int) -> None:
         status = self.lib.cudaMemcpyAsync(ctypes.c_void_p(dst), ctypes.c_void_p(src), ctypes.c_size_t(nbytes), kind,
